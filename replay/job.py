@@ -1,0 +1,71 @@
+"""Build a replay from a validated config and run it: the one entry point the CLI calls."""
+
+from __future__ import annotations
+
+import platform
+import threading
+from importlib import metadata
+
+from replay.models.base import ModelClient
+from replay.models.http import HttpModel
+from replay.models.inprocess import PythonModel, load_callable
+from replay.runner import CheckpointHook, Replayer, RunStats
+from replay.sources import KafkaWindow, open_source
+from replay.store import StoreWriter
+from schemas.config import ModelSpec, RunConfig
+
+
+def make_client(spec: ModelSpec) -> ModelClient:
+    if spec.kind == "python":
+        return PythonModel(spec)
+    return HttpModel(spec)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("shadowdiff", "kafka-python", "duckdb", "polars", "pyarrow", "aiohttp"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def validate_targets(cfg: RunConfig) -> None:
+    """Import every python model before anything is consumed (a bad target is a config error)."""
+    specs = list(cfg.candidates) + ([cfg.baseline.model] if cfg.baseline.model else [])
+    for spec in specs:
+        if spec.kind == "python" and spec.target:
+            load_callable(spec.target)
+
+
+def run_replay(
+    cfg: RunConfig,
+    stop: threading.Event | None = None,
+    on_checkpoint: CheckpointHook | None = None,
+    checkpoint_every_s: float = 15.0,
+    max_batches: int | None = None,
+) -> RunStats:
+    """Replay the configured source into the run's store until it ends or `stop` is set."""
+    validate_targets(cfg)
+    writer = StoreWriter(cfg)
+    try:
+        writer.start_meta(_versions())
+        source = open_source(cfg.source, writer.checkpoints())
+        try:
+            if isinstance(source, KafkaWindow):
+                writer.write_meta({"window": {
+                    "topic": cfg.source.topic,  # type: ignore[union-attr]
+                    "start": cfg.source.start, "end": cfg.source.end,  # type: ignore[union-attr]
+                    "start_offsets": source.window_start, "end_offsets": source.window_end,
+                }})
+            baseline = make_client(cfg.baseline.model) if cfg.baseline.model and cfg.baseline.kind == "model" else None
+            candidates = {c.name: make_client(c) for c in cfg.candidates}
+            replayer = Replayer(cfg, writer, source, baseline, candidates, on_checkpoint, checkpoint_every_s)
+            stats = replayer.run(stop, max_batches=max_batches)
+            writer.write_meta({"last_stats": stats.summary()})
+            return stats
+        finally:
+            source.close()
+    finally:
+        writer.close()

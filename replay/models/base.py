@@ -1,0 +1,70 @@
+"""The model client interface and the output reader shared by all clients."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from replay.paths import lookup
+from schemas.config import OutputSpec
+from schemas.records import ErrorClass
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """One row's answer: the raw output, or an error class with detail."""
+
+    output: Any
+    latency_ms: float | None
+    error_class: ErrorClass | None
+    error_detail: str | None
+    attempts: int
+
+
+class ModelClient(Protocol):
+    name: str
+    model_version: str | None
+
+    async def predict(self, inputs: list[dict[str, Any]]) -> list[CallResult]:
+        """One result per input, in order. Never raises for a model's failure."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOutput:
+    score: float | None
+    label: str | None
+    error: str | None  # a wrong-shape description, or None
+
+
+def read_output(spec: OutputSpec, output: Any) -> ReadOutput:
+    """Pull the score and label a config points at out of a model output."""
+    score: float | None = None
+    label: str | None = None
+    if spec.kind in ("score", "label"):
+        if spec.kind == "score" or spec.score_path:
+            v = lookup(output, spec.score_path, None)
+            if isinstance(v, list) and len(v) == 1:
+                v = v[0]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                if spec.kind == "score":
+                    return ReadOutput(None, None, f"no finite number at {spec.score_path or '<output>'}")
+            else:
+                score = float(v)
+        if spec.label_path or spec.kind == "label":
+            v = lookup(output, spec.label_path, None)
+            if v is None or isinstance(v, dict | list):
+                if spec.kind == "label":
+                    return ReadOutput(score, None, f"no label at {spec.label_path or '<output>'}")
+            else:
+                label = str(v)
+        if label is None and score is not None and spec.threshold is not None:
+            label = "1" if score >= spec.threshold else "0"
+    elif spec.kind == "ranking":
+        v = lookup(output, spec.score_path, None)
+        if not isinstance(v, list):
+            return ReadOutput(None, None, f"no list at {spec.score_path or '<output>'}")
+    return ReadOutput(score, label, None)

@@ -1,0 +1,250 @@
+"""Sources of raw messages: a recorded file (JSONL / Parquet), a live Kafka consumer group, or a
+historical Kafka window (offsets for times T1..T2). Each resumes from the checkpoints stored
+with the rows, so the store, not Kafka, is the source of truth for what was processed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Protocol
+
+import orjson
+
+from replay.messages import RawMessage
+from schemas.config import FileSource, KafkaSource
+
+log = logging.getLogger(__name__)
+
+Checkpoints = Mapping[tuple[str, int], int]  # (source, part) -> next offset to read
+
+
+class Source(Protocol):
+    def poll(self, max_records: int, timeout_ms: int) -> list[RawMessage]: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    def commit(self, positions: Checkpoints) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class RecordedFile:
+    """JSONL (one envelope per line) or Parquet (one envelope per row) recording.
+    Coordinates: (path, 0, line or row number)."""
+
+    def __init__(self, spec: FileSource, checkpoints: Checkpoints) -> None:
+        self.path = spec.path
+        if not self.path.exists():
+            raise FileNotFoundError(f"recording not found: {self.path}")
+        self.name = str(self.path)
+        self._start = checkpoints.get((self.name, 0), 0)
+        self._rows = self._iter()
+        self._done = False
+
+    def _iter(self) -> Iterator[RawMessage]:
+        if self.path.suffix == ".parquet":
+            yield from self._parquet()
+            return
+        ts = int(self.path.stat().st_mtime * 1000)
+        with self.path.open("rb") as fh:
+            for n, line in enumerate(fh):
+                if n < self._start:
+                    continue
+                value = line.rstrip(b"\r\n")
+                if not value.strip():
+                    continue
+                yield RawMessage(self.name, 0, n, None, value, ts)
+
+    def _parquet(self) -> Iterator[RawMessage]:
+        import pyarrow.parquet as pq
+
+        ts = int(self.path.stat().st_mtime * 1000)
+        n = 0
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=10_000):
+            for row in batch.to_pylist():
+                if n >= self._start:
+                    yield RawMessage(self.name, 0, n, None, orjson.dumps(row, default=str), ts)
+                n += 1
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[RawMessage]:
+        out = []
+        for msg in self._rows:
+            out.append(msg)
+            if len(out) >= max_records:
+                return out
+        self._done = True
+        return out
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    def commit(self, positions: Checkpoints) -> None:
+        """Files have no broker: the store's checkpoints are the only record."""
+
+    def close(self) -> None:
+        self._rows = iter(())
+
+
+def _consumer(spec: KafkaSource, group: str | None, **extra: object):  # type: ignore[no-untyped-def]
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(
+        bootstrap_servers=spec.bootstrap.split(","),
+        group_id=group,
+        enable_auto_commit=False,  # offsets are committed only after the DuckDB commit
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=max(1 << 20, spec.max_message_bytes * 2),
+        fetch_max_bytes=64 << 20,
+        check_crcs=True,
+        **extra,
+    )
+
+
+def _to_raw(records: dict, end: Mapping[object, int] | None = None) -> list[RawMessage]:  # type: ignore[type-arg]
+    out: list[RawMessage] = []
+    for tp, recs in records.items():
+        limit = end.get(tp) if end is not None else None
+        for r in recs:
+            if limit is not None and r.offset >= limit:
+                break
+            out.append(
+                RawMessage(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp,
+                           tuple(r.headers or ()))
+            )
+    return out
+
+
+class KafkaLive:
+    """Tails a topic in a consumer group: workers in the same group share the partitions."""
+
+    def __init__(self, spec: KafkaSource, checkpoints: Checkpoints) -> None:
+        from kafka import ConsumerRebalanceListener
+
+        self.spec = spec
+        self._checkpoints = dict(checkpoints)
+        self.consumer = _consumer(spec, spec.group)
+        outer = self
+
+        class _Resume(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: object) -> None:
+                """Nothing pending: each batch is stored and committed before the next poll."""
+
+            def on_partitions_assigned(self, assigned: list) -> None:  # type: ignore[type-arg]
+                for tp in assigned:
+                    stored = outer._checkpoints.get((tp.topic, tp.partition))
+                    committed = outer.consumer.committed(tp)
+                    # the DuckDB commit happened but the Kafka commit was lost: resume from
+                    # the store so nothing is called twice
+                    if stored is not None and (committed is None or stored > committed):
+                        outer.consumer.seek(tp, stored)
+
+        self.consumer.subscribe([spec.topic], listener=_Resume())
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[RawMessage]:
+        return _to_raw(self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
+
+    @property
+    def finished(self) -> bool:
+        return False
+
+    def commit(self, positions: Checkpoints) -> None:
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        self._checkpoints.update(positions)
+        offsets = {
+            TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()
+        }
+        if offsets:
+            self.consumer.commit(offsets)
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+class KafkaWindow:
+    """Replays [start, end) of a topic by event timestamp: offsets for times, stop at the
+    window's end offsets. Partitions are assigned, not subscribed: a window is a fixed job."""
+
+    def __init__(self, spec: KafkaSource, checkpoints: Checkpoints) -> None:
+        from kafka.structs import TopicPartition
+
+        assert spec.start is not None and spec.end is not None
+        self.spec = spec
+        self.consumer = _consumer(spec, spec.group)
+        parts = self.consumer.partitions_for_topic(spec.topic)
+        if not parts:
+            raise LookupError(f"topic {spec.topic!r} not found on {spec.bootstrap}")
+        tps = [TopicPartition(spec.topic, p) for p in sorted(parts)]
+        self.consumer.assign(tps)
+        t1 = int(spec.start.timestamp() * 1000)
+        t2 = int(spec.end.timestamp() * 1000)
+        latest = self.consumer.end_offsets(tps)
+        starts = self.consumer.offsets_for_times(dict.fromkeys(tps, t1))
+        ends = self.consumer.offsets_for_times(dict.fromkeys(tps, t2))
+        self.end: dict[object, int] = {}
+        self.window_start: dict[str, int] = {}
+        total = 0
+        for tp in tps:
+            s = starts[tp].offset if starts.get(tp) else latest[tp]
+            e = ends[tp].offset if ends.get(tp) else latest[tp]
+            resume = max(s, checkpoints.get((tp.topic, tp.partition), s))
+            self.end[tp] = e
+            self.window_start[f"{tp.topic}/{tp.partition}"] = s
+            total += max(0, e - resume)
+            if resume >= e:
+                self.consumer.pause(tp)
+            else:
+                self.consumer.seek(tp, resume)
+        self._open = {tp for tp in tps if tp not in self.consumer.paused()}
+        self.bar = None
+        if spec.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="msg", desc=f"window {spec.topic}", mininterval=1.0)
+
+    @property
+    def window_end(self) -> dict[str, int]:
+        return {f"{tp.topic}/{tp.partition}": o for tp, o in self.end.items()}  # type: ignore[attr-defined]
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[RawMessage]:
+        if not self._open:
+            return []
+        out = _to_raw(self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records), self.end)
+        for tp in list(self._open):
+            if self.consumer.position(tp) >= self.end[tp]:
+                self.consumer.pause(tp)
+                self._open.discard(tp)
+        if self.bar is not None:
+            self.bar.update(len(out))
+        return out
+
+    @property
+    def finished(self) -> bool:
+        return not self._open
+
+    def commit(self, positions: Checkpoints) -> None:
+        if self.spec.group:
+            from kafka.structs import OffsetAndMetadata, TopicPartition
+
+            self.consumer.commit(
+                {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()}
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.consumer.close(autocommit=False)
+
+
+def open_source(spec: FileSource | KafkaSource, checkpoints: Checkpoints) -> Source:
+    """The source a config describes, positioned after what the store already holds."""
+    if isinstance(spec, FileSource):
+        return RecordedFile(spec, checkpoints)
+    if spec.kind == "kafka-window":
+        return KafkaWindow(spec, checkpoints)
+    return KafkaLive(spec, checkpoints)
+
+

@@ -1,0 +1,234 @@
+"""Run config: what to read, how to sample, which models to call, what to store.
+
+Loaded from TOML, validated once at the edge (CLI) into frozen models and passed down.
+Errors name the key and what was expected, e.g. `source.topic: field required`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.errors import ConfigError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RunSection(_Frozen):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    home: Path = Path("shadowdiff-runs")
+    worker: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "w0"
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    batch_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 500
+
+
+class FileSource(_Frozen):
+    kind: Literal["file"]
+    path: Path
+    max_message_bytes: Annotated[int, Field(ge=64)] = 1 << 20
+
+
+class KafkaSource(_Frozen):
+    kind: Literal["kafka-live", "kafka-window"]
+    bootstrap: Annotated[str, Field(min_length=3)]
+    topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
+    group: str | None = None
+    start: datetime | None = None  # window start (inclusive), needs a timezone
+    end: datetime | None = None  # window end (exclusive)
+    max_message_bytes: Annotated[int, Field(ge=64)] = 1 << 20
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _window(self) -> KafkaSource:
+        if self.kind == "kafka-window":
+            if self.start is None or self.end is None:
+                raise ValueError("kafka-window needs both `start` and `end`")
+            if self.start.tzinfo is None or self.end.tzinfo is None:
+                raise ValueError("`start` and `end` need a timezone, e.g. 2026-11-25T00:00:00Z")
+            if self.end <= self.start:
+                raise ValueError("`end` must be after `start`")
+        if self.kind == "kafka-live" and not self.group:
+            raise ValueError("kafka-live needs `group` (workers in one group share partitions)")
+        return self
+
+
+class EnvelopeMapping(_Frozen):
+    """Where each envelope field lives in the message (dotted paths), so existing topics are
+    read as they are."""
+
+    request_id: str = "request_id"
+    event_time: str = "event_time"
+    segments: str = "segments"  # an object of segment fields; '' = top level
+    input: str = "input"
+    live_output: str = "output"
+    live_latency_ms: str = "latency_ms"
+    model_version: str = "model_version"
+    feature_version: str = "feature_version"
+
+
+class FeatureSpec(_Frozen):
+    numeric: list[str] = []
+    categorical: list[str] = []
+
+
+class HourBuckets(_Frozen):
+    """A derived segment from the event hour (UTC), e.g. night = hours 0-5."""
+
+    name: str = "daypart"
+    buckets: dict[str, list[Annotated[int, Field(ge=0, le=23)]]] = {
+        "night": [0, 1, 2, 3, 4, 5],
+        "morning": [6, 7, 8, 9, 10, 11],
+        "afternoon": [12, 13, 14, 15, 16, 17],
+        "evening": [18, 19, 20, 21, 22, 23],
+    }
+
+
+class SegmentSpec(_Frozen):
+    fields: list[str] = []
+    allowed: dict[str, list[str]] = {}  # field -> known values; others are dead-lettered
+    hour_buckets: HourBuckets | None = None
+    combinations: list[list[str]] = []
+
+    def names(self) -> list[str]:
+        out = list(self.fields)
+        if self.hour_buckets is not None:
+            out.append(self.hour_buckets.name)
+        return out
+
+
+class SamplingSpec(_Frozen):
+    rate: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    # 'request_id' | 'kafka_key' | 'header:<name>' | 'field:<dotted.path>'
+    key: Annotated[str, Field(pattern=r"^(request_id|kafka_key|header:.+|field:.+)$")] = (
+        "request_id"
+    )
+    salt: str = "shadowdiff"
+    quotas: dict[str, Annotated[int, Field(ge=1)]] = {}  # "field=value" -> minimum samples
+
+
+class ModelSpec(_Frozen):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    kind: Literal["http", "oip-v2", "mlflow", "python"]
+    url: str | None = None
+    target: str | None = None  # python: 'module:function', called with a list of inputs
+    model_version: str | None = None
+    feature_version: str | None = None  # the feature pipeline version the model was built for
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 2.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    backoff_s: Annotated[float, Field(ge=0, le=60)] = 0.05
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 32
+    # rows per call; default 1 for HTTP (any server takes one row), 256 for python callables
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    breaker_failures: Annotated[int, Field(ge=1)] = 20  # consecutive failures that open it
+    breaker_reset_s: Annotated[float, Field(gt=0)] = 5.0
+    # http kind: the request body is {request_field: input}; the output is at response_path
+    request_field: str = ""  # '' = send the input object itself
+    response_path: str = ""  # dotted path in the JSON answer; '' = the whole answer
+    headers: dict[str, str] = {}
+
+    @property
+    def rows_per_call(self) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return 256 if self.kind == "python" else 1
+
+    @model_validator(mode="after")
+    def _target(self) -> ModelSpec:
+        if self.kind == "python":
+            if not self.target or ":" not in self.target:
+                raise ValueError("python models need `target = 'module:function'`")
+        elif not self.url or not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"{self.kind} models need `url` starting with http:// or https://")
+        return self
+
+
+class BaselineSpec(_Frozen):
+    kind: Literal["live", "model"] = "live"
+    model: ModelSpec | None = None
+    repeat: bool = False  # call the baseline model twice: the second call measures the noise floor
+
+    @model_validator(mode="after")
+    def _model(self) -> BaselineSpec:
+        if self.kind == "model" and self.model is None:
+            raise ValueError("baseline kind 'model' needs a [baseline.model] table")
+        if self.repeat and self.model is None:
+            raise ValueError("`repeat` needs a baseline model to call twice")
+        return self
+
+
+class OutputSpec(_Frozen):
+    """How to read a model output: the numeric score and/or label inside it."""
+
+    kind: Literal["score", "label", "ranking", "json"] = "score"
+    score_path: str = ""  # dotted path to a number ('' = the output itself, if a number)
+    label_path: str = ""
+    threshold: float | None = None  # derives a label from the score when no label is given
+
+
+class RunConfig(_Frozen):
+    run: RunSection
+    source: Annotated[FileSource | KafkaSource, Field(discriminator="kind")]
+    envelope: EnvelopeMapping = EnvelopeMapping()
+    features: FeatureSpec = FeatureSpec()
+    segments: SegmentSpec = SegmentSpec()
+    sampling: SamplingSpec = SamplingSpec()
+    baseline: BaselineSpec = BaselineSpec()
+    candidates: Annotated[list[ModelSpec], Field(min_length=1)]
+    output: OutputSpec = OutputSpec()
+
+    @model_validator(mode="after")
+    def _names(self) -> RunConfig:
+        names = [c.name for c in self.candidates]
+        if len(set(names)) != len(names):
+            raise ValueError(f"candidate names must be unique, got {names}")
+        known = set(self.segments.names())
+        for q in self.sampling.quotas:
+            field, sep, _ = q.partition("=")
+            if not sep or field not in known:
+                raise ValueError(f"sampling quota {q!r} must be 'segment=value' with a segment in {sorted(known)}")
+        for combo in self.segments.combinations:
+            unknown = set(combo) - known
+            if unknown:
+                raise ValueError(f"segment combination {combo} names unknown segments {sorted(unknown)}")
+        return self
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    """`key.path: message` lines, one per problem."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union")))
+        lines.append(f"{loc or '<root>'}: {e['msg']}")
+    return lines
+
+
+def parse_config(data: dict[str, Any], origin: str = "run config") -> RunConfig:
+    """Validate a config mapping. Raises ConfigError naming each bad key."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(origin, format_validation_error(err)) from err
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read and validate a TOML run config. Relative paths are resolved against its folder."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError(str(path), ["file not found"]) from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(str(path), [f"not valid TOML: {err}"]) from err
+    cfg = parse_config(data, origin=str(path))
+    base = path.parent.resolve()
+    updates: dict[str, Any] = {}
+    if not cfg.run.home.is_absolute():
+        updates["run"] = cfg.run.model_copy(update={"home": base / cfg.run.home})
+    if isinstance(cfg.source, FileSource) and not cfg.source.path.is_absolute():
+        updates["source"] = cfg.source.model_copy(update={"path": base / cfg.source.path})
+    return cfg.model_copy(update=updates) if updates else cfg

@@ -1,0 +1,30 @@
+"""The one exception root of shadowdiff and its small tree.
+
+    ShadowdiffError
+    ├── ConfigError      a run config or gate policy is invalid (says which key, what was expected)
+    ├── StoreError       a DuckDB store cannot be opened or has the wrong schema
+    └── RunNotFound      no run with that id
+"""
+
+from __future__ import annotations
+
+
+class ShadowdiffError(Exception):
+    """Root of every error shadowdiff raises on purpose."""
+
+
+class ConfigError(ShadowdiffError):
+    """Invalid run config or policy. `problems` lists `key: what was expected` lines."""
+
+    def __init__(self, origin: str, problems: list[str]) -> None:
+        self.origin = origin
+        self.problems = problems
+        super().__init__(f"invalid {origin}:\n  " + "\n  ".join(problems))
+
+
+class StoreError(ShadowdiffError):
+    """A store cannot be opened, or was written by an incompatible version."""
+
+
+class RunNotFound(ShadowdiffError):  # noqa: N818 - reads better at call sites than ...Error
+    """No run with the requested id."""

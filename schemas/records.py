@@ -1,0 +1,47 @@
+"""Names shared by every package: variants, error classes, dead-letter reasons, statuses."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+BASELINE = "baseline"
+BASELINE_REPEAT = "baseline_repeat"
+CANDIDATE_PREFIX = "candidate:"
+
+
+def candidate_variant(name: str) -> str:
+    """The `outputs.variant` value of the candidate called `name`."""
+    return f"{CANDIDATE_PREFIX}{name}"
+
+
+class ErrorClass(StrEnum):
+    """Why a model call produced no usable output (`outputs.error_class`)."""
+
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    HTTP_4XX = "http_4xx"
+    HTTP_5XX = "http_5xx"
+    UNPARSABLE = "unparsable"  # not JSON (an HTML error page, truncated body)
+    WRONG_SHAPE = "wrong_shape"  # JSON, but not where the mapping says the output is
+    CIRCUIT_OPEN = "circuit_open"  # not called: the candidate's breaker is open
+    EXCEPTION = "exception"  # an in-process callable raised
+    MISSING = "missing"  # live baseline output absent from the envelope
+
+
+class DeadLetterReason(StrEnum):
+    """Why a source message was not stored as a request (`dead_letters.reason`)."""
+
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    OVERSIZED = "oversized"
+    UNKNOWN_SEGMENT = "unknown_segment"
+
+
+class Status(StrEnum):
+    """Verdict of a check, a segment or a whole run."""
+
+    GO = "go"
+    NO_GO = "no_go"
+    PENDING = "pending"
