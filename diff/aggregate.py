@@ -1,0 +1,121 @@
+"""Per-segment aggregates of the `pairs` relation, computed by DuckDB in a few grouped scans
+(parallel, out-of-core), returned as plain dicts for the checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from diff.segments import SegmentSets
+
+DIST_GRID = [(i + 0.5) / 400 for i in range(400)]  # quantiles for distribution distances
+
+
+def latency_grid(quantiles: Sequence[float]) -> list[float]:
+    """Quantile fractions around each asked quantile, to read order-statistic CIs from."""
+    offs = [0, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08]
+    grid = {round(min(0.9995, max(0.0005, p + s * o)), 6) for p in quantiles for o in offs for s in (-1, 1)}
+    return sorted(grid)
+
+
+def interp(grid: Sequence[float], values: Sequence[float] | None, f: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.interp(f, grid, values))
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
+    cur = con.execute(sql)
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def pair_stats(con: duckdb.DuckDBPyConnection, sets: SegmentSets, tolerance: float,
+               lat_grid: Sequence[float]) -> dict[str, dict[str, Any]]:
+    """Counts, label flips, score differences, latency quantiles and errors per segment."""
+    g = "[" + ", ".join(str(x) for x in lat_grid) + "]"
+    d = "(c_score - b_score)"
+    both = "b_err IS NULL AND c_err IS NULL"
+    sql = f"""
+    SELECT {sets.select()},
+      count(*) AS n_req,
+      count(*) FILTER (WHERE {both}) AS n_pair,
+      count(*) FILTER (WHERE c_err IS NOT NULL) AS c_err_n,
+      count(*) FILTER (WHERE c_err = 'timeout') AS c_timeout_n,
+      count(*) FILTER (WHERE b_err IS NOT NULL) AS b_err_n,
+      count(*) FILTER (WHERE b_label IS NOT NULL AND c_label IS NOT NULL) AS n_lab,
+      count(*) FILTER (WHERE b_label IS NOT NULL AND c_label IS NOT NULL AND b_label <> c_label) AS flips,
+      count(*) FILTER (WHERE b_label IS NOT NULL AND r_label IS NOT NULL) AS n_lab_r,
+      count(*) FILTER (WHERE b_label IS NOT NULL AND r_label IS NOT NULL AND b_label <> r_label) AS flips_r,
+      count({d}) AS n_s,
+      sum({d}) AS sum_d, sum({d} * {d}) AS sum_d2,
+      count(*) FILTER (WHERE abs({d}) > {tolerance}) AS far,
+      count(r_score - b_score) AS n_s_r,
+      count(*) FILTER (WHERE abs(r_score - b_score) > {tolerance}) AS far_r,
+      sum(r_score - b_score) AS sum_dr, sum((r_score - b_score) * (r_score - b_score)) AS sum_dr2,
+      corr(c_score, b_score) AS corr,
+      avg(abs({d}) / nullif(abs(b_score), 0)) AS mean_rel_d,
+      quantile_cont(abs({d}), [0.5, 0.9, 0.99]) AS abs_d_q,
+      count(b_lat) FILTER (WHERE b_err IS NULL) AS n_bl,
+      count(c_lat) FILTER (WHERE c_err IS NULL) AS n_cl,
+      quantile_cont(b_lat, {g}) FILTER (WHERE b_err IS NULL) AS b_lat_q,
+      quantile_cont(c_lat, {g}) FILTER (WHERE c_err IS NULL) AS c_lat_q,
+      min(event_time) AS t_min, max(event_time) AS t_max
+    FROM pairs {sets.group_by()}"""
+    return {sets.name(r): r for r in _rows(con, sql)}
+
+
+def score_distributions(con: duckdb.DuckDBPyConnection, sets: SegmentSets) -> dict[str, dict[str, Any]]:
+    """Quantile grids of baseline and candidate scores per segment (prediction drift)."""
+    g = "[" + ", ".join(f"{x:.6f}" for x in DIST_GRID) + "]"
+    sql = f"""SELECT {sets.select()}, count(b_score) AS n_b, count(c_score) AS n_c,
+        stddev_pop(b_score) AS sd_b,
+        quantile_cont(b_score, {g}) AS q_b, quantile_cont(c_score, {g}) AS q_c
+        FROM pairs WHERE b_err IS NULL AND c_err IS NULL {sets.group_by()}"""
+    return {sets.name(r): r for r in _rows(con, sql)}
+
+
+def label_counts(con: duckdb.DuckDBPyConnection, sets: SegmentSets) -> dict[str, dict[str, Any]]:
+    """Label distributions and flip directions per segment."""
+    out: dict[str, dict[str, Any]] = {}
+    sql = f"""SELECT {sets.select()}, b_label, c_label, count(*) AS n FROM pairs
+        WHERE b_label IS NOT NULL AND c_label IS NOT NULL
+        {sets.group_by(['b_label', 'c_label'])}"""
+    for r in _rows(con, sql):
+        seg = out.setdefault(sets.name(r), {"b": {}, "c": {}, "moves": {}})
+        seg["b"][r["b_label"]] = seg["b"].get(r["b_label"], 0) + r["n"]
+        seg["c"][r["c_label"]] = seg["c"].get(r["c_label"], 0) + r["n"]
+        if r["b_label"] != r["c_label"]:
+            seg["moves"][f"{r['b_label']}→{r['c_label']}"] = r["n"]
+    return out
+
+
+def per_minute(con: duckdb.DuckDBPyConnection, sets: SegmentSets, quantiles: Sequence[float]) -> dict[str, list[dict[str, Any]]]:
+    """Event-time minute buckets per segment, for sustained-window checks."""
+    qs = "[" + ", ".join(str(q) for q in sorted(set(quantiles))) + "]"
+    sql = f"""SELECT {sets.select()}, date_trunc('minute', event_time) AS minute,
+        count(*) AS n, count(*) FILTER (WHERE c_err IS NOT NULL) AS c_err_n,
+        count(*) FILTER (WHERE b_err IS NOT NULL) AS b_err_n,
+        quantile_cont(b_lat, {qs}) FILTER (WHERE b_err IS NULL) AS b_q,
+        quantile_cont(c_lat, {qs}) FILTER (WHERE c_err IS NULL) AS c_q
+        FROM pairs {sets.group_by(['minute'])}"""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in _rows(con, sql):
+        out.setdefault(sets.name(r), []).append(r)
+    for v in out.values():
+        v.sort(key=lambda r: r["minute"])
+    return out
+
+
+def version_pairs(con: duckdb.DuckDBPyConnection, sets: SegmentSets, expected: str) -> dict[str, dict[str, Any]]:
+    """Requests whose feature pipeline version differs from what the candidate was built for."""
+    sql = f"""SELECT {sets.select()}, count(*) AS n,
+        count(*) FILTER (WHERE feature_version IS NOT NULL AND feature_version <> $v) AS mismatched,
+        list(DISTINCT feature_version) FILTER (WHERE feature_version IS NOT NULL AND feature_version <> $v) AS seen
+        FROM pairs {sets.group_by()}"""
+    cur = con.execute(sql, {"v": expected})
+    cols = [d[0] for d in cur.description]
+    return {sets.name(dict(zip(cols, r, strict=True))): dict(zip(cols, r, strict=True)) for r in cur.fetchall()}

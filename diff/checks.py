@@ -1,0 +1,214 @@
+"""Turn per-segment aggregates into check results: a value, an interval, and a one-sided
+p-value for "worse than the threshold" (or a distance compared with a threshold)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from diff import stats
+from diff.aggregate import DIST_GRID, interp
+from diff.drift import categorical_drift, wasserstein_normed
+from schemas.policy import Check
+
+PASS, FAIL, WARN, PENDING, NA = "pass", "fail", "warn", "pending", "n/a"
+
+
+@dataclass
+class CheckResult:
+    check_id: str
+    kind: str
+    segment: str
+    severity: str
+    threshold: float
+    n: int
+    value: float | None = None
+    ci: tuple[float, float] | None = None
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    exceeded: bool | None = None  # distance checks: decided without a test
+    sustained: bool | None = None  # sustained-window checks: did it last long enough
+    status: str = PASS
+    feature: str | None = None
+    detail: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        def r(x: float | None) -> float | None:
+            return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+        return {
+            "check": self.check_id, "kind": self.kind, "segment": self.segment,
+            "feature": self.feature, "status": self.status, "severity": self.severity,
+            "value": r(self.value), "ci": None if self.ci is None else [r(self.ci[0]), r(self.ci[1])],
+            "threshold": self.threshold, "p_value": r(self.p_value), "p_adjusted": r(self.p_adjusted),
+            "n": self.n, "sustained": self.sustained, "detail": self.detail, "extra": self.extra,
+        }
+
+
+def label_flip(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -> CheckResult | None:
+    n, k = int(s["n_lab"]), int(s["flips"])
+    if n == 0:
+        return None
+    rate = k / n
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=rate, ci=stats.wilson(k, n))
+    if int(s["n_lab_r"]) > 0:
+        nr, kr = int(s["n_lab_r"]), int(s["flips_r"])
+        res.p_value = stats.p_diff_above(k, n, kr, nr, thr)
+        res.value = rate - kr / nr
+        lo, hi = stats.wilson(k, n)
+        rlo, rhi = stats.wilson(kr, nr)
+        res.ci = (lo - rhi, hi - rlo)
+        res.detail = f"flip rate {rate:.2%} vs noise floor {kr / nr:.2%} (excess, threshold +{thr:.2%})"
+        res.extra = {"flip_rate": rate, "noise_flip_rate": kr / nr, "n_noise": nr}
+    else:
+        res.p_value = stats.p_rate_above(k, n, thr)
+        res.detail = f"flip rate {rate:.2%} (threshold {thr:.2%}; no noise floor measured)"
+        res.extra = {"flip_rate": rate}
+    return res
+
+
+def score_diff(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -> CheckResult | None:
+    n, k = int(s["n_s"]), int(s["far"])
+    if n == 0:
+        return None
+    share = k / n
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=share, ci=stats.wilson(k, n))
+    q = s.get("abs_d_q") or [None, None, None]
+    res.extra = {"share_beyond_tolerance": share, "tolerance": chk.tolerance, "abs_diff_p50": q[0],
+                 "abs_diff_p90": q[1], "abs_diff_p99": q[2], "correlation": s.get("corr"),
+                 "mean_relative_diff": s.get("mean_rel_d")}
+    if int(s["n_s_r"]) > 0:
+        nr, kr = int(s["n_s_r"]), int(s["far_r"])
+        res.p_value = stats.p_diff_above(k, n, kr, nr, thr)
+        res.value = share - kr / nr
+        res.extra["noise_share_beyond_tolerance"] = kr / nr
+        res.detail = f"{share:.2%} of pairs differ by > {chk.tolerance} vs noise {kr / nr:.2%} (threshold +{thr:.2%})"
+    else:
+        res.p_value = stats.p_rate_above(k, n, thr)
+        res.detail = f"{share:.2%} of pairs differ by > {chk.tolerance} (threshold {thr:.2%})"
+    return res
+
+
+def score_shift(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -> CheckResult | None:
+    n = int(s["n_s"])
+    if n < 2:
+        return None
+    mean = s["sum_d"] / n
+    var = max(s["sum_d2"] / n - mean * mean, 0.0) * n / (n - 1)
+    se = math.sqrt(var / n)
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=mean, ci=stats.mean_ci(mean, se))
+    res.p_value = stats.p_mean_beyond(mean, se, thr)
+    res.detail = f"mean candidate-baseline score difference {mean:+.4f} (threshold ±{thr})"
+    return res
+
+
+def _latency_quantile(s: dict[str, Any], grid: list[float], col: str, n_col: str, p: float) -> tuple[float, float, float]:
+    n = int(s[n_col])
+    lo_f, hi_f = stats.quantile_rank_bounds(p, n)
+    vals = s[col]
+    return interp(grid, vals, p), interp(grid, vals, lo_f), interp(grid, vals, hi_f)
+
+
+def latency(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str, grid: list[float],
+            minutes: list[dict[str, Any]] | None) -> CheckResult | None:
+    nb, nc = int(s["n_bl"]), int(s["n_cl"])
+    if nb == 0 or nc == 0:
+        return None
+    p = chk.quantile
+    qb, qb_lo, qb_hi = _latency_quantile(s, grid, "b_lat_q", "n_bl", p)
+    qc, qc_lo, qc_hi = _latency_quantile(s, grid, "c_lat_q", "n_cl", p)
+    if not (qb > 0 and qc > 0):
+        return None
+    ratio = qc / qb
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, min(nb, nc), value=ratio,
+                      ci=(qc_lo / qb_hi if qb_hi > 0 else 0.0, qc_hi / qb_lo if qb_lo > 0 else math.inf))
+    # log-ratio z-test; standard errors read off the order-statistic intervals
+    se_b = (math.log(max(qb_hi, 1e-9)) - math.log(max(qb_lo, 1e-9))) / (2 * 1.96)
+    se_c = (math.log(max(qc_hi, 1e-9)) - math.log(max(qc_lo, 1e-9))) / (2 * 1.96)
+    se = math.sqrt(se_b**2 + se_c**2) or 1e-9
+    res.p_value = stats.p_mean_beyond(math.log(ratio), se, math.log(thr)) if ratio > 1 else 1.0
+    qs = [0.5, 0.95, 0.99]
+    res.extra = {"baseline_ms": {f"p{int(q * 100)}": interp(grid, s["b_lat_q"], q) for q in qs},
+                 "candidate_ms": {f"p{int(q * 100)}": interp(grid, s["c_lat_q"], q) for q in qs}}
+    res.sustained, streak = _sustained(minutes, chk, lambda m: _minute_ratio(m, p), thr)
+    res.extra["longest_minutes_above"] = streak
+    res.detail = f"p{p * 100:g} {qc:.1f} ms vs {qb:.1f} ms: ×{ratio:.2f} (threshold ×{thr}, for {chk.for_minutes:g} min)"
+    return res
+
+
+def _minute_ratio(m: dict[str, Any], p: float) -> float | None:
+    if m["n"] < 20 or not m["b_q"] or not m["c_q"]:
+        return None  # too few calls in this minute to say anything: neither breaks nor extends
+    b = m["b_q"][m["_qi"]] if "_qi" in m else None
+    c = m["c_q"][m["_qi"]] if "_qi" in m else None
+    if b is None or c is None or b <= 0:
+        return None
+    return float(c / b)
+
+
+def _sustained(minutes: list[dict[str, Any]] | None, chk: Check, metric: Any, thr: float) -> tuple[bool | None, int]:
+    """Longest run of consecutive event-time minutes with the metric above threshold."""
+    if chk.for_minutes <= 0 or not minutes:
+        return None, 0
+    span = (minutes[-1]["minute"] - minutes[0]["minute"]).total_seconds() / 60 + 1
+    best = cur = 0
+    prev = None
+    for m in minutes:
+        gap = prev is not None and (m["minute"] - prev).total_seconds() > 60
+        v = metric(m)
+        if gap:
+            cur = 0
+        if v is not None:
+            cur = cur + 1 if v > thr else 0
+            best = max(best, cur)
+        prev = m["minute"]
+    if span < chk.for_minutes:
+        # the run is shorter than the window: the whole run is the window
+        return True, best
+    return best >= chk.for_minutes, best
+
+
+def error_rate(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str,
+               minutes: list[dict[str, Any]] | None) -> CheckResult:
+    n, k = int(s["n_req"]), int(s["c_err_n"])
+    rate = k / n if n else 0.0
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=rate, ci=stats.wilson(k, n))
+    res.p_value = stats.p_rate_above(k, n, thr)
+    res.sustained, streak = _sustained(minutes, chk, lambda m: (m["c_err_n"] / m["n"]) if m["n"] >= 20 else None, thr)
+    res.extra = {"timeouts": int(s["c_timeout_n"]), "errors": k, "baseline_errors": int(s["b_err_n"]),
+                 "timeout_rate_ci": stats.wilson(int(s["c_timeout_n"]), n), "longest_minutes_above": streak}
+    res.detail = f"candidate error rate {rate:.2%} ({k}/{n}, {int(s['c_timeout_n'])} timeouts; threshold {thr:.2%})"
+    return res
+
+
+def prediction_drift(chk: Check, seg: str, dist: dict[str, Any] | None, labels: dict[str, Any] | None,
+                     thr: float, sev: str) -> CheckResult | None:
+    if dist and dist.get("q_b") and dist.get("q_c") and int(dist["n_b"]) > 0:
+        w = wasserstein_normed(dist["q_b"], dist["q_c"], float(dist["sd_b"] or 0))
+        res = CheckResult(chk.id, chk.kind, seg, sev, thr, int(dist["n_b"]), value=w, exceeded=w >= thr)
+        res.detail = f"normalised Wasserstein distance of candidate vs baseline scores {w:.3f} (threshold {thr})"
+        res.extra = {"baseline_deciles": [interp(DIST_GRID, dist["q_b"], q / 10) for q in range(1, 10)],
+                     "candidate_deciles": [interp(DIST_GRID, dist["q_c"], q / 10) for q in range(1, 10)]}
+        return res
+    if labels and labels.get("b"):
+        d = categorical_drift(labels["b"], labels["c"])
+        n = int(sum(labels["b"].values()))
+        res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=d.score, exceeded=d.drifted if d.is_test else d.score >= thr)
+        res.detail = f"{d.method} of candidate vs baseline labels {d.score:.3f}"
+        return res
+    return None
+
+
+def minute_quantile_index(minutes: dict[str, list[dict[str, Any]]], quantiles: list[float], p: float) -> None:
+    qi = sorted(set(quantiles)).index(p)
+    for rows in minutes.values():
+        for m in rows:
+            m["_qi"] = qi
+
+
+def as_array(x: Any) -> np.ndarray:
+    return np.asarray(x, float)

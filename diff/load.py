@@ -1,0 +1,137 @@
+"""Open a run's stores for reading, and build the `pairs` relation the checks aggregate.
+
+DuckDB lets one process write a file or many read it, never both: the judge reads either
+through the writer's own connection (the replay's checkpoint hook) or, when no writer holds the
+files, by attaching every worker's store read-only into one in-memory database. Rows that two
+workers both stored during a consumer-group rebalance are deduplicated by their coordinates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from schemas.errors import RunNotFound, StoreError
+from schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
+
+TABLES = ("requests", "outputs", "dead_letters", "checkpoints", "run_meta")
+_KEYS = {"requests": 'source, part, "offset"', "outputs": 'source, part, "offset", variant',
+         "dead_letters": 'source, part, "offset"', "checkpoints": "source, part", "run_meta": "key"}
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def run_dir(home: Path, run_id: str) -> Path:
+    return home / run_id
+
+
+def store_files(home: Path, run_id: str) -> list[Path]:
+    files = sorted(run_dir(home, run_id).glob("store-*.duckdb"))
+    if not files:
+        raise RunNotFound(f"run {run_id!r} not found under {home} (no store-*.duckdb)")
+    return files
+
+
+def open_run(home: Path, run_id: str) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection with views over every store of the run, attached read-only.
+    Raises StoreError when a writer holds a store (judge through the writer instead)."""
+    files = store_files(home, run_id)
+    con = duckdb.connect()
+    for i, f in enumerate(files):
+        try:
+            con.execute(f"ATTACH {_quote(str(f))} AS s{i} (READ_ONLY)")
+        except duckdb.Error as err:
+            con.close()
+            raise StoreError(f"cannot read {f} (a writer may hold it): {err}") from err
+    for t in TABLES:
+        if len(files) == 1:
+            con.execute(f"CREATE VIEW {t} AS SELECT * FROM s0.{t}")
+        else:
+            union = " UNION ALL BY NAME ".join(f"SELECT * FROM s{i}.{t}" for i in range(len(files)))
+            con.execute(f"CREATE VIEW {t} AS SELECT DISTINCT ON ({_KEYS[t]}) * FROM ({union})")
+    return con
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    config: dict[str, Any]
+    meta: dict[str, Any]
+
+    @property
+    def candidates(self) -> list[dict[str, Any]]:
+        return list(self.config.get("candidates", []))
+
+    @property
+    def segment_fields(self) -> list[str]:
+        seg = self.config.get("segments", {})
+        out = list(seg.get("fields", []))
+        if seg.get("hour_buckets"):
+            out.append(seg["hour_buckets"].get("name", "daypart"))
+        return out
+
+    @property
+    def combinations(self) -> list[list[str]]:
+        return [list(c) for c in self.config.get("segments", {}).get("combinations", [])]
+
+    @property
+    def numeric(self) -> list[str]:
+        return list(self.config.get("features", {}).get("numeric", []))
+
+    @property
+    def categorical(self) -> list[str]:
+        return list(self.config.get("features", {}).get("categorical", []))
+
+
+def run_info(con: duckdb.DuckDBPyConnection) -> RunInfo:
+    meta = {k: orjson.loads(v) for k, v in con.execute("SELECT key, value FROM run_meta").fetchall()}
+    if "config" not in meta:
+        raise StoreError("store has no run config in run_meta (not written by shadowdiff?)")
+    cfg = orjson.loads(meta["config"]) if isinstance(meta["config"], str) else meta["config"]
+    return RunInfo(str(meta.get("run_id", cfg["run"]["id"])), cfg, meta)
+
+
+def build_pairs(con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str,
+                segment_fields: list[str], max_values: int) -> None:
+    """Materialise `pairs`: one row per sampled request with baseline, candidate and repeat
+    outputs side by side, and segment values (rare values pooled as '(other)')."""
+    seg_exprs = []
+    for f in segment_fields:
+        raw = f"coalesce(r.segments.{ident(f)}, '(missing)')"
+        top = con.execute(
+            f"SELECT v FROM (SELECT {raw} AS v, count(*) AS n FROM requests r GROUP BY 1) "
+            f"ORDER BY n DESC, v LIMIT {int(max_values)}"
+        ).fetchall()
+        if len(top) < max_values:
+            seg_exprs.append(f"{raw} AS {ident('seg_' + f)}")
+        else:
+            keep = ", ".join(_quote(str(v)) for (v,) in top)
+            seg_exprs.append(f"CASE WHEN {raw} IN ({keep}) THEN {raw} ELSE '(other)' END AS {ident('seg_' + f)}")
+    segs = (", ".join(seg_exprs) + ",") if seg_exprs else ""
+    con.execute("DROP TABLE IF EXISTS pairs")
+    con.execute(
+        f"""CREATE TEMP TABLE pairs AS
+        SELECT r.source, r.part, r."offset", r.request_id, r.event_time, r.sampled_reason,
+               r.feature_version, {segs}
+               b.score AS b_score, b.label AS b_label, b.latency_ms AS b_lat, b.error_class AS b_err,
+               c.score AS c_score, c.label AS c_label, c.latency_ms AS c_lat, c.error_class AS c_err,
+               q.score AS r_score, q.label AS r_label, q.error_class AS r_err,
+               q.variant IS NOT NULL AS has_repeat
+        FROM requests r
+        JOIN outputs c ON c.source = r.source AND c.part = r.part AND c."offset" = r."offset"
+                       AND c.variant = $cand
+        LEFT JOIN outputs b ON b.source = r.source AND b.part = r.part AND b."offset" = r."offset"
+                       AND b.variant = $base
+        LEFT JOIN outputs q ON q.source = r.source AND q.part = r.part AND q."offset" = r."offset"
+                       AND q.variant = $rep""",
+        {"cand": candidate_variant(candidate), "base": BASELINE, "rep": BASELINE_REPEAT},
+    )

@@ -1,0 +1,98 @@
+"""`shadowdiff` command line. Thin: parse, build settings once, call one function, and let the
+exit code be the answer (gate: 0 GO, 1 NO_GO, 2 PENDING or timed out)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from schemas.errors import ConfigError, RunNotFound, ShadowdiffError
+
+log = logging.getLogger("shadowdiff")
+
+EXIT_CONFIG = 3  # a bad config or policy: nothing was consumed
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.warning("signal %s: finishing the batch in hand, committing, exiting", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from replay.job import run_replay
+    from schemas.config import load_config
+
+    from shadowdiff_cli.wiring import judge_hook
+
+    cfg = load_config(Path(args.config))
+    policy = _policy(args)
+    stop = _stop_on_signals()
+    hook = judge_hook(cfg.run.home, cfg.run.id, policy) if not args.no_judge else None
+    stats = run_replay(cfg, stop, on_checkpoint=hook, checkpoint_every_s=args.judge_every)
+    print(_json(stats.summary()))
+    return 0
+
+
+def _policy(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from schemas.policy import Policy, load_policy
+
+    return load_policy(Path(args.policy)) if getattr(args, "policy", None) else Policy()
+
+
+def _json(obj: object) -> str:
+    import orjson
+
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2, default=str).decode()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shadowdiff", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("replay", help="replay a Kafka topic/window or a recording into a run store")
+    r.add_argument("--config", required=True, help="run config (TOML)")
+    r.add_argument("--policy", help="gate policy (TOML); default policy if omitted")
+    r.add_argument("--judge-every", type=float, default=15.0, help="seconds between verdict updates")
+    r.add_argument("--no-judge", action="store_true", help="store only; judge later")
+    r.set_defaults(func=cmd_replay)
+
+    from shadowdiff_cli import commands
+
+    commands.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"shadowdiff: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except RunNotFound as err:
+        print(f"shadowdiff: {err}", file=sys.stderr)
+        return 2 if args.command == "gate" else 1
+    except ShadowdiffError as err:
+        print(f"shadowdiff: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

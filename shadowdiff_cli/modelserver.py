@@ -1,0 +1,140 @@
+"""A real HTTP model server on loopback, serving a Python batch function in the three formats
+shadowdiff speaks (plain JSON, Open Inference Protocol v2, MLflow /invocations). Used by the
+demo, the tests and the benchmarks; `faults` makes it misbehave on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+BatchFn = Callable[[list[dict[str, Any]]], list[Any]]
+
+
+@dataclass
+class ServerBehaviour:
+    latency_ms: float = 0.0  # median added latency (lognormal, sigma 0.35), 0 = none
+    latency_sigma: float = 0.35
+    flaky_every: int = 0  # every Nth call answers 503 (a transient failure)
+    calls: int = 0
+    seen: list[int] = field(default_factory=list)
+
+
+def _tensor_rows(body: dict[str, Any]) -> list[dict[str, Any]]:
+    tensors = body["inputs"]
+    n = tensors[0]["shape"][0]
+    return [{t["name"]: t["data"][i] for t in tensors} for i in range(n)]
+
+
+def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Application:
+    b = behaviour or ServerBehaviour()
+
+    async def delay() -> None:
+        if b.latency_ms > 0:
+            await asyncio.sleep(random.lognormvariate(0, b.latency_sigma) * b.latency_ms / 1000)
+
+    async def predict(request: web.Request) -> web.Response:
+        b.calls += 1
+        await delay()
+        if b.flaky_every and b.calls % b.flaky_every == 0:
+            return web.Response(status=503, text="try again")
+        body = orjson.loads(await request.read())
+        if isinstance(body, list):
+            return web.Response(body=orjson.dumps(fn(body)), content_type="application/json")
+        return web.Response(body=orjson.dumps(fn([body])[0]), content_type="application/json")
+
+    async def oip(request: web.Request) -> web.Response:
+        await delay()
+        rows = _tensor_rows(orjson.loads(await request.read()))
+        outs = fn(rows)
+        data = [o["score"] if isinstance(o, dict) else o for o in outs]
+        answer = {"model_name": request.match_info["model"], "outputs": [
+            {"name": "score", "shape": [len(rows)], "datatype": "FP64", "data": data}]}
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+    async def mlflow(request: web.Request) -> web.Response:
+        await delay()
+        rows = orjson.loads(await request.read())["dataframe_records"]
+        return web.Response(body=orjson.dumps({"predictions": fn(rows)}), content_type="application/json")
+
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+
+    async def wrong_shape(request: web.Request) -> web.Response:
+        return web.json_response({"unexpected": [1, 2, 3]})
+
+    async def error500(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="internal error")
+
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return web.json_response({"score": 0.0})
+
+    app = web.Application(client_max_size=64 << 20)
+    app.router.add_post("/predict", predict)
+    app.router.add_post("/v2/models/{model}/infer", oip)
+    app.router.add_post("/invocations", mlflow)
+    app.router.add_post("/html", html)
+    app.router.add_post("/wrong", wrong_shape)
+    app.router.add_post("/500", error500)
+    app.router.add_post("/hang", hang)
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ModelServer:
+    """Runs the app on 127.0.0.1 in a background thread: `with ModelServer(fn) as url: ...`."""
+
+    def __init__(self, fn: BatchFn, behaviour: ServerBehaviour | None = None) -> None:
+        self.app = build_app(fn, behaviour)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._runner = web.AppRunner(self.app, access_log=None)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
+        self._loop.run_until_complete(site.start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    def start(self) -> str:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("model server did not start")
+        return self.url
+
+    def stop(self) -> None:
+        async def _cleanup() -> None:
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        fut = asyncio.run_coroutine_threadsafe(_cleanup(), self._loop)
+        try:
+            fut.result(10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
