@@ -126,25 +126,42 @@ class KafkaLive:
         self.spec = spec
         self._checkpoints = dict(checkpoints)
         self.consumer = _consumer(spec, spec.group)
+        self._newly_assigned: set[object] = set()
         outer = self
 
         class _Resume(ConsumerRebalanceListener):  # type: ignore[misc]
+            # runs on kafka-python's IO thread, where blocking calls are refused: only note the
+            # partitions here, and reconcile them with the store in poll()
             def on_partitions_revoked(self, revoked: object) -> None:
                 """Nothing pending: each batch is stored and committed before the next poll."""
 
             def on_partitions_assigned(self, assigned: list) -> None:  # type: ignore[type-arg]
-                for tp in assigned:
-                    stored = outer._checkpoints.get((tp.topic, tp.partition))
-                    committed = outer.consumer.committed(tp)
-                    # the DuckDB commit happened but the Kafka commit was lost: resume from
-                    # the store so nothing is called twice
-                    if stored is not None and (committed is None or stored > committed):
-                        outer.consumer.seek(tp, stored)
+                outer._newly_assigned.update(assigned)
 
         self.consumer.subscribe([spec.topic], listener=_Resume())
 
+    def _resume_targets(self) -> dict[tuple[str, int], int]:
+        """For partitions just assigned: where the store says to resume, when that is past the
+        group's committed offset (the DuckDB commit happened, the Kafka commit was lost)."""
+        targets: dict[tuple[str, int], int] = {}
+        while self._newly_assigned:
+            tp = self._newly_assigned.pop()
+            key = (tp.topic, tp.partition)  # type: ignore[attr-defined]
+            stored = self._checkpoints.get(key)
+            if stored is None:
+                continue
+            committed = self.consumer.committed(tp)
+            if committed is None or stored > committed:
+                self.consumer.seek(tp, stored)
+                targets[key] = stored
+        return targets
+
     def poll(self, max_records: int, timeout_ms: int) -> list[RawMessage]:
-        return _to_raw(self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
+        msgs = _to_raw(self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
+        targets = self._resume_targets() if self._newly_assigned else {}
+        if targets:
+            msgs = [m for m in msgs if m.offset >= targets.get((m.source, m.part), -1)]
+        return msgs
 
     @property
     def finished(self) -> bool:

@@ -55,7 +55,7 @@ class Check(_Frozen):
 def default_checks() -> list[Check]:
     """The seed runbook's triggers, 1:1."""
     return [
-        Check(id="label_flip", kind="label_flip", threshold=0.02),
+        Check(id="label_flip", kind="label_flip", threshold=0.01),
         Check(id="score_diff", kind="score_diff", threshold=0.05, tolerance=0.1),
         Check(id="score_shift", kind="score_shift", threshold=0.02),
         Check(id="latency_p95", kind="latency", threshold=1.3, quantile=0.95, for_minutes=5),

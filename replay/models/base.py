@@ -46,7 +46,8 @@ def read_output(spec: OutputSpec, output: Any) -> ReadOutput:
     label: str | None = None
     if spec.kind in ("score", "label"):
         if spec.kind == "score" or spec.score_path:
-            v = lookup(output, spec.score_path, None)
+            # tensor protocols (OIP v2) answer a bare number per row: that is the score
+            v = output if isinstance(output, int | float) else lookup(output, spec.score_path, None)
             if isinstance(v, list) and len(v) == 1:
                 v = v[0]
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):

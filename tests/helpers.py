@@ -1,0 +1,58 @@
+"""Traffic and stores for tests: envelopes, producers, configs, a demo-like model."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+T0 = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
+
+
+def envelope(i: int, rng: random.Random, t0: datetime = T0, step_s: float = 1.0) -> dict[str, Any]:
+    x = rng.gauss(0, 1)
+    return {
+        "request_id": f"req-{i}",
+        "event_time": (t0 + timedelta(seconds=i * step_s)).isoformat(),
+        "segments": {"region": rng.choice(["eu", "us", "apac"]), "device": rng.choice(["ios", "android"])},
+        "input": {"x": x, "y": rng.random(), "plan": rng.choice(["free", "pro"])},
+        "output": {"score": 1 / (1 + 2.718281828 ** (-x))},
+        "latency_ms": 5.0,
+        "model_version": "v1",
+        "feature_version": "f1",
+    }
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], timestamps_ms: list[int] | None = None) -> None:
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024, acks="all")
+    for n, (k, v) in enumerate(messages):
+        p.send(topic, key=k, value=v, timestamp_ms=timestamps_ms[n] if timestamps_ms else None)
+    p.flush()
+    p.close()
+
+
+def sampled(key: bytes, rate: float, salt: str = "shadowdiff") -> bool:
+    """An independent re-implementation of the sampling rule, to check the pipeline against."""
+    if rate >= 1.0:
+        return True
+    h = hashlib.blake2b(key, digest_size=8, salt=salt.encode()[:16]).digest()
+    return int.from_bytes(h, "big") < int(rate * float(1 << 64))
+
+
+def write_config(path: Path, body: str) -> Path:
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def jsonl(path: Path, rows: list[Any]) -> Path:
+    with path.open("wb") as fh:
+        for r in rows:
+            fh.write(r if isinstance(r, bytes) else orjson.dumps(r))
+            fh.write(b"\n")
+    return path
