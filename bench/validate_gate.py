@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diff.judge import judge  # noqa: E402
-from diff.load import open_run  # noqa: E402
-from diff.testing import Scenario, write_synthetic_store  # noqa: E402
-from schemas.policy import Policy  # noqa: E402
+from diff.judge import judge
+from diff.load import open_run
+from diff.testing import Scenario, write_synthetic_store
+from schemas.policy import Policy
 
 
 def one(home: Path, run_id: str, scenario: Scenario, policy: Policy) -> dict:  # type: ignore[type-arg]
@@ -50,16 +50,24 @@ def main() -> None:
         pending += doc["verdict"] == "pending"
         if doc["verdict"] == "no_go":
             print(f"  A/A run {i}: false NO_GO: {doc['reasons'][:2]}")
-    print(f"A/A: {args.runs} runs x 30 segments x {args.pairs} pairs, policy {policy.correction} alpha={policy.alpha}: "
-          f"false NO_GO rate {false_no_go / args.runs:.2%} (target <= 1%), pending {pending}")
+    print(
+        f"A/A: {args.runs} runs x 30 segments x {args.pairs} pairs, policy {policy.correction} alpha={policy.alpha}: "
+        f"false NO_GO rate {false_no_go / args.runs:.2%} (target <= 1%), pending {pending}"
+    )
     caught = 0
     weights = [3.0] + [97.0 / 29] * 29
     for i in range(args.runs):
-        doc = one(home, f"pl{i}", Scenario(n=args.pairs, segments=30, weights=weights, flip_extra={0: 0.05},
-                                           seed=20_000 + i), policy)
+        doc = one(
+            home,
+            f"pl{i}",
+            Scenario(n=args.pairs, segments=30, weights=weights, flip_extra={0: 0.05}, seed=20_000 + i),
+            policy,
+        )
         caught += doc["verdict"] == "no_go" and "seg=s00" in doc["failing_segments"]
-    print(f"planted +5pp label flips in a 3% segment: caught (NO_GO naming seg=s00) in {caught / args.runs:.1%} "
-          f"of {args.runs} runs (target >= 95%)")
+    print(
+        f"planted +5pp label flips in a 3% segment: caught (NO_GO naming seg=s00) in {caught / args.runs:.1%} "
+        f"of {args.runs} runs (target >= 95%)"
+    )
     print(f"elapsed {time.time() - t0:.0f} s")
     shutil.rmtree(home, ignore_errors=True)
 

@@ -33,8 +33,9 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
-def pair_stats(con: duckdb.DuckDBPyConnection, sets: SegmentSets, tolerance: float,
-               lat_grid: Sequence[float]) -> dict[str, dict[str, Any]]:
+def pair_stats(
+    con: duckdb.DuckDBPyConnection, sets: SegmentSets, tolerance: float, lat_grid: Sequence[float]
+) -> dict[str, dict[str, Any]]:
     """Counts, label flips, score differences, latency quantiles and errors per segment."""
     g = "[" + ", ".join(str(x) for x in lat_grid) + "]"
     d = "(c_score - b_score)"
@@ -83,7 +84,7 @@ def label_counts(con: duckdb.DuckDBPyConnection, sets: SegmentSets) -> dict[str,
     out: dict[str, dict[str, Any]] = {}
     sql = f"""SELECT {sets.select()}, b_label, c_label, count(*) AS n FROM pairs
         WHERE b_label IS NOT NULL AND c_label IS NOT NULL
-        {sets.group_by(['b_label', 'c_label'])}"""
+        {sets.group_by(["b_label", "c_label"])}"""
     for r in _rows(con, sql):
         seg = out.setdefault(sets.name(r), {"b": {}, "c": {}, "moves": {}})
         seg["b"][r["b_label"]] = seg["b"].get(r["b_label"], 0) + r["n"]
@@ -93,7 +94,9 @@ def label_counts(con: duckdb.DuckDBPyConnection, sets: SegmentSets) -> dict[str,
     return out
 
 
-def per_minute(con: duckdb.DuckDBPyConnection, sets: SegmentSets, quantiles: Sequence[float]) -> dict[str, list[dict[str, Any]]]:
+def per_minute(
+    con: duckdb.DuckDBPyConnection, sets: SegmentSets, quantiles: Sequence[float]
+) -> dict[str, list[dict[str, Any]]]:
     """Event-time minute buckets per segment, for sustained-window checks."""
     qs = "[" + ", ".join(str(q) for q in sorted(set(quantiles))) + "]"
     sql = f"""SELECT {sets.select()}, date_trunc('minute', event_time) AS minute,
@@ -101,7 +104,7 @@ def per_minute(con: duckdb.DuckDBPyConnection, sets: SegmentSets, quantiles: Seq
         count(*) FILTER (WHERE b_err IS NOT NULL) AS b_err_n,
         quantile_cont(b_lat, {qs}) FILTER (WHERE b_err IS NULL) AS b_q,
         quantile_cont(c_lat, {qs}) FILTER (WHERE c_err IS NULL) AS c_q
-        FROM pairs {sets.group_by(['minute'])}"""
+        FROM pairs {sets.group_by(["minute"])}"""
     out: dict[str, list[dict[str, Any]]] = {}
     for r in _rows(con, sql):
         out.setdefault(sets.name(r), []).append(r)

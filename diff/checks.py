@@ -41,11 +41,21 @@ class CheckResult:
             return None if x is None or not math.isfinite(x) else round(float(x), 6)
 
         return {
-            "check": self.check_id, "kind": self.kind, "segment": self.segment,
-            "feature": self.feature, "status": self.status, "severity": self.severity,
-            "value": r(self.value), "ci": None if self.ci is None else [r(self.ci[0]), r(self.ci[1])],
-            "threshold": self.threshold, "p_value": r(self.p_value), "p_adjusted": r(self.p_adjusted),
-            "n": self.n, "sustained": self.sustained, "detail": self.detail, "extra": self.extra,
+            "check": self.check_id,
+            "kind": self.kind,
+            "segment": self.segment,
+            "feature": self.feature,
+            "status": self.status,
+            "severity": self.severity,
+            "value": r(self.value),
+            "ci": None if self.ci is None else [r(self.ci[0]), r(self.ci[1])],
+            "threshold": self.threshold,
+            "p_value": r(self.p_value),
+            "p_adjusted": r(self.p_adjusted),
+            "n": self.n,
+            "sustained": self.sustained,
+            "detail": self.detail,
+            "extra": self.extra,
         }
 
 
@@ -78,9 +88,15 @@ def score_diff(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) ->
     share = k / n
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=share, ci=stats.wilson(k, n))
     q = s.get("abs_d_q") or [None, None, None]
-    res.extra = {"share_beyond_tolerance": share, "tolerance": chk.tolerance, "abs_diff_p50": q[0],
-                 "abs_diff_p90": q[1], "abs_diff_p99": q[2], "correlation": s.get("corr"),
-                 "mean_relative_diff": s.get("mean_rel_d")}
+    res.extra = {
+        "share_beyond_tolerance": share,
+        "tolerance": chk.tolerance,
+        "abs_diff_p50": q[0],
+        "abs_diff_p90": q[1],
+        "abs_diff_p99": q[2],
+        "correlation": s.get("corr"),
+        "mean_relative_diff": s.get("mean_rel_d"),
+    }
     if int(s["n_s_r"]) > 0:
         nr, kr = int(s["n_s_r"]), int(s["far_r"])
         res.p_value = stats.p_diff_above(k, n, kr, nr, thr)
@@ -106,15 +122,24 @@ def score_shift(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -
     return res
 
 
-def _latency_quantile(s: dict[str, Any], grid: list[float], col: str, n_col: str, p: float) -> tuple[float, float, float]:
+def _latency_quantile(
+    s: dict[str, Any], grid: list[float], col: str, n_col: str, p: float
+) -> tuple[float, float, float]:
     n = int(s[n_col])
     lo_f, hi_f = stats.quantile_rank_bounds(p, n)
     vals = s[col]
     return interp(grid, vals, p), interp(grid, vals, lo_f), interp(grid, vals, hi_f)
 
 
-def latency(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str, grid: list[float],
-            minutes: list[dict[str, Any]] | None) -> CheckResult | None:
+def latency(
+    chk: Check,
+    seg: str,
+    s: dict[str, Any],
+    thr: float,
+    sev: str,
+    grid: list[float],
+    minutes: list[dict[str, Any]] | None,
+) -> CheckResult | None:
     nb, nc = int(s["n_bl"]), int(s["n_cl"])
     if nb == 0 or nc == 0:
         return None
@@ -124,19 +149,31 @@ def latency(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str, grid:
     if not (qb > 0 and qc > 0):
         return None
     ratio = qc / qb
-    res = CheckResult(chk.id, chk.kind, seg, sev, thr, min(nb, nc), value=ratio,
-                      ci=(qc_lo / qb_hi if qb_hi > 0 else 0.0, qc_hi / qb_lo if qb_lo > 0 else math.inf))
+    res = CheckResult(
+        chk.id,
+        chk.kind,
+        seg,
+        sev,
+        thr,
+        min(nb, nc),
+        value=ratio,
+        ci=(qc_lo / qb_hi if qb_hi > 0 else 0.0, qc_hi / qb_lo if qb_lo > 0 else math.inf),
+    )
     # log-ratio z-test; standard errors read off the order-statistic intervals
     se_b = (math.log(max(qb_hi, 1e-9)) - math.log(max(qb_lo, 1e-9))) / (2 * 1.96)
     se_c = (math.log(max(qc_hi, 1e-9)) - math.log(max(qc_lo, 1e-9))) / (2 * 1.96)
     se = math.sqrt(se_b**2 + se_c**2) or 1e-9
     res.p_value = stats.p_mean_beyond(math.log(ratio), se, math.log(thr)) if ratio > 1 else 1.0
     qs = [0.5, 0.95, 0.99]
-    res.extra = {"baseline_ms": {f"p{int(q * 100)}": interp(grid, s["b_lat_q"], q) for q in qs},
-                 "candidate_ms": {f"p{int(q * 100)}": interp(grid, s["c_lat_q"], q) for q in qs}}
+    res.extra = {
+        "baseline_ms": {f"p{int(q * 100)}": interp(grid, s["b_lat_q"], q) for q in qs},
+        "candidate_ms": {f"p{int(q * 100)}": interp(grid, s["c_lat_q"], q) for q in qs},
+    }
     res.sustained, streak = _sustained(minutes, chk, lambda m: _minute_ratio(m, p), thr)
     res.extra["longest_minutes_above"] = streak
-    res.detail = f"p{p * 100:g} {qc:.1f} ms vs {qb:.1f} ms: ×{ratio:.2f} (threshold ×{thr}, for {chk.for_minutes:g} min)"
+    res.detail = (
+        f"p{p * 100:g} {qc:.1f} ms vs {qb:.1f} ms: ×{ratio:.2f} (threshold ×{thr}, for {chk.for_minutes:g} min)"
+    )
     return res
 
 
@@ -172,32 +209,43 @@ def _sustained(minutes: list[dict[str, Any]] | None, chk: Check, metric: Any, th
     return best >= chk.for_minutes, best
 
 
-def error_rate(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str,
-               minutes: list[dict[str, Any]] | None) -> CheckResult:
+def error_rate(
+    chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str, minutes: list[dict[str, Any]] | None
+) -> CheckResult:
     n, k = int(s["n_req"]), int(s["c_err_n"])
     rate = k / n if n else 0.0
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=rate, ci=stats.wilson(k, n))
     res.p_value = stats.p_rate_above(k, n, thr)
     res.sustained, streak = _sustained(minutes, chk, lambda m: (m["c_err_n"] / m["n"]) if m["n"] >= 20 else None, thr)
-    res.extra = {"timeouts": int(s["c_timeout_n"]), "errors": k, "baseline_errors": int(s["b_err_n"]),
-                 "timeout_rate_ci": stats.wilson(int(s["c_timeout_n"]), n), "longest_minutes_above": streak}
+    res.extra = {
+        "timeouts": int(s["c_timeout_n"]),
+        "errors": k,
+        "baseline_errors": int(s["b_err_n"]),
+        "timeout_rate_ci": stats.wilson(int(s["c_timeout_n"]), n),
+        "longest_minutes_above": streak,
+    }
     res.detail = f"candidate error rate {rate:.2%} ({k}/{n}, {int(s['c_timeout_n'])} timeouts; threshold {thr:.2%})"
     return res
 
 
-def prediction_drift(chk: Check, seg: str, dist: dict[str, Any] | None, labels: dict[str, Any] | None,
-                     thr: float, sev: str) -> CheckResult | None:
+def prediction_drift(
+    chk: Check, seg: str, dist: dict[str, Any] | None, labels: dict[str, Any] | None, thr: float, sev: str
+) -> CheckResult | None:
     if dist and dist.get("q_b") and dist.get("q_c") and int(dist["n_b"]) > 0:
         w = wasserstein_normed(dist["q_b"], dist["q_c"], float(dist["sd_b"] or 0))
         res = CheckResult(chk.id, chk.kind, seg, sev, thr, int(dist["n_b"]), value=w, exceeded=w >= thr)
         res.detail = f"normalised Wasserstein distance of candidate vs baseline scores {w:.3f} (threshold {thr})"
-        res.extra = {"baseline_deciles": [interp(DIST_GRID, dist["q_b"], q / 10) for q in range(1, 10)],
-                     "candidate_deciles": [interp(DIST_GRID, dist["q_c"], q / 10) for q in range(1, 10)]}
+        res.extra = {
+            "baseline_deciles": [interp(DIST_GRID, dist["q_b"], q / 10) for q in range(1, 10)],
+            "candidate_deciles": [interp(DIST_GRID, dist["q_c"], q / 10) for q in range(1, 10)],
+        }
         return res
     if labels and labels.get("b"):
         d = categorical_drift(labels["b"], labels["c"])
         n = int(sum(labels["b"].values()))
-        res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=d.score, exceeded=d.drifted if d.is_test else d.score >= thr)
+        res = CheckResult(
+            chk.id, chk.kind, seg, sev, thr, n, value=d.score, exceeded=d.drifted if d.is_test else d.score >= thr
+        )
         res.detail = f"{d.method} of candidate vs baseline labels {d.score:.3f}"
         return res
     return None

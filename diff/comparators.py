@@ -29,7 +29,14 @@ def json_diff(a: Any, b: Any, path: str = "", tol: float = 1e-9, limit: int = 50
                     walk(x[k], y[k], q)
         elif isinstance(x, list) and isinstance(y, list):
             if len(x) != len(y):
-                out.append({"path": p or "<root>", "kind": "changed", "baseline": f"{len(x)} items", "candidate": f"{len(y)} items"})
+                out.append(
+                    {
+                        "path": p or "<root>",
+                        "kind": "changed",
+                        "baseline": f"{len(x)} items",
+                        "candidate": f"{len(y)} items",
+                    }
+                )
             for i, (u, v) in enumerate(zip(x, y, strict=False)):
                 walk(u, v, f"{p}[{i}]")
         elif _kind(x) != _kind(y):

@@ -58,9 +58,16 @@ def psi_from_grids(grid: Sequence[float], q_ref: Sequence[float], q_cur: Sequenc
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
-def numeric_drift(grid: Sequence[float], q_ref: Sequence[float], q_cur: Sequence[float], sd_ref: float,
-                  n_ref: int, n_cur: int, raw_ref: Sequence[float] | None = None,
-                  raw_cur: Sequence[float] | None = None) -> DriftResult:
+def numeric_drift(
+    grid: Sequence[float],
+    q_ref: Sequence[float],
+    q_cur: Sequence[float],
+    sd_ref: float,
+    n_ref: int,
+    n_cur: int,
+    raw_ref: Sequence[float] | None = None,
+    raw_cur: Sequence[float] | None = None,
+) -> DriftResult:
     psi = psi_from_grids(grid, q_ref, q_cur)
     if n_ref <= SMALL and raw_ref is not None and raw_cur is not None and len(raw_ref) and len(raw_cur):
         p = float(ks_2samp(raw_ref, raw_cur).pvalue)
@@ -78,7 +85,11 @@ def categorical_drift(ref_counts: dict[str, int], cur_counts: dict[str, int]) ->
         return DriftResult("jensenshannon", 0.0, False, None, n_ref, n_cur)
     rp, cp = r / n_ref, c / n_cur
     eps = 1e-4
-    psi = float(np.sum((np.clip(cp, eps, None) - np.clip(rp, eps, None)) * np.log(np.clip(cp, eps, None) / np.clip(rp, eps, None))))
+    psi = float(
+        np.sum(
+            (np.clip(cp, eps, None) - np.clip(rp, eps, None)) * np.log(np.clip(cp, eps, None) / np.clip(rp, eps, None))
+        )
+    )
     if n_ref <= SMALL:
         # evidently: chi-square of current counts against reference proportions
         mask = rp > 0

@@ -93,16 +93,15 @@ def load_reference_file(path: Path, info: RunInfo) -> pl.DataFrame:
 class FeatureTables:
     """Creates `cur_f` and `ref_f` views (segment columns + f_<feature>) on a connection."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets,
-                 reference: Reference | None) -> None:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets, reference: Reference | None
+    ) -> None:
         self.con = con
         self.info = info
         self.sets = sets
         segs = ", ".join(f"p.{c}" for c in sets.columns)
-        feats = ", ".join(
-            f"r.features.{ident(n)} AS {ident('f_' + n)}" for n in info.numeric + info.categorical
-        )
-        base = f"""SELECT {segs}{',' if segs else ''} {feats}, p.event_time, p.part, p."offset"
+        feats = ", ".join(f"r.features.{ident(n)} AS {ident('f_' + n)}" for n in info.numeric + info.categorical)
+        base = f"""SELECT {segs}{"," if segs else ""} {feats}, p.event_time, p.part, p."offset"
                    FROM pairs p JOIN requests r USING (source, part, "offset")"""
         self.has_reference = reference is not None
         if reference is None:
@@ -112,7 +111,7 @@ class FeatureTables:
             ref = load_reference_file(reference.file, info)
             con.register("ref_file_frame", ref.to_arrow())
             con.execute(f"CREATE OR REPLACE TEMP VIEW cur_f AS {base}")
-            con.execute("CREATE OR REPLACE TEMP VIEW ref_f AS SELECT *, 0 AS part, 0 AS \"offset\" FROM ref_file_frame")
+            con.execute('CREATE OR REPLACE TEMP VIEW ref_f AS SELECT *, 0 AS part, 0 AS "offset" FROM ref_file_frame')
         else:
             win = f"p.event_time >= TIMESTAMPTZ '{reference.start}' AND p.event_time < TIMESTAMPTZ '{reference.end}'"
             con.execute(f"CREATE OR REPLACE TEMP VIEW ref_f AS {base} WHERE {win}")
@@ -125,6 +124,12 @@ class FeatureTables:
         k = int(np.ceil(n / max_rows))
         return f'hash(part, "offset") % {k} = 0'
 
+    def _raw(self, table: str, feature: str, seg: str, sample: str) -> list[float]:
+        """Raw values of one feature in one segment (for the small-sample tests)."""
+        c = ident("f_" + feature)
+        sql = f"SELECT {c} FROM {table} WHERE {self.sets.where(seg)} AND {c} IS NOT NULL AND {sample}"
+        return [float(v) for (v,) in self.con.execute(sql).fetchall()]
+
     def collect(self, max_rows: int = 1_000_000) -> list[FeatureStats]:
         con, sets, info = self.con, self.sets, self.info
         g = "[" + ", ".join(f"{x:.6f}" for x in DIST_GRID) + "]"
@@ -133,8 +138,15 @@ class FeatureTables:
         # exact counts and ranges, one scan per side for all features
         ranges = {}
         if num and self.has_reference:
-            r = _rows(con, "SELECT " + ", ".join(
-                f"min({ident('f_' + n)}) AS {ident('lo_' + n)}, max({ident('f_' + n)}) AS {ident('hi_' + n)}" for n in num) + " FROM ref_f")[0]
+            r = _rows(
+                con,
+                "SELECT "
+                + ", ".join(
+                    f"min({ident('f_' + n)}) AS {ident('lo_' + n)}, max({ident('f_' + n)}) AS {ident('hi_' + n)}"
+                    for n in num
+                )
+                + " FROM ref_f",
+            )[0]
             ranges = {n: (r["lo_" + n], r["hi_" + n]) for n in num}
         sides = {}
         for side in ("cur_f", "ref_f"):
@@ -151,9 +163,14 @@ class FeatureTables:
                 if side == "cur_f" and n in ranges and ranges[n][0] is not None:
                     lo, hi = ranges[n]
                     aggs.append(f"count(*) FILTER (WHERE {c} < {lo!r} OR {c} > {hi!r}) AS {ident('oor_' + n)}")
-            sides[side] = {info_seg: row for info_seg, row in
-                           ((sets.name(r), r) for r in _rows(con, f"SELECT {sets.select()}, {', '.join(aggs)} FROM {side} {sets.group_by()}"))}
-        cats = {}
+            sides[side] = {
+                info_seg: row
+                for info_seg, row in (
+                    (sets.name(r), r)
+                    for r in _rows(con, f"SELECT {sets.select()}, {', '.join(aggs)} FROM {side} {sets.group_by()}")
+                )
+            }
+        cats: dict[tuple[str, str, str], dict[str | None, int]] = {}
         for side in sides:
             for n in info.categorical:
                 c = ident("f_" + n)
@@ -169,32 +186,67 @@ class FeatureTables:
                 if ref and n_ref and n_cur and cur["q_" + n] and ref["q_" + n]:
                     raw_ref = raw_cur = None
                     if n_ref <= SMALL:
-                        raw_ref = [v for (v,) in con.execute(f"SELECT {ident('f_' + n)} FROM ref_f WHERE {sets.where(seg)} AND {ident('f_' + n)} IS NOT NULL").fetchall()]
-                        raw_cur = [v for (v,) in con.execute(f"SELECT {ident('f_' + n)} FROM cur_f WHERE {sets.where(seg)} AND {ident('f_' + n)} IS NOT NULL AND {self._sample_clause('cur_f', max_rows)}").fetchall()]
+                        raw_ref = self._raw("ref_f", n, seg, "TRUE")
+                        raw_cur = self._raw("cur_f", n, seg, self._sample_clause("cur_f", max_rows))
                     if (ref["u_" + n] or 0) <= 5:
                         rc = cats_from(con, "ref_f", n, sets, seg)
                         cc = cats_from(con, "cur_f", n, sets, seg)
                         drift = categorical_drift(rc, cc)
                     else:
-                        drift = numeric_drift(DIST_GRID, ref["q_" + n], cur["q_" + n], float(ref["sd_" + n] or 0),
-                                              n_ref, n_cur, raw_ref, raw_cur)
-                results.append(FeatureStats(seg, n, "numeric", int(cur["n_all"]), int(cur["n_all"]) - n_cur,
-                                            int(ref["n_all"]) if ref else 0, (int(ref["n_all"]) - n_ref) if ref else 0,
-                                            int(cur.get("oor_" + n) or 0), 0, [], drift))
+                        drift = numeric_drift(
+                            DIST_GRID,
+                            ref["q_" + n],
+                            cur["q_" + n],
+                            float(ref["sd_" + n] or 0),
+                            n_ref,
+                            n_cur,
+                            raw_ref,
+                            raw_cur,
+                        )
+                results.append(
+                    FeatureStats(
+                        seg,
+                        n,
+                        "numeric",
+                        int(cur["n_all"]),
+                        int(cur["n_all"]) - n_cur,
+                        int(ref["n_all"]) if ref else 0,
+                        (int(ref["n_all"]) - n_ref) if ref else 0,
+                        int(cur.get("oor_" + n) or 0),
+                        0,
+                        [],
+                        drift,
+                    )
+                )
             for n in info.categorical:
-                cc = cats.get(("cur_f", n, seg), {})
-                rc = cats.get(("ref_f", n, seg), {})
-                nulls_c = cc.pop(None, 0)
-                nulls_r = rc.pop(None, 0)
+                cc_all = cats.get(("cur_f", n, seg), {})
+                rc_all = cats.get(("ref_f", n, seg), {})
+                nulls_c, nulls_r = cc_all.get(None, 0), rc_all.get(None, 0)
+                cc = {k: v for k, v in cc_all.items() if k is not None}
+                rc = {k: v for k, v in rc_all.items() if k is not None}
                 new_vals = sorted(v for v in cc if v not in rc) if ref else []
                 drift = categorical_drift(rc, cc) if ref and rc and cc else None
-                results.append(FeatureStats(seg, n, "categorical", int(cur["n_all"]), nulls_c,
-                                            int(ref["n_all"]) if ref else 0, nulls_r, 0,
-                                            sum(cc[v] for v in new_vals), new_vals[:20], drift))
+                results.append(
+                    FeatureStats(
+                        seg,
+                        n,
+                        "categorical",
+                        int(cur["n_all"]),
+                        nulls_c,
+                        int(ref["n_all"]) if ref else 0,
+                        nulls_r,
+                        0,
+                        sum(cc[v] for v in new_vals),
+                        new_vals[:20],
+                        drift,
+                    )
+                )
         return results
 
 
 def cats_from(con: duckdb.DuckDBPyConnection, table: str, feature: str, sets: SegmentSets, seg: str) -> dict[str, int]:
     c = ident("f_" + feature)
-    rows = con.execute(f"SELECT CAST({c} AS VARCHAR), count(*) FROM {table} WHERE {sets.where(seg)} AND {c} IS NOT NULL GROUP BY 1").fetchall()
+    rows = con.execute(
+        f"SELECT CAST({c} AS VARCHAR), count(*) FROM {table} WHERE {sets.where(seg)} AND {c} IS NOT NULL GROUP BY 1"
+    ).fetchall()
     return {str(v): int(k) for v, k in rows}

@@ -29,11 +29,12 @@ from diff.segments import ALL, SegmentSets
 from diff.stats import adjust, p_diff_above, p_rate_above, wilson
 from schemas import VERDICT_SCHEMA_VERSION
 from schemas.policy import Check, Policy
-from schemas.records import Status
+from schemas.records import BASELINE, Status, candidate_variant
 
 
 def _threshold(chk: Check, seg: str) -> tuple[float, str]:
-    thr, sev = chk.threshold, chk.severity
+    thr: float = chk.threshold
+    sev: str = chk.severity
     for o in chk.overrides:
         if o.segment == seg:
             thr = o.threshold if o.threshold is not None else thr
@@ -73,9 +74,15 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     for seg in sorted(pstats, key=lambda s: (s != ALL, s)):
         n = int(pstats[seg]["n_req"])
         ok = n >= policy.min_samples
-        segments.append({"segment": seg, "n": n, "n_pairs": int(pstats[seg]["n_pair"]),
-                         "status": Status.GO.value if ok else Status.PENDING.value,
-                         "needed": max(0, policy.min_samples - n)})
+        segments.append(
+            {
+                "segment": seg,
+                "n": n,
+                "n_pairs": int(pstats[seg]["n_pair"]),
+                "status": Status.GO.value if ok else Status.PENDING.value,
+                "needed": max(0, policy.min_samples - n),
+            }
+        )
         if ok:
             judged.add(seg)
 
@@ -87,8 +94,18 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
                 continue
             if seg not in judged:
                 if chk.kind not in ("dead_letters", "version_pairing"):
-                    results.append(ck.CheckResult(chk.id, chk.kind, seg, sev, thr, int(s["n_req"]), status=ck.PENDING,
-                                                  detail=f"{int(s['n_req'])} of {policy.min_samples} pairs needed"))
+                    results.append(
+                        ck.CheckResult(
+                            chk.id,
+                            chk.kind,
+                            seg,
+                            sev,
+                            thr,
+                            int(s["n_req"]),
+                            status=ck.PENDING,
+                            detail=f"{int(s['n_req'])} of {policy.min_samples} pairs needed",
+                        )
+                    )
                 continue
             r: ck.CheckResult | None = None
             if chk.kind == "label_flip":
@@ -112,6 +129,8 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     results += _feature_checks(con, info, sets, policy, judged)
     results += _run_level_checks(con, info, spec, sets, policy, judged)
 
+    order = {c.id: i for i, c in enumerate(policy.checks)}
+    results.sort(key=lambda r: (order[r.check_id], r.segment != ALL, r.segment, r.feature or ""))
     # one family, one correction
     family = [r for r in results if r.p_value is not None and r.status not in (ck.PENDING, ck.NA)]
     for r, p_adj in zip(family, adjust([r.p_value for r in family], policy.correction), strict=True):  # type: ignore[misc]
@@ -141,23 +160,32 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
         for r in results:
             if r.status == ck.FAIL:
                 what = f"{r.check_id}{'[' + r.feature + ']' if r.feature else ''}"
-                reasons.append(f"{what} failed in {r.segment}: {r.detail}" +
-                               (f" (p_adj={r.p_adjusted:.2g})" if r.p_adjusted is not None else ""))
+                reasons.append(
+                    f"{what} failed in {r.segment}: {r.detail}"
+                    + (f" (p_adj={r.p_adjusted:.2g})" if r.p_adjusted is not None else "")
+                )
     elif n_all == 0:
         verdict = Status.PENDING
         reasons.append("no data: no stored pairs for this candidate yet")
     elif n_all < policy.min_samples or (policy.require_all_segments and pending_segments):
         verdict = Status.PENDING
         for s in pending_segments:
-            reasons.append(f"{s['segment']}: {s['n']} pairs, needs {s['needed']} more (min_samples {policy.min_samples})")
+            reasons.append(
+                f"{s['segment']}: {s['n']} pairs, needs {s['needed']} more (min_samples {policy.min_samples})"
+            )
     elif span_min < policy.min_duration_minutes:
         verdict = Status.PENDING
         reasons.append(f"data spans {span_min:.1f} min of event time, policy needs {policy.min_duration_minutes:g}")
     else:
         verdict = Status.GO
-        reasons.append(f"all {len([r for r in results if r.status == ck.PASS])} checks passed in {len(judged)} segments")
-    warnings = [f"{r.check_id}{'[' + r.feature + ']' if r.feature else ''} in {r.segment}: {r.detail}"
-                for r in results if r.status == ck.WARN]
+        reasons.append(
+            f"all {len([r for r in results if r.status == ck.PASS])} checks passed in {len(judged)} segments"
+        )
+    warnings = [
+        f"{r.check_id}{'[' + r.feature + ']' if r.feature else ''} in {r.segment}: {r.detail}"
+        for r in results
+        if r.status == ck.WARN
+    ]
 
     doc: dict[str, Any] = {
         "schema_version": VERDICT_SCHEMA_VERSION,
@@ -168,29 +196,59 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
         "warnings": warnings[:50],
         "failing_segments": failing,
         "data": _data_section(con, info, n_all, t_min, t_max),
-        "versions": {"candidate_model": spec.get("model_version"), "candidate_feature_version": spec.get("feature_version"),
-                     "baseline": info.config.get("baseline", {}), "software": info.meta.get("versions", {}),
-                     "config_digest": info.meta.get("config_digest")},
-        "policy": {"digest": policy_digest(policy), "min_samples": policy.min_samples,
-                   "min_duration_minutes": policy.min_duration_minutes, "alpha": policy.alpha,
-                   "correction": policy.correction, "require_all_segments": policy.require_all_segments},
-        "statistics": {"correction": "holm (family-wise error rate)" if policy.correction == "holm" else "benjamini-hochberg (false discovery rate)",
-                       "alpha": policy.alpha, "tests_in_family": len(family),
-                       "note": "distance checks (Wasserstein, Jensen-Shannon) are effect-size thresholds outside the family"},
+        "versions": {
+            "candidate_model": spec.get("model_version"),
+            "candidate_feature_version": spec.get("feature_version"),
+            "baseline": info.config.get("baseline", {}),
+            "software": info.meta.get("versions", {}),
+            "config_digest": info.meta.get("config_digest"),
+        },
+        "policy": {
+            "digest": policy_digest(policy),
+            "min_samples": policy.min_samples,
+            "min_duration_minutes": policy.min_duration_minutes,
+            "alpha": policy.alpha,
+            "correction": policy.correction,
+            "require_all_segments": policy.require_all_segments,
+        },
+        "statistics": {
+            "correction": "holm (family-wise error rate)"
+            if policy.correction == "holm"
+            else "benjamini-hochberg (false discovery rate)",
+            "alpha": policy.alpha,
+            "tests_in_family": len(family),
+            "note": "distance checks (Wasserstein, Jensen-Shannon) are effect-size thresholds outside the family",
+        },
         "segments": segments,
         "checks": [r.as_dict() for r in results],
-        "flips": {seg: v["moves"] for seg, v in labels.items() if v["moves"]},
-        "examples": _examples(con, sets, policy.examples),
+        "flips": {seg: dict(sorted(v["moves"].items())) for seg, v in sorted(labels.items()) if v["moves"]},
+        "examples": _examples(con, sets, policy.examples, cand),
     }
+    doc = _stable(doc)
     doc["digest"] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     doc["generated_at"] = datetime.now(UTC).isoformat()
     return doc
 
 
-def _feature_checks(con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets, policy: Policy,
-                    judged: set[str]) -> list[ck.CheckResult]:
+def _stable(obj: Any) -> Any:
+    """Round floats to 10 significant digits: DuckDB's parallel sums may differ in the last bits
+    from one scan to the next, and a re-judged verdict must be byte-identical."""
+    if isinstance(obj, float):
+        return float(f"{obj:.10g}") if obj == obj else None
+    if isinstance(obj, dict):
+        return {k: _stable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_stable(v) for v in obj]
+    return obj
+
+
+def _feature_checks(
+    con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets, policy: Policy, judged: set[str]
+) -> list[ck.CheckResult]:
     kinds = {c.kind for c in policy.checks}
-    if not ({"feature_drift", "null_spike", "out_of_range", "new_category"} & kinds) or not (info.numeric or info.categorical):
+    if not ({"feature_drift", "null_spike", "out_of_range", "new_category"} & kinds) or not (
+        info.numeric or info.categorical
+    ):
         return []
     ft = FeatureTables(con, info, sets, policy.reference)
     stats_ = ft.collect()
@@ -210,12 +268,23 @@ def _feature_checks(con: duckdb.DuckDBPyConnection, info: RunInfo, sets: Segment
                     r.p_value = d.score
                 else:
                     r.exceeded = d.score >= thr
-                r.detail = f"{d.method} {d.score:.3f} (PSI {d.psi:.3f})" if d.psi is not None else f"{d.method} {d.score:.3f}"
+                r.detail = (
+                    f"{d.method} {d.score:.3f} (PSI {d.psi:.3f})" if d.psi is not None else f"{d.method} {d.score:.3f}"
+                )
                 r.extra = {"method": d.method, "psi": d.psi, "n_ref": d.n_ref}
             elif chk.kind == "null_spike" and f.n_cur:
                 share = f.nulls_cur / f.n_cur
-                r = ck.CheckResult(chk.id, chk.kind, f.segment, sev, thr, f.n_cur, value=share,
-                                   ci=wilson(f.nulls_cur, f.n_cur), feature=f.feature)
+                r = ck.CheckResult(
+                    chk.id,
+                    chk.kind,
+                    f.segment,
+                    sev,
+                    thr,
+                    f.n_cur,
+                    value=share,
+                    ci=wilson(f.nulls_cur, f.n_cur),
+                    feature=f.feature,
+                )
                 if f.n_ref:
                     r.p_value = p_diff_above(f.nulls_cur, f.n_cur, f.nulls_ref, f.n_ref, thr)
                     r.detail = f"null share {share:.2%} vs reference {f.nulls_ref / f.n_ref:.2%} (threshold +{thr:.2%})"
@@ -223,20 +292,44 @@ def _feature_checks(con: duckdb.DuckDBPyConnection, info: RunInfo, sets: Segment
                     r.p_value = p_rate_above(f.nulls_cur, f.n_cur, thr)
                     r.detail = f"null share {share:.2%} (threshold {thr:.2%}; no reference)"
             elif chk.kind == "out_of_range" and f.kind == "numeric" and f.n_ref:
-                r = ck.CheckResult(chk.id, chk.kind, f.segment, sev, thr, f.n_cur, value=f.out_of_range / max(f.n_cur, 1),
-                                   feature=f.feature, p_value=p_rate_above(f.out_of_range, f.n_cur, thr))
+                r = ck.CheckResult(
+                    chk.id,
+                    chk.kind,
+                    f.segment,
+                    sev,
+                    thr,
+                    f.n_cur,
+                    value=f.out_of_range / max(f.n_cur, 1),
+                    feature=f.feature,
+                    p_value=p_rate_above(f.out_of_range, f.n_cur, thr),
+                )
                 r.detail = f"{f.out_of_range} values outside the reference range"
             elif chk.kind == "new_category" and f.kind == "categorical" and f.n_ref:
-                r = ck.CheckResult(chk.id, chk.kind, f.segment, sev, thr, f.n_cur, value=f.new_category / max(f.n_cur, 1),
-                                   feature=f.feature, p_value=p_rate_above(f.new_category, f.n_cur, thr))
+                r = ck.CheckResult(
+                    chk.id,
+                    chk.kind,
+                    f.segment,
+                    sev,
+                    thr,
+                    f.n_cur,
+                    value=f.new_category / max(f.n_cur, 1),
+                    feature=f.feature,
+                    p_value=p_rate_above(f.new_category, f.n_cur, thr),
+                )
                 r.detail = f"{f.new_category} values of unseen categories {f.new_values[:5]}"
             if r is not None:
                 out.append(r)
     return out
 
 
-def _run_level_checks(con: duckdb.DuckDBPyConnection, info: RunInfo, spec: dict[str, Any], sets: SegmentSets,
-                      policy: Policy, judged: set[str]) -> list[ck.CheckResult]:
+def _run_level_checks(
+    con: duckdb.DuckDBPyConnection,
+    info: RunInfo,
+    spec: dict[str, Any],
+    sets: SegmentSets,
+    policy: Policy,
+    judged: set[str],
+) -> list[ck.CheckResult]:
     out: list[ck.CheckResult] = []
     for chk in policy.checks:
         thr, sev = _threshold(chk, ALL)
@@ -246,8 +339,17 @@ def _run_level_checks(con: duckdb.DuckDBPyConnection, info: RunInfo, spec: dict[
             ).fetchone() or (0, 0)
             by = dict(con.execute("SELECT reason, count(*) FROM dead_letters GROUP BY 1 ORDER BY 2 DESC").fetchall())
             if consumed:
-                r = ck.CheckResult(chk.id, chk.kind, ALL, sev, thr, int(consumed), value=dead / consumed,
-                                   ci=wilson(dead, consumed), p_value=p_rate_above(dead, consumed, thr))
+                r = ck.CheckResult(
+                    chk.id,
+                    chk.kind,
+                    ALL,
+                    sev,
+                    thr,
+                    int(consumed),
+                    value=dead / consumed,
+                    ci=wilson(dead, consumed),
+                    p_value=p_rate_above(dead, consumed, thr),
+                )
                 r.detail = f"{dead} of {consumed} messages dead-lettered {by}"
                 r.extra = {"by_reason": by}
                 out.append(r)
@@ -259,8 +361,10 @@ def _run_level_checks(con: duckdb.DuckDBPyConnection, info: RunInfo, spec: dict[
                 t, s = _threshold(chk, seg)
                 share = v["mismatched"] / v["n"] if v["n"] else 0.0
                 r = ck.CheckResult(chk.id, chk.kind, seg, s, t, int(v["n"]), value=share, exceeded=share > t)
-                r.detail = (f"{v['mismatched']} requests built by feature pipeline {sorted(v['seen'] or [])} fed a "
-                            f"candidate built for {spec['feature_version']}")
+                r.detail = (
+                    f"{v['mismatched']} requests built by feature pipeline {sorted(v['seen'] or [])} fed a "
+                    f"candidate built for {spec['feature_version']}"
+                )
                 out.append(r)
     return out
 
@@ -268,14 +372,18 @@ def _run_level_checks(con: duckdb.DuckDBPyConnection, info: RunInfo, spec: dict[
 def _data_section(con: duckdb.DuckDBPyConnection, info: RunInfo, n: int, t_min: Any, t_max: Any) -> dict[str, Any]:
     offsets = [
         {"source": s, "partition": p, "next_offset": o, "consumed": c, "sampled": k}
-        for s, p, o, c, k in con.execute("SELECT source, part, next_offset, consumed, sampled FROM checkpoints ORDER BY 1, 2").fetchall()
+        for s, p, o, c, k in con.execute(
+            "SELECT source, part, next_offset, consumed, sampled FROM checkpoints ORDER BY 1, 2"
+        ).fetchall()
     ]
     dead = con.execute("SELECT count(*) FROM dead_letters").fetchone()
     return {
         "pairs": n,
-        "window": {"first_event": None if t_min is None else t_min.isoformat(),
-                   "last_event": None if t_max is None else t_max.isoformat(),
-                   "configured": info.meta.get("window")},
+        "window": {
+            "first_event": None if t_min is None else t_min.isoformat(),
+            "last_event": None if t_max is None else t_max.isoformat(),
+            "configured": info.meta.get("window"),
+        },
         "offsets": offsets,
         "consumed": sum(o["consumed"] for o in offsets),
         "sampled": sum(o["sampled"] for o in offsets),
@@ -283,38 +391,51 @@ def _data_section(con: duckdb.DuckDBPyConnection, info: RunInfo, n: int, t_min: 
     }
 
 
-def _examples(con: duckdb.DuckDBPyConnection, sets: SegmentSets, k: int) -> list[dict[str, Any]]:
+def _examples(con: duckdb.DuckDBPyConnection, sets: SegmentSets, k: int, candidate: str) -> list[dict[str, Any]]:
     """The most different pairs: label flips first, then largest score gaps, then failures."""
     if k == 0:
         return []
     segcols = ", ".join(f"p.{c} AS {c}" for c in sets.columns)
     rows = con.execute(
-        f"""SELECT p.request_id, p.source, p.part, p."offset", {segcols}{',' if segcols else ''}
+        f"""SELECT p.request_id, p.source, p.part, p."offset", {segcols}{"," if segcols else ""}
                   p.b_score, p.c_score, p.b_label, p.c_label, p.c_err, r.model_input,
                   b.output AS b_out, c.output AS c_out, c.error_detail
            FROM pairs p JOIN requests r USING (source, part, "offset")
-           LEFT JOIN outputs b ON b.source = p.source AND b.part = p.part AND b."offset" = p."offset" AND b.variant = 'baseline'
-           LEFT JOIN outputs c ON c.source = p.source AND c.part = p.part AND c."offset" = p."offset" AND c.variant LIKE 'candidate:%'
+           LEFT JOIN outputs b ON b.source = p.source AND b.part = p.part AND b."offset" = p."offset"
+                               AND b.variant = $base
+           LEFT JOIN outputs c ON c.source = p.source AND c.part = p.part AND c."offset" = p."offset"
+                               AND c.variant = $cand
            ORDER BY (p.b_label IS DISTINCT FROM p.c_label AND p.c_err IS NULL) DESC,
                     abs(coalesce(p.c_score - p.b_score, 0)) DESC, (p.c_err IS NOT NULL) DESC,
                     p.source, p.part, p."offset"
-           LIMIT {int(k)}"""
+           LIMIT {int(k)}""",
+        {"base": BASELINE, "cand": candidate_variant(candidate)},
     ).fetchall()
     out = []
     for row in rows:
         (rid, src, part, off, *rest) = row
         segs = dict(zip(sets.fields, rest[: len(sets.fields)], strict=True))
-        b_score, c_score, b_label, c_label, c_err, model_input, b_out, c_out, err_detail = rest[len(sets.fields):]
+        b_score, c_score, b_label, c_label, c_err, model_input, b_out, c_out, err_detail = rest[len(sets.fields) :]
         bo = orjson.loads(b_out) if b_out else None
         co = orjson.loads(c_out) if c_out else None
-        out.append({
-            "request_id": rid, "coordinates": {"source": src, "partition": part, "offset": off},
-            "segments": segs, "input": orjson.loads(model_input) if model_input else None,
-            "baseline": {"score": b_score, "label": b_label, "output": bo},
-            "candidate": {"score": c_score, "label": c_label, "output": co, "error": c_err, "error_detail": err_detail},
-            "score_diff": None if b_score is None or c_score is None else c_score - b_score,
-            "field_diffs": json_diff(bo, co) if co is not None else [],
-        })
+        out.append(
+            {
+                "request_id": rid,
+                "coordinates": {"source": src, "partition": part, "offset": off},
+                "segments": segs,
+                "input": orjson.loads(model_input) if model_input else None,
+                "baseline": {"score": b_score, "label": b_label, "output": bo},
+                "candidate": {
+                    "score": c_score,
+                    "label": c_label,
+                    "output": co,
+                    "error": c_err,
+                    "error_detail": err_detail,
+                },
+                "score_diff": None if b_score is None or c_score is None else c_score - b_score,
+                "field_diffs": json_diff(bo, co) if co is not None else [],
+            }
+        )
     return out
 
 

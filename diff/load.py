@@ -18,8 +18,13 @@ from schemas.errors import RunNotFound, StoreError
 from schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 
 TABLES = ("requests", "outputs", "dead_letters", "checkpoints", "run_meta")
-_KEYS = {"requests": 'source, part, "offset"', "outputs": 'source, part, "offset", variant',
-         "dead_letters": 'source, part, "offset"', "checkpoints": "source, part", "run_meta": "key"}
+_KEYS = {
+    "requests": 'source, part, "offset"',
+    "outputs": 'source, part, "offset", variant',
+    "dead_letters": 'source, part, "offset"',
+    "checkpoints": "source, part",
+    "run_meta": "key",
+}
 
 
 def ident(name: str) -> str:
@@ -100,8 +105,9 @@ def run_info(con: duckdb.DuckDBPyConnection) -> RunInfo:
     return RunInfo(str(meta.get("run_id", cfg["run"]["id"])), cfg, meta)
 
 
-def build_pairs(con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str,
-                segment_fields: list[str], max_values: int) -> None:
+def build_pairs(
+    con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str, segment_fields: list[str], max_values: int
+) -> None:
     """Materialise `pairs`: one row per sampled request with baseline, candidate and repeat
     outputs side by side, and segment values (rare values pooled as '(other)')."""
     seg_exprs = []

@@ -40,9 +40,11 @@ def config_for(s: Scenario, run_id: str) -> dict[str, object]:
     return {
         "run": {"id": run_id, "home": "x", "worker": "w0", "batch_size": 2000, "batch_timeout_ms": 500},
         "source": {"kind": "file", "path": "synthetic", "max_message_bytes": 1 << 20},
-        "envelope": {}, "features": {"numeric": feats, "categorical": []},
+        "envelope": {},
+        "features": {"numeric": feats, "categorical": []},
         "segments": {"fields": ["seg"], "allowed": {}, "hour_buckets": None, "combinations": []},
-        "sampling": {"rate": 1.0}, "baseline": {"kind": "model", "repeat": s.repeat},
+        "sampling": {"rate": 1.0},
+        "baseline": {"kind": "model", "repeat": s.repeat},
         "candidates": [{"name": "cand", "kind": "python", "target": "m:f", "feature_version": None}],
         "output": {"kind": "label"},
     }
@@ -60,8 +62,9 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
     feat_t = "STRUCT(" + ", ".join(f'"{f}" DOUBLE' for f in feats) + ")"
     con.execute(store_ddl(seg_t, feat_t))
     offsets = np.arange(n, dtype=np.int64)
-    times = (np.datetime64(T0.replace(tzinfo=None), "us")
-             + (np.sort(rng.uniform(0, s.span_minutes * 60e6, n))).astype("timedelta64[us]"))
+    times = np.datetime64(T0.replace(tzinfo=None), "us") + (np.sort(rng.uniform(0, s.span_minutes * 60e6, n))).astype(
+        "timedelta64[us]"
+    )
     seg_str = np.array([f"s{i:02d}" for i in range(len(w))])[seg]
     fvals = []
     for f in feats:
@@ -71,16 +74,20 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
             mask = rng.random(n) < s.null_spike[f]
             arr = pa.array(np.where(mask, np.nan, v), pa.float64(), from_pandas=True)
         fvals.append(arr)
-    req = pa.table({
-        "source": pa.array(np.full(n, "sim"), pa.string()), "part": pa.array(np.zeros(n, np.int32)),
-        "offset": pa.array(offsets), "request_id": pa.array([f"r{i}" for i in range(n)], pa.string()),
-        "event_time": pa.array(times, pa.timestamp("us", tz="UTC")),
-        "sampled_reason": pa.array(np.full(n, "rate"), pa.string()),
-        "segments": pa.StructArray.from_arrays([pa.array(seg_str, pa.string())], names=["seg"]),
-        "features": pa.StructArray.from_arrays(fvals, names=feats),
-        "model_input": pa.array(np.full(n, "{}"), pa.string()),
-        "feature_version": pa.nulls(n, pa.string()),
-    })
+    req = pa.table(
+        {
+            "source": pa.array(np.full(n, "sim"), pa.string()),
+            "part": pa.array(np.zeros(n, np.int32)),
+            "offset": pa.array(offsets),
+            "request_id": pa.array([f"r{i}" for i in range(n)], pa.string()),
+            "event_time": pa.array(times, pa.timestamp("us", tz="UTC")),
+            "sampled_reason": pa.array(np.full(n, "rate"), pa.string()),
+            "segments": pa.StructArray.from_arrays([pa.array(seg_str, pa.string())], names=["seg"]),
+            "features": pa.StructArray.from_arrays(fvals, names=feats),
+            "model_input": pa.array(np.full(n, "{}"), pa.string()),
+            "feature_version": pa.nulls(n, pa.string()),
+        }
+    )
     con.register("req", req)
     con.execute("INSERT INTO requests BY NAME SELECT * FROM req")
     base_label = rng.random(n) < 0.3
@@ -94,33 +101,52 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
         extra[seg == i] = r
     b_lat = rng.lognormal(np.log(20), 0.4, n)
     lat_f = np.full(n, s.latency_factor_all)
-    for i, f in s.latency_factor.items():
-        lat_f[seg == i] = f
+    for i, factor in s.latency_factor.items():
+        lat_f[seg == i] = factor
     variants = {
         BASELINE: (flip(base_label, np.full(n, s.noise_flip / 2)), score + rng.normal(0, 0.01, n), b_lat),
-        candidate_variant("cand"): (flip(base_label, np.full(n, s.noise_flip / 2) + extra),
-                                    score + rng.normal(0, 0.01, n), rng.lognormal(np.log(20), 0.4, n) * lat_f),
+        candidate_variant("cand"): (
+            flip(base_label, np.full(n, s.noise_flip / 2) + extra),
+            score + rng.normal(0, 0.01, n),
+            rng.lognormal(np.log(20), 0.4, n) * lat_f,
+        ),
     }
     if s.repeat:
-        variants[BASELINE_REPEAT] = (flip(base_label, np.full(n, s.noise_flip / 2)), score + rng.normal(0, 0.01, n),
-                                     rng.lognormal(np.log(20), 0.4, n))
+        variants[BASELINE_REPEAT] = (
+            flip(base_label, np.full(n, s.noise_flip / 2)),
+            score + rng.normal(0, 0.01, n),
+            rng.lognormal(np.log(20), 0.4, n),
+        )
     for variant, (labels, scores, lat) in variants.items():
-        out = pa.table({
-            "source": req["source"], "part": req["part"], "offset": req["offset"],
-            "variant": pa.array(np.full(n, variant), pa.string()),
-            "model_version": pa.array(np.full(n, "v"), pa.string()),
-            "score": pa.array(scores), "label": pa.array(labels.astype(np.int8).astype(str), pa.string()),
-            "output": pa.nulls(n, pa.string()), "latency_ms": pa.array(lat),
-            "error_class": pa.nulls(n, pa.string()), "error_detail": pa.nulls(n, pa.string()),
-            "attempts": pa.array(np.ones(n, np.int32)),
-        })
+        out = pa.table(
+            {
+                "source": req["source"],
+                "part": req["part"],
+                "offset": req["offset"],
+                "variant": pa.array(np.full(n, variant), pa.string()),
+                "model_version": pa.array(np.full(n, "v"), pa.string()),
+                "score": pa.array(scores),
+                "label": pa.array(labels.astype(np.int8).astype(str), pa.string()),
+                "output": pa.nulls(n, pa.string()),
+                "latency_ms": pa.array(lat),
+                "error_class": pa.nulls(n, pa.string()),
+                "error_detail": pa.nulls(n, pa.string()),
+                "attempts": pa.array(np.ones(n, np.int32)),
+            }
+        )
         con.register("out", out)
         con.execute("INSERT INTO outputs BY NAME SELECT * FROM out")
         con.unregister("out")
     con.execute("INSERT INTO checkpoints VALUES ('sim', 0, ?, ?, ?)", [n, n, n])
     cfg = config_for(s, run_id)
-    for k, v in {"config": orjson.dumps(cfg).decode(), "run_id": run_id, "store_schema_version": STORE_SCHEMA_VERSION,
-                 "config_digest": "synthetic", "versions": {}}.items():
-        con.execute("INSERT OR REPLACE INTO run_meta VALUES (?, ?)", [k, orjson.dumps(v).decode()])
+    meta: dict[str, object] = {
+        "config": orjson.dumps(cfg).decode(),
+        "run_id": run_id,
+        "store_schema_version": STORE_SCHEMA_VERSION,
+        "config_digest": "synthetic",
+        "versions": {},
+    }
+    for key, value in meta.items():
+        con.execute("INSERT OR REPLACE INTO run_meta VALUES (?, ?)", [key, orjson.dumps(value).decode()])
     con.close()
     return path

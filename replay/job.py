@@ -54,11 +54,18 @@ def run_replay(
         source = open_source(cfg.source, writer.checkpoints())
         try:
             if isinstance(source, KafkaWindow):
-                writer.write_meta({"window": {
-                    "topic": cfg.source.topic,  # type: ignore[union-attr]
-                    "start": cfg.source.start, "end": cfg.source.end,  # type: ignore[union-attr]
-                    "start_offsets": source.window_start, "end_offsets": source.window_end,
-                }})
+                spec = source.spec
+                writer.write_meta(
+                    {
+                        "window": {
+                            "topic": spec.topic,
+                            "start": spec.start,
+                            "end": spec.end,
+                            "start_offsets": source.window_start,
+                            "end_offsets": source.window_end,
+                        }
+                    }
+                )
             baseline = make_client(cfg.baseline.model) if cfg.baseline.model and cfg.baseline.kind == "model" else None
             candidates = {c.name: make_client(c) for c in cfg.candidates}
             replayer = Replayer(cfg, writer, source, baseline, candidates, on_checkpoint, checkpoint_every_s)

@@ -108,8 +108,11 @@ class Replayer:
             hit = self.sampler.hit(k) if k is not None else False
             if k is None and not self.sampler.quotas_open:
                 # no key means no deterministic decision: record it rather than guess
-                dead.append(self.decoder.dead(msg, DeadLetterReason.MISSING_FIELD,
-                                              f"sampling key {self.cfg.sampling.key}: required"))
+                dead.append(
+                    self.decoder.dead(
+                        msg, DeadLetterReason.MISSING_FIELD, f"sampling key {self.cfg.sampling.key}: required"
+                    )
+                )
                 return
             if not hit and not self.sampler.quotas_open:
                 return
@@ -162,9 +165,25 @@ class Replayer:
                     score, label = read.score, read.label
                 if err is not None:
                     self.stats.call_errors[f"{variant}/{err}"] += 1
-                version = r.live_model_version if variant == BASELINE and self.baseline is None else versions.get(variant)
-                rows.append((r, Output(variant, version, score, label, c.output, c.latency_ms,
-                                       None if err is None else str(err), detail, c.attempts)))
+                version = (
+                    r.live_model_version if variant == BASELINE and self.baseline is None else versions.get(variant)
+                )
+                rows.append(
+                    (
+                        r,
+                        Output(
+                            variant,
+                            version,
+                            score,
+                            label,
+                            c.output,
+                            c.latency_ms,
+                            None if err is None else str(err),
+                            detail,
+                            c.attempts,
+                        ),
+                    )
+                )
         return rows
 
     # -- the loop -----------------------------------------------------------------------------

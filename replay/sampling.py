@@ -25,9 +25,7 @@ class Sampler:
         kind, _, name = spec.key.partition(":")
         self.key_kind = kind  # request_id | kafka_key | header | field
         self.key_name = name
-        self._quota_left = {
-            q: max(0, n - (already_sampled or {}).get(q, 0)) for q, n in spec.quotas.items()
-        }
+        self._quota_left = {q: max(0, n - (already_sampled or {}).get(q, 0)) for q, n in spec.quotas.items()}
 
     @property
     def decides_before_decoding(self) -> bool:

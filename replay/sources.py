@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Protocol
 
 import orjson
@@ -103,7 +102,7 @@ def _consumer(spec: KafkaSource, group: str | None, **extra: object):  # type: i
     )
 
 
-def _to_raw(records: dict, end: Mapping[object, int] | None = None) -> list[RawMessage]:  # type: ignore[type-arg]
+def _to_raw(records: dict, end: Mapping[object, int] | None = None) -> list[RawMessage]:
     out: list[RawMessage] = []
     for tp, recs in records.items():
         limit = end.get(tp) if end is not None else None
@@ -111,8 +110,7 @@ def _to_raw(records: dict, end: Mapping[object, int] | None = None) -> list[RawM
             if limit is not None and r.offset >= limit:
                 break
             out.append(
-                RawMessage(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp,
-                           tuple(r.headers or ()))
+                RawMessage(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers or ()))
             )
     return out
 
@@ -129,13 +127,13 @@ class KafkaLive:
         self._newly_assigned: set[object] = set()
         outer = self
 
-        class _Resume(ConsumerRebalanceListener):  # type: ignore[misc]
+        class _Resume(ConsumerRebalanceListener):
             # runs on kafka-python's IO thread, where blocking calls are refused: only note the
             # partitions here, and reconcile them with the store in poll()
             def on_partitions_revoked(self, revoked: object) -> None:
                 """Nothing pending: each batch is stored and committed before the next poll."""
 
-            def on_partitions_assigned(self, assigned: list) -> None:  # type: ignore[type-arg]
+            def on_partitions_assigned(self, assigned: list) -> None:
                 outer._newly_assigned.update(assigned)
 
         self.consumer.subscribe([spec.topic], listener=_Resume())
@@ -171,9 +169,7 @@ class KafkaLive:
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
         self._checkpoints.update(positions)
-        offsets = {
-            TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()
-        }
+        offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()}
         if offsets:
             self.consumer.commit(offsets)
 
@@ -188,7 +184,8 @@ class KafkaWindow:
     def __init__(self, spec: KafkaSource, checkpoints: Checkpoints) -> None:
         from kafka.structs import TopicPartition
 
-        assert spec.start is not None and spec.end is not None
+        assert spec.start is not None
+        assert spec.end is not None
         self.spec = spec
         self.consumer = _consumer(spec, spec.group)
         parts = self.consumer.partitions_for_topic(spec.topic)
@@ -263,5 +260,3 @@ def open_source(spec: FileSource | KafkaSource, checkpoints: Checkpoints) -> Sou
     if spec.kind == "kafka-window":
         return KafkaWindow(spec, checkpoints)
     return KafkaLive(spec, checkpoints)
-
-

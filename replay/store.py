@@ -63,7 +63,7 @@ class StoreWriter:
         self.positions: dict[tuple[str, int], Position] = {
             (s, p): Position(o, c, n)
             for s, p, o, c, n in self.con.execute(
-                'SELECT source, part, next_offset, consumed, sampled FROM checkpoints'
+                "SELECT source, part, next_offset, consumed, sampled FROM checkpoints"
             ).fetchall()
         }
 
@@ -75,20 +75,16 @@ class StoreWriter:
         if row is not None and orjson.loads(row[0]) != config_digest(self.cfg):
             prev = self.con.execute("SELECT value FROM run_meta WHERE key = 'config'").fetchone()
             prev_cfg = orjson.loads(orjson.loads(prev[0])) if prev else {}
-            if prev_cfg.get("features") != self.cfg.features.model_dump() or prev_cfg.get(
-                "segments", {}
-            ).get("fields") != list(self.cfg.segments.fields):
-                raise StoreError(
-                    f"{self.path} was written with other features/segments; use a new run id"
-                )
+            if prev_cfg.get("features") != self.cfg.features.model_dump() or prev_cfg.get("segments", {}).get(
+                "fields"
+            ) != list(self.cfg.segments.fields):
+                raise StoreError(f"{self.path} was written with other features/segments; use a new run id")
 
     def write_meta(self, items: Mapping[str, Any]) -> None:
         with self.con.cursor() as cur:
             cur.execute("BEGIN")
             for k, v in items.items():
-                cur.execute(
-                    "INSERT OR REPLACE INTO run_meta VALUES (?, ?)", [k, orjson.dumps(v, default=str).decode()]
-                )
+                cur.execute("INSERT OR REPLACE INTO run_meta VALUES (?, ?)", [k, orjson.dumps(v, default=str).decode()])
             cur.execute("COMMIT")
 
     def start_meta(self, versions: Mapping[str, Any]) -> None:

@@ -31,6 +31,4 @@ def verdict_schema() -> dict[str, Any]:
 
 def store_ddl(segments_type: str, features_type: str) -> str:
     """The store DDL with the run's STRUCT types filled in."""
-    return _text("store.sql").replace("{segments_type}", segments_type).replace(
-        "{features_type}", features_type
-    )
+    return _text("store.sql").replace("{segments_type}", segments_type).replace("{features_type}", features_type)

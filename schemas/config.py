@@ -105,9 +105,7 @@ class SegmentSpec(_Frozen):
 class SamplingSpec(_Frozen):
     rate: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     # 'request_id' | 'kafka_key' | 'header:<name>' | 'field:<dotted.path>'
-    key: Annotated[str, Field(pattern=r"^(request_id|kafka_key|header:.+|field:.+)$")] = (
-        "request_id"
-    )
+    key: Annotated[str, Field(pattern=r"^(request_id|kafka_key|header:.+|field:.+)$")] = "request_id"
     salt: str = "shadowdiff"
     quotas: dict[str, Annotated[int, Field(ge=1)]] = {}  # "field=value" -> minimum samples
 

@@ -1,9 +1,9 @@
 """The one exception root of shadowdiff and its small tree.
 
-    ShadowdiffError
-    ├── ConfigError      a run config or gate policy is invalid (says which key, what was expected)
-    ├── StoreError       a DuckDB store cannot be opened or has the wrong schema
-    └── RunNotFound      no run with that id
+ShadowdiffError
+├── ConfigError      a run config or gate policy is invalid (says which key, what was expected)
+├── StoreError       a DuckDB store cannot be opened or has the wrong schema
+└── RunNotFound      no run with that id
 """
 
 from __future__ import annotations
@@ -26,5 +26,5 @@ class StoreError(ShadowdiffError):
     """A store cannot be opened, or was written by an incompatible version."""
 
 
-class RunNotFound(ShadowdiffError):  # noqa: N818 - reads better at call sites than ...Error
+class RunNotFound(ShadowdiffError):
     """No run with the requested id."""

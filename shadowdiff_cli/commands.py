@@ -29,7 +29,6 @@ def _policy(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def judge_stored(home: Path, run_id: str, policy: Any) -> list[dict[str, Any]]:
     """Judge from the stores (read-only) and publish the verdicts."""
     from diff.load import open_run
-
     from shadowdiff_cli.wiring import judge_and_publish
 
     con = open_run(home, run_id)
@@ -43,15 +42,19 @@ def summary(doc: dict[str, Any]) -> str:
     """One screen: verdict, reasons, segments, the deciding checks."""
     lines = [f"run {doc['run_id']} candidate {doc['candidate']}: {doc['verdict'].upper()}"]
     d = doc["data"]
-    lines.append(f"  pairs {d['pairs']}  consumed {d['consumed']}  dead letters {d['dead_letters']}  "
-                 f"window {d['window']['first_event']} .. {d['window']['last_event']}")
+    lines.append(
+        f"  pairs {d['pairs']}  consumed {d['consumed']}  dead letters {d['dead_letters']}  "
+        f"window {d['window']['first_event']} .. {d['window']['last_event']}"
+    )
     lines += [f"  - {r}" for r in doc["reasons"][:12]]
     if len(doc["reasons"]) > 12:
         lines.append(f"  ... {len(doc['reasons']) - 12} more reasons")
     for w in doc.get("warnings", [])[:5]:
         lines.append(f"  warning: {w}")
-    lines.append(f"  statistics: {doc['statistics']['correction']}, alpha {doc['statistics']['alpha']}, "
-                 f"{doc['statistics']['tests_in_family']} tests")
+    lines.append(
+        f"  statistics: {doc['statistics']['correction']}, alpha {doc['statistics']['alpha']}, "
+        f"{doc['statistics']['tests_in_family']} tests"
+    )
     if doc.get("report_url"):
         lines.append(f"  report: {doc['report_url']}")
     return "\n".join(lines)
@@ -75,7 +78,6 @@ def parse_duration(text: str) -> float:
 def read_verdict(home: Path, run_id: str, candidate: str | None, policy: Any) -> dict[str, Any]:
     """The published verdict; judged from the stores when none is published and no writer runs."""
     from diff.load import store_files
-
     from shadowdiff_cli.wiring import verdict_path
 
     store_files(home, run_id)  # RunNotFound for an unknown run
@@ -113,7 +115,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reports.html import write_report
 
     home = _home(args)
-    docs = judge_stored(home, args.run, _policy(args)) if args.rejudge else [read_verdict(home, args.run, args.candidate, _policy(args))]
+    docs = (
+        judge_stored(home, args.run, _policy(args))
+        if args.rejudge
+        else [read_verdict(home, args.run, args.candidate, _policy(args))]
+    )
     for doc in docs:
         out = Path(args.output) if args.output else home / args.run / f"report-{doc['candidate']}.html"
         write_report(home, doc, out)
@@ -123,11 +129,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
-
     from reports.service import GateSettings, create_app
 
-    settings = GateSettings(home=_home(args), token=args.token, public_reads=not args.private_reads,
-                            base_url=args.base_url or f"http://{args.host}:{args.port}")
+    settings = GateSettings(
+        home=_home(args),
+        token=args.token,
+        public_reads=not args.private_reads,
+        base_url=args.base_url or f"http://{args.host}:{args.port}",
+    )
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 

@@ -32,7 +32,6 @@ def _stop_on_signals() -> threading.Event:
 def cmd_replay(args: argparse.Namespace) -> int:
     from replay.job import run_replay
     from schemas.config import load_config
-
     from shadowdiff_cli.wiring import judge_hook
 
     cfg = load_config(Path(args.config))

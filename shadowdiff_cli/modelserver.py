@@ -55,8 +55,10 @@ def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Appl
         rows = _tensor_rows(orjson.loads(await request.read()))
         outs = fn(rows)
         data = [o["score"] if isinstance(o, dict) else o for o in outs]
-        answer = {"model_name": request.match_info["model"], "outputs": [
-            {"name": "score", "shape": [len(rows)], "datatype": "FP64", "data": data}]}
+        answer = {
+            "model_name": request.match_info["model"],
+            "outputs": [{"name": "score", "shape": [len(rows)], "datatype": "FP64", "data": data}],
+        }
         return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
     async def mlflow(request: web.Request) -> web.Response:

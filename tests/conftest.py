@@ -39,8 +39,9 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start"], check=True,
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "kafka.sh"), "start"], check=True, capture_output=True, text=True, timeout=900
+    )
     yield out.stdout.strip().splitlines()[-1]
     # left running for other sessions of the suite; .ci/run stops it
 

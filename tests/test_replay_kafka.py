@@ -17,22 +17,32 @@ import duckdb
 import orjson
 import pytest
 from helpers import T0, envelope, produce, sampled, write_config
+from models_for_tests import logistic
 
 from replay.job import run_replay
 from schemas.config import load_config
 from shadowdiff_cli.modelserver import ModelServer
-from models_for_tests import logistic
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.kafka]
 
 
-def window_config(tmp: Path, bootstrap: str, topic: str, run: str, candidates: str, rate: float = 1.0,
-                  extra: str = "", batch: int = 500) -> Path:
-    return write_config(tmp / f"{run}.toml", f"""
+def window_config(
+    tmp: Path,
+    bootstrap: str,
+    topic: str,
+    run: str,
+    candidates: str,
+    rate: float = 1.0,
+    extra: str = "",
+    batch: int = 500,
+) -> Path:
+    return write_config(
+        tmp / f"{run}.toml",
+        f"""
 [run]
 id = "{run}"
-home = "{tmp / 'runs'}"
+home = "{tmp / "runs"}"
 batch_size = {batch}
 batch_timeout_ms = 200
 [source]
@@ -55,7 +65,8 @@ score_path = "score"
 threshold = 0.5
 {extra}
 {candidates}
-""")
+""",
+    )
 
 
 def produce_envelopes(bootstrap: str, topic: str, n: int, seed: int = 0) -> list[str]:
@@ -78,21 +89,29 @@ def test_window_replay_stores_exactly_the_sampled_set(tmp_path, kafka_bootstrap,
     topic = make_topic(3)
     ids = produce_envelopes(kafka_bootstrap, topic, 3000)
     with ModelServer(logistic) as url:
-        cfg = window_config(tmp_path, kafka_bootstrap, topic, "win", f"""
+        cfg = window_config(
+            tmp_path,
+            kafka_bootstrap,
+            topic,
+            "win",
+            f"""
 [[candidates]]
 name = "v2"
 kind = "http"
 url = "{url}/predict"
 response_path = ""
-""", rate=0.3)
+""",
+            rate=0.3,
+        )
         stats = run_replay(load_config(cfg))
     expected = {i for i in ids if sampled(i.encode(), 0.3)}
     assert stats.consumed == 3000
     con = stored(tmp_path / "runs", "win")
     got = {r for (r,) in con.execute("SELECT request_id FROM requests").fetchall()}
     assert got == expected
-    per_variant = dict(con.execute(
-        "SELECT variant, count(*) FILTER (WHERE error_class IS NULL) FROM outputs GROUP BY 1").fetchall())
+    per_variant = dict(
+        con.execute("SELECT variant, count(*) FILTER (WHERE error_class IS NULL) FROM outputs GROUP BY 1").fetchall()
+    )
     assert per_variant == {"baseline": len(expected), "candidate:v2": len(expected)}
     # both outputs are the real answers: live score from the envelope, candidate from the server
     (mismatch,) = con.execute("""SELECT count(*) FROM outputs b JOIN outputs c USING (source, part, "offset")
@@ -104,13 +123,20 @@ response_path = ""
 def test_sigkill_mid_run_then_restart_stores_every_request_once(tmp_path, kafka_bootstrap, make_topic):
     topic = make_topic(4)
     ids = produce_envelopes(kafka_bootstrap, topic, 12_000, seed=1)
-    cfg = window_config(tmp_path, kafka_bootstrap, topic, "kill", """
+    cfg = window_config(
+        tmp_path,
+        kafka_bootstrap,
+        topic,
+        "kill",
+        """
 [[candidates]]
 name = "slow"
 kind = "python"
 target = "models_for_tests:slow_logistic"
 batch_size = 100
-""", batch=400)
+""",
+        batch=400,
+    )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     cmd = [sys.executable, "-m", "shadowdiff_cli.main", "replay", "--config", str(cfg), "--no-judge"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -130,7 +156,9 @@ batch_size = 100
     assert (n, distinct) == (len(ids), len(ids))
     got = {r for (r,) in con.execute("SELECT request_id FROM requests").fetchall()}
     assert got == set(ids)
-    (outs,) = con.execute("SELECT count(*) FROM outputs WHERE variant = 'candidate:slow' AND error_class IS NULL").fetchone()
+    (outs,) = con.execute(
+        "SELECT count(*) FROM outputs WHERE variant = 'candidate:slow' AND error_class IS NULL"
+    ).fetchone()
     assert outs == len(ids)
 
 
@@ -183,7 +211,8 @@ def test_bad_inputs_are_recorded_and_the_run_goes_on(tmp_path, kafka_bootstrap, 
     ]
     produce(kafka_bootstrap, topic, messages)
     with ModelServer(logistic) as url:
-        cands = "".join(f"""
+        cands = "".join(
+            f"""
 [[candidates]]
 name = "{name}"
 kind = "{kind}"
@@ -192,20 +221,30 @@ timeout_s = 0.3
 retries = 1
 backoff_s = 0.01
 breaker_failures = 1000
-""" for name, kind, path in [("html", "http", "/html"), ("wrong", "http", "/wrong"), ("e500", "http", "/500"),
-                             ("hang", "http", "/hang"), ("oip", "oip-v2", "/v2/models/m/infer"),
-                             ("mlflow", "mlflow", "/invocations"), ("plain", "http", "/predict")])
-        cfg_path = write_config(tmp_path / "bad.toml", f"""
+"""
+            for name, kind, path in [
+                ("html", "http", "/html"),
+                ("wrong", "http", "/wrong"),
+                ("e500", "http", "/500"),
+                ("hang", "http", "/hang"),
+                ("oip", "oip-v2", "/v2/models/m/infer"),
+                ("mlflow", "mlflow", "/invocations"),
+                ("plain", "http", "/predict"),
+            ]
+        )
+        cfg_path = write_config(
+            tmp_path / "bad.toml",
+            f"""
 [run]
 id = "bad"
-home = "{tmp_path / 'runs'}"
+home = "{tmp_path / "runs"}"
 batch_size = 100
 batch_timeout_ms = 200
 [source]
 kind = "kafka-live"
 bootstrap = "{kafka_bootstrap}"
 topic = "{topic}"
-group = "{unique('g')}"
+group = "{unique("g")}"
 max_message_bytes = 2000
 [features]
 numeric = ["x", "y"]
@@ -215,7 +254,8 @@ allowed = {{ region = ["eu", "us", "apac"] }}
 [output]
 score_path = "score"
 {cands}
-""")
+""",
+        )
         cfg = load_config(cfg_path)
         stop = threading.Event()
 
@@ -227,15 +267,23 @@ score_path = "score"
     assert stats.consumed == len(messages)
     con = stored(tmp_path / "runs", "bad")
     dead = dict(con.execute("SELECT reason, count(*) FROM dead_letters GROUP BY 1").fetchall())
-    assert dead == {"malformed_json": 1, "missing_field": 1, "wrong_type": 1, "oversized": 1,
-                    "unknown_segment": 1, "not_an_object": 1}
+    assert dead == {
+        "malformed_json": 1,
+        "missing_field": 1,
+        "wrong_type": 1,
+        "oversized": 1,
+        "unknown_segment": 1,
+        "not_an_object": 1,
+    }
     (raw,) = con.execute("SELECT raw_value FROM dead_letters WHERE reason = 'malformed_json'").fetchone()
     assert raw == b"{not json"
     # the mistyped feature is stored as NULL; the model still got the input verbatim
     (x,) = con.execute("SELECT features.x FROM requests WHERE request_id = 'req-101'").fetchone()
     assert x is None
-    errors = dict(con.execute("""SELECT variant, any_value(error_class) FROM outputs
-        WHERE variant LIKE 'candidate:%' GROUP BY 1""").fetchall())
+    errors = dict(
+        con.execute("""SELECT variant, any_value(error_class) FROM outputs
+        WHERE variant LIKE 'candidate:%' GROUP BY 1""").fetchall()
+    )
     assert errors["candidate:html"] == "unparsable"
     assert errors["candidate:wrong"] == "wrong_shape"
     assert errors["candidate:e500"] == "http_5xx"

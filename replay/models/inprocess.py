@@ -28,7 +28,7 @@ def load_callable(target: str) -> BatchFn:
         raise ConfigError("model target", [f"{target}: cannot import ({err})"]) from err
     if not callable(fn):
         raise ConfigError("model target", [f"{target}: not callable"])
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 class PythonModel:

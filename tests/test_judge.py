@@ -1,0 +1,121 @@
+"""The verdict on synthetic stores written through the store DDL (real DuckDB files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from diff.judge import judge
+from diff.load import open_run
+from diff.stats import benjamini_hochberg, holm, wilson
+from diff.testing import Scenario, write_synthetic_store
+from schemas import verdict_schema
+from schemas.errors import ConfigError, RunNotFound
+from schemas.policy import Policy, load_policy, parse_policy
+
+
+def verdict_of(tmp: Path, scenario: Scenario, policy: Policy | None = None, run: str = "r") -> dict:
+    write_synthetic_store(tmp / run / "store-w0.duckdb", scenario, run)
+    con = open_run(tmp, run)
+    try:
+        return judge(con, policy or Policy())
+    finally:
+        con.close()
+
+
+def failing(doc: dict, check: str) -> set[str]:
+    return {c["segment"] for c in doc["checks"] if c["check"] == check and c["status"] == "fail"}
+
+
+def test_aa_run_is_go(tmp_path):
+    doc = verdict_of(tmp_path, Scenario(n=30_000, segments=10, seed=5))
+    assert doc["verdict"] == "go", doc["reasons"]
+    assert doc["failing_segments"] == []
+    assert doc["statistics"]["correction"].startswith("holm")
+    assert doc["statistics"]["tests_in_family"] > 50
+
+
+def test_planted_label_flips_in_a_small_segment_are_caught_and_named(tmp_path):
+    weights = [3.0] + [97.0 / 29] * 29
+    doc = verdict_of(tmp_path, Scenario(n=50_000, segments=30, weights=weights, flip_extra={0: 0.05}, seed=7))
+    assert doc["verdict"] == "no_go"
+    assert failing(doc, "label_flip") == {"seg=s00"}
+    assert any("label_flip failed in seg=s00" in r for r in doc["reasons"])
+    assert doc["flips"]["seg=s00"]  # directions of the flips are reported
+
+
+def test_sustained_latency_regression_is_caught(tmp_path):
+    doc = verdict_of(tmp_path, Scenario(n=40_000, segments=4, latency_factor_all=1.4, seed=8))
+    assert doc["verdict"] == "no_go"
+    lat = next(c for c in doc["checks"] if c["check"] == "latency_p95" and c["segment"] == "all")
+    assert lat["status"] == "fail"
+    assert lat["sustained"] is True
+    assert 1.3 < lat["value"] < 1.5
+    assert lat["ci"][0] < lat["value"] < lat["ci"][1]
+
+
+def test_short_latency_blip_is_not_sustained(tmp_path):
+    # +40% in one small segment of time-ordered traffic would need 5 straight minutes
+    doc = verdict_of(tmp_path, Scenario(n=40_000, segments=4, span_minutes=600, seed=9))
+    assert "all" not in failing(doc, "latency_p95")
+
+
+def test_null_spike_in_one_feature_is_caught_and_named(tmp_path):
+    doc = verdict_of(tmp_path, Scenario(n=20_000, segments=4, null_spike={"f1": 0.2}, seed=10))
+    assert doc["verdict"] == "no_go"
+    spikes = [c for c in doc["checks"] if c["check"] == "null_spike" and c["status"] == "fail"]
+    assert {c["feature"] for c in spikes} == {"f1"}
+    assert any("null_spike[f1] failed in all" in r for r in doc["reasons"])
+
+
+def test_too_few_samples_is_pending_with_how_many_more(tmp_path):
+    weights = [0.5] + [99.5 / 4] * 4
+    doc = verdict_of(tmp_path, Scenario(n=20_000, segments=5, weights=weights, seed=11), Policy(min_samples=500))
+    assert doc["verdict"] == "pending"
+    seg = next(s for s in doc["segments"] if s["segment"] == "seg=s00")
+    assert seg["status"] == "pending"
+    assert seg["needed"] == 500 - seg["n"] > 0
+    assert any(f"needs {seg['needed']} more" in r for r in doc["reasons"])
+    assert all(c["status"] == "pending" for c in doc["checks"] if c["segment"] == "seg=s00")
+
+
+def test_rejudging_gives_the_same_verdict(tmp_path):
+    write_synthetic_store(tmp_path / "r" / "store-w0.duckdb", Scenario(n=20_000, segments=5, seed=12), "r")
+    digests = set()
+    for _ in range(3):
+        con = open_run(tmp_path, "r")
+        digests.add(judge(con, Policy())["digest"])
+        con.close()
+    assert len(digests) == 1
+
+
+def test_verdict_follows_its_json_schema(tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = verdict_of(tmp_path, Scenario(n=5_000, segments=3, seed=13))
+    jsonschema.validate(json.loads(json.dumps(doc, default=str)), verdict_schema())
+
+
+def test_unknown_run_is_a_clear_error(tmp_path):
+    with pytest.raises(RunNotFound, match="nope"):
+        open_run(tmp_path, "nope")
+
+
+def test_bad_policy_names_the_key(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        parse_policy({"alpha": 2, "checks": [{"id": "x", "kind": "latency"}]})
+    text = str(err.value)
+    assert "alpha" in text
+    assert "checks.0.threshold" in text
+    p = tmp_path / "p.toml"
+    p.write_text("[policy]\nmin_samples = 'many'\n")
+    with pytest.raises(ConfigError, match="min_samples"):
+        load_policy(p)
+
+
+def test_statistics_helpers():
+    lo, hi = wilson(5, 100)
+    assert 0.02 < lo < 0.05 < hi < 0.12
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert benjamini_hochberg([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.04, 0.04])
