@@ -94,9 +94,7 @@ def label_counts(con: duckdb.DuckDBPyConnection, sets: SegmentSets) -> dict[str,
     return out
 
 
-def per_minute(
-    con: duckdb.DuckDBPyConnection, sets: SegmentSets, quantiles: Sequence[float]
-) -> dict[str, list[dict[str, Any]]]:
+def per_minute(con: duckdb.DuckDBPyConnection, sets: SegmentSets, quantiles: Sequence[float]) -> dict[str, list[dict[str, Any]]]:
     """Event-time minute buckets per segment, for sustained-window checks."""
     qs = "[" + ", ".join(str(q) for q in sorted(set(quantiles))) + "]"
     sql = f"""SELECT {sets.select()}, date_trunc('minute', event_time) AS minute,

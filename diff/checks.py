@@ -122,9 +122,7 @@ def score_shift(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -
     return res
 
 
-def _latency_quantile(
-    s: dict[str, Any], grid: list[float], col: str, n_col: str, p: float
-) -> tuple[float, float, float]:
+def _latency_quantile(s: dict[str, Any], grid: list[float], col: str, n_col: str, p: float) -> tuple[float, float, float]:
     n = int(s[n_col])
     lo_f, hi_f = stats.quantile_rank_bounds(p, n)
     vals = s[col]
@@ -171,9 +169,7 @@ def latency(
     }
     res.sustained, streak = _sustained(minutes, chk, lambda m: _minute_ratio(m, p), thr)
     res.extra["longest_minutes_above"] = streak
-    res.detail = (
-        f"p{p * 100:g} {qc:.1f} ms vs {qb:.1f} ms: ×{ratio:.2f} (threshold ×{thr}, for {chk.for_minutes:g} min)"
-    )
+    res.detail = f"p{p * 100:g} {qc:.1f} ms vs {qb:.1f} ms: ×{ratio:.2f} (threshold ×{thr}, for {chk.for_minutes:g} min)"
     return res
 
 
@@ -243,9 +239,7 @@ def prediction_drift(
     if labels and labels.get("b"):
         d = categorical_drift(labels["b"], labels["c"])
         n = int(sum(labels["b"].values()))
-        res = CheckResult(
-            chk.id, chk.kind, seg, sev, thr, n, value=d.score, exceeded=d.drifted if d.is_test else d.score >= thr
-        )
+        res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=d.score, exceeded=d.drifted if d.is_test else d.score >= thr)
         res.detail = f"{d.method} of candidate vs baseline labels {d.score:.3f}"
         return res
     return None

@@ -86,9 +86,7 @@ def categorical_drift(ref_counts: dict[str, int], cur_counts: dict[str, int]) ->
     rp, cp = r / n_ref, c / n_cur
     eps = 1e-4
     psi = float(
-        np.sum(
-            (np.clip(cp, eps, None) - np.clip(rp, eps, None)) * np.log(np.clip(cp, eps, None) / np.clip(rp, eps, None))
-        )
+        np.sum((np.clip(cp, eps, None) - np.clip(rp, eps, None)) * np.log(np.clip(cp, eps, None) / np.clip(rp, eps, None)))
     )
     if n_ref <= SMALL:
         # evidently: chi-square of current counts against reference proportions

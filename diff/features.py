@@ -93,9 +93,7 @@ def load_reference_file(path: Path, info: RunInfo) -> pl.DataFrame:
 class FeatureTables:
     """Creates `cur_f` and `ref_f` views (segment columns + f_<feature>) on a connection."""
 
-    def __init__(
-        self, con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets, reference: Reference | None
-    ) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets, reference: Reference | None) -> None:
         self.con = con
         self.info = info
         self.sets = sets
@@ -142,8 +140,7 @@ class FeatureTables:
                 con,
                 "SELECT "
                 + ", ".join(
-                    f"min({ident('f_' + n)}) AS {ident('lo_' + n)}, max({ident('f_' + n)}) AS {ident('hi_' + n)}"
-                    for n in num
+                    f"min({ident('f_' + n)}) AS {ident('lo_' + n)}, max({ident('f_' + n)}) AS {ident('hi_' + n)}" for n in num
                 )
                 + " FROM ref_f",
             )[0]

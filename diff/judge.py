@@ -170,17 +170,13 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     elif n_all < policy.min_samples or (policy.require_all_segments and pending_segments):
         verdict = Status.PENDING
         for s in pending_segments:
-            reasons.append(
-                f"{s['segment']}: {s['n']} pairs, needs {s['needed']} more (min_samples {policy.min_samples})"
-            )
+            reasons.append(f"{s['segment']}: {s['n']} pairs, needs {s['needed']} more (min_samples {policy.min_samples})")
     elif span_min < policy.min_duration_minutes:
         verdict = Status.PENDING
         reasons.append(f"data spans {span_min:.1f} min of event time, policy needs {policy.min_duration_minutes:g}")
     else:
         verdict = Status.GO
-        reasons.append(
-            f"all {len([r for r in results if r.status == ck.PASS])} checks passed in {len(judged)} segments"
-        )
+        reasons.append(f"all {len([r for r in results if r.status == ck.PASS])} checks passed in {len(judged)} segments")
     warnings = [
         f"{r.check_id}{'[' + r.feature + ']' if r.feature else ''} in {r.segment}: {r.detail}"
         for r in results
@@ -246,9 +242,7 @@ def _feature_checks(
     con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets, policy: Policy, judged: set[str]
 ) -> list[ck.CheckResult]:
     kinds = {c.kind for c in policy.checks}
-    if not ({"feature_drift", "null_spike", "out_of_range", "new_category"} & kinds) or not (
-        info.numeric or info.categorical
-    ):
+    if not ({"feature_drift", "null_spike", "out_of_range", "new_category"} & kinds) or not (info.numeric or info.categorical):
         return []
     ft = FeatureTables(con, info, sets, policy.reference)
     stats_ = ft.collect()
@@ -268,9 +262,7 @@ def _feature_checks(
                     r.p_value = d.score
                 else:
                     r.exceeded = d.score >= thr
-                r.detail = (
-                    f"{d.method} {d.score:.3f} (PSI {d.psi:.3f})" if d.psi is not None else f"{d.method} {d.score:.3f}"
-                )
+                r.detail = f"{d.method} {d.score:.3f} (PSI {d.psi:.3f})" if d.psi is not None else f"{d.method} {d.score:.3f}"
                 r.extra = {"method": d.method, "psi": d.psi, "n_ref": d.n_ref}
             elif chk.kind == "null_spike" and f.n_cur:
                 share = f.nulls_cur / f.n_cur

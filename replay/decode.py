@@ -112,9 +112,7 @@ class Decoder:
             v = model_input.get(name)
             # a mistyped feature is stored as NULL (the quality checks count null spikes) but the
             # model still gets the input verbatim, as production did
-            features[name] = (
-                float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
-            )
+            features[name] = float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
         for name in self.categorical:
             v = model_input.get(name)
             features[name] = None if v is None or isinstance(v, dict | list) else str(v)
@@ -135,9 +133,7 @@ class Decoder:
             model_input=model_input,
             feature_version=None if feat_version is None else str(feat_version),
             live_output=None if live is marker else live,
-            live_latency_ms=float(latency)
-            if isinstance(latency, int | float) and not isinstance(latency, bool)
-            else None,
+            live_latency_ms=float(latency) if isinstance(latency, int | float) and not isinstance(latency, bool) else None,
             live_model_version=None if live_version is None else str(live_version),
             has_live_output=live is not marker,
         )

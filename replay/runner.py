@@ -109,9 +109,7 @@ class Replayer:
             if k is None and not self.sampler.quotas_open:
                 # no key means no deterministic decision: record it rather than guess
                 dead.append(
-                    self.decoder.dead(
-                        msg, DeadLetterReason.MISSING_FIELD, f"sampling key {self.cfg.sampling.key}: required"
-                    )
+                    self.decoder.dead(msg, DeadLetterReason.MISSING_FIELD, f"sampling key {self.cfg.sampling.key}: required")
                 )
                 return
             if not hit and not self.sampler.quotas_open:
@@ -165,9 +163,7 @@ class Replayer:
                     score, label = read.score, read.label
                 if err is not None:
                     self.stats.call_errors[f"{variant}/{err}"] += 1
-                version = (
-                    r.live_model_version if variant == BASELINE and self.baseline is None else versions.get(variant)
-                )
+                version = r.live_model_version if variant == BASELINE and self.baseline is None else versions.get(variant)
                 rows.append(
                     (
                         r,

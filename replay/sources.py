@@ -109,9 +109,7 @@ def _to_raw(records: dict, end: Mapping[object, int] | None = None) -> list[RawM
         for r in recs:
             if limit is not None and r.offset >= limit:
                 break
-            out.append(
-                RawMessage(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers or ()))
-            )
+            out.append(RawMessage(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers or ())))
     return out
 
 
@@ -243,9 +241,7 @@ class KafkaWindow:
         if self.spec.group:
             from kafka.structs import OffsetAndMetadata, TopicPartition
 
-            self.consumer.commit(
-                {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()}
-            )
+            self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()})
 
     def close(self) -> None:
         if self.bar is not None:

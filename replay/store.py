@@ -75,9 +75,9 @@ class StoreWriter:
         if row is not None and orjson.loads(row[0]) != config_digest(self.cfg):
             prev = self.con.execute("SELECT value FROM run_meta WHERE key = 'config'").fetchone()
             prev_cfg = orjson.loads(orjson.loads(prev[0])) if prev else {}
-            if prev_cfg.get("features") != self.cfg.features.model_dump() or prev_cfg.get("segments", {}).get(
-                "fields"
-            ) != list(self.cfg.segments.fields):
+            if prev_cfg.get("features") != self.cfg.features.model_dump() or prev_cfg.get("segments", {}).get("fields") != list(
+                self.cfg.segments.fields
+            ):
                 raise StoreError(f"{self.path} was written with other features/segments; use a new run id")
 
     def write_meta(self, items: Mapping[str, Any]) -> None:
@@ -111,9 +111,9 @@ class StoreWriter:
         out: dict[str, int] = {}
         for q in quotas:
             field, _, value = q.partition("=")
-            (n,) = self.con.execute(
-                f"SELECT count(*) FROM requests WHERE segments.{_ident(field)} = ?", [value]
-            ).fetchone() or (0,)
+            (n,) = self.con.execute(f"SELECT count(*) FROM requests WHERE segments.{_ident(field)} = ?", [value]).fetchone() or (
+                0,
+            )
             out[q] = int(n)
         return out
 

@@ -129,9 +129,7 @@ def load_policy(path: Path) -> Policy:
         body["checks"] = data["checks"]
     unknown = set(data) - {"policy", "checks"}
     if unknown:
-        raise ConfigError(
-            str(path), [f"{k}: unknown table (expected [policy] and [[checks]])" for k in sorted(unknown)]
-        )
+        raise ConfigError(str(path), [f"{k}: unknown table (expected [policy] and [[checks]])" for k in sorted(unknown)])
     pol = parse_policy(body, origin=str(path))
     if pol.reference and pol.reference.file and not pol.reference.file.is_absolute():
         ref = pol.reference.model_copy(update={"file": path.parent.resolve() / pol.reference.file})

@@ -27,9 +27,7 @@ def envelope(i: int, rng: random.Random, t0: datetime = T0, step_s: float = 1.0)
     }
 
 
-def produce(
-    bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], timestamps_ms: list[int] | None = None
-) -> None:
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], timestamps_ms: list[int] | None = None) -> None:
     from kafka import KafkaProducer
 
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024, acks="all")

@@ -156,9 +156,7 @@ batch_size = 100
     assert (n, distinct) == (len(ids), len(ids))
     got = {r for (r,) in con.execute("SELECT request_id FROM requests").fetchall()}
     assert got == set(ids)
-    (outs,) = con.execute(
-        "SELECT count(*) FROM outputs WHERE variant = 'candidate:slow' AND error_class IS NULL"
-    ).fetchone()
+    (outs,) = con.execute("SELECT count(*) FROM outputs WHERE variant = 'candidate:slow' AND error_class IS NULL").fetchone()
     assert outs == len(ids)
 
 

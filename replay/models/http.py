@@ -66,9 +66,7 @@ def decode(spec: ModelSpec, answer: Any, n: int) -> list[Any]:
         tensor = tensor if tensor is not None else outs[0]
         data = tensor.get("data") if isinstance(tensor, dict) else None
         if not isinstance(data, list) or not data or len(data) % n:
-            raise WrongShape(
-                f"output tensor data of length {len(data) if isinstance(data, list) else '-'} for {n} rows"
-            )
+            raise WrongShape(f"output tensor data of length {len(data) if isinstance(data, list) else '-'} for {n} rows")
         width = len(data) // n
         return data if width == 1 else [data[i * width : (i + 1) * width] for i in range(n)]
     if spec.kind == "mlflow":

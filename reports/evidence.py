@@ -1,0 +1,114 @@
+"""The evidence bundle (the seed's "preserve evidence"): everything needed to argue about a
+rollout decision later, in one checksummed zip that can be attached to an incident."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from diff.judge import judge
+from diff.load import open_run, run_info
+from reports.html import write_report
+
+RANDOM_SAMPLE = 200
+
+
+def _dump(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str)
+
+
+def write_bundle(home: Path, run_id: str, out: Path, policy: Any, candidate: str | None = None) -> Path:
+    """Re-judge the run from its stores and write the bundle; returns its path. The MANIFEST
+    lists each file's sha256; BUNDLE.sha256 is the digest of the manifest itself."""
+    con = open_run(home, run_id)
+    try:
+        info = run_info(con)
+        doc = judge(con, policy, candidate)
+        cand = doc["candidate"]
+        sample = con.execute(
+            """SELECT r.request_id, r.source, r.part, r."offset", r.event_time, r.segments, r.model_input,
+                      b.output AS baseline, b.latency_ms AS baseline_ms, c.output AS candidate,
+                      c.latency_ms AS candidate_ms, c.error_class
+               FROM requests r
+               LEFT JOIN outputs b ON b.source = r.source AND b.part = r.part AND b."offset" = r."offset"
+                                   AND b.variant = 'baseline'
+               LEFT JOIN outputs c ON c.source = r.source AND c.part = r.part AND c."offset" = r."offset"
+                                   AND c.variant = $cand
+               ORDER BY hash(r.part, r."offset") LIMIT $n""",
+            {"cand": f"candidate:{cand}", "n": RANDOM_SAMPLE},
+        ).fetchall()
+        cols = [
+            "request_id",
+            "source",
+            "partition",
+            "offset",
+            "event_time",
+            "segments",
+            "input",
+            "baseline",
+            "baseline_ms",
+            "candidate",
+            "candidate_ms",
+            "candidate_error",
+        ]
+        dead = con.execute(
+            'SELECT source, part, "offset", reason, detail FROM dead_letters ORDER BY 1, 2, 3 LIMIT 1000'
+        ).fetchall()
+    finally:
+        con.close()
+    report = write_report(home, doc, out.with_suffix(".report.html"), with_evidently=False)
+    files: dict[str, bytes] = {
+        "verdict.json": _dump(doc),
+        "config.json": _dump(info.config),
+        "run_meta.json": _dump({k: v for k, v in info.meta.items() if k != "config"}),
+        "versions.json": _dump(
+            {
+                "candidate": next(c for c in info.candidates if c["name"] == cand),
+                "baseline": info.config.get("baseline"),
+                "software": info.meta.get("versions"),
+                "config_digest": info.meta.get("config_digest"),
+                "policy_digest": doc["policy"]["digest"],
+            }
+        ),
+        "kafka_window.json": _dump({"window": doc["data"]["window"], "offsets": doc["data"]["offsets"]}),
+        "most_different_pairs.json": _dump(doc["examples"]),
+        "random_pairs.jsonl": b"\n".join(
+            orjson.dumps(
+                dict(zip(cols, [orjson.loads(v) if isinstance(v, str) and v[:1] in "{[" else v for v in row], strict=True)),
+                default=str,
+            )
+            for row in sample
+        )
+        + b"\n",
+        "dead_letters.json": _dump(
+            [dict(zip(["source", "partition", "offset", "reason", "detail"], d, strict=True)) for d in dead]
+        ),
+        "report.html": report.read_bytes(),
+    }
+    report.unlink()
+    manifest = "".join(f"{hashlib.sha256(b).hexdigest()}  {name}\n" for name, b in sorted(files.items()))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in sorted(files.items()):
+            zf.writestr(name, data)
+        zf.writestr("MANIFEST.sha256", manifest)
+        zf.writestr("BUNDLE.sha256", hashlib.sha256(manifest.encode()).hexdigest() + "  MANIFEST.sha256\n")
+    return out
+
+
+def verify_bundle(path: Path) -> list[str]:
+    """Files whose checksum does not match the manifest (empty when the bundle is intact)."""
+    bad = []
+    with zipfile.ZipFile(path) as zf:
+        manifest = zf.read("MANIFEST.sha256").decode()
+        if zf.read("BUNDLE.sha256").decode().split()[0] != hashlib.sha256(manifest.encode()).hexdigest():
+            bad.append("MANIFEST.sha256")
+        for line in manifest.splitlines():
+            digest, name = line.split("  ", 1)
+            if hashlib.sha256(zf.read(name)).hexdigest() != digest:
+                bad.append(name)
+    return bad

@@ -1,0 +1,83 @@
+"""The HTML diff report: one self-contained, autoescaped file (inline CSS and SVG, no script,
+no network), plus evidently's drift page beside it for drill-down when a reference exists."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import orjson
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
+
+from diff.load import open_run, run_info
+from reports import svg
+from reports.charts import ChartData, collect
+
+log = logging.getLogger(__name__)
+
+_env = Environment(
+    loader=PackageLoader("reports", "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_env.filters["json"] = lambda v: orjson.dumps(v, option=orjson.OPT_INDENT_2, default=str).decode()
+_env.filters["pct"] = lambda v: "–" if v is None else f"{v:.2%}"
+_env.filters["num"] = lambda v: "–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+def _charts_markup(cd: ChartData) -> dict[str, Markup]:
+    return {
+        "diff": svg.histogram("Candidate − baseline score (share of pairs)", cd.diff_edges, cd.diff_hist),
+        "scatter": svg.scatter("Baseline vs candidate score", cd.scatter_x, cd.scatter_y),
+        "latency": svg.histogram("Latency, ms (log bins)", cd.latency_edges, cd.latency_hist),
+        "errors": svg.lines("Error rate over event time", cd.time_labels, cd.error_series),
+    }
+
+
+def drift_matrix(doc: dict[str, Any]) -> tuple[list[str], list[str], dict[tuple[str, str], dict[str, Any]]]:
+    rows = [c for c in doc["checks"] if c["kind"] == "feature_drift" and c["feature"]]
+    feats = sorted({c["feature"] for c in rows})
+    segs = sorted({c["segment"] for c in rows}, key=lambda s: (s != "all", s))
+    return feats, segs, {(c["feature"], c["segment"]): c for c in rows}
+
+
+def render(doc: dict[str, Any], charts: ChartData | None, evidently_href: str | None = None) -> str:
+    """The report as one HTML string."""
+    feats, segs, cells = drift_matrix(doc)
+    return _env.get_template("report.html.j2").render(
+        doc=doc,
+        charts=_charts_markup(charts or ChartData()),
+        dead_letters=(charts.dead_letters if charts else []),
+        drift_features=feats,
+        drift_segments=segs,
+        drift_cells=cells,
+        evidently_href=evidently_href,
+        failing={(c["check"], c["segment"]) for c in doc["checks"] if c["status"] == "fail"},
+    )
+
+
+def write_report(home: Path, doc: dict[str, Any], out: Path, with_evidently: bool = True) -> Path:
+    """Render the report of a judged run to `out` (reads the stores read-only for the charts)."""
+    charts: ChartData | None = None
+    href = None
+    try:
+        con = open_run(home, doc["run_id"])
+    except Exception as err:  # a writer holds the store: report the verdict without charts
+        log.warning("report without charts: %s", err)
+    else:
+        try:
+            info = run_info(con)
+            charts = collect(con, doc["candidate"], info.segment_fields)
+            if with_evidently:
+                from reports.drilldown import evidently_drift
+
+                page = evidently_drift(con, info, out.with_name(out.stem + "-evidently.html"))
+                href = page.name if page else None
+        finally:
+            con.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(doc, charts, href), encoding="utf-8")
+    return out
