@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from markupsafe import Markup, escape
 
-W, H, PAD = 520, 220, 36
+W, H, PAD = 520, 220, 46
 COLORS = {"baseline": "#4e79a7", "candidate": "#e15759", "noise": "#9c9c9c"}
 
 

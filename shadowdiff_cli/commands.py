@@ -129,6 +129,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+
     from reports.service import GateSettings, create_app
 
     settings = GateSettings(

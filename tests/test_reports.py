@@ -1,0 +1,244 @@
+"""Report, gate service, gate CLI and evidence bundle on real stores and a real HTTP server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+
+from diff.judge import judge
+from diff.load import open_run
+from diff.testing import Scenario, write_synthetic_store
+from reports.evidence import verify_bundle, write_bundle
+from reports.html import render, write_report
+from reports.service import GateSettings, create_app
+from schemas.policy import Policy
+from shadowdiff_cli.wiring import publish
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_run(home: Path, run: str, scenario: Scenario, publish_it: bool = True) -> dict:
+    write_synthetic_store(home / run / "store-w0.duckdb", scenario, run)
+    con = open_run(home, run)
+    doc = judge(con, Policy())
+    con.close()
+    doc["run_active"] = False
+    if publish_it:
+        publish(home, run, doc)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    h = tmp_path_factory.mktemp("runs")
+    make_run(h, "good", Scenario(n=8_000, segments=3, seed=1))
+    make_run(h, "bad", Scenario(n=8_000, segments=3, latency_factor_all=1.6, seed=2))
+    make_run(h, "short", Scenario(n=8_000, segments=3, weights=[0.02, 1, 1], seed=3))
+    make_run(h, "empty", Scenario(n=10, segments=1, seed=4), publish_it=False)
+    return h
+
+
+@pytest.fixture(scope="module")
+def gate(home) -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(GateSettings(home=home, token="s3cret", base_url=f"http://127.0.0.1:{port}"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    for _ in range(100):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
+            break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    t.join(5)
+
+
+def json_path(doc: dict, path: str):
+    """Argo's `jsonPath: "{$.verdict}"` on the response body."""
+    cur = doc
+    for step in path.removeprefix("{$.").removesuffix("}").split("."):
+        cur = cur[step]
+    return cur
+
+
+def argo_measure(url: str) -> str:
+    """What an Argo AnalysisTemplate with a web provider does: a non-2xx is an *error*; else the
+    JSON is matched with successCondition / failureCondition."""
+    r = httpx.get(url, timeout=5)
+    if not r.is_success:
+        return "Error"
+    result = json_path(r.json(), "{$.verdict}")
+    if result == "go":  # successCondition: result == "go"
+        return "Successful"
+    if result == "no_go":  # failureCondition: result == "no_go"
+        return "Failed"
+    return "Inconclusive"
+
+
+def test_argo_web_metric_evaluates_like_argo(gate):
+    assert argo_measure(f"{gate}/runs/good/verdict") == "Successful"
+    assert argo_measure(f"{gate}/runs/bad/verdict") == "Failed"
+    assert argo_measure(f"{gate}/runs/short/verdict") == "Inconclusive"
+    assert argo_measure(f"{gate}/runs/empty/verdict") == "Inconclusive"
+    r = httpx.get(f"{gate}/runs/empty/verdict")
+    assert r.status_code == 200
+    assert r.json()["verdict"] == "pending"
+    assert "no data" in r.json()["reasons"][0]
+    body = httpx.get(f"{gate}/runs/bad/verdict").json()
+    assert body["report_url"].endswith("/runs/bad/report")
+    assert any("latency_p95" in x for x in body["reasons"])
+    missing = httpx.get(f"{gate}/runs/nope/verdict")
+    assert missing.status_code == 404
+    assert "nope" in missing.json()["error"]
+
+
+def flagger_go(status: int) -> bool:
+    """Flagger: a webhook answering with a status above 202 (or 204) halts/fails the step."""
+    return status <= 202 and status != 204
+
+
+def test_flagger_webhook_status_codes(gate):
+    payload = {"name": "podinfo", "namespace": "test", "phase": "Progressing", "checksum": "abc", "metadata": {}}
+    good = httpx.post(f"{gate}/runs/good/flagger", json=payload)
+    assert flagger_go(good.status_code)
+    bad = httpx.post(f"{gate}/runs/bad/flagger", json=payload)
+    assert not flagger_go(bad.status_code)
+    assert bad.json()["verdict"] == "no_go"
+    assert bad.json()["reasons"]
+    pending = httpx.post(f"{gate}/runs/empty/flagger", json=payload)
+    assert not flagger_go(pending.status_code)
+    assert httpx.post(f"{gate}/runs/good/flagger", content=b"{oops").status_code == 400
+    assert httpx.post(f"{gate}/runs/good/flagger", json={"name": 1}).status_code == 400
+    assert httpx.post(f"{gate}/runs/nope/flagger", json=payload).status_code == 404
+
+
+def test_waivers_need_the_token_and_turn_a_waived_no_go_into_go(home, gate, tmp_path):
+    shutil.copytree(home / "bad", home / "bad-waived")
+    w = {"check": "latency_p95", "reason": "known slow warm-up, accepted", "by": "oncall"}
+    assert httpx.post(f"{gate}/runs/bad-waived/waivers", json=w).status_code == 401
+    assert httpx.post(f"{gate}/runs/bad-waived/waivers", json=w, headers={"authorization": "Bearer nope"}).status_code == 401
+    ok = httpx.post(f"{gate}/runs/bad-waived/waivers", json=w, headers={"authorization": "Bearer s3cret"})
+    assert ok.status_code == 201
+    body = httpx.get(f"{gate}/runs/bad-waived/verdict?full=1").json()
+    assert {c["check"] for c in body["document"]["checks"] if c["status"] == "fail"} == {"latency_p95"}
+    assert body["verdict"] == "go"
+    assert "waived by oncall" in body["reasons"][0]
+    assert body["document"]["verdict"] == "no_go"  # the evidence is unchanged; the waiver is on top
+
+
+def test_runs_metrics_openapi(gate):
+    runs = {r["run_id"]: r["verdict"] for r in httpx.get(f"{gate}/runs").json()["runs"]}
+    assert runs["good"] == "go"
+    assert runs["bad"] == "no_go"
+    metrics = httpx.get(f"{gate}/metrics").text
+    assert 'shadowdiff_run_verdict{run="bad",candidate="cand",verdict="no_go"} 1' in metrics
+    assert "shadowdiff_gate_requests_total" in metrics
+    spec = httpx.get(f"{gate}/openapi.json").json()
+    assert "/runs/{run}/flagger" in spec["paths"]
+
+
+def test_gate_cli_exit_codes(home):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def gate_cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "shadowdiff_cli.main", "gate", "--home", str(home), *args],
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    assert gate_cli("--run", "good").returncode == 0
+    bad = gate_cli("--run", "bad")
+    assert bad.returncode == 1
+    assert "NO_GO" in bad.stdout
+    assert gate_cli("--run", "short").returncode == 2
+    waited = gate_cli("--run", "short", "--wait", "--timeout", "1s", "--interval", "0.2")
+    assert waited.returncode == 2
+    assert "timed out" in waited.stderr
+    missing = gate_cli("--run", "nope")
+    assert missing.returncode == 2
+    assert "not found" in missing.stderr
+
+
+def test_report_escapes_traffic_and_is_self_contained(home, tmp_path):
+    doc = orjson.loads((home / "bad" / "verdict-cand.json").read_bytes())
+    evil = "<script>alert(1)</script>"
+    doc["examples"][0]["input"] = {"q": evil}
+    doc["examples"][0]["segments"] = {"seg": evil}
+    doc["reasons"].append(f"segment {evil}")
+    html = render(doc, None)
+    assert evil not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script" not in html.lower()
+    for banned in ("http://", "https://", "//cdn", "<link"):
+        assert banned not in html.replace("http-equiv", "")
+
+
+def test_report_of_a_run_renders_within_budget(home, tmp_path):
+    doc = orjson.loads((home / "bad" / "verdict-cand.json").read_bytes())
+    out = write_report(home, doc, tmp_path / "r.html", with_evidently=False)
+    size = out.stat().st_size
+    assert 20_000 < size < 10_000_000
+    text = out.read_text()
+    assert "<svg" in text
+    assert "NO-GO" in text
+
+
+def test_evidence_bundle_is_checksummed(home, tmp_path):
+    path = write_bundle(home, "bad", tmp_path / "bundle.zip", Policy())
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        verdict = orjson.loads(zf.read("verdict.json"))
+    assert {"verdict.json", "config.json", "versions.json", "kafka_window.json", "most_different_pairs.json",
+            "random_pairs.jsonl", "report.html", "MANIFEST.sha256", "BUNDLE.sha256"} <= names
+    assert verdict["verdict"] == "no_go"
+    assert verify_bundle(path) == []
+    # tamper with one file: the manifest catches it
+    tampered = tmp_path / "t.zip"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for n in src.namelist():
+            dst.writestr(n, b"{}" if n == "verdict.json" else src.read(n))
+    assert verify_bundle(tampered) == ["verdict.json"]
+
+
+@pytest.mark.browser
+def test_report_opens_in_headless_chromium_without_console_errors(home, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian chromium not installed")
+    from playwright.sync_api import sync_playwright
+
+    doc = orjson.loads((home / "bad" / "verdict-cand.json").read_bytes())
+    out = write_report(home, doc, tmp_path / "report.html", with_evidently=False)
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1300, "height": 1800})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(out.as_uri())
+        assert page.locator("#verdict").inner_text().startswith("NO-GO")
+        assert page.locator("svg").count() >= 3
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
+        browser.close()
+    assert errors == []
+    assert [u for u in requests if not u.startswith("file://")] == []
+    assert (tmp_path / "report.png").stat().st_size > 10_000
