@@ -94,10 +94,13 @@ def label_counts(con: duckdb.DuckDBPyConnection, sets: SegmentSets) -> dict[str,
     return out
 
 
-def per_minute(con: duckdb.DuckDBPyConnection, sets: SegmentSets, quantiles: Sequence[float]) -> dict[str, list[dict[str, Any]]]:
-    """Event-time minute buckets per segment, for sustained-window checks."""
+def per_window(
+    con: duckdb.DuckDBPyConnection, sets: SegmentSets, quantiles: Sequence[float], width_minutes: float
+) -> dict[str, list[dict[str, Any]]]:
+    """Tumbling event-time windows of `width_minutes` per segment, for sustained checks."""
     qs = "[" + ", ".join(str(q) for q in sorted(set(quantiles))) + "]"
-    sql = f"""SELECT {sets.select()}, date_trunc('minute', event_time) AS minute,
+    width_s = max(1, round(width_minutes * 60))
+    sql = f"""SELECT {sets.select()}, time_bucket(INTERVAL '{width_s} seconds', event_time) AS minute,
         count(*) AS n, count(*) FILTER (WHERE c_err IS NOT NULL) AS c_err_n,
         count(*) FILTER (WHERE b_err IS NOT NULL) AS b_err_n,
         quantile_cont(b_lat, {qs}) FILTER (WHERE b_err IS NULL) AS b_q,

@@ -167,42 +167,42 @@ def latency(
         "baseline_ms": {f"p{int(q * 100)}": interp(grid, s["b_lat_q"], q) for q in qs},
         "candidate_ms": {f"p{int(q * 100)}": interp(grid, s["c_lat_q"], q) for q in qs},
     }
-    res.sustained, streak = _sustained(minutes, chk, lambda m: _minute_ratio(m, p), thr)
-    res.extra["longest_minutes_above"] = streak
+    res.sustained, windows = _sustained(minutes, chk, _window_ratio, thr)
+    res.extra.update(windows)
     res.detail = f"p{p * 100:g} {qc:.1f} ms vs {qb:.1f} ms: ×{ratio:.2f} (threshold ×{thr}, for {chk.for_minutes:g} min)"
     return res
 
 
-def _minute_ratio(m: dict[str, Any], p: float) -> float | None:
-    if m["n"] < 20 or not m["b_q"] or not m["c_q"]:
-        return None  # too few calls in this minute to say anything: neither breaks nor extends
-    b = m["b_q"][m["_qi"]] if "_qi" in m else None
-    c = m["c_q"][m["_qi"]] if "_qi" in m else None
+MIN_PER_WINDOW = 20
+
+
+def _window_ratio(m: dict[str, Any]) -> float | None:
+    if m["n"] < MIN_PER_WINDOW or not m["b_q"] or not m["c_q"] or "_qi" not in m:
+        return None  # too few calls in this window to say anything
+    b, c = m["b_q"][m["_qi"]], m["c_q"][m["_qi"]]
     if b is None or c is None or b <= 0:
         return None
     return float(c / b)
 
 
-def _sustained(minutes: list[dict[str, Any]] | None, chk: Check, metric: Any, thr: float) -> tuple[bool | None, int]:
-    """Longest run of consecutive event-time minutes with the metric above threshold."""
-    if chk.for_minutes <= 0 or not minutes:
-        return None, 0
-    span = (minutes[-1]["minute"] - minutes[0]["minute"]).total_seconds() / 60 + 1
-    best = cur = 0
-    prev = None
-    for m in minutes:
-        gap = prev is not None and (m["minute"] - prev).total_seconds() > 60
+def _sustained(windows: list[dict[str, Any]] | None, chk: Check, metric: Any, thr: float) -> tuple[bool | None, dict[str, int]]:
+    """Did the metric exceed the threshold over at least one whole window of `for_minutes`
+    (tumbling, event time)? The whole-run test already controls false alarms; this asks that
+    the excess held for the runbook's duration rather than being spread thin. A run shorter
+    than one window is judged as one window."""
+    if chk.for_minutes <= 0 or not windows:
+        return None, {}
+    above = evaluable = 0
+    for m in windows:
         v = metric(m)
-        if gap:
-            cur = 0
         if v is not None:
-            cur = cur + 1 if v > thr else 0
-            best = max(best, cur)
-        prev = m["minute"]
-    if span < chk.for_minutes:
-        # the run is shorter than the window: the whole run is the window
-        return True, best
-    return best >= chk.for_minutes, best
+            evaluable += 1
+            above += v > thr
+    span = (windows[-1]["minute"] - windows[0]["minute"]).total_seconds() / 60
+    info = {"windows_above": above, "windows_evaluable": evaluable, "window_minutes": int(chk.for_minutes)}
+    if span < chk.for_minutes or evaluable == 0:
+        return True, info
+    return above >= 1, info
 
 
 def error_rate(
@@ -212,13 +212,15 @@ def error_rate(
     rate = k / n if n else 0.0
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=rate, ci=stats.wilson(k, n))
     res.p_value = stats.p_rate_above(k, n, thr)
-    res.sustained, streak = _sustained(minutes, chk, lambda m: (m["c_err_n"] / m["n"]) if m["n"] >= 20 else None, thr)
+    res.sustained, windows = _sustained(
+        minutes, chk, lambda m: (m["c_err_n"] / m["n"]) if m["n"] >= MIN_PER_WINDOW else None, thr
+    )
     res.extra = {
         "timeouts": int(s["c_timeout_n"]),
         "errors": k,
         "baseline_errors": int(s["b_err_n"]),
         "timeout_rate_ci": stats.wilson(int(s["c_timeout_n"]), n),
-        "longest_minutes_above": streak,
+        **windows,
     }
     res.detail = f"candidate error rate {rate:.2%} ({k}/{n}, {int(s['c_timeout_n'])} timeouts; threshold {thr:.2%})"
     return res

@@ -65,7 +65,8 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     grid = agg.latency_grid(lat_qs)
     tol = next((c.tolerance for c in policy.checks if c.kind == "score_diff"), 0.05)
     pstats = agg.pair_stats(con, sets, tol, grid)
-    minutes = agg.per_minute(con, sets, lat_qs) if any(c.for_minutes > 0 for c in policy.checks) else {}
+    widths = sorted({c.for_minutes for c in policy.checks if c.kind in ("latency", "error_rate") and c.for_minutes > 0})
+    windows = {w: agg.per_window(con, sets, lat_qs, w) for w in widths}
     dists = agg.score_distributions(con, sets)
     labels = agg.label_counts(con, sets)
 
@@ -115,12 +116,12 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             elif chk.kind == "score_shift":
                 r = ck.score_shift(chk, seg, s, thr, sev)
             elif chk.kind == "latency":
-                mins = minutes.get(seg)
+                mins = windows.get(chk.for_minutes, {}).get(seg)
                 if mins:
                     ck.minute_quantile_index({seg: mins}, lat_qs, chk.quantile)
                 r = ck.latency(chk, seg, s, thr, sev, grid, mins)
             elif chk.kind == "error_rate":
-                r = ck.error_rate(chk, seg, s, thr, sev, minutes.get(seg))
+                r = ck.error_rate(chk, seg, s, thr, sev, windows.get(chk.for_minutes, {}).get(seg))
             elif chk.kind == "prediction_drift":
                 r = ck.prediction_drift(chk, seg, dists.get(seg), labels.get(seg), thr, sev)
             if r is not None:

@@ -32,6 +32,9 @@ class Scenario:
     null_spike: dict[str, float] = field(default_factory=dict)  # feature -> null share in current
     features: int = 3
     span_minutes: float = 120.0
+    traffic_feature_version: str | None = None  # feature pipeline that built the stored inputs
+    candidate_feature_version: str | None = None  # the one the candidate declares it was built for
+    mismatch_segment: int | None = None  # only this segment's traffic comes from another pipeline
     seed: int = 0
 
 
@@ -45,9 +48,17 @@ def config_for(s: Scenario, run_id: str) -> dict[str, object]:
         "segments": {"fields": ["seg"], "allowed": {}, "hour_buckets": None, "combinations": []},
         "sampling": {"rate": 1.0},
         "baseline": {"kind": "model", "repeat": s.repeat},
-        "candidates": [{"name": "cand", "kind": "python", "target": "m:f", "feature_version": None}],
+        "candidates": [{"name": "cand", "kind": "python", "target": "m:f", "feature_version": s.candidate_feature_version}],
         "output": {"kind": "label"},
     }
+
+
+def _feature_versions(s: Scenario, seg: np.ndarray) -> list[str | None]:
+    if s.traffic_feature_version is None:
+        return [None] * len(seg)
+    if s.mismatch_segment is None:
+        return [s.traffic_feature_version] * len(seg)
+    return [s.traffic_feature_version if g == s.mismatch_segment else s.candidate_feature_version for g in seg]
 
 
 def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
@@ -85,7 +96,7 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
             "segments": pa.StructArray.from_arrays([pa.array(seg_str, pa.string())], names=["seg"]),
             "features": pa.StructArray.from_arrays(fvals, names=feats),
             "model_input": pa.array(np.full(n, "{}"), pa.string()),
-            "feature_version": pa.nulls(n, pa.string()),
+            "feature_version": pa.array(_feature_versions(s, seg), pa.string()),
         }
     )
     con.register("req", req)

@@ -56,10 +56,17 @@ def test_sustained_latency_regression_is_caught(tmp_path):
     assert lat["ci"][0] < lat["value"] < lat["ci"][1]
 
 
-def test_short_latency_blip_is_not_sustained(tmp_path):
-    # +40% in one small segment of time-ordered traffic would need 5 straight minutes
-    doc = verdict_of(tmp_path, Scenario(n=40_000, segments=4, span_minutes=600, seed=9))
-    assert "all" not in failing(doc, "latency_p95")
+def test_encoder_version_mismatch_in_one_segment_is_named(tmp_path):
+    # the seed's case: a candidate built for encoder v5, fed v4 features in one segment
+    scenario = Scenario(
+        n=20_000, segments=4, seed=9, traffic_feature_version="enc-v4", candidate_feature_version="enc-v5", mismatch_segment=2
+    )
+    doc = verdict_of(tmp_path, scenario)
+    assert doc["verdict"] == "no_go"
+    assert failing(doc, "version_pairing") == {"all", "seg=s02"}
+    reason = next(r for r in doc["reasons"] if "version_pairing failed in seg=s02" in r)
+    assert "enc-v4" in reason
+    assert "enc-v5" in reason
 
 
 def test_null_spike_in_one_feature_is_caught_and_named(tmp_path):

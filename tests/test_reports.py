@@ -158,8 +158,13 @@ def test_gate_cli_exit_codes(home):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def gate_cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "shadowdiff_cli.main", "gate", "--home", str(home), *args],
-                              env=env, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "shadowdiff_cli.main", "gate", "--home", str(home), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     assert gate_cli("--run", "good").returncode == 0
     bad = gate_cli("--run", "bad")
@@ -203,8 +208,17 @@ def test_evidence_bundle_is_checksummed(home, tmp_path):
     with zipfile.ZipFile(path) as zf:
         names = set(zf.namelist())
         verdict = orjson.loads(zf.read("verdict.json"))
-    assert {"verdict.json", "config.json", "versions.json", "kafka_window.json", "most_different_pairs.json",
-            "random_pairs.jsonl", "report.html", "MANIFEST.sha256", "BUNDLE.sha256"} <= names
+    assert {
+        "verdict.json",
+        "config.json",
+        "versions.json",
+        "kafka_window.json",
+        "most_different_pairs.json",
+        "random_pairs.jsonl",
+        "report.html",
+        "MANIFEST.sha256",
+        "BUNDLE.sha256",
+    } <= names
     assert verdict["verdict"] == "no_go"
     assert verify_bundle(path) == []
     # tamper with one file: the manifest catches it
@@ -227,9 +241,18 @@ def test_report_opens_in_headless_chromium_without_console_errors(home, tmp_path
     errors: list[str] = []
     requests: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1300, "height": 1800})
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
