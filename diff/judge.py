@@ -158,7 +158,11 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     pending_segments = [s for s in segments if s["status"] == Status.PENDING.value]
     if failing:
         verdict = Status.NO_GO
-        for r in results:
+        worst_first = sorted(
+            (r for r in results if r.status == ck.FAIL),
+            key=lambda r: (order[r.check_id], -_excess(r), r.segment),
+        )
+        for r in worst_first:
             if r.status == ck.FAIL:
                 what = f"{r.check_id}{'[' + r.feature + ']' if r.feature else ''}"
                 reasons.append(
@@ -225,6 +229,13 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     doc["digest"] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     doc["generated_at"] = datetime.now(UTC).isoformat()
     return doc
+
+
+def _excess(r: ck.CheckResult) -> float:
+    """How far past its threshold a failed check is (relative), to list the worst first."""
+    if r.value is None or not r.threshold:
+        return float(r.value or 0.0)
+    return (abs(r.value) - r.threshold) / abs(r.threshold)
 
 
 def _stable(obj: Any) -> Any:

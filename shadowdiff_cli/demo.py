@@ -1,0 +1,254 @@
+"""`shadowdiff demo`: the whole job on generated traffic, no Kafka or Docker needed.
+
+Generates realistic traffic, trains a baseline and candidates (scikit-learn), serves each model
+from a real HTTP server on loopback (MLflow /invocations format, with production-like latency),
+records the traffic to a JSONL file, and runs the real pipeline three times: file source (or a
+Kafka topic with --kafka) → sampling → baseline, repeat and candidate calls → DuckDB → diff,
+drift and quality → verdict → HTML report."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shadowdiff_cli import demo_traffic as traffic
+from shadowdiff_cli.modelserver import ModelServer, ServerBehaviour
+
+N_REQUESTS = 10_000
+LATENCY_MS = 30.0  # a typical online model: sleep dominates the loopback overhead
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    expect: str  # go | no_go
+    expect_in_reasons: str  # a fragment the reasons must contain
+
+
+SCENARIOS = [
+    Scenario("night-encoder", "candidate v5 whose feature encoder changed for night traffic", "no_go", "daypart=night"),
+    Scenario("slow", "retrained candidate whose server is 50% slower (P95 about +40% end to end)", "no_go", "latency_p95"),
+    Scenario("retrained", "sound retrained candidate", "go", "checks passed"),
+]
+
+POLICY = """# Demo gate policy: the runbook's triggers, with thresholds for a churn-scoring model.
+[policy]
+min_samples = 300
+alpha = 0.01
+correction = "holm"
+reference = { file = "reference.jsonl" }
+
+[[checks]]
+id = "label_flip"
+kind = "label_flip"
+threshold = 0.03          # flip rate may exceed the noise floor by at most 3 points
+
+[[checks]]
+id = "score_diff"
+kind = "score_diff"
+tolerance = 0.1           # a pair differs when the scores are > 0.1 apart
+threshold = 0.05          # at most 5% more differing pairs than the noise floor
+
+[[checks]]
+id = "latency_p95"
+kind = "latency"
+quantile = 0.95
+threshold = 1.3           # P95 latency +30% ...
+for_minutes = 5           # ... over a 5-minute window
+
+[[checks]]
+id = "error_rate"
+kind = "error_rate"
+threshold = 0.05
+for_minutes = 3
+
+[[checks]]
+id = "prediction_drift"
+kind = "prediction_drift"
+threshold = 0.1
+
+[[checks]]
+id = "feature_drift"
+kind = "feature_drift"
+threshold = 0.1
+severity = "warning"
+
+[[checks]]
+id = "null_spike"
+kind = "null_spike"
+threshold = 0.05
+
+[[checks]]
+id = "dead_letters"
+kind = "dead_letters"
+threshold = 0.02
+
+[[checks]]
+id = "version_pairing"
+kind = "version_pairing"
+threshold = 0.0
+"""
+
+
+def _config(s: Scenario, home: Path, source: str, baseline_url: str, cand_url: str) -> str:
+    return f"""# shadowdiff run config: scenario '{s.name}' ({s.title})
+[run]
+id = "demo-{s.name}"
+home = "{home.as_posix()}"
+batch_size = 2000
+
+{source}
+
+[envelope]   # where each field sits in the recorded messages (these are the defaults)
+request_id = "request_id"
+event_time = "event_time"
+segments = "segments"
+input = "input"
+feature_version = "feature_version"
+
+[features]
+numeric = {traffic.NUMERIC!r}
+categorical = {traffic.CATEGORICAL!r}
+
+[segments]
+fields = ["region", "device"]
+hour_buckets = {{ name = "daypart" }}   # night = 00-05 UTC, morning, afternoon, evening
+
+[sampling]
+rate = 0.4
+key = "request_id"
+quotas = {{ "region=apac" = 450, "daypart=night" = 1000 }}
+
+[baseline]
+kind = "model"
+repeat = true          # a second baseline call per request measures the noise floor
+model = {{ name = "baseline", kind = "mlflow", url = "{baseline_url}/invocations", model_version = "churn-v4", concurrency = 32 }}
+
+[output]
+kind = "score"
+score_path = "score"
+label_path = "label"
+
+[[candidates]]
+name = "{s.name}"
+kind = "mlflow"
+url = "{cand_url}/invocations"
+model_version = "churn-{s.name}"
+concurrency = 32
+timeout_s = 2.0
+"""
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("wb") as fh:
+        for r in rows:
+            fh.write(orjson.dumps(r) + b"\n")
+
+
+def _produce(bootstrap: str, topic: str, rows: list[dict[str, Any]]) -> None:
+    from datetime import datetime
+
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, 3, 1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, batch_size=256 * 1024, acks="all")
+    for r in rows:
+        ts = int(datetime.fromisoformat(r["event_time"]).timestamp() * 1000)
+        producer.send(topic, key=r["request_id"].encode(), value=orjson.dumps(r), timestamp_ms=ts)
+    producer.flush()
+    producer.close()
+
+
+def _serve_models(baseline: Any, retrained: Any, conn: Any) -> None:
+    """Child process: the four model servers on loopback until the parent says stop."""
+    servers = {
+        "baseline": ModelServer(traffic.scorer(baseline, seed=11), ServerBehaviour(latency_ms=LATENCY_MS)),
+        "night-encoder": ModelServer(traffic.scorer(baseline, night_bug=True, seed=12), ServerBehaviour(latency_ms=LATENCY_MS)),
+        "slow": ModelServer(traffic.scorer(retrained, seed=13), ServerBehaviour(latency_ms=LATENCY_MS * 1.5)),
+        "retrained": ModelServer(traffic.scorer(retrained, seed=14), ServerBehaviour(latency_ms=LATENCY_MS)),
+    }
+    conn.send({k: s.start() for k, s in servers.items()})
+    with contextlib.suppress(EOFError):
+        conn.recv()
+    for s in servers.values():
+        s.stop()
+
+
+def run_demo(workdir: Path, kafka: str | None = None) -> int:
+    """Run the three scenarios; print each verdict, its reasons and the report path. Exit 0
+    when every verdict is the one the scenario should get."""
+    from diff.load import open_run
+    from replay.job import run_replay
+    from reports.html import write_report
+    from schemas.config import load_config
+    from schemas.policy import load_policy
+    from shadowdiff_cli.wiring import judge_and_publish
+
+    t0 = time.monotonic()
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    home = workdir / "runs"
+    print(f"shadowdiff demo in {workdir}")
+    rows = traffic.generate(N_REQUESTS, seed=7)
+    _write_jsonl(workdir / "traffic.jsonl", rows)
+    _write_jsonl(workdir / "reference.jsonl", traffic.generate(4000, seed=3))
+    (workdir / "policy.toml").write_text(POLICY, encoding="utf-8")
+    print(f"  generated {len(rows)} requests over 48 h (traffic.jsonl) and a reference sample; training models ...")
+    baseline, retrained = traffic.train(seed=1), traffic.train(seed=2)
+    if kafka:
+        topic = f"shadowdiff-demo-{uuid.uuid4().hex[:8]}"
+        _produce(kafka, topic, rows)
+        source = (
+            f'[source]\nkind = "kafka-window"\nbootstrap = "{kafka}"\ntopic = "{topic}"\n'
+            f'start = "{traffic.T0.isoformat()}"\nend = "2026-11-25T00:00:00+00:00"\nprogress = false'
+        )
+        print(f"  produced the traffic to Kafka topic {topic} on {kafka}")
+    else:
+        source = '[source]\nkind = "file"\npath = "traffic.jsonl"'
+    # the model servers live in their own process, as they would in production: sharing the
+    # replay's interpreter would make measured latency mostly the replay's own queueing
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_serve_models, args=(baseline, retrained, child), daemon=True)
+    proc.start()
+    urls: dict[str, str] = parent.recv()
+    policy = load_policy(workdir / "policy.toml")
+    failures = 0
+    try:
+        for s in SCENARIOS:
+            cfg_path = workdir / f"run-{s.name}.toml"
+            cfg_path.write_text(_config(s, home, source, urls["baseline"], urls[s.name]), encoding="utf-8")
+            cfg = load_config(cfg_path)
+            stats = run_replay(cfg)
+            con = open_run(home, cfg.run.id)
+            try:
+                doc = judge_and_publish(con, home, cfg.run.id, policy, final=True)[0]
+            finally:
+                con.close()
+            report = write_report(home, doc, home / cfg.run.id / f"report-{s.name}.html")
+            ok = doc["verdict"] == s.expect and any(s.expect_in_reasons in r for r in doc["reasons"])
+            failures += not ok
+            print(f"\n[{s.name}] {s.title}")
+            print(f"  replayed {stats.consumed} requests, sampled {stats.sampled}, {doc['data']['pairs']} pairs")
+            print(f"  verdict: {doc['verdict'].upper()}{'' if ok else f'  (expected {s.expect.upper()})'}")
+            for r in doc["reasons"][:6]:
+                print(f"    - {r}")
+            if len(doc["reasons"]) > 6:
+                print(f"    ... {len(doc['reasons']) - 6} more")
+            print(f"  report: {report}")
+    finally:
+        parent.send("stop")
+        proc.join(10)
+    print(f"\ndone in {time.monotonic() - t0:.1f} s; try: shadowdiff gate --home {home} --run demo-slow")
+    return 1 if failures else 0
