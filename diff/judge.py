@@ -162,6 +162,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             (r for r in results if r.status == ck.FAIL),
             key=lambda r: (order[r.check_id], -_excess(r), r.segment),
         )
+        reasons += _localise(results, sets)
         for r in worst_first:
             if r.status == ck.FAIL:
                 what = f"{r.check_id}{'[' + r.feature + ']' if r.feature else ''}"
@@ -229,6 +230,33 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     doc["digest"] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     doc["generated_at"] = datetime.now(UTC).isoformat()
     return doc
+
+
+def _localise(results: list[ck.CheckResult], sets: SegmentSets) -> list[str]:
+    """Where a failure lives: a field whose values split into failing and passing for a check
+    (e.g. daypart=night fails, the other dayparts pass) says where to look first."""
+    out = []
+    seen: set[tuple[str, str]] = set()
+    for r in results:
+        if r.status != ck.FAIL or r.segment == ALL or "&" in r.segment or (r.check_id, r.segment) in seen:
+            continue
+        field = r.segment.split("=", 1)[0]
+        same = [
+            x
+            for x in results
+            if x.check_id == r.check_id
+            and x.feature == r.feature
+            and x.segment.split("=", 1)[0] == field
+            and "&" not in x.segment
+            and x.segment != ALL
+        ]
+        bad = sorted({x.segment for x in same if x.status == ck.FAIL})
+        good = sorted({x.segment for x in same if x.status == ck.PASS})
+        seen.update((r.check_id, b) for b in bad)
+        if bad and good:
+            what = r.check_id + (f"[{r.feature}]" if r.feature else "")
+            out.append(f"{what} is concentrated in {', '.join(bad)}: the other {field} values pass ({', '.join(good)})")
+    return out
 
 
 def _excess(r: ck.CheckResult) -> float:

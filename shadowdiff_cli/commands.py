@@ -156,6 +156,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.dir), kafka=args.kafka)
 
 
+def cmd_produce(args: argparse.Namespace) -> int:
+    """Mirror generated production traffic to a topic at a steady rate (for docker compose)."""
+    from datetime import UTC, datetime
+
+    from kafka import KafkaProducer
+
+    from shadowdiff_cli.demo_traffic import generate
+
+    producer = KafkaProducer(bootstrap_servers=args.bootstrap.split(","), linger_ms=20, acks="all")
+    sent, seed = 0, 0
+    t0 = time.monotonic()
+    try:
+        while args.count <= 0 or sent < args.count:
+            seed += 1
+            for env in generate(1000, seed, t0=datetime.now(UTC), hours=1000 / max(args.rate, 1) / 3600):
+                producer.send(args.topic, key=env["request_id"].encode(), value=orjson.dumps(env))
+                sent += 1
+                # pace to the requested rate; a live topic, not a bulk load
+                ahead = sent / args.rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+                if 0 < args.count <= sent:
+                    break
+    finally:
+        producer.flush()
+        producer.close()
+    print(f"produced {sent} requests to {args.topic}")
+    return 0
+
+
 def register(sub: Any) -> None:
     def common(p: argparse.ArgumentParser, policy: bool = True) -> None:
         p.add_argument("--run", required=True, help="run id")
@@ -195,6 +225,13 @@ def register(sub: Any) -> None:
     common(e)
     e.add_argument("-o", "--output", required=True)
     e.set_defaults(func=cmd_evidence)
+
+    pr = sub.add_parser("produce", help="mirror generated traffic to a Kafka topic (demo, docker compose)")
+    pr.add_argument("--bootstrap", required=True)
+    pr.add_argument("--topic", required=True)
+    pr.add_argument("--rate", type=float, default=200.0, help="messages per second")
+    pr.add_argument("--count", type=int, default=0, help="stop after this many (0 = run until stopped)")
+    pr.set_defaults(func=cmd_produce)
 
     d = sub.add_parser("demo", help="the whole job on generated traffic: three scenarios, three verdicts")
     d.add_argument("--dir", default="shadowdiff-demo")

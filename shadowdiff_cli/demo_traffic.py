@@ -120,3 +120,24 @@ def scorer(
         return [{"score": float(v), "label": int(v >= 0.5)} for v in p]
 
     return predict
+
+
+_MODELS: dict[str, Callable[[list[dict[str, Any]]], list[Any]]] = {}
+
+
+def _model(name: str) -> Callable[[list[dict[str, Any]]], list[Any]]:
+    # trained once per process on first use: the compose worker's in-process models
+    if name not in _MODELS:
+        _MODELS["baseline"] = scorer(train(seed=1), seed=11)
+        _MODELS["candidate"] = scorer(train(seed=2), seed=14)
+    return _MODELS[name]
+
+
+def baseline_batch(rows: list[dict[str, Any]]) -> list[Any]:
+    """`shadowdiff_cli.demo_traffic:baseline_batch`, an in-process baseline for docker compose."""
+    return _model("baseline")(rows)
+
+
+def candidate_batch(rows: list[dict[str, Any]]) -> list[Any]:
+    """`shadowdiff_cli.demo_traffic:candidate_batch`, the retrained candidate."""
+    return _model("candidate")(rows)

@@ -34,7 +34,7 @@ def test_demo_gives_the_three_verdicts_and_reports(tmp_path):
     night = verdicts["night-encoder"]
     assert night["verdict"] == "no_go"
     assert "daypart=night" in night["failing_segments"]
-    assert night["reasons"][0].startswith("label_flip failed in daypart=night")
+    assert night["reasons"][0].startswith("label_flip is concentrated in daypart=night")
     slow = verdicts["slow"]
     assert slow["verdict"] == "no_go"
     assert any(r.startswith("latency_p95 failed") for r in slow["reasons"])
