@@ -11,8 +11,6 @@ import numpy as np
 
 from diff.segments import SegmentSets
 
-DIST_GRID = [(i + 0.5) / 400 for i in range(400)]  # quantiles for distribution distances
-
 
 def latency_grid(quantiles: Sequence[float]) -> list[float]:
     """Quantile fractions around each asked quantile, to read order-statistic CIs from."""
@@ -69,14 +67,31 @@ def pair_stats(
     return {sets.name(r): r for r in _rows(con, sql)}
 
 
+SCORE_BINS = 1000
+
+
 def score_distributions(con: duckdb.DuckDBPyConnection, sets: SegmentSets) -> dict[str, dict[str, Any]]:
-    """Quantile grids of baseline and candidate scores per segment (prediction drift)."""
-    g = "[" + ", ".join(f"{x:.6f}" for x in DIST_GRID) + "]"
-    sql = f"""SELECT {sets.select()}, count(b_score) AS n_b, count(c_score) AS n_c,
-        stddev_pop(b_score) AS sd_b,
-        quantile_cont(b_score, {g}) AS q_b, quantile_cont(c_score, {g}) AS q_c
-        FROM pairs WHERE b_err IS NULL AND c_err IS NULL {sets.group_by()}"""
-    return {sets.name(r): r for r in _rows(con, sql)}
+    """Histograms of baseline and candidate scores per segment over shared bins (prediction
+    drift); bin edges rounded so re-judging bins every value the same way."""
+    ok = "b_err IS NULL AND c_err IS NULL AND b_score IS NOT NULL AND c_score IS NOT NULL"
+    r = con.execute(f"SELECT min(least(b_score, c_score)), max(greatest(b_score, c_score)) FROM pairs WHERE {ok}").fetchone()
+    if not r or r[0] is None:
+        return {}
+    lo, hi = float(f"{r[0]:.6g}"), float(f"{r[1]:.6g}")
+    hi = hi * (1 + 1e-9) + 1e-12 if hi > lo else lo + 1.0
+    width = (hi - lo) / SCORE_BINS
+    out: dict[str, dict[str, Any]] = {}
+    for side, col in (("b", "b_score"), ("c", "c_score")):
+        b = f"least(greatest(floor(({col} - {lo!r}) / {width!r}), 0), {SCORE_BINS - 1})::INT"
+        sql = f"SELECT {sets.select()}, {b} AS bin, count(*) AS k FROM pairs WHERE {ok} {sets.group_by([b])}"
+        for row in _rows(con, sql):
+            seg = out.setdefault(sets.name(row), {"width": width, "b": np.zeros(SCORE_BINS), "c": np.zeros(SCORE_BINS)})
+            seg[side][int(row["bin"])] = row["k"]
+    sds = _rows(con, f"SELECT {sets.select()}, stddev_pop(b_score) AS sd FROM pairs WHERE {ok} {sets.group_by()}")
+    for row in sds:
+        if sets.name(row) in out:
+            out[sets.name(row)]["sd_b"] = row["sd"]
+    return out
 
 
 def label_counts(con: duckdb.DuckDBPyConnection, sets: SegmentSets) -> dict[str, dict[str, Any]]:

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from diff import stats
-from diff.aggregate import DIST_GRID, interp
-from diff.drift import categorical_drift, wasserstein_normed
+from diff.aggregate import interp
+from diff.drift import categorical_drift, psi_from_hist, wasserstein_from_hist
 from schemas.policy import Check
 
 PASS, FAIL, WARN, PENDING, NA = "pass", "fail", "warn", "pending", "n/a"
@@ -229,14 +229,11 @@ def error_rate(
 def prediction_drift(
     chk: Check, seg: str, dist: dict[str, Any] | None, labels: dict[str, Any] | None, thr: float, sev: str
 ) -> CheckResult | None:
-    if dist and dist.get("q_b") and dist.get("q_c") and int(dist["n_b"]) > 0:
-        w = wasserstein_normed(dist["q_b"], dist["q_c"], float(dist["sd_b"] or 0))
-        res = CheckResult(chk.id, chk.kind, seg, sev, thr, int(dist["n_b"]), value=w, exceeded=w >= thr)
+    if dist and dist["b"].sum() > 0:
+        w = wasserstein_from_hist(dist["width"], dist["b"], dist["c"], float(dist.get("sd_b") or 0))
+        res = CheckResult(chk.id, chk.kind, seg, sev, thr, int(dist["b"].sum()), value=w, exceeded=w >= thr)
         res.detail = f"normalised Wasserstein distance of candidate vs baseline scores {w:.3f} (threshold {thr})"
-        res.extra = {
-            "baseline_deciles": [interp(DIST_GRID, dist["q_b"], q / 10) for q in range(1, 10)],
-            "candidate_deciles": [interp(DIST_GRID, dist["q_c"], q / 10) for q in range(1, 10)],
-        }
+        res.extra = {"psi": psi_from_hist(dist["b"], dist["c"])}
         return res
     if labels and labels.get("b"):
         d = categorical_drift(labels["b"], labels["c"])

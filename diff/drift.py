@@ -6,8 +6,10 @@
   drift when p < 0.05;
 - PSI (10 reference-quantile bins) reported beside, for those who ask for it.
 
-Quantile grids replace full sorts: Wasserstein-1 is the mean gap between the two quantile
-functions, read on a 400-point grid (within ~0.002 of the exact value on smooth data)."""
+Histograms replace full sorts: on 1,000 shared bins, Wasserstein-1 is the area between the two
+empirical CDFs (error below one bin width, ~1% of a standard deviation) and PSI groups the bins
+into reference deciles. Counting into bins is one cheap grouped scan per feature; exact
+quantile lists cost DuckDB ~1 s per feature per million rows."""
 
 from __future__ import annotations
 
@@ -38,41 +40,41 @@ class DriftResult:
         return self.method in ("ks", "chisquare")
 
 
-def wasserstein_normed(q_ref: Sequence[float], q_cur: Sequence[float], sd_ref: float) -> float:
-    w = float(np.mean(np.abs(np.asarray(q_cur, float) - np.asarray(q_ref, float))))
+def wasserstein_from_hist(width: float, ref_counts: np.ndarray, cur_counts: np.ndarray, sd_ref: float) -> float:
+    """Normalised W1 from counts over shared equal-width bins."""
+    cr = np.cumsum(ref_counts) / max(ref_counts.sum(), 1)
+    cc = np.cumsum(cur_counts) / max(cur_counts.sum(), 1)
+    w = float(np.sum(np.abs(cr - cc)) * width)
     if sd_ref <= 0 or not math.isfinite(sd_ref):
         return 0.0 if w == 0 else float("inf")
     return w / sd_ref
 
 
-def psi_from_grids(grid: Sequence[float], q_ref: Sequence[float], q_cur: Sequence[float], bins: int = 10) -> float:
-    """PSI with `bins` reference-quantile bins, reading the current CDF off its quantile grid."""
-    g = np.asarray(grid)
-    qr = np.asarray(q_ref, float)
-    qc = np.asarray(q_cur, float)
-    edges = np.interp(np.linspace(0, 1, bins + 1)[1:-1], g, qr)
-    cdf_cur = np.interp(edges, qc, g, left=0.0, right=1.0)
-    cur = np.diff(np.concatenate([[0.0], cdf_cur, [1.0]]))
-    ref = np.full(bins, 1.0 / bins)
-    cur = np.clip(cur, 1e-4, None)
+def psi_from_hist(ref_counts: np.ndarray, cur_counts: np.ndarray, bins: int = 10) -> float:
+    """PSI with `bins` groups of fine bins cut at the reference's deciles."""
+    cr = np.cumsum(ref_counts) / max(ref_counts.sum(), 1)
+    group = np.minimum((np.concatenate([[0.0], cr[:-1]]) * bins).astype(int), bins - 1)
+    ref = np.bincount(group, weights=ref_counts, minlength=bins) / max(ref_counts.sum(), 1)
+    cur = np.bincount(group, weights=cur_counts, minlength=bins) / max(cur_counts.sum(), 1)
+    ref, cur = np.clip(ref, 1e-4, None), np.clip(cur, 1e-4, None)
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
-def numeric_drift(
-    grid: Sequence[float],
-    q_ref: Sequence[float],
-    q_cur: Sequence[float],
+def numeric_drift_hist(
+    width: float,
+    ref_counts: np.ndarray,
+    cur_counts: np.ndarray,
     sd_ref: float,
-    n_ref: int,
-    n_cur: int,
     raw_ref: Sequence[float] | None = None,
     raw_cur: Sequence[float] | None = None,
 ) -> DriftResult:
-    psi = psi_from_grids(grid, q_ref, q_cur)
+    """evidently's rule on shared-bin histograms (KS on raw values for small references)."""
+    n_ref, n_cur = int(ref_counts.sum()), int(cur_counts.sum())
+    psi = psi_from_hist(ref_counts, cur_counts)
     if n_ref <= SMALL and raw_ref is not None and raw_cur is not None and len(raw_ref) and len(raw_cur):
         p = float(ks_2samp(raw_ref, raw_cur).pvalue)
         return DriftResult("ks", p, p < P_THRESHOLD, psi, n_ref, n_cur)
-    w = wasserstein_normed(q_ref, q_cur, sd_ref)
+    w = wasserstein_from_hist(width, ref_counts, cur_counts, sd_ref)
     return DriftResult("wasserstein", w, w >= DISTANCE_THRESHOLD, psi, n_ref, n_cur)
 
 

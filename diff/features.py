@@ -14,10 +14,10 @@ import numpy as np
 import orjson
 import polars as pl
 
-from diff.aggregate import DIST_GRID, _rows
-from diff.drift import SMALL, DriftResult, categorical_drift, numeric_drift
+from diff.aggregate import _rows
+from diff.drift import SMALL, DriftResult, categorical_drift, numeric_drift_hist
 from diff.load import RunInfo, ident
-from diff.segments import SegmentSets
+from diff.segments import ALL, SegmentSets
 from schemas.policy import Reference
 
 
@@ -91,16 +91,24 @@ def load_reference_file(path: Path, info: RunInfo) -> pl.DataFrame:
 
 
 class FeatureTables:
-    """Creates `cur_f` and `ref_f` views (segment columns + f_<feature>) on a connection."""
+    """Creates `cur_f` and `ref_f` views (segment columns + f_<feature>) on a connection.
+    Features describe the traffic, so they are read from every stored request (one columnar
+    scan per query, no join with the outputs)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets, reference: Reference | None) -> None:
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        info: RunInfo,
+        sets: SegmentSets,
+        reference: Reference | None,
+        segment_exprs: list[str],
+    ) -> None:
         self.con = con
         self.info = info
         self.sets = sets
-        segs = ", ".join(f"p.{c}" for c in sets.columns)
+        segs = ", ".join(segment_exprs)
         feats = ", ".join(f"r.features.{ident(n)} AS {ident('f_' + n)}" for n in info.numeric + info.categorical)
-        base = f"""SELECT {segs}{"," if segs else ""} {feats}, p.event_time, p.part, p."offset"
-                   FROM pairs p JOIN requests r USING (source, part, "offset")"""
+        base = f"""SELECT {segs}{"," if segs else ""} {feats}, r.event_time, r.part, r."offset" FROM requests r"""
         self.has_reference = reference is not None
         if reference is None:
             con.execute(f"CREATE OR REPLACE TEMP VIEW cur_f AS {base}")
@@ -111,9 +119,16 @@ class FeatureTables:
             con.execute(f"CREATE OR REPLACE TEMP VIEW cur_f AS {base}")
             con.execute('CREATE OR REPLACE TEMP VIEW ref_f AS SELECT *, 0 AS part, 0 AS "offset" FROM ref_file_frame')
         else:
-            win = f"p.event_time >= TIMESTAMPTZ '{reference.start}' AND p.event_time < TIMESTAMPTZ '{reference.end}'"
+            win = f"r.event_time >= TIMESTAMPTZ '{reference.start}' AND r.event_time < TIMESTAMPTZ '{reference.end}'"
             con.execute(f"CREATE OR REPLACE TEMP VIEW ref_f AS {base} WHERE {win}")
             con.execute(f"CREATE OR REPLACE TEMP VIEW cur_f AS {base} WHERE NOT ({win})")
+
+    @classmethod
+    def from_views(cls, con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets) -> FeatureTables:
+        """Over `cur_f` and `ref_f` views the caller made (e.g. two frames outside any run)."""
+        self = cls.__new__(cls)
+        self.con, self.info, self.sets, self.has_reference = con, info, sets, True
+        return self
 
     def _sample_clause(self, table: str, max_rows: int) -> str:
         (n,) = self.con.execute(f"SELECT count(*) FROM {table}").fetchone() or (0,)
@@ -128,45 +143,68 @@ class FeatureTables:
         sql = f"SELECT {c} FROM {table} WHERE {self.sets.where(seg)} AND {c} IS NOT NULL AND {sample}"
         return [float(v) for (v,) in self.con.execute(sql).fetchall()]
 
+    def _moments(self, side: str) -> dict[str, dict[str, Any]]:
+        """Cheap exact aggregates per segment for every feature of one side, in one scan."""
+        aggs = ["count(*) AS n_all"]
+        for n in self.info.numeric:
+            c = ident("f_" + n)
+            aggs += [
+                f"count({c}) AS {ident('n_' + n)}",
+                f"stddev_pop({c}) AS {ident('sd_' + n)}",
+                f"avg({c}) AS {ident('mean_' + n)}",
+                f"min({c}) AS {ident('min_' + n)}",
+                f"max({c}) AS {ident('max_' + n)}",
+                f"approx_count_distinct({c}) AS {ident('u_' + n)}",
+            ]
+        sql = f"SELECT {self.sets.select()}, {', '.join(aggs)} FROM {side} {self.sets.group_by()}"
+        return {self.sets.name(r): r for r in _rows(self.con, sql)}
+
+    def _sampled(self, side: str, max_rows: int) -> str:
+        """`side`, or a deterministic hash sample of it when it has more than `max_rows` rows:
+        a million rows pin a distribution distance to ~0.001, and a 10M-row run then costs a
+        tenth per histogram. Counts of nulls and ranges always use every row."""
+        clause = self._sample_clause(side, max_rows)
+        if clause == "TRUE":
+            return side
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {side}_s AS SELECT * FROM {side} WHERE {clause}")
+        return f"{side}_s"
+
+    def _histograms(self, side: str, feature: str, lo: float, width: float) -> dict[str, np.ndarray]:
+        c = ident("f_" + feature)
+        b = f"least(greatest(floor(({c} - {lo!r}) / {width!r}), 0), {BINS - 1})::INT"
+        sql = f"""SELECT {self.sets.select()}, {b} AS bin, count(*) AS k FROM {side} WHERE {c} IS NOT NULL
+                  {self.sets.group_by([b])}"""
+        out: dict[str, np.ndarray] = {}
+        for r in _rows(self.con, sql):
+            out.setdefault(self.sets.name(r), np.zeros(BINS))[int(r["bin"])] = r["k"]
+        return out
+
     def collect(self, max_rows: int = 1_000_000) -> list[FeatureStats]:
         con, sets, info = self.con, self.sets, self.info
-        g = "[" + ", ".join(f"{x:.6f}" for x in DIST_GRID) + "]"
         results: list[FeatureStats] = []
         num = info.numeric
-        # exact counts and ranges, one scan per side for all features
-        ranges = {}
-        if num and self.has_reference:
-            r = _rows(
-                con,
-                "SELECT "
-                + ", ".join(
-                    f"min({ident('f_' + n)}) AS {ident('lo_' + n)}, max({ident('f_' + n)}) AS {ident('hi_' + n)}" for n in num
-                )
-                + " FROM ref_f",
-            )[0]
-            ranges = {n: (r["lo_" + n], r["hi_" + n]) for n in num}
-        sides = {}
-        for side in ("cur_f", "ref_f"):
-            if side == "ref_f" and not self.has_reference:
+        sides = {"cur_f": self._moments("cur_f")}
+        if self.has_reference:
+            sides["ref_f"] = self._moments("ref_f")
+        ref_all = sides.get("ref_f", {}).get(ALL)
+        cur_all = sides["cur_f"].get(ALL)
+        hists: dict[str, tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
+        sampled = {side: self._sampled(side, max_rows) for side in sides} if num else {}
+        oor: dict[str, dict[str, int]] = {}
+        for n in num:
+            if not ref_all or not cur_all or not ref_all["n_" + n] or not cur_all["n_" + n]:
                 continue
-            sample = self._sample_clause(side, max_rows)
-            aggs = ["count(*) AS n_all"]
-            for n in num:
-                c = ident("f_" + n)
-                aggs.append(f"count({c}) AS {ident('n_' + n)}")
-                aggs.append(f"stddev_pop({c}) AS {ident('sd_' + n)}")
-                aggs.append(f"count(DISTINCT {c}) FILTER (WHERE {sample}) AS {ident('u_' + n)}")
-                aggs.append(f"quantile_cont({c}, {g}) FILTER (WHERE {sample}) AS {ident('q_' + n)}")
-                if side == "cur_f" and n in ranges and ranges[n][0] is not None:
-                    lo, hi = ranges[n]
-                    aggs.append(f"count(*) FILTER (WHERE {c} < {lo!r} OR {c} > {hi!r}) AS {ident('oor_' + n)}")
-            sides[side] = {
-                info_seg: row
-                for info_seg, row in (
-                    (sets.name(r), r)
-                    for r in _rows(con, f"SELECT {sets.select()}, {', '.join(aggs)} FROM {side} {sets.group_by()}")
-                )
-            }
+            lo, hi = _bin_range(ref_all, cur_all, n)
+            width = (hi - lo) / BINS
+            hists[n] = (width, self._histograms(sampled["ref_f"], n, lo, width), self._histograms(sampled["cur_f"], n, lo, width))
+            c = ident("f_" + n)
+            rlo, rhi = ref_all["min_" + n], ref_all["max_" + n]
+            rows = _rows(
+                con,
+                f"""SELECT {sets.select()}, count(*) FILTER (WHERE {c} < {rlo!r} OR {c} > {rhi!r}) AS k
+                                 FROM cur_f {sets.group_by()}""",
+            )
+            oor[n] = {sets.name(r): int(r["k"]) for r in rows}
         cats: dict[tuple[str, str, str], dict[str | None, int]] = {}
         for side in sides:
             for n in info.categorical:
@@ -178,28 +216,18 @@ class FeatureTables:
             ref = sides.get("ref_f", {}).get(seg)
             for n in num:
                 n_cur = int(cur["n_" + n])
-                drift = None
                 n_ref = int(ref["n_" + n]) if ref else 0
-                if ref and n_ref and n_cur and cur["q_" + n] and ref["q_" + n]:
-                    raw_ref = raw_cur = None
-                    if n_ref <= SMALL:
-                        raw_ref = self._raw("ref_f", n, seg, "TRUE")
-                        raw_cur = self._raw("cur_f", n, seg, self._sample_clause("cur_f", max_rows))
+                drift = None
+                if ref and n_ref and n_cur and n in hists:
+                    width, rh, ch = hists[n]
                     if (ref["u_" + n] or 0) <= 5:
-                        rc = cats_from(con, "ref_f", n, sets, seg)
-                        cc = cats_from(con, "cur_f", n, sets, seg)
-                        drift = categorical_drift(rc, cc)
-                    else:
-                        drift = numeric_drift(
-                            DIST_GRID,
-                            ref["q_" + n],
-                            cur["q_" + n],
-                            float(ref["sd_" + n] or 0),
-                            n_ref,
-                            n_cur,
-                            raw_ref,
-                            raw_cur,
-                        )
+                        drift = categorical_drift(cats_from(con, "ref_f", n, sets, seg), cats_from(con, "cur_f", n, sets, seg))
+                    elif seg in rh and seg in ch:
+                        raw_ref = raw_cur = None
+                        if n_ref <= SMALL:
+                            raw_ref = self._raw("ref_f", n, seg, "TRUE")
+                            raw_cur = self._raw("cur_f", n, seg, self._sample_clause("cur_f", max_rows))
+                        drift = numeric_drift_hist(width, rh[seg], ch[seg], float(ref["sd_" + n] or 0), raw_ref, raw_cur)
                 results.append(
                     FeatureStats(
                         seg,
@@ -209,7 +237,7 @@ class FeatureTables:
                         int(cur["n_all"]) - n_cur,
                         int(ref["n_all"]) if ref else 0,
                         (int(ref["n_all"]) - n_ref) if ref else 0,
-                        int(cur.get("oor_" + n) or 0),
+                        oor.get(n, {}).get(seg, 0),
                         0,
                         [],
                         drift,
@@ -239,6 +267,22 @@ class FeatureTables:
                     )
                 )
         return results
+
+
+BINS = 1000
+
+
+def _bin_range(ref: dict[str, Any], cur: dict[str, Any], n: str) -> tuple[float, float]:
+    """Shared bin range: both sides' mean ± 6 sd, inside the observed min..max, rounded to 6
+    significant digits so that last-bit differences of parallel sums cannot move an edge."""
+    lo = min(ref["mean_" + n] - 6 * (ref["sd_" + n] or 0), cur["mean_" + n] - 6 * (cur["sd_" + n] or 0))
+    hi = max(ref["mean_" + n] + 6 * (ref["sd_" + n] or 0), cur["mean_" + n] + 6 * (cur["sd_" + n] or 0))
+    lo = max(lo, min(ref["min_" + n], cur["min_" + n]))
+    hi = min(hi, max(ref["max_" + n], cur["max_" + n]))
+    lo, hi = float(f"{lo:.6g}"), float(f"{hi:.6g}")
+    if hi <= lo:
+        hi = lo + 1.0
+    return lo, hi * (1 + 1e-9) + 1e-12
 
 
 def cats_from(con: duckdb.DuckDBPyConnection, table: str, feature: str, sets: SegmentSets, seg: str) -> dict[str, int]:

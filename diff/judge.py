@@ -58,7 +58,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     spec = next(c for c in info.candidates if c["name"] == cand)
     fields = [f for f in (policy.segments or info.segment_fields) if f in info.segment_fields]
     sets = SegmentSets(fields, info.combinations)
-    build_pairs(con, info, cand, fields, policy.max_segment_values)
+    seg_exprs = build_pairs(con, info, cand, fields, policy.max_segment_values)
 
     lat_checks = [c for c in policy.checks if c.kind == "latency"]
     lat_qs = sorted({0.5, 0.95, 0.99, *(c.quantile for c in lat_checks)})
@@ -127,7 +127,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             if r is not None:
                 results.append(r)
 
-    results += _feature_checks(con, info, sets, policy, judged)
+    results += _feature_checks(con, info, sets, policy, judged, seg_exprs)
     results += _run_level_checks(con, info, spec, sets, policy, judged)
 
     order = {c.id: i for i, c in enumerate(policy.checks)}
@@ -279,12 +279,12 @@ def _stable(obj: Any) -> Any:
 
 
 def _feature_checks(
-    con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets, policy: Policy, judged: set[str]
+    con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets, policy: Policy, judged: set[str], seg_exprs: list[str]
 ) -> list[ck.CheckResult]:
     kinds = {c.kind for c in policy.checks}
     if not ({"feature_drift", "null_spike", "out_of_range", "new_category"} & kinds) or not (info.numeric or info.categorical):
         return []
-    ft = FeatureTables(con, info, sets, policy.reference)
+    ft = FeatureTables(con, info, sets, policy.reference, seg_exprs)
     stats_ = ft.collect()
     out: list[ck.CheckResult] = []
     for chk in policy.checks:

@@ -107,9 +107,10 @@ def run_info(con: duckdb.DuckDBPyConnection) -> RunInfo:
 
 def build_pairs(
     con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str, segment_fields: list[str], max_values: int
-) -> None:
+) -> list[str]:
     """Materialise `pairs`: one row per sampled request with baseline, candidate and repeat
-    outputs side by side, and segment values (rare values pooled as '(other)')."""
+    outputs side by side, and segment values (rare values pooled as '(other)'). Returns the
+    segment expressions over `requests r`, for queries that need no outputs."""
     seg_exprs = []
     for f in segment_fields:
         raw = f"coalesce(r.segments.{ident(f)}, '(missing)')"
@@ -141,3 +142,4 @@ def build_pairs(
                        AND q.variant = $rep""",
         {"cand": candidate_variant(candidate), "base": BASELINE, "rep": BASELINE_REPEAT},
     )
+    return seg_exprs

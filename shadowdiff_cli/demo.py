@@ -35,7 +35,7 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("night-encoder", "candidate v5 whose feature encoder changed for night traffic", "no_go", "daypart=night"),
-    Scenario("slow", "retrained candidate whose server is 50% slower (P95 about +40% end to end)", "no_go", "latency_p95"),
+    Scenario("slow", "retrained candidate on a server 80% slower (P95 +40% or more end to end)", "no_go", "latency_p95"),
     Scenario("retrained", "sound retrained candidate", "go", "checks passed"),
 ]
 
@@ -123,9 +123,9 @@ fields = ["region", "device"]
 hour_buckets = {{ name = "daypart" }}   # night = 00-05 UTC, morning, afternoon, evening
 
 [sampling]
-rate = 0.4
+rate = 0.35
 key = "request_id"
-quotas = {{ "region=apac" = 450, "daypart=night" = 1000 }}
+quotas = {{ "region=apac" = 400, "daypart=night" = 900 }}
 
 [baseline]
 kind = "model"
@@ -175,7 +175,7 @@ def _serve_models(baseline: Any, retrained: Any, conn: Any) -> None:
     servers = {
         "baseline": ModelServer(traffic.scorer(baseline, seed=11), ServerBehaviour(latency_ms=LATENCY_MS)),
         "night-encoder": ModelServer(traffic.scorer(baseline, night_bug=True, seed=12), ServerBehaviour(latency_ms=LATENCY_MS)),
-        "slow": ModelServer(traffic.scorer(retrained, seed=13), ServerBehaviour(latency_ms=LATENCY_MS * 1.5)),
+        "slow": ModelServer(traffic.scorer(retrained, seed=13), ServerBehaviour(latency_ms=LATENCY_MS * 1.8)),
         "retrained": ModelServer(traffic.scorer(retrained, seed=14), ServerBehaviour(latency_ms=LATENCY_MS)),
     }
     conn.send({k: s.start() for k, s in servers.items()})
