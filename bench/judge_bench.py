@@ -88,6 +88,19 @@ def evidently_drift(ref: pd.DataFrame, cur: pd.DataFrame) -> tuple[dict[str, boo
     return flags, elapsed
 
 
+def judge_child(home: Path) -> None:
+    policy = Policy(reference=Reference(start="2026-11-25T00:00:00+00:00", end="2026-11-25T04:00:00+00:00"))
+    t0 = time.perf_counter()
+    con = open_run(home, "big")
+    doc = judge(con, policy)
+    con.close()
+    wall = time.perf_counter() - t0
+    print(
+        f"judge: {wall:.1f} s wall (target <= 30 s), peak RSS {peak_rss_mb():,.0f} MB (target <= 4096 MB); verdict "
+        f"{doc['verdict']}, {len(doc['checks'])} check results, {doc['statistics']['tests_in_family']} tests"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=10_000_000)
@@ -123,4 +136,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--judge-child":
+        judge_child(Path(sys.argv[2]))
+    else:
+        main()

@@ -42,11 +42,12 @@ def store_files(home: Path, run_id: str) -> list[Path]:
     return files
 
 
-def open_run(home: Path, run_id: str) -> duckdb.DuckDBPyConnection:
+def open_run(home: Path, run_id: str, memory_limit: str = "2GB") -> duckdb.DuckDBPyConnection:
     """An in-memory connection with views over every store of the run, attached read-only.
     Raises StoreError when a writer holds a store (judge through the writer instead)."""
     files = store_files(home, run_id)
-    con = duckdb.connect()
+    # a bounded budget: DuckDB spills to disk past it instead of taking 80% of the machine
+    con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(home / run_id / ".tmp")})
     for i, f in enumerate(files):
         try:
             con.execute(f"ATTACH {_quote(str(f))} AS s{i} (READ_ONLY)")

@@ -1,0 +1,244 @@
+"""Replay benchmark against one broker and topic; every figure is a ratio to a reference measured
+in the same run, because this machine is shared and noisy.
+
+    python bench/replay_bench.py [--messages 200000] [--big 1000000]
+
+Prints: raw kafka-python consume+decode (the reference); the replay at 100% sampling with an
+in-process batched model (target >= 0.5 of raw); at 5% sampling (target >= 0.9 of raw); an HTTP
+candidate against a bare concurrent aiohttp client on the same server (target >= 0.8); peak RSS
+of a replay after 200k and after 1M messages (target: flat, < 500 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+T0 = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def bootstrap() -> str:
+    env = os.environ.get("SHADOWDIFF_KAFKA_BOOTSTRAP")
+    if env:
+        return env
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start"], check=True, capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def envelope(i: int, rng: random.Random) -> bytes:
+    """~312 bytes: a 15-field request (12 numeric, 3 categorical) with segments and live output."""
+    inp = {f"n{k}": round(rng.gauss(0, 1), 4) for k in range(12)}
+    inp.update({"c0": rng.choice(["a", "b"]), "c1": rng.choice(["x", "y", "z"]), "c2": "k"})
+    return orjson.dumps(
+        {
+            "request_id": f"r{i}",
+            "event_time": int((T0 + timedelta(milliseconds=i)).timestamp() * 1000),
+            "segments": {"region": rng.choice(["eu", "us", "apac"])},
+            "input": inp,
+            "output": {"score": 0.5},
+            "latency_ms": 3.1,
+        }
+    )
+
+
+def produce(bs: str, topic: str, n: int) -> None:
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bs)
+    admin.create_topics([NewTopic(topic, 4, 1)])
+    admin.close()
+    rng = random.Random(1)
+    p = KafkaProducer(bootstrap_servers=bs, linger_ms=50, batch_size=256 * 1024, acks=1)
+    base = int(T0.timestamp() * 1000)
+    for i in range(n):
+        p.send(topic, key=f"r{i}".encode(), value=envelope(i, rng), timestamp_ms=base + i)
+    p.flush()
+    p.close()
+
+
+def raw_consume(bs: str, topic: str, n: int) -> float:
+    """The reference: kafka-python (crc32c) consume + orjson decode of every message."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bs, enable_auto_commit=False, max_partition_fetch_bytes=2 << 20, fetch_max_bytes=64 << 20)
+    tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic)]
+    c.assign(tps)
+    c.seek_to_beginning()
+    seen = 0
+    t0 = time.perf_counter()
+    while seen < n:
+        for recs in c.poll(timeout_ms=1000, max_records=2000).values():
+            for r in recs:
+                orjson.loads(r.value)
+                seen += 1
+    dt = time.perf_counter() - t0
+    c.close()
+    return seen / dt
+
+
+def config(bs: str, topic: str, home: Path, run: str, rate: float, candidate: str, end_ms: int) -> Path:
+    path = home / f"{run}.toml"
+    path.write_text(f"""
+[run]
+id = "{run}"
+home = "{home}"
+batch_size = 5000
+[source]
+kind = "kafka-window"
+bootstrap = "{bs}"
+topic = "{topic}"
+start = "{T0.isoformat()}"
+end = "{(T0 + timedelta(milliseconds=end_ms)).isoformat()}"
+progress = false
+[features]
+numeric = {[f"n{k}" for k in range(12)]!r}
+categorical = ["c0", "c1", "c2"]
+[segments]
+fields = ["region"]
+[sampling]
+rate = {rate}
+key = "kafka_key"
+[output]
+score_path = "score"
+{candidate}
+""")
+    return path
+
+
+PY_CAND = """[[candidates]]
+name = "py"
+kind = "python"
+target = "bench_models:score_batch"
+batch_size = 256
+"""
+
+
+def timed_replay(cfg_path: Path) -> tuple[float, int]:
+    from replay.job import run_replay
+    from schemas.config import load_config
+
+    t0 = time.perf_counter()
+    stats = run_replay(load_config(cfg_path))
+    return time.perf_counter() - t0, stats.sampled
+
+
+def _serve(conn) -> None:  # type: ignore[no-untyped-def]
+    from bench_models import score_batch
+
+    from shadowdiff_cli.modelserver import ModelServer
+
+    srv = ModelServer(score_batch)
+    conn.send(srv.start())
+    conn.recv()
+    srv.stop()
+
+
+async def bare_client(url: str, bodies: list[bytes], in_flight: int) -> float:
+    import aiohttp
+
+    sem = asyncio.Semaphore(in_flight)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=in_flight)) as s:
+
+        async def one(b: bytes) -> None:
+            async with sem, s.post(url, data=b, headers={"content-type": "application/json"}) as r:
+                orjson.loads(await r.read())
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(b) for b in bodies))
+        return len(bodies) / (time.perf_counter() - t0)
+
+
+def rss_child(cfg_path: str) -> None:
+    import resource
+
+    from replay.job import run_replay
+    from schemas.config import load_config
+
+    stats = run_replay(load_config(Path(cfg_path)))
+    print(f"{stats.consumed} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=200_000)
+    ap.add_argument("--big", type=int, default=1_000_000)
+    ap.add_argument("--http", type=int, default=20_000)
+    args = ap.parse_args()
+    bs = bootstrap()
+    home = Path(tempfile.mkdtemp(prefix="shadowdiff-replay-bench-"))
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    t0 = time.perf_counter()
+    produce(bs, topic, args.messages)
+    print(f"produced {args.messages:,} messages (~{len(envelope(0, random.Random(0)))} B) in {time.perf_counter() - t0:.1f} s")
+    raw = raw_consume(bs, topic, args.messages)
+    print(f"reference: raw kafka-python consume + orjson decode: {raw:,.0f} msg/s")
+    dt, sampled = timed_replay(config(bs, topic, home, "full", 1.0, PY_CAND, args.messages))
+    print(
+        f"replay 100% sampling, in-process batched model: {args.messages / dt:,.0f} msg/s ({sampled:,} pairs), "
+        f"ratio {args.messages / dt / raw:.2f} (target >= 0.5)"
+    )
+    dt, sampled = timed_replay(config(bs, topic, home, "five", 0.05, PY_CAND, args.messages))
+    print(
+        f"replay 5% sampling: {args.messages / dt:,.0f} msg/s ({sampled:,} pairs), ratio {args.messages / dt / raw:.2f} "
+        f"(target >= 0.9)"
+    )
+    raw2 = raw_consume(bs, topic, args.messages)
+    print(f"reference again (noise check): {raw2:,.0f} msg/s")
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+    proc.start()
+    url = parent.recv()
+    rng = random.Random(2)
+    bodies = [orjson.dumps(orjson.loads(envelope(i, rng))["input"]) for i in range(args.http)]
+    bare = asyncio.run(bare_client(f"{url}/predict", bodies, 32))
+    http_cand = f"""[[candidates]]
+name = "http"
+kind = "http"
+url = "{url}/predict"
+concurrency = 32
+"""
+    dt, sampled = timed_replay(config(bs, topic, home, "http", 1.0, http_cand, args.http))
+    print(
+        f"HTTP candidate: bare aiohttp client, 32 in flight: {bare:,.0f} req/s; replay: {sampled / dt:,.0f} pairs/s, "
+        f"ratio {sampled / dt / bare:.2f} (target >= 0.8)"
+    )
+    parent.send("stop")
+    proc.join(10)
+
+    for n in (args.messages, args.big):
+        big_topic = topic
+        if n > args.messages:
+            big_topic = f"bench-big-{uuid.uuid4().hex[:8]}"
+            produce(bs, big_topic, n)
+        cfg = config(bs, big_topic, home, f"rss{n}", 1.0, PY_CAND, n)
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'bench'}"}
+        out = subprocess.run([sys.executable, __file__, "--rss-child", str(cfg)], env=env, capture_output=True, text=True)
+        consumed, rss = out.stdout.split()[-2:]
+        print(f"peak RSS of a replay after {int(consumed):,} messages: {rss} MB (target < 500 MB, flat)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--rss-child":
+        rss_child(sys.argv[2])
+    else:
+        main()
