@@ -1,15 +1,51 @@
-"""Frozen records that flow through the replay hot path."""
+"""Records that flow through the replay hot path. Plain slotted classes, not frozen dataclasses:
+a frozen dataclass pays an object.__setattr__ per field, and these are built per message.
+They are never mutated after construction (Position aside)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    """One source message, undecoded, with the coordinates that key it in the store."""
+class SourceRecord(Protocol):
+    """What a source hands over per message: kafka-python's ConsumerRecord has these fields,
+    and file recordings produce `FileRecord`s with the same names."""
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def timestamp(self) -> int: ...
+
+    @property
+    def headers(self) -> Any: ...
+
+
+class FileRecord(NamedTuple):
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+
+
+class PartitionBatch(NamedTuple):
+    """Records of one partition, in offset order, as polled (no per-message copy)."""
+
+    source: str
+    part: int
+    records: list[Any]
+
+
+class RawMessage(NamedTuple):
+    """One message with its coordinates: built only for messages that get decoded."""
 
     source: str
     part: int
@@ -20,7 +56,7 @@ class RawMessage:
     headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     """A decoded, sampled request ready to send to the models."""
 
@@ -28,7 +64,7 @@ class Request:
     part: int
     offset: int
     request_id: str
-    event_time: datetime
+    event_time_us: int  # microseconds since the epoch, UTC
     sampled_reason: str
     segments: dict[str, str | None]
     features: dict[str, Any]
@@ -40,7 +76,7 @@ class Request:
     has_live_output: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeadLetter:
     source: str
     part: int
@@ -51,7 +87,7 @@ class DeadLetter:
     raw_value: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Output:
     """One model's answer (or failure) for one request."""
 

@@ -1,8 +1,12 @@
-"""The replay loop: poll a batch → sample → decode → call every variant → store → commit offsets.
+"""The replay loop: poll → sample → decode → (accumulate) → call every variant → store → commit.
 
 Exactly-once effect: the source's offsets are committed only after the batch (rows and
 checkpoints together) is committed in DuckDB, and rows are keyed by source coordinates, so a
 crash between the two commits re-reads a batch whose rows are then ignored, not duplicated.
+
+Polls are accumulated until `batch_size` requests are sampled (or 20x that many messages were
+read, or `batch_timeout_ms` passed): at 5% sampling a commit per poll would cost more than the
+reading itself.
 """
 
 from __future__ import annotations
@@ -16,10 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from replay.decode import Decoder
-from replay.messages import DeadLetter, Output, Position, RawMessage, Request
-from replay.models.base import CallResult, ModelClient, read_output
-from replay.paths import lookup
+from replay.decode import Decoder, getter
+from replay.messages import DeadLetter, Output, PartitionBatch, Position, RawMessage, Request
+from replay.models.base import CallResult, ModelClient, OutputReader
 from replay.sampling import QUOTA, RATE, Sampler
 from replay.sources import Source
 from replay.store import StoreWriter
@@ -33,7 +36,6 @@ log = logging.getLogger(__name__)
 class RunStats:
     consumed: int = 0
     sampled: int = 0
-    stored_pairs: int = 0
     batches: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     call_errors: Counter[str] = field(default_factory=Counter)  # "variant/error_class"
@@ -57,6 +59,17 @@ class RunStats:
 CheckpointHook = Callable[[StoreWriter, RunStats, bool], None]
 
 
+@dataclass
+class _Pending:
+    """What has been read but not yet stored."""
+
+    reqs: list[Request] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    positions: dict[tuple[str, int], Position] = field(default_factory=dict)
+    consumed: int = 0
+    since: float = 0.0
+
+
 class Replayer:
     def __init__(
         self,
@@ -75,65 +88,100 @@ class Replayer:
         self.candidates = dict(candidates)
         self.decoder = Decoder(cfg)
         self.sampler = Sampler(cfg.sampling, writer.quota_counts(list(cfg.sampling.quotas)))
+        self.reader = OutputReader(cfg.output)
         self.stats = RunStats()
         self.on_checkpoint = on_checkpoint
         self.checkpoint_every_s = checkpoint_every_s
+        path = cfg.envelope.request_id if self.sampler.key_kind == "request_id" else self.sampler.key_name
+        self._key_of = getter(path)
         self._loop = asyncio.new_event_loop()
+        self._pending = _Pending()
 
     # -- sampling and decoding ----------------------------------------------------------------
 
-    def _sample_key_of(self, obj: dict[str, Any]) -> bytes | None:
-        path = self.cfg.envelope.request_id if self.sampler.key_kind == "request_id" else self.sampler.key_name
-        v = lookup(obj, path, None)
-        return None if v is None else str(v).encode()
+    def _ingest(self, batches: list[PartitionBatch]) -> None:
+        """Sample and decode polled records into the pending batch."""
+        p = self._pending
+        if not p.consumed:
+            p.since = time.monotonic()
+        fast = self.sampler.decides_before_decoding and not self.sampler.quotas_open
+        max_bytes = self.decoder.max_bytes
+        hit = self.sampler.hit
+        raw_key = self.sampler.raw_key
+        for b in batches:
+            recs = b.records
+            k = (b.source, b.part)
+            pos = p.positions.get(k)
+            if pos is None:
+                prev = self.writer.positions.get(k)
+                pos = Position(recs[0].offset, prev.consumed, prev.sampled) if prev else Position(recs[0].offset)
+                p.positions[k] = pos
+            pos.next_offset = recs[-1].offset + 1
+            pos.consumed += len(recs)
+            p.consumed += len(recs)
+            before = len(p.reqs)
+            if fast:
+                # the common case at low rates: most records are never decoded
+                for r in recs:
+                    v = r.value
+                    if (v is not None and len(v) > max_bytes) or hit(raw_key(r)):  # type: ignore[arg-type]
+                        self._admit(self._raw(b, r), True)
+            else:
+                for r in recs:
+                    self._admit(self._raw(b, r), None)
+            pos.sampled += len(p.reqs) - before
 
-    def _admit(self, msg: RawMessage, reqs: list[Request], dead: list[DeadLetter]) -> None:
+    @staticmethod
+    def _raw(b: PartitionBatch, r: Any) -> RawMessage:
+        return RawMessage(b.source, b.part, r.offset, r.key, r.value, r.timestamp, tuple(r.headers or ()))
+
+    def _admit(self, msg: RawMessage, hit: bool | None) -> None:
         """Decide one message: sampled request, dead letter, or skipped."""
+        p = self._pending
         too_big = self.decoder.check_size(msg)
         if too_big is not None:
-            dead.append(too_big)
-            return
-        key = self.sampler.raw_key(msg)
-        hit: bool | None = None
-        if key is not None:
-            hit = self.sampler.hit(key)
-            if not hit and not self.sampler.quotas_open:
-                return  # the common case at low rates: never decoded
-        parsed = self.decoder.parse(msg)
-        if isinstance(parsed, DeadLetter):
-            dead.append(parsed)
+            p.dead.append(too_big)
             return
         if hit is None:
-            k = self._sample_key_of(parsed)
-            hit = self.sampler.hit(k) if k is not None else False
-            if k is None and not self.sampler.quotas_open:
+            key = self.sampler.raw_key(msg)
+            if key is not None:
+                hit = self.sampler.hit(key)
+                if not hit and not self.sampler.quotas_open:
+                    return
+        parsed = self.decoder.parse(msg)
+        if type(parsed) is DeadLetter:
+            p.dead.append(parsed)
+            return
+        assert isinstance(parsed, dict)
+        if hit is None:
+            k = self._key_of(parsed)
+            if k is None:
                 # no key means no deterministic decision: record it rather than guess
-                dead.append(
+                p.dead.append(
                     self.decoder.dead(msg, DeadLetterReason.MISSING_FIELD, f"sampling key {self.cfg.sampling.key}: required")
                 )
                 return
+            hit = self.sampler.hit(str(k).encode())
             if not hit and not self.sampler.quotas_open:
                 return
         req = self.decoder.decode(msg, parsed, RATE if hit else QUOTA)
-        if isinstance(req, DeadLetter):
-            dead.append(req)
+        if type(req) is DeadLetter:
+            p.dead.append(req)
             return
+        assert isinstance(req, Request)
         if hit:
-            self.sampler.count_rate_sample(req.segments)
+            if self.sampler.quotas_open:
+                self.sampler.count_rate_sample(req.segments)
         elif not self.sampler.take_quota(req.segments):
             return
-        reqs.append(req)
+        p.reqs.append(req)
 
     # -- model calls --------------------------------------------------------------------------
 
-    def _live_baseline(self, reqs: list[Request]) -> list[CallResult]:
-        out = []
-        for r in reqs:
-            if r.has_live_output:
-                out.append(CallResult(r.live_output, r.live_latency_ms, None, None, 0))
-            else:
-                out.append(CallResult(None, None, ErrorClass.MISSING, "no live output in the envelope", 0))
-        return out
+    @staticmethod
+    def _live_baseline(reqs: list[Request]) -> list[CallResult]:
+        missing = CallResult(None, None, ErrorClass.MISSING, "no live output in the envelope", 0)
+        return [CallResult(r.live_output, r.live_latency_ms, None, None, 0) if r.has_live_output else missing for r in reqs]
 
     async def _call_all(self, reqs: list[Request]) -> list[tuple[Request, Output]]:
         inputs = [r.model_input for r in reqs]
@@ -152,24 +200,26 @@ class Replayer:
         if self.baseline is None:
             results[BASELINE] = self._live_baseline(reqs)
         rows: list[tuple[Request, Output]] = []
+        read = self.reader.read
+        wrong_shape = str(ErrorClass.WRONG_SHAPE)
         for variant, res in results.items():
+            live = variant == BASELINE and self.baseline is None
+            version = versions.get(variant)
             for r, c in zip(reqs, res, strict=True):
                 err, detail = c.error_class, c.error_detail
                 score = label = None
                 if err is None:
-                    read = read_output(self.cfg.output, c.output)
-                    if read.error is not None:
-                        err, detail = ErrorClass.WRONG_SHAPE, read.error
-                    score, label = read.score, read.label
+                    score, label, problem = read(c.output)
+                    if problem is not None:
+                        err, detail = wrong_shape, problem
                 if err is not None:
                     self.stats.call_errors[f"{variant}/{err}"] += 1
-                version = r.live_model_version if variant == BASELINE and self.baseline is None else versions.get(variant)
                 rows.append(
                     (
                         r,
                         Output(
                             variant,
-                            version,
+                            r.live_model_version if live else version,
                             score,
                             label,
                             c.output,
@@ -184,23 +234,35 @@ class Replayer:
 
     # -- the loop -----------------------------------------------------------------------------
 
+    def _due(self) -> bool:
+        p = self._pending
+        size = self.cfg.run.batch_size
+        if not p.consumed:
+            return False
+        return (
+            len(p.reqs) >= size or p.consumed >= 20 * size or (time.monotonic() - p.since) * 1000 >= self.cfg.run.batch_timeout_ms
+        )
+
     def run(self, stop: threading.Event | None = None, max_batches: int | None = None) -> RunStats:
         """Replay until the source is exhausted (file, window), `stop` is set (SIGTERM) or
-        `max_batches` were stored. The batch in hand is always finished and committed."""
+        `max_batches` were stored. What was read is always stored and committed before exit."""
         stop = stop or threading.Event()
         last_hook = time.monotonic()
         try:
             while not stop.is_set():
-                msgs = self.source.poll(self.cfg.run.batch_size, self.cfg.run.batch_timeout_ms)
-                if msgs:
-                    self._process(msgs)
+                batches = self.source.poll(self.cfg.run.batch_size, self.cfg.run.batch_timeout_ms)
+                if batches:
+                    self._ingest(batches)
+                if self._due() or (not batches and self._pending.consumed):
+                    self._flush()
                     if max_batches is not None and self.stats.batches >= max_batches:
                         break
-                elif self.source.finished:
+                elif not batches and self.source.finished:
                     break
                 if self.on_checkpoint and time.monotonic() - last_hook >= self.checkpoint_every_s:
                     self.on_checkpoint(self.writer, self.stats, False)
                     last_hook = time.monotonic()
+            self._flush()
             self.stats.stopped_by_signal = stop.is_set()
             if self.on_checkpoint:
                 self.on_checkpoint(self.writer, self.stats, True)
@@ -211,29 +273,17 @@ class Replayer:
             self._loop.close()
         return self.stats
 
-    def _process(self, msgs: list[RawMessage]) -> None:
-        reqs: list[Request] = []
-        dead: list[DeadLetter] = []
-        positions: dict[tuple[str, int], Position] = {}
-        for msg in msgs:
-            k = (msg.source, msg.part)
-            pos = positions.get(k)
-            if pos is None:
-                prev = self.writer.positions.get(k)
-                pos = Position(msg.offset, prev.consumed, prev.sampled) if prev else Position(msg.offset)
-                positions[k] = pos
-            pos.next_offset = msg.offset + 1
-            pos.consumed += 1
-            n_before = len(reqs)
-            self._admit(msg, reqs, dead)
-            if len(reqs) > n_before:
-                pos.sampled += 1
-        rows = self._loop.run_until_complete(self._call_all(reqs)) if reqs else []
-        self.writer.write_batch(reqs, rows, dead, positions)
+    def _flush(self) -> None:
+        p = self._pending
+        if not p.consumed:
+            return
+        rows = self._loop.run_until_complete(self._call_all(p.reqs)) if p.reqs else []
+        self.writer.write_batch(p.reqs, rows, p.dead, p.positions)
         # only now, with the rows durable, may the source forget these offsets
-        self.source.commit({k: p.next_offset for k, p in positions.items()})
-        self.stats.consumed += len(msgs)
-        self.stats.sampled += len(reqs)
+        self.source.commit({k: pos.next_offset for k, pos in p.positions.items()})
+        self.stats.consumed += p.consumed
+        self.stats.sampled += len(p.reqs)
         self.stats.batches += 1
-        for d in dead:
+        for d in p.dead:
             self.stats.dead_letters[d.reason] += 1
+        self._pending = _Pending()

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from typing import Any
 
-from replay.messages import RawMessage
 from schemas.config import SamplingSpec
 
 RATE = "rate"
 QUOTA = "quota"
 _SCALE = float(1 << 64)
+_blake2b = hashlib.blake2b
+_from_bytes = int.from_bytes
 
 
 class Sampler:
@@ -41,10 +43,10 @@ class Sampler:
         """True when `key` falls under the rate."""
         if self._threshold is None:
             return True
-        h = hashlib.blake2b(key, digest_size=8, salt=self._salt).digest()
-        return int.from_bytes(h, "big") < self._threshold
+        return _from_bytes(_blake2b(key, digest_size=8, salt=self._salt).digest(), "big") < self._threshold
 
-    def raw_key(self, msg: RawMessage) -> bytes | None:
+    def raw_key(self, msg: Any) -> bytes | None:
+        # any record with .key and .headers: a ConsumerRecord, a FileRecord or a RawMessage
         """The sampling key read without decoding, or None when the value must be decoded."""
         if self.key_kind == "kafka_key":
             return msg.key if msg.key is not None else b""

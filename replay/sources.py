@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
-from replay.messages import RawMessage
+from replay.messages import FileRecord, PartitionBatch
 from schemas.config import FileSource, KafkaSource
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ Checkpoints = Mapping[tuple[str, int], int]  # (source, part) -> next offset to 
 
 
 class Source(Protocol):
-    def poll(self, max_records: int, timeout_ms: int) -> list[RawMessage]: ...
+    def poll(self, max_records: int, timeout_ms: int) -> list[PartitionBatch]: ...
 
     @property
     def finished(self) -> bool: ...
@@ -42,7 +42,7 @@ class RecordedFile:
         self._rows = self._iter()
         self._done = False
 
-    def _iter(self) -> Iterator[RawMessage]:
+    def _iter(self) -> Iterator[FileRecord]:
         if self.path.suffix == ".parquet":
             yield from self._parquet()
             return
@@ -54,9 +54,9 @@ class RecordedFile:
                 value = line.rstrip(b"\r\n")
                 if not value.strip():
                     continue
-                yield RawMessage(self.name, 0, n, None, value, ts)
+                yield FileRecord(n, None, value, ts)
 
-    def _parquet(self) -> Iterator[RawMessage]:
+    def _parquet(self) -> Iterator[FileRecord]:
         import pyarrow.parquet as pq
 
         ts = int(self.path.stat().st_mtime * 1000)
@@ -64,17 +64,17 @@ class RecordedFile:
         for batch in pq.ParquetFile(self.path).iter_batches(batch_size=10_000):
             for row in batch.to_pylist():
                 if n >= self._start:
-                    yield RawMessage(self.name, 0, n, None, orjson.dumps(row, default=str), ts)
+                    yield FileRecord(n, None, orjson.dumps(row, default=str), ts)
                 n += 1
 
-    def poll(self, max_records: int, timeout_ms: int) -> list[RawMessage]:
-        out = []
-        for msg in self._rows:
-            out.append(msg)
+    def poll(self, max_records: int, timeout_ms: int) -> list[PartitionBatch]:
+        out: list[FileRecord] = []
+        for rec in self._rows:
+            out.append(rec)
             if len(out) >= max_records:
-                return out
+                return [PartitionBatch(self.name, 0, out)]
         self._done = True
-        return out
+        return [PartitionBatch(self.name, 0, out)] if out else []
 
     @property
     def finished(self) -> bool:
@@ -102,14 +102,15 @@ def _consumer(spec: KafkaSource, group: str | None, **extra: object):  # type: i
     )
 
 
-def _to_raw(records: dict, end: Mapping[object, int] | None = None) -> list[RawMessage]:
-    out: list[RawMessage] = []
+def _batches(records: dict[Any, Any], end: Mapping[object, int] | None = None) -> list[PartitionBatch]:
+    """Per-partition record lists as polled, trimmed at a window's end offset."""
+    out: list[PartitionBatch] = []
     for tp, recs in records.items():
         limit = end.get(tp) if end is not None else None
-        for r in recs:
-            if limit is not None and r.offset >= limit:
-                break
-            out.append(RawMessage(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers or ())))
+        if limit is not None and recs and recs[-1].offset >= limit:
+            recs = [r for r in recs if r.offset < limit]
+        if recs:
+            out.append(PartitionBatch(tp.topic, tp.partition, recs))
     return out
 
 
@@ -152,12 +153,16 @@ class KafkaLive:
                 targets[key] = stored
         return targets
 
-    def poll(self, max_records: int, timeout_ms: int) -> list[RawMessage]:
-        msgs = _to_raw(self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
+    def poll(self, max_records: int, timeout_ms: int) -> list[PartitionBatch]:
+        batches = _batches(self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
         targets = self._resume_targets() if self._newly_assigned else {}
         if targets:
-            msgs = [m for m in msgs if m.offset >= targets.get((m.source, m.part), -1)]
-        return msgs
+            batches = [
+                PartitionBatch(b.source, b.part, [r for r in b.records if r.offset >= targets.get((b.source, b.part), -1)])
+                for b in batches
+            ]
+            batches = [b for b in batches if b.records]
+        return batches
 
     @property
     def finished(self) -> bool:
@@ -221,16 +226,16 @@ class KafkaWindow:
     def window_end(self) -> dict[str, int]:
         return {f"{tp.topic}/{tp.partition}": o for tp, o in self.end.items()}  # type: ignore[attr-defined]
 
-    def poll(self, max_records: int, timeout_ms: int) -> list[RawMessage]:
+    def poll(self, max_records: int, timeout_ms: int) -> list[PartitionBatch]:
         if not self._open:
             return []
-        out = _to_raw(self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records), self.end)
+        out = _batches(self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records), self.end)
         for tp in list(self._open):
             if self.consumer.position(tp) >= self.end[tp]:
                 self.consumer.pause(tp)
                 self._open.discard(tp)
         if self.bar is not None:
-            self.bar.update(len(out))
+            self.bar.update(sum(len(b.records) for b in out))
         return out
 
     @property

@@ -136,7 +136,7 @@ class StoreWriter:
                 "part": pa.array([r.part for r in reqs], pa.int32()),
                 "offset": pa.array([r.offset for r in reqs], pa.int64()),
                 "request_id": pa.array([r.request_id for r in reqs], pa.string()),
-                "event_time": pa.array([r.event_time for r in reqs], pa.timestamp("us", tz="UTC")),
+                "event_time": pa.array([r.event_time_us for r in reqs], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
                 "sampled_reason": pa.array([r.sampled_reason for r in reqs], pa.string()),
                 "segments": segs,
                 "features": feats,

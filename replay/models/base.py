@@ -40,6 +40,32 @@ class ReadOutput:
     error: str | None  # a wrong-shape description, or None
 
 
+class OutputReader:
+    """`read_output` compiled once per run: (score, label, wrong-shape problem or None)."""
+
+    def __init__(self, spec: OutputSpec) -> None:
+        self.spec = spec
+        single = spec.kind == "score" and spec.score_path and "." not in spec.score_path
+        self._score_key = spec.score_path if single else None
+        self._label_key = spec.label_path if spec.label_path and "." not in spec.label_path else None
+        self._simple = single and (not spec.label_path or self._label_key is not None)
+
+    def read(self, output: Any) -> tuple[float | None, str | None, str | None]:
+        if self._simple and type(output) is dict:
+            # the common shape, {"score": 0.42, ...}, without the general path walk
+            v = output.get(self._score_key)
+            if (type(v) is float or type(v) is int) and v - v == 0:
+                label = None
+                if self._label_key is not None:
+                    lv = output.get(self._label_key)
+                    label = None if lv is None or type(lv) in (dict, list) else str(lv)
+                if label is None and self.spec.threshold is not None:
+                    label = "1" if v >= self.spec.threshold else "0"
+                return float(v), label, None
+        r = read_output(self.spec, output)
+        return r.score, r.label, r.error
+
+
 def read_output(spec: OutputSpec, output: Any) -> ReadOutput:
     """Pull the score and label a config points at out of a model output."""
     score: float | None = None
