@@ -197,10 +197,23 @@ class StoreWriter:
             cur.execute("BEGIN")
             if requests:
                 cur.register("req_tbl", self._requests_table(requests))
-                cur.execute("INSERT OR IGNORE INTO requests BY NAME SELECT * FROM req_tbl")
-            if outputs:
-                cur.register("out_tbl", self._outputs_table(outputs))
-                cur.execute("INSERT OR IGNORE INTO outputs BY NAME SELECT * FROM out_tbl")
+                inserted: pa.Table = cur.sql(
+                    'INSERT OR IGNORE INTO requests BY NAME SELECT * FROM req_tbl RETURNING source, part, "offset"'
+                ).to_arrow_table()
+                if outputs and inserted.num_rows:
+                    cur.register("out_tbl", self._outputs_table(outputs))
+                    if inserted.num_rows == len(requests):
+                        cur.execute("INSERT INTO outputs BY NAME SELECT * FROM out_tbl")
+                    else:
+                        # part of this batch was stored before (a re-replay): only the new
+                        # requests get their outputs, so no pair is ever stored twice
+                        cur.register("inserted_keys", inserted)
+                        cur.execute(
+                            """INSERT INTO outputs BY NAME SELECT o.* FROM out_tbl o
+                               SEMI JOIN inserted_keys i
+                               ON o.source = i.source AND o.part = i.part AND o."offset" = i."offset"
+                            """
+                        )
             if dead:
                 cur.register("dead_tbl", self._dead_table(dead))
                 cur.execute("INSERT OR IGNORE INTO dead_letters BY NAME SELECT * FROM dead_tbl")
