@@ -7,11 +7,16 @@ crash between the two commits re-reads a batch whose rows are then ignored, not 
 Polls are accumulated until `batch_size` requests are sampled (or 20x that many messages were
 read, or `batch_timeout_ms` passed): at 5% sampling a commit per poll would cost more than the
 reading itself.
+
+Model calls run on an event loop in a second thread, one batch ahead: while batch N's calls are
+in flight the main thread reads and decodes batch N+1. Batches are still stored and committed
+strictly in order, each only after its calls finished.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -95,7 +100,12 @@ class Replayer:
         path = cfg.envelope.request_id if self.sampler.key_kind == "request_id" else self.sampler.key_name
         self._key_of = getter(path)
         self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="shadowdiff-calls", daemon=True)
         self._pending = _Pending()
+        # latest position per partition, including a batch still in flight (the store's
+        # positions lag one batch behind while calls run)
+        self._positions: dict[tuple[str, int], Position] = dict(writer.positions)
+        self._inflight: tuple[_Pending, concurrent.futures.Future[list[tuple[Request, Output]]]] | None = None
 
     # -- sampling and decoding ----------------------------------------------------------------
 
@@ -113,7 +123,7 @@ class Replayer:
             k = (b.source, b.part)
             pos = p.positions.get(k)
             if pos is None:
-                prev = self.writer.positions.get(k)
+                prev = self._positions.get(k)
                 pos = Position(recs[0].offset, prev.consumed, prev.sampled) if prev else Position(recs[0].offset)
                 p.positions[k] = pos
             pos.next_offset = recs[-1].offset + 1
@@ -248,36 +258,54 @@ class Replayer:
         `max_batches` were stored. What was read is always stored and committed before exit."""
         stop = stop or threading.Event()
         last_hook = time.monotonic()
+        self._loop_thread.start()
         try:
             while not stop.is_set():
                 batches = self.source.poll(self.cfg.run.batch_size, self.cfg.run.batch_timeout_ms)
                 if batches:
                     self._ingest(batches)
                 if self._due() or (not batches and self._pending.consumed):
-                    self._flush()
+                    self._dispatch()
                     if max_batches is not None and self.stats.batches >= max_batches:
                         break
                 elif not batches and self.source.finished:
                     break
                 if self.on_checkpoint and time.monotonic() - last_hook >= self.checkpoint_every_s:
+                    self._complete()
                     self.on_checkpoint(self.writer, self.stats, False)
                     last_hook = time.monotonic()
-            self._flush()
+            self._dispatch()
+            self._complete()
             self.stats.stopped_by_signal = stop.is_set()
             if self.on_checkpoint:
                 self.on_checkpoint(self.writer, self.stats, True)
         finally:
             for client in [self.baseline, *self.candidates.values()]:
                 if client is not None:
-                    self._loop.run_until_complete(client.close())
+                    asyncio.run_coroutine_threadsafe(client.close(), self._loop).result(30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(30)
             self._loop.close()
         return self.stats
 
-    def _flush(self) -> None:
+    def _dispatch(self) -> None:
+        """Start the model calls of the pending batch, after storing the one before it."""
         p = self._pending
         if not p.consumed:
             return
-        rows = self._loop.run_until_complete(self._call_all(p.reqs)) if p.reqs else []
+        self._pending = _Pending()
+        self._positions.update(p.positions)
+        self._complete()
+        future = asyncio.run_coroutine_threadsafe(self._call_all(p.reqs) if p.reqs else _nothing(), self._loop)
+        self._inflight = (p, future)
+
+    def _complete(self) -> None:
+        """Wait for the in-flight batch's calls, store it, then commit its offsets."""
+        if self._inflight is None:
+            return
+        p, future = self._inflight
+        self._inflight = None
+        rows = future.result()
         self.writer.write_batch(p.reqs, rows, p.dead, p.positions)
         # only now, with the rows durable, may the source forget these offsets
         self.source.commit({k: pos.next_offset for k, pos in p.positions.items()})
@@ -286,4 +314,7 @@ class Replayer:
         self.stats.batches += 1
         for d in p.dead:
             self.stats.dead_letters[d.reason] += 1
-        self._pending = _Pending()
+
+
+async def _nothing() -> list[tuple[Request, Output]]:
+    return []

@@ -96,7 +96,7 @@ def _consumer(spec: KafkaSource, group: str | None, **extra: object):  # type: i
         enable_auto_commit=False,  # offsets are committed only after the DuckDB commit
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=max(1 << 20, spec.max_message_bytes * 2),
-        fetch_max_bytes=64 << 20,
+        fetch_max_bytes=16 << 20,  # bounded prefetch: memory stays flat however long the topic
         check_crcs=True,
         **extra,
     )

@@ -51,7 +51,9 @@ class StoreWriter:
         self.path = path or store_path(cfg)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.con = duckdb.connect(str(self.path))
+            # a small buffer budget keeps a long replay's memory flat: written pages are on disk
+            # after each checkpoint and need not stay cached (DuckDB's default is 80% of RAM)
+            self.con = duckdb.connect(str(self.path), config={"memory_limit": "256MB"})
         except duckdb.Error as err:
             raise StoreError(f"cannot open store {self.path}: {err}") from err
         seg_t, feat_t = struct_types(cfg)
