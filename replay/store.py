@@ -53,7 +53,7 @@ class StoreWriter:
         try:
             # a small buffer budget keeps a long replay's memory flat: written pages are on disk
             # after each checkpoint and need not stay cached (DuckDB's default is 80% of RAM)
-            self.con = duckdb.connect(str(self.path), config={"memory_limit": "256MB"})
+            self.con = duckdb.connect(str(self.path), config={"memory_limit": "128MB"})
         except duckdb.Error as err:
             raise StoreError(f"cannot open store {self.path}: {err}") from err
         seg_t, feat_t = struct_types(cfg)
