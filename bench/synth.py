@@ -6,12 +6,11 @@ import sys
 from pathlib import Path
 
 import duckdb
-import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diff.testing import Scenario, config_for
-from schemas import STORE_SCHEMA_VERSION, store_ddl
+from diff.testing import Scenario, config_for, write_run_meta  # noqa: E402
+from schemas import store_ddl
 
 
 def big_store(
@@ -52,16 +51,7 @@ def big_store(
                    NULL, exp(ln(20) + 0.4 * (random() + random() + random() - 1.5) * 2) * {lat}, NULL, NULL, 1
             FROM base""")
     con.execute(f"INSERT INTO checkpoints SELECT 'sim', p, {n // 4}, {n // 4}, {n // 4} FROM range(4) t(p)")
-    cfg = config_for(Scenario(features=features), run_id)
-    meta = {
-        "config": orjson.dumps(cfg).decode(),
-        "run_id": run_id,
-        "store_schema_version": STORE_SCHEMA_VERSION,
-        "config_digest": "synthetic",
-        "versions": {},
-    }
-    for k, v in meta.items():
-        con.execute("INSERT OR REPLACE INTO run_meta VALUES (?, ?)", [k, orjson.dumps(v).decode()])
+    write_run_meta(con, config_for(Scenario(features=features), run_id), run_id)
     con.execute("DROP TABLE base")
     con.close()
     return path

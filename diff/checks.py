@@ -59,23 +59,35 @@ class CheckResult:
         }
 
 
+def _against_noise(res: CheckResult, k: int, n: int, kr: int, nr: int, thr: float) -> None:
+    """Candidate rate k/n vs the noise floor kr/nr: the excess, its interval (a conservative
+    difference of Wilson bounds) and the one-sided p-value for "excess > thr"."""
+    lo, hi = stats.wilson(k, n)
+    rlo, rhi = stats.wilson(kr, nr)
+    res.value = k / n - kr / nr
+    res.ci = (lo - rhi, hi - rlo)
+    res.p_value = stats.p_diff_above(k, n, kr, nr, thr)
+
+
+def _against_threshold(res: CheckResult, k: int, n: int, thr: float) -> None:
+    res.value = k / n
+    res.ci = stats.wilson(k, n)
+    res.p_value = stats.p_rate_above(k, n, thr)
+
+
 def label_flip(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -> CheckResult | None:
     n, k = int(s["n_lab"]), int(s["flips"])
     if n == 0:
         return None
     rate = k / n
-    res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=rate, ci=stats.wilson(k, n))
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, n)
     if int(s["n_lab_r"]) > 0:
         nr, kr = int(s["n_lab_r"]), int(s["flips_r"])
-        res.p_value = stats.p_diff_above(k, n, kr, nr, thr)
-        res.value = rate - kr / nr
-        lo, hi = stats.wilson(k, n)
-        rlo, rhi = stats.wilson(kr, nr)
-        res.ci = (lo - rhi, hi - rlo)
+        _against_noise(res, k, n, kr, nr, thr)
         res.detail = f"flip rate {rate:.2%} vs noise floor {kr / nr:.2%} (excess, threshold +{thr:.2%})"
         res.extra = {"flip_rate": rate, "noise_flip_rate": kr / nr, "n_noise": nr}
     else:
-        res.p_value = stats.p_rate_above(k, n, thr)
+        _against_threshold(res, k, n, thr)
         res.detail = f"flip rate {rate:.2%} (threshold {thr:.2%}; no noise floor measured)"
         res.extra = {"flip_rate": rate}
     return res
@@ -86,7 +98,7 @@ def score_diff(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) ->
     if n == 0:
         return None
     share = k / n
-    res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=share, ci=stats.wilson(k, n))
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, n)
     q = s.get("abs_d_q") or [None, None, None]
     res.extra = {
         "share_beyond_tolerance": share,
@@ -99,12 +111,11 @@ def score_diff(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) ->
     }
     if int(s["n_s_r"]) > 0:
         nr, kr = int(s["n_s_r"]), int(s["far_r"])
-        res.p_value = stats.p_diff_above(k, n, kr, nr, thr)
-        res.value = share - kr / nr
+        _against_noise(res, k, n, kr, nr, thr)
         res.extra["noise_share_beyond_tolerance"] = kr / nr
         res.detail = f"{share:.2%} of pairs differ by > {chk.tolerance} vs noise {kr / nr:.2%} (threshold +{thr:.2%})"
     else:
-        res.p_value = stats.p_rate_above(k, n, thr)
+        _against_threshold(res, k, n, thr)
         res.detail = f"{share:.2%} of pairs differ by > {chk.tolerance} (threshold {thr:.2%})"
     return res
 

@@ -23,7 +23,7 @@ import orjson
 from diff import aggregate as agg
 from diff import checks as ck
 from diff.comparators import json_diff
-from diff.features import FeatureTables
+from diff.features import FeatureStats, FeatureTables
 from diff.load import RunInfo, build_pairs, ident, run_info
 from diff.segments import ALL, SegmentSets
 from diff.stats import adjust, p_diff_above, p_rate_above, wilson
@@ -306,52 +306,37 @@ def _feature_checks(
                 r.extra = {"method": d.method, "psi": d.psi, "n_ref": d.n_ref}
             elif chk.kind == "null_spike" and f.n_cur:
                 share = f.nulls_cur / f.n_cur
-                r = ck.CheckResult(
-                    chk.id,
-                    chk.kind,
-                    f.segment,
-                    sev,
-                    thr,
-                    f.n_cur,
-                    value=share,
-                    ci=wilson(f.nulls_cur, f.n_cur),
-                    feature=f.feature,
-                )
+                r = _share_check(chk, f, sev, thr, f.nulls_cur, f"null share {share:.2%} (threshold {thr:.2%}; no reference)")
+                r.ci = wilson(f.nulls_cur, f.n_cur)
                 if f.n_ref:
                     r.p_value = p_diff_above(f.nulls_cur, f.n_cur, f.nulls_ref, f.n_ref, thr)
                     r.detail = f"null share {share:.2%} vs reference {f.nulls_ref / f.n_ref:.2%} (threshold +{thr:.2%})"
-                else:
-                    r.p_value = p_rate_above(f.nulls_cur, f.n_cur, thr)
-                    r.detail = f"null share {share:.2%} (threshold {thr:.2%}; no reference)"
             elif chk.kind == "out_of_range" and f.kind == "numeric" and f.n_ref:
-                r = ck.CheckResult(
-                    chk.id,
-                    chk.kind,
-                    f.segment,
-                    sev,
-                    thr,
-                    f.n_cur,
-                    value=f.out_of_range / max(f.n_cur, 1),
-                    feature=f.feature,
-                    p_value=p_rate_above(f.out_of_range, f.n_cur, thr),
-                )
-                r.detail = f"{f.out_of_range} values outside the reference range"
+                r = _share_check(chk, f, sev, thr, f.out_of_range, f"{f.out_of_range} values outside the reference range")
             elif chk.kind == "new_category" and f.kind == "categorical" and f.n_ref:
-                r = ck.CheckResult(
-                    chk.id,
-                    chk.kind,
-                    f.segment,
-                    sev,
-                    thr,
-                    f.n_cur,
-                    value=f.new_category / max(f.n_cur, 1),
-                    feature=f.feature,
-                    p_value=p_rate_above(f.new_category, f.n_cur, thr),
+                r = _share_check(
+                    chk, f, sev, thr, f.new_category, f"{f.new_category} values of unseen categories {f.new_values[:5]}"
                 )
-                r.detail = f"{f.new_category} values of unseen categories {f.new_values[:5]}"
             if r is not None:
                 out.append(r)
     return out
+
+
+def _share_check(chk: Check, f: FeatureStats, sev: str, thr: float, k: int, detail: str) -> ck.CheckResult:
+    """A check on the share of a segment's rows with some finding (k of n), tested against thr."""
+    r = ck.CheckResult(
+        chk.id,
+        chk.kind,
+        f.segment,
+        sev,
+        thr,
+        f.n_cur,
+        value=k / max(f.n_cur, 1),
+        feature=f.feature,
+        p_value=p_rate_above(k, f.n_cur, thr),
+    )
+    r.detail = detail
+    return r
 
 
 def _run_level_checks(

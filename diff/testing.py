@@ -53,6 +53,19 @@ def config_for(s: Scenario, run_id: str) -> dict[str, object]:
     }
 
 
+def write_run_meta(con: duckdb.DuckDBPyConnection, cfg: dict[str, object], run_id: str) -> None:
+    """The run_meta rows a judge needs: the config it reads segments and features from."""
+    meta: dict[str, object] = {
+        "config": orjson.dumps(cfg).decode(),
+        "run_id": run_id,
+        "store_schema_version": STORE_SCHEMA_VERSION,
+        "config_digest": "synthetic",
+        "versions": {},
+    }
+    for key, value in meta.items():
+        con.execute("INSERT OR REPLACE INTO run_meta VALUES (?, ?)", [key, orjson.dumps(value).decode()])
+
+
 def _feature_versions(s: Scenario, seg: np.ndarray) -> list[str | None]:
     if s.traffic_feature_version is None:
         return [None] * len(seg)
@@ -149,15 +162,6 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
         con.execute("INSERT INTO outputs BY NAME SELECT * FROM out")
         con.unregister("out")
     con.execute("INSERT INTO checkpoints VALUES ('sim', 0, ?, ?, ?)", [n, n, n])
-    cfg = config_for(s, run_id)
-    meta: dict[str, object] = {
-        "config": orjson.dumps(cfg).decode(),
-        "run_id": run_id,
-        "store_schema_version": STORE_SCHEMA_VERSION,
-        "config_digest": "synthetic",
-        "versions": {},
-    }
-    for key, value in meta.items():
-        con.execute("INSERT OR REPLACE INTO run_meta VALUES (?, ?)", [key, orjson.dumps(value).decode()])
+    write_run_meta(con, config_for(s, run_id), run_id)
     con.close()
     return path

@@ -214,15 +214,19 @@ def parse_config(data: dict[str, Any], origin: str = "run config") -> RunConfig:
         raise ConfigError(origin, format_validation_error(err)) from err
 
 
-def load_config(path: Path) -> RunConfig:
-    """Read and validate a TOML run config. Relative paths are resolved against its folder."""
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's contents; ConfigError when it is missing or not TOML."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ConfigError(str(path), ["file not found"]) from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(str(path), [f"not valid TOML: {err}"]) from err
-    cfg = parse_config(data, origin=str(path))
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read and validate a TOML run config. Relative paths are resolved against its folder."""
+    cfg = parse_config(read_toml(path), origin=str(path))
     base = path.parent.resolve()
     updates: dict[str, Any] = {}
     if not cfg.run.home.is_absolute():

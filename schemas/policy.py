@@ -3,13 +3,12 @@ samples and duration, and the false-alarm control. Validated once; errors name t
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from schemas.config import format_validation_error
+from schemas.config import format_validation_error, read_toml
 from schemas.errors import ConfigError
 
 CheckKind = Literal[
@@ -118,12 +117,7 @@ def parse_policy(data: dict[str, Any], origin: str = "policy") -> Policy:
 
 def load_policy(path: Path) -> Policy:
     """Read and validate a TOML policy ([policy] table and [[checks]])."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ConfigError(str(path), ["file not found"]) from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(path), [f"not valid TOML: {err}"]) from err
+    data = read_toml(path)
     body = dict(data.get("policy", {}))
     if "checks" in data:
         body["checks"] = data["checks"]
