@@ -9,7 +9,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diff.testing import Scenario, config_for, write_run_meta  # noqa: E402
+from diff.testing import Scenario, config_for, write_run_meta
 from schemas import store_ddl
 
 
