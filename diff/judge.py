@@ -413,19 +413,33 @@ def _examples(con: duckdb.DuckDBPyConnection, sets: SegmentSets, k: int, candida
     if k == 0:
         return []
     segcols = ", ".join(f"p.{c} AS {c}" for c in sets.columns)
+    # pick the k pairs from `pairs` alone (a top-k heap), then fetch only their texts: joining
+    # the full tables first would cost seconds on a 10M-pair run
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE top_pairs AS
+           SELECT row_number() OVER () AS rank, * FROM (
+             SELECT p.request_id, p.source, p.part, p."offset", {segcols}{"," if segcols else ""}
+                    p.b_score, p.c_score, p.b_label, p.c_label, p.c_err
+             FROM pairs p
+             ORDER BY (p.b_label IS DISTINCT FROM p.c_label AND p.c_err IS NULL) DESC,
+                      abs(coalesce(p.c_score - p.b_score, 0)) DESC, (p.c_err IS NOT NULL) DESC,
+                      p.source, p.part, p."offset"
+             LIMIT {int(k)})"""
+    )
+    offsets = [o for (o,) in con.execute('SELECT DISTINCT "offset" FROM top_pairs').fetchall()] or [-1]
+    in_list = ", ".join(str(int(o)) for o in offsets)
+    cols = ", ".join(f"t.{c}" for c in sets.columns)
     rows = con.execute(
-        f"""SELECT p.request_id, p.source, p.part, p."offset", {segcols}{"," if segcols else ""}
-                  p.b_score, p.c_score, p.b_label, p.c_label, p.c_err, r.model_input,
+        f"""SELECT t.request_id, t.source, t.part, t."offset", {cols}{"," if cols else ""}
+                  t.b_score, t.c_score, t.b_label, t.c_label, t.c_err, r.model_input,
                   b.output AS b_out, c.output AS c_out, c.error_detail
-           FROM pairs p JOIN requests r USING (source, part, "offset")
-           LEFT JOIN outputs b ON b.source = p.source AND b.part = p.part AND b."offset" = p."offset"
-                               AND b.variant = $base
-           LEFT JOIN outputs c ON c.source = p.source AND c.part = p.part AND c."offset" = p."offset"
-                               AND c.variant = $cand
-           ORDER BY (p.b_label IS DISTINCT FROM p.c_label AND p.c_err IS NULL) DESC,
-                    abs(coalesce(p.c_score - p.b_score, 0)) DESC, (p.c_err IS NOT NULL) DESC,
-                    p.source, p.part, p."offset"
-           LIMIT {int(k)}""",
+           FROM top_pairs t
+           JOIN (SELECT * FROM requests WHERE "offset" IN ({in_list})) r USING (source, part, "offset")
+           LEFT JOIN (SELECT * FROM outputs WHERE variant = $base AND "offset" IN ({in_list})) b
+                  ON b.source = t.source AND b.part = t.part AND b."offset" = t."offset"
+           LEFT JOIN (SELECT * FROM outputs WHERE variant = $cand AND "offset" IN ({in_list})) c
+                  ON c.source = t.source AND c.part = t.part AND c."offset" = t."offset"
+           ORDER BY t.rank""",
         {"base": BASELINE, "cand": candidate_variant(candidate)},
     ).fetchall()
     out = []
