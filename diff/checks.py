@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.stats import norm
 
 from diff import stats
 from diff.aggregate import interp
@@ -253,6 +254,53 @@ def prediction_drift(
         res.detail = f"{d.method} of candidate vs baseline labels {d.score:.3f}"
         return res
     return None
+
+
+def field_diff(chk: Check, seg: str, st: Any, thr: float, sev: str) -> CheckResult | None:
+    """Structured outputs: share of pairs with a counted field difference, above the noise."""
+    if not st.n:
+        return None
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, st.n)
+    if st.noise_n:
+        _against_noise(res, st.with_diffs, st.n, st.noise_with_diffs, st.noise_n, thr)
+        res.detail = (
+            f"{st.with_diffs / st.n:.2%} of sampled pairs differ in some field vs noise "
+            f"{st.noise_with_diffs / st.noise_n:.2%} (threshold +{thr:.2%})"
+        )
+    else:
+        _against_threshold(res, st.with_diffs, st.n, thr)
+        res.detail = f"{st.with_diffs / st.n:.2%} of sampled pairs differ in some field (threshold {thr:.2%})"
+    res.extra = {"top_field_diffs": dict(st.fields.most_common(5))}
+    return res
+
+
+def _mean_test(total: float, squares: float, n: int) -> tuple[float, float]:
+    mean = total / n
+    var = max(squares / n - mean * mean, 0.0) * n / max(n - 1, 1)
+    return mean, math.sqrt(var / n) if n > 1 else math.inf
+
+
+def ranking_overlap(chk: Check, seg: str, st: Any, thr: float, sev: str) -> CheckResult | None:
+    """Rankings: mean overlap@k; fails when significantly *below* the threshold."""
+    if not st.overlap_n:
+        return None
+    mean, se = _mean_test(st.overlap_sum, st.overlap_sq, st.overlap_n)
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, st.overlap_n, value=mean, ci=stats.mean_ci(mean, se))
+    res.p_value = float(norm.cdf((mean - thr) / se)) if se > 0 else (0.0 if mean < thr else 1.0)
+    tau = st.tau_sum / st.tau_n if st.tau_n else None
+    res.detail = f"mean overlap@k {mean:.3f} (threshold {thr}); mean Kendall tau {tau if tau is None else round(tau, 3)}"
+    return res
+
+
+def probability_distance(chk: Check, seg: str, st: Any, thr: float, sev: str) -> CheckResult | None:
+    """Classifiers: mean Jensen-Shannon distance of class probabilities above the threshold."""
+    if not st.js_n:
+        return None
+    mean, se = _mean_test(st.js_sum, st.js_sq, st.js_n)
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, st.js_n, value=mean, ci=stats.mean_ci(mean, se))
+    res.p_value = float(norm.sf((mean - thr) / se)) if se > 0 else (0.0 if mean > thr else 1.0)
+    res.detail = f"mean Jensen-Shannon distance of class probabilities {mean:.4f} (threshold {thr})"
+    return res
 
 
 def minute_quantile_index(minutes: dict[str, list[dict[str, Any]]], quantiles: list[float], p: float) -> None:

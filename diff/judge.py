@@ -25,6 +25,7 @@ from diff import checks as ck
 from diff.comparators import json_diff
 from diff.features import FeatureStats, FeatureTables
 from diff.load import RunInfo, build_pairs, ident, run_info
+from diff.outputs import compare_outputs
 from diff.segments import ALL, SegmentSets
 from diff.stats import adjust, p_diff_above, p_rate_above, wilson
 from schemas import VERDICT_SCHEMA_VERSION
@@ -127,6 +128,19 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             if r is not None:
                 results.append(r)
 
+    comparisons = compare_outputs(con, sets, cand, info.config.get("output", {}))
+    for chk in policy.checks:
+        fn = {
+            "field_diff": ck.field_diff,
+            "ranking_overlap": ck.ranking_overlap,
+            "probability_distance": ck.probability_distance,
+        }.get(chk.kind)
+        if fn is None:
+            continue
+        for seg, st in comparisons.items():
+            thr, sev = _threshold(chk, seg)
+            if seg in judged and sev != "off" and (r := fn(chk, seg, st, thr, sev)) is not None:
+                results.append(r)
     results += _feature_checks(con, info, sets, policy, judged, seg_exprs)
     results += _run_level_checks(con, info, spec, sets, policy, judged)
 
@@ -223,6 +237,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
         },
         "segments": segments,
         "checks": [r.as_dict() for r in results],
+        "comparisons": {seg: st.as_dict() for seg, st in sorted(comparisons.items())},
         "flips": {seg: dict(sorted(v["moves"].items())) for seg, v in sorted(labels.items()) if v["moves"]},
         "examples": _examples(con, sets, policy.examples, cand),
     }

@@ -164,9 +164,12 @@ class OutputSpec(_Frozen):
     """How to read a model output: the numeric score and/or label inside it."""
 
     kind: Literal["score", "label", "ranking", "json"] = "score"
-    score_path: str = ""  # dotted path to a number ('' = the output itself, if a number)
+    score_path: str = ""  # dotted path to a number ('' = the output itself, if a number); ranking: the list
     label_path: str = ""
     threshold: float | None = None  # derives a label from the score when no label is given
+    probabilities_path: str = ""  # class probabilities (list or {class: p}): Jensen-Shannon distance
+    top_k: int = 10  # ranking: overlap@k
+    ignore_fields: list[str] = []  # json: fields whose differences do not count (timestamps, trace ids)
 
 
 class RunConfig(_Frozen):

@@ -24,6 +24,9 @@ CheckKind = Literal[
     "new_category",  # categorical values unseen in the reference
     "dead_letters",  # malformed / schema-violating messages
     "version_pairing",  # candidate fed by a feature pipeline it was not built for
+    "field_diff",  # structured outputs: share of pairs with field-level differences (above noise)
+    "ranking_overlap",  # rankings: mean overlap@k of candidate vs baseline top-k (fails when below)
+    "probability_distance",  # mean Jensen-Shannon distance of class probabilities
 ]
 
 
@@ -66,6 +69,10 @@ def default_checks() -> list[Check]:
         Check(id="new_category", kind="new_category", threshold=0.02, severity="warning"),
         Check(id="dead_letters", kind="dead_letters", threshold=0.02),
         Check(id="version_pairing", kind="version_pairing", threshold=0.0),
+        # structured, ranking and probability outputs (applied when the output kind has them)
+        Check(id="field_diff", kind="field_diff", threshold=0.02),
+        Check(id="ranking_overlap", kind="ranking_overlap", threshold=0.8),
+        Check(id="probability_distance", kind="probability_distance", threshold=0.05),
     ]
 
 

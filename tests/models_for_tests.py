@@ -18,3 +18,28 @@ def slow_logistic(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
 
 def broken(rows: list[dict[str, Any]]) -> list[Any]:
     raise RuntimeError("model bug")
+
+
+def _rank(r: dict[str, Any]) -> list[str]:
+    base = int(abs(float(r.get("x", 0))) * 1000)
+    return [f"item{(base + i) % 50}" for i in range(10)]
+
+
+def structured_baseline(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        p = 1 / (1 + math.exp(-float(r.get("x", 0))))
+        out.append({"score": p, "probs": [p, 1 - p], "ranking": _rank(r), "meta": {"reason": "ok", "trace": str(r.get("y"))}})
+    return out
+
+
+def structured_candidate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Adds a field in a third of the answers; reverses the ranking for `plan == "pro"`."""
+    out = structured_baseline(rows)
+    for r, o in zip(rows, out, strict=True):
+        o["meta"]["trace"] = "changed-every-time"  # ignored by the config: must not count
+        if int(abs(float(r.get("x", 0))) * 1000) % 3 == 0:
+            o["meta"]["extra"] = True
+        if r.get("plan") == "pro":
+            o["ranking"] = [f"other{i}" for i in range(5)] + o["ranking"][5:]
+    return out

@@ -1,0 +1,138 @@
+"""Model-aware comparisons of whole outputs, per segment, on a deterministic sample of pairs:
+field-level differences of structured (JSON) outputs the Diffy way, top-k overlap and rank
+correlation of rankings, Jensen-Shannon distance of class probabilities. The outputs are JSON
+text, so these run in Python on at most `max_pairs` pairs (a sample of 20k pins a share to
+about ±0.7 points)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import orjson
+
+from diff.comparators import json_diff, overlap_at_k, probability_distance, rank_correlation
+from diff.segments import ALL, SegmentSets
+from schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
+
+
+@dataclass
+class OutputStats:
+    n: int = 0
+    with_diffs: int = 0  # pairs with at least one counted field difference
+    noise_n: int = 0
+    noise_with_diffs: int = 0
+    fields: Counter[str] = field(default_factory=Counter)  # "path (kind)" -> pairs
+    overlap_sum: float = 0.0
+    overlap_sq: float = 0.0
+    overlap_n: int = 0
+    tau_sum: float = 0.0
+    tau_n: int = 0
+    js_sum: float = 0.0
+    js_sq: float = 0.0
+    js_n: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pairs_compared": self.n,
+            "share_with_field_diffs": self.with_diffs / self.n if self.n else None,
+            "noise_share_with_field_diffs": self.noise_with_diffs / self.noise_n if self.noise_n else None,
+            "top_field_diffs": dict(self.fields.most_common(10)),
+            "mean_overlap_at_k": self.overlap_sum / self.overlap_n if self.overlap_n else None,
+            "mean_rank_correlation": self.tau_sum / self.tau_n if self.tau_n else None,
+            "mean_js_distance": self.js_sum / self.js_n if self.js_n else None,
+        }
+
+
+def _at(obj: Any, path: str) -> Any:
+    for step in [p for p in path.split(".") if p]:
+        obj = obj.get(step) if isinstance(obj, dict) else None
+    return obj
+
+
+def _probs(v: Any) -> list[float] | None:
+    if isinstance(v, dict):
+        v = [v[k] for k in sorted(v)]
+    if isinstance(v, list) and v and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v):
+        return [float(x) for x in v]
+    return None
+
+
+def _counted(diffs: list[dict[str, Any]], ignore: set[str]) -> list[dict[str, Any]]:
+    return [d for d in diffs if d["path"].split("[")[0] not in ignore]
+
+
+def compare_outputs(
+    con: duckdb.DuckDBPyConnection, sets: SegmentSets, candidate: str, output_spec: dict[str, Any], max_pairs: int = 20_000
+) -> dict[str, OutputStats]:
+    """Per-segment output comparisons on a deterministic hash sample of successful pairs."""
+    kind = output_spec.get("kind", "score")
+    prob_path = output_spec.get("probabilities_path") or ""
+    if kind not in ("json", "ranking") and not prob_path:
+        return {}
+    (n,) = con.execute("SELECT count(*) FROM pairs WHERE b_err IS NULL AND c_err IS NULL").fetchone() or (0,)
+    if not n:
+        return {}
+    m = max(1, math.ceil(n / max_pairs))
+    segcols = ", ".join(f"p.{c}" for c in sets.columns)
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE sampled_pairs AS
+            SELECT p.source, p.part, p."offset"{", " + segcols if segcols else ""} FROM pairs p
+            WHERE p.b_err IS NULL AND p.c_err IS NULL AND hash(p.part, p."offset") % {m} = 0"""
+    )
+    rows = con.execute(
+        f"""SELECT {", ".join(f"s.{c}" for c in sets.columns) + "," if sets.columns else ""}
+                   b.output, c.output, q.output
+            FROM sampled_pairs s
+            JOIN outputs b ON b.source = s.source AND b.part = s.part AND b."offset" = s."offset" AND b.variant = $base
+            JOIN outputs c ON c.source = s.source AND c.part = s.part AND c."offset" = s."offset" AND c.variant = $cand
+            LEFT JOIN outputs q ON q.source = s.source AND q.part = s.part AND q."offset" = s."offset"
+                                AND q.variant = $rep AND q.error_class IS NULL
+            ORDER BY s.source, s.part, s."offset\"""",
+        {"base": BASELINE, "cand": candidate_variant(candidate), "rep": BASELINE_REPEAT},
+    ).fetchall()
+    ignore = set(output_spec.get("ignore_fields") or [])
+    k = int(output_spec.get("top_k") or 10)
+    score_path = output_spec.get("score_path") or ""
+    out: dict[str, OutputStats] = {}
+    nf = len(sets.fields)
+    for row in rows:
+        seg_values, (b_txt, c_txt, q_txt) = row[:nf], row[nf:]
+        b = orjson.loads(b_txt) if b_txt else None
+        c = orjson.loads(c_txt) if c_txt else None
+        q = orjson.loads(q_txt) if q_txt else None
+        names = [ALL] + [f"{f}={v}" for f, v in zip(sets.fields, seg_values, strict=True)]
+        for name in names:
+            st = out.setdefault(name, OutputStats())
+            st.n += 1
+            if kind == "json":
+                diffs = _counted(json_diff(b, c), ignore)
+                st.with_diffs += bool(diffs)
+                for d in {f"{d['path']} ({d['kind']})" for d in diffs}:
+                    st.fields[d] += 1
+                if q is not None:
+                    st.noise_n += 1
+                    st.noise_with_diffs += bool(_counted(json_diff(b, q), ignore))
+            if kind == "ranking":
+                rb, rc = _at(b, score_path), _at(c, score_path)
+                if isinstance(rb, list) and isinstance(rc, list):
+                    ov = overlap_at_k(rb, rc, k)
+                    st.overlap_sum += ov
+                    st.overlap_sq += ov * ov
+                    st.overlap_n += 1
+                    tau = rank_correlation(rb, rc)
+                    if not math.isnan(tau):
+                        st.tau_sum += tau
+                        st.tau_n += 1
+            if prob_path:
+                pb, pc = _probs(_at(b, prob_path)), _probs(_at(c, prob_path))
+                if pb and pc:
+                    js = probability_distance(pb, pc)
+                    if not math.isnan(js):
+                        st.js_sum += js
+                        st.js_sq += js * js
+                        st.js_n += 1
+    return out
