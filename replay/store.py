@@ -19,6 +19,7 @@ from schemas import STORE_SCHEMA_VERSION, store_ddl
 from schemas.config import RunConfig
 from schemas.errors import StoreError
 
+WRITER_MEMORY = "64MB"  # DuckDB buffer budget of a replay writer: a 1M-message replay peaks ~340 MB RSS
 _EMPTY_STRUCT = 'STRUCT("_" VARCHAR)'  # DuckDB has no empty STRUCT
 
 
@@ -53,7 +54,7 @@ class StoreWriter:
         try:
             # a small buffer budget keeps a long replay's memory flat: written pages are on disk
             # after each checkpoint and need not stay cached (DuckDB's default is 80% of RAM)
-            self.con = duckdb.connect(str(self.path), config={"memory_limit": "128MB"})
+            self.con = duckdb.connect(str(self.path), config={"memory_limit": WRITER_MEMORY})
         except duckdb.Error as err:
             raise StoreError(f"cannot open store {self.path}: {err}") from err
         seg_t, feat_t = struct_types(cfg)

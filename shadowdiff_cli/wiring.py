@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from replay.store import WRITER_MEMORY
 from schemas.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,13 @@ def judge_and_publish(con: Any, home: Path, run_id: str, policy: Policy, final: 
 
 def judge_hook(home: Path, run_id: str, policy: Policy):  # type: ignore[no-untyped-def]
     def hook(writer: Any, stats: Any, final: bool) -> None:
+        # the writer runs on a small buffer budget (flat memory); judging wants more, briefly
+        writer.con.execute("SET memory_limit = '2GB'")
         try:
             judge_and_publish(writer.con, home, run_id, policy, final)
         except Exception:  # the verdict is advisory while writing; never kill the replay for it
             log.exception("judging run %s failed; the replay goes on", run_id)
+        finally:
+            writer.con.execute(f"SET memory_limit = '{WRITER_MEMORY}'")
 
     return hook
