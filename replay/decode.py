@@ -144,16 +144,15 @@ class Decoder:
             v = segs.get(f)
             if v is not None and v not in allowed:
                 raise BadMessage(R.UNKNOWN_SEGMENT, f"{f}={v[:80]!r} not in the configured values")
-        features: dict[str, Any] = {}
         get = model_input.get
-        for name in self.numeric:
-            v = get(name)
-            # a mistyped or non-finite feature is stored as NULL (the quality checks count null
-            # spikes) but the model still gets the input verbatim, as production did
-            features[name] = float(v) if type(v) in _NUMBER and v - v == 0 else None  # type: ignore[operator,arg-type]
-        for name in self.categorical:
-            v = get(name)
-            features[name] = None if v is None or type(v) in (dict, list) else (v if type(v) is str else str(v))
+        # a mistyped or non-finite feature is stored as NULL (the quality checks count null
+        # spikes) but the model still gets the input verbatim, as production did
+        nums = [get(name) for name in self.numeric]
+        cats = [get(name) for name in self.categorical]
+        features = tuple(
+            [float(v) if type(v) in _NUMBER and v - v == 0 else None for v in nums]  # type: ignore[operator,arg-type]
+            + [None if v is None or type(v) in (dict, list) else (v if type(v) is str else str(v)) for v in cats]
+        )
         latency = self.get_latency(obj)
         live_version = self.get_version(obj)
         feat_version = self.get_feature_version(obj)

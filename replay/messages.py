@@ -67,7 +67,7 @@ class Request:
     event_time_us: int  # microseconds since the epoch, UTC
     sampled_reason: str
     segments: dict[str, str | None]
-    features: dict[str, Any]
+    features: tuple[Any, ...]  # declared numeric features, then categorical, in config order
     model_input: dict[str, Any]
     feature_version: str | None
     live_output: Any = None

@@ -54,7 +54,7 @@ class StoreWriter:
         try:
             # a small buffer budget keeps a long replay's memory flat: written pages are on disk
             # after each checkpoint and need not stay cached (DuckDB's default is 80% of RAM)
-            self.con = duckdb.connect(str(self.path), config={"memory_limit": WRITER_MEMORY})
+            self.con = duckdb.connect(str(self.path), config={"memory_limit": WRITER_MEMORY, "checkpoint_threshold": "256MB"})
         except duckdb.Error as err:
             raise StoreError(f"cannot open store {self.path}: {err}") from err
         seg_t, feat_t = struct_types(cfg)
@@ -127,8 +127,10 @@ class StoreWriter:
         segs = pa.StructArray.from_arrays(
             [pa.array([r.segments.get(f) for r in reqs], pa.string()) for f in seg_names], names=seg_names
         )
-        feat_arrays = [pa.array([r.features.get(n) for r in reqs], pa.float64()) for n in self.num]
-        feat_arrays += [pa.array([r.features.get(n) for r in reqs], pa.string()) for n in self.cat]
+        # one C-level transpose instead of a Python pass per feature
+        columns = list(zip(*(r.features for r in reqs), strict=True)) if self.num or self.cat else []
+        feat_arrays = [pa.array(columns[i], pa.float64()) for i in range(len(self.num))]
+        feat_arrays += [pa.array(columns[len(self.num) + i], pa.string()) for i in range(len(self.cat))]
         feat_names = self.num + self.cat
         if not feat_names:
             feat_arrays, feat_names = [pa.nulls(len(reqs), pa.string())], ["_"]
