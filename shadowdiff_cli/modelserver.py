@@ -127,6 +127,13 @@ class ModelServer:
         async def _cleanup() -> None:
             if self._runner is not None:
                 await self._runner.cleanup()
+            # handlers still sleeping (the /hang route) are cancelled, not left for the
+            # interpreter to complain about at exit
+            me = asyncio.current_task()
+            pending = [t for t in asyncio.all_tasks() if t is not me]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
         fut = asyncio.run_coroutine_threadsafe(_cleanup(), self._loop)
         try:
@@ -134,6 +141,8 @@ class ModelServer:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+            if not self._thread.is_alive():
+                self._loop.close()
 
     def __enter__(self) -> str:
         return self.start()
