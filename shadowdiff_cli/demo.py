@@ -230,17 +230,24 @@ def run_demo(workdir: Path, kafka: str | None = None) -> int:
             cfg_path = workdir / f"run-{s.name}.toml"
             cfg_path.write_text(_config(s, home, source, urls["baseline"], urls[s.name]), encoding="utf-8")
             cfg = load_config(cfg_path)
+            t1 = time.monotonic()
             stats = run_replay(cfg)
+            t2 = time.monotonic()
             con = open_run(home, cfg.run.id)
             try:
                 doc = judge_and_publish(con, home, cfg.run.id, policy, final=True)[0]
             finally:
                 con.close()
+            t3 = time.monotonic()
             report = write_report(home, doc, home / cfg.run.id / f"report-{s.name}.html")
+            t4 = time.monotonic()
             ok = doc["verdict"] == s.expect and any(s.expect_in_reasons in r for r in doc["reasons"])
             failures += not ok
             print(f"\n[{s.name}] {s.title}")
-            print(f"  replayed {stats.consumed} requests, sampled {stats.sampled}, {doc['data']['pairs']} pairs")
+            print(
+                f"  replayed {stats.consumed} requests, sampled {stats.sampled}, {doc['data']['pairs']} pairs "
+                f"(replay {t2 - t1:.1f} s, judge {t3 - t2:.1f} s, report {t4 - t3:.1f} s)"
+            )
             print(f"  verdict: {doc['verdict'].upper()}{'' if ok else f'  (expected {s.expect.upper()})'}")
             for r in doc["reasons"][:6]:
                 print(f"    - {r}")
