@@ -8,7 +8,6 @@ vs evidently's DataDriftPreset on the same frame: speed ratio and per-column fla
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from measure import peak_rss_mb
 from synth import big_store
 
 from diff.features import FeatureTables
@@ -29,10 +29,6 @@ from diff.judge import judge
 from diff.load import RunInfo, open_run
 from diff.segments import SegmentSets
 from schemas.policy import Policy, Reference
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def drift_frame(n: int, cols: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -167,13 +167,13 @@ async def bare_client(url: str, bodies: list[bytes], in_flight: int) -> float:
 
 
 def rss_child(cfg_path: str) -> None:
-    import resource
+    from measure import peak_rss_mb
 
     from replay.job import run_replay
     from schemas.config import load_config
 
     stats = run_replay(load_config(Path(cfg_path)))
-    print(f"{stats.consumed} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+    print(f"{stats.consumed} {peak_rss_mb():.0f}")
 
 
 def main() -> None:

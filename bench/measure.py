@@ -1,0 +1,14 @@
+"""Measurement helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's RSS at
+    fork time across execve into a child's ru_maxrss, which inflates a subprocess's figure."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
