@@ -111,7 +111,7 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     writer = subprocess.Popen(
-        [sys.executable, "-m", "shadowdiff_cli.main", "replay", "--config", str(home / "run.toml"), "--judge-every", "2"],
+        [sys.executable, "-m", "shadowdiff_cli.main", "replay", "--config", str(home / "run.toml"), "--judge-every", "10"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

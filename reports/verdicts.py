@@ -25,10 +25,14 @@ class _Entry:
 
 
 class VerdictStore:
-    def __init__(self, home: Path, stale_after_s: float = 300.0) -> None:
+    def __init__(self, home: Path, stale_after_s: float = 300.0, refresh_s: float = 0.5) -> None:
         self.home = home
         self.stale_after_s = stale_after_s
+        self.refresh_s = refresh_s
         self._cache: dict[Path, _Entry] = {}
+        # answers are recomputed at most every `refresh_s`: a request is then a dict lookup,
+        # which keeps the gate's tail latency low while a replay and its judge share the CPU
+        self._answers: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
 
     def runs(self) -> list[str]:
         if not self.home.exists():
@@ -66,10 +70,27 @@ class VerdictStore:
         tmp = d / ".waivers.json.tmp"
         tmp.write_bytes(orjson.dumps({"waivers": items}, option=orjson.OPT_INDENT_2))
         os.replace(tmp, d / "waivers.json")
+        self.forget(run_id)
         return items
 
     def status(self, run_id: str, candidate: str | None = None) -> dict[str, Any]:
-        """The gate's answer: verdict in {go, no_go, pending}, reasons, and the document."""
+        """The gate's answer: verdict in {go, no_go, pending}, reasons, and the document;
+        at most `refresh_s` old."""
+        key = (run_id, candidate)
+        hit = self._answers.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self.refresh_s:
+            return hit[1]
+        answer = self._status(run_id, candidate)
+        self._answers[key] = (now, answer)
+        return answer
+
+    def forget(self, run_id: str) -> None:
+        """Drop cached answers of a run (after a waiver is recorded)."""
+        for key in [k for k in self._answers if k[0] == run_id]:
+            del self._answers[key]
+
+    def _status(self, run_id: str, candidate: str | None) -> dict[str, Any]:
         d = self.run_dir(run_id)
         names = self.candidates(run_id)
         name = candidate or (names[0] if names else None)
