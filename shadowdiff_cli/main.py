@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        # kafka-python narrates every connection at INFO; keep the run's own messages readable
+        logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except ConfigError as err:

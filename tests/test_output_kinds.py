@@ -18,7 +18,9 @@ from schemas.policy import parse_policy
 def run(tmp: Path, kind: str) -> dict:
     rng = random.Random(5)
     jsonl(tmp / "traffic.jsonl", [envelope(i, rng) for i in range(3000)])
-    cfg = write_config(tmp / f"{kind}.toml", f"""
+    cfg = write_config(
+        tmp / f"{kind}.toml",
+        f"""
 [run]
 id = "{kind}"
 home = "runs"
@@ -36,20 +38,26 @@ repeat = true
 model = {{ name = "b", kind = "python", target = "models_for_tests:structured_baseline" }}
 [output]
 kind = "{kind}"
-score_path = "{'ranking' if kind == 'ranking' else 'score'}"
+score_path = "{"ranking" if kind == "ranking" else "score"}"
 probabilities_path = "probs"
 ignore_fields = ["meta.trace"]
 [[candidates]]
 name = "c"
 kind = "python"
 target = "models_for_tests:structured_candidate"
-""")
+""",
+    )
     run_replay(load_config(cfg))
-    policy = parse_policy({"min_samples": 100, "checks": [
-        {"id": "field_diff", "kind": "field_diff", "threshold": 0.05},
-        {"id": "ranking_overlap", "kind": "ranking_overlap", "threshold": 0.8},
-        {"id": "probability_distance", "kind": "probability_distance", "threshold": 0.01},
-    ]})
+    policy = parse_policy(
+        {
+            "min_samples": 100,
+            "checks": [
+                {"id": "field_diff", "kind": "field_diff", "threshold": 0.05},
+                {"id": "ranking_overlap", "kind": "ranking_overlap", "threshold": 0.8},
+                {"id": "probability_distance", "kind": "probability_distance", "threshold": 0.01},
+            ],
+        }
+    )
     con = open_run(tmp / "runs", kind)
     try:
         return judge(con, policy)

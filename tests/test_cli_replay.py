@@ -1,0 +1,136 @@
+"""The `shadowdiff replay` command: a bad config stops before anything is consumed, naming the
+key; SIGTERM finishes the batch in hand, commits it, and exits 0."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import orjson
+import pytest
+from helpers import envelope, produce, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+
+
+def replay(cfg: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "shadowdiff_cli.main", "replay", "--config", str(cfg), "--no-judge"],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def test_bad_config_names_the_key_and_consumes_nothing(tmp_path):
+    cfg = write_config(
+        tmp_path / "bad.toml",
+        """
+[run]
+id = "bad config"
+[source]
+kind = "kafka-live"
+bootstrap = "127.0.0.1:1"
+[sampling]
+rate = 1.5
+[[candidates]]
+name = "x"
+kind = "http"
+url = "not-a-url"
+""",
+    )
+    p = replay(cfg)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 3
+    for expected in ("run.id", "source.kafka-live.topic", "sampling.rate", "candidates.0"):
+        assert expected in err, err
+    assert not (tmp_path / "shadowdiff-runs").exists()  # nothing was created, nothing consumed
+
+
+def test_unknown_python_target_is_a_config_error(tmp_path):
+    (tmp_path / "t.jsonl").write_bytes(orjson.dumps(envelope(0, random.Random(0))) + b"\n")
+    cfg = write_config(
+        tmp_path / "c.toml",
+        """
+[run]
+id = "r"
+[source]
+kind = "file"
+path = "t.jsonl"
+[[candidates]]
+name = "x"
+kind = "python"
+target = "no_such_module:predict"
+""",
+    )
+    p = replay(cfg)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 3
+    assert "no_such_module:predict" in err
+    assert not (tmp_path / "shadowdiff-runs").exists()
+
+
+@pytest.mark.kafka
+def test_sigterm_finishes_the_batch_commits_and_exits_zero(tmp_path, kafka_bootstrap, make_topic, unique):
+    topic = make_topic(2)
+    rng = random.Random(9)
+    envs = [envelope(i, rng) for i in range(6000)]
+    produce(kafka_bootstrap, topic, [(e["request_id"].encode(), orjson.dumps(e)) for e in envs])
+    group = unique("g")
+    cfg = write_config(
+        tmp_path / "live.toml",
+        f"""
+[run]
+id = "live"
+home = "{tmp_path / "runs"}"
+batch_size = 300
+batch_timeout_ms = 200
+[source]
+kind = "kafka-live"
+bootstrap = "{kafka_bootstrap}"
+topic = "{topic}"
+group = "{group}"
+[output]
+score_path = "score"
+[[candidates]]
+name = "slow"
+kind = "python"
+target = "models_for_tests:slow_logistic"
+batch_size = 100
+""",
+    )
+    p = replay(cfg)
+    store = tmp_path / "runs" / "live" / "store-w0.duckdb"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not Path(f"{store}.wal").exists():
+        time.sleep(0.05)
+    time.sleep(1.5)
+    assert p.poll() is None
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err[-2000:]
+    summary = orjson.loads(out[out.index("{") :])
+    assert summary["stopped_by_signal"] is True
+    assert 0 < summary["consumed"] < len(envs)
+    con = duckdb.connect(str(store), read_only=True)
+    (stored,) = con.execute("SELECT count(*) FROM requests").fetchone()
+    checkpoints = dict(((p_, o) for p_, o in con.execute("SELECT part, next_offset FROM checkpoints").fetchall()))
+    con.close()
+    assert stored == summary["consumed"]  # every consumed message of the finished batches is stored
+    # and the group's committed offsets are exactly the stored checkpoints
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    committed = {tp.partition: c.committed(tp) for tp in (TopicPartition(topic, 0), TopicPartition(topic, 1))}
+    c.close()
+    assert {k: v for k, v in committed.items() if v is not None} == checkpoints
