@@ -49,7 +49,7 @@ url = "not-a-url"
 """,
     )
     p = replay(cfg)
-    out, err = p.communicate(timeout=60)
+    _, err = p.communicate(timeout=60)
     assert p.returncode == 3
     for expected in ("run.id", "source.kafka-live.topic", "sampling.rate", "candidates.0"):
         assert expected in err, err
