@@ -130,7 +130,9 @@ class KafkaLive:
             # runs on kafka-python's IO thread, where blocking calls are refused: only note the
             # partitions here, and reconcile them with the store in poll()
             def on_partitions_revoked(self, revoked: object) -> None:
-                """Nothing pending: each batch is stored and committed before the next poll."""
+                """A batch may be in flight; if its partitions move to another worker, its
+                Kafka commit fails (logged), its rows are stored all the same, and the other
+                worker's re-read lands in another store file, deduplicated when judging."""
 
             def on_partitions_assigned(self, assigned: list) -> None:
                 outer._newly_assigned.update(assigned)
@@ -169,12 +171,16 @@ class KafkaLive:
         return False
 
     def commit(self, positions: Checkpoints) -> None:
+        from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
         self._checkpoints.update(positions)
         offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()}
         if offsets:
-            self.consumer.commit(offsets)
+            try:
+                self.consumer.commit(offsets)
+            except KafkaError as err:  # e.g. partitions revoked by a rebalance meanwhile
+                log.warning("offset commit failed after the rows were stored (%s); a re-read is deduplicated", err)
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)
