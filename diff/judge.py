@@ -22,25 +22,15 @@ import orjson
 
 from diff import aggregate as agg
 from diff import checks as ck
-from diff.comparators import json_diff
-from diff.features import FeatureStats, FeatureTables
-from diff.load import RunInfo, build_pairs, ident, run_info
+from diff.explain import data_section, examples, excess, localise
+from diff.load import build_pairs, run_info
 from diff.outputs import compare_outputs
+from diff.quality import feature_checks, run_level_checks, threshold_for
 from diff.segments import ALL, SegmentSets
-from diff.stats import adjust, p_diff_above, p_rate_above, wilson
+from diff.stats import adjust
 from schemas import VERDICT_SCHEMA_VERSION
-from schemas.policy import Check, Policy
-from schemas.records import BASELINE, Status, candidate_variant
-
-
-def _threshold(chk: Check, seg: str) -> tuple[float, str]:
-    thr: float = chk.threshold
-    sev: str = chk.severity
-    for o in chk.overrides:
-        if o.segment == seg:
-            thr = o.threshold if o.threshold is not None else thr
-            sev = o.severity or sev
-    return thr, sev
+from schemas.policy import Policy
+from schemas.records import Status
 
 
 def policy_digest(policy: Policy) -> str:
@@ -91,7 +81,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     results: list[ck.CheckResult] = []
     for chk in policy.checks:
         for seg, s in pstats.items():
-            thr, sev = _threshold(chk, seg)
+            thr, sev = threshold_for(chk, seg)
             if sev == "off":
                 continue
             if seg not in judged:
@@ -138,11 +128,11 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
         if fn is None:
             continue
         for seg, st in comparisons.items():
-            thr, sev = _threshold(chk, seg)
+            thr, sev = threshold_for(chk, seg)
             if seg in judged and sev != "off" and (r := fn(chk, seg, st, thr, sev)) is not None:
                 results.append(r)
-    results += _feature_checks(con, info, sets, policy, judged, seg_exprs)
-    results += _run_level_checks(con, info, spec, sets, policy, judged)
+    results += feature_checks(con, info, sets, policy, judged, seg_exprs)
+    results += run_level_checks(con, info, spec, sets, policy, judged)
 
     order = {c.id: i for i, c in enumerate(policy.checks)}
     results.sort(key=lambda r: (order[r.check_id], r.segment != ALL, r.segment, r.feature or ""))
@@ -174,9 +164,9 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
         verdict = Status.NO_GO
         worst_first = sorted(
             (r for r in results if r.status == ck.FAIL),
-            key=lambda r: (order[r.check_id], -_excess(r), r.segment),
+            key=lambda r: (order[r.check_id], -excess(r), r.segment),
         )
-        reasons += _localise(results, sets)
+        reasons += localise(results, sets)
         for r in worst_first:
             if r.status == ck.FAIL:
                 what = f"{r.check_id}{'[' + r.feature + ']' if r.feature else ''}"
@@ -211,7 +201,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
         "reasons": reasons,
         "warnings": warnings[:50],
         "failing_segments": failing,
-        "data": _data_section(con, info, n_all, t_min, t_max),
+        "data": data_section(con, info, n_all, t_min, t_max),
         "versions": {
             "candidate_model": spec.get("model_version"),
             "candidate_feature_version": spec.get("feature_version"),
@@ -239,46 +229,12 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
         "checks": [r.as_dict() for r in results],
         "comparisons": {seg: st.as_dict() for seg, st in sorted(comparisons.items())},
         "flips": {seg: dict(sorted(v["moves"].items())) for seg, v in sorted(labels.items()) if v["moves"]},
-        "examples": _examples(con, sets, policy.examples, cand),
+        "examples": examples(con, sets, policy.examples, cand),
     }
     doc = _stable(doc)
     doc["digest"] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     doc["generated_at"] = datetime.now(UTC).isoformat()
     return doc
-
-
-def _localise(results: list[ck.CheckResult], sets: SegmentSets) -> list[str]:
-    """Where a failure lives: a field whose values split into failing and passing for a check
-    (e.g. daypart=night fails, the other dayparts pass) says where to look first."""
-    out = []
-    seen: set[tuple[str, str]] = set()
-    for r in results:
-        if r.status != ck.FAIL or r.segment == ALL or "&" in r.segment or (r.check_id, r.segment) in seen:
-            continue
-        field = r.segment.split("=", 1)[0]
-        same = [
-            x
-            for x in results
-            if x.check_id == r.check_id
-            and x.feature == r.feature
-            and x.segment.split("=", 1)[0] == field
-            and "&" not in x.segment
-            and x.segment != ALL
-        ]
-        bad = sorted({x.segment for x in same if x.status == ck.FAIL})
-        good = sorted({x.segment for x in same if x.status == ck.PASS})
-        seen.update((r.check_id, b) for b in bad)
-        if bad and good:
-            what = r.check_id + (f"[{r.feature}]" if r.feature else "")
-            out.append(f"{what} is concentrated in {', '.join(bad)}: the other {field} values pass ({', '.join(good)})")
-    return out
-
-
-def _excess(r: ck.CheckResult) -> float:
-    """How far past its threshold a failed check is (relative), to list the worst first."""
-    if r.value is None or not r.threshold:
-        return float(r.value or 0.0)
-    return (abs(r.value) - r.threshold) / abs(r.threshold)
 
 
 def _stable(obj: Any) -> Any:
@@ -293,202 +249,10 @@ def _stable(obj: Any) -> Any:
     return obj
 
 
-def _feature_checks(
-    con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets, policy: Policy, judged: set[str], seg_exprs: list[str]
-) -> list[ck.CheckResult]:
-    kinds = {c.kind for c in policy.checks}
-    if not ({"feature_drift", "null_spike", "out_of_range", "new_category"} & kinds) or not (info.numeric or info.categorical):
-        return []
-    ft = FeatureTables(con, info, sets, policy.reference, seg_exprs)
-    stats_ = ft.collect()
-    out: list[ck.CheckResult] = []
-    for chk in policy.checks:
-        for f in stats_:
-            if f.segment not in judged:
-                continue
-            thr, sev = _threshold(chk, f.segment)
-            if sev == "off":
-                continue
-            r: ck.CheckResult | None = None
-            if chk.kind == "feature_drift" and f.drift is not None:
-                d = f.drift
-                r = ck.CheckResult(chk.id, chk.kind, f.segment, sev, thr, f.n_cur, value=d.score, feature=f.feature)
-                if d.is_test:
-                    r.p_value = d.score
-                else:
-                    r.exceeded = d.score >= thr
-                r.detail = f"{d.method} {d.score:.3f} (PSI {d.psi:.3f})" if d.psi is not None else f"{d.method} {d.score:.3f}"
-                r.extra = {"method": d.method, "psi": d.psi, "n_ref": d.n_ref}
-            elif chk.kind == "null_spike" and f.n_cur:
-                share = f.nulls_cur / f.n_cur
-                r = _share_check(chk, f, sev, thr, f.nulls_cur, f"null share {share:.2%} (threshold {thr:.2%}; no reference)")
-                r.ci = wilson(f.nulls_cur, f.n_cur)
-                if f.n_ref:
-                    r.p_value = p_diff_above(f.nulls_cur, f.n_cur, f.nulls_ref, f.n_ref, thr)
-                    r.detail = f"null share {share:.2%} vs reference {f.nulls_ref / f.n_ref:.2%} (threshold +{thr:.2%})"
-            elif chk.kind == "out_of_range" and f.kind == "numeric" and f.n_ref:
-                r = _share_check(chk, f, sev, thr, f.out_of_range, f"{f.out_of_range} values outside the reference range")
-            elif chk.kind == "new_category" and f.kind == "categorical" and f.n_ref:
-                r = _share_check(
-                    chk, f, sev, thr, f.new_category, f"{f.new_category} values of unseen categories {f.new_values[:5]}"
-                )
-            if r is not None:
-                out.append(r)
-    return out
-
-
-def _share_check(chk: Check, f: FeatureStats, sev: str, thr: float, k: int, detail: str) -> ck.CheckResult:
-    """A check on the share of a segment's rows with some finding (k of n), tested against thr."""
-    r = ck.CheckResult(
-        chk.id,
-        chk.kind,
-        f.segment,
-        sev,
-        thr,
-        f.n_cur,
-        value=k / max(f.n_cur, 1),
-        feature=f.feature,
-        p_value=p_rate_above(k, f.n_cur, thr),
-    )
-    r.detail = detail
-    return r
-
-
-def _run_level_checks(
-    con: duckdb.DuckDBPyConnection,
-    info: RunInfo,
-    spec: dict[str, Any],
-    sets: SegmentSets,
-    policy: Policy,
-    judged: set[str],
-) -> list[ck.CheckResult]:
-    out: list[ck.CheckResult] = []
-    for chk in policy.checks:
-        thr, sev = _threshold(chk, ALL)
-        if chk.kind == "dead_letters":
-            consumed, dead = con.execute(
-                "SELECT (SELECT coalesce(sum(consumed), 0) FROM checkpoints), (SELECT count(*) FROM dead_letters)"
-            ).fetchone() or (0, 0)
-            by = dict(con.execute("SELECT reason, count(*) FROM dead_letters GROUP BY 1 ORDER BY 2 DESC").fetchall())
-            if consumed:
-                r = ck.CheckResult(
-                    chk.id,
-                    chk.kind,
-                    ALL,
-                    sev,
-                    thr,
-                    int(consumed),
-                    value=dead / consumed,
-                    ci=wilson(dead, consumed),
-                    p_value=p_rate_above(dead, consumed, thr),
-                )
-                r.detail = f"{dead} of {consumed} messages dead-lettered {by}"
-                r.extra = {"by_reason": by}
-                out.append(r)
-        elif chk.kind == "version_pairing" and spec.get("feature_version"):
-            rows = agg.version_pairs(con, sets, str(spec["feature_version"]))
-            for seg, v in rows.items():
-                if seg not in judged and seg != ALL:
-                    continue
-                t, s = _threshold(chk, seg)
-                share = v["mismatched"] / v["n"] if v["n"] else 0.0
-                r = ck.CheckResult(chk.id, chk.kind, seg, s, t, int(v["n"]), value=share, exceeded=share > t)
-                r.detail = (
-                    f"{v['mismatched']} requests built by feature pipeline {sorted(v['seen'] or [])} fed a "
-                    f"candidate built for {spec['feature_version']}"
-                )
-                out.append(r)
-    return out
-
-
-def _data_section(con: duckdb.DuckDBPyConnection, info: RunInfo, n: int, t_min: Any, t_max: Any) -> dict[str, Any]:
-    offsets = [
-        {"source": s, "partition": p, "next_offset": o, "consumed": c, "sampled": k}
-        for s, p, o, c, k in con.execute(
-            "SELECT source, part, next_offset, consumed, sampled FROM checkpoints ORDER BY 1, 2"
-        ).fetchall()
-    ]
-    dead = con.execute("SELECT count(*) FROM dead_letters").fetchone()
-    return {
-        "pairs": n,
-        "window": {
-            "first_event": None if t_min is None else t_min.isoformat(),
-            "last_event": None if t_max is None else t_max.isoformat(),
-            "configured": info.meta.get("window"),
-        },
-        "offsets": offsets,
-        "consumed": sum(o["consumed"] for o in offsets),
-        "sampled": sum(o["sampled"] for o in offsets),
-        "dead_letters": int(dead[0]) if dead else 0,
-    }
-
-
-def _examples(con: duckdb.DuckDBPyConnection, sets: SegmentSets, k: int, candidate: str) -> list[dict[str, Any]]:
-    """The most different pairs: label flips first, then largest score gaps, then failures."""
-    if k == 0:
-        return []
-    segcols = ", ".join(f"p.{c} AS {c}" for c in sets.columns)
-    # pick the k pairs from `pairs` alone (a top-k heap), then fetch only their texts: joining
-    # the full tables first would cost seconds on a 10M-pair run
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE top_pairs AS
-           SELECT row_number() OVER () AS rank, * FROM (
-             SELECT p.request_id, p.source, p.part, p."offset", {segcols}{"," if segcols else ""}
-                    p.b_score, p.c_score, p.b_label, p.c_label, p.c_err
-             FROM pairs p
-             ORDER BY (p.b_label IS DISTINCT FROM p.c_label AND p.c_err IS NULL) DESC,
-                      abs(coalesce(p.c_score - p.b_score, 0)) DESC, (p.c_err IS NOT NULL) DESC,
-                      p.source, p.part, p."offset"
-             LIMIT {int(k)})"""
-    )
-    offsets = [o for (o,) in con.execute('SELECT DISTINCT "offset" FROM top_pairs').fetchall()] or [-1]
-    in_list = ", ".join(str(int(o)) for o in offsets)
-    cols = ", ".join(f"t.{c}" for c in sets.columns)
-    rows = con.execute(
-        f"""SELECT t.request_id, t.source, t.part, t."offset", {cols}{"," if cols else ""}
-                  t.b_score, t.c_score, t.b_label, t.c_label, t.c_err, r.model_input,
-                  b.output AS b_out, c.output AS c_out, c.error_detail
-           FROM top_pairs t
-           JOIN (SELECT * FROM requests WHERE "offset" IN ({in_list})) r USING (source, part, "offset")
-           LEFT JOIN (SELECT * FROM outputs WHERE variant = $base AND "offset" IN ({in_list})) b
-                  ON b.source = t.source AND b.part = t.part AND b."offset" = t."offset"
-           LEFT JOIN (SELECT * FROM outputs WHERE variant = $cand AND "offset" IN ({in_list})) c
-                  ON c.source = t.source AND c.part = t.part AND c."offset" = t."offset"
-           ORDER BY t.rank""",
-        {"base": BASELINE, "cand": candidate_variant(candidate)},
-    ).fetchall()
-    out = []
-    for row in rows:
-        (rid, src, part, off, *rest) = row
-        segs = dict(zip(sets.fields, rest[: len(sets.fields)], strict=True))
-        b_score, c_score, b_label, c_label, c_err, model_input, b_out, c_out, err_detail = rest[len(sets.fields) :]
-        bo = orjson.loads(b_out) if b_out else None
-        co = orjson.loads(c_out) if c_out else None
-        out.append(
-            {
-                "request_id": rid,
-                "coordinates": {"source": src, "partition": part, "offset": off},
-                "segments": segs,
-                "input": orjson.loads(model_input) if model_input else None,
-                "baseline": {"score": b_score, "label": b_label, "output": bo},
-                "candidate": {
-                    "score": c_score,
-                    "label": c_label,
-                    "output": co,
-                    "error": c_err,
-                    "error_detail": err_detail,
-                },
-                "score_diff": None if b_score is None or c_score is None else c_score - b_score,
-                "field_diffs": json_diff(bo, co) if co is not None else [],
-            }
-        )
-    return out
-
-
 def judge_all(con: duckdb.DuckDBPyConnection, policy: Policy) -> list[dict[str, Any]]:
     """A verdict per candidate of the run."""
     info = run_info(con)
     return [judge(con, policy, c["name"]) for c in info.candidates]
 
 
-__all__ = ["ident", "judge", "judge_all"]
+__all__ = ["judge", "judge_all", "policy_digest"]

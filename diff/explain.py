@@ -1,0 +1,133 @@
+"""What a verdict shows beside its checks: where failures concentrate, the data window and
+offsets, and the most different pairs side by side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import orjson
+
+from diff import checks as ck
+from diff.comparators import json_diff
+from diff.load import RunInfo
+from diff.segments import ALL, SegmentSets
+from schemas.records import BASELINE, candidate_variant
+
+
+def localise(results: list[ck.CheckResult], sets: SegmentSets) -> list[str]:
+    """Where a failure lives: a field whose values split into failing and passing for a check
+    (e.g. daypart=night fails, the other dayparts pass) says where to look first."""
+    out = []
+    seen: set[tuple[str, str]] = set()
+    for r in results:
+        if r.status != ck.FAIL or r.segment == ALL or "&" in r.segment or (r.check_id, r.segment) in seen:
+            continue
+        field = r.segment.split("=", 1)[0]
+        same = [
+            x
+            for x in results
+            if x.check_id == r.check_id
+            and x.feature == r.feature
+            and x.segment.split("=", 1)[0] == field
+            and "&" not in x.segment
+            and x.segment != ALL
+        ]
+        bad = sorted({x.segment for x in same if x.status == ck.FAIL})
+        good = sorted({x.segment for x in same if x.status == ck.PASS})
+        seen.update((r.check_id, b) for b in bad)
+        if bad and good:
+            what = r.check_id + (f"[{r.feature}]" if r.feature else "")
+            out.append(f"{what} is concentrated in {', '.join(bad)}: the other {field} values pass ({', '.join(good)})")
+    return out
+
+
+def excess(r: ck.CheckResult) -> float:
+    """How far past its threshold a failed check is (relative), to list the worst first."""
+    if r.value is None or not r.threshold:
+        return float(r.value or 0.0)
+    return (abs(r.value) - r.threshold) / abs(r.threshold)
+
+
+def data_section(con: duckdb.DuckDBPyConnection, info: RunInfo, n: int, t_min: Any, t_max: Any) -> dict[str, Any]:
+    offsets = [
+        {"source": s, "partition": p, "next_offset": o, "consumed": c, "sampled": k}
+        for s, p, o, c, k in con.execute(
+            "SELECT source, part, next_offset, consumed, sampled FROM checkpoints ORDER BY 1, 2"
+        ).fetchall()
+    ]
+    dead = con.execute("SELECT count(*) FROM dead_letters").fetchone()
+    return {
+        "pairs": n,
+        "window": {
+            "first_event": None if t_min is None else t_min.isoformat(),
+            "last_event": None if t_max is None else t_max.isoformat(),
+            "configured": info.meta.get("window"),
+        },
+        "offsets": offsets,
+        "consumed": sum(o["consumed"] for o in offsets),
+        "sampled": sum(o["sampled"] for o in offsets),
+        "dead_letters": int(dead[0]) if dead else 0,
+    }
+
+
+def examples(con: duckdb.DuckDBPyConnection, sets: SegmentSets, k: int, candidate: str) -> list[dict[str, Any]]:
+    """The most different pairs: label flips first, then largest score gaps, then failures."""
+    if k == 0:
+        return []
+    segcols = ", ".join(f"p.{c} AS {c}" for c in sets.columns)
+    # pick the k pairs from `pairs` alone (a top-k heap), then fetch only their texts: joining
+    # the full tables first would cost seconds on a 10M-pair run
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE top_pairs AS
+           SELECT row_number() OVER () AS rank, * FROM (
+             SELECT p.request_id, p.source, p.part, p."offset", {segcols}{"," if segcols else ""}
+                    p.b_score, p.c_score, p.b_label, p.c_label, p.c_err
+             FROM pairs p
+             ORDER BY (p.b_label IS DISTINCT FROM p.c_label AND p.c_err IS NULL) DESC,
+                      abs(coalesce(p.c_score - p.b_score, 0)) DESC, (p.c_err IS NOT NULL) DESC,
+                      p.source, p.part, p."offset"
+             LIMIT {int(k)})"""
+    )
+    offsets = [o for (o,) in con.execute('SELECT DISTINCT "offset" FROM top_pairs').fetchall()] or [-1]
+    in_list = ", ".join(str(int(o)) for o in offsets)
+    cols = ", ".join(f"t.{c}" for c in sets.columns)
+    rows = con.execute(
+        f"""SELECT t.request_id, t.source, t.part, t."offset", {cols}{"," if cols else ""}
+                  t.b_score, t.c_score, t.b_label, t.c_label, t.c_err, r.model_input,
+                  b.output AS b_out, c.output AS c_out, c.error_detail
+           FROM top_pairs t
+           JOIN (SELECT * FROM requests WHERE "offset" IN ({in_list})) r USING (source, part, "offset")
+           LEFT JOIN (SELECT * FROM outputs WHERE variant = $base AND "offset" IN ({in_list})) b
+                  ON b.source = t.source AND b.part = t.part AND b."offset" = t."offset"
+           LEFT JOIN (SELECT * FROM outputs WHERE variant = $cand AND "offset" IN ({in_list})) c
+                  ON c.source = t.source AND c.part = t.part AND c."offset" = t."offset"
+           ORDER BY t.rank""",
+        {"base": BASELINE, "cand": candidate_variant(candidate)},
+    ).fetchall()
+    out = []
+    for row in rows:
+        (rid, src, part, off, *rest) = row
+        segs = dict(zip(sets.fields, rest[: len(sets.fields)], strict=True))
+        b_score, c_score, b_label, c_label, c_err, model_input, b_out, c_out, err_detail = rest[len(sets.fields) :]
+        bo = orjson.loads(b_out) if b_out else None
+        co = orjson.loads(c_out) if c_out else None
+        out.append(
+            {
+                "request_id": rid,
+                "coordinates": {"source": src, "partition": part, "offset": off},
+                "segments": segs,
+                "input": orjson.loads(model_input) if model_input else None,
+                "baseline": {"score": b_score, "label": b_label, "output": bo},
+                "candidate": {
+                    "score": c_score,
+                    "label": c_label,
+                    "output": co,
+                    "error": c_err,
+                    "error_detail": err_detail,
+                },
+                "score_diff": None if b_score is None or c_score is None else c_score - b_score,
+                "field_diffs": json_diff(bo, co) if co is not None else [],
+            }
+        )
+    return out
