@@ -29,6 +29,12 @@ def _json(schema: dict[str, Any], desc: str) -> dict[str, Any]:
     return {"description": desc, "content": {"application/json": {"schema": schema}}}
 
 
+def _body(required: list[str], fields: dict[str, str]) -> dict[str, Any]:
+    """A required JSON object request body with the given field types."""
+    schema = {"type": "object", "required": required, "properties": {k: {"type": t} for k, t in fields.items()}}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -48,24 +54,10 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Flagger webhook: 200 go; 412 no_go; 425 pending",
                 "parameters": [_run],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["name", "namespace", "phase"],
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "namespace": {"type": "string"},
-                                    "phase": {"type": "string"},
-                                    "checksum": {"type": "string"},
-                                    "metadata": {"type": "object"},
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": _body(
+                    ["name", "namespace", "phase"],
+                    {"name": "string", "namespace": "string", "phase": "string", "checksum": "string", "metadata": "object"},
+                ),
                 "responses": {
                     "200": _json(_status, "go"),
                     "400": _json(_error, "malformed payload"),
@@ -80,24 +72,10 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Record a waiver for a failing check (bearer token)",
                 "security": [{"bearer": []}],
                 "parameters": [_run],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["check", "reason", "by"],
-                                "properties": {
-                                    "check": {"type": "string"},
-                                    "segment": {"type": "string"},
-                                    "candidate": {"type": "string"},
-                                    "reason": {"type": "string"},
-                                    "by": {"type": "string"},
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": _body(
+                    ["check", "reason", "by"],
+                    {"check": "string", "segment": "string", "candidate": "string", "reason": "string", "by": "string"},
+                ),
                 "responses": {
                     "201": _json({"type": "object"}, "recorded"),
                     "400": _json(_error, "malformed"),
