@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import logging
 import threading
 import time
@@ -118,6 +119,9 @@ class Replayer:
         max_bytes = self.decoder.max_bytes
         hit = self.sampler.hit
         raw_key = self.sampler.raw_key
+        by_record_key = self.sampler.key_kind == "kafka_key"
+        threshold, salt = self.sampler.threshold, self.sampler.salt
+        blake2b, from_bytes = hashlib.blake2b, int.from_bytes
         for b in batches:
             recs = b.records
             k = (b.source, b.part)
@@ -130,8 +134,17 @@ class Replayer:
             pos.consumed += len(recs)
             p.consumed += len(recs)
             before = len(p.reqs)
-            if fast:
-                # the common case at low rates: most records are never decoded
+            if fast and by_record_key:
+                # the common case at low rates: most records are never decoded, and the hash
+                # test is inlined (two calls fewer per message)
+                for r in recs:
+                    v = r.value
+                    if (v is not None and len(v) > max_bytes) or (
+                        threshold is None
+                        or from_bytes(blake2b(r.key or b"", digest_size=8, salt=salt).digest(), "big") < threshold
+                    ):
+                        self._admit(self._raw(b, r), True)
+            elif fast:
                 for r in recs:
                     v = r.value
                     if (v is not None and len(v) > max_bytes) or hit(raw_key(r)):  # type: ignore[arg-type]

@@ -30,6 +30,15 @@ class Sampler:
         self._quota_left = {q: max(0, n - (already_sampled or {}).get(q, 0)) for q, n in spec.quotas.items()}
 
     @property
+    def threshold(self) -> int | None:
+        """Hashes below this (as 64-bit integers) are sampled; None samples everything."""
+        return self._threshold
+
+    @property
+    def salt(self) -> bytes:
+        return self._salt
+
+    @property
     def decides_before_decoding(self) -> bool:
         return self.key_kind in ("kafka_key", "header")
 

@@ -47,11 +47,13 @@ def judge_hook(home: Path, run_id: str, policy: Policy):  # type: ignore[no-unty
     def hook(writer: Any, stats: Any, final: bool) -> None:
         # the writer runs on a small buffer budget (flat memory); judging wants more, briefly
         writer.con.execute("SET memory_limit = '2GB'")
+        writer.con.execute("SET threads = 2")
         try:
             judge_and_publish(writer.con, home, run_id, policy, final)
         except Exception:  # the verdict is advisory while writing; never kill the replay for it
             log.exception("judging run %s failed; the replay goes on", run_id)
         finally:
             writer.con.execute(f"SET memory_limit = '{WRITER_MEMORY}'")
+            writer.con.execute("SET threads = 1")
 
     return hook
