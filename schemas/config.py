@@ -24,6 +24,8 @@ class RunSection(_Frozen):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     home: Path = Path("shadowdiff-runs")
     worker: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "w0"
+    # a stored batch closes at `batch_size` sampled requests, 20x that many messages read, or
+    # `batch_timeout_ms` after its first message, whichever comes first
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
     batch_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 500
 
