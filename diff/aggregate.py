@@ -32,7 +32,7 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
 
 
 def pair_stats(
-    con: duckdb.DuckDBPyConnection, sets: SegmentSets, tolerance: float, lat_grid: Sequence[float]
+    con: duckdb.DuckDBPyConnection, sets: SegmentSets, tolerance: float, lat_grid: Sequence[float], where: str = "TRUE"
 ) -> dict[str, dict[str, Any]]:
     """Counts, label flips, score differences, latency quantiles and errors per segment."""
     g = "[" + ", ".join(str(x) for x in lat_grid) + "]"
@@ -63,17 +63,17 @@ def pair_stats(
       quantile_cont(b_lat, {g}) FILTER (WHERE b_err IS NULL) AS b_lat_q,
       quantile_cont(c_lat, {g}) FILTER (WHERE c_err IS NULL) AS c_lat_q,
       min(event_time) AS t_min, max(event_time) AS t_max
-    FROM pairs {sets.group_by()}"""
+    FROM pairs WHERE {where} {sets.group_by()}"""
     return {sets.name(r): r for r in _rows(con, sql)}
 
 
 SCORE_BINS = 1000
 
 
-def score_distributions(con: duckdb.DuckDBPyConnection, sets: SegmentSets) -> dict[str, dict[str, Any]]:
+def score_distributions(con: duckdb.DuckDBPyConnection, sets: SegmentSets, where: str = "TRUE") -> dict[str, dict[str, Any]]:
     """Histograms of baseline and candidate scores per segment over shared bins (prediction
     drift); bin edges rounded so re-judging bins every value the same way."""
-    ok = "b_err IS NULL AND c_err IS NULL AND b_score IS NOT NULL AND c_score IS NOT NULL"
+    ok = f"b_err IS NULL AND c_err IS NULL AND b_score IS NOT NULL AND c_score IS NOT NULL AND {where}"
     r = con.execute(f"SELECT min(least(b_score, c_score)), max(greatest(b_score, c_score)) FROM pairs WHERE {ok}").fetchone()
     if not r or r[0] is None:
         return {}
@@ -94,11 +94,11 @@ def score_distributions(con: duckdb.DuckDBPyConnection, sets: SegmentSets) -> di
     return out
 
 
-def label_counts(con: duckdb.DuckDBPyConnection, sets: SegmentSets) -> dict[str, dict[str, Any]]:
+def label_counts(con: duckdb.DuckDBPyConnection, sets: SegmentSets, where: str = "TRUE") -> dict[str, dict[str, Any]]:
     """Label distributions and flip directions per segment."""
     out: dict[str, dict[str, Any]] = {}
     sql = f"""SELECT {sets.select()}, b_label, c_label, count(*) AS n FROM pairs
-        WHERE b_label IS NOT NULL AND c_label IS NOT NULL
+        WHERE b_label IS NOT NULL AND c_label IS NOT NULL AND {where}
         {sets.group_by(["b_label", "c_label"])}"""
     for r in _rows(con, sql):
         seg = out.setdefault(sets.name(r), {"b": {}, "c": {}, "moves": {}})
@@ -110,7 +110,7 @@ def label_counts(con: duckdb.DuckDBPyConnection, sets: SegmentSets) -> dict[str,
 
 
 def per_window(
-    con: duckdb.DuckDBPyConnection, sets: SegmentSets, quantiles: Sequence[float], width_minutes: float
+    con: duckdb.DuckDBPyConnection, sets: SegmentSets, quantiles: Sequence[float], width_minutes: float, where: str = "TRUE"
 ) -> dict[str, list[dict[str, Any]]]:
     """Tumbling event-time windows of `width_minutes` per segment, for sustained checks."""
     qs = "[" + ", ".join(str(q) for q in sorted(set(quantiles))) + "]"
@@ -120,7 +120,7 @@ def per_window(
         count(*) FILTER (WHERE b_err IS NOT NULL) AS b_err_n,
         quantile_cont(b_lat, {qs}) FILTER (WHERE b_err IS NULL) AS b_q,
         quantile_cont(c_lat, {qs}) FILTER (WHERE c_err IS NULL) AS c_q
-        FROM pairs {sets.group_by(["minute"])}"""
+        FROM pairs WHERE {where} {sets.group_by(["minute"])}"""
     out: dict[str, list[dict[str, Any]]] = {}
     for r in _rows(con, sql):
         out.setdefault(sets.name(r), []).append(r)

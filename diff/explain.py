@@ -49,7 +49,8 @@ def excess(r: ck.CheckResult) -> float:
     return (abs(r.value) - r.threshold) / abs(r.threshold)
 
 
-def data_section(con: duckdb.DuckDBPyConnection, info: RunInfo, n: int, t_min: Any, t_max: Any) -> dict[str, Any]:
+def data_section(con: duckdb.DuckDBPyConnection, info: RunInfo, t_min: Any, t_max: Any) -> dict[str, Any]:
+    """Pairs (and why they were sampled), event-time window, offsets, consumed and dead letters."""
     offsets = [
         {"source": s, "partition": p, "next_offset": o, "consumed": c, "sampled": k}
         for s, p, o, c, k in con.execute(
@@ -57,8 +58,13 @@ def data_section(con: duckdb.DuckDBPyConnection, info: RunInfo, n: int, t_min: A
         ).fetchall()
     ]
     dead = con.execute("SELECT count(*) FROM dead_letters").fetchone()
+    total, quota = con.execute("SELECT count(*), count(*) FILTER (WHERE sampled_reason = 'quota') FROM pairs").fetchone() or (
+        0,
+        0,
+    )
     return {
-        "pairs": n,
+        "pairs": int(total),
+        "pairs_by_reason": {"rate": int(total) - int(quota), "quota": int(quota)},
         "window": {
             "first_event": None if t_min is None else t_min.isoformat(),
             "last_event": None if t_max is None else t_max.isoformat(),

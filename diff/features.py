@@ -108,7 +108,10 @@ class FeatureTables:
         self.sets = sets
         segs = ", ".join(segment_exprs)
         feats = ", ".join(f"r.features.{ident(n)} AS {ident('f_' + n)}" for n in info.numeric + info.categorical)
-        base = f"""SELECT {segs}{"," if segs else ""} {feats}, r.event_time, r.part, r."offset" FROM requests r"""
+        # rate samples only: per-segment quotas oversample rare segments on purpose, which would
+        # show up as drift of e.g. the hour of day in every segment that mixes them
+        base = f"""SELECT {segs}{"," if segs else ""} {feats}, r.event_time, r.part, r."offset" FROM requests r
+                   WHERE r.sampled_reason = 'rate'"""
         self.has_reference = reference is not None
         if reference is None:
             con.execute(f"CREATE OR REPLACE TEMP VIEW cur_f AS {base}")
@@ -120,8 +123,8 @@ class FeatureTables:
             con.execute('CREATE OR REPLACE TEMP VIEW ref_f AS SELECT *, 0 AS part, 0 AS "offset" FROM ref_file_frame')
         else:
             win = f"r.event_time >= TIMESTAMPTZ '{reference.start}' AND r.event_time < TIMESTAMPTZ '{reference.end}'"
-            con.execute(f"CREATE OR REPLACE TEMP VIEW ref_f AS {base} WHERE {win}")
-            con.execute(f"CREATE OR REPLACE TEMP VIEW cur_f AS {base} WHERE NOT ({win})")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW ref_f AS {base} AND {win}")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW cur_f AS {base} AND NOT ({win})")
 
     @classmethod
     def from_views(cls, con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets) -> FeatureTables:

@@ -55,11 +55,26 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     lat_qs = sorted({0.5, 0.95, 0.99, *(c.quantile for c in lat_checks)})
     grid = agg.latency_grid(lat_qs)
     tol = next((c.tolerance for c in policy.checks if c.kind == "score_diff"), 0.05)
-    pstats = agg.pair_stats(con, sets, tol, grid)
     widths = sorted({c.for_minutes for c in policy.checks if c.kind in ("latency", "error_rate") and c.for_minutes > 0})
-    windows = {w: agg.per_window(con, sets, lat_qs, w) for w in widths}
-    dists = agg.score_distributions(con, sets)
-    labels = agg.label_counts(con, sets)
+    quota_segments = set(info.config.get("sampling", {}).get("quotas", {}))
+    (n_quota,) = con.execute("SELECT count(*) FROM pairs WHERE sampled_reason = 'quota'").fetchone() or (0,)
+
+    def by_sampling(aggregate: Any) -> dict[str, Any]:
+        """Per-segment minimum quotas oversample rare segments on purpose: a segment that mixes
+        them with other traffic is judged on rate samples only (unbiased), a quota segment and
+        its sub-segments on all their samples (that is what the quota is for)."""
+        if not n_quota:
+            return dict(aggregate("TRUE"))
+        out = dict(aggregate("sampled_reason = 'rate'"))
+        for seg, value in aggregate("TRUE").items():
+            if any(part in quota_segments for part in seg.split("&")):
+                out[seg] = value
+        return out
+
+    pstats = by_sampling(lambda w: agg.pair_stats(con, sets, tol, grid, w))
+    windows = {wd: by_sampling(lambda w, wd=wd: agg.per_window(con, sets, lat_qs, wd, w)) for wd in widths}
+    dists = by_sampling(lambda w: agg.score_distributions(con, sets, w))
+    labels = by_sampling(lambda w: agg.label_counts(con, sets, w))
 
     segments: list[dict[str, Any]] = []
     judged: set[str] = set()
@@ -201,7 +216,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
         "reasons": reasons,
         "warnings": warnings[:50],
         "failing_segments": failing,
-        "data": data_section(con, info, n_all, t_min, t_max),
+        "data": data_section(con, info, t_min, t_max),
         "versions": {
             "candidate_model": spec.get("model_version"),
             "candidate_feature_version": spec.get("feature_version"),

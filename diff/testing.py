@@ -35,6 +35,8 @@ class Scenario:
     traffic_feature_version: str | None = None  # feature pipeline that built the stored inputs
     candidate_feature_version: str | None = None  # the one the candidate declares it was built for
     mismatch_segment: int | None = None  # only this segment's traffic comes from another pipeline
+    quota_segment: int | None = None  # this segment's rows beyond its rate share were sampled by quota
+    quota_share: float = 0.0  # share of that segment's rows whose sampled_reason is 'quota'
     seed: int = 0
 
 
@@ -46,7 +48,7 @@ def config_for(s: Scenario, run_id: str) -> dict[str, object]:
         "envelope": {},
         "features": {"numeric": feats, "categorical": []},
         "segments": {"fields": ["seg"], "allowed": {}, "hour_buckets": None, "combinations": []},
-        "sampling": {"rate": 1.0},
+        "sampling": {"rate": 1.0, "quotas": {} if s.quota_segment is None else {f"seg=s{s.quota_segment:02d}": 1}},
         "baseline": {"kind": "model", "repeat": s.repeat},
         "candidates": [{"name": "cand", "kind": "python", "target": "m:f", "feature_version": s.candidate_feature_version}],
         "output": {"kind": "label"},
@@ -64,6 +66,13 @@ def write_run_meta(con: duckdb.DuckDBPyConnection, cfg: dict[str, object], run_i
     }
     for key, value in meta.items():
         con.execute("INSERT OR REPLACE INTO run_meta VALUES (?, ?)", [key, orjson.dumps(value).decode()])
+
+
+def _reasons(s: Scenario, seg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    out = np.full(len(seg), "rate", dtype=object)
+    if s.quota_segment is not None:
+        out[(seg == s.quota_segment) & (rng.random(len(seg)) < s.quota_share)] = "quota"
+    return out
 
 
 def _feature_versions(s: Scenario, seg: np.ndarray) -> list[str | None]:
@@ -105,7 +114,7 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
             "offset": pa.array(offsets),
             "request_id": pa.array([f"r{i}" for i in range(n)], pa.string()),
             "event_time": pa.array(times, pa.timestamp("us", tz="UTC")),
-            "sampled_reason": pa.array(np.full(n, "rate"), pa.string()),
+            "sampled_reason": pa.array(_reasons(s, seg, rng), pa.string()),
             "segments": pa.StructArray.from_arrays([pa.array(seg_str, pa.string())], names=["seg"]),
             "features": pa.StructArray.from_arrays(fvals, names=feats),
             "model_input": pa.array(np.full(n, "{}"), pa.string()),

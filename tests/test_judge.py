@@ -77,6 +77,18 @@ def test_null_spike_in_one_feature_is_caught_and_named(tmp_path):
     assert any("null_spike[f1] failed in all" in r for r in doc["reasons"])
 
 
+def test_quota_samples_count_for_their_segment_only(tmp_path):
+    # segment s00 was topped up by its quota: its own verdict uses every sample, but segments
+    # that mix it with other traffic ('all') use rate samples only, or s00 would weigh too much
+    doc = verdict_of(tmp_path, Scenario(n=20_000, segments=4, quota_segment=0, quota_share=0.6, seed=14))
+    by_seg = {s["segment"]: s["n"] for s in doc["segments"]}
+    quota = doc["data"]["pairs_by_reason"]["quota"]
+    assert quota > 2000
+    assert by_seg["all"] == 20_000 - quota
+    assert by_seg["seg=s00"] > 4000  # all of its rows, quota ones included
+    assert doc["data"]["pairs"] == 20_000
+
+
 def test_too_few_samples_is_pending_with_how_many_more(tmp_path):
     weights = [0.5] + [99.5 / 4] * 4
     doc = verdict_of(tmp_path, Scenario(n=20_000, segments=5, weights=weights, seed=11), Policy(min_samples=500))
