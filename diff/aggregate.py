@@ -115,17 +115,17 @@ def per_window(
     """Tumbling event-time windows of `width_minutes` per segment, for sustained checks."""
     qs = "[" + ", ".join(str(q) for q in sorted(set(quantiles))) + "]"
     width_s = max(1, round(width_minutes * 60))
-    sql = f"""SELECT {sets.select()}, time_bucket(INTERVAL '{width_s} seconds', event_time) AS minute,
+    sql = f"""SELECT {sets.select()}, time_bucket(INTERVAL '{width_s} seconds', event_time) AS window_start,
         count(*) AS n, count(*) FILTER (WHERE c_err IS NOT NULL) AS c_err_n,
         count(*) FILTER (WHERE b_err IS NOT NULL) AS b_err_n,
         quantile_cont(b_lat, {qs}) FILTER (WHERE b_err IS NULL) AS b_q,
         quantile_cont(c_lat, {qs}) FILTER (WHERE c_err IS NULL) AS c_q
-        FROM pairs WHERE {where} {sets.group_by(["minute"])}"""
+        FROM pairs WHERE {where} {sets.group_by(["window_start"])}"""
     out: dict[str, list[dict[str, Any]]] = {}
     for r in _rows(con, sql):
         out.setdefault(sets.name(r), []).append(r)
     for v in out.values():
-        v.sort(key=lambda r: r["minute"])
+        v.sort(key=lambda r: r["window_start"])
     return out
 
 

@@ -148,7 +148,7 @@ def latency(
     thr: float,
     sev: str,
     grid: list[float],
-    minutes: list[dict[str, Any]] | None,
+    windows: list[dict[str, Any]] | None,
 ) -> CheckResult | None:
     nb, nc = int(s["n_bl"]), int(s["n_cl"])
     if nb == 0 or nc == 0:
@@ -179,8 +179,8 @@ def latency(
         "baseline_ms": {f"p{int(q * 100)}": interp(grid, s["b_lat_q"], q) for q in qs},
         "candidate_ms": {f"p{int(q * 100)}": interp(grid, s["c_lat_q"], q) for q in qs},
     }
-    res.sustained, windows = _sustained(minutes, chk, _window_ratio, thr)
-    res.extra.update(windows)
+    res.sustained, window_info = _sustained(windows, chk, _window_ratio, thr)
+    res.extra.update(window_info)
     res.detail = f"p{p * 100:g} {qc:.1f} ms vs {qb:.1f} ms: ×{ratio:.2f} (threshold ×{thr}, for {chk.for_minutes:g} min)"
     return res
 
@@ -210,7 +210,7 @@ def _sustained(windows: list[dict[str, Any]] | None, chk: Check, metric: Any, th
         if v is not None:
             evaluable += 1
             above += v > thr
-    span = (windows[-1]["minute"] - windows[0]["minute"]).total_seconds() / 60
+    span = (windows[-1]["window_start"] - windows[0]["window_start"]).total_seconds() / 60
     info = {"windows_above": above, "windows_evaluable": evaluable, "window_minutes": int(chk.for_minutes)}
     if span < chk.for_minutes or evaluable == 0:
         return True, info
@@ -218,21 +218,21 @@ def _sustained(windows: list[dict[str, Any]] | None, chk: Check, metric: Any, th
 
 
 def error_rate(
-    chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str, minutes: list[dict[str, Any]] | None
+    chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str, windows: list[dict[str, Any]] | None
 ) -> CheckResult:
     n, k = int(s["n_req"]), int(s["c_err_n"])
     rate = k / n if n else 0.0
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=rate, ci=stats.wilson(k, n))
     res.p_value = stats.p_rate_above(k, n, thr)
-    res.sustained, windows = _sustained(
-        minutes, chk, lambda m: (m["c_err_n"] / m["n"]) if m["n"] >= MIN_PER_WINDOW else None, thr
+    res.sustained, window_info = _sustained(
+        windows, chk, lambda m: (m["c_err_n"] / m["n"]) if m["n"] >= MIN_PER_WINDOW else None, thr
     )
     res.extra = {
         "timeouts": int(s["c_timeout_n"]),
         "errors": k,
         "baseline_errors": int(s["b_err_n"]),
         "timeout_rate_ci": stats.wilson(int(s["c_timeout_n"]), n),
-        **windows,
+        **window_info,
     }
     res.detail = f"candidate error rate {rate:.2%} ({k}/{n}, {int(s['c_timeout_n'])} timeouts; threshold {thr:.2%})"
     return res
@@ -303,9 +303,10 @@ def probability_distance(chk: Check, seg: str, st: Any, thr: float, sev: str) ->
     return res
 
 
-def minute_quantile_index(minutes: dict[str, list[dict[str, Any]]], quantiles: list[float], p: float) -> None:
+def window_quantile_index(windows: dict[str, list[dict[str, Any]]], quantiles: list[float], p: float) -> None:
+    """Mark which entry of each window's quantile list is the check's quantile."""
     qi = sorted(set(quantiles)).index(p)
-    for rows in minutes.values():
+    for rows in windows.values():
         for m in rows:
             m["_qi"] = qi
 

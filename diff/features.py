@@ -18,6 +18,7 @@ from diff.aggregate import _rows
 from diff.drift import SMALL, DriftResult, categorical_drift, numeric_drift_hist
 from diff.load import RunInfo, ident
 from diff.segments import ALL, SegmentSets
+from schemas.paths import getter
 from schemas.policy import Reference
 
 
@@ -54,32 +55,30 @@ def load_reference_file(path: Path, info: RunInfo) -> pl.DataFrame:
             rows = frame.to_dicts()
         else:
             rows = [orjson.loads(line) for line in fh if line.strip()]
+    get_segments = getter(env.get("segments", "segments"))
+    get_time = getter(env.get("event_time", "event_time"))
+    get_input = getter(env.get("input", "input"))
     seg_cfg = info.config.get("segments", {})
     hb = seg_cfg.get("hour_buckets")
     hour_map = {h: b for b, hs in (hb or {}).get("buckets", {}).items() for h in hs}
-
-    def get(obj: Any, p: str) -> Any:
-        for s in [x for x in p.split(".") if x]:
-            obj = obj.get(s) if isinstance(obj, dict) else None
-        return obj
 
     out: dict[str, list[Any]] = {("seg_" + f): [] for f in info.segment_fields}
     for n in info.numeric + info.categorical:
         out["f_" + n] = []
     for row in rows:
-        segs = get(row, env.get("segments", "segments")) or {}
+        segs = get_segments(row) or {}
         for f in seg_cfg.get("fields", []):
             v = segs.get(f) if isinstance(segs, dict) else None
             out["seg_" + f].append("(missing)" if v is None else str(v))
         if hb:
-            t = get(row, env.get("event_time", "event_time"))
+            t = get_time(row)
             hour = None
             if isinstance(t, int | float):
                 hour = datetime.fromtimestamp(t / 1000).astimezone().utctimetuple().tm_hour
             elif isinstance(t, str):
                 hour = datetime.fromisoformat(t).hour
             out["seg_" + hb.get("name", "daypart")].append(hour_map.get(hour, "(missing)"))
-        inp = get(row, env.get("input", "input")) or {}
+        inp = get_input(row) or {}
         for n in info.numeric:
             v = inp.get(n)
             out["f_" + n].append(float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None)

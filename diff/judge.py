@@ -124,7 +124,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             elif chk.kind == "latency":
                 mins = windows.get(chk.for_minutes, {}).get(seg)
                 if mins:
-                    ck.minute_quantile_index({seg: mins}, lat_qs, chk.quantile)
+                    ck.window_quantile_index({seg: mins}, lat_qs, chk.quantile)
                 r = ck.latency(chk, seg, s, thr, sev, grid, mins)
             elif chk.kind == "error_rate":
                 r = ck.error_rate(chk, seg, s, thr, sev, windows.get(chk.for_minutes, {}).get(seg))

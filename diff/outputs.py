@@ -16,6 +16,7 @@ import orjson
 
 from diff.comparators import json_diff, overlap_at_k, probability_distance, rank_correlation
 from diff.segments import ALL, SegmentSets
+from schemas.paths import lookup
 from schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 
 
@@ -45,12 +46,6 @@ class OutputStats:
             "mean_rank_correlation": self.tau_sum / self.tau_n if self.tau_n else None,
             "mean_js_distance": self.js_sum / self.js_n if self.js_n else None,
         }
-
-
-def _at(obj: Any, path: str) -> Any:
-    for step in [p for p in path.split(".") if p]:
-        obj = obj.get(step) if isinstance(obj, dict) else None
-    return obj
 
 
 def _probs(v: Any) -> list[float] | None:
@@ -117,7 +112,7 @@ def compare_outputs(
                     st.noise_n += 1
                     st.noise_with_diffs += bool(_counted(json_diff(b, q), ignore))
             if kind == "ranking":
-                rb, rc = _at(b, score_path), _at(c, score_path)
+                rb, rc = lookup(b, score_path, None), lookup(c, score_path, None)
                 if isinstance(rb, list) and isinstance(rc, list):
                     ov = overlap_at_k(rb, rc, k)
                     st.overlap_sum += ov
@@ -128,7 +123,7 @@ def compare_outputs(
                         st.tau_sum += tau
                         st.tau_n += 1
             if prob_path:
-                pb, pc = _probs(_at(b, prob_path)), _probs(_at(c, prob_path))
+                pb, pc = _probs(lookup(b, prob_path, None)), _probs(lookup(c, prob_path, None))
                 if pb and pc:
                     js = probability_distance(pb, pc)
                     if not math.isnan(js):

@@ -5,7 +5,6 @@ Hot path: field paths are compiled once into getters, and event times stay integ
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,33 +12,12 @@ import orjson
 
 from replay.messages import DeadLetter, RawMessage, Request
 from schemas.config import RunConfig
+from schemas.paths import getter
 from schemas.records import DeadLetterReason as R
 
 _DEAD_RAW_LIMIT = 64 * 1024  # keep this much of an oversized message: enough to diagnose it
 _NUMBER = (int, float)
 _HOUR_US = 3_600_000_000
-
-
-def getter(path: str) -> Callable[[Any], Any]:
-    """A function reading the dotted `path` from decoded JSON (None when absent)."""
-    if not path:
-        return lambda obj: obj
-    steps = path.split(".")
-    if len(steps) == 1:
-        key = steps[0]
-        return lambda obj: obj.get(key) if type(obj) is dict else None
-
-    def get(obj: Any) -> Any:
-        for s in steps:
-            if type(obj) is dict:
-                obj = obj.get(s)
-            elif type(obj) is list and s.isdigit() and int(s) < len(obj):
-                obj = obj[int(s)]
-            else:
-                return None
-        return obj
-
-    return get
 
 
 class BadMessage(Exception):

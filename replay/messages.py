@@ -4,7 +4,7 @@ They are never mutated after construction (Position aside)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 
@@ -109,4 +109,3 @@ class Position:
     next_offset: int
     consumed: int = 0
     sampled: int = 0
-    extra: dict[str, int] = field(default_factory=dict)

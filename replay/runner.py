@@ -26,13 +26,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from replay.decode import Decoder, getter
+from replay.decode import Decoder
 from replay.messages import DeadLetter, Output, PartitionBatch, Position, RawMessage, Request
 from replay.models.base import CallResult, ModelClient, OutputReader
 from replay.sampling import QUOTA, RATE, Sampler
 from replay.sources import Source
 from replay.store import StoreWriter
 from schemas.config import RunConfig
+from schemas.paths import getter
 from schemas.records import BASELINE, BASELINE_REPEAT, DeadLetterReason, ErrorClass, candidate_variant
 
 log = logging.getLogger(__name__)

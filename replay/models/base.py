@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from replay.paths import lookup
 from schemas.config import OutputSpec
+from schemas.paths import lookup
 from schemas.records import ErrorClass
 
 

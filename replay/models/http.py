@@ -20,8 +20,8 @@ import orjson
 
 from replay.models.base import CallResult
 from replay.models.resilience import TRANSIENT, TRANSIENT_STATUS, CircuitBreaker
-from replay.paths import lookup
 from schemas.config import ModelSpec
+from schemas.paths import lookup
 from schemas.records import ErrorClass as E
 
 
