@@ -95,6 +95,7 @@ class HttpModel:
         self._sem = asyncio.Semaphore(spec.concurrency)
         self._session: aiohttp.ClientSession | None = None
         self._headers = {"content-type": "application/json", **spec.headers}
+        self._timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -110,20 +111,21 @@ class HttpModel:
 
     async def _chunk(self, rows: list[dict[str, Any]]) -> list[CallResult]:
         n = len(rows)
-        if not self.breaker.allow():
-            return [CallResult(None, None, E.CIRCUIT_OPEN, "breaker open after repeated failures", 0)] * n
         body = encode(self.spec, rows)
-        timeout = aiohttp.ClientTimeout(total=self.spec.timeout_s)
         attempt = 0
         while True:
-            attempt += 1
             err: E | None = None
             detail = ""
             outputs: list[Any] = []
             async with self._sem:
+                # asked once a slot is free, not when the call was queued: calls queued behind
+                # a failing one must see the breaker it opened
+                if not self.breaker.allow():
+                    return [CallResult(None, None, E.CIRCUIT_OPEN, "breaker open after repeated failures", attempt)] * n
+                attempt += 1
                 t0 = time.perf_counter()
                 try:
-                    async with self._sess().post(self.spec.url, data=body, timeout=timeout) as resp:  # type: ignore[arg-type]
+                    async with self._sess().post(self.spec.url, data=body, timeout=self._timeout) as resp:  # type: ignore[arg-type]
                         raw = await resp.read()
                         status = resp.status
                 except TimeoutError:
@@ -147,7 +149,7 @@ class HttpModel:
                         except WrongShape as ws:
                             err, detail = E.WRONG_SHAPE, str(ws)
             transient = err in TRANSIENT or (err is not None and status in TRANSIENT_STATUS)
-            if transient and attempt <= self.spec.retries and self.breaker.allow():
+            if transient and attempt <= self.spec.retries:
                 # full jitter keeps retries of many rows from arriving in lockstep
                 await asyncio.sleep(random.uniform(0, self.spec.backoff_s * 2 ** (attempt - 1)))
                 continue
