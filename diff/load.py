@@ -125,6 +125,15 @@ def build_pairs(
             keep = ", ".join(_quote(str(v)) for (v,) in top)
             seg_exprs.append(f"CASE WHEN {raw} IN ({keep}) THEN {raw} ELSE '(other)' END AS {ident('seg_' + f)}")
     segs = (", ".join(seg_exprs) + ",") if seg_exprs else ""
+    # the judge and the report's charts ask for the same pairs on one connection: build once
+    (n_requests,) = con.execute("SELECT count(*) FROM requests").fetchone() or (0,)
+    key = repr((candidate, seg_exprs, n_requests))
+    try:
+        built = con.execute("SELECT key FROM pairs_key").fetchone()
+    except duckdb.CatalogException:
+        built = None
+    if built is not None and built[0] == key:
+        return seg_exprs
     con.execute("DROP TABLE IF EXISTS pairs")
     con.execute(
         f"""CREATE TEMP TABLE pairs AS
@@ -143,4 +152,5 @@ def build_pairs(
                        AND q.variant = $rep""",
         {"cand": candidate_variant(candidate), "base": BASELINE, "rep": BASELINE_REPEAT},
     )
+    con.execute("CREATE OR REPLACE TEMP TABLE pairs_key AS SELECT $key AS key", {"key": key})
     return seg_exprs

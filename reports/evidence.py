@@ -58,9 +58,9 @@ def write_bundle(home: Path, run_id: str, out: Path, policy: Any, candidate: str
         dead = con.execute(
             'SELECT source, part, "offset", reason, detail FROM dead_letters ORDER BY 1, 2, 3 LIMIT 1000'
         ).fetchall()
+        report = write_report(home, doc, out.with_suffix(".report.html"), with_evidently=False, con=con)
     finally:
         con.close()
-    report = write_report(home, doc, out.with_suffix(".report.html"), with_evidently=False)
     files: dict[str, bytes] = {
         "verdict.json": _dump(doc),
         "config.json": _dump(info.config),

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
@@ -59,15 +60,20 @@ def render(doc: dict[str, Any], charts: ChartData | None, evidently_href: str | 
     )
 
 
-def write_report(home: Path, doc: dict[str, Any], out: Path, with_evidently: bool = True) -> Path:
-    """Render the report of a judged run to `out` (reads the stores read-only for the charts)."""
+def write_report(
+    home: Path, doc: dict[str, Any], out: Path, with_evidently: bool = True, con: duckdb.DuckDBPyConnection | None = None
+) -> Path:
+    """Render the report of a judged run to `out`. Charts read the stores read-only, through
+    `con` when the caller still has the judge's connection (its pairs are then reused)."""
     charts: ChartData | None = None
     href = None
-    try:
-        con = open_run(home, doc["run_id"])
-    except Exception as err:  # a writer holds the store: report the verdict without charts
-        log.warning("report without charts: %s", err)
-    else:
+    own = con is None
+    if con is None:
+        try:
+            con = open_run(home, doc["run_id"])
+        except Exception as err:  # a writer holds the store: report the verdict without charts
+            log.warning("report without charts: %s", err)
+    if con is not None:
         try:
             info = run_info(con)
             charts = collect(con, doc["candidate"], info.segment_fields)
@@ -77,7 +83,8 @@ def write_report(home: Path, doc: dict[str, Any], out: Path, with_evidently: boo
                 page = evidently_drift(con, info, out.with_name(out.stem + "-evidently.html"))
                 href = page.name if page else None
         finally:
-            con.close()
+            if own:
+                con.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(doc, charts, href), encoding="utf-8")
     return out

@@ -236,10 +236,10 @@ def run_demo(workdir: Path, kafka: str | None = None) -> int:
             con = open_run(home, cfg.run.id)
             try:
                 doc = judge_and_publish(con, home, cfg.run.id, policy, final=True)[0]
+                t3 = time.monotonic()
+                report = write_report(home, doc, home / cfg.run.id / f"report-{s.name}.html", con=con)
             finally:
                 con.close()
-            t3 = time.monotonic()
-            report = write_report(home, doc, home / cfg.run.id / f"report-{s.name}.html")
             t4 = time.monotonic()
             ok = doc["verdict"] == s.expect and any(s.expect_in_reasons in r for r in doc["reasons"])
             failures += not ok
