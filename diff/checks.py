@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from scipy.stats import norm
 
 from diff import stats
@@ -309,7 +308,3 @@ def window_quantile_index(windows: dict[str, list[dict[str, Any]]], quantiles: l
     for rows in windows.values():
         for m in rows:
             m["_qi"] = qi
-
-
-def as_array(x: Any) -> np.ndarray:
-    return np.asarray(x, float)

@@ -37,14 +37,6 @@ class FeatureStats:
     drift: DriftResult | None
 
 
-def _path_expr(path: str) -> pl.Expr:
-    steps = [s for s in path.split(".") if s]
-    expr = pl.col(steps[0])
-    for s in steps[1:]:
-        expr = expr.struct.field(s)
-    return expr
-
-
 def load_reference_file(path: Path, info: RunInfo) -> pl.DataFrame:
     """Envelopes of a recording mapped to segment and feature columns like the run's."""
     env = info.config.get("envelope", {})

@@ -72,3 +72,15 @@ def test_a_file_replay_resumes_after_its_checkpoint(tmp_path):
     assert first.consumed + second.consumed == 1000
     rows = stored(tmp_path, "r")
     assert len(rows) == len({r[0] for r in rows})
+
+
+def test_generated_traffic_follows_the_envelope_schema():
+    import jsonschema
+
+    from schemas import envelope_schema
+    from shadowdiff_cli.demo_traffic import generate
+
+    validator = jsonschema.Draft202012Validator(envelope_schema())
+    for env in generate(50, seed=1) + [envelope(i, random.Random(1)) for i in range(50)]:
+        validator.validate(env)
+    assert not validator.is_valid({"request_id": "r1"})  # no input

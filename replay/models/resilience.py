@@ -40,7 +40,3 @@ class CircuitBreaker:
         if self.consecutive >= self.failures_to_open and self.opened_at is None:
             self.opened_at = time.monotonic()
             self.times_opened += 1
-
-    @property
-    def is_open(self) -> bool:
-        return self.opened_at is not None
