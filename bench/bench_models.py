@@ -15,3 +15,13 @@ def score_batch(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
         z = sum(w * float(r.get(f"n{i}", 0.0)) for i, w in enumerate(WEIGHTS))
         out.append({"score": 1.0 / (1.0 + math.exp(-z))})
     return out
+
+
+def score_table(features: Any) -> Any:
+    """The same scorer for `input = "table"`: the declared features arrive as a pyarrow Table
+    and are scored with one matrix product, as a numpy or scikit-learn model would."""
+    import numpy as np
+
+    cols = [np.nan_to_num(features.column(f"n{i}").to_numpy(zero_copy_only=False)) for i in range(len(WEIGHTS))]
+    z = np.column_stack(cols) @ np.asarray(WEIGHTS)
+    return 1.0 / (1.0 + np.exp(-z))

@@ -132,6 +132,15 @@ batch_size = 256
 """
 
 
+PY_TABLE_CAND = """[[candidates]]
+name = "py"
+kind = "python"
+target = "bench_models:score_table"
+input = "table"
+batch_size = 5000
+"""
+
+
 def timed_replay(cfg_path: Path) -> tuple[float, int]:
     """Seconds of the replay loop (from the first poll to the last commit, like the raw
     reference's timing) and pairs stored. Setup (opening the store, offsets for times) is a

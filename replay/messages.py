@@ -57,26 +57,6 @@ class RawMessage(NamedTuple):
 
 
 @dataclass(slots=True)
-class Request:
-    """A decoded, sampled request ready to send to the models."""
-
-    source: str
-    part: int
-    offset: int
-    request_id: str
-    event_time_us: int  # microseconds since the epoch, UTC
-    sampled_reason: str
-    segments: dict[str, str | None]
-    features: tuple[Any, ...]  # declared numeric features, then categorical, in config order
-    model_input: dict[str, Any]
-    feature_version: str | None
-    live_output: Any = None
-    live_latency_ms: float | None = None
-    live_model_version: str | None = None
-    has_live_output: bool = False
-
-
-@dataclass(slots=True)
 class DeadLetter:
     source: str
     part: int

@@ -8,9 +8,12 @@ Polls are accumulated until `batch_size` requests are sampled (or 20x that many 
 read, or `batch_timeout_ms` passed): at 5% sampling a commit per poll would cost more than the
 reading itself.
 
-Model calls run on an event loop in a second thread, one batch ahead: while batch N's calls are
-in flight the main thread reads and decodes batch N+1. Batches are still stored and committed
-strictly in order, each only after its calls finished.
+The main thread polls, samples and decodes. A decoded batch is sent to every variant and
+stored on a second thread (the pipeline thread, an event loop), one batch behind: while batch
+N's calls are in flight and its rows are written, the main thread reads batch N+1. DuckDB
+writes with the GIL released, so the write truly overlaps the Kafka reads. Batches are stored
+strictly in order; the main thread commits a batch's offsets once its DuckDB commit returned
+(the Kafka consumer is not thread-safe, so it stays on the main thread).
 """
 
 from __future__ import annotations
@@ -21,14 +24,18 @@ import hashlib
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from replay.decode import Decoder
-from replay.messages import DeadLetter, Output, PartitionBatch, Position, RawMessage, Request
+import pyarrow as pa
+
+from replay.decode import Decoder, Row
+from replay.messages import DeadLetter, PartitionBatch, Position, RawMessage
 from replay.models.base import CallResult, ModelClient, OutputReader
+from replay.models.inprocess import PythonModel
+from replay.outputs import OutputColumns
 from replay.sampling import QUOTA, RATE, Sampler
 from replay.sources import Source
 from replay.store import StoreWriter
@@ -37,6 +44,8 @@ from schemas.paths import getter
 from schemas.records import BASELINE, BASELINE_REPEAT, DeadLetterReason, ErrorClass, candidate_variant
 
 log = logging.getLogger(__name__)
+
+_MAX_INFLIGHT = 2  # batches between the main thread and the DuckDB commit: one calling, one writing
 
 
 @dataclass
@@ -68,10 +77,13 @@ CheckpointHook = Callable[[StoreWriter, RunStats, bool], None]
 
 @dataclass
 class _Pending:
-    """What has been read but not yet stored."""
+    """What has been read but not yet stored. Filled by the main thread until dispatched, then
+    owned by the pipeline thread."""
 
-    reqs: list[Request] = field(default_factory=list)
+    reqs: list[Row] = field(default_factory=list)  # decoded requests, see replay.decode.RowLayout
     dead: list[DeadLetter] = field(default_factory=list)
+    # next offset per partition; `consumed` and `sampled` count this batch only (the pipeline
+    # thread keeps the running totals, in batch order)
     positions: dict[tuple[str, int], Position] = field(default_factory=dict)
     consumed: int = 0
     since: float = 0.0
@@ -94,6 +106,7 @@ class Replayer:
         self.baseline = baseline
         self.candidates = dict(candidates)
         self.decoder = Decoder(cfg)
+        self.layout = self.decoder.layout
         self.sampler = Sampler(cfg.sampling, writer.quota_counts(list(cfg.sampling.quotas)))
         self.reader = OutputReader(cfg.output)
         self.stats = RunStats()
@@ -102,14 +115,19 @@ class Replayer:
         path = cfg.envelope.request_id if self.sampler.key_kind == "request_id" else self.sampler.key_name
         self._key_of = getter(path)
         self._loop = asyncio.new_event_loop()
-        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="shadowdiff-calls", daemon=True)
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="shadowdiff-pipeline", daemon=True)
         self._pending = _Pending()
-        # latest position per partition, including a batch still in flight (the store's
-        # positions lag one batch behind while calls run)
-        self._positions: dict[tuple[str, int], Position] = dict(writer.positions)
-        self._inflight: tuple[_Pending, concurrent.futures.Future[list[tuple[Request, Output]]]] | None = None
+        # running totals per partition, advanced by the pipeline thread in batch order
+        self._totals: dict[tuple[str, int], Position] = dict(writer.positions)
+        # batches handed to the pipeline thread, oldest first; each future ends with its commit
+        self._inflight: deque[tuple[_Pending, concurrent.futures.Future[None]]] = deque()
+        self._dispatched = 0
+        # the DuckDB writes run on their own thread (GIL released) while the pipeline thread
+        # prepares the next batch; `_last_write` chains them so batches commit in order
+        self._writer_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shadowdiff-writer")
+        self._last_write: asyncio.Future[None] | None = None
 
-    # -- sampling and decoding ----------------------------------------------------------------
+    # -- sampling and decoding (main thread) ----------------------------------------------------
 
     def _ingest(self, batches: list[PartitionBatch]) -> None:
         """Sample and decode polled records into the pending batch."""
@@ -123,45 +141,52 @@ class Replayer:
         by_record_key = self.sampler.key_kind == "kafka_key"
         threshold, salt = self.sampler.threshold, self.sampler.salt
         blake2b, from_bytes = hashlib.blake2b, int.from_bytes
+        decode = self.decoder.decode_record
+        reqs, dead = p.reqs, p.dead
         for b in batches:
             recs = b.records
             k = (b.source, b.part)
             pos = p.positions.get(k)
             if pos is None:
-                prev = self._positions.get(k)
-                pos = Position(recs[0].offset, prev.consumed, prev.sampled) if prev else Position(recs[0].offset)
-                p.positions[k] = pos
+                pos = p.positions[k] = Position(recs[0].offset)
             pos.next_offset = recs[-1].offset + 1
             pos.consumed += len(recs)
             p.consumed += len(recs)
             before = len(p.reqs)
-            if fast and by_record_key:
-                # the common case at low rates: most records are never decoded, and the hash
-                # test is inlined (two calls fewer per message)
+            if not fast:
                 for r in recs:
-                    v = r.value
-                    if (v is not None and len(v) > max_bytes) or (
-                        threshold is None
-                        or from_bytes(blake2b(r.key or b"", digest_size=8, salt=salt).digest(), "big") < threshold
-                    ):
-                        self._admit(self._raw(b, r), True)
-            elif fast:
-                for r in recs:
-                    v = r.value
-                    if (v is not None and len(v) > max_bytes) or hit(raw_key(r)):  # type: ignore[arg-type]
-                        self._admit(self._raw(b, r), True)
+                    self._admit(p, self._raw(b, r), None)
             else:
-                for r in recs:
-                    self._admit(self._raw(b, r), None)
+                # an oversized message is always admitted: it must become a dead letter
+                if threshold is None:
+                    admitted = recs
+                elif by_record_key:
+                    # the common case at low rates: the hash test inlined (two calls fewer a message)
+                    admitted = [
+                        r
+                        for r in recs
+                        if (r.value is not None and len(r.value) > max_bytes)
+                        or from_bytes(blake2b(r.key or b"", digest_size=8, salt=salt).digest(), "big") < threshold
+                    ]
+                else:
+                    admitted = [r for r in recs if (r.value is not None and len(r.value) > max_bytes) or hit(raw_key(r))]  # type: ignore[arg-type]
+                source, part = b.source, b.part
+                for r in admitted:
+                    # headers are left out: they only matter to the sampling decision, made above
+                    row = decode(source, part, r.offset, r.key, r.value, r.timestamp, RATE)
+                    if type(row) is tuple:
+                        reqs.append(row)
+                    else:
+                        dead.append(row)  # type: ignore[arg-type]
             pos.sampled += len(p.reqs) - before
 
     @staticmethod
     def _raw(b: PartitionBatch, r: Any) -> RawMessage:
         return RawMessage(b.source, b.part, r.offset, r.key, r.value, r.timestamp, tuple(r.headers or ()))
 
-    def _admit(self, msg: RawMessage, hit: bool | None) -> None:
-        """Decide one message: sampled request, dead letter, or skipped."""
-        p = self._pending
+    def _admit(self, p: _Pending, msg: RawMessage, hit: bool | None) -> None:
+        """Decide one message the slow way (the key is in the value, or quotas are open):
+        sampled request, dead letter, or skipped."""
         too_big = self.decoder.check_size(msg)
         if too_big is not None:
             p.dead.append(too_big)
@@ -188,73 +213,75 @@ class Replayer:
             hit = self.sampler.hit(str(k).encode())
             if not hit and not self.sampler.quotas_open:
                 return
-        req = self.decoder.decode(msg, parsed, RATE if hit else QUOTA)
-        if type(req) is DeadLetter:
-            p.dead.append(req)
+        row = self.decoder.decode(msg, parsed, RATE if hit else QUOTA)
+        if type(row) is DeadLetter:
+            p.dead.append(row)
             return
-        assert isinstance(req, Request)
+        assert type(row) is tuple
         if hit:
             if self.sampler.quotas_open:
-                self.sampler.count_rate_sample(req.segments)
-        elif not self.sampler.take_quota(req.segments):
+                self.sampler.count_rate_sample(self.layout.segments_of(row))
+        elif not self.sampler.take_quota(self.layout.segments_of(row)):
             return
-        p.reqs.append(req)
+        p.reqs.append(row)
 
-    # -- model calls --------------------------------------------------------------------------
+    # -- call and store (pipeline thread) -------------------------------------------------------
 
-    @staticmethod
-    def _live_baseline(reqs: list[Request]) -> list[CallResult]:
-        missing = CallResult(None, None, ErrorClass.MISSING, "no live output in the envelope", 0)
-        return [CallResult(r.live_output, r.live_latency_ms, None, None, 0) if r.has_live_output else missing for r in reqs]
+    async def _process(self, p: _Pending) -> None:
+        """Call every variant on the batch, then store rows and checkpoints together, after the
+        batch before it."""
+        # coroutines start in dispatch order on this loop: take this batch's place in the chain
+        previous_write = self._last_write
+        written: asyncio.Future[None] = self._loop.create_future()
+        self._last_write = written
+        try:
+            await self._call_and_store(p, previous_write)
+        except BaseException as err:
+            written.set_exception(err)
+            raise
+        written.set_result(None)
 
-    async def _call_all(self, reqs: list[Request]) -> list[tuple[Request, Output]]:
-        inputs = [r.model_input for r in reqs]
-        calls: dict[str, Any] = {}
-        versions: dict[str, str | None] = {}
-        if self.baseline is not None:
-            calls[BASELINE] = self.baseline.predict(inputs)
-            versions[BASELINE] = self.baseline.model_version
-            if self.cfg.baseline.repeat:
-                calls[BASELINE_REPEAT] = self.baseline.predict(inputs)
-                versions[BASELINE_REPEAT] = self.baseline.model_version
-        for name, client in self.candidates.items():
-            calls[candidate_variant(name)] = client.predict(inputs)
-            versions[candidate_variant(name)] = client.model_version
-        results = dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
-        if self.baseline is None:
-            results[BASELINE] = self._live_baseline(reqs)
-        rows: list[tuple[Request, Output]] = []
-        read = self.reader.read
-        wrong_shape = str(ErrorClass.WRONG_SHAPE)
-        for variant, res in results.items():
-            live = variant == BASELINE and self.baseline is None
-            version = versions.get(variant)
-            for r, c in zip(reqs, res, strict=True):
-                err, detail = c.error_class, c.error_detail
-                score = label = None
-                if err is None:
-                    score, label, problem = read(c.output)
-                    if problem is not None:
-                        err, detail = wrong_shape, problem
-                if err is not None:
-                    self.stats.call_errors[f"{variant}/{err}"] += 1
-                rows.append(
-                    (
-                        r,
-                        Output(
-                            variant,
-                            r.live_model_version if live else version,
-                            score,
-                            label,
-                            c.output,
-                            c.latency_ms,
-                            None if err is None else str(err),
-                            detail,
-                            c.attempts,
-                        ),
-                    )
-                )
-        return rows
+    async def _call_and_store(self, p: _Pending, previous_write: asyncio.Future[None] | None) -> None:
+        reqs, L = p.reqs, self.layout
+        requests = self.writer.requests_table(reqs)
+        outputs = OutputColumns(self.reader, requests.select(["source", "part", "offset"]))
+        if reqs:
+            records = [r[L.model_input] for r in reqs]
+            calls: dict[str, Any] = {}
+            versions: dict[str, str | None] = {}
+            clients = [(BASELINE, self.baseline)] if self.baseline is not None else []
+            if self.baseline is not None and self.cfg.baseline.repeat:
+                clients.append((BASELINE_REPEAT, self.baseline))
+            clients += [(candidate_variant(name), c) for name, c in self.candidates.items()]
+            for variant, client in clients:
+                assert client is not None
+                versions[variant] = client.model_version
+                if isinstance(client, PythonModel) and client.takes_table:
+                    calls[variant] = client.predict_table(_features(requests))
+                else:
+                    calls[variant] = client.predict(records)
+            results = await asyncio.gather(*calls.values())
+            if self.baseline is None:
+                missing = CallResult(None, None, ErrorClass.MISSING, "no live output in the envelope", 0)
+                has, out, latency = L.has_live_output, L.live_output, L.live_latency_ms
+                new = tuple.__new__  # a NamedTuple's own __new__ is a Python-level call
+                live = [new(CallResult, (r[out], r[latency], None, None, 0)) if r[has] else missing for r in reqs]
+                outputs.add(BASELINE, live, [r[L.live_model_version] for r in reqs])
+            for variant, res in zip(calls, results, strict=True):
+                outputs.add(variant, res, versions[variant])
+        self.stats.call_errors.update(outputs.errors)
+        out_table = outputs.table()
+        if previous_write is not None:
+            await asyncio.shield(previous_write)  # raises if it failed: nothing is stored past a gap
+        positions: dict[tuple[str, int], Position] = {}
+        for k, pos in p.positions.items():
+            before = self._totals.get(k)
+            positions[k] = self._totals[k] = Position(
+                pos.next_offset,
+                (before.consumed if before else 0) + pos.consumed,
+                (before.sampled if before else 0) + pos.sampled,
+            )
+        await self._loop.run_in_executor(self._writer_pool, self.writer.write_batch, requests, out_table, p.dead, positions)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -280,7 +307,7 @@ class Replayer:
                     self._ingest(batches)
                 if self._due() or (not batches and self._pending.consumed):
                     self._dispatch()
-                    if max_batches is not None and self.stats.batches >= max_batches:
+                    if max_batches is not None and self._dispatched >= max_batches:
                         break
                 elif not batches and self.source.finished:
                     break
@@ -300,27 +327,29 @@ class Replayer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join(30)
             self._loop.close()
+            self._writer_pool.shutdown()
         return self.stats
 
     def _dispatch(self) -> None:
-        """Start the model calls of the pending batch, after storing the one before it."""
+        """Hand the pending batch to the pipeline thread, once fewer than `_MAX_INFLIGHT`
+        batches are in flight (memory stays bounded)."""
         p = self._pending
         if not p.consumed:
             return
         self._pending = _Pending()
-        self._positions.update(p.positions)
-        self._complete()
-        future = asyncio.run_coroutine_threadsafe(self._call_all(p.reqs) if p.reqs else _nothing(), self._loop)
-        self._inflight = (p, future)
+        while len(self._inflight) >= _MAX_INFLIGHT:
+            self._complete_oldest()
+        self._inflight.append((p, asyncio.run_coroutine_threadsafe(self._process(p), self._loop)))
+        self._dispatched += 1
 
     def _complete(self) -> None:
-        """Wait for the in-flight batch's calls, store it, then commit its offsets."""
-        if self._inflight is None:
-            return
-        p, future = self._inflight
-        self._inflight = None
-        rows = future.result()
-        self.writer.write_batch(p.reqs, rows, p.dead, p.positions)
+        """Wait until every batch in flight is stored and its offsets committed."""
+        while self._inflight:
+            self._complete_oldest()
+
+    def _complete_oldest(self) -> None:
+        p, future = self._inflight.popleft()
+        future.result()  # called and committed in DuckDB (or raises)
         # only now, with the rows durable, may the source forget these offsets
         self.source.commit({k: pos.next_offset for k, pos in p.positions.items()})
         self.stats.consumed += p.consumed
@@ -330,5 +359,9 @@ class Replayer:
             self.stats.dead_letters[d.reason] += 1
 
 
-async def _nothing() -> list[tuple[Request, Output]]:
-    return []
+def _features(requests: pa.Table) -> pa.Table:
+    """The declared features of a batch as a flat table, for models that take one."""
+    col = requests.column("features")
+    return pa.Table.from_batches(
+        [pa.RecordBatch.from_struct_array(chunk) for chunk in col.chunks], schema=pa.schema(list(col.type))
+    )

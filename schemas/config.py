@@ -131,6 +131,9 @@ class ModelSpec(_Frozen):
     request_field: str = ""  # '' = send the input object itself
     response_path: str = ""  # dotted path in the JSON answer; '' = the whole answer
     headers: dict[str, str] = {}
+    # python kind: what the function gets, the inputs as a list of dicts or the declared
+    # features as a pyarrow Table (vectorised models score it without a loop per row)
+    input: Literal["records", "table"] = "records"
 
     @property
     def rows_per_call(self) -> int:
@@ -140,6 +143,8 @@ class ModelSpec(_Frozen):
 
     @model_validator(mode="after")
     def _target(self) -> ModelSpec:
+        if self.input == "table" and self.kind != "python":
+            raise ValueError("`input = 'table'` is for python models; HTTP models get the input object")
         if self.kind == "python":
             if not self.target or ":" not in self.target:
                 raise ValueError("python models need `target = 'module:function'`")
@@ -199,6 +204,9 @@ class RunConfig(_Frozen):
             unknown = set(combo) - known
             if unknown:
                 raise ValueError(f"segment combination {combo} names unknown segments {sorted(unknown)}")
+        models = [*self.candidates, *([self.baseline.model] if self.baseline.model else [])]
+        if any(m.input == "table" for m in models) and not (self.features.numeric or self.features.categorical):
+            raise ValueError("a model with `input = 'table'` gets the declared features: declare [features]")
         return self
 
 

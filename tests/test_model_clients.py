@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
+import pyarrow as pa
+import pytest
 from models_for_tests import logistic
 
 from replay.models.http import HttpModel, decode, encode
+from replay.models.inprocess import PythonModel
 from schemas.config import ModelSpec
 from shadowdiff_cli.modelserver import ModelServer, ServerBehaviour
 
@@ -75,3 +79,20 @@ def test_oip_encoding_is_columnar_with_datatypes():
         [0.1, 0.9],
         [0.3, 0.7],
     ]
+
+
+def test_a_table_model_gets_the_declared_features_in_batches():
+    seen: list[pa.Table] = []
+
+    def model(table: pa.Table) -> np.ndarray:
+        seen.append(table)
+        return np.nan_to_num(table.column("x").to_numpy(zero_copy_only=False)) * 2
+
+    spec = ModelSpec(name="t", kind="python", target="math:fsum", input="table", batch_size=2)
+    results = asyncio.run(PythonModel(spec, model).predict_table(pa.table({"x": [1.0, None, 2.5], "plan": ["a", "b", None]})))
+    assert [r.output for r in results] == [2.0, 0.0, 5.0]  # numpy scalars came back as floats
+    assert all(type(r.output) is float for r in results)
+    assert [t.num_rows for t in seen] == [2, 1]
+    assert seen[0].column_names == ["x", "plan"]
+    with pytest.raises(ValueError, match="python models"):
+        ModelSpec(name="h", kind="http", url="http://x", input="table")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from schemas.config import OutputSpec
 from schemas.paths import lookup
 from schemas.records import ErrorClass
 
 
-@dataclass(frozen=True, slots=True)
-class CallResult:
-    """One row's answer: the raw output, or an error class with detail."""
+class CallResult(NamedTuple):
+    """One row's answer: the raw output, or an error class with detail. A NamedTuple: one is
+    built per row per variant, and a frozen dataclass costs ~4x more to build."""
 
     output: Any
     latency_ms: float | None
@@ -49,8 +49,13 @@ class OutputReader:
         self._score_key = spec.score_path if single else None
         self._label_key = spec.label_path if spec.label_path and "." not in spec.label_path else None
         self._simple = single and (not spec.label_path or self._label_key is not None)
+        self.bare_scores = spec.kind == "score"  # a bare number answer is the score
 
     def read(self, output: Any) -> tuple[float | None, str | None, str | None]:
+        if type(output) is float and self.bare_scores and output - output == 0:
+            # a bare number is the score (tensor protocols, vectorised in-process models)
+            threshold = self.spec.threshold
+            return output, None if threshold is None else ("1" if output >= threshold else "0"), None
         if self._simple and type(output) is dict:
             # the common shape, {"score": 0.42, ...}, without the general path walk
             v = output.get(self._score_key)

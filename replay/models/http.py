@@ -156,7 +156,9 @@ class HttpModel:
             self.breaker.record(err is None)
             if err is not None:
                 return [CallResult(None, latency, err, detail, attempt)] * n
-            return [CallResult(o, latency, None, None, attempt) for o in outputs]
+            # tuple.__new__ directly: a NamedTuple's own __new__ and _make are Python-level calls
+            new = tuple.__new__
+            return [new(CallResult, (o, latency, None, None, attempt)) for o in outputs]
 
     async def close(self) -> None:
         if self._session is not None:
