@@ -21,6 +21,10 @@ _WRONG_SHAPE = str(ErrorClass.WRONG_SHAPE)
 Versions = str | list[str | None] | None  # one model version for the batch, or one per row
 
 
+def _versions(version: Versions, n: int) -> pa.Array:
+    return pa.array(version if isinstance(version, list) else [version] * n, pa.string())
+
+
 class OutputColumns:
     def __init__(self, reader: OutputReader, keys: pa.Table) -> None:
         self.reader = reader
@@ -28,21 +32,29 @@ class OutputColumns:
         self.tables: list[pa.Table] = []
         self.errors: Counter[str] = Counter()  # "variant/error_class"
 
-    def add(self, variant: str, results: list[CallResult], version: Versions) -> None:
-        """One variant's results, one per request row, in the keys' order."""
-        if len(results) != self.keys.num_rows:
-            raise ValueError(f"{variant}: {len(results)} results for {self.keys.num_rows} requests")
+    def add(self, variant: str, results: list[CallResult], version: Versions, head: pa.Table | None = None) -> None:
+        """One variant's results, one per request row, in the keys' order. `head`, when given,
+        holds the first rows' columns already built (model_version, score, label, output,
+        latency_ms, error_class, error_detail, attempts) and `results` the rest."""
+        skip = 0 if head is None else head.num_rows
+        if skip + len(results) != self.keys.num_rows:
+            raise ValueError(f"{variant}: {skip + len(results)} results for {self.keys.num_rows} requests")
+        if head is not None:
+            self.tables.append(self._table(variant, self.keys.slice(0, skip), *head.columns))
+        if not results:
+            return
+        keys = self.keys.slice(skip)
         table = None
         if self.reader.bare_scores and all(type(c[0]) is float and c[2] is None for c in results):
-            table = self._scores_table(variant, results, version)
-        self.tables.append(table if table is not None else self._rows_table(variant, results, version))
+            table = self._scores_table(variant, results, version, keys)
+        self.tables.append(table if table is not None else self._rows_table(variant, results, version, keys))
 
     def table(self) -> pa.Table:
         if not self.tables:
             return self.keys.slice(0, 0)
         return pa.concat_tables(self.tables)
 
-    def _rows_table(self, variant: str, results: list[CallResult], version: Versions) -> pa.Table:
+    def _rows_table(self, variant: str, results: list[CallResult], version: Versions, keys: pa.Table) -> pa.Table:
         read, dumps = self.reader.read, orjson.dumps
         errors = self.errors
         rows: list[tuple[Any, ...]] = []
@@ -60,7 +72,8 @@ class OutputColumns:
         scores, labels, texts, latencies, classes, details, attempts_col = zip(*rows, strict=True) if rows else ((),) * 7
         return self._table(
             variant,
-            version,
+            keys,
+            _versions(version, keys.num_rows),
             pa.array(scores, pa.float64()),
             pa.array(labels, pa.string()),
             pa.array(texts, pa.string()),
@@ -70,7 +83,7 @@ class OutputColumns:
             pa.array(attempts_col, pa.int32()),
         )
 
-    def _scores_table(self, variant: str, results: list[CallResult], version: Versions) -> pa.Table | None:
+    def _scores_table(self, variant: str, results: list[CallResult], version: Versions, keys: pa.Table) -> pa.Table | None:
         """The Arrow-built table of bare-number answers; None when one is not finite (the row
         path then records it as wrong-shaped)."""
         n = len(results)
@@ -85,7 +98,8 @@ class OutputColumns:
         )
         return self._table(
             variant,
-            version,
+            keys,
+            _versions(version, keys.num_rows),
             scores,
             labels,
             pc.cast(scores, pa.string()),  # shortest round-trip text: valid JSON numbers
@@ -95,12 +109,13 @@ class OutputColumns:
             pa.array([c[4] for c in results], pa.int32()),
         )
 
-    def _table(self, variant: str, version: Versions, *columns: pa.Array) -> pa.Table:
-        n = self.keys.num_rows
-        versions = version if isinstance(version, list) else [version] * n
-        names = ["score", "label", "output", "latency_ms", "error_class", "error_detail", "attempts"]
-        table = self.keys.append_column("variant", pa.array([variant] * n, pa.string()))
-        table = table.append_column("model_version", pa.array(versions, pa.string()))
+    @staticmethod
+    def _table(variant: str, keys: pa.Table, *columns: pa.Array | pa.ChunkedArray) -> pa.Table:
+        """Keys and variant, then model_version, score, label, output, latency_ms, error_class,
+        error_detail and attempts."""
+        n = keys.num_rows
+        names = ["model_version", "score", "label", "output", "latency_ms", "error_class", "error_detail", "attempts"]
+        table = keys.append_column("variant", pa.array([variant] * n, pa.string()))
         for name, col in zip(names, columns, strict=True):
             table = table.append_column(name, col)
         return table

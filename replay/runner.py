@@ -29,8 +29,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from replay import columnar
+from replay.columnar import MISSING_LIVE, BatchDecoder, RawColumns
 from replay.decode import Decoder, Row
 from replay.messages import DeadLetter, PartitionBatch, Position, RawMessage
 from replay.models.base import CallResult, ModelClient, OutputReader
@@ -38,7 +43,7 @@ from replay.models.inprocess import PythonModel
 from replay.outputs import OutputColumns
 from replay.sampling import QUOTA, RATE, Sampler
 from replay.sources import Source
-from replay.store import StoreWriter
+from replay.store import EVENT_TIME, StoreWriter
 from schemas.config import RunConfig
 from schemas.paths import getter
 from schemas.records import BASELINE, BASELINE_REPEAT, DeadLetterReason, ErrorClass, candidate_variant
@@ -80,13 +85,18 @@ class _Pending:
     """What has been read but not yet stored. Filled by the main thread until dispatched, then
     owned by the pipeline thread."""
 
-    reqs: list[Row] = field(default_factory=list)  # decoded requests, see replay.decode.RowLayout
+    raw: RawColumns = field(default_factory=RawColumns)  # admitted, decoded later in DuckDB
+    reqs: list[Row] = field(default_factory=list)  # decoded in Python, see replay.decode.RowLayout
     dead: list[DeadLetter] = field(default_factory=list)
     # next offset per partition; `consumed` and `sampled` count this batch only (the pipeline
     # thread keeps the running totals, in batch order)
     positions: dict[tuple[str, int], Position] = field(default_factory=dict)
     consumed: int = 0
     since: float = 0.0
+    sampled: int = 0  # requests stored, set once decoded
+
+    def size(self) -> int:
+        return len(self.raw) + len(self.reqs)
 
 
 class Replayer:
@@ -107,6 +117,8 @@ class Replayer:
         self.candidates = dict(candidates)
         self.decoder = Decoder(cfg)
         self.layout = self.decoder.layout
+        # whole batches are decoded in DuckDB when every configured path has a JSON-path twin
+        self.batch_decoder = BatchDecoder(cfg) if columnar.supports(cfg) else None
         self.sampler = Sampler(cfg.sampling, writer.quota_counts(list(cfg.sampling.quotas)))
         self.reader = OutputReader(cfg.output)
         self.stats = RunStats()
@@ -120,6 +132,7 @@ class Replayer:
         # running totals per partition, advanced by the pipeline thread in batch order
         self._totals: dict[tuple[str, int], Position] = dict(writer.positions)
         # batches handed to the pipeline thread, oldest first; each future ends with its commit
+        self._request_schema = writer.requests_table([]).schema
         self._inflight: deque[tuple[_Pending, concurrent.futures.Future[None]]] = deque()
         self._dispatched = 0
         # the DuckDB writes run on their own thread (GIL released) while the pipeline thread
@@ -152,7 +165,6 @@ class Replayer:
             pos.next_offset = recs[-1].offset + 1
             pos.consumed += len(recs)
             p.consumed += len(recs)
-            before = len(p.reqs)
             if not fast:
                 for r in recs:
                     self._admit(p, self._raw(b, r), None)
@@ -170,6 +182,9 @@ class Replayer:
                     ]
                 else:
                     admitted = [r for r in recs if (r.value is not None and len(r.value) > max_bytes) or hit(raw_key(r))]  # type: ignore[arg-type]
+                if self.batch_decoder is not None:
+                    p.raw.extend(b.source, b.part, admitted)
+                    continue
                 source, part = b.source, b.part
                 for r in admitted:
                     # headers are left out: they only matter to the sampling decision, made above
@@ -178,7 +193,6 @@ class Replayer:
                         reqs.append(row)
                     else:
                         dead.append(row)  # type: ignore[arg-type]
-            pos.sampled += len(p.reqs) - before
 
     @staticmethod
     def _raw(b: PartitionBatch, r: Any) -> RawMessage:
@@ -238,15 +252,96 @@ class Replayer:
             await self._call_and_store(p, previous_write)
         except BaseException as err:
             written.set_exception(err)
+            written.exception()  # marked retrieved: the failure is raised to the main thread below
             raise
         written.set_result(None)
 
+    def _decode_batch(self, p: _Pending) -> tuple[pa.Table | None, pa.Table]:
+        """Decode the batch's raw messages in DuckDB; the rows it leaves are decoded by the
+        Python decoder into `p.reqs` / `p.dead`. Returns the DuckDB-decoded rows (with their
+        live-output columns) and the requests table: DuckDB's rows first, then Python's."""
+        tables: list[pa.Table] = []
+        decoded: pa.Table | None = None
+        if len(p.raw):
+            assert self.batch_decoder is not None
+            result = self.batch_decoder.decode(p.raw)
+            raw, decode = p.raw, self.decoder.decode_record
+            for i in result.unclean:  # the rows the SQL cannot vouch for: the reference decides
+                row = decode(raw.source[i], raw.part[i], raw.offset[i], raw.key[i], raw.value[i], raw.timestamp_ms[i], RATE)
+                if type(row) is tuple:
+                    p.reqs.append(row)
+                else:
+                    p.dead.append(row)  # type: ignore[arg-type]
+            if result.table.num_rows:
+                decoded = result.table
+                idx = decoded.column("i")
+                tables.append(
+                    pa.table(
+                        {
+                            "source": pa.array(raw.source, pa.string()).take(idx),
+                            "part": pa.array(raw.part, pa.int32()).take(idx),
+                            "offset": pa.array(raw.offset, pa.int64()).take(idx),
+                            "request_id": decoded.column("request_id"),
+                            "event_time": decoded.column("event_time_us").cast(pa.int64()).cast(EVENT_TIME),
+                            "sampled_reason": pa.array([RATE] * decoded.num_rows, pa.string()),
+                            "segments": decoded.column("segments"),
+                            "features": decoded.column("features"),
+                            "model_input": decoded.column("model_input"),
+                            "feature_version": decoded.column("feature_version"),
+                        }
+                    ).cast(self._request_schema)
+                )
+        if p.reqs or not tables:
+            tables.append(self.writer.requests_table(p.reqs))
+        return decoded, pa.concat_tables(tables)
+
+    def _live_outputs(self, outputs: OutputColumns, decoded: pa.Table | None, reqs: list[Row]) -> None:
+        """The live baseline recorded in the envelopes, in the requests table's row order."""
+        L = self.layout
+        missing = CallResult(None, None, ErrorClass.MISSING, MISSING_LIVE, 0)
+        new = tuple.__new__  # a NamedTuple's own __new__ is a Python-level call
+        head: pa.Table | None = None
+        results: list[CallResult] = []
+        versions: list[str | None] = []
+        if decoded is not None:
+            has = decoded.column("has_live_output")
+            if self.batch_decoder is not None and self.batch_decoder.live_scores:
+                # score and label were read in SQL: no Python pass over these rows
+                n = decoded.num_rows
+                head = pa.table(
+                    {
+                        "model_version": decoded.column("live_model_version"),
+                        "score": decoded.column("live_score"),
+                        "label": decoded.column("live_label"),
+                        "output": decoded.column("live_output"),
+                        "latency_ms": decoded.column("live_latency_ms"),
+                        "error_class": pc.if_else(has, pa.scalar(None, pa.string()), pa.scalar(str(ErrorClass.MISSING))),
+                        "error_detail": pc.if_else(has, pa.scalar(None, pa.string()), pa.scalar(MISSING_LIVE)),
+                        "attempts": pa.array(np.zeros(n, np.int32)),
+                    }
+                )
+            else:
+                loads = orjson.loads
+                for present, text, latency in zip(
+                    has.to_pylist(),
+                    decoded.column("live_output").to_pylist(),
+                    decoded.column("live_latency_ms").to_pylist(),
+                    strict=True,
+                ):
+                    output = None if text is None else loads(text)
+                    results.append(new(CallResult, (output, latency, None, None, 0)) if present else missing)
+                versions.extend(decoded.column("live_model_version").to_pylist())
+        has_i, out_i, latency_i = L.has_live_output, L.live_output, L.live_latency_ms
+        results.extend(new(CallResult, (r[out_i], r[latency_i], None, None, 0)) if r[has_i] else missing for r in reqs)
+        versions.extend(r[L.live_model_version] for r in reqs)
+        outputs.add(BASELINE, results, versions, head=head)
+
     async def _call_and_store(self, p: _Pending, previous_write: asyncio.Future[None] | None) -> None:
+        decoded, requests = self._decode_batch(p)
         reqs, L = p.reqs, self.layout
-        requests = self.writer.requests_table(reqs)
         outputs = OutputColumns(self.reader, requests.select(["source", "part", "offset"]))
-        if reqs:
-            records = [r[L.model_input] for r in reqs]
+        if requests.num_rows:
+            records: list[dict[str, Any]] | None = None
             calls: dict[str, Any] = {}
             versions: dict[str, str | None] = {}
             clients = [(BASELINE, self.baseline)] if self.baseline is not None else []
@@ -259,18 +354,20 @@ class Replayer:
                 if isinstance(client, PythonModel) and client.takes_table:
                     calls[variant] = client.predict_table(_features(requests))
                 else:
+                    if records is None:
+                        # the models get the input as production sent it (parsed once, here)
+                        head = [] if decoded is None else [orjson.loads(s) for s in decoded.column("model_input").to_pylist()]
+                        records = head + [r[L.model_input] for r in reqs]
                     calls[variant] = client.predict(records)
             results = await asyncio.gather(*calls.values())
             if self.baseline is None:
-                missing = CallResult(None, None, ErrorClass.MISSING, "no live output in the envelope", 0)
-                has, out, latency = L.has_live_output, L.live_output, L.live_latency_ms
-                new = tuple.__new__  # a NamedTuple's own __new__ is a Python-level call
-                live = [new(CallResult, (r[out], r[latency], None, None, 0)) if r[has] else missing for r in reqs]
-                outputs.add(BASELINE, live, [r[L.live_model_version] for r in reqs])
+                self._live_outputs(outputs, decoded, reqs)
             for variant, res in zip(calls, results, strict=True):
                 outputs.add(variant, res, versions[variant])
         self.stats.call_errors.update(outputs.errors)
         out_table = outputs.table()
+        sampled = Counter(zip(requests.column("source").to_pylist(), requests.column("part").to_pylist(), strict=True))
+        p.sampled = requests.num_rows
         if previous_write is not None:
             await asyncio.shield(previous_write)  # raises if it failed: nothing is stored past a gap
         positions: dict[tuple[str, int], Position] = {}
@@ -279,7 +376,7 @@ class Replayer:
             positions[k] = self._totals[k] = Position(
                 pos.next_offset,
                 (before.consumed if before else 0) + pos.consumed,
-                (before.sampled if before else 0) + pos.sampled,
+                (before.sampled if before else 0) + sampled[k],
             )
         await self._loop.run_in_executor(self._writer_pool, self.writer.write_batch, requests, out_table, p.dead, positions)
 
@@ -328,6 +425,8 @@ class Replayer:
             self._loop_thread.join(30)
             self._loop.close()
             self._writer_pool.shutdown()
+            if self.batch_decoder is not None:
+                self.batch_decoder.close()
         return self.stats
 
     def _dispatch(self) -> None:
@@ -353,7 +452,7 @@ class Replayer:
         # only now, with the rows durable, may the source forget these offsets
         self.source.commit({k: pos.next_offset for k, pos in p.positions.items()})
         self.stats.consumed += p.consumed
-        self.stats.sampled += len(p.reqs)
+        self.stats.sampled += p.sampled
         self.stats.batches += 1
         for d in p.dead:
             self.stats.dead_letters[d.reason] += 1

@@ -1,0 +1,192 @@
+"""The DuckDB batch decoder against the Python reference decoder: on every row the SQL calls
+clean, both give the same request and the same live score and label; every other row is left to
+the reference. The common shapes must all be clean (or the fast path silently never runs)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+
+from replay.columnar import BatchDecoder, RawColumns, reads_live_scores, supports
+from replay.decode import EVENT_TIME_US, REQUEST_ID, Decoder
+from replay.messages import DeadLetter, FileRecord
+from replay.models.base import OutputReader
+from schemas.config import RunConfig, parse_config
+
+TS_MS = 1_795_000_000_000  # the Kafka timestamp, used when the envelope has no event time
+
+
+def run_config(**extra: Any) -> RunConfig:
+    data: dict[str, Any] = {
+        "run": {"id": "c", "home": "/tmp/unused"},
+        "source": {"kind": "file", "path": "/tmp/unused.jsonl", "max_message_bytes": 2000},
+        "features": {"numeric": ["x", "y", "n"], "categorical": ["plan", "tier"]},
+        "segments": {"fields": ["region", "device"], "allowed": {"device": ["ios", "android", "7"]}, "hour_buckets": {}},
+        "candidates": [{"name": "m", "kind": "python", "target": "math:fsum"}],
+        "envelope": {"live_output": "out.answer", "model_version": "meta.version"},
+        "output": {"score_path": "score", "label_path": "label", "threshold": 0.5},
+    }
+    data.update(extra)
+    return parse_config(data)
+
+
+# values of every JSON type, including the ones where Python's str() and JSON's text differ
+ODD = [None, "", "eu", "ünï", 7, -3, 2**63 + 5, 1.5, 1e20, True, False, [], [1, "a"], {}, {"k": 1}, "7", "1.5"]
+TIMES = [
+    TS_MS,
+    TS_MS + 0.25,
+    "2026-11-25T03:04:05Z",
+    "2026-11-25T03:04:05.123456+02:00",
+    "2026-11-25 23:59:59",
+    "2026-11-25T03:04:05.5",
+    "2026-02-30T00:00:00Z",
+    "yesterday",
+    None,
+    True,
+    -5,
+    [1],
+]
+
+
+def odd_envelope(rng: random.Random, i: int) -> Any:
+    def pick() -> Any:
+        return rng.choice(ODD)
+
+    answer = rng.choice([{"score": pick(), "label": pick()}, {"score": rng.random()}, 0.7, 3, None, "x", [0.1]])
+    env: dict[str, Any] = {
+        "request_id": rng.choice([f"r{i}", f"r{i}", i, "", None, 1.5, {"id": 1}]),
+        "event_time": rng.choice(TIMES),
+        "segments": rng.choice([{"region": pick(), "device": rng.choice(["ios", "android", "web", 7, None])}, "eu", None]),
+        "input": rng.choice(
+            [
+                {"x": pick(), "y": rng.random(), "n": rng.randint(-5, 5), "plan": pick(), "tier": pick(), "z": [{"a": None}]},
+                {"x": 1.0},
+                [],
+                "text",
+                None,
+            ]
+        ),
+        "out": rng.choice([{"answer": answer}, {"answer": None}, {"other": 1}, "x", None]),
+        "latency_ms": rng.choice([1.5, 3, None, "3", True]),
+        "meta": rng.choice([{"version": pick()}, None, 5]),
+        "feature_version": pick(),
+    }
+    for k in list(env):
+        if rng.random() < 0.08:
+            del env[k]
+    return env
+
+
+def raw_values(rng: random.Random, n: int) -> list[bytes | None]:
+    values: list[bytes | None] = []
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.02:
+            # strict-JSON violations yyjson (DuckDB) accepts and orjson rejects, in good envelopes
+            env = orjson.dumps(odd_envelope(rng, i)).decode()
+            values.append(rng.choice([env[:-1] + ', "z": NaN}', env[:-1] + ', "z": [1e999]}', env[:-1] + ",}"]).encode())
+        elif roll < 0.04:
+            values.append(rng.choice([b"{not json", b"[1, 2]", b'"s"', b"", b"\xff\xfe{}", None, b'{"a": [1,]}']))
+        elif roll < 0.05:
+            values.append(orjson.dumps({"request_id": f"r{i}", "input": {}, "pad": "x" * 3000}))  # oversized
+        else:
+            values.append(orjson.dumps(odd_envelope(rng, i)))
+    return values
+
+
+def decode_both(cfg: RunConfig, values: list[bytes | None]) -> tuple[list[Any], dict[int, dict[str, Any]]]:
+    py = Decoder(cfg)
+    raw = RawColumns()
+    raw.extend("t", 0, [FileRecord(i, b"k", v, TS_MS + i) for i, v in enumerate(values)])
+    reference = [
+        py.decode_record(raw.source[i], raw.part[i], raw.offset[i], raw.key[i], raw.value[i], raw.timestamp_ms[i], "rate")
+        for i in range(len(values))
+    ]
+    dec = BatchDecoder(cfg)
+    try:
+        decoded = dec.decode(raw)
+    finally:
+        dec.close()
+    rows = {r["i"]: r for r in decoded.table.to_pylist()}
+    assert set(rows).isdisjoint(decoded.unclean)
+    assert len(rows) + len(decoded.unclean) == len(values)
+    return reference, rows
+
+
+def assert_same(cfg: RunConfig, ref: Any, row: dict[str, Any]) -> None:
+    L = Decoder(cfg).layout
+    assert row["request_id"] == ref[REQUEST_ID]
+    assert row["event_time_us"] == ref[EVENT_TIME_US]
+    assert row["segments"] == L.segments_of(ref)
+    names = [*cfg.features.numeric, *cfg.features.categorical]
+    assert tuple(row["features"][n] for n in names) == ref[L.features]
+    assert orjson.loads(row["model_input"]) == ref[L.model_input]
+    assert row["feature_version"] == ref[L.feature_version]
+    assert row["has_live_output"] == ref[L.has_live_output]
+    live = None if row["live_output"] is None else orjson.loads(row["live_output"])
+    assert live == ref[L.live_output]
+    assert row["live_latency_ms"] == ref[L.live_latency_ms]
+    assert row["live_model_version"] == ref[L.live_model_version]
+    if reads_live_scores(cfg) and ref[L.has_live_output]:
+        score, label, problem = OutputReader(cfg.output).read(ref[L.live_output])
+        assert problem is None
+        assert (row["live_score"], row["live_label"]) == (score, label)
+
+
+def test_every_row_the_sql_decodes_matches_the_python_decoder():
+    for cfg in (run_config(), run_config(output={"score_path": "score"}), run_config(output={"kind": "json"})):
+        assert supports(cfg)
+        reference, rows = decode_both(cfg, raw_values(random.Random(7), 6000))
+        for i, row in rows.items():
+            assert not isinstance(reference[i], DeadLetter), (i, reference[i])  # nothing rejected is taken
+            assert_same(cfg, reference[i], row)
+        assert len(rows) > 100  # the comparison covered many rows, not a handful
+
+
+def test_the_common_shapes_are_all_decoded_in_sql():
+    cfg = run_config()
+    rng = random.Random(3)
+    values: list[bytes | None] = []
+    for i in range(2000):
+        env = {
+            "request_id": rng.choice([f"r{i}", i]),
+            "event_time": rng.choice([TS_MS + i, "2026-11-25T03:04:05.123+00:00", "2026-11-25T03:04:05Z"]),
+            "segments": {"region": rng.choice(["eu", "us", None]), "device": rng.choice(["ios", "android", 7])},
+            "input": {"x": rng.gauss(0, 1), "y": rng.randint(0, 9), "plan": rng.choice(["free", "pro"]), "tier": 3},
+            "out": {"answer": rng.choice([{"score": rng.random(), "label": "a"}, {"score": 1}, 0.25])},
+            "latency_ms": 4.5,
+            "meta": {"version": "v3"},
+            "feature_version": rng.choice(["f1", 2, None]),
+        }
+        if i % 3 == 0:
+            del env["event_time"], env["input"]["y"], env["out"]
+        values.append(orjson.dumps(env))
+    reference, rows = decode_both(cfg, values)
+    assert len(rows) == len(values)
+    for i, row in rows.items():
+        assert_same(cfg, reference[i], row)
+
+
+def test_paths_without_a_json_path_twin_keep_the_python_decoder():
+    assert not supports(run_config(envelope={"input": "inputs.0"}))  # a list index
+    assert not supports(run_config(envelope={"request_id": ""}))
+    assert not supports(run_config(features={"numeric": ['we"ird']}))
+    assert supports(run_config(envelope={"segments": ""}))  # segments at the top level
+    assert not reads_live_scores(run_config(output={"score_path": "a.b"}))
+
+
+def test_a_failing_batch_decode_hands_every_row_to_the_python_decoder():
+    cfg = run_config()
+    raw = RawColumns()
+    raw.extend("t", 0, [FileRecord(i, b"k", orjson.dumps({"request_id": f"r{i}", "input": {}}), TS_MS) for i in range(50)])
+    dec = BatchDecoder(cfg)
+    dec.con.execute("SET memory_limit = '1MB'")
+    dec.sql = "SELECT * FROM range(100000000) ORDER BY random()"  # cannot fit: an OutOfMemory error
+    try:
+        decoded = dec.decode(raw)
+    finally:
+        dec.close()
+    assert decoded.table.num_rows == 0
+    assert decoded.unclean == list(range(50))
