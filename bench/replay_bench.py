@@ -102,7 +102,7 @@ def config(bs: str, topic: str, home: Path, run: str, rate: float, candidate: st
 [run]
 id = "{run}"
 home = "{home}"
-batch_size = 5000
+batch_size = 20000
 [source]
 kind = "kafka-window"
 bootstrap = "{bs}"

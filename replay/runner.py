@@ -143,56 +143,81 @@ class Replayer:
     # -- sampling and decoding (main thread) ----------------------------------------------------
 
     def _ingest(self, batches: list[PartitionBatch]) -> None:
-        """Sample and decode polled records into the pending batch."""
-        p = self._pending
+        """Sample and decode polled records into the pending batch. When the sampling key is
+        read without decoding and DuckDB decodes, admitted records are only collected, and a
+        batch is cut at exactly `batch_size` of them (DuckDB's working memory follows a
+        batch's rows; a poll could otherwise overshoot by almost a batch)."""
+        fast = self.sampler.decides_before_decoding and not self.sampler.quotas_open
+        for b in batches:
+            if fast and self.batch_decoder is not None:
+                self._collect(b)
+                continue
+            p = self._pending
+            self._account(p, b.source, b.part, b.records)
+            if not fast:
+                for r in b.records:
+                    self._admit(p, self._raw(b, r), None)
+                continue
+            decode = self.decoder.decode_record
+            source, part = b.source, b.part
+            for r in self._admitted(b.records):
+                # headers are left out: they only matter to the sampling decision, already made
+                row = decode(source, part, r.offset, r.key, r.value, r.timestamp, RATE)
+                if type(row) is tuple:
+                    p.reqs.append(row)
+                else:
+                    p.dead.append(row)  # type: ignore[arg-type]
+
+    def _collect(self, b: PartitionBatch) -> None:
+        size = self.cfg.run.batch_size
+        recs = b.records
+        while recs:
+            p = self._pending
+            admitted = self._admitted(recs)
+            room = size - p.size()
+            if len(admitted) > room:
+                # cut after the room-th admitted record; the rest opens the next batch
+                last = admitted[room - 1].offset
+                cut = next(i for i, r in enumerate(recs) if r.offset > last)
+                head, recs, admitted = recs[:cut], recs[cut:], admitted[:room]
+            else:
+                head, recs = recs, []
+            self._account(p, b.source, b.part, head)
+            p.raw.extend(b.source, b.part, admitted)
+            if p.size() >= size:
+                self._dispatch()
+
+    def _account(self, p: _Pending, source: str, part: int, recs: list[Any]) -> None:
+        """Count `recs` as read into `p` (positions are per batch, totals kept downstream)."""
+        if not recs:
+            return
         if not p.consumed:
             p.since = time.monotonic()
-        fast = self.sampler.decides_before_decoding and not self.sampler.quotas_open
-        max_bytes = self.decoder.max_bytes
-        hit = self.sampler.hit
-        raw_key = self.sampler.raw_key
-        by_record_key = self.sampler.key_kind == "kafka_key"
-        threshold, salt = self.sampler.threshold, self.sampler.salt
-        blake2b, from_bytes = hashlib.blake2b, int.from_bytes
-        decode = self.decoder.decode_record
-        reqs, dead = p.reqs, p.dead
-        for b in batches:
-            recs = b.records
-            k = (b.source, b.part)
-            pos = p.positions.get(k)
-            if pos is None:
-                pos = p.positions[k] = Position(recs[0].offset)
-            pos.next_offset = recs[-1].offset + 1
-            pos.consumed += len(recs)
-            p.consumed += len(recs)
-            if not fast:
-                for r in recs:
-                    self._admit(p, self._raw(b, r), None)
-            else:
-                # an oversized message is always admitted: it must become a dead letter
-                if threshold is None:
-                    admitted = recs
-                elif by_record_key:
-                    # the common case at low rates: the hash test inlined (two calls fewer a message)
-                    admitted = [
-                        r
-                        for r in recs
-                        if (r.value is not None and len(r.value) > max_bytes)
-                        or from_bytes(blake2b(r.key or b"", digest_size=8, salt=salt).digest(), "big") < threshold
-                    ]
-                else:
-                    admitted = [r for r in recs if (r.value is not None and len(r.value) > max_bytes) or hit(raw_key(r))]  # type: ignore[arg-type]
-                if self.batch_decoder is not None:
-                    p.raw.extend(b.source, b.part, admitted)
-                    continue
-                source, part = b.source, b.part
-                for r in admitted:
-                    # headers are left out: they only matter to the sampling decision, made above
-                    row = decode(source, part, r.offset, r.key, r.value, r.timestamp, RATE)
-                    if type(row) is tuple:
-                        reqs.append(row)
-                    else:
-                        dead.append(row)  # type: ignore[arg-type]
+        k = (source, part)
+        pos = p.positions.get(k)
+        if pos is None:
+            pos = p.positions[k] = Position(recs[0].offset)
+        pos.next_offset = recs[-1].offset + 1
+        pos.consumed += len(recs)
+        p.consumed += len(recs)
+
+    def _admitted(self, recs: list[Any]) -> list[Any]:
+        """The records sampled by their record key or header (quotas closed). An oversized
+        message is always admitted: it must become a dead letter."""
+        threshold, max_bytes = self.sampler.threshold, self.decoder.max_bytes
+        if threshold is None:
+            return recs
+        if self.sampler.key_kind == "kafka_key":
+            # the common case at low rates: the hash test inlined (two calls fewer a message)
+            salt, blake2b, from_bytes = self.sampler.salt, hashlib.blake2b, int.from_bytes
+            return [
+                r
+                for r in recs
+                if (r.value is not None and len(r.value) > max_bytes)
+                or from_bytes(blake2b(r.key or b"", digest_size=8, salt=salt).digest(), "big") < threshold
+            ]
+        hit, raw_key = self.sampler.hit, self.sampler.raw_key
+        return [r for r in recs if (r.value is not None and len(r.value) > max_bytes) or hit(raw_key(r))]  # type: ignore[arg-type]
 
     @staticmethod
     def _raw(b: PartitionBatch, r: Any) -> RawMessage:
@@ -402,6 +427,8 @@ class Replayer:
                 batches = self.source.poll(self.cfg.run.batch_size, self.cfg.run.batch_timeout_ms)
                 if batches:
                     self._ingest(batches)
+                    if max_batches is not None and self._dispatched >= max_batches:
+                        break
                 if self._due() or (not batches and self._pending.consumed):
                     self._dispatch()
                     if max_batches is not None and self._dispatched >= max_batches:

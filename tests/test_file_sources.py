@@ -84,3 +84,20 @@ def test_generated_traffic_follows_the_envelope_schema():
     for env in generate(50, seed=1) + [envelope(i, random.Random(1)) for i in range(50)]:
         validator.validate(env)
     assert not validator.is_valid({"request_id": "r1"})  # no input
+
+
+def test_batches_decoded_in_duckdb_are_cut_at_batch_size_and_resume_exactly(tmp_path):
+    """Sampling by the record key takes the DuckDB path: every batch holds exactly batch_size
+    requests (its memory follows the config), and a stop mid-file resumes without a gap or a
+    duplicate."""
+    rng = random.Random(8)
+    jsonl(tmp_path / "t.jsonl", [envelope(i, rng) for i in range(1050)])
+    cfg = load_config(config(tmp_path, "k", "t.jsonl"))
+    cfg = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"rate": 1.0, "key": "kafka_key"})})
+    first = run_replay(cfg, max_batches=3)
+    assert (first.batches, first.sampled) == (3, 300)
+    second = run_replay(cfg)
+    assert second.sampled == 750
+    assert second.batches == 8  # seven full batches and the last 50
+    rows = stored(tmp_path, "k")
+    assert sorted(r[0] for r in rows) == sorted(f"req-{i}" for i in range(1050))
