@@ -8,12 +8,18 @@ Polls are accumulated until `batch_size` requests are sampled (or 20x that many 
 read, or `batch_timeout_ms` passed): at 5% sampling a commit per poll would cost more than the
 reading itself.
 
-The main thread polls, samples and decodes. A decoded batch is sent to every variant and
-stored on a second thread (the pipeline thread, an event loop), one batch behind: while batch
-N's calls are in flight and its rows are written, the main thread reads batch N+1. DuckDB
-writes with the GIL released, so the write truly overlaps the Kafka reads. Batches are stored
-strictly in order; the main thread commits a batch's offsets once its DuckDB commit returned
-(the Kafka consumer is not thread-safe, so it stays on the main thread).
+Three threads share the work:
+- the main thread polls and samples. When the sampling key is the record key or a header (and
+  no quota is open), admitted messages are only collected, and a batch is cut at exactly
+  `batch_size` of them; otherwise each message is decoded here, in Python;
+- the pipeline thread (an event loop) decodes a collected batch in DuckDB (replay/columnar.py,
+  the rows it cannot vouch for go to the Python decoder), calls every variant and builds the
+  output columns;
+- the writer thread stores each batch and its checkpoints in one DuckDB transaction.
+Up to `_MAX_INFLIGHT` batches are between the main thread and their commit. DuckDB runs with
+the GIL released, so decoding and writing overlap the Kafka reads. Batches are stored strictly
+in order, and the main thread commits a batch's offsets once its DuckDB commit returned (the
+Kafka consumer is not thread-safe, so it stays on the main thread).
 """
 
 from __future__ import annotations
