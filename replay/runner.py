@@ -137,8 +137,8 @@ class Replayer:
         self._pending = _Pending()
         # running totals per partition, advanced by the pipeline thread in batch order
         self._totals: dict[tuple[str, int], Position] = dict(writer.positions)
-        # batches handed to the pipeline thread, oldest first; each future ends with its commit
         self._request_schema = writer.requests_table([]).schema
+        # batches handed to the pipeline thread, oldest first; each future ends with its commit
         self._inflight: deque[tuple[_Pending, concurrent.futures.Future[None]]] = deque()
         self._dispatched = 0
         # the DuckDB writes run on their own thread (GIL released) while the pipeline thread
@@ -179,8 +179,11 @@ class Replayer:
         recs = b.records
         while recs:
             p = self._pending
-            admitted = self._admitted(recs)
             room = size - p.size()
+            if room <= 0:  # filled by the per-message path earlier in this poll
+                self._dispatch()
+                continue
+            admitted = self._admitted(recs)
             if len(admitted) > room:
                 # cut after the room-th admitted record; the rest opens the next batch
                 last = admitted[room - 1].offset
