@@ -12,9 +12,9 @@ Three threads share the work:
 - the main thread polls and samples. When the sampling key is the record key or a header (and
   no quota is open), admitted messages are only collected, and a batch is cut at exactly
   `batch_size` of them; otherwise each message is decoded here, in Python;
-- the pipeline thread (an event loop) decodes a collected batch in DuckDB (replay/columnar.py,
-  the rows it cannot vouch for go to the Python decoder), calls every variant and builds the
-  output columns;
+- the pipeline thread (an event loop, replay/pipeline.py) decodes a collected batch in DuckDB
+  (replay/columnar.py; the rows it cannot vouch for go to the Python decoder), calls every
+  variant and builds the output columns;
 - the writer thread stores each batch and its checkpoints in one DuckDB transaction.
 Up to `_MAX_INFLIGHT` batches are between the main thread and their commit. DuckDB runs with
 the GIL released, so decoding and writing overlap the Kafka reads. Batches are stored strictly
@@ -35,24 +35,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from replay import columnar
-from replay.columnar import MISSING_LIVE, BatchDecoder, RawColumns
-from replay.decode import Decoder, Row
+from replay.columnar import BatchDecoder
+from replay.decode import Decoder
 from replay.messages import DeadLetter, PartitionBatch, Position, RawMessage
-from replay.models.base import CallResult, ModelClient, OutputReader
-from replay.models.inprocess import PythonModel
-from replay.outputs import OutputColumns
+from replay.models.base import ModelClient
+from replay.pipeline import BatchPipeline, PendingBatch
 from replay.sampling import QUOTA, RATE, Sampler
 from replay.sources import Source
-from replay.store import EVENT_TIME, StoreWriter
+from replay.store import StoreWriter
 from schemas.config import RunConfig
 from schemas.paths import getter
-from schemas.records import BASELINE, BASELINE_REPEAT, DeadLetterReason, ErrorClass, candidate_variant
+from schemas.records import DeadLetterReason
 
 log = logging.getLogger(__name__)
 
@@ -86,25 +80,6 @@ class RunStats:
 CheckpointHook = Callable[[StoreWriter, RunStats, bool], None]
 
 
-@dataclass
-class _Pending:
-    """What has been read but not yet stored. Filled by the main thread until dispatched, then
-    owned by the pipeline thread."""
-
-    raw: RawColumns = field(default_factory=RawColumns)  # admitted, decoded later in DuckDB
-    reqs: list[Row] = field(default_factory=list)  # decoded in Python, see replay.decode.RowLayout
-    dead: list[DeadLetter] = field(default_factory=list)
-    # next offset per partition; `consumed` and `sampled` count this batch only (the pipeline
-    # thread keeps the running totals, in batch order)
-    positions: dict[tuple[str, int], Position] = field(default_factory=dict)
-    consumed: int = 0
-    since: float = 0.0
-    sampled: int = 0  # requests stored, set once decoded
-
-    def size(self) -> int:
-        return len(self.raw) + len(self.reqs)
-
-
 class Replayer:
     def __init__(
         self,
@@ -126,7 +101,6 @@ class Replayer:
         # whole batches are decoded in DuckDB when every configured path has a JSON-path twin
         self.batch_decoder = BatchDecoder(cfg) if columnar.supports(cfg) else None
         self.sampler = Sampler(cfg.sampling, writer.quota_counts(list(cfg.sampling.quotas)))
-        self.reader = OutputReader(cfg.output)
         self.stats = RunStats()
         self.on_checkpoint = on_checkpoint
         self.checkpoint_every_s = checkpoint_every_s
@@ -134,17 +108,13 @@ class Replayer:
         self._key_of = getter(path)
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="shadowdiff-pipeline", daemon=True)
-        self._pending = _Pending()
-        # running totals per partition, advanced by the pipeline thread in batch order
-        self._totals: dict[tuple[str, int], Position] = dict(writer.positions)
-        self._request_schema = writer.requests_table([]).schema
+        self._pending = PendingBatch()
         # batches handed to the pipeline thread, oldest first; each future ends with its commit
-        self._inflight: deque[tuple[_Pending, concurrent.futures.Future[None]]] = deque()
+        self._inflight: deque[tuple[PendingBatch, concurrent.futures.Future[None]]] = deque()
         self._dispatched = 0
-        # the DuckDB writes run on their own thread (GIL released) while the pipeline thread
-        # prepares the next batch; `_last_write` chains them so batches commit in order
-        self._writer_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shadowdiff-writer")
-        self._last_write: asyncio.Future[None] | None = None
+        self.pipeline = BatchPipeline(
+            cfg, writer, self.decoder, self.batch_decoder, baseline, self.candidates, self._loop, self.stats.call_errors
+        )
 
     # -- sampling and decoding (main thread) ----------------------------------------------------
 
@@ -196,7 +166,7 @@ class Replayer:
             if p.size() >= size:
                 self._dispatch()
 
-    def _account(self, p: _Pending, source: str, part: int, recs: list[Any]) -> None:
+    def _account(self, p: PendingBatch, source: str, part: int, recs: list[Any]) -> None:
         """Count `recs` as read into `p` (positions are per batch, totals kept downstream)."""
         if not recs:
             return
@@ -232,7 +202,7 @@ class Replayer:
     def _raw(b: PartitionBatch, r: Any) -> RawMessage:
         return RawMessage(b.source, b.part, r.offset, r.key, r.value, r.timestamp, tuple(r.headers or ()))
 
-    def _admit(self, p: _Pending, msg: RawMessage, hit: bool | None) -> None:
+    def _admit(self, p: PendingBatch, msg: RawMessage, hit: bool | None) -> None:
         """Decide one message the slow way (the key is in the value, or quotas are open):
         sampled request, dead letter, or skipped."""
         too_big = self.decoder.check_size(msg)
@@ -272,147 +242,6 @@ class Replayer:
         elif not self.sampler.take_quota(self.layout.segments_of(row)):
             return
         p.reqs.append(row)
-
-    # -- call and store (pipeline thread) -------------------------------------------------------
-
-    async def _process(self, p: _Pending) -> None:
-        """Call every variant on the batch, then store rows and checkpoints together, after the
-        batch before it."""
-        # coroutines start in dispatch order on this loop: take this batch's place in the chain
-        previous_write = self._last_write
-        written: asyncio.Future[None] = self._loop.create_future()
-        self._last_write = written
-        try:
-            await self._call_and_store(p, previous_write)
-        except BaseException as err:
-            written.set_exception(err)
-            written.exception()  # marked retrieved: the failure is raised to the main thread below
-            raise
-        written.set_result(None)
-
-    def _decode_batch(self, p: _Pending) -> tuple[pa.Table | None, pa.Table]:
-        """Decode the batch's raw messages in DuckDB; the rows it leaves are decoded by the
-        Python decoder into `p.reqs` / `p.dead`. Returns the DuckDB-decoded rows (with their
-        live-output columns) and the requests table: DuckDB's rows first, then Python's."""
-        tables: list[pa.Table] = []
-        decoded: pa.Table | None = None
-        if len(p.raw):
-            assert self.batch_decoder is not None
-            result = self.batch_decoder.decode(p.raw)
-            raw, decode = p.raw, self.decoder.decode_record
-            for i in result.unclean:  # the rows the SQL cannot vouch for: the reference decides
-                row = decode(raw.source[i], raw.part[i], raw.offset[i], raw.key[i], raw.value[i], raw.timestamp_ms[i], RATE)
-                if type(row) is tuple:
-                    p.reqs.append(row)
-                else:
-                    p.dead.append(row)  # type: ignore[arg-type]
-            if result.table.num_rows:
-                decoded = result.table
-                idx = decoded.column("i")
-                tables.append(
-                    pa.table(
-                        {
-                            "source": pa.array(raw.source, pa.string()).take(idx),
-                            "part": pa.array(raw.part, pa.int32()).take(idx),
-                            "offset": pa.array(raw.offset, pa.int64()).take(idx),
-                            "request_id": decoded.column("request_id"),
-                            "event_time": decoded.column("event_time_us").cast(pa.int64()).cast(EVENT_TIME),
-                            "sampled_reason": pa.array([RATE] * decoded.num_rows, pa.string()),
-                            "segments": decoded.column("segments"),
-                            "features": decoded.column("features"),
-                            "model_input": decoded.column("model_input"),
-                            "feature_version": decoded.column("feature_version"),
-                        }
-                    ).cast(self._request_schema)
-                )
-        if p.reqs or not tables:
-            tables.append(self.writer.requests_table(p.reqs))
-        return decoded, pa.concat_tables(tables)
-
-    def _live_outputs(self, outputs: OutputColumns, decoded: pa.Table | None, reqs: list[Row]) -> None:
-        """The live baseline recorded in the envelopes, in the requests table's row order."""
-        L = self.layout
-        missing = CallResult(None, None, ErrorClass.MISSING, MISSING_LIVE, 0)
-        new = tuple.__new__  # a NamedTuple's own __new__ is a Python-level call
-        head: pa.Table | None = None
-        results: list[CallResult] = []
-        versions: list[str | None] = []
-        if decoded is not None:
-            has = decoded.column("has_live_output")
-            if self.batch_decoder is not None and self.batch_decoder.live_scores:
-                # score and label were read in SQL: no Python pass over these rows
-                n = decoded.num_rows
-                head = pa.table(
-                    {
-                        "model_version": decoded.column("live_model_version"),
-                        "score": decoded.column("live_score"),
-                        "label": decoded.column("live_label"),
-                        "output": decoded.column("live_output"),
-                        "latency_ms": decoded.column("live_latency_ms"),
-                        "error_class": pc.if_else(has, pa.scalar(None, pa.string()), pa.scalar(str(ErrorClass.MISSING))),
-                        "error_detail": pc.if_else(has, pa.scalar(None, pa.string()), pa.scalar(MISSING_LIVE)),
-                        "attempts": pa.array(np.zeros(n, np.int32)),
-                    }
-                )
-            else:
-                loads = orjson.loads
-                for present, text, latency in zip(
-                    has.to_pylist(),
-                    decoded.column("live_output").to_pylist(),
-                    decoded.column("live_latency_ms").to_pylist(),
-                    strict=True,
-                ):
-                    output = None if text is None else loads(text)
-                    results.append(new(CallResult, (output, latency, None, None, 0)) if present else missing)
-                versions.extend(decoded.column("live_model_version").to_pylist())
-        has_i, out_i, latency_i = L.has_live_output, L.live_output, L.live_latency_ms
-        results.extend(new(CallResult, (r[out_i], r[latency_i], None, None, 0)) if r[has_i] else missing for r in reqs)
-        versions.extend(r[L.live_model_version] for r in reqs)
-        outputs.add(BASELINE, results, versions, head=head)
-
-    async def _call_and_store(self, p: _Pending, previous_write: asyncio.Future[None] | None) -> None:
-        decoded, requests = self._decode_batch(p)
-        reqs, L = p.reqs, self.layout
-        outputs = OutputColumns(self.reader, requests.select(["source", "part", "offset"]))
-        if requests.num_rows:
-            records: list[dict[str, Any]] | None = None
-            calls: dict[str, Any] = {}
-            versions: dict[str, str | None] = {}
-            clients = [(BASELINE, self.baseline)] if self.baseline is not None else []
-            if self.baseline is not None and self.cfg.baseline.repeat:
-                clients.append((BASELINE_REPEAT, self.baseline))
-            clients += [(candidate_variant(name), c) for name, c in self.candidates.items()]
-            for variant, client in clients:
-                assert client is not None
-                versions[variant] = client.model_version
-                if isinstance(client, PythonModel) and client.takes_table:
-                    calls[variant] = client.predict_table(_features(requests))
-                else:
-                    if records is None:
-                        # the models get the input as production sent it (parsed once, here)
-                        head = [] if decoded is None else [orjson.loads(s) for s in decoded.column("model_input").to_pylist()]
-                        records = head + [r[L.model_input] for r in reqs]
-                    calls[variant] = client.predict(records)
-            results = await asyncio.gather(*calls.values())
-            if self.baseline is None:
-                self._live_outputs(outputs, decoded, reqs)
-            for variant, res in zip(calls, results, strict=True):
-                outputs.add(variant, res, versions[variant])
-        self.stats.call_errors.update(outputs.errors)
-        out_table = outputs.table()
-        sampled = Counter(zip(requests.column("source").to_pylist(), requests.column("part").to_pylist(), strict=True))
-        p.sampled = requests.num_rows
-        if previous_write is not None:
-            await asyncio.shield(previous_write)  # raises if it failed: nothing is stored past a gap
-        positions: dict[tuple[str, int], Position] = {}
-        for k, pos in p.positions.items():
-            before = self._totals.get(k)
-            positions[k] = self._totals[k] = Position(
-                pos.next_offset,
-                (before.consumed if before else 0) + pos.consumed,
-                (before.sampled if before else 0) + sampled[k],
-            )
-        await self._loop.run_in_executor(self._writer_pool, self.writer.write_batch, requests, out_table, p.dead, positions)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -460,9 +289,7 @@ class Replayer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join(30)
             self._loop.close()
-            self._writer_pool.shutdown()
-            if self.batch_decoder is not None:
-                self.batch_decoder.close()
+            self.pipeline.close()
         return self.stats
 
     def _dispatch(self) -> None:
@@ -471,10 +298,10 @@ class Replayer:
         p = self._pending
         if not p.consumed:
             return
-        self._pending = _Pending()
+        self._pending = PendingBatch()
         while len(self._inflight) >= _MAX_INFLIGHT:
             self._complete_oldest()
-        self._inflight.append((p, asyncio.run_coroutine_threadsafe(self._process(p), self._loop)))
+        self._inflight.append((p, asyncio.run_coroutine_threadsafe(self.pipeline.process(p), self._loop)))
         self._dispatched += 1
 
     def _complete(self) -> None:
@@ -492,11 +319,3 @@ class Replayer:
         self.stats.batches += 1
         for d in p.dead:
             self.stats.dead_letters[d.reason] += 1
-
-
-def _features(requests: pa.Table) -> pa.Table:
-    """The declared features of a batch as a flat table, for models that take one."""
-    col = requests.column("features")
-    return pa.Table.from_batches(
-        [pa.RecordBatch.from_struct_array(chunk) for chunk in col.chunks], schema=pa.schema(list(col.type))
-    )

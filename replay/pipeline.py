@@ -1,0 +1,235 @@
+"""The replay's pipeline thread: a batch read by the main thread is decoded (in DuckDB when
+it can be, see replay/columnar.py), sent to every variant, turned into output columns and
+handed to the writer thread, which stores rows and checkpoints in one DuckDB transaction.
+
+Batches are stored strictly in order: each batch's write waits for the one before it. The
+DuckDB work runs with the GIL released, so it overlaps the main thread's Kafka reads."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from replay.columnar import MISSING_LIVE, BatchDecoder, RawColumns
+from replay.decode import Decoder, Row
+from replay.messages import DeadLetter, Position
+from replay.models.base import CallResult, ModelClient, OutputReader
+from replay.models.inprocess import PythonModel
+from replay.outputs import OutputColumns
+from replay.sampling import RATE
+from replay.store import EVENT_TIME, StoreWriter
+from schemas.config import RunConfig
+from schemas.records import BASELINE, BASELINE_REPEAT, ErrorClass, candidate_variant
+
+
+@dataclass
+class PendingBatch:
+    """What has been read but not yet stored. Filled by the main thread until dispatched, then
+    owned by the pipeline thread."""
+
+    raw: RawColumns = field(default_factory=RawColumns)  # admitted, decoded later in DuckDB
+    reqs: list[Row] = field(default_factory=list)  # decoded in Python, see replay.decode.RowLayout
+    dead: list[DeadLetter] = field(default_factory=list)
+    # next offset per partition; `consumed` and `sampled` count this batch only (the pipeline
+    # thread keeps the running totals, in batch order)
+    positions: dict[tuple[str, int], Position] = field(default_factory=dict)
+    consumed: int = 0
+    since: float = 0.0
+    sampled: int = 0  # requests stored, set once decoded
+
+    def size(self) -> int:
+        return len(self.raw) + len(self.reqs)
+
+
+class BatchPipeline:
+    """Runs on the replay's event loop thread; owns the batch decoder and the writer thread."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        writer: StoreWriter,
+        decoder: Decoder,
+        batch_decoder: BatchDecoder | None,
+        baseline: ModelClient | None,
+        candidates: Mapping[str, ModelClient],
+        loop: asyncio.AbstractEventLoop,
+        call_errors: Counter[str],
+    ) -> None:
+        self.cfg = cfg
+        self.writer = writer
+        self.decoder = decoder
+        self.layout = decoder.layout
+        self.batch_decoder = batch_decoder
+        self.baseline = baseline
+        self.candidates = dict(candidates)
+        self.reader = OutputReader(cfg.output)
+        self.call_errors = call_errors  # "variant/error_class" -> count, the run's stats
+        self._loop = loop
+        self._request_schema = writer.requests_table([]).schema
+        # running totals per partition, advanced in batch order
+        self._totals: dict[tuple[str, int], Position] = dict(writer.positions)
+        # the DuckDB writes run on their own thread (GIL released) while this thread prepares
+        # the next batch; `_last_write` chains them so batches commit in order
+        self._writer_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shadowdiff-writer")
+        self._last_write: asyncio.Future[None] | None = None
+
+    def close(self) -> None:
+        self._writer_pool.shutdown()
+        if self.batch_decoder is not None:
+            self.batch_decoder.close()
+
+    async def process(self, p: PendingBatch) -> None:
+        """Call every variant on the batch, then store rows and checkpoints together, after the
+        batch before it."""
+        # coroutines start in dispatch order on this loop: take this batch's place in the chain
+        previous_write = self._last_write
+        written: asyncio.Future[None] = self._loop.create_future()
+        self._last_write = written
+        try:
+            await self._call_and_store(p, previous_write)
+        except BaseException as err:
+            written.set_exception(err)
+            written.exception()  # marked retrieved: the failure is raised to the main thread below
+            raise
+        written.set_result(None)
+
+    def _decode_batch(self, p: PendingBatch) -> tuple[pa.Table | None, pa.Table]:
+        """Decode the batch's raw messages in DuckDB; the rows it leaves are decoded by the
+        Python decoder into `p.reqs` / `p.dead`. Returns the DuckDB-decoded rows (with their
+        live-output columns) and the requests table: DuckDB's rows first, then Python's."""
+        tables: list[pa.Table] = []
+        decoded: pa.Table | None = None
+        if len(p.raw):
+            assert self.batch_decoder is not None
+            result = self.batch_decoder.decode(p.raw)
+            raw, decode = p.raw, self.decoder.decode_record
+            for i in result.unclean:  # the rows the SQL cannot vouch for: the reference decides
+                row = decode(raw.source[i], raw.part[i], raw.offset[i], raw.key[i], raw.value[i], raw.timestamp_ms[i], RATE)
+                if type(row) is tuple:
+                    p.reqs.append(row)
+                else:
+                    p.dead.append(row)  # type: ignore[arg-type]
+            if result.table.num_rows:
+                decoded = result.table
+                idx = decoded.column("i")
+                tables.append(
+                    pa.table(
+                        {
+                            "source": pa.array(raw.source, pa.string()).take(idx),
+                            "part": pa.array(raw.part, pa.int32()).take(idx),
+                            "offset": pa.array(raw.offset, pa.int64()).take(idx),
+                            "request_id": decoded.column("request_id"),
+                            "event_time": decoded.column("event_time_us").cast(pa.int64()).cast(EVENT_TIME),
+                            "sampled_reason": pa.array([RATE] * decoded.num_rows, pa.string()),
+                            "segments": decoded.column("segments"),
+                            "features": decoded.column("features"),
+                            "model_input": decoded.column("model_input"),
+                            "feature_version": decoded.column("feature_version"),
+                        }
+                    ).cast(self._request_schema)
+                )
+        if p.reqs or not tables:
+            tables.append(self.writer.requests_table(p.reqs))
+        return decoded, pa.concat_tables(tables)
+
+    def _live_outputs(self, outputs: OutputColumns, decoded: pa.Table | None, reqs: list[Row]) -> None:
+        """The live baseline recorded in the envelopes, in the requests table's row order."""
+        L = self.layout
+        missing = CallResult(None, None, ErrorClass.MISSING, MISSING_LIVE, 0)
+        new = tuple.__new__  # a NamedTuple's own __new__ is a Python-level call
+        head: pa.Table | None = None
+        results: list[CallResult] = []
+        versions: list[str | None] = []
+        if decoded is not None:
+            has = decoded.column("has_live_output")
+            if self.batch_decoder is not None and self.batch_decoder.live_scores:
+                # score and label were read in SQL: no Python pass over these rows
+                n = decoded.num_rows
+                head = pa.table(
+                    {
+                        "model_version": decoded.column("live_model_version"),
+                        "score": decoded.column("live_score"),
+                        "label": decoded.column("live_label"),
+                        "output": decoded.column("live_output"),
+                        "latency_ms": decoded.column("live_latency_ms"),
+                        "error_class": pc.if_else(has, pa.scalar(None, pa.string()), pa.scalar(str(ErrorClass.MISSING))),
+                        "error_detail": pc.if_else(has, pa.scalar(None, pa.string()), pa.scalar(MISSING_LIVE)),
+                        "attempts": pa.array(np.zeros(n, np.int32)),
+                    }
+                )
+            else:
+                loads = orjson.loads
+                for present, text, latency in zip(
+                    has.to_pylist(),
+                    decoded.column("live_output").to_pylist(),
+                    decoded.column("live_latency_ms").to_pylist(),
+                    strict=True,
+                ):
+                    output = None if text is None else loads(text)
+                    results.append(new(CallResult, (output, latency, None, None, 0)) if present else missing)
+                versions.extend(decoded.column("live_model_version").to_pylist())
+        has_i, out_i, latency_i = L.has_live_output, L.live_output, L.live_latency_ms
+        results.extend(new(CallResult, (r[out_i], r[latency_i], None, None, 0)) if r[has_i] else missing for r in reqs)
+        versions.extend(r[L.live_model_version] for r in reqs)
+        outputs.add(BASELINE, results, versions, head=head)
+
+    async def _call_and_store(self, p: PendingBatch, previous_write: asyncio.Future[None] | None) -> None:
+        decoded, requests = self._decode_batch(p)
+        reqs, L = p.reqs, self.layout
+        outputs = OutputColumns(self.reader, requests.select(["source", "part", "offset"]))
+        if requests.num_rows:
+            records: list[dict[str, Any]] | None = None
+            calls: dict[str, Any] = {}
+            versions: dict[str, str | None] = {}
+            clients = [(BASELINE, self.baseline)] if self.baseline is not None else []
+            if self.baseline is not None and self.cfg.baseline.repeat:
+                clients.append((BASELINE_REPEAT, self.baseline))
+            clients += [(candidate_variant(name), c) for name, c in self.candidates.items()]
+            for variant, client in clients:
+                assert client is not None
+                versions[variant] = client.model_version
+                if isinstance(client, PythonModel) and client.takes_table:
+                    calls[variant] = client.predict_table(_features(requests))
+                else:
+                    if records is None:
+                        # the models get the input as production sent it (parsed once, here)
+                        head = [] if decoded is None else [orjson.loads(s) for s in decoded.column("model_input").to_pylist()]
+                        records = head + [r[L.model_input] for r in reqs]
+                    calls[variant] = client.predict(records)
+            results = await asyncio.gather(*calls.values())
+            if self.baseline is None:
+                self._live_outputs(outputs, decoded, reqs)
+            for variant, res in zip(calls, results, strict=True):
+                outputs.add(variant, res, versions[variant])
+        self.call_errors.update(outputs.errors)
+        out_table = outputs.table()
+        sampled = Counter(zip(requests.column("source").to_pylist(), requests.column("part").to_pylist(), strict=True))
+        p.sampled = requests.num_rows
+        if previous_write is not None:
+            await asyncio.shield(previous_write)  # raises if it failed: nothing is stored past a gap
+        positions: dict[tuple[str, int], Position] = {}
+        for k, pos in p.positions.items():
+            before = self._totals.get(k)
+            positions[k] = self._totals[k] = Position(
+                pos.next_offset,
+                (before.consumed if before else 0) + pos.consumed,
+                (before.sampled if before else 0) + sampled[k],
+            )
+        await self._loop.run_in_executor(self._writer_pool, self.writer.write_batch, requests, out_table, p.dead, positions)
+
+
+def _features(requests: pa.Table) -> pa.Table:
+    """The declared features of a batch as a flat table, for models that take one."""
+    col = requests.column("features")
+    return pa.Table.from_batches(
+        [pa.RecordBatch.from_struct_array(chunk) for chunk in col.chunks], schema=pa.schema(list(col.type))
+    )
