@@ -81,8 +81,11 @@ class BatchPipeline:
         # the next batch; `_last_write` chains them so batches commit in order
         self._writer_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shadowdiff-writer")
         self._last_write: asyncio.Future[None] | None = None
+        # decoding runs off the event loop, so calls in flight keep being served meanwhile
+        self._decoder_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shadowdiff-decoder")
 
     def close(self) -> None:
+        self._decoder_pool.shutdown()
         self._writer_pool.shutdown()
         if self.batch_decoder is not None:
             self.batch_decoder.close()
@@ -183,7 +186,7 @@ class BatchPipeline:
         outputs.add(BASELINE, results, versions, head=head)
 
     async def _call_and_store(self, p: PendingBatch, previous_write: asyncio.Future[None] | None) -> None:
-        decoded, requests = self._decode_batch(p)
+        decoded, requests = await self._loop.run_in_executor(self._decoder_pool, self._decode_batch, p)
         reqs, L = p.reqs, self.layout
         outputs = OutputColumns(self.reader, requests.select(["source", "part", "offset"]))
         if requests.num_rows:
