@@ -1,6 +1,7 @@
-"""The replay's pipeline thread: a batch read by the main thread is decoded (in DuckDB when
-it can be, see replay/columnar.py), sent to every variant, turned into output columns and
-handed to the writer thread, which stores rows and checkpoints in one DuckDB transaction.
+"""The replay's pipeline thread: a batch read by the main thread is decoded on a decoder
+thread (in DuckDB when it can be, see replay/columnar.py), sent to every variant from the
+event loop, turned into output columns and handed to the writer thread, which stores rows and
+checkpoints in one DuckDB transaction.
 
 Batches are stored strictly in order: each batch's write waits for the one before it. The
 DuckDB work runs with the GIL released, so it overlaps the main thread's Kafka reads."""
