@@ -164,7 +164,8 @@ class BatchPipeline:
                         "score": decoded.column("live_score"),
                         "label": decoded.column("live_label"),
                         "output": decoded.column("live_output"),
-                        "latency_ms": decoded.column("live_latency_ms"),
+                        # like the Python rows' MISSING result: no latency without an output
+                        "latency_ms": pc.if_else(has, decoded.column("live_latency_ms"), pa.scalar(None, pa.float64())),
                         "error_class": pc.if_else(has, pa.scalar(None, pa.string()), pa.scalar(str(ErrorClass.MISSING))),
                         "error_detail": pc.if_else(has, pa.scalar(None, pa.string()), pa.scalar(MISSING_LIVE)),
                         "attempts": pa.array(np.zeros(n, np.int32)),
