@@ -19,8 +19,9 @@ CREATE TABLE IF NOT EXISTS requests (
     segments        {segments_type},
     features        {features_type},
     model_input     VARCHAR,             -- JSON text of the payload the models received (written by
-                                         -- orjson, valid by construction; VARCHAR skips DuckDB's
-                                         -- re-validation, which halves insert speed)
+                                         -- orjson or DuckDB's JSON writer, valid by construction;
+                                         -- VARCHAR skips DuckDB's re-validation, which halves
+                                         -- insert speed)
     feature_version VARCHAR,             -- feature pipeline that built the input
     PRIMARY KEY (source, part, "offset")
 );
