@@ -2,9 +2,10 @@
 
 Why: at 100% sampling the replay is bound by the GIL. Reading Kafka with kafka-python costs
 ~9 µs a message of GIL time, and decoding, building the rows and reading the live output in
-Python cost as much again. DuckDB parses the batch's JSON in C++ with the GIL released, on the
-pipeline thread, while the main thread keeps polling Kafka: on two cores, with 20k-row batches,
-the replay at 100% went from ~28k to ~37k messages a second here (`bench/replay_bench.py`).
+Python cost about as much again. DuckDB parses the batch's JSON in C++ with the GIL released,
+on the decoder thread, while the main thread keeps polling Kafka: on two cores, with 20k-row
+batches, the replay at 100% went from ~28k to ~37-47k messages a second here
+(`bench/replay_bench.py`).
 A decode query costs ~15 ms to plan whatever its size and ~12 µs a row; its working memory
 follows its rows, which is why the runner cuts batches at exactly `batch_size`.
 
@@ -225,8 +226,9 @@ class BatchDecoder:
         path_list = "[" + ", ".join(_quote_sql(p) for p in paths) + "]"
         # `parsed` keeps rows that are strict JSON objects within the size limit; `extracted`
         # reads every configured path with one parse a row (json_extract with a list). The
-        # CTEs are MATERIALIZED: inlined, DuckDB re-evaluated the extraction at every reference
-        # (37 µs a message instead of ~9).
+        # extraction is MATERIALIZED: inlined, DuckDB re-evaluated it at every reference of a
+        # field (37-51 µs a message instead of ~12). Materialising the later CTEs too was no
+        # faster and held more memory.
         return f"""
 WITH parsed AS (
     SELECT i, ts, txt FROM (
