@@ -11,7 +11,6 @@ for a generic loop building a dataclass. Event times stay integers (microseconds
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,50 +37,27 @@ class BadMessage(Exception):
         self.detail = detail
 
 
-@dataclass(frozen=True)
 class RowLayout:
-    """Where each field sits in a decoded row."""
+    """Where each field sits in a decoded row: the six fixed fields above, one value per
+    segment, one per feature, then the trailing fields in the order set here (the compiled
+    decoder returns them in that order)."""
 
-    segment_names: tuple[str, ...]  # declared fields, then the hour bucket if configured
-    numeric: tuple[str, ...]
-    categorical: tuple[str, ...]
-
-    @property
-    def segments(self) -> slice:
-        return slice(6, 6 + len(self.segment_names))
-
-    @property
-    def features(self) -> slice:
-        start = self.segments.stop
-        return slice(start, start + len(self.numeric) + len(self.categorical))
-
-    @property
-    def model_input(self) -> int:
-        return self.features.stop
-
-    @property
-    def feature_version(self) -> int:
-        return self.model_input + 1
-
-    @property
-    def has_live_output(self) -> int:
-        return self.model_input + 2
-
-    @property
-    def live_output(self) -> int:
-        return self.model_input + 3
-
-    @property
-    def live_latency_ms(self) -> int:
-        return self.model_input + 4
-
-    @property
-    def live_model_version(self) -> int:
-        return self.model_input + 5
-
-    @property
-    def width(self) -> int:
-        return self.model_input + 6
+    def __init__(self, segment_names: tuple[str, ...], numeric: tuple[str, ...], categorical: tuple[str, ...]) -> None:
+        self.segment_names = segment_names  # declared fields, then the hour bucket if configured
+        self.numeric = numeric
+        self.categorical = categorical
+        self.segments = slice(6, 6 + len(segment_names))
+        self.features = slice(self.segments.stop, self.segments.stop + len(numeric) + len(categorical))
+        start = self.features.stop
+        (
+            self.model_input,
+            self.feature_version,
+            self.has_live_output,
+            self.live_output,
+            self.live_latency_ms,
+            self.live_model_version,
+        ) = range(start, start + 6)
+        self.width = start + 6
 
     def segments_of(self, row: Row) -> dict[str, str | None]:
         return dict(zip(self.segment_names, row[self.segments], strict=True))
@@ -216,7 +192,7 @@ def compile_row_decoder(cfg: RunConfig) -> tuple[RowLayout, Callable[..., Row]]:
     else:
         lines += ["    has_live = False", "    live = None"]
     fields = ["source", "part", "offset", "rid", "t_us", "reason", *seg_vars, *feat_vars]
-    fields += ["inp", "feature_version", "has_live", "live", "latency", "version"]
+    fields += ["inp", "feature_version", "has_live", "live", "latency", "version"]  # RowLayout's trailing order
     lines.append(f"    return ({', '.join(fields)},)")
     exec(compile("\n".join(lines), f"<shadowdiff row decoder {cfg.run.id}>", "exec"), ns)  # noqa: S102
     return layout, ns["decode_row"]

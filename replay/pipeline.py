@@ -50,6 +50,13 @@ class PendingBatch:
     def size(self) -> int:
         return len(self.raw) + len(self.reqs)
 
+    def add(self, decoded: Row | DeadLetter) -> None:
+        """Keep what the Python decoder made of one message: a request or a dead letter."""
+        if type(decoded) is tuple:
+            self.reqs.append(decoded)
+        else:
+            self.dead.append(decoded)  # type: ignore[arg-type]
+
 
 class BatchPipeline:
     """Runs on the replay's event loop thread; owns the batch decoder and the writer thread."""
@@ -117,11 +124,7 @@ class BatchPipeline:
             result = self.batch_decoder.decode(p.raw)
             raw, decode = p.raw, self.decoder.decode_record
             for i in result.unclean:  # the rows the SQL cannot vouch for: the reference decides
-                row = decode(raw.source[i], raw.part[i], raw.offset[i], raw.key[i], raw.value[i], raw.timestamp_ms[i], RATE)
-                if type(row) is tuple:
-                    p.reqs.append(row)
-                else:
-                    p.dead.append(row)  # type: ignore[arg-type]
+                p.add(decode(raw.source[i], raw.part[i], raw.offset[i], raw.key[i], raw.value[i], raw.timestamp_ms[i], RATE))
             if result.table.num_rows:
                 decoded = result.table
                 idx = decoded.column("i")
@@ -217,7 +220,14 @@ class BatchPipeline:
                 outputs.add(variant, res, versions[variant])
         self.call_errors.update(outputs.errors)
         out_table = outputs.table()
-        sampled = Counter(zip(requests.column("source").to_pylist(), requests.column("part").to_pylist(), strict=True))
+        counts = requests.group_by(["source", "part"]).aggregate([("offset", "count")])
+        sampled = dict(
+            zip(
+                zip(counts.column("source").to_pylist(), counts.column("part").to_pylist(), strict=True),
+                counts.column("offset_count").to_pylist(),
+                strict=True,
+            )
+        )
         p.sampled = requests.num_rows
         if previous_write is not None:
             await asyncio.shield(previous_write)  # raises if it failed: nothing is stored past a gap
@@ -227,7 +237,7 @@ class BatchPipeline:
             positions[k] = self._totals[k] = Position(
                 pos.next_offset,
                 (before.consumed if before else 0) + pos.consumed,
-                (before.sampled if before else 0) + sampled[k],
+                (before.sampled if before else 0) + sampled.get(k, 0),
             )
         await self._loop.run_in_executor(self._writer_pool, self.writer.write_batch, requests, out_table, p.dead, positions)
 

@@ -138,11 +138,7 @@ class Replayer:
             source, part = b.source, b.part
             for r in self._admitted(b.records):
                 # headers are left out: they only matter to the sampling decision, already made
-                row = decode(source, part, r.offset, r.key, r.value, r.timestamp, RATE)
-                if type(row) is tuple:
-                    p.reqs.append(row)
-                else:
-                    p.dead.append(row)  # type: ignore[arg-type]
+                p.add(decode(source, part, r.offset, r.key, r.value, r.timestamp, RATE))
 
     def _collect(self, b: PartitionBatch) -> None:
         size = self.cfg.run.batch_size
