@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -51,6 +52,12 @@ from schemas.records import DeadLetterReason
 log = logging.getLogger(__name__)
 
 _MAX_INFLIGHT = 2  # batches between the main thread and the DuckDB commit: one calling, one writing
+# The DuckDB threads take the GIL briefly many times a query (Arrow scans of the registered
+# batch, the result's conversion), and with CPython's default 5 ms switch interval each of those
+# waits up to 5 ms behind the main thread's Kafka reads: a 20k-row decode took 0.39 s instead of
+# 0.20 s next to a busy thread. At 1 ms the replay at 100% went from ~42k to ~48-52k msg/s
+# (bench/replay_bench.py); at 0.5 ms no faster.
+_SWITCH_INTERVAL_S = 0.001
 
 
 @dataclass
@@ -255,6 +262,8 @@ class Replayer:
         `max_batches` were stored. What was read is always stored and committed before exit."""
         stop = stop or threading.Event()
         last_hook = time.monotonic()
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, _SWITCH_INTERVAL_S))
         self._loop_thread.start()
         try:
             while not stop.is_set():
@@ -286,6 +295,7 @@ class Replayer:
             self._loop_thread.join(30)
             self._loop.close()
             self.pipeline.close()
+            sys.setswitchinterval(switch_interval)
         return self.stats
 
     def _dispatch(self) -> None:
