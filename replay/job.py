@@ -7,6 +7,7 @@ import threading
 from importlib import metadata
 
 from replay.models.base import ModelClient
+from replay.models.call_process import ProcessHttpModel
 from replay.models.http import HttpModel
 from replay.models.inprocess import PythonModel, load_callable
 from replay.runner import CheckpointHook, Replayer, RunStats
@@ -18,6 +19,8 @@ from schemas.config import ModelSpec, RunConfig
 def make_client(spec: ModelSpec) -> ModelClient:
     if spec.kind == "python":
         return PythonModel(spec)
+    if spec.call_process:
+        return ProcessHttpModel(spec)
     return HttpModel(spec)
 
 

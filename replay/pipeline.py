@@ -24,6 +24,7 @@ from replay.columnar import MISSING_LIVE, BatchDecoder, RawColumns
 from replay.decode import Decoder, Row
 from replay.messages import DeadLetter, Position
 from replay.models.base import CallResult, ModelClient, OutputReader
+from replay.models.call_process import ProcessHttpModel
 from replay.models.inprocess import PythonModel
 from replay.outputs import OutputColumns
 from replay.sampling import RATE
@@ -196,6 +197,7 @@ class BatchPipeline:
         outputs = OutputColumns(self.reader, requests.select(["source", "part", "offset"]))
         if requests.num_rows:
             records: list[dict[str, Any]] | None = None
+            texts: list[str] | None = None
             calls: dict[str, Any] = {}
             versions: dict[str, str | None] = {}
             clients = [(BASELINE, self.baseline)] if self.baseline is not None else []
@@ -207,6 +209,12 @@ class BatchPipeline:
                 versions[variant] = client.model_version
                 if isinstance(client, PythonModel) and client.takes_table:
                     calls[variant] = client.predict_table(_features(requests))
+                elif isinstance(client, ProcessHttpModel):
+                    # the stored JSON text goes to the call process as it is: parsing it there
+                    # keeps that work off this process's GIL
+                    if texts is None:
+                        texts = requests.column("model_input").to_pylist()
+                    calls[variant] = client.predict_json(texts)
                 else:
                     if records is None:
                         # the models get the input as production sent it (parsed once, here)

@@ -134,6 +134,10 @@ class ModelSpec(_Frozen):
     # python kind: what the function gets, the inputs as a list of dicts or the declared
     # features as a pyarrow Table (vectorised models score it without a loop per row)
     input: Literal["records", "table"] = "records"
+    # HTTP kinds: make the calls from a child process, which has its own GIL (the replay's
+    # process is busy with Kafka reads and DuckDB hand-offs); false keeps them on the replay's
+    # event loop
+    call_process: bool = True
 
     @property
     def rows_per_call(self) -> int:

@@ -1,18 +1,22 @@
 """Model clients against a real HTTP server on loopback: transient failures are retried with
-backoff, a sick candidate trips the circuit breaker, and batched calls in the three formats."""
+backoff, a sick candidate trips the circuit breaker, batched calls in the three formats, and
+calls made from a call process answer as calls made in-process."""
 
 from __future__ import annotations
 
 import asyncio
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pytest
 from models_for_tests import logistic
 
+from replay.models.call_process import ProcessHttpModel
 from replay.models.http import HttpModel, decode, encode
 from replay.models.inprocess import PythonModel
 from schemas.config import ModelSpec
+from schemas.records import ErrorClass
 from shadowdiff_cli.modelserver import ModelServer, ServerBehaviour
 
 ROWS = [{"x": float(i) / 10, "plan": "pro"} for i in range(40)]
@@ -69,8 +73,6 @@ def test_batched_calls_in_each_format_return_one_output_per_row():
 
 def test_oip_encoding_is_columnar_with_datatypes():
     spec = ModelSpec(name="m", kind="oip-v2", url="http://127.0.0.1:1/v2/models/m/infer", batch_size=2)
-    import orjson
-
     body = orjson.loads(encode(spec, [{"x": 1.5, "plan": "pro"}, {"x": 2, "plan": None}]))
     tensors = {t["name"]: t for t in body["inputs"]}
     assert tensors["x"] == {"name": "x", "shape": [2], "datatype": "FP64", "data": [1.5, 2]}
@@ -96,3 +98,64 @@ def test_a_table_model_gets_the_declared_features_in_batches():
     assert seen[0].column_names == ["x", "plan"]
     with pytest.raises(ValueError, match="python models"):
         ModelSpec(name="h", kind="http", url="http://x", input="table")
+
+
+def call_both(spec: ModelSpec, rows: list[dict]) -> tuple[list, list]:
+    """The same calls from the replay's event loop and from a call process."""
+
+    async def go() -> list:
+        client = ProcessHttpModel(spec)
+        try:
+            return await client.predict_json([orjson.dumps(r).decode() for r in rows])
+        finally:
+            await client.close()
+
+    return call(spec, rows), asyncio.run(go())
+
+
+def test_a_call_process_answers_as_the_in_process_client_would():
+    with ModelServer(logistic) as url:
+        for path, kind, batch in (("/predict", "http", None), ("/v2/models/m/infer", "oip-v2", 8), ("/invocations", "mlflow", 8)):
+            spec = ModelSpec(name="m", kind=kind, url=f"{url}{path}", batch_size=batch)
+            here, there = call_both(spec, ROWS)
+            assert [r.output for r in there] == [r.output for r in here], kind
+            assert all(r.error_class is None and r.latency_ms is not None and r.latency_ms > 0 for r in there)
+        # failures keep their class, detail and attempts across the process boundary
+        for path in ("/html", "/wrong", "/500"):
+            spec = ModelSpec(name="m", kind="http", url=f"{url}{path}", retries=1, backoff_s=0.001, response_path="score")
+            here, there = call_both(spec, ROWS[:5])
+            assert [(r.error_class, r.error_detail, r.attempts) for r in there] == [
+                (r.error_class, r.error_detail, r.attempts) for r in here
+            ], path
+            assert all(isinstance(r.error_class, ErrorClass) for r in there), path
+        spec = ModelSpec(name="m", kind="http", url=f"{url}/hang", timeout_s=0.2, retries=0)
+        _, there = call_both(spec, ROWS[:3])
+        assert {str(r.error_class) for r in there} == {"timeout"}
+
+
+def test_a_lost_call_process_hands_its_batches_back_to_the_replay(caplog: pytest.LogCaptureFixture):
+    behaviour = ServerBehaviour(latency_ms=200, latency_sigma=0.01)
+    with ModelServer(logistic, behaviour) as url:
+        spec = ModelSpec(name="m", kind="http", url=f"{url}/predict", concurrency=4)
+        expected = logistic(ROWS)
+
+        async def go() -> tuple[list, list]:
+            client = ProcessHttpModel(spec)
+            try:
+                first = asyncio.ensure_future(client.predict_json([orjson.dumps(r) for r in ROWS]))
+                while behaviour.calls == 0:  # the child is calling
+                    await asyncio.sleep(0.01)
+                assert client._proc is not None
+                client._proc.kill()  # SIGKILL, mid-batch
+                in_flight = await first
+                after = await client.predict(ROWS[:4])
+                return in_flight, after
+            finally:
+                await client.close()
+
+        in_flight, after = asyncio.run(go())
+    # nothing is lost or blamed on the candidate: both batches were called in-process
+    assert [r.output for r in in_flight] == expected
+    assert [r.output for r in after] == expected[:4]
+    assert all(r.error_class is None for r in in_flight + after)
+    assert "calling from the replay's event loop" in caplog.text
