@@ -103,6 +103,26 @@ def test_batches_decoded_in_duckdb_are_cut_at_batch_size_and_resume_exactly(tmp_
     assert sorted(r[0] for r in rows) == sorted(f"req-{i}" for i in range(1050))
 
 
+def test_the_first_batches_ramp_up_to_batch_size(tmp_path):
+    """The models get work after 1/16 of a batch is read; batches double up to batch_size."""
+    rng = random.Random(10)
+    jsonl(tmp_path / "t.jsonl", [envelope(i, rng) for i in range(12_000)])
+    cfg = load_config(config(tmp_path, "u", "t.jsonl"))
+    cfg = cfg.model_copy(
+        update={
+            "run": cfg.run.model_copy(update={"batch_size": 8000}),
+            "sampling": cfg.sampling.model_copy(update={"rate": 1.0, "key": "kafka_key"}),
+        }
+    )
+    assert run_replay(cfg, max_batches=1).sampled == 500  # 8000/16
+    again = run_replay(cfg, max_batches=4)  # a restart ramps up again: 500, 1000, 2000, 4000
+    assert again.sampled == 7500
+    rest = run_replay(cfg)
+    assert (rest.batches, rest.sampled) == (4, 4000)  # 500, 1000, 2000 and the last 500
+    rows = stored(tmp_path, "u")
+    assert sorted(r[0] for r in rows) == sorted(f"req-{i}" for i in range(12_000))
+
+
 def test_the_duckdb_and_python_paths_store_the_same_rows(tmp_path):
     """The same recording replayed through the DuckDB batch decoder (key from the record) and
     through the Python decoder (key from the request id) stores the same requests and the same

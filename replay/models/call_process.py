@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # where `replay` and `schemas` live
 _CLOSE_TIMEOUT_S = 30.0
+_START_TIMEOUT_S = 60.0
+_READY = b"ready"
 
 _Pending = tuple[asyncio.AbstractEventLoop, "asyncio.Future[list[CallResult] | None]"]
 
@@ -80,9 +82,15 @@ class ProcessHttpModel:
         self._reader: threading.Thread | None = None
         if self._proc is not None:
             try:
+                # wait until the child has imported aiohttp and built its client (~0.3-0.5 s):
+                # setup, so a run's first batch does not wait for it, and a child that cannot
+                # start is known before anything is consumed
                 self._conn.send_bytes(spec.model_dump_json().encode())
-            except OSError as err:
-                self._lose(f"the call process did not take its config: {err}")
+                if not self._conn.poll(_START_TIMEOUT_S) or self._conn.recv_bytes() != _READY:
+                    raise OSError(f"no answer in {_START_TIMEOUT_S:.0f} s")
+            except (OSError, EOFError) as err:
+                self._proc.kill()
+                self._lose(f"the call process did not start: {err}")
             self._reader = threading.Thread(target=self._read, name=f"shadowdiff-recv-{spec.name}", daemon=True)
             self._reader.start()
 
@@ -191,6 +199,7 @@ async def _serve(conn: Connection, spec: ModelSpec) -> None:
     sender = threading.Thread(target=send, name="shadowdiff-calls-send")
     sender.start()
     model = HttpModel(spec)
+    conn.send_bytes(_READY)
 
     async def call(batch_id: int, texts: list[str | bytes]) -> None:
         results: list[CallResult] | None
