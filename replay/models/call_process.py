@@ -204,7 +204,11 @@ async def _serve(conn: Connection, spec: ModelSpec) -> None:
     async def call(batch_id: int, texts: list[str | bytes]) -> None:
         results: list[CallResult] | None
         try:
-            results = await model.predict([orjson.loads(t) for t in texts])
+            inputs: list[Any] = []
+            for i in range(0, len(texts), 1000):  # parsed in slices: calls in flight keep being served
+                inputs += [orjson.loads(t) for t in texts[i : i + 1000]]
+                await asyncio.sleep(0)
+            results = await model.predict(inputs)
         except Exception:  # never leave the parent waiting: it calls this batch itself
             log.exception("model %s: a batch failed in the call process", spec.name)
             results = None

@@ -11,6 +11,7 @@ httpx's async client collapses past a few). One body format per `kind`:
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import time
 from typing import Any
@@ -85,6 +86,20 @@ def decode(spec: ModelSpec, answer: Any, n: int) -> list[Any]:
     return out
 
 
+class _Batch:
+    """One predict() call's chunks, taken in turn by the workers."""
+
+    __slots__ = ("done", "inputs", "left", "parts", "rows_per_call", "turns")
+
+    def __init__(self, inputs: list[dict[str, Any]], rows_per_call: int, chunks: int, done: asyncio.Future[None]) -> None:
+        self.inputs = inputs
+        self.rows_per_call = rows_per_call
+        self.parts: list[list[CallResult]] = [[] for _ in range(chunks)]
+        self.turns = iter(range(chunks))
+        self.left = chunks
+        self.done = done
+
+
 class HttpModel:
     def __init__(self, spec: ModelSpec) -> None:
         assert spec.url is not None
@@ -92,7 +107,10 @@ class HttpModel:
         self.name = spec.name
         self.model_version = spec.model_version
         self.breaker = CircuitBreaker(spec.breaker_failures, spec.breaker_reset_s)
-        self._sem = asyncio.Semaphore(spec.concurrency)
+        self._workers: list[asyncio.Task[None]] = []
+        self._workers_loop: asyncio.AbstractEventLoop | None = None
+        self._queue: collections.deque[_Batch] = collections.deque()
+        self._has_work = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._headers = {"content-type": "application/json", **spec.headers}
         self._timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
@@ -105,9 +123,54 @@ class HttpModel:
 
     async def predict(self, inputs: list[dict[str, Any]]) -> list[CallResult]:
         k = self.spec.rows_per_call
-        chunks = [inputs[i : i + k] for i in range(0, len(inputs), k)]
-        parts = await asyncio.gather(*(self._chunk(c) for c in chunks))
-        return [r for part in parts for r in part]
+        n = -(-len(inputs) // k)
+        if not n:
+            return []
+        self._start_workers()
+        loop = asyncio.get_running_loop()
+        batch = _Batch(inputs, k, n, loop.create_future())
+        self._queue.append(batch)
+        self._has_work.set()
+        await batch.done
+        return [r for part in batch.parts for r in part]
+
+    def _start_workers(self) -> None:
+        """`concurrency` workers per event loop take the calls of every batch, oldest batch
+        first. A task per call created 20k tasks in one step of the event loop for a 20k batch
+        (~0.25 s in which no answer in flight was read), and with two batches in flight a
+        semaphore woke a waiting task for every call: ~10-15% of the call rate each, measured
+        in the call process."""
+        loop = asyncio.get_running_loop()
+        if self._workers and self._workers_loop is loop:
+            return
+        self._workers_loop = loop
+        self._queue = collections.deque()
+        self._has_work = asyncio.Event()
+        self._workers = [loop.create_task(self._worker()) for _ in range(self.spec.concurrency)]
+
+    async def _worker(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                self._has_work.clear()
+                await self._has_work.wait()
+                continue
+            batch = queue[0]
+            c = next(batch.turns, None)
+            if c is None:  # every chunk of the oldest batch is taken (maybe still in flight)
+                if queue and queue[0] is batch:
+                    queue.popleft()
+                continue
+            k = batch.rows_per_call
+            try:
+                batch.parts[c] = await self._chunk(batch.inputs[c * k : (c + 1) * k])
+            except Exception as err:  # a bug, not a model failure (those are results): fail the batch
+                if not batch.done.done():
+                    batch.done.set_exception(err)
+                continue
+            batch.left -= 1
+            if not batch.left and not batch.done.done():
+                batch.done.set_result(None)
 
     async def _chunk(self, rows: list[dict[str, Any]]) -> list[CallResult]:
         n = len(rows)
@@ -117,22 +180,21 @@ class HttpModel:
             err: E | None = None
             detail = ""
             outputs: list[Any] = []
-            async with self._sem:
-                # asked once a slot is free, not when the call was queued: calls queued behind
-                # a failing one must see the breaker it opened
-                if not self.breaker.allow():
-                    return [CallResult(None, None, E.CIRCUIT_OPEN, "breaker open after repeated failures", attempt)] * n
-                attempt += 1
-                t0 = time.perf_counter()
-                try:
-                    async with self._sess().post(self.spec.url, data=body, timeout=self._timeout) as resp:  # type: ignore[arg-type]
-                        raw = await resp.read()
-                        status = resp.status
-                except TimeoutError:
-                    err, detail, status, raw = E.TIMEOUT, f"no answer in {self.spec.timeout_s}s", 0, b""
-                except aiohttp.ClientError as exc:
-                    err, detail, status, raw = E.CONNECTION, f"{type(exc).__name__}: {exc}"[:300], 0, b""
-                latency = (time.perf_counter() - t0) * 1000.0
+            # asked when a worker takes the call, not when the batch was queued: calls
+            # behind a failing one must see the breaker it opened
+            if not self.breaker.allow():
+                return [CallResult(None, None, E.CIRCUIT_OPEN, "breaker open after repeated failures", attempt)] * n
+            attempt += 1
+            t0 = time.perf_counter()
+            try:
+                async with self._sess().post(self.spec.url, data=body, timeout=self._timeout) as resp:  # type: ignore[arg-type]
+                    raw = await resp.read()
+                    status = resp.status
+            except TimeoutError:
+                err, detail, status, raw = E.TIMEOUT, f"no answer in {self.spec.timeout_s}s", 0, b""
+            except aiohttp.ClientError as exc:
+                err, detail, status, raw = E.CONNECTION, f"{type(exc).__name__}: {exc}"[:300], 0, b""
+            latency = (time.perf_counter() - t0) * 1000.0
             if err is None:
                 if status >= 500:
                     err, detail = E.HTTP_5XX, f"HTTP {status}: {raw[:200]!r}"
@@ -161,6 +223,10 @@ class HttpModel:
             return [new(CallResult, (o, latency, None, None, attempt)) for o in outputs]
 
     async def close(self) -> None:
+        for w in self._workers:
+            w.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
         if self._session is not None:
             await self._session.close()
             self._session = None
