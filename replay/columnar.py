@@ -4,10 +4,10 @@ Why: at 100% sampling the replay is bound by the GIL. Reading Kafka with kafka-p
 ~9 µs a message of GIL time, and decoding, building the rows and reading the live output in
 Python cost about as much again. DuckDB parses the batch's JSON in C++ with the GIL released,
 on the decoder thread, while the main thread keeps polling Kafka: on two cores, with 20k-row
-batches, the replay at 100% went from ~28k to ~37-47k messages a second here
-(`bench/replay_bench.py`).
-A decode query costs ~15 ms to plan whatever its size and ~12 µs a row; its working memory
-follows its rows, which is why the runner cuts batches at exactly `batch_size`.
+batches, the replay at 100% went from ~28k to ~37-47k messages a second here, and to ~55-65k
+with the cheaper SQL below and the runner's shorter GIL switch interval (`bench/replay_bench.py`).
+A decode query costs ~15 ms to plan whatever its size and ~6.6 µs a row of CPU; its working
+memory follows its rows, which is why the runner cuts batches at exactly `batch_size`.
 
 The SQL decodes only rows it can decode exactly as the Python decoder (`replay.decode`, the
 reference) would: the common shapes (string or integer ids and segment values, numeric or

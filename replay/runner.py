@@ -11,10 +11,12 @@ reading itself.
 The work is shared by threads:
 - the main thread polls and samples. When the sampling key is the record key or a header (and
   no quota is open), admitted messages are only collected, and a batch is cut at exactly
-  `batch_size` of them; otherwise each message is decoded here, in Python;
+  `batch_size` of them (the first few batches are smaller, see `Replayer._batch_rows`);
+  otherwise each message is decoded here, in Python;
 - the pipeline thread (an event loop, replay/pipeline.py) calls every variant and builds the
   output columns; a decoder thread decodes collected batches in DuckDB (replay/columnar.py;
-  the rows it cannot vouch for go to the Python decoder) without holding up the calls;
+  the rows it cannot vouch for go to the Python decoder) without holding up the calls. HTTP
+  models make their calls from a child process of their own (replay/models/call_process.py);
 - the writer thread stores each batch and its checkpoints in one DuckDB transaction.
 Up to `_MAX_INFLIGHT` batches are between the main thread and their commit. DuckDB runs with
 the GIL released, so decoding and writing overlap the Kafka reads. Batches are stored strictly
