@@ -4,8 +4,8 @@ Why: at 100% sampling the replay is bound by the GIL. Reading Kafka with kafka-p
 ~9 µs a message of GIL time, and decoding, building the rows and reading the live output in
 Python cost about as much again. DuckDB parses the batch's JSON in C++ with the GIL released,
 on the decoder thread, while the main thread keeps polling Kafka: on two cores, with 20k-row
-batches, the replay at 100% went from ~28k to ~37-47k messages a second here, and to ~55-65k
-with the cheaper SQL below and the runner's shorter GIL switch interval (`bench/replay_bench.py`).
+batches, the replay at 100% went from ~28k to ~37-47k messages a second here
+(`bench/replay_bench.py`); the cheaper SQL below took the decode from 9.3 to 6.6 µs a message.
 A decode query costs ~15 ms to plan whatever its size and ~6.6 µs a row of CPU; its working
 memory follows its rows, which is why the runner cuts batches at exactly `batch_size`.
 

@@ -1,5 +1,5 @@
 """The `shadowdiff replay` command: a bad config stops before anything is consumed, naming the
-key; SIGTERM finishes the batch in hand, commits it, and exits 0."""
+key; SIGTERM finishes the batch in hand (its HTTP calls included), commits it, and exits 0."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import duckdb
 import orjson
 import pytest
 from helpers import envelope, produce, write_config
+from models_for_tests import logistic
+
+from shadowdiff_cli.modelserver import ModelServer
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
@@ -86,6 +89,8 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(tmp_path, kafka_boots
     envs = [envelope(i, rng) for i in range(6000)]
     produce(kafka_bootstrap, topic, [(e["request_id"].encode(), orjson.dumps(e)) for e in envs])
     group = unique("g")
+    server = ModelServer(logistic)
+    server.start()
     cfg = write_config(
         tmp_path / "live.toml",
         f"""
@@ -106,17 +111,24 @@ name = "slow"
 kind = "python"
 target = "models_for_tests:slow_logistic"
 batch_size = 100
+[[candidates]]
+name = "web"
+kind = "http"
+url = "{server.url}/predict"
 """,
     )
-    p = replay(cfg)
+    # its own session: SIGTERM goes to the whole process group, as docker stop or Ctrl-C would
+    # send it, so the HTTP call process gets it too and must keep calling until the replay ends
+    p = replay(cfg, start_new_session=True)
     store = tmp_path / "runs" / "live" / "store-w0.duckdb"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not Path(f"{store}.wal").exists():
         time.sleep(0.05)
     time.sleep(1.5)
     assert p.poll() is None
-    p.send_signal(signal.SIGTERM)
+    os.killpg(p.pid, signal.SIGTERM)
     out, err = p.communicate(timeout=60)
+    server.stop()
     assert p.returncode == 0, err[-2000:]
     summary = orjson.loads(out[out.index("{") :])
     assert summary["stopped_by_signal"] is True
@@ -124,7 +136,10 @@ batch_size = 100
     con = duckdb.connect(str(store), read_only=True)
     (stored,) = con.execute("SELECT count(*) FROM requests").fetchone()
     checkpoints = dict(((p_, o) for p_, o in con.execute("SELECT part, next_offset FROM checkpoints").fetchall()))
+    (answered,) = con.execute("SELECT count(*) FROM outputs WHERE variant = 'candidate:web' AND error_class IS NULL").fetchone()
     con.close()
+    assert answered == stored  # the signal cost no HTTP call
+    assert "calling from the replay's event loop" not in err  # nor the call process
     assert stored == summary["consumed"]  # every consumed message of the finished batches is stored
     # and the group's committed offsets are exactly the stored checkpoints
     from kafka import KafkaConsumer

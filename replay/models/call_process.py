@@ -136,6 +136,10 @@ class ProcessHttpModel:
         except (EOFError, OSError) as err:
             code = self._proc.poll() if self._proc is not None else None
             self._lose(f"the call process ended (exit code {code}): {type(err).__name__}")
+        except Exception as err:  # a garbled message: the child cannot be trusted with more
+            if self._proc is not None:
+                self._proc.kill()
+            self._lose(f"unreadable answer from the call process: {type(err).__name__}: {err}")
 
     def _lose(self, why: str) -> None:
         """From now on every batch, including those in the child, is called in-process."""
@@ -143,7 +147,7 @@ class ProcessHttpModel:
             first = self._lost is None
             self._lost = self._lost or why
             pending, self._pending = self._pending, {}
-        if first and pending:
+        if first:
             log.warning("model %s: %s; calling from the replay's event loop", self.name, why)
         for loop, future in pending.values():
             loop.call_soon_threadsafe(_resolve, future, None)
@@ -186,7 +190,7 @@ async def _serve(conn: Connection, spec: ModelSpec) -> None:
         try:
             while True:
                 loop.call_soon_threadsafe(inbox.put_nowait, conn.recv())
-        except (EOFError, OSError):  # the parent is gone: finish what is in flight and exit
+        except Exception:  # the parent is gone (EOF) or garbled a message: finish and exit
             loop.call_soon_threadsafe(inbox.put_nowait, None)
 
     def send() -> None:

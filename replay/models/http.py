@@ -139,7 +139,8 @@ class HttpModel:
         first. A task per call created 20k tasks in one step of the event loop for a 20k batch
         (~0.25 s in which no answer in flight was read), and with two batches in flight a
         semaphore woke a waiting task for every call: ~10-15% of the call rate each, measured
-        in the call process."""
+        in the call process. A call waiting out its retry backoff keeps its worker, so a sick
+        model gets fewer calls in flight, not more."""
         loop = asyncio.get_running_loop()
         if self._workers and self._workers_loop is loop:
             return
@@ -165,6 +166,7 @@ class HttpModel:
             try:
                 batch.parts[c] = await self._chunk(batch.inputs[c * k : (c + 1) * k])
             except Exception as err:  # a bug, not a model failure (those are results): fail the batch
+                batch.turns = iter(())  # and make none of its other calls
                 if not batch.done.done():
                     batch.done.set_exception(err)
                 continue
