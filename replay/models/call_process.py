@@ -4,8 +4,10 @@ Why: an aiohttp call costs ~100 µs of Python here (a bare client on a 2-core ma
 by it). On the replay's event loop those calls share one GIL with the Kafka reads, the batch
 glue and the DuckDB hand-offs, and at 100% sampling the replay reached only 0.63-0.71 of a
 bare aiohttp client against the same server (`bench/replay_bench.py`). In a child process the
-calls get a core of their own: 0.78-0.93 in the same bench, against 0.75-0.78 with
-`call_process = false` (both after HttpModel's workers replaced a task per call).
+calls get a core of their own: 0.91-0.96 in the same bench, against 0.78-0.90 with
+`call_process = false` (both after HttpModel's workers replaced a task per call). The measured
+latencies are truer too: a call's answer is not left waiting while the replay's thread parses
+Kafka records.
 
 The child runs the unchanged `HttpModel` (retries, backoff, circuit breaker, latency measured
 around each call). Over a socket pair, the parent sends `(batch id, JSON texts of the inputs)`
