@@ -31,7 +31,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from replay.messages import RawMessage
 from schemas.config import RunConfig
 
 _INTS = "('BIGINT', 'UBIGINT')"
@@ -112,9 +111,6 @@ class RawColumns:
         self.timestamp_ms.extend([r.timestamp for r in records])
         self.key.extend([r.key for r in records])
         self.value.extend([r.value for r in records])
-
-    def message(self, i: int) -> RawMessage:
-        return RawMessage(self.source[i], self.part[i], self.offset[i], self.key[i], self.value[i], self.timestamp_ms[i])
 
     def values_array(self) -> pa.Array:
         """The values as one Arrow binary array built from one joined buffer (pa.array over a

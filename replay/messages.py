@@ -68,21 +68,6 @@ class DeadLetter:
 
 
 @dataclass(slots=True)
-class Output:
-    """One model's answer (or failure) for one request."""
-
-    variant: str
-    model_version: str | None
-    score: float | None
-    label: str | None
-    output: Any
-    latency_ms: float | None
-    error_class: str | None
-    error_detail: str | None
-    attempts: int
-
-
-@dataclass(slots=True)
 class Position:
     """Where a partition stands after a batch: next offset to read and running counts."""
 

@@ -139,8 +139,8 @@ class Replayer:
     def _ingest(self, batches: list[PartitionBatch]) -> None:
         """Sample and decode polled records into the pending batch. When the sampling key is
         read without decoding and DuckDB decodes, admitted records are only collected, and a
-        batch is cut at exactly `batch_size` of them (DuckDB's working memory follows a
-        batch's rows; a poll could otherwise overshoot by almost a batch)."""
+        batch is cut at exactly `_batch_rows()` of them (DuckDB's working memory follows a
+        batch's rows; a poll could otherwise overshoot it)."""
         fast = self.sampler.decides_before_decoding and not self.sampler.quotas_open
         for b in batches:
             if fast and self.batch_decoder is not None:
