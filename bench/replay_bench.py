@@ -157,7 +157,7 @@ def timed_replay(cfg_path: Path) -> tuple[float, int]:
 def _serve(conn) -> None:  # type: ignore[no-untyped-def]
     from bench_models import score_batch
 
-    from shadowdiff_cli.modelserver import ModelServer
+    from replay.testing import ModelServer
 
     srv = ModelServer(score_batch)
     conn.send(srv.start())

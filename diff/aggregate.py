@@ -32,10 +32,23 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
 
 
 def pair_stats(
-    con: duckdb.DuckDBPyConnection, sets: SegmentSets, tolerance: float, lat_grid: Sequence[float], where: str = "TRUE"
+    con: duckdb.DuckDBPyConnection,
+    sets: SegmentSets,
+    tolerance: float,
+    lat_grid: Sequence[float],
+    where: str = "TRUE",
+    abs_grid: Sequence[float] = (),
+    abs_thresholds: Sequence[float] = (),
 ) -> dict[str, dict[str, Any]]:
-    """Counts, label flips, score differences, latency quantiles and errors per segment."""
+    """Counts, label flips, score differences, latency quantiles and errors per segment;
+    quantiles of |Δscore| over `abs_grid`, and `far_abs_<i>`: pairs with |Δscore| above
+    `abs_thresholds[i]`."""
     g = "[" + ", ".join(str(x) for x in lat_grid) + "]"
+    abs_cols = "".join(
+        f"count(*) FILTER (WHERE abs(c_score - b_score) > {float(t)!r}) AS far_abs_{i}," for i, t in enumerate(abs_thresholds)
+    )
+    if abs_grid:
+        abs_cols += "quantile_cont(abs(c_score - b_score), [" + ", ".join(str(x) for x in abs_grid) + "]) AS abs_d_grid,"
     d = "(c_score - b_score)"
     both = "b_err IS NULL AND c_err IS NULL"
     sql = f"""
@@ -50,7 +63,7 @@ def pair_stats(
       count(*) FILTER (WHERE b_label IS NOT NULL AND r_label IS NOT NULL) AS n_lab_r,
       count(*) FILTER (WHERE b_label IS NOT NULL AND r_label IS NOT NULL AND b_label <> r_label) AS flips_r,
       count({d}) AS n_s,
-      sum({d}) AS sum_d, sum({d} * {d}) AS sum_d2,
+      sum({d}) AS sum_d, sum({d} * {d}) AS sum_d2, sum(abs({d})) AS sum_abs_d, {abs_cols}
       count(*) FILTER (WHERE abs({d}) > {tolerance}) AS far,
       count(r_score - b_score) AS n_s_r,
       count(*) FILTER (WHERE abs(r_score - b_score) > {tolerance}) AS far_r,

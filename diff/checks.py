@@ -133,6 +133,41 @@ def score_shift(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -
     return res
 
 
+def abs_score_diff(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -> CheckResult | None:
+    """Mean |Δscore| ≤ threshold: unlike the signed mean, opposite errors do not cancel."""
+    n = int(s["n_s"])
+    if n < 2:
+        return None
+    mean, se = _mean_test(s["sum_abs_d"], s["sum_d2"], n)
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=mean, ci=stats.mean_ci(mean, se))
+    res.p_value = float(norm.sf((mean - thr) / se)) if se > 0 else (0.0 if mean > thr else 1.0)
+    res.detail = f"mean |candidate-baseline score difference| {mean:.4f} (threshold {thr})"
+    return res
+
+
+def abs_diff_quantile(
+    chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str, grid: list[float], far: int
+) -> CheckResult | None:
+    """The `quantile` of |Δscore| ≤ threshold. The q-quantile exceeds thr exactly when more than
+    1-q of the pairs differ by more than thr, so the test is the binomial one on that share
+    (distribution-free); the value and interval are the empirical quantile and its order-statistic
+    bounds."""
+    n = int(s["n_s"])
+    if n == 0 or not s.get("abs_d_grid"):
+        return None
+    q = chk.quantile
+    lo_f, hi_f = stats.quantile_rank_bounds(q, n)
+    vals = s["abs_d_grid"]
+    value = interp(grid, vals, q)
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=value, ci=(interp(grid, vals, lo_f), interp(grid, vals, hi_f)))
+    res.p_value = stats.p_rate_above(far, n, 1 - q)
+    res.extra = {"share_beyond_threshold": far / n, "allowed_share": 1 - q}
+    res.detail = (
+        f"p{q * 100:g} of |candidate-baseline score difference| {value:.4f} (threshold {thr}; {far / n:.2%} of pairs beyond it)"
+    )
+    return res
+
+
 def _latency_quantile(s: dict[str, Any], grid: list[float], col: str, n_col: str, p: float) -> tuple[float, float, float]:
     n = int(s[n_col])
     lo_f, hi_f = stats.quantile_rank_bounds(p, n)

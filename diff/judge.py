@@ -23,7 +23,7 @@ import orjson
 from diff import aggregate as agg
 from diff import checks as ck
 from diff.explain import data_section, examples, excess, localise
-from diff.load import build_pairs, run_info
+from diff.load import Pooling, build_pairs, run_info
 from diff.outputs import compare_outputs
 from diff.quality import feature_checks, run_level_checks, threshold_for
 from diff.segments import ALL, SegmentSets
@@ -49,12 +49,18 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     spec = next(c for c in info.candidates if c["name"] == cand)
     fields = [f for f in (policy.segments or info.segment_fields) if f in info.segment_fields]
     sets = SegmentSets(fields, info.combinations)
-    seg_exprs = build_pairs(con, info, cand, fields, policy.max_segment_values)
+    built = build_pairs(con, info, cand, fields, Pooling(policy.max_segment_values, policy.min_segment_share))
 
     lat_checks = [c for c in policy.checks if c.kind == "latency"]
     lat_qs = sorted({0.5, 0.95, 0.99, *(c.quantile for c in lat_checks)})
     grid = agg.latency_grid(lat_qs)
     tol = next((c.tolerance for c in policy.checks if c.kind == "score_diff"), 0.05)
+    abs_q_checks = [c for c in policy.checks if c.kind == "abs_diff_quantile"]
+    abs_grid = agg.latency_grid(sorted({c.quantile for c in abs_q_checks})) if abs_q_checks else []
+    # |Δ| quantile checks count the pairs beyond each threshold they use (overrides included)
+    abs_thresholds = sorted(
+        {t for c in abs_q_checks for t in (c.threshold, *(o.threshold for o in c.overrides)) if t is not None}
+    )
     widths = sorted({c.for_minutes for c in policy.checks if c.kind in ("latency", "error_rate") and c.for_minutes > 0})
     quota_segments = set(info.config.get("sampling", {}).get("quotas", {}))
     (n_quota,) = con.execute("SELECT count(*) FROM pairs WHERE sampled_reason = 'quota'").fetchone() or (0,)
@@ -71,13 +77,14 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
                 out[seg] = value
         return out
 
-    pstats = by_sampling(lambda w: agg.pair_stats(con, sets, tol, grid, w))
+    pstats = by_sampling(lambda w: agg.pair_stats(con, sets, tol, grid, w, abs_grid, abs_thresholds))
     windows = {wd: by_sampling(lambda w, wd=wd: agg.per_window(con, sets, lat_qs, wd, w)) for wd in widths}
     dists = by_sampling(lambda w: agg.score_distributions(con, sets, w))
     labels = by_sampling(lambda w: agg.label_counts(con, sets, w))
 
     segments: list[dict[str, Any]] = []
     judged: set[str] = set()
+    n_run = int(pstats[ALL]["n_req"]) if ALL in pstats else 0
     for seg in sorted(pstats, key=lambda s: (s != ALL, s)):
         n = int(pstats[seg]["n_req"])
         ok = n >= policy.min_samples
@@ -88,6 +95,9 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
                 "n_pairs": int(pstats[seg]["n_pair"]),
                 "status": Status.GO.value if ok else Status.PENDING.value,
                 "needed": max(0, policy.min_samples - n),
+                # too small a share of the traffic to wait for: judged once it has min_samples,
+                # never holding the verdict PENDING (its pairs count in `all` and in its fields' other segments)
+                "rare": seg != ALL and n < policy.min_segment_share * n_run,
             }
         )
         if ok:
@@ -121,6 +131,10 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
                 r = ck.score_diff(chk, seg, s, thr, sev)
             elif chk.kind == "score_shift":
                 r = ck.score_shift(chk, seg, s, thr, sev)
+            elif chk.kind == "abs_score_diff":
+                r = ck.abs_score_diff(chk, seg, s, thr, sev)
+            elif chk.kind == "abs_diff_quantile":
+                r = ck.abs_diff_quantile(chk, seg, s, thr, sev, abs_grid, int(s[f"far_abs_{abs_thresholds.index(thr)}"]))
             elif chk.kind == "latency":
                 mins = windows.get(chk.for_minutes, {}).get(seg)
                 if mins:
@@ -146,7 +160,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             thr, sev = threshold_for(chk, seg)
             if seg in judged and sev != "off" and (r := fn(chk, seg, st, thr, sev)) is not None:
                 results.append(r)
-    results += feature_checks(con, info, sets, policy, judged, seg_exprs)
+    results += feature_checks(con, info, sets, policy, judged, built.seg_exprs)
     results += run_level_checks(con, info, spec, sets, policy, judged)
 
     order = {c.id: i for i, c in enumerate(policy.checks)}
@@ -174,7 +188,9 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     t_max = overall["t_max"] if overall else None
     span_min = ((t_max - t_min).total_seconds() / 60) if t_min and t_max else 0.0
     reasons: list[str] = []
-    pending_segments = [s for s in segments if s["status"] == Status.PENDING.value]
+    pending_segments = [s for s in segments if s["status"] == Status.PENDING.value and not s["rare"]]
+    # a critical check whose evidence is missing is never a pass: it holds the verdict
+    not_assessed = [r for r in results if r.status == ck.NA and r.severity == "critical"]
     if failing:
         verdict = Status.NO_GO
         worst_first = sorted(
@@ -199,6 +215,9 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     elif span_min < policy.min_duration_minutes:
         verdict = Status.PENDING
         reasons.append(f"data spans {span_min:.1f} min of event time, policy needs {policy.min_duration_minutes:g}")
+    elif not_assessed:
+        verdict = Status.PENDING
+        reasons += [f"{r.check_id} not assessable in {r.segment}: {r.detail}" for r in not_assessed]
     else:
         verdict = Status.GO
         reasons.append(f"all {len([r for r in results if r.status == ck.PASS])} checks passed in {len(judged)} segments")
@@ -231,6 +250,8 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             "alpha": policy.alpha,
             "correction": policy.correction,
             "require_all_segments": policy.require_all_segments,
+            "min_segment_share": policy.min_segment_share,
+            "checks": [{"id": c.id, "kind": c.kind, "severity": c.severity, "threshold": c.threshold} for c in policy.checks],
         },
         "statistics": {
             "correction": "holm (family-wise error rate)"
@@ -241,6 +262,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             "note": "distance checks (Wasserstein, Jensen-Shannon) are effect-size thresholds outside the family",
         },
         "segments": segments,
+        "pooled_segment_values": built.pooled,
         "checks": [r.as_dict() for r in results],
         "comparisons": {seg: st.as_dict() for seg, st in sorted(comparisons.items())},
         "flips": {seg: dict(sorted(v["moves"].items())) for seg, v in sorted(labels.items()) if v["moves"]},

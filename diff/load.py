@@ -106,34 +106,62 @@ def run_info(con: duckdb.DuckDBPyConnection) -> RunInfo:
     return RunInfo(str(meta.get("run_id", cfg["run"]["id"])), cfg, meta)
 
 
-def build_pairs(
-    con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str, segment_fields: list[str], max_values: int
-) -> list[str]:
-    """Materialise `pairs`: one row per sampled request with baseline, candidate and repeat
-    outputs side by side, and segment values (rare values pooled as '(other)'). Returns the
-    segment expressions over `requests r`, for queries that need no outputs."""
-    seg_exprs = []
-    for f in segment_fields:
+@dataclass(frozen=True)
+class Pooling:
+    """How rare segment values are pooled as '(other)': values rarer than `min_share` of the
+    run's requests, and all but the `max_values` most frequent."""
+
+    max_values: int = 50
+    min_share: float = 0.01
+
+
+@dataclass(frozen=True)
+class BuiltPairs:
+    seg_exprs: list[str]  # segment expressions over `requests r`, for queries that need no outputs
+    pooled: dict[str, dict[str, Any]]  # field -> {"values": [...], "distinct": k, "requests": n}
+
+
+OTHER = "(other)"
+
+
+def _segment_exprs(con: duckdb.DuckDBPyConnection, fields: list[str], pooling: Pooling) -> BuiltPairs:
+    seg_exprs: list[str] = []
+    pooled: dict[str, dict[str, Any]] = {}
+    for f in fields:
         raw = f"coalesce(r.segments.{ident(f)}, '(missing)')"
-        top = con.execute(
-            f"SELECT v FROM (SELECT {raw} AS v, count(*) AS n FROM requests r GROUP BY 1) "
-            f"ORDER BY n DESC, v LIMIT {int(max_values)}"
-        ).fetchall()
-        if len(top) < max_values:
+        counts = con.execute(f"SELECT {raw} AS v, count(*) AS n FROM requests r GROUP BY 1 ORDER BY n DESC, v").fetchall()
+        total = sum(int(n) for _, n in counts)
+        keep = [v for v, n in counts[: pooling.max_values] if n >= pooling.min_share * total]
+        rare = [(v, int(n)) for v, n in counts if v not in set(keep)]
+        if not rare:
             seg_exprs.append(f"{raw} AS {ident('seg_' + f)}")
-        else:
-            keep = ", ".join(_quote(str(v)) for (v,) in top)
-            seg_exprs.append(f"CASE WHEN {raw} IN ({keep}) THEN {raw} ELSE '(other)' END AS {ident('seg_' + f)}")
-    segs = (", ".join(seg_exprs) + ",") if seg_exprs else ""
+            continue
+        pooled[f] = {
+            "values": [str(v) for v, _ in rare[:50]],
+            "distinct": len(rare),
+            "requests": sum(n for _, n in rare),
+        }
+        kept = ", ".join(_quote(str(v)) for v in keep) or "NULL"
+        seg_exprs.append(f"CASE WHEN {raw} IN ({kept}) THEN {raw} ELSE '{OTHER}' END AS {ident('seg_' + f)}")
+    return BuiltPairs(seg_exprs, pooled)
+
+
+def build_pairs(
+    con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str, segment_fields: list[str], pooling: Pooling
+) -> BuiltPairs:
+    """Materialise `pairs`: one row per sampled request with baseline, candidate and repeat
+    outputs side by side, and segment values (rare values pooled as '(other)')."""
+    built = _segment_exprs(con, segment_fields, pooling)
+    segs = (", ".join(built.seg_exprs) + ",") if built.seg_exprs else ""
     # the judge and the report's charts ask for the same pairs on one connection: build once
     (n_requests,) = con.execute("SELECT count(*) FROM requests").fetchone() or (0,)
-    key = repr((candidate, seg_exprs, n_requests))
+    key = repr((candidate, built.seg_exprs, n_requests))
     try:
-        built = con.execute("SELECT key FROM pairs_key").fetchone()
+        have = con.execute("SELECT key FROM pairs_key").fetchone()
     except duckdb.CatalogException:
-        built = None
-    if built is not None and built[0] == key:
-        return seg_exprs
+        have = None
+    if have is not None and have[0] == key:
+        return built
     con.execute("DROP TABLE IF EXISTS pairs")
     con.execute(
         f"""CREATE TEMP TABLE pairs AS
@@ -153,4 +181,4 @@ def build_pairs(
         {"cand": candidate_variant(candidate), "base": BASELINE, "rep": BASELINE_REPEAT},
     )
     con.execute("CREATE OR REPLACE TEMP TABLE pairs_key AS SELECT $key AS key", {"key": key})
-    return seg_exprs
+    return built

@@ -52,13 +52,18 @@ def feature_checks(
                     r.exceeded = d.score >= thr
                 r.detail = f"{d.method} {d.score:.3f} (PSI {d.psi:.3f})" if d.psi is not None else f"{d.method} {d.score:.3f}"
                 r.extra = {"method": d.method, "psi": d.psi, "n_ref": d.n_ref}
-            elif chk.kind == "null_spike" and f.n_cur:
+            elif chk.kind == "null_spike" and f.n_cur and f.n_ref:
                 share = f.nulls_cur / f.n_cur
-                r = _share_check(chk, f, sev, thr, f.nulls_cur, f"null share {share:.2%} (threshold {thr:.2%}; no reference)")
+                r = _share_check(chk, f, sev, thr, f.nulls_cur, "")
                 r.ci = wilson(f.nulls_cur, f.n_cur)
-                if f.n_ref:
-                    r.p_value = p_diff_above(f.nulls_cur, f.n_cur, f.nulls_ref, f.n_ref, thr)
-                    r.detail = f"null share {share:.2%} vs reference {f.nulls_ref / f.n_ref:.2%} (threshold +{thr:.2%})"
+                r.p_value = p_diff_above(f.nulls_cur, f.n_cur, f.nulls_ref, f.n_ref, thr)
+                r.detail = f"null share {share:.2%} vs reference {f.nulls_ref / f.n_ref:.2%} (threshold +{thr:.2%})"
+            elif chk.kind == "null_spike" and f.n_cur and f.segment == ALL:
+                # a spike is a rise over what is normal; a feature that is often null in all
+                # traffic is not one, so without a reference this check cannot be assessed
+                r = ck.CheckResult(chk.id, chk.kind, ALL, sev, thr, f.n_cur, feature=f.feature, status=ck.NA)
+                r.value = f.nulls_cur / f.n_cur
+                r.detail = f"null share {r.value:.2%}; no reference traffic to compare with (set policy.reference)"
             elif chk.kind == "out_of_range" and f.kind == "numeric" and f.n_ref:
                 r = _share_check(chk, f, sev, thr, f.out_of_range, f"{f.out_of_range} values outside the reference range")
             elif chk.kind == "new_category" and f.kind == "categorical" and f.n_ref:

@@ -29,7 +29,9 @@ class Scenario:
     repeat: bool = True  # store a second baseline call (noise floor)
     latency_factor: dict[int, float] = field(default_factory=dict)  # segment -> candidate latency ×
     latency_factor_all: float = 1.0
+    score_noise: dict[int, float] = field(default_factory=dict)  # segment -> extra zero-mean noise (sd) on candidate scores
     null_spike: dict[str, float] = field(default_factory=dict)  # feature -> null share in current
+    null_spike_after: float = 0.0  # the nulls start this far into the event-time span (0..1)
     features: int = 3
     span_minutes: float = 120.0
     traffic_feature_version: str | None = None  # feature pipeline that built the stored inputs
@@ -104,7 +106,8 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
         v = rng.normal(0, 1, n)
         arr = pa.array(v, pa.float64())
         if f in s.null_spike:
-            mask = rng.random(n) < s.null_spike[f]
+            # times are sorted, so rows past this index are the later part of the span
+            mask = (rng.random(n) < s.null_spike[f]) & (np.arange(n) >= int(s.null_spike_after * n))
             arr = pa.array(np.where(mask, np.nan, v), pa.float64(), from_pandas=True)
         fvals.append(arr)
     req = pa.table(
@@ -132,6 +135,9 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
     extra = np.zeros(n)
     for i, r in s.flip_extra.items():
         extra[seg == i] = r
+    c_noise = np.zeros(n)
+    for i, sd in s.score_noise.items():
+        c_noise[seg == i] = sd
     b_lat = rng.lognormal(np.log(20), 0.4, n)
     lat_f = np.full(n, s.latency_factor_all)
     for i, factor in s.latency_factor.items():
@@ -140,7 +146,7 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
         BASELINE: (flip(base_label, np.full(n, s.noise_flip / 2)), score + rng.normal(0, 0.01, n), b_lat),
         candidate_variant("cand"): (
             flip(base_label, np.full(n, s.noise_flip / 2) + extra),
-            score + rng.normal(0, 0.01, n),
+            score + rng.normal(0, 0.01, n) + rng.normal(0, 1, n) * c_noise,
             rng.lognormal(np.log(20), 0.4, n) * lat_f,
         ),
     }

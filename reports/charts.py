@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from diff.load import build_pairs, run_info
+from diff.load import Pooling, build_pairs, run_info
 
 
 @dataclass
@@ -42,7 +42,7 @@ def _hist(con: duckdb.DuckDBPyConnection, expr: str, where: str, edges: np.ndarr
 
 def collect(con: duckdb.DuckDBPyConnection, candidate: str, fields: list[str]) -> ChartData:
     info = run_info(con)
-    build_pairs(con, info, candidate, fields, 50)
+    build_pairs(con, info, candidate, fields, Pooling())
     cd = ChartData()
     ok = "b_err IS NULL AND c_err IS NULL"
     q = con.execute(f"SELECT quantile_cont(c_score - b_score, [0.005, 0.995]) FROM pairs WHERE {ok}").fetchone()

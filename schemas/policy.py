@@ -3,6 +3,7 @@ samples and duration, and the false-alarm control. Validated once; errors name t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -11,22 +12,58 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from schemas.config import format_validation_error, read_toml
 from schemas.errors import ConfigError
 
+Severity = Literal["critical", "warning"]
+
+
+@dataclass(frozen=True, slots=True)
+class KindDefaults:
+    """What a check of this kind means when the policy leaves a field out. Input drift, nulls and
+    ranges move for baseline and candidate alike (the traffic changed, not the model), so they
+    warn unless a policy asks for more; comparisons of the two models' outputs are critical."""
+
+    threshold: float
+    severity: Severity
+    meaning: str
+
+
+KINDS: dict[str, KindDefaults] = {
+    "label_flip": KindDefaults(0.01, "critical", "share of pairs whose label differs (above the noise floor)"),
+    "score_diff": KindDefaults(0.05, "critical", "share of pairs whose |Δscore| exceeds `tolerance` (above noise)"),
+    "score_shift": KindDefaults(0.02, "critical", "signed mean paired score difference, |mean| ≤ threshold"),
+    "abs_score_diff": KindDefaults(0.05, "critical", "mean absolute paired score difference, mean |Δscore| ≤ threshold"),
+    "abs_diff_quantile": KindDefaults(0.1, "critical", "`quantile` of |Δscore| ≤ threshold (e.g. P95 |Δ| ≤ 0.1)"),
+    "latency": KindDefaults(1.3, "critical", "candidate/baseline latency `quantile` ratio, sustained `for_minutes`"),
+    "error_rate": KindDefaults(0.05, "critical", "candidate error + timeout rate, sustained `for_minutes`"),
+    "prediction_drift": KindDefaults(0.1, "critical", "candidate score distribution vs the baseline's (Wasserstein)"),
+    "feature_drift": KindDefaults(0.1, "warning", "current features vs the reference"),
+    "null_spike": KindDefaults(0.05, "warning", "null share of a feature above the reference's"),
+    "out_of_range": KindDefaults(0.02, "warning", "numeric values outside the reference range"),
+    "new_category": KindDefaults(0.02, "warning", "categorical values unseen in the reference"),
+    "dead_letters": KindDefaults(0.02, "critical", "malformed / schema-violating messages"),
+    "version_pairing": KindDefaults(0.0, "critical", "candidate fed by a feature pipeline it was not built for"),
+    "field_diff": KindDefaults(0.02, "critical", "structured outputs: share of pairs with field differences (above noise)"),
+    "ranking_overlap": KindDefaults(0.8, "critical", "rankings: mean overlap@k with the baseline (fails when below)"),
+    "probability_distance": KindDefaults(0.05, "critical", "mean Jensen-Shannon distance of class probabilities"),
+}
+
 CheckKind = Literal[
-    "label_flip",  # share of pairs whose label differs (above the noise floor)
-    "score_diff",  # share of pairs whose score differs by more than a tolerance (above noise)
-    "score_shift",  # mean paired score difference
-    "latency",  # candidate/baseline latency quantile ratio, sustained
-    "error_rate",  # candidate error+timeout rate, sustained
-    "prediction_drift",  # candidate score distribution vs baseline's
-    "feature_drift",  # current features vs the reference
-    "null_spike",  # null share of a feature vs reference
-    "out_of_range",  # numeric values outside the reference range
-    "new_category",  # categorical values unseen in the reference
-    "dead_letters",  # malformed / schema-violating messages
-    "version_pairing",  # candidate fed by a feature pipeline it was not built for
-    "field_diff",  # structured outputs: share of pairs with field-level differences (above noise)
-    "ranking_overlap",  # rankings: mean overlap@k of candidate vs baseline top-k (fails when below)
-    "probability_distance",  # mean Jensen-Shannon distance of class probabilities
+    "label_flip",
+    "score_diff",
+    "score_shift",
+    "abs_score_diff",
+    "abs_diff_quantile",
+    "latency",
+    "error_rate",
+    "prediction_drift",
+    "feature_drift",
+    "null_spike",
+    "out_of_range",
+    "new_category",
+    "dead_letters",
+    "version_pairing",
+    "field_diff",
+    "ranking_overlap",
+    "probability_distance",
 ]
 
 
@@ -43,37 +80,87 @@ class Override(_Frozen):
 
 
 class Check(_Frozen):
+    """One question asked in every segment. `threshold` and `severity` default per kind
+    (`KINDS`), so a policy names only what it changes."""
+
     id: Annotated[str, Field(pattern=r"^[a-z0-9_.-]{1,64}$")]
     kind: CheckKind
-    severity: Literal["critical", "warning"] = "critical"
+    severity: Severity
     threshold: float
-    # score_diff: what counts as a different pair; latency: which quantile
+    # score_diff: what counts as a different pair; latency, abs_diff_quantile: which quantile
     tolerance: float = 0.05
     quantile: Annotated[float, Field(gt=0, lt=1)] = 0.95
     for_minutes: Annotated[float, Field(ge=0)] = 0.0  # sustained for this long (event time)
     overrides: list[Override] = []
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") in KINDS:
+            defaults = KINDS[data["kind"]]
+            data = dict(data)
+            if data.get("threshold") is None:
+                data["threshold"] = defaults.threshold
+            if data.get("severity") is None:
+                data["severity"] = defaults.severity
+        return data
+
+
+def _check(**fields: Any) -> Check:
+    return Check.model_validate(fields)  # threshold and severity come from the kind
+
 
 def default_checks() -> list[Check]:
     """The seed runbook's triggers, 1:1."""
     return [
-        Check(id="label_flip", kind="label_flip", threshold=0.01),
-        Check(id="score_diff", kind="score_diff", threshold=0.05, tolerance=0.1),
-        Check(id="score_shift", kind="score_shift", threshold=0.02),
-        Check(id="latency_p95", kind="latency", threshold=1.3, quantile=0.95, for_minutes=5),
-        Check(id="error_rate", kind="error_rate", threshold=0.05, for_minutes=3),
-        Check(id="prediction_drift", kind="prediction_drift", threshold=0.1),
-        Check(id="feature_drift", kind="feature_drift", threshold=0.1, severity="warning"),
-        Check(id="null_spike", kind="null_spike", threshold=0.05),
-        Check(id="out_of_range", kind="out_of_range", threshold=0.02, severity="warning"),
-        Check(id="new_category", kind="new_category", threshold=0.02, severity="warning"),
-        Check(id="dead_letters", kind="dead_letters", threshold=0.02),
-        Check(id="version_pairing", kind="version_pairing", threshold=0.0),
+        _check(id="label_flip", kind="label_flip"),
+        _check(id="score_diff", kind="score_diff", tolerance=0.1),
+        _check(id="score_shift", kind="score_shift"),
+        _check(id="latency_p95", kind="latency", quantile=0.95, for_minutes=5),
+        _check(id="error_rate", kind="error_rate", for_minutes=3),
+        _check(id="prediction_drift", kind="prediction_drift"),
+        _check(id="feature_drift", kind="feature_drift"),
+        _check(id="null_spike", kind="null_spike"),
+        _check(id="out_of_range", kind="out_of_range"),
+        _check(id="new_category", kind="new_category"),
+        _check(id="dead_letters", kind="dead_letters"),
+        _check(id="version_pairing", kind="version_pairing"),
         # structured, ranking and probability outputs (applied when the output kind has them)
-        Check(id="field_diff", kind="field_diff", threshold=0.02),
-        Check(id="ranking_overlap", kind="ranking_overlap", threshold=0.8),
-        Check(id="probability_distance", kind="probability_distance", threshold=0.05),
+        _check(id="field_diff", kind="field_diff"),
+        _check(id="ranking_overlap", kind="ranking_overlap"),
+        _check(id="probability_distance", kind="probability_distance"),
     ]
+
+
+def merge_checks(entries: list[Any], inherit_defaults: bool) -> list[Any]:
+    """A policy's `[[checks]]` over the built-in ones: an entry whose `id` is a built-in check
+    changes only the fields it names (a different `kind` replaces it whole), `enabled = false`
+    removes it, a new id adds a check. With `inherit_defaults = false` the entries are the
+    whole list."""
+    merged: dict[str, Any] = {}
+    if inherit_defaults:
+        merged = {c.id: c.model_dump() for c in default_checks()}
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            merged[f"#{n}"] = entry  # let validation name the problem
+            continue
+        entry = dict(entry)
+        enabled = entry.pop("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ValueError(f"checks: `enabled` of check {entry.get('id')!r} must be true or false, not {enabled!r}")
+        cid = entry.get("id")
+        key = cid if isinstance(cid, str) else f"#{n}"
+        base = merged.get(key)
+        if enabled is False:
+            merged.pop(key, None)
+            continue
+        if base is not None and entry.get("kind", base["kind"]) == base["kind"]:
+            keep = {k: v for k, v in base.items() if k not in entry}
+            # a changed quantile or kind-specific field keeps the built-in's other settings
+            merged[key] = {**keep, **entry}
+        else:
+            merged[key] = entry
+    return list(merged.values())
 
 
 class Reference(_Frozen):
@@ -92,16 +179,33 @@ class Reference(_Frozen):
 
 
 class Policy(_Frozen):
+    """The gate's rules. The checks in force are the built-in ones changed by the policy's own
+    (`merge_checks`); once built, `checks` lists every check in force and `inherit_defaults` is
+    false, so a stored policy reads back as the same policy."""
+
+    inherit_defaults: bool = True
     min_samples: Annotated[int, Field(ge=1)] = 500  # pairs per segment before it can be judged
     min_duration_minutes: Annotated[float, Field(ge=0)] = 0.0
     alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.01  # false NO_GO rate the run may risk
     correction: Literal["holm", "bh"] = "holm"
     require_all_segments: bool = True  # a PENDING segment keeps the whole verdict PENDING
     segments: list[str] | None = None  # None: the run's segment fields and combinations
-    max_segment_values: Annotated[int, Field(ge=1)] = 50  # rarer values are pooled as '(other)'
+    max_segment_values: Annotated[int, Field(ge=1)] = 50  # more values than this: the rarest pooled as '(other)'
+    # values rarer than this share of the run's requests are pooled as '(other)'; a pool or a
+    # combination still rarer is judged once it has min_samples, but never holds the verdict PENDING
+    min_segment_share: Annotated[float, Field(ge=0, lt=1)] = 0.01
     examples: Annotated[int, Field(ge=0, le=100)] = 10
     reference: Reference | None = None
     checks: list[Check] = Field(default_factory=default_checks)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_checks(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            inherit = data.get("inherit_defaults", True)
+            if "checks" in data and isinstance(data["checks"], list) and isinstance(inherit, bool):
+                data = {**data, "checks": merge_checks(data["checks"], inherit), "inherit_defaults": False}
+        return data
 
     @model_validator(mode="after")
     def _unique(self) -> Policy:
@@ -119,7 +223,30 @@ def parse_policy(data: dict[str, Any], origin: str = "policy") -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(origin, format_validation_error(err)) from err
+        raise ConfigError(origin, _name_checks(format_validation_error(err), data)) from err
+
+
+def _name_checks(lines: list[str], data: dict[str, Any]) -> list[str]:
+    """Errors inside the merged check list say which check (`checks[id=latency_p95].quantile`),
+    since a position in the merged list is not a position in the policy file."""
+    entries = data.get("checks")
+    inherit = data.get("inherit_defaults", True)
+    if not isinstance(entries, list) or not isinstance(inherit, bool):
+        return lines
+    try:
+        merged = merge_checks(entries, inherit)
+    except ValueError:
+        return lines
+    out = []
+    for line in lines:
+        head, _, rest = line.partition(".")
+        index, _, tail = rest.partition(".")
+        if head == "checks" and index.isdigit() and int(index) < len(merged):
+            entry = merged[int(index)]
+            cid = entry.get("id") if isinstance(entry, dict) else None
+            line = f"checks[id={cid}]" + (f".{tail}" if tail else "") if cid else line
+        out.append(line)
+    return out
 
 
 def load_policy(path: Path) -> Policy:

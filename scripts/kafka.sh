@@ -17,8 +17,10 @@ jars="$state/jars"
 fetch() {
   if [ -f "$jars/.complete" ]; then return 0; fi
   mkdir -p "$jars"
-  mvn -q -B -f "$here/kafka/pom.xml" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$jars"
+  # Maven's output goes to stderr, uncoloured: `start` prints the bootstrap address on stdout,
+  # and a caller that reads it must never get escape codes or download logs with it
+  mvn -q -B -Dstyle.color=never -f "$here/kafka/pom.xml" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$jars" >&2
   touch "$jars/.complete"
 }
 
@@ -27,10 +29,22 @@ free_port() {
 }
 
 start() {
-  fetch
+  fetch >&2
   if [ -f "$state/pid" ] && kill -0 "$(cat "$state/pid")" 2>/dev/null; then
     cat "$state/bootstrap"; return 0
   fi
+  # the ports are picked free, then bound by the JVM a moment later; another process may take
+  # one in between, so a broker that exits at start is retried on new ports
+  local attempt
+  for attempt in 1 2 3; do
+    if launch "$@"; then cat "$state/bootstrap"; return 0; fi
+    echo "kafka broker start attempt $attempt failed; see $state/stdout.log" >&2
+    tail -n 30 "$state/stdout.log" >&2 || true
+  done
+  return 1
+}
+
+launch() {
   local port="${1:-$(free_port)}" ctl
   ctl="$(free_port)"
   local data="$state/data"
@@ -71,16 +85,16 @@ LOG
   echo $! > "$state/pid"
   echo "127.0.0.1:$port" > "$state/bootstrap"
   for _ in $(seq 1 120); do
-    if python3 - "$port" <<'PY' 2>/dev/null; then cat "$state/bootstrap"; return 0; fi
+    if python3 - "$port" <<'PY' 2>/dev/null; then return 0; fi
 import socket, sys
 socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.5).close()
 PY
     if ! kill -0 "$(cat "$state/pid")" 2>/dev/null; then
-      echo "kafka broker exited; see $state/stdout.log" >&2; tail -n 30 "$state/stdout.log" >&2; return 1
+      rm -f "$state/pid" "$state/bootstrap"; return 1
     fi
     sleep 0.5
   done
-  echo "kafka broker did not open port $port in 60 s" >&2; return 1
+  echo "kafka broker did not open port $port in 60 s" >&2; stop; return 1
 }
 
 stop() {

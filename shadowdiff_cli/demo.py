@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
+from replay.testing import ModelServer, ServerBehaviour
 from shadowdiff_cli import demo_traffic as traffic
-from shadowdiff_cli.modelserver import ModelServer, ServerBehaviour
 
 N_REQUESTS = 10_000
 LATENCY_MS = 30.0  # a typical online model: sleep dominates the loopback overhead

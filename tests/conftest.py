@@ -39,11 +39,30 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "kafka.sh"), "start"], check=True, capture_output=True, text=True, timeout=900
-    )
-    yield out.stdout.strip().splitlines()[-1]
-    # left running for other sessions of the suite; .ci/run stops it
+    yield from _local_broker()
+
+
+def _local_broker() -> Iterator[str]:
+    """The local Apache Kafka of scripts/kafka.sh. The address is read from the file the script
+    writes, never from its output (Maven may print there on a first fetch). A broker this test
+    session started is stopped when the session ends; one that was already running is left."""
+    script = ["bash", str(ROOT / "scripts" / "kafka.sh")]
+    state = Path(os.environ.get("SHADOWDIFF_KAFKA_HOME", ROOT / ".kafka"))
+    was_running = _broker_alive(state)
+    subprocess.run([*script, "start"], check=True, stdout=subprocess.DEVNULL, timeout=900)
+    try:
+        yield (state / "bootstrap").read_text(encoding="utf-8").strip()
+    finally:
+        if not was_running:
+            subprocess.run([*script, "stop"], check=False, timeout=120)
+
+
+def _broker_alive(state: Path) -> bool:
+    try:
+        os.kill(int((state / "pid").read_text(encoding="utf-8").strip()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 @pytest.fixture

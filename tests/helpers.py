@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,3 +58,30 @@ def jsonl(path: Path, rows: list[Any]) -> Path:
             fh.write(r if isinstance(r, bytes) else orjson.dumps(r))
             fh.write(b"\n")
     return path
+
+
+def wait_until(condition: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.05) -> Any:
+    """Poll `condition` until it returns something truthy (returned), or fail after `timeout_s`
+    naming what never happened. Tests synchronise on conditions, never on fixed sleeps."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = condition()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int]:
+    """The group's committed offsets per partition (partitions with none left out)."""
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        got = {p: c.committed(TopicPartition(topic, p)) for p in parts}
+    finally:
+        c.close()
+    return {p: o for p, o in got.items() if o is not None}

@@ -8,16 +8,15 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
 import orjson
 import pytest
-from helpers import envelope, produce, write_config
+from helpers import committed_offsets, envelope, produce, wait_until, write_config
 from models_for_tests import logistic
 
-from shadowdiff_cli.modelserver import ModelServer
+from replay.testing import ModelServer
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
@@ -121,11 +120,9 @@ url = "{server.url}/predict"
     # send it, so the HTTP call process gets it too and must keep calling until the replay ends
     p = replay(cfg, start_new_session=True)
     store = tmp_path / "runs" / "live" / "store-w0.duckdb"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not Path(f"{store}.wal").exists():
-        time.sleep(0.05)
-    time.sleep(1.5)
-    assert p.poll() is None
+    # signal only once a batch is stored and its offsets committed, while most is still to come
+    wait_until(lambda: committed_offsets(kafka_bootstrap, topic, group) or p.poll() is not None, 120, "a committed batch")
+    assert p.poll() is None, "the replay ended before it could be signalled"
     os.killpg(p.pid, signal.SIGTERM)
     out, err = p.communicate(timeout=60)
     server.stop()

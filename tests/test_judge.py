@@ -69,12 +69,41 @@ def test_encoder_version_mismatch_in_one_segment_is_named(tmp_path):
     assert "enc-v5" in reason
 
 
-def test_null_spike_in_one_feature_is_caught_and_named(tmp_path):
-    doc = verdict_of(tmp_path, Scenario(n=20_000, segments=4, null_spike={"f1": 0.2}, seed=10))
+def test_null_spike_against_the_reference_is_caught_and_named_when_critical(tmp_path):
+    # f1 turns 20 % null half-way through; the first 50 minutes are the reference
+    reference = {"start": "2026-11-25T00:00:00+00:00", "end": "2026-11-25T00:50:00+00:00"}
+    policy = parse_policy({"reference": reference, "checks": [{"id": "null_spike", "severity": "critical"}]})
+    doc = verdict_of(tmp_path, Scenario(n=20_000, segments=4, null_spike={"f1": 0.2}, null_spike_after=0.5, seed=10), policy)
     assert doc["verdict"] == "no_go"
     spikes = [c for c in doc["checks"] if c["check"] == "null_spike" and c["status"] == "fail"]
     assert {c["feature"] for c in spikes} == {"f1"}
     assert any("null_spike[f1] failed in all" in r for r in doc["reasons"])
+    # the built-in severity of a null spike is a warning: the traffic changed, not the model
+    doc = verdict_of(
+        tmp_path,
+        Scenario(n=20_000, segments=4, null_spike={"f1": 0.2}, null_spike_after=0.5, seed=10),
+        parse_policy({"reference": reference}),
+        run="warn",
+    )
+    assert doc["verdict"] == "go", doc["reasons"]
+    assert any(w.startswith("null_spike[f1] in all") for w in doc["warnings"])
+
+
+def test_builtin_policy_aa_run_with_nulls_and_no_reference_is_go(tmp_path):
+    # a feature 11 % null in all traffic is no spike; with no reference it cannot be assessed,
+    # and a check that cannot be assessed is not a failure
+    doc = verdict_of(tmp_path, Scenario(n=20_000, segments=4, null_spike={"f1": 0.11}, seed=15))
+    assert doc["verdict"] == "go", doc["reasons"]
+    na = [c for c in doc["checks"] if c["check"] == "null_spike"]
+    assert {c["status"] for c in na} == {"n/a"}
+    assert "no reference" in na[0]["detail"]
+
+
+def test_a_critical_check_that_cannot_be_assessed_holds_the_verdict_pending(tmp_path):
+    policy = parse_policy({"checks": [{"id": "null_spike", "severity": "critical"}]})
+    doc = verdict_of(tmp_path, Scenario(n=20_000, segments=4, seed=16), policy)
+    assert doc["verdict"] == "pending"
+    assert any("null_spike not assessable in all" in r and "no reference" in r for r in doc["reasons"])
 
 
 def test_quota_samples_count_for_their_segment_only(tmp_path):
@@ -90,7 +119,7 @@ def test_quota_samples_count_for_their_segment_only(tmp_path):
 
 
 def test_too_few_samples_is_pending_with_how_many_more(tmp_path):
-    weights = [0.5] + [99.5 / 4] * 4
+    weights = [2.0] + [98.0 / 4] * 4  # s00: ~400 pairs, a share worth waiting for
     doc = verdict_of(tmp_path, Scenario(n=20_000, segments=5, weights=weights, seed=11), Policy(min_samples=500))
     assert doc["verdict"] == "pending"
     seg = next(s for s in doc["segments"] if s["segment"] == "seg=s00")
@@ -98,6 +127,24 @@ def test_too_few_samples_is_pending_with_how_many_more(tmp_path):
     assert seg["needed"] == 500 - seg["n"] > 0
     assert any(f"needs {seg['needed']} more" in r for r in doc["reasons"])
     assert all(c["status"] == "pending" for c in doc["checks"] if c["segment"] == "seg=s00")
+
+
+def test_values_too_rare_to_judge_are_pooled_and_do_not_hold_the_verdict(tmp_path):
+    # like carrier=OO: 26 requests in a run of 20,000 (and two more rare values beside it)
+    weights = [0.13, 0.2, 0.3] + [99.37 / 4] * 4
+    scenario = Scenario(n=20_000, segments=7, weights=weights, seed=17)
+    doc = verdict_of(tmp_path, scenario)
+    assert doc["verdict"] == "go", doc["reasons"]
+    by_seg = {s["segment"]: s for s in doc["segments"]}
+    assert "seg=s00" not in by_seg
+    assert by_seg["seg=(other)"]["rare"] is True
+    assert by_seg["seg=(other)"]["status"] == "pending"  # not judged alone, and said so
+    assert doc["pooled_segment_values"]["seg"]["values"] == ["s02", "s01", "s00"]
+    assert doc["pooled_segment_values"]["seg"]["requests"] == by_seg["seg=(other)"]["n"]
+    # without pooling (no share floor) the same run waits forever for its rare values
+    doc = verdict_of(tmp_path, scenario, Policy(min_segment_share=0.0), run="unpooled")
+    assert doc["verdict"] == "pending"
+    assert any(r.startswith("seg=s00:") for r in doc["reasons"])
 
 
 def test_rejudging_gives_the_same_verdict(tmp_path):
@@ -123,10 +170,13 @@ def test_unknown_run_is_a_clear_error(tmp_path):
 
 def test_bad_policy_names_the_key(tmp_path):
     with pytest.raises(ConfigError) as err:
-        parse_policy({"alpha": 2, "checks": [{"id": "x", "kind": "latency"}]})
+        parse_policy(
+            {"alpha": 2, "checks": [{"id": "x", "kind": "latency", "quantile": 1.5}, {"id": "label_flip", "tolerance": "x"}]}
+        )
     text = str(err.value)
     assert "alpha" in text
-    assert "checks.0.threshold" in text
+    assert "checks[id=x].quantile" in text
+    assert "checks[id=label_flip].tolerance" in text
     p = tmp_path / "p.toml"
     p.write_text("[policy]\nmin_samples = 'many'\n")
     with pytest.raises(ConfigError, match="min_samples"):

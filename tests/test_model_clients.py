@@ -15,9 +15,9 @@ from models_for_tests import logistic
 from replay.models.call_process import ProcessHttpModel
 from replay.models.http import HttpModel, decode, encode
 from replay.models.inprocess import PythonModel
+from replay.testing import ModelServer, ServerBehaviour
 from schemas.config import ModelSpec
 from schemas.records import ErrorClass
-from shadowdiff_cli.modelserver import ModelServer, ServerBehaviour
 
 ROWS = [{"x": float(i) / 10, "plan": "pro"} for i in range(40)]
 
@@ -143,7 +143,10 @@ def test_a_lost_call_process_hands_its_batches_back_to_the_replay(caplog: pytest
             client = ProcessHttpModel(spec)
             try:
                 first = asyncio.ensure_future(client.predict_json([orjson.dumps(r) for r in ROWS]))
+                deadline = asyncio.get_running_loop().time() + 60
                 while behaviour.calls == 0:  # the child is calling
+                    assert asyncio.get_running_loop().time() < deadline, "the call process never called"
+                    assert not first.done(), "the batch finished before any call reached the server"
                     await asyncio.sleep(0.01)
                 assert client._proc is not None
                 client._proc.kill()  # SIGKILL, mid-batch

@@ -9,19 +9,18 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import duckdb
 import orjson
 import pytest
-from helpers import T0, envelope, produce, sampled, write_config
+from helpers import T0, committed_offsets, envelope, produce, sampled, wait_until, write_config
 from models_for_tests import logistic
 
 from replay.job import run_replay
+from replay.testing import ModelServer
 from schemas.config import load_config
-from shadowdiff_cli.modelserver import ModelServer
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.kafka]
@@ -36,6 +35,7 @@ def window_config(
     rate: float = 1.0,
     extra: str = "",
     batch: int = 500,
+    group: str = "",
 ) -> Path:
     return write_config(
         tmp / f"{run}.toml",
@@ -52,6 +52,7 @@ topic = "{topic}"
 start = "{T0.isoformat()}"
 end = "{(T0 + timedelta(days=1)).isoformat()}"
 progress = false
+{f'group = "{group}"' if group else ""}
 [features]
 numeric = ["x", "y"]
 categorical = ["plan"]
@@ -120,8 +121,9 @@ response_path = ""
     assert (tmp_path / "runs" / "win").exists()
 
 
-def test_sigkill_mid_run_then_restart_stores_every_request_once(tmp_path, kafka_bootstrap, make_topic):
+def test_sigkill_mid_run_then_restart_stores_every_request_once(tmp_path, kafka_bootstrap, make_topic, unique):
     topic = make_topic(4)
+    group = unique("g")
     ids = produce_envelopes(kafka_bootstrap, topic, 12_000, seed=1)
     cfg = window_config(
         tmp_path,
@@ -136,18 +138,20 @@ target = "models_for_tests:slow_logistic"
 batch_size = 100
 """,
         batch=400,
+        group=group,
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     cmd = [sys.executable, "-m", "shadowdiff_cli.main", "replay", "--config", str(cfg), "--no-judge"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     store = tmp_path / "runs" / "kill" / "store-w0.duckdb"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not Path(f"{store}.wal").exists():
-        time.sleep(0.05)
-    time.sleep(3.0)  # a few batches stored and committed, most of the window still to go
+    # kill only once batches are stored and committed (else the restart is a plain replay)
+    before = wait_until(
+        lambda: committed_offsets(kafka_bootstrap, topic, group) or proc.poll() is not None, 120, "a committed batch"
+    )
     assert proc.poll() is None, "the worker finished before it could be killed; make the run longer"
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
+    assert 0 < sum(before.values()) < len(ids)
     # restart: resumes from the checkpoints stored with the rows
     done = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import httpx
 import orjson
 import pytest
 import uvicorn
+from helpers import wait_until
 
 from diff.judge import judge
 from diff.load import open_run
@@ -52,22 +52,20 @@ def home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def gate(home) -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # bound before uvicorn starts and handed to it: no pick-then-bind race for the port
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     app = create_app(GateSettings(home=home, token="s3cret", base_url=f"http://127.0.0.1:{port}"))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     t.start()
-    for _ in range(100):
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
-            break
-        except httpx.TransportError:
-            time.sleep(0.05)
+    wait_until(lambda: server.started or not t.is_alive(), 60, "the gate service to start")
+    assert server.started
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     t.join(5)
+    sock.close()
 
 
 def json_path(doc: dict, path: str):

@@ -1,6 +1,7 @@
-"""A real HTTP model server on loopback, serving a Python batch function in the three formats
-shadowdiff speaks (plain JSON, Open Inference Protocol v2, MLflow /invocations). Used by the
-demo, the tests and the benchmarks; `faults` makes it misbehave on purpose."""
+"""Test doubles for the replay's model clients: a real HTTP model server on loopback, serving a
+Python batch function in the three formats shadowdiff speaks (plain JSON, Open Inference
+Protocol v2, MLflow /invocations). Used by the demo, the tests and the benchmarks; its
+`ServerBehaviour` makes it slow or flaky on purpose, and fixed routes answer garbage."""
 
 from __future__ import annotations
 
@@ -90,18 +91,17 @@ def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Appl
     return app
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ModelServer:
     """Runs the app on 127.0.0.1 in a background thread: `with ModelServer(fn) as url: ...`."""
 
     def __init__(self, fn: BatchFn, behaviour: ServerBehaviour | None = None) -> None:
         self.app = build_app(fn, behaviour)
-        self.port = free_port()
+        # bound here and handed to aiohttp: picking a free port and binding it later races
+        # with every other process picking ports on the machine
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -112,7 +112,7 @@ class ModelServer:
         asyncio.set_event_loop(self._loop)
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
         self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
+        site = web.SockSite(self._runner, self._sock, backlog=1024)
         self._loop.run_until_complete(site.start())
         self._ready.set()
         self._loop.run_forever()
