@@ -45,9 +45,30 @@ def drift_matrix(doc: dict[str, Any]) -> tuple[list[str], list[str], dict[tuple[
     return feats, segs, {(c["feature"], c["segment"]): c for c in rows}
 
 
+_STATUS_RANK = {"fail": 0, "warn": 1, "pending": 2, "n/a": 3, "pass": 4}
+
+
+def segment_matrix(doc: dict[str, Any]) -> tuple[list[str], dict[tuple[str, str], dict[str, Any]]]:
+    """The segment table's columns, one per check of the policy in force (in its order), and the
+    cell of each check and segment: the worst result there (a feature check has one per
+    feature; the failing feature is the one to show)."""
+    declared = [c["id"] for c in doc.get("policy", {}).get("checks", [])]
+    seen = list(dict.fromkeys(c["check"] for c in doc["checks"]))
+    columns = declared or seen
+    columns += [c for c in seen if c not in columns]
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for c in doc["checks"]:
+        key = (c["check"], c["segment"])
+        have = cells.get(key)
+        if have is None or _STATUS_RANK.get(c["status"], 5) < _STATUS_RANK.get(have["status"], 5):
+            cells[key] = c
+    return columns, cells
+
+
 def render(doc: dict[str, Any], charts: ChartData | None, evidently_href: str | None = None) -> str:
     """The report as one HTML string."""
     feats, segs, cells = drift_matrix(doc)
+    columns, seg_cells = segment_matrix(doc)
     return _env.get_template("report.html.j2").render(
         doc=doc,
         charts=_charts_markup(charts or ChartData()),
@@ -55,6 +76,8 @@ def render(doc: dict[str, Any], charts: ChartData | None, evidently_href: str | 
         drift_features=feats,
         drift_segments=segs,
         drift_cells=cells,
+        seg_columns=columns,
+        seg_cells=seg_cells,
         evidently_href=evidently_href,
         failing={(c["check"], c["segment"]) for c in doc["checks"] if c["status"] == "fail"},
     )

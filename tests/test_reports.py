@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,7 +25,7 @@ from diff.testing import Scenario, write_synthetic_store
 from reports.evidence import verify_bundle, write_bundle
 from reports.html import render, write_report
 from reports.service import GateSettings, create_app
-from schemas.policy import Policy
+from schemas.policy import Policy, parse_policy
 from shadowdiff_cli.wiring import publish
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,39 +229,90 @@ def test_evidence_bundle_is_checksummed(home, tmp_path):
     assert verify_bundle(tampered) == ["verdict.json"]
 
 
-@pytest.mark.browser
-def test_report_opens_in_headless_chromium_without_console_errors(home, tmp_path):
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextmanager
+def chromium_page(errors: list[str], requests: list[str]) -> Iterator:
+    """A page of the Debian chromium, headless, recording console errors and every request."""
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian chromium not installed")
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1800})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+def test_report_opens_in_headless_chromium_without_console_errors(home, tmp_path):
     doc = orjson.loads((home / "bad" / "verdict-cand.json").read_bytes())
     out = write_report(home, doc, tmp_path / "report.html", with_evidently=False)
     errors: list[str] = []
     requests: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        page = browser.new_page(viewport={"width": 1300, "height": 1800})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: requests.append(r.url))
+    with chromium_page(errors, requests) as page:
         page.goto(out.as_uri())
         assert page.locator("#verdict").inner_text().startswith("NO-GO")
         assert page.locator("svg").count() >= 3
         page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
-        browser.close()
     assert errors == []
     assert [u for u in requests if not u.startswith("file://")] == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_report_columns_follow_the_policy_and_the_failing_cell_is_red_with_its_value(tmp_path):
+    # a policy's own check (P95 |Δ| ≤ 0.1) fails in seg=s01 only; label flips pass there
+    write_synthetic_store(
+        tmp_path / "own" / "store-w0.duckdb", Scenario(n=12_000, segments=3, score_noise={1: 0.1}, seed=31), "own"
+    )
+    policy = parse_policy(
+        {
+            "checks": [
+                {"id": "p95_abs_diff", "kind": "abs_diff_quantile", "quantile": 0.95, "threshold": 0.1},
+                {"id": "feature_drift", "enabled": False},
+            ]
+        }
+    )
+    con = open_run(tmp_path, "own")
+    try:
+        doc = judge(con, policy)
+        out = write_report(tmp_path, doc, tmp_path / "own.html", with_evidently=False, con=con)
+    finally:
+        con.close()
+    assert doc["verdict"] == "no_go"
+    failed = next(c for c in doc["checks"] if c["check"] == "p95_abs_diff" and c["segment"] == "seg=s01")
+    assert failed["status"] == "fail"
+    errors: list[str] = []
+    requests: list[str] = []
+    with chromium_page(errors, requests) as page:
+        page.goto(out.as_uri())
+        headers = page.locator("#segments th[data-check]").all_inner_texts()
+        assert headers == [c.id for c in policy.checks]
+        row = page.locator('#segments tr[data-segment="seg=s01"]')
+        assert row.locator("td").nth(1).inner_text() == "NO_GO"
+        cell = row.locator('td[data-check="p95_abs_diff"]')
+        assert cell.inner_text().startswith(f"{failed['value']:.4g}")
+        red, green, blue = (int(x) for x in cell.evaluate("e => getComputedStyle(e).backgroundColor")[4:-1].split(","))
+        assert min(red - green, red - blue) > 30, (red, green, blue)  # red, whatever the shade
+        flips = row.locator('td[data-check="label_flip"]')
+        assert "fail" not in (flips.get_attribute("class") or "")
+        page.screenshot(path=str(tmp_path / "own.png"), full_page=True)
+    assert errors == []
+    assert [u for u in requests if not u.startswith("file://")] == []
