@@ -80,9 +80,14 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     stopped_by_signal: bool = False
+    # time spent waiting on a source with nothing to read (a caught-up live topic): the rate is
+    # the work's, not diluted by waiting for traffic
+    idle_seconds: float = 0.0
+    lag: int | None = None  # live topics: messages behind the end, as last seen
 
     def summary(self) -> dict[str, Any]:
         secs = max((self.finished or time.monotonic()) - self.started, 1e-9)
+        busy = max(secs - self.idle_seconds, 1e-9)
         return {
             "consumed": self.consumed,
             "sampled": self.sampled,
@@ -90,9 +95,21 @@ class RunStats:
             "dead_letters": dict(self.dead_letters),
             "call_errors": dict(self.call_errors),
             "seconds": round(secs, 3),
-            "consumed_per_s": round(self.consumed / secs, 1),
+            "idle_seconds": round(self.idle_seconds, 3),
+            "consumed_per_s": round(self.consumed / busy, 1),
+            "lag": self.lag,
             "stopped_by_signal": self.stopped_by_signal,
         }
+
+    def progress_line(self) -> str:
+        s = self.summary()
+        dead = sum(self.dead_letters.values())
+        errors = sum(self.call_errors.values())
+        lag = "" if self.lag is None else f", lag {self.lag}"
+        return (
+            f"consumed {s['consumed']} ({s['consumed_per_s']:.0f} msg/s while busy), sampled {s['sampled']}, "
+            f"dead letters {dead}, call errors {errors}{lag}"
+        )
 
 
 CheckpointHook = Callable[[StoreWriter, RunStats, bool], None]
@@ -130,6 +147,8 @@ class Replayer:
         # batches handed to the pipeline thread, oldest first; each future ends with its commit
         self._inflight: deque[tuple[PendingBatch, concurrent.futures.Future[None]]] = deque()
         self._dispatched = 0
+        self._caught_up = False  # a live source read to its end, see _watch
+        self._last_progress = time.monotonic()
         self.pipeline = BatchPipeline(
             cfg, writer, self.decoder, self.batch_decoder, baseline, self.candidates, self._loop, self.stats.call_errors
         )
@@ -281,14 +300,16 @@ class Replayer:
         """Replay until the source is exhausted (file, window), `stop` is set (SIGTERM) or
         `max_batches` were stored. What was read is always stored and committed before exit."""
         stop = stop or threading.Event()
-        last_hook = time.monotonic()
+        last_hook = self._last_progress = time.monotonic()
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval, _SWITCH_INTERVAL_S))
         self._loop_thread.start()
         self.stats.started = time.monotonic()
         try:
             while not stop.is_set():
+                polled_at = time.monotonic()
                 batches = self.source.poll(min(self._batch_rows(), _POLL_RECORDS), self.cfg.run.batch_timeout_ms)
+                self._watch(bool(batches), polled_at)
                 if batches:
                     self._ingest(batches)
                     if max_batches is not None and self._dispatched >= max_batches:
@@ -319,6 +340,28 @@ class Replayer:
             self.pipeline.close()
             sys.setswitchinterval(switch_interval)
         return self.stats
+
+    def _watch(self, got_records: bool, polled_at: float) -> None:
+        """Idle time, the progress line every `progress_every_s`, and the notice that a live
+        source is caught up (said once, and again only after falling well behind)."""
+        if not got_records and not self._pending.consumed and not self._inflight:
+            self.stats.idle_seconds += time.monotonic() - polled_at
+        progress_due = time.monotonic() - self._last_progress >= self.cfg.run.progress_every_s
+        lag_of = getattr(self.source, "lag", None)
+        # asked when a poll came back empty (the moment of catching up) or for the progress line
+        if lag_of is not None and (progress_due or not got_records):
+            self.stats.lag = lag = lag_of()
+            if lag == 0 and not got_records and not self._caught_up:
+                # nothing more to read: store what is in hand, so the line's counts are final
+                self._dispatch()
+                self._complete()
+                log.info("caught up with the source: lag 0 after %s", self.stats.progress_line())
+                self._caught_up = True
+            elif lag is not None and lag > 10 * self.cfg.run.batch_size:
+                self._caught_up = False
+        if progress_due:
+            log.info("progress: %s", self.stats.progress_line())
+            self._last_progress = time.monotonic()
 
     def _dispatch(self) -> None:
         """Hand the pending batch to the pipeline thread, once fewer than `_MAX_INFLIGHT`

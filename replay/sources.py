@@ -170,6 +170,20 @@ class KafkaLive:
     def finished(self) -> bool:
         return False
 
+    def lag(self) -> int | None:
+        """Messages behind the end of the assigned partitions, from what the last fetches told
+        (no broker request); None until every assigned partition has been fetched once."""
+        total = 0
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                return None
+            try:
+                total += max(0, high - self.consumer.position(tp, timeout_ms=0))
+            except Exception:  # no position yet (kafka-python raises on a zero timeout)
+                return None
+        return total
+
     def commit(self, positions: Checkpoints) -> None:
         from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata, TopicPartition

@@ -13,6 +13,7 @@ import orjson
 from diff.judge import judge
 from diff.load import open_run, run_info
 from reports.html import write_report
+from schemas.errors import ShadowdiffError
 
 RANDOM_SAMPLE = 200
 
@@ -101,14 +102,29 @@ def write_bundle(home: Path, run_id: str, out: Path, policy: Any, candidate: str
 
 
 def verify_bundle(path: Path) -> list[str]:
-    """Files whose checksum does not match the manifest (empty when the bundle is intact)."""
-    bad = []
-    with zipfile.ZipFile(path) as zf:
-        manifest = zf.read("MANIFEST.sha256").decode()
-        if zf.read("BUNDLE.sha256").decode().split()[0] != hashlib.sha256(manifest.encode()).hexdigest():
+    """What is wrong with a bundle: files whose checksum does not match the manifest (by name),
+    `missing: <name>` for listed files that are absent, `unlisted: <name>` for files the manifest
+    does not cover. Empty when the bundle is intact. Raises ShadowdiffError when it is not a
+    bundle at all."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise ShadowdiffError(f"{path}: not a readable evidence bundle ({err})") from err
+    bad: list[str] = []
+    with zf:
+        names = set(zf.namelist())
+        if not {"MANIFEST.sha256", "BUNDLE.sha256"} <= names:
+            raise ShadowdiffError(f"{path}: not an evidence bundle (no MANIFEST.sha256 / BUNDLE.sha256)")
+        manifest = zf.read("MANIFEST.sha256").decode("utf-8", "replace")
+        if zf.read("BUNDLE.sha256").decode("utf-8", "replace").split()[:1] != [hashlib.sha256(manifest.encode()).hexdigest()]:
             bad.append("MANIFEST.sha256")
+        listed = set()
         for line in manifest.splitlines():
-            digest, name = line.split("  ", 1)
-            if hashlib.sha256(zf.read(name)).hexdigest() != digest:
+            digest, _, name = line.partition("  ")
+            listed.add(name)
+            if name not in names:
+                bad.append(f"missing: {name}")
+            elif hashlib.sha256(zf.read(name)).hexdigest() != digest:
                 bad.append(name)
+        bad += [f"unlisted: {n}" for n in sorted(names - listed - {"MANIFEST.sha256", "BUNDLE.sha256"})]
     return bad

@@ -28,6 +28,7 @@ class RunSection(_Frozen):
     # `batch_timeout_ms` after its first message, whichever comes first
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
     batch_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 500
+    progress_every_s: Annotated[float, Field(gt=0)] = 15.0  # a progress line (consumed, rate, lag) this often
 
 
 class FileSource(_Frozen):

@@ -143,8 +143,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_evidence(args: argparse.Namespace) -> int:
-    from reports.evidence import write_bundle
+    """`evidence --run R -o bundle.zip` writes a bundle; `evidence verify bundle.zip` checks one
+    (exit 0 intact, 1 tampered)."""
+    from reports.evidence import verify_bundle, write_bundle
 
+    if args.action == "verify":
+        if not args.bundle:
+            raise ConfigError("evidence verify", ["BUNDLE: the bundle to verify is required"])
+        bad = verify_bundle(Path(args.bundle))
+        for problem in bad:
+            print(f"{args.bundle}: {problem}: does not match the manifest" if ":" not in problem else f"{args.bundle}: {problem}")
+        if not bad:
+            print(f"{args.bundle}: intact")
+        return 1 if bad else 0
+    missing = [f"--{k}: required to write a bundle" for k in ("run", "output") if not getattr(args, k)]
+    if missing:
+        raise ConfigError("evidence", missing)
     path = write_bundle(_home(args), args.run, Path(args.output), _policy(args), args.candidate)
     print(path)
     return 0
@@ -157,24 +171,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    """Mirror generated production traffic to a topic at a steady rate (for docker compose)."""
+    """Send a recording to a topic (`--file`), or generated demo traffic at a steady rate."""
+    if args.file:
+        from replay.produce import produce_recording
+
+        stats = produce_recording(Path(args.file), args.bootstrap, args.topic, args.key_field, args.time_field, args.rate)
+        print(orjson.dumps({"topic": args.topic, **stats.summary()}, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    return _produce_generated(args)
+
+
+def _produce_generated(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from kafka import KafkaProducer
 
     from shadowdiff_cli.demo_traffic import generate
 
+    rate = args.rate or 200.0
     producer = KafkaProducer(bootstrap_servers=args.bootstrap.split(","), linger_ms=20, acks="all")
     sent, seed = 0, 0
     t0 = time.monotonic()
     try:
         while args.count <= 0 or sent < args.count:
             seed += 1
-            for env in generate(1000, seed, t0=datetime.now(UTC), hours=1000 / max(args.rate, 1) / 3600):
+            for env in generate(1000, seed, t0=datetime.now(UTC), hours=1000 / max(rate, 1) / 3600):
                 producer.send(args.topic, key=env["request_id"].encode(), value=orjson.dumps(env))
                 sent += 1
                 # pace to the requested rate; a live topic, not a bulk load
-                ahead = sent / args.rate - (time.monotonic() - t0)
+                ahead = sent / rate - (time.monotonic() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
                 if 0 < args.count <= sent:
@@ -221,16 +246,24 @@ def register(sub: Any) -> None:
     s.add_argument("--base-url", help="public URL for report links")
     s.set_defaults(func=cmd_serve)
 
-    e = sub.add_parser("evidence", help="write a checksummed evidence bundle (zip)")
-    common(e)
-    e.add_argument("-o", "--output", required=True)
+    e = sub.add_parser("evidence", help="write a checksummed evidence bundle (zip), or verify one")
+    e.add_argument("action", nargs="?", choices=["write", "verify"], default="write")
+    e.add_argument("bundle", nargs="?", help="verify: the bundle to check")
+    e.add_argument("--run", help="run id")
+    e.add_argument("--home", default="shadowdiff-runs", help="folder holding the runs")
+    e.add_argument("--candidate", help="candidate name (default: the first)")
+    e.add_argument("--policy", help="gate policy (TOML)")
+    e.add_argument("-o", "--output")
     e.set_defaults(func=cmd_evidence)
 
-    pr = sub.add_parser("produce", help="mirror generated traffic to a Kafka topic (demo, docker compose)")
+    pr = sub.add_parser("produce", help="send a recording (or generated demo traffic) to a Kafka topic")
     pr.add_argument("--bootstrap", required=True)
     pr.add_argument("--topic", required=True)
-    pr.add_argument("--rate", type=float, default=200.0, help="messages per second")
-    pr.add_argument("--count", type=int, default=0, help="stop after this many (0 = run until stopped)")
+    pr.add_argument("--file", help="a JSONL or Parquet recording of envelopes; without it, generated demo traffic")
+    pr.add_argument("--key-field", default="request_id", help="dotted path of the message key in each envelope")
+    pr.add_argument("--time-field", default="event_time", help="dotted path of the event time (the message timestamp)")
+    pr.add_argument("--rate", type=float, default=0.0, help="messages per second (0: as fast as the broker takes them)")
+    pr.add_argument("--count", type=int, default=0, help="generated traffic: stop after this many (0 = until stopped)")
     pr.set_defaults(func=cmd_produce)
 
     d = sub.add_parser("demo", help="the whole job on generated traffic: three scenarios, three verdicts")

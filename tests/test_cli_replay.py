@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import duckdb
@@ -146,3 +147,52 @@ url = "{server.url}/predict"
     committed = {tp.partition: c.committed(tp) for tp in (TopicPartition(topic, 0), TopicPartition(topic, 1))}
     c.close()
     assert {k: v for k, v in committed.items() if v is not None} == checkpoints
+
+
+@pytest.mark.kafka
+def test_a_live_replay_says_when_it_has_caught_up_and_rates_exclude_idle_time(tmp_path, kafka_bootstrap, make_topic, unique):
+    topic = make_topic(2)
+    rng = random.Random(12)
+    envs = [envelope(i, rng) for i in range(1500)]
+    produce(kafka_bootstrap, topic, [(e["request_id"].encode(), orjson.dumps(e)) for e in envs])
+    cfg = write_config(
+        tmp_path / "live.toml",
+        f"""
+[run]
+id = "caught"
+home = "{tmp_path / "runs"}"
+batch_size = 500
+batch_timeout_ms = 200
+progress_every_s = 0.5
+[source]
+kind = "kafka-live"
+bootstrap = "{kafka_bootstrap}"
+topic = "{topic}"
+group = "{unique("g")}"
+[output]
+score_path = "score"
+[[candidates]]
+name = "v2"
+kind = "python"
+target = "models_for_tests:logistic"
+""",
+    )
+    p = replay(cfg)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(p.stderr.readline, "")), daemon=True)
+    reader.start()
+    caught = wait_until(lambda: next((x for x in lines if "caught up" in x), None) or p.poll() is not None, 120, "caught up")
+    assert p.poll() is None, "".join(lines)[-2000:]
+    assert "lag 0" in caught
+    assert f"consumed {len(envs)}" in caught  # caught up means everything there was read
+    # a progress line after the catch-up, with nothing new read: the replay has sat idle
+    after = len(lines)
+    wait_until(lambda: any("progress:" in x for x in lines[after:]) or p.poll() is not None, 60, "a progress line")
+    assert any(f"progress: consumed {len(envs)} " in x for x in lines[after:])
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
+    reader.join(10)
+    summary = orjson.loads(out[out.index("{") :])
+    assert summary["lag"] == 0
+    assert summary["idle_seconds"] > 0
+    assert summary["consumed_per_s"] > summary["consumed"] / summary["seconds"]

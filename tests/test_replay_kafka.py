@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import orjson
 import pytest
-from helpers import T0, committed_offsets, envelope, produce, sampled, wait_until, write_config
+from helpers import T0, committed_offsets, envelope, jsonl, produce, sampled, wait_until, write_config
 from models_for_tests import logistic
 
 from replay.job import run_replay
@@ -299,3 +299,77 @@ score_path = "score"
     (attempts,) = con.execute("SELECT max(attempts) FROM outputs WHERE variant = 'candidate:hang'").fetchone()
     assert attempts == 2  # one retry for a transient timeout
     assert stats.call_errors["candidate:hang/timeout"] == 41
+
+
+def test_a_recording_produced_to_a_topic_replays_as_the_same_pairs_as_the_file(tmp_path, kafka_bootstrap, make_topic):
+    topic = make_topic(3)
+    rng = random.Random(41)
+    envs = [envelope(i, rng) for i in range(1200)]
+    envs[7]["event_time"] = int((T0 + timedelta(seconds=7)).timestamp() * 1000)  # epoch ms works too
+    recording = jsonl(tmp_path / "traffic.jsonl", envs)
+    common = """
+[features]
+numeric = ["x", "y"]
+categorical = ["plan"]
+[segments]
+fields = ["region", "device"]
+[sampling]
+rate = 0.5
+key = "request_id"
+[output]
+score_path = "score"
+threshold = 0.5
+[[candidates]]
+name = "v2"
+kind = "python"
+target = "models_for_tests:logistic"
+"""
+    from_file = write_config(
+        tmp_path / "file.toml",
+        f'[run]\nid = "from-file"\nhome = "{tmp_path / "runs"}"\n[source]\nkind = "file"\npath = "{recording}"\n' + common,
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    cli = [sys.executable, "-m", "shadowdiff_cli.main", "produce", "--bootstrap", kafka_bootstrap, "--topic", topic]
+    sent = subprocess.run(
+        [*cli, "--file", str(recording)],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert sent.returncode == 0, sent.stderr.decode()[-2000:]
+    assert orjson.loads(sent.stdout)["sent"] == len(envs)
+    window = write_config(
+        tmp_path / "window.toml",
+        f"""[run]
+id = "from-topic"
+home = "{tmp_path / "runs"}"
+[source]
+kind = "kafka-window"
+bootstrap = "{kafka_bootstrap}"
+topic = "{topic}"
+start = "{T0.isoformat()}"
+end = "{(T0 + timedelta(hours=1)).isoformat()}"
+progress = false
+"""
+        + common,
+    )
+    run_replay(load_config(from_file))
+    run_replay(load_config(window))
+    q = """SELECT r.request_id, r.event_time, b.score, c.score FROM requests r
+           JOIN outputs b ON b.source = r.source AND b.part = r.part AND b."offset" = r."offset" AND b.variant = 'baseline'
+           JOIN outputs c ON c.source = r.source AND c.part = r.part AND c."offset" = r."offset" AND c.variant = 'candidate:v2'
+           ORDER BY r.request_id"""
+    with stored(tmp_path / "runs", "from-file") as con:
+        file_pairs = con.execute(q).fetchall()
+    with stored(tmp_path / "runs", "from-topic") as con:
+        topic_pairs = con.execute(q).fetchall()
+    expected = {e["request_id"] for e in envs if sampled(e["request_id"].encode(), 0.5)}
+    assert {r[0] for r in file_pairs} == expected
+    assert topic_pairs == file_pairs
+    # each message is keyed by its request id and stamped with its event time
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    got = {r.key.decode(): r.timestamp for r in consumer}
+    consumer.close()
+    assert got == {f"req-{i}": int((T0 + timedelta(seconds=i)).timestamp() * 1000) for i in range(len(envs))}

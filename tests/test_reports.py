@@ -227,6 +227,28 @@ def test_evidence_bundle_is_checksummed(home, tmp_path):
         for n in src.namelist():
             dst.writestr(n, b"{}" if n == "verdict.json" else src.read(n))
     assert verify_bundle(tampered) == ["verdict.json"]
+    # a file slipped in beside the listed ones is named too
+    padded = tmp_path / "p.zip"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(padded, "w") as dst:
+        for n in src.namelist():
+            dst.writestr(n, src.read(n))
+        dst.writestr("extra.json", b"{}")
+    assert verify_bundle(padded) == ["unlisted: extra.json"]
+    # and the CLI verb answers with its exit code
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def verify_cli(bundle: Path) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "shadowdiff_cli.main", "evidence", "verify", str(bundle)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    intact = verify_cli(path)
+    assert (intact.returncode, intact.stdout.strip()) == (0, f"{path}: intact")
+    broken = verify_cli(tampered)
+    assert broken.returncode == 1
+    assert "verdict.json" in broken.stdout
+    not_a_bundle = verify_cli(ROOT / "README.md")
+    assert not_a_bundle.returncode == 1
+    assert "not a readable evidence bundle" in not_a_bundle.stderr
 
 
 CHROMIUM_ARGS = [
