@@ -40,8 +40,8 @@ def bootstrap() -> str:
     env = os.environ.get("SHADOWDIFF_KAFKA_BOOTSTRAP")
     if env:
         return env
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start"], check=True, capture_output=True, text=True)
-    return out.stdout.strip().splitlines()[-1]
+    subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start"], check=True, stdout=subprocess.DEVNULL)
+    return (ROOT / ".kafka" / "bootstrap").read_text(encoding="utf-8").strip()
 
 
 def envelope(i: int, rng: random.Random) -> bytes:
@@ -97,13 +97,13 @@ def raw_consume(bs: str, topic: str, n: int) -> float:
     return seen / dt
 
 
-def config(bs: str, topic: str, home: Path, run: str, rate: float, candidate: str, end_ms: int) -> Path:
+def config(bs: str, topic: str, home: Path, run: str, rate: float, candidate: str, end_ms: int, batch_size: int = 20_000) -> Path:
     path = home / f"{run}.toml"
     path.write_text(f"""
 [run]
 id = "{run}"
 home = "{home}"
-batch_size = 20000
+batch_size = {batch_size}
 [source]
 kind = "kafka-window"
 bootstrap = "{bs}"

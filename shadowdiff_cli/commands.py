@@ -165,6 +165,10 @@ def cmd_evidence(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError as err:
+        raise ConfigError("demo", ['the demo trains its models with scikit-learn: pip install "shadowdiff[demo]"']) from err
     from shadowdiff_cli.demo import run_demo
 
     return run_demo(Path(args.dir), kafka=args.kafka)

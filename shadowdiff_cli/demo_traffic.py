@@ -6,10 +6,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
+
+if TYPE_CHECKING:  # the demo's models need the `demo` extra; generating traffic does not
+    from sklearn.linear_model import LogisticRegression
 
 NUMERIC = [
     "age",
@@ -98,6 +100,8 @@ def encode(rows: list[dict[str, Any]], night_minutes_bug: bool = False) -> np.nd
 
 
 def train(seed: int, n: int = 8000) -> LogisticRegression:
+    from sklearn.linear_model import LogisticRegression
+
     rng = np.random.default_rng(seed)
     rows = [e["input"] for e in generate(n, seed + 1000)]
     y = np.array([rng.random() < 1 / (1 + math.exp(-true_logit(r))) for r in rows])
