@@ -15,11 +15,12 @@ import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -27,7 +28,8 @@ from starlette.routing import Route
 
 from reports.openapi import OPENAPI
 from reports.verdicts import VerdictStore
-from schemas.errors import RunNotFound
+from schemas.errors import RunNotFound, UnknownCandidate
+from schemas.gate import DEFAULT_MAX_WAIVER, GateAnswer, Waiver, WaiverRequest
 
 
 class FastJSON(JSONResponse):
@@ -42,6 +44,7 @@ class GateSettings:
     public_reads: bool = True
     base_url: str = "http://127.0.0.1:8787"
     stale_after_s: float = 300.0
+    max_waiver: timedelta = DEFAULT_MAX_WAIVER  # the longest a waiver may last
 
 
 def create_app(settings: GateSettings) -> Any:
@@ -61,22 +64,24 @@ def create_app(settings: GateSettings) -> Any:
             return None
         return FastJSON({"error": "reads need the bearer token"}, status_code=401)
 
-    def public(status: dict[str, Any], run_id: str) -> dict[str, Any]:
-        out = {k: v for k, v in status.items() if k != "document"}
-        out["report_url"] = f"{settings.base_url}/runs/{run_id}/report"
-        return out
+    def public(answer: GateAnswer) -> dict[str, Any]:
+        body = answer.model_dump(mode="json")
+        body["report_url"] = f"{settings.base_url}/runs/{answer.run_id}/report"
+        return body
+
+    def not_found(err: Exception) -> Response:
+        return FastJSON({"error": str(err)}, status_code=404)
 
     async def verdict(request: Request) -> Response:
         if (denied := read_guard(request)) is not None:
             return denied
-        run_id = request.path_params["run"]
         try:
-            st = store.status(run_id, request.query_params.get("candidate"))
-        except RunNotFound as err:
-            return FastJSON({"error": str(err)}, status_code=404)
-        body = public(st, run_id)
+            answer, doc = store.answer(request.path_params["run"], request.query_params.get("candidate"))
+        except (RunNotFound, UnknownCandidate) as err:
+            return not_found(err)
+        body = public(answer)
         if request.query_params.get("full") == "1":
-            body["document"] = st["document"]
+            body["document"] = doc
         return FastJSON(body)
 
     async def flagger(request: Request) -> Response:
@@ -90,17 +95,15 @@ def create_app(settings: GateSettings) -> Any:
         if missing:
             return FastJSON({"error": f"Flagger payload needs string fields {missing}"}, status_code=400)
         meta = payload.get("metadata") or {}
-        if not isinstance(meta, dict):
-            return FastJSON({"error": "metadata must be an object"}, status_code=400)
-        run_id = request.path_params["run"]
+        if not isinstance(meta, dict) or not isinstance(meta.get("candidate", ""), str):
+            return FastJSON({"error": "metadata must be an object of strings (metadata.candidate: a name)"}, status_code=400)
         try:
-            st = store.status(run_id, meta.get("candidate"))
-        except RunNotFound as err:
-            return FastJSON({"error": str(err)}, status_code=404)
-        code = {"go": 200, "no_go": 412, "pending": 425}[st["verdict"]]
+            answer, _ = store.answer(request.path_params["run"], meta.get("candidate"))
+        except (RunNotFound, UnknownCandidate) as err:
+            return not_found(err)
         return FastJSON(
-            public(st, run_id) | {"flagger": {k: payload.get(k) for k in ("name", "namespace", "phase", "checksum")}},
-            status_code=code,
+            public(answer) | {"flagger": {k: payload.get(k) for k in ("name", "namespace", "phase", "checksum")}},
+            status_code=answer.flagger_status,
         )
 
     async def runs(request: Request) -> Response:
@@ -108,13 +111,13 @@ def create_app(settings: GateSettings) -> Any:
             return denied
         out = []
         for r in store.runs():
-            st = store.status(r)
+            st, _ = store.answer(r)
             out.append(
                 {
                     "run_id": r,
-                    "candidate": st["candidate"],
-                    "verdict": st["verdict"],
-                    "pairs": st.get("pairs", 0),
+                    "candidate": st.candidate,
+                    "verdict": st.verdict,
+                    "pairs": st.pairs,
                     "verdict_url": f"{settings.base_url}/runs/{r}/verdict",
                     "report_url": f"{settings.base_url}/runs/{r}/report",
                 }
@@ -126,9 +129,9 @@ def create_app(settings: GateSettings) -> Any:
             return denied
         run_id = request.path_params["run"]
         try:
-            d = store.run_dir(run_id)
+            d = store.layout(run_id).dir
         except RunNotFound as err:
-            return FastJSON({"error": str(err)}, status_code=404)
+            return not_found(err)
         name = request.query_params.get("candidate") or next(iter(store.candidates(run_id)), None)
         page = request.path_params.get("page") or f"report-{name}.html"
         if not re.fullmatch(r"report-[A-Za-z0-9._-]+\.html", page):
@@ -146,22 +149,20 @@ def create_app(settings: GateSettings) -> Any:
             return FastJSON({"error": "a bearer token is required to record a waiver"}, status_code=401)
         run_id = request.path_params["run"]
         try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            return FastJSON({"error": "body is not JSON"}, status_code=400)
-        if not isinstance(body, dict) or not all(isinstance(body.get(k), str) and body[k] for k in ("check", "reason", "by")):
+            asked = WaiverRequest.model_validate_json(await request.body())
+        except ValidationError as err:
+            problems = [f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in err.errors()]
+            return FastJSON({"error": "invalid waiver", "problems": problems}, status_code=422)
+        now = datetime.now(UTC)
+        if not now < asked.expires_at <= now + settings.max_waiver:
             return FastJSON(
-                {"error": "a waiver needs string fields check, reason, by (segment, candidate optional)"},
-                status_code=400,
+                {"error": f"expires_at must be in the future and at most {settings.max_waiver} from now"}, status_code=422
             )
-        waiver = {k: body.get(k) for k in ("check", "segment", "candidate", "reason", "by")}
-        waiver["segment"] = waiver["segment"] or "*"
-        waiver["at"] = datetime.now(UTC).isoformat()
         try:
-            items = store.add_waiver(run_id, waiver)
+            items = store.add_waiver(run_id, Waiver(**asked.model_dump(), created_at=now))
         except RunNotFound as err:
-            return FastJSON({"error": str(err)}, status_code=404)
-        return FastJSON({"waivers": items}, status_code=201)
+            return not_found(err)
+        return FastJSON({"waivers": [w.model_dump(mode="json") for w in items]}, status_code=201)
 
     async def healthz(request: Request) -> Response:
         return FastJSON({"ok": True, "home": str(settings.home), "runs": len(store.runs())})
@@ -184,12 +185,12 @@ def create_app(settings: GateSettings) -> Any:
             "# TYPE shadowdiff_run_verdict gauge",
         ]
         for r in store.runs():
-            st = store.status(r)
+            st, _ = store.answer(r)
             for v in ("go", "no_go", "pending"):
                 lines.append(
-                    f'shadowdiff_run_verdict{{run="{r}",candidate="{st["candidate"]}",verdict="{v}"}} {int(st["verdict"] == v)}'
+                    f'shadowdiff_run_verdict{{run="{r}",candidate="{st.candidate}",verdict="{v}"}} {int(st.verdict == v)}'
                 )
-            lines.append(f'shadowdiff_run_pairs{{run="{r}"}} {st.get("pairs", 0)}')
+            lines.append(f'shadowdiff_run_pairs{{run="{r}"}} {st.pairs}')
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     async def openapi(request: Request) -> Response:

@@ -1,27 +1,31 @@
-"""Published verdicts as the gate sees them: read from the run folder (never from the store,
+"""The gate's one answer: published verdicts read from the run folder (never from the store,
 which a replay may be writing), cached by file mtime, and never more optimistic than the data:
 no verdict yet → pending "no data"; a verdict from a writer that stopped publishing → pending
-"stale"; a NO_GO whose every failure is waived by a person → go, saying so."""
+"stale"; a NO_GO whose every failure is covered by an unexpired waiver → go, naming the
+waivers. The Argo and Flagger endpoints and `shadowdiff gate` all answer through `answer()`.
+Reading never writes."""
 
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
-from schemas.errors import RunNotFound
-
-RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+from schemas.errors import RunNotFound, ShadowdiffError, UnknownCandidate
+from schemas.gate import GateAnswer, Waiver, WaiverFile
+from schemas.layout import RunLayout, valid_name
 
 
 @dataclass
 class _Entry:
     mtime_ns: int
-    doc: dict[str, Any]
+    doc: Any
 
 
 class VerdictStore:
@@ -32,101 +36,130 @@ class VerdictStore:
         self._cache: dict[Path, _Entry] = {}
         # answers are recomputed at most every `refresh_s`: a request is then a dict lookup,
         # which keeps the gate's tail latency low while a replay and its judge share the CPU
-        self._answers: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
+        self._answers: dict[tuple[str, str | None], tuple[float, GateAnswer, dict[str, Any] | None]] = {}
 
     def runs(self) -> list[str]:
         if not self.home.exists():
             return []
-        return sorted(p.name for p in self.home.iterdir() if p.is_dir() and any(p.glob("store-*.duckdb")))
+        out = []
+        for p in sorted(self.home.iterdir()):
+            try:
+                out.append(RunLayout.existing(self.home, p.name).run_id)
+            except RunNotFound:
+                continue
+        return out
 
-    def run_dir(self, run_id: str) -> Path:
-        d = self.home / run_id
-        if "/" in run_id or run_id.startswith(".") or not d.is_dir() or not any(d.glob("store-*.duckdb")):
-            raise RunNotFound(f"run {run_id!r} not found")
-        return d
+    def layout(self, run_id: str) -> RunLayout:
+        return RunLayout.existing(self.home, run_id)
 
-    def _load(self, path: Path) -> dict[str, Any] | None:
+    def _load(self, path: Path) -> Any:
         try:
             st = os.stat(path)
         except FileNotFoundError:
             return None
         hit = self._cache.get(path)
         if hit is None or hit.mtime_ns != st.st_mtime_ns:
-            hit = _Entry(st.st_mtime_ns, dict(orjson.loads(path.read_bytes())))
+            hit = _Entry(st.st_mtime_ns, orjson.loads(path.read_bytes()))
             self._cache[path] = hit
         return hit.doc
 
     def candidates(self, run_id: str) -> list[str]:
-        d = self.run_dir(run_id)
-        return sorted(p.name[len("verdict-") : -len(".json")] for p in d.glob("verdict-*.json"))
+        """The run's candidates: those it was started with (run.json), then any with a
+        published verdict."""
+        layout = self.layout(run_id)
+        run = self._load(layout.run_file) or {}
+        declared = [c for c in run.get("candidates", []) if valid_name(c)] if isinstance(run, dict) else []
+        return declared + [c for c in layout.published_candidates() if c not in declared]
 
-    def waivers(self, run_id: str) -> list[dict[str, Any]]:
-        doc = self._load(self.run_dir(run_id) / "waivers.json")
-        return list(doc.get("waivers", [])) if doc else []
+    def waivers(self, run_id: str) -> list[Waiver]:
+        doc = self._load(self.layout(run_id).waivers)
+        if not doc:
+            return []
+        try:
+            return list(WaiverFile.model_validate(doc).waivers)
+        except ValidationError as err:
+            # a hand-edited file must not take the gate down: no waiver applies, and it says so
+            problem = err.errors()[0]["msg"]
+            raise ShadowdiffError(f"waivers.json of run {run_id} is invalid, so no waiver applies: {problem}") from err
 
-    def add_waiver(self, run_id: str, waiver: dict[str, Any]) -> list[dict[str, Any]]:
-        d = self.run_dir(run_id)
-        items = [*self.waivers(run_id), waiver]
-        tmp = d / ".waivers.json.tmp"
-        tmp.write_bytes(orjson.dumps({"waivers": items}, option=orjson.OPT_INDENT_2))
-        os.replace(tmp, d / "waivers.json")
+    def add_waiver(self, run_id: str, waiver: Waiver) -> list[Waiver]:
+        layout = self.layout(run_id)
+        try:
+            items = [*self.waivers(run_id), waiver]
+        except ShadowdiffError:
+            items = [waiver]
+        tmp = layout.dir / ".waivers.json.tmp"
+        tmp.write_bytes(WaiverFile(waivers=items).model_dump_json(indent=2).encode())
+        os.replace(tmp, layout.waivers)
         self.forget(run_id)
         return items
-
-    def status(self, run_id: str, candidate: str | None = None) -> dict[str, Any]:
-        """The gate's answer: verdict in {go, no_go, pending}, reasons, and the document;
-        at most `refresh_s` old."""
-        key = (run_id, candidate)
-        hit = self._answers.get(key)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < self.refresh_s:
-            return hit[1]
-        answer = self._status(run_id, candidate)
-        self._answers[key] = (now, answer)
-        return answer
 
     def forget(self, run_id: str) -> None:
         """Drop cached answers of a run (after a waiver is recorded)."""
         for key in [k for k in self._answers if k[0] == run_id]:
             del self._answers[key]
 
-    def _status(self, run_id: str, candidate: str | None) -> dict[str, Any]:
-        d = self.run_dir(run_id)
+    def answer(self, run_id: str, candidate: str | None = None) -> tuple[GateAnswer, dict[str, Any] | None]:
+        """The gate's answer and the verdict document behind it (None before any verdict),
+        at most `refresh_s` old. Raises RunNotFound / UnknownCandidate."""
+        key = (run_id, candidate)
+        hit = self._answers.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self.refresh_s:
+            return hit[1], hit[2]
+        answer, doc = self._answer(run_id, candidate)
+        self._answers[key] = (now, answer, doc)
+        return answer, doc
+
+    def _answer(self, run_id: str, candidate: str | None) -> tuple[GateAnswer, dict[str, Any] | None]:
+        layout = self.layout(run_id)
         names = self.candidates(run_id)
+        if candidate is not None and candidate not in names:
+            shown = candidate[:80] if isinstance(candidate, str) else candidate
+            raise UnknownCandidate(f"run {run_id!r} has no candidate {shown!r} (has {names})")
         name = candidate or (names[0] if names else None)
-        doc = self._load(d / f"verdict-{name}.json") if name else None
-        if doc is None:
-            return {
-                "run_id": run_id,
-                "candidate": name,
-                "verdict": "pending",
-                "reasons": ["no data: no verdict published for this run yet"],
-                "document": None,
-            }
+        path = layout.verdict(name) if name else None
+        doc = self._load(path) if path else None
+        if not isinstance(doc, dict):
+            reasons = ["no data: no verdict published for this run yet"]
+            return GateAnswer(run_id=run_id, candidate=name, verdict="pending", reasons=reasons), None
         verdict = doc["verdict"]
         reasons = list(doc["reasons"])
-        age = time.time() - os.stat(d / f"verdict-{name}.json").st_mtime
+        stale = False
+        age = time.time() - os.stat(path).st_mtime if path else 0.0
         if doc.get("run_active") and age > self.stale_after_s:
-            verdict = "pending"
+            verdict, stale = "pending", True
             reasons = [f"stale: the replay last published a verdict {age:.0f} s ago and has not finished", *reasons]
-        waived: list[dict[str, Any]] = []
+        applied: list[Waiver] = []
         if verdict == "no_go":
-            fails = {(c["check"], c["segment"]) for c in doc["checks"] if c["status"] == "fail"}
-            ws = [w for w in self.waivers(run_id) if w.get("candidate") in (None, name)]
-            covered = {(w["check"], w.get("segment", "*")) for w in ws}
-            if fails and all((c, s) in covered or (c, "*") in covered for c, s in fails):
-                verdict = "go"
-                waived = ws
-                reasons = [f"waived by {w['by']}: {w['check']} in {w.get('segment', '*')} ({w['reason']})" for w in ws] + reasons
-        return {
-            "run_id": run_id,
-            "candidate": name,
-            "verdict": verdict,
-            "reasons": reasons,
-            "failing_segments": doc.get("failing_segments", []),
-            "waivers": waived,
-            "pairs": doc["data"]["pairs"],
-            "digest": doc.get("digest"),
-            "generated_at": doc.get("generated_at"),
-            "document": doc,
-        }
+            try:
+                waivers = self.waivers(run_id)
+            except ShadowdiffError as err:
+                waivers, reasons = [], [str(err), *reasons]
+            verdict, applied = _waive(doc, waivers, str(name), datetime.now(UTC))
+            reasons = [w.describe() for w in applied] + reasons
+        answer = GateAnswer(
+            run_id=run_id,
+            candidate=name,
+            verdict=verdict,
+            reasons=reasons,
+            failing_segments=doc.get("failing_segments", []),
+            waivers_applied=applied,
+            stale=stale,
+            pairs=doc.get("data", {}).get("pairs", 0),
+            digest=doc.get("digest"),
+            generated_at=doc.get("generated_at"),
+            policy_digest=doc.get("policy", {}).get("digest"),
+        )
+        return answer, doc
+
+
+def _waive(doc: dict[str, Any], waivers: list[Waiver], candidate: str, now: datetime) -> tuple[str, list[Waiver]]:
+    """GO when every failing check and segment is covered by an unexpired waiver for this
+    candidate; the waivers that did it."""
+    fails = {(c["check"], c["segment"]) for c in doc["checks"] if c["status"] == "fail"}
+    live = [w for w in waivers if w.active(now) and w.candidate in (None, candidate)]
+    used = [w for w in live if any(w.covers(c, s, candidate) for c, s in fails)]
+    if fails and all(any(w.covers(c, s, candidate) for w in live) for c, s in fails):
+        return "go", used
+    return "no_go", []

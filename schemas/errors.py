@@ -3,7 +3,8 @@
 ShadowdiffError
 ├── ConfigError      a run config or gate policy is invalid (says which key, what was expected)
 ├── StoreError       a DuckDB store cannot be opened or has the wrong schema
-└── RunNotFound      no run with that id
+├── RunNotFound      no run with that id
+└── UnknownCandidate the run has no candidate of that name
 """
 
 from __future__ import annotations
@@ -28,3 +29,7 @@ class StoreError(ShadowdiffError):
 
 class RunNotFound(ShadowdiffError):
     """No run with the requested id."""
+
+
+class UnknownCandidate(ShadowdiffError):
+    """The run has no candidate of the requested name."""

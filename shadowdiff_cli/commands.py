@@ -6,34 +6,43 @@ import argparse
 import re
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from schemas.errors import ConfigError, StoreError
-
-EXIT = {"go": 0, "no_go": 1, "pending": 2}
+from schemas.errors import ConfigError
 
 
 def _home(args: argparse.Namespace) -> Path:
     return Path(args.home)
 
 
-def _policy(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def policy_in_force(home: Path, run_id: str, path: str | None) -> tuple[Any, bool]:
+    """The policy to judge by, and whether it is the run's own: the run's stored policy (the
+    built-in one for a run that stored none) unless `path` names another."""
+    from diff.judge import policy_digest
+    from schemas.layout import RunLayout
     from schemas.policy import Policy, load_policy
+    from shadowdiff_cli.wiring import run_policy
 
-    return load_policy(Path(args.policy)) if args.policy else Policy()
+    RunLayout.existing(home, run_id)  # RunNotFound first
+    own = run_policy(home, run_id) or Policy()
+    if not path:
+        return own, True
+    given = load_policy(Path(path))
+    return given, policy_digest(given) == policy_digest(own)
 
 
-def judge_stored(home: Path, run_id: str, policy: Any) -> list[dict[str, Any]]:
-    """Judge from the stores (read-only) and publish the verdicts."""
+def judge_stored(home: Path, run_id: str, policy: Any, label: str | None = None) -> list[dict[str, Any]]:
+    """Judge from the stores (read-only) and publish the verdicts (labelled: kept, not served)."""
     from diff.load import open_run
     from shadowdiff_cli.wiring import judge_and_publish
 
     con = open_run(home, run_id)
     try:
-        return judge_and_publish(con, home, run_id, policy, final=True)
+        return judge_and_publish(con, home, run_id, policy, final=True, label=label)
     finally:
         con.close()
 
@@ -61,11 +70,32 @@ def summary(doc: dict[str, Any]) -> str:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    docs = judge_stored(_home(args), args.run, _policy(args))
+    """Judge under the run's own policy and publish; under another policy (`--policy`), keep
+    the verdict beside the served one under a label, and serve it only with `--publish`."""
+    from schemas.gate import EXIT_CODES
+    from schemas.layout import valid_name
+
+    home = _home(args)
+    policy, own = policy_in_force(home, args.run, args.policy)
+    label = None
+    if not own:
+        label = args.label or Path(args.policy).stem
+        if not valid_name(label):
+            raise ConfigError("--label", [f"{label!r}: use letters, digits, '.', '_' or '-'"])
+    docs = judge_stored(home, args.run, policy, label=label)
+    if label is not None and args.publish:
+        from shadowdiff_cli.wiring import publish
+
+        for doc in docs:
+            doc["policy"]["published_over_the_run_policy"] = True
+            publish(home, args.run, doc)
     docs = [d for d in docs if not args.candidate or d["candidate"] == args.candidate]
     for doc in docs:
         print(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str).decode() if args.json else summary(doc))
-    return max(EXIT[d["verdict"]] for d in docs) if docs else 2
+        if label is not None:
+            served = "now served by the gate" if args.publish else "not served by the gate (add --publish to serve it)"
+            print(f"  judged under policy {args.policy} (label {label}): {served}", file=sys.stderr)
+    return max(EXIT_CODES[d["verdict"]] for d in docs) if docs else EXIT_CODES["pending"]
 
 
 def parse_duration(text: str) -> float:
@@ -75,51 +105,41 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
-def read_verdict(home: Path, run_id: str, candidate: str | None, policy: Any) -> dict[str, Any]:
-    """The published verdict; judged from the stores when none is published and no writer runs."""
-    from diff.load import store_files
-    from shadowdiff_cli.wiring import verdict_path
-
-    store_files(home, run_id)  # RunNotFound for an unknown run
-    files = sorted((home / run_id).glob("verdict-*.json"))
-    if candidate:
-        files = [verdict_path(home, run_id, candidate)]
-    if not files or not files[0].exists():
-        try:
-            docs = judge_stored(home, run_id, policy)
-        except StoreError:
-            return {"verdict": "pending", "reasons": ["no verdict published yet and the store is being written"]}
-        docs = [d for d in docs if not candidate or d["candidate"] == candidate]
-        return docs[0]
-    return dict(orjson.loads(files[0].read_bytes()))
-
-
 def cmd_gate(args: argparse.Namespace) -> int:
+    """The gate's answer as an exit code: the same answer the Argo and Flagger endpoints give
+    (waivers, staleness, pending, unknown). Reads published verdicts only; never writes."""
+    from reports.verdicts import VerdictStore
+
+    store = VerdictStore(_home(args), stale_after_s=parse_duration(args.stale_after), refresh_s=0.0)
     deadline = time.monotonic() + parse_duration(args.timeout)
-    policy = _policy(args)
     while True:
-        doc = read_verdict(_home(args), args.run, args.candidate, policy)
-        if doc["verdict"] != "pending" or not args.wait or time.monotonic() >= deadline:
+        answer, doc = store.answer(args.run, args.candidate)
+        if answer.verdict != "pending" or not args.wait or time.monotonic() >= deadline:
             break
         time.sleep(min(args.interval, max(0.1, deadline - time.monotonic())))
-    if "run_id" in doc:
-        print(summary(doc))
-    else:
-        print(f"run {args.run}: PENDING\n  - " + "\n  - ".join(doc["reasons"]))
-    if args.wait and doc["verdict"] == "pending":
+    print(f"run {answer.run_id} candidate {answer.candidate}: {answer.verdict.upper()}")
+    for reason in answer.reasons[:12]:
+        print(f"  - {reason}")
+    if doc is not None and answer.verdict == doc["verdict"]:
+        print("\n".join(summary(doc).splitlines()[1:2]))
+    if args.wait and answer.verdict == "pending":
         print("  timed out waiting for a decision", file=sys.stderr)
-    return EXIT[doc["verdict"]]
+    return answer.exit_code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from reports.html import write_report
+    from reports.verdicts import VerdictStore
 
     home = _home(args)
-    docs = (
-        judge_stored(home, args.run, _policy(args))
-        if args.rejudge
-        else [read_verdict(home, args.run, args.candidate, _policy(args))]
-    )
+    if args.rejudge:
+        policy, own = policy_in_force(home, args.run, args.policy)
+        docs = judge_stored(home, args.run, policy, label=None if own else (args.label or Path(args.policy).stem))
+    else:
+        _, doc = VerdictStore(home, refresh_s=0.0).answer(args.run, args.candidate)
+        if doc is None:
+            raise ConfigError("report", [f"no verdict published for run {args.run} yet: add --rejudge"])
+        docs = [doc]
     for doc in docs:
         out = Path(args.output) if args.output else home / args.run / f"report-{doc['candidate']}.html"
         write_report(home, doc, out)
@@ -137,6 +157,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token,
         public_reads=not args.private_reads,
         base_url=args.base_url or f"http://{args.host}:{args.port}",
+        stale_after_s=parse_duration(args.stale_after),
+        max_waiver=timedelta(hours=parse_duration(args.max_waiver) / 3600),
     )
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
@@ -159,7 +181,8 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     missing = [f"--{k}: required to write a bundle" for k in ("run", "output") if not getattr(args, k)]
     if missing:
         raise ConfigError("evidence", missing)
-    path = write_bundle(_home(args), args.run, Path(args.output), _policy(args), args.candidate)
+    policy, _ = policy_in_force(_home(args), args.run, args.policy)
+    path = write_bundle(_home(args), args.run, Path(args.output), policy, args.candidate)
     print(path)
     return 0
 
@@ -221,24 +244,28 @@ def register(sub: Any) -> None:
         p.add_argument("--home", default="shadowdiff-runs", help="folder holding the runs")
         p.add_argument("--candidate", help="candidate name (default: every / the first)")
         if policy:
-            p.add_argument("--policy", help="gate policy (TOML)")
+            p.add_argument("--policy", help="judge under this policy instead of the run's own (TOML)")
 
-    j = sub.add_parser("judge", help="judge stored pairs; exit 0 GO, 1 NO_GO, 2 PENDING")
+    j = sub.add_parser("judge", help="judge stored pairs; exit 0 GO, 1 NO_GO, 2 PENDING, 3 error")
     common(j)
     j.add_argument("--json", action="store_true", help="print the verdict document")
+    j.add_argument("--label", help="name of a verdict judged under another policy (default: the policy file's name)")
+    j.add_argument("--publish", action="store_true", help="serve the verdict judged under --policy (recorded in it)")
     j.set_defaults(func=cmd_judge)
 
-    g = sub.add_parser("gate", help="CI gate: exit 0 GO, 1 NO_GO, 2 PENDING or timed out")
-    common(g)
+    g = sub.add_parser("gate", help="CI gate: exit 0 GO, 1 NO_GO, 2 PENDING or timed out, 3 unknown run/candidate or error")
+    common(g, policy=False)
     g.add_argument("--wait", action="store_true", help="poll until GO or NO_GO")
     g.add_argument("--timeout", default="30m", help="how long --wait waits (90s, 30m, 1h)")
     g.add_argument("--interval", type=float, default=5.0)
+    g.add_argument("--stale-after", default="300s", help="a running replay's verdict older than this is PENDING")
     g.set_defaults(func=cmd_gate)
 
     r = sub.add_parser("report", help="write the self-contained HTML report")
     common(r)
     r.add_argument("-o", "--output")
     r.add_argument("--rejudge", action="store_true")
+    r.add_argument("--label", help="with --rejudge --policy: the label of that verdict")
     r.set_defaults(func=cmd_report)
 
     s = sub.add_parser("serve", help="gate status service (Argo Rollouts, Flagger, /runs, /metrics)")
@@ -248,6 +275,8 @@ def register(sub: Any) -> None:
     s.add_argument("--token", help="bearer token for state-changing endpoints (waivers)")
     s.add_argument("--private-reads", action="store_true", help="reads need the token too")
     s.add_argument("--base-url", help="public URL for report links")
+    s.add_argument("--stale-after", default="300s", help="a running replay's verdict older than this is PENDING")
+    s.add_argument("--max-waiver", default="168h", help="the longest a waiver may last (e.g. 24h)")
     s.set_defaults(func=cmd_serve)
 
     e = sub.add_parser("evidence", help="write a checksummed evidence bundle (zip), or verify one")

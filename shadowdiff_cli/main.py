@@ -1,5 +1,5 @@
 """`shadowdiff` command line. Thin: parse, build settings once, call one function, and let the
-exit code be the answer (gate: 0 GO, 1 NO_GO, 2 PENDING or timed out)."""
+exit code be the answer (gate: 0 GO, 1 NO_GO, 2 PENDING or timed out, 3 unknown run or candidate, or any error)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import sys
 import threading
 from pathlib import Path
 
-from schemas.errors import ConfigError, RunNotFound, ShadowdiffError
+from schemas.errors import ShadowdiffError
 
 log = logging.getLogger("shadowdiff")
 
-EXIT_CONFIG = 3  # a bad config or policy: nothing was consumed
+EXIT_ERROR = 3  # a bad config or policy (nothing was consumed), an unknown run or candidate, any error
 
 
 def _stop_on_signals() -> threading.Event:
@@ -30,23 +30,20 @@ def _stop_on_signals() -> threading.Event:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from replay.job import run_replay
+    from replay.job import run_replay, validate_targets
     from schemas.config import load_config
-    from shadowdiff_cli.wiring import judge_hook
+    from schemas.policy import load_policy
+    from shadowdiff_cli.wiring import judge_hook, start_run
 
     cfg = load_config(Path(args.config))
-    policy = _policy(args)
+    given = load_policy(Path(args.policy)) if args.policy else None
+    validate_targets(cfg)  # a bad config leaves nothing behind, not even the run folder
+    policy = start_run(cfg, given)
     stop = _stop_on_signals()
     hook = judge_hook(cfg.run.home, cfg.run.id, policy) if not args.no_judge else None
     stats = run_replay(cfg, stop, on_checkpoint=hook, checkpoint_every_s=args.judge_every)
     print(_json(stats.summary()))
     return 0
-
-
-def _policy(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from schemas.policy import Policy, load_policy
-
-    return load_policy(Path(args.policy)) if getattr(args, "policy", None) else Policy()
 
 
 def _json(obj: object) -> str:
@@ -85,15 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
-    except ConfigError as err:
-        print(f"shadowdiff: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    except RunNotFound as err:
-        print(f"shadowdiff: {err}", file=sys.stderr)
-        return 2 if args.command == "gate" else 1
     except ShadowdiffError as err:
+        # 3, never 1 or 2: a CI job reading the gate's exit code must not take an error for a verdict
         print(f"shadowdiff: {err}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

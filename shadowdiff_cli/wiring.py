@@ -1,6 +1,7 @@
-"""Glue between packages that must not import each other: the replay's checkpoint hook runs the
-judge on the writer's own connection (DuckDB's one-writer rule) and publishes the verdict as a
-JSON file that the gate service and `shadowdiff gate` read without touching the store."""
+"""Glue between packages that must not import each other: the run folder's shared files (the
+run's candidates and the policy it owns), the replay's checkpoint hook that runs the judge on
+the writer's own connection (DuckDB's one-writer rule), and publishing verdicts as JSON files
+that the gate service and `shadowdiff gate` read without touching the store."""
 
 from __future__ import annotations
 
@@ -13,33 +14,72 @@ from typing import Any
 import orjson
 
 from replay.store import WRITER_MEMORY
-from schemas.policy import Policy
+from schemas.config import RunConfig
+from schemas.errors import ConfigError
+from schemas.layout import RunLayout
+from schemas.policy import Policy, parse_policy
 
 log = logging.getLogger(__name__)
 
 
-def verdict_path(home: Path, run_id: str, candidate: str) -> Path:
-    return home / run_id / f"verdict-{candidate}.json"
-
-
-def publish(home: Path, run_id: str, doc: dict[str, Any]) -> Path:
-    """Write atomically (rename), so a reader never sees half a verdict."""
-    path = verdict_path(home, run_id, doc["candidate"])
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write by rename, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".verdict-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str))
+        fh.write(data)
     os.replace(tmp, path)
+
+
+def publish(home: Path, run_id: str, doc: dict[str, Any], label: str | None = None) -> Path:
+    """The verdict the gate serves; with `label`, one kept beside it that the gate does not serve."""
+    path = RunLayout(home, run_id).verdict(doc["candidate"], label)
+    _write_atomic(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str))
     return path
 
 
-def judge_and_publish(con: Any, home: Path, run_id: str, policy: Policy, final: bool = False) -> list[dict[str, Any]]:
+def run_policy(home: Path, run_id: str) -> Policy | None:
+    """The policy the run was started with, if it stored one."""
+    path = RunLayout(home, run_id).policy
+    if not path.exists():
+        return None
+    return parse_policy(orjson.loads(path.read_bytes()), origin=str(path))
+
+
+def start_run(cfg: RunConfig, policy: Policy | None) -> Policy:
+    """Record the run's candidates and the policy it owns before anything is consumed, and
+    return the policy in force. A restarted run keeps its policy: a different one given again
+    is refused (re-judge under it with `shadowdiff judge --policy` instead)."""
+    from diff.judge import policy_digest
+
+    layout = RunLayout(cfg.run.home, cfg.run.id)
+    stored = run_policy(cfg.run.home, cfg.run.id)
+    if stored is not None and policy is not None and policy_digest(policy) != policy_digest(stored):
+        raise ConfigError(
+            "--policy",
+            [
+                f"run {cfg.run.id} was started with another policy (digest {policy_digest(stored)[:12]}); "
+                "a run keeps its policy: judge it under this one with `shadowdiff judge --policy ... --label ...`"
+            ],
+        )
+    in_force = stored or policy or Policy()
+    if stored is None:
+        _write_atomic(layout.policy, in_force.model_dump_json(indent=2).encode())
+    _write_atomic(layout.run_file, orjson.dumps({"run_id": cfg.run.id, "candidates": [c.name for c in cfg.candidates]}))
+    return in_force
+
+
+def judge_and_publish(
+    con: Any, home: Path, run_id: str, policy: Policy, final: bool = False, label: str | None = None
+) -> list[dict[str, Any]]:
     from diff.judge import judge_all
 
     docs = judge_all(con, policy)
     for doc in docs:
         doc["run_active"] = not final
-        publish(home, run_id, doc)
+        if label is not None:
+            doc["policy"]["label"] = label
+        publish(home, run_id, doc, label)
     return docs
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -85,3 +86,47 @@ def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int]:
     finally:
         c.close()
     return {p: o for p, o in got.items() if o is not None}
+
+
+def make_run(home: Path, run: str, scenario: Any, publish_it: bool = True, active: bool = False) -> dict[str, Any]:
+    """A synthetic run store judged under the built-in policy; its verdict published unless told."""
+    from diff.judge import judge
+    from diff.load import open_run
+    from diff.testing import write_synthetic_store
+    from schemas.policy import Policy
+    from shadowdiff_cli.wiring import publish
+
+    write_synthetic_store(home / run / "store-w0.duckdb", scenario, run)
+    con = open_run(home, run)
+    try:
+        doc = judge(con, Policy())
+    finally:
+        con.close()
+    doc["run_active"] = active
+    if publish_it:
+        publish(home, run, doc)
+    return doc
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """An ASGI app served by uvicorn on a loopback socket bound here (no pick-then-bind race);
+    yields its base URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), 60, "the service to start")
+        assert server.started
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(5)
+        sock.close()

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-import uvicorn
-from helpers import wait_until
+from helpers import make_run, serving
 
 from diff.judge import judge
 from diff.load import open_run
@@ -26,20 +24,8 @@ from reports.evidence import verify_bundle, write_bundle
 from reports.html import render, write_report
 from reports.service import GateSettings, create_app
 from schemas.policy import Policy, parse_policy
-from shadowdiff_cli.wiring import publish
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def make_run(home: Path, run: str, scenario: Scenario, publish_it: bool = True) -> dict:
-    write_synthetic_store(home / run / "store-w0.duckdb", scenario, run)
-    con = open_run(home, run)
-    doc = judge(con, Policy())
-    con.close()
-    doc["run_active"] = False
-    if publish_it:
-        publish(home, run, doc)
-    return doc
 
 
 @pytest.fixture(scope="module")
@@ -53,21 +39,9 @@ def home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gate(home) -> str:
-    # bound before uvicorn starts and handed to it: no pick-then-bind race for the port
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    app = create_app(GateSettings(home=home, token="s3cret", base_url=f"http://127.0.0.1:{port}"))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    wait_until(lambda: server.started or not t.is_alive(), 60, "the gate service to start")
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    t.join(5)
-    sock.close()
+def gate(home) -> Iterator[str]:
+    with serving(create_app(GateSettings(home=home, token="s3cret"))) as url:
+        yield url
 
 
 def json_path(doc: dict, path: str):
@@ -131,15 +105,25 @@ def test_flagger_webhook_status_codes(gate):
 
 def test_waivers_need_the_token_and_turn_a_waived_no_go_into_go(home, gate, tmp_path):
     shutil.copytree(home / "bad", home / "bad-waived")
-    w = {"check": "latency_p95", "reason": "known slow warm-up, accepted", "by": "oncall"}
+    expires = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    w = {"check": "latency_p95", "reason": "known slow warm-up, accepted", "by": "oncall", "expires_at": expires}
     assert httpx.post(f"{gate}/runs/bad-waived/waivers", json=w).status_code == 401
     assert httpx.post(f"{gate}/runs/bad-waived/waivers", json=w, headers={"authorization": "Bearer nope"}).status_code == 401
-    ok = httpx.post(f"{gate}/runs/bad-waived/waivers", json=w, headers={"authorization": "Bearer s3cret"})
+    auth = {"authorization": "Bearer s3cret"}
+    # a waiver names who, why and until when; the expiry is required and bounded
+    for bad in ({**w, "expires_at": None}, {**w, "segment": ["a"]}, {k: v for k, v in w.items() if k != "by"}):
+        r = httpx.post(f"{gate}/runs/bad-waived/waivers", json=bad, headers=auth)
+        assert r.status_code == 422, bad
+        assert r.json()["problems"]
+    too_long = {**w, "expires_at": (datetime.now(UTC) + timedelta(days=30)).isoformat()}
+    assert httpx.post(f"{gate}/runs/bad-waived/waivers", json=too_long, headers=auth).status_code == 422
+    ok = httpx.post(f"{gate}/runs/bad-waived/waivers", json=w, headers=auth)
     assert ok.status_code == 201
     body = httpx.get(f"{gate}/runs/bad-waived/verdict?full=1").json()
     assert {c["check"] for c in body["document"]["checks"] if c["status"] == "fail"} == {"latency_p95"}
     assert body["verdict"] == "go"
-    assert "waived by oncall" in body["reasons"][0]
+    assert body["reasons"][0].startswith("waived by oncall until")
+    assert [x["by"] for x in body["waivers_applied"]] == ["oncall"]
     assert body["document"]["verdict"] == "no_go"  # the evidence is unchanged; the waiver is on top
 
 
@@ -175,7 +159,7 @@ def test_gate_cli_exit_codes(home):
     assert waited.returncode == 2
     assert "timed out" in waited.stderr
     missing = gate_cli("--run", "nope")
-    assert missing.returncode == 2
+    assert missing.returncode == 3  # an unknown run is an error, never read as PENDING
     assert "not found" in missing.stderr
 
 
@@ -247,7 +231,7 @@ def test_evidence_bundle_is_checksummed(home, tmp_path):
     assert broken.returncode == 1
     assert "verdict.json" in broken.stdout
     not_a_bundle = verify_cli(ROOT / "README.md")
-    assert not_a_bundle.returncode == 1
+    assert not_a_bundle.returncode == 3  # an error, not a tampered bundle
     assert "not a readable evidence bundle" in not_a_bundle.stderr
 
 

@@ -1,0 +1,77 @@
+"""Where a run's files live: the one place that spells the run folder's layout, for the replay
+that writes it, the judge that publishes into it and the gate that reads it.
+
+    <home>/<run id>/
+        store-<worker>.duckdb         pairs, one file per writer (replay)
+        run.json                      the run's candidates, written when the replay starts
+        policy.json                   the policy in force, stored with the run when it starts
+        verdict-<candidate>.json      the published verdict the gate serves
+        verdicts/<label>/verdict-<candidate>.json   re-judged under another policy (not served)
+        waivers.json                  people's waivers (gate service)
+        report-<candidate>.html       the HTML report
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.errors import RunNotFound
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # candidate names, policy labels
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    home: Path
+    run_id: str
+
+    @classmethod
+    def existing(cls, home: Path, run_id: str) -> RunLayout:
+        """The layout of a run that exists; RunNotFound for an invalid id or a run with no store
+        (an id is checked before it touches the file system)."""
+        if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+            raise RunNotFound(f"run {run_id[:80]!r} not found (not a valid run id)")
+        layout = cls(home, run_id)
+        if not layout.dir.is_dir() or not layout.stores():
+            raise RunNotFound(f"run {run_id!r} not found under {home} (no store-*.duckdb)")
+        return layout
+
+    @property
+    def dir(self) -> Path:
+        return self.home / self.run_id
+
+    def stores(self) -> list[Path]:
+        return sorted(self.dir.glob("store-*.duckdb"))
+
+    def store(self, worker: str) -> Path:
+        return self.dir / f"store-{worker}.duckdb"
+
+    @property
+    def run_file(self) -> Path:
+        return self.dir / "run.json"
+
+    @property
+    def policy(self) -> Path:
+        return self.dir / "policy.json"
+
+    @property
+    def waivers(self) -> Path:
+        return self.dir / "waivers.json"
+
+    def verdict(self, candidate: str, label: str | None = None) -> Path:
+        """The published verdict, or with `label` one re-judged under another policy."""
+        name = f"verdict-{candidate}.json"
+        return self.dir / name if label is None else self.dir / "verdicts" / label / name
+
+    def published_candidates(self) -> list[str]:
+        return sorted(p.name[len("verdict-") : -len(".json")] for p in self.dir.glob("verdict-*.json"))
+
+    def report(self, candidate: str) -> Path:
+        return self.dir / f"report-{candidate}.html"
+
+
+def valid_name(name: object) -> bool:
+    return isinstance(name, str) and NAME.fullmatch(name) is not None
