@@ -1,4 +1,4 @@
-"""Judge a candidate: aggregates → checks → one multiple-testing correction → verdict.
+"""Judge a candidate: aggregates → checks → multiple-testing control → verdict.
 
 Verdict rules (also in the README):
 - NO_GO when any critical check fails in any judged segment (a confident failure counts even
@@ -7,9 +7,11 @@ Verdict rules (also in the README):
   `min_samples`, or spans less than `min_duration_minutes` of event time; the verdict says how
   many more pairs each segment needs;
 - else GO.
-Tests (proportions, means, quantile ratios, null shares, small-sample KS/chi-square) form one
-family corrected by Holm (FWER) or Benjamini-Hochberg (FDR); distance checks (Wasserstein,
-Jensen-Shannon) are effect-size thresholds outside the family."""
+Critical tests (proportions, means, quantile ratios, null shares, small-sample KS/chi-square)
+form one family corrected by Holm (FWER) or Benjamini-Hochberg (FDR), half of alpha to the
+whole run's tests and half to the segments'; warnings are corrected apart. Distance checks
+(Wasserstein, Jensen-Shannon) are effect-size thresholds outside the families. Latency
+intervals come from the spread across time blocks when calls close in time move together."""
 
 from __future__ import annotations
 
@@ -81,6 +83,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     windows = {wd: by_sampling(lambda w, wd=wd: agg.per_window(con, sets, lat_qs, wd, w)) for wd in widths}
     dists = by_sampling(lambda w: agg.score_distributions(con, sets, w))
     labels = by_sampling(lambda w: agg.label_counts(con, sets, w))
+    blocks = by_sampling(lambda w: agg.latency_blocks(con, sets, lat_qs, w)) if lat_checks else {}
 
     segments: list[dict[str, Any]] = []
     judged: set[str] = set()
@@ -139,7 +142,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
                 mins = windows.get(chk.for_minutes, {}).get(seg)
                 if mins:
                     ck.window_quantile_index({seg: mins}, lat_qs, chk.quantile)
-                r = ck.latency(chk, seg, s, thr, sev, grid, mins)
+                r = ck.latency(chk, seg, s, thr, sev, grid, mins, blocks.get(seg), sorted(set(lat_qs)).index(chk.quantile))
             elif chk.kind == "error_rate":
                 r = ck.error_rate(chk, seg, s, thr, sev, windows.get(chk.for_minutes, {}).get(seg))
             elif chk.kind == "prediction_drift":
@@ -165,10 +168,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
 
     order = {c.id: i for i, c in enumerate(policy.checks)}
     results.sort(key=lambda r: (order[r.check_id], r.segment != ALL, r.segment, r.feature or ""))
-    # one family, one correction
-    family = [r for r in results if r.p_value is not None and r.status not in (ck.PENDING, ck.NA)]
-    for r, p_adj in zip(family, adjust([r.p_value for r in family], policy.correction), strict=True):  # type: ignore[misc]
-        r.p_adjusted = p_adj
+    family = _correct(results, policy)
     for r in results:
         if r.status in (ck.PENDING, ck.NA):
             continue
@@ -259,7 +259,8 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             else "benjamini-hochberg (false discovery rate)",
             "alpha": policy.alpha,
             "tests_in_family": len(family),
-            "note": "distance checks (Wasserstein, Jensen-Shannon) are effect-size thresholds outside the family",
+            "note": "the critical tests form the family (half of alpha to the whole run's, half to the segments'); "
+            "warnings are corrected apart; distance checks (Wasserstein, Jensen-Shannon) are effect-size thresholds",
         },
         "segments": segments,
         "pooled_segment_values": built.pooled,
@@ -272,6 +273,27 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     doc["digest"] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     doc["generated_at"] = datetime.now(UTC).isoformat()
     return doc
+
+
+def _correct(results: list[ck.CheckResult], policy: Policy) -> list[ck.CheckResult]:
+    """Multiple-testing control; returns the critical family. The tests that can make a NO_GO
+    (critical) form one family, so the false NO_GO rate is controlled at alpha however many
+    segments and checks there are; warnings form their own and take nothing from it. Within a
+    family, half of alpha goes to the whole run's tests (segment `all`, where a regression of
+    all traffic shows) and half to the segments' (weighted Holm / BH stay valid for any
+    weights)."""
+    families: dict[str, list[ck.CheckResult]] = {"critical": [], "warning": []}
+    for r in results:
+        if r.p_value is not None and r.status not in (ck.PENDING, ck.NA):
+            families["critical" if r.severity == "critical" else "warning"].append(r)
+    for family in families.values():
+        n_all = sum(r.segment == ALL for r in family)
+        n_seg = len(family) - n_all
+        weights = [(0.5 / n_all if r.segment == ALL else 0.5 / n_seg) if n_all and n_seg else 1.0 for r in family]
+        pvalues = [float(r.p_value) for r in family if r.p_value is not None]
+        for r, p_adj in zip(family, adjust(pvalues, policy.correction, weights), strict=True):
+            r.p_adjusted = p_adj
+    return families["critical"]
 
 
 def _stable(obj: Any) -> Any:

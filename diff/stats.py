@@ -64,30 +64,45 @@ def quantile_rank_bounds(p: float, n: int, conf: float = 0.95) -> tuple[float, f
     return (max(0.0, p - half), min(1.0, p + half))
 
 
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm step-down adjusted p-values (controls the family-wise error rate)."""
+def holm(pvalues: Sequence[float], weights: Sequence[float] | None = None) -> list[float]:
+    """Holm step-down adjusted p-values (controls the family-wise error rate); with `weights`
+    (positive, any scale), the weighted Holm procedure: hypothesis i gets a share w_i of alpha,
+    and the error rate stays controlled whatever the weights."""
     m = len(pvalues)
-    order = sorted(range(m), key=lambda i: pvalues[i])
+    w = _normalised(weights, m)
+    order = sorted(range(m), key=lambda i: pvalues[i] / w[i])
     adj = [1.0] * m
     running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+    remaining = sum(w)
+    for i in order:
+        running = max(running, min(1.0, pvalues[i] * remaining / w[i]))
         adj[i] = running
+        remaining -= w[i]
     return adj
 
 
-def benjamini_hochberg(pvalues: Sequence[float]) -> list[float]:
-    """BH step-up adjusted p-values (controls the false discovery rate)."""
+def benjamini_hochberg(pvalues: Sequence[float], weights: Sequence[float] | None = None) -> list[float]:
+    """BH step-up adjusted p-values (controls the false discovery rate); with `weights`, the
+    weighted BH of Genovese, Roeder and Wasserman (p_i / (m w_i), weights summing to 1)."""
     m = len(pvalues)
-    order = sorted(range(m), key=lambda i: pvalues[i], reverse=True)
+    w = _normalised(weights, m)
+    scaled = [min(1.0, pvalues[i] / (m * w[i])) for i in range(m)]
+    order = sorted(range(m), key=lambda i: scaled[i], reverse=True)
     adj = [1.0] * m
     running = 1.0
     for rank_from_top, i in enumerate(order):
         rank = m - rank_from_top
-        running = min(running, pvalues[i] * m / rank)
+        running = min(running, scaled[i] * m / rank)
         adj[i] = min(1.0, running)
     return adj
 
 
-def adjust(pvalues: Sequence[float], method: str) -> list[float]:
-    return holm(pvalues) if method == "holm" else benjamini_hochberg(pvalues)
+def _normalised(weights: Sequence[float] | None, m: int) -> list[float]:
+    if weights is None or m == 0:
+        return [1.0 / max(m, 1)] * m
+    total = float(sum(weights))
+    return [float(x) / total for x in weights]
+
+
+def adjust(pvalues: Sequence[float], method: str, weights: Sequence[float] | None = None) -> list[float]:
+    return holm(pvalues, weights) if method == "holm" else benjamini_hochberg(pvalues, weights)

@@ -29,6 +29,10 @@ class Scenario:
     repeat: bool = True  # store a second baseline call (noise floor)
     latency_factor: dict[int, float] = field(default_factory=dict)  # segment -> candidate latency ×
     latency_factor_all: float = 1.0
+    # load that comes in stretches: each of `latency_blocks` consecutive stretches of time
+    # multiplies each side's latencies by its own lognormal factor of this sigma (0 = none)
+    latency_block_sigma: float = 0.0
+    latency_blocks: int = 100
     score_noise: dict[int, float] = field(default_factory=dict)  # segment -> extra zero-mean noise (sd) on candidate scores
     null_spike: dict[str, float] = field(default_factory=dict)  # feature -> null share in current
     null_spike_after: float = 0.0  # the nulls start this far into the event-time span (0..1)
@@ -135,10 +139,16 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
     extra = np.zeros(n)
     for i, r in s.flip_extra.items():
         extra[seg == i] = r
+    # rows are in time order: a stretch is a run of consecutive rows
+    b_load = c_load = np.ones(n)
+    if s.latency_block_sigma > 0:  # drawn only when asked: other scenarios keep their random streams
+        stretch = np.arange(n) * s.latency_blocks // n
+        b_load = np.exp(rng.normal(0, s.latency_block_sigma, s.latency_blocks))[stretch]
+        c_load = np.exp(rng.normal(0, s.latency_block_sigma, s.latency_blocks))[stretch]
     c_noise = np.zeros(n)
     for i, sd in s.score_noise.items():
         c_noise[seg == i] = sd
-    b_lat = rng.lognormal(np.log(20), 0.4, n)
+    b_lat = rng.lognormal(np.log(20), 0.4, n) * b_load
     lat_f = np.full(n, s.latency_factor_all)
     for i, factor in s.latency_factor.items():
         lat_f[seg == i] = factor
@@ -147,7 +157,7 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
         candidate_variant("cand"): (
             flip(base_label, np.full(n, s.noise_flip / 2) + extra),
             score + rng.normal(0, 0.01, n) + rng.normal(0, 1, n) * c_noise,
-            rng.lognormal(np.log(20), 0.4, n) * lat_f,
+            rng.lognormal(np.log(20), 0.4, n) * lat_f * c_load,
         ),
     }
     if s.repeat:
