@@ -26,6 +26,7 @@ class ServerBehaviour:
     flaky_every: int = 0  # every Nth call answers 503 (a transient failure)
     calls: int = 0
     seen: list[int] = field(default_factory=list)
+    headers_seen: dict[str, str] = field(default_factory=dict)  # the last /predict call's headers
 
 
 def _tensor_rows(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -43,6 +44,7 @@ def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Appl
 
     async def predict(request: web.Request) -> web.Response:
         b.calls += 1
+        b.headers_seen = dict(request.headers)
         await delay()
         if b.flaky_every and b.calls % b.flaky_every == 0:
             return web.Response(status=503, text="try again")

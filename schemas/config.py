@@ -10,8 +10,18 @@ import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializationInfo,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
 from schemas.errors import ConfigError
 
@@ -113,6 +123,22 @@ class SamplingSpec(_Frozen):
     quotas: dict[str, Annotated[int, Field(ge=1)]] = {}  # "field=value" -> minimum samples
 
 
+REDACTED = "***"
+REVEAL_SECRETS = "reveal_secrets"  # serialization context key: only for handing a spec to a call process
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with any user name and password replaced by ***."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{REDACTED}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class ModelSpec(_Frozen):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
     kind: Literal["http", "oip-v2", "mlflow", "python"]
@@ -131,7 +157,9 @@ class ModelSpec(_Frozen):
     # http kind: the request body is {request_field: input}; the output is at response_path
     request_field: str = ""  # '' = send the input object itself
     response_path: str = ""  # dotted path in the JSON answer; '' = the whole answer
-    headers: dict[str, str] = {}
+    # secrets: shown and stored as "***" everywhere (config dumps, run metadata, verdicts,
+    # reports, evidence); only the model clients read them (`header_values`, `call_url`)
+    headers: dict[str, SecretStr] = {}
     # python kind: what the function gets, the inputs as a list of dicts or the declared
     # features as a pyarrow Table (vectorised models score it without a loop per row)
     input: Literal["records", "table"] = "records"
@@ -139,6 +167,18 @@ class ModelSpec(_Frozen):
     # process is busy with Kafka reads and DuckDB hand-offs); false keeps them on the replay's
     # event loop
     call_process: bool = True
+
+    @field_serializer("headers")
+    def _dump_headers(self, headers: dict[str, SecretStr], info: SerializationInfo) -> dict[str, str]:
+        reveal = bool(info.context and info.context.get(REVEAL_SECRETS))
+        return {k: (v.get_secret_value() if reveal else REDACTED) for k, v in headers.items()}
+
+    @field_serializer("url")
+    def _dump_url(self, url: str | None, info: SerializationInfo) -> str | None:
+        return url if info.context and info.context.get(REVEAL_SECRETS) else redact_url(url)
+
+    def header_values(self) -> dict[str, str]:
+        return {k: v.get_secret_value() for k, v in self.headers.items()}
 
     @property
     def rows_per_call(self) -> int:

@@ -40,7 +40,7 @@ import orjson
 
 from replay.models.base import CallResult
 from replay.models.http import HttpModel
-from schemas.config import ModelSpec
+from schemas.config import REVEAL_SECRETS, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ class ProcessHttpModel:
                 # wait until the child has imported aiohttp and built its client (~0.3-0.5 s):
                 # setup, so a run's first batch does not wait for it, and a child that cannot
                 # start is known before anything is consumed
-                self._conn.send_bytes(spec.model_dump_json().encode())
+                # the child needs the real headers and URL: the one place a spec leaves unredacted
+                self._conn.send_bytes(spec.model_dump_json(context={REVEAL_SECRETS: True}).encode())
                 if not self._conn.poll(_START_TIMEOUT_S) or self._conn.recv_bytes() != _READY:
                     raise OSError(f"no answer in {_START_TIMEOUT_S:.0f} s")
             except (OSError, EOFError) as err:

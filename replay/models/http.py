@@ -112,7 +112,7 @@ class HttpModel:
         self._queue: collections.deque[_Batch] = collections.deque()
         self._has_work = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
-        self._headers = {"content-type": "application/json", **spec.headers}
+        self._headers = {"content-type": "application/json", **spec.header_values()}
         self._timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
 
     def _sess(self) -> aiohttp.ClientSession:
