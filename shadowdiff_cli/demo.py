@@ -35,7 +35,7 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("night-encoder", "candidate v5 whose feature encoder changed for night traffic", "no_go", "daypart=night"),
-    Scenario("slow", "retrained candidate on a server 80% slower (P95 about x1.5-1.8 end to end)", "no_go", "latency_p95"),
+    Scenario("slow", "retrained candidate on a server three times slower", "no_go", "latency_p95"),
     Scenario("retrained", "sound retrained candidate", "go", "checks passed"),
 ]
 
@@ -147,7 +147,7 @@ def _serve_models(baseline: Any, retrained: Any, conn: Any) -> None:
     servers = {
         "baseline": ModelServer(traffic.scorer(baseline, seed=11), ServerBehaviour(latency_ms=LATENCY_MS)),
         "night-encoder": ModelServer(traffic.scorer(baseline, night_bug=True, seed=12), ServerBehaviour(latency_ms=LATENCY_MS)),
-        "slow": ModelServer(traffic.scorer(retrained, seed=13), ServerBehaviour(latency_ms=LATENCY_MS * 1.8)),
+        "slow": ModelServer(traffic.scorer(retrained, seed=13), ServerBehaviour(latency_ms=LATENCY_MS * 3.0)),
         "retrained": ModelServer(traffic.scorer(retrained, seed=14), ServerBehaviour(latency_ms=LATENCY_MS)),
     }
     conn.send({k: s.start() for k, s in servers.items()})
