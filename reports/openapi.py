@@ -4,22 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-_status = {
-    "type": "object",
-    "required": ["run_id", "verdict", "reasons", "report_url"],
-    "properties": {
-        "run_id": {"type": "string"},
-        "candidate": {"type": ["string", "null"]},
-        "verdict": {"enum": ["go", "no_go", "pending"]},
-        "reasons": {"type": "array", "items": {"type": "string"}},
-        "failing_segments": {"type": "array", "items": {"type": "string"}},
-        "waivers": {"type": "array", "items": {"type": "object"}},
-        "pairs": {"type": "integer"},
-        "digest": {"type": ["string", "null"]},
-        "report_url": {"type": "string"},
-        "document": {"description": "the verdict document (schemas/verdict.v1.schema.json), with ?full=1"},
-    },
-}
+from schemas.gate import GateAnswer, WaiverRequest
+
+def _answer_schema() -> dict[str, Any]:
+    """The gate answer's schema, generated from its typed model (schemas/gate.py), plus what the
+    service adds to it."""
+    schema = GateAnswer.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+    _COMPONENTS.update(defs)
+    schema["properties"]["report_url"] = {"type": "string"}
+    schema["properties"]["document"] = {"description": "the verdict document (schemas/verdict.v1.schema.json), with ?full=1"}
+    return schema
+
+
+_COMPONENTS: dict[str, Any] = {}
+_status = _answer_schema()
+_waiver_request = WaiverRequest.model_json_schema(ref_template="#/components/schemas/{model}")
 _error = {"type": "object", "properties": {"error": {"type": "string"}}}
 _run = {"name": "run", "in": "path", "required": True, "schema": {"type": "string"}}
 _cand = {"name": "candidate", "in": "query", "required": False, "schema": {"type": "string"}}
@@ -47,7 +47,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Argo Rollouts web metric: 200 with the verdict for a known run",
                 "parameters": [_run, _cand, {"name": "full", "in": "query", "schema": {"enum": ["1"]}}],
-                "responses": {"200": _json(_status, "the gate status"), "404": _json(_error, "unknown run")},
+                "responses": {"200": _json(_status, "the gate status"), "404": _json(_error, "unknown run or candidate")},
             }
         },
         "/runs/{run}/flagger": {
@@ -61,7 +61,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": _json(_status, "go"),
                     "400": _json(_error, "malformed payload"),
-                    "404": _json(_error, "unknown run"),
+                    "404": _json(_error, "unknown run or candidate"),
                     "412": _json(_status, "no_go"),
                     "425": _json(_status, "pending"),
                 },
@@ -72,13 +72,10 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Record a waiver for a failing check (bearer token)",
                 "security": [{"bearer": []}],
                 "parameters": [_run],
-                "requestBody": _body(
-                    ["check", "reason", "by"],
-                    {"check": "string", "segment": "string", "candidate": "string", "reason": "string", "by": "string"},
-                ),
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _waiver_request}}},
                 "responses": {
                     "201": _json({"type": "object"}, "recorded"),
-                    "400": _json(_error, "malformed"),
+                    "422": _json(_error, "invalid waiver (the problems are listed), or an expiry past the maximum"),
                     "401": _json(_error, "no or wrong token"),
                     "404": _json(_error, "unknown run"),
                 },
@@ -95,5 +92,5 @@ OPENAPI: dict[str, Any] = {
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "ok")}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text/plain"}}}},
     },
-    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": _COMPONENTS},
 }

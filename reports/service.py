@@ -32,6 +32,9 @@ from schemas.errors import RunNotFound, UnknownCandidate
 from schemas.gate import DEFAULT_MAX_WAIVER, GateAnswer, Waiver, WaiverRequest
 
 
+REPORT_PAGE = re.compile(r"report-[A-Za-z0-9._-]{1,64}(-evidently)?\.html")
+
+
 class FastJSON(JSONResponse):
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, default=str)
@@ -134,7 +137,8 @@ def create_app(settings: GateSettings) -> Any:
             return not_found(err)
         name = request.query_params.get("candidate") or next(iter(store.candidates(run_id)), None)
         page = request.path_params.get("page") or f"report-{name}.html"
-        if not re.fullmatch(r"report-[A-Za-z0-9._-]+\.html", page):
+        # a report page of this run, by the names the run can have: nothing else is served
+        if not REPORT_PAGE.fullmatch(page):
             return FastJSON({"error": "no such page"}, status_code=404)
         path = d / page
         if not path.exists():

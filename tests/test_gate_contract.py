@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -156,3 +157,75 @@ def test_a_verdict_under_another_policy_is_kept_apart_and_served_only_when_asked
     served = orjson.loads((home / "relabel" / "verdict-cand.json").read_bytes())
     assert served["policy"]["published_over_the_run_policy"] is True
     assert served["policy"]["label"] == "lenient"
+
+
+NASTY_IDS = [
+    "x" * 300,
+    "a\x00b",
+    "..",
+    "../good",
+    "%2e%2e",
+    "good%00",
+    "ünï",
+    " good",
+    "good/verdict",
+    "-",
+    ".hidden",
+    "<script>",
+]
+NASTY_VALUES = ["x" * 5000, "a\x00b", "", "../../etc/passwd", "<script>alert(1)</script>", "\ud7ff", "cand\n"]
+NASTY_BODIES: list[object] = [
+    None,
+    [],
+    [1, 2],
+    "text",
+    7,
+    {"name": ["x"], "namespace": "n", "phase": "p"},
+    {**FLAGGER, "metadata": []},
+    {**FLAGGER, "metadata": {"candidate": ["cand"]}},
+    {**FLAGGER, "metadata": {"candidate": {"a": 1}}},
+    {**FLAGGER, "metadata": {"candidate": 5}},
+    {**FLAGGER, "metadata": {"candidate": "x" * 5000}},
+    {"check": "latency_p95", "reason": "r", "by": "b", "segment": ["a"], "expires_at": "2030-01-01T00:00:00Z"},
+    {"check": "latency_p95", "reason": "r", "by": "b", "expires_at": "tomorrow"},
+    {"check": "latency_p95", "reason": "r", "by": "b", "expires_at": "2030-01-01T00:00:00"},  # no timezone
+    {"check": "LATENCY", "reason": "r", "by": "b", "expires_at": "2030-01-01T00:00:00Z"},
+    {"check": "latency_p95", "reason": "", "by": "b", "expires_at": "2030-01-01T00:00:00Z", "extra": 1},
+    {"check": "latency_p95", "reason": "r" * 100_000, "by": "b", "expires_at": "2030-01-01T00:00:00Z"},
+]
+
+
+def test_no_request_makes_the_gate_answer_5xx_and_it_still_answers_right_after(gate):
+    codes: list[tuple[str, int]] = []
+    auth = {"authorization": "Bearer s3cret"}
+    with httpx.Client(base_url=gate, timeout=10) as http:
+        for run in [*NASTY_IDS, "good"]:
+            codes.append((f"GET verdict {run!r}", http.get(f"/runs/{quote(run, safe='')}/verdict").status_code))
+            codes.append((f"GET report {run!r}", http.get(f"/runs/{quote(run, safe='')}/report").status_code))
+            r = http.post(f"/runs/{quote(run, safe='')}/flagger", json=FLAGGER)
+            codes.append((f"POST flagger {run!r}", r.status_code))
+        for value in NASTY_VALUES:
+            for path in ("/runs/good/verdict", "/runs/good/report"):
+                codes.append((f"GET {path} candidate={value[:20]!r}", http.get(path, params={"candidate": value}).status_code))
+            codes.append((f"GET full={value[:20]!r}", http.get("/runs/good/verdict", params={"full": value}).status_code))
+            codes.append((f"GET page {value[:20]!r}", http.get(f"/runs/good/{quote(value, safe='')}").status_code))
+        codes.append(("GET repeated candidate", http.get("/runs/good/verdict?candidate=cand&candidate=nope").status_code))
+        for body in NASTY_BODIES:
+            data = orjson.dumps(body)
+            for route in ("flagger", "waivers"):
+                r = http.post(f"/runs/bad/{route}", content=data, headers={**auth, "content-type": "application/json"})
+                codes.append((f"POST {route} {data[:60]!r}", r.status_code))
+        for raw in (b"{oops", b"\xff\xfe", b"", b"[" * 10_000 + b"]" * 10_000):
+            for route in ("flagger", "waivers"):
+                codes.append(
+                    (f"POST {route} raw {raw[:10]!r}", http.post(f"/runs/bad/{route}", content=raw, headers=auth).status_code)
+                )
+        server_errors = [(what, code) for what, code in codes if code >= 500]
+        assert server_errors == []
+        # no garbage was recorded as a waiver, and every reader still answers, and rightly
+        assert not (Path(http.get("/healthz").json()["home"]) / "bad" / "waivers.json").exists()
+        assert http.get("/runs/good/verdict").json()["verdict"] == "go"
+        assert http.get("/runs/bad/verdict").json()["verdict"] == "no_go"
+        assert http.post("/runs/bad/flagger", json=FLAGGER).status_code == 412
+        assert http.get("/runs").status_code == 200
+        assert http.get("/metrics").status_code == 200
