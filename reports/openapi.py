@@ -6,6 +6,7 @@ from typing import Any
 
 from schemas.gate import GateAnswer, WaiverRequest
 
+
 def _answer_schema() -> dict[str, Any]:
     """The gate answer's schema, generated from its typed model (schemas/gate.py), plus what the
     service adds to it."""

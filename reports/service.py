@@ -31,7 +31,6 @@ from reports.verdicts import VerdictStore
 from schemas.errors import RunNotFound, UnknownCandidate
 from schemas.gate import DEFAULT_MAX_WAIVER, GateAnswer, Waiver, WaiverRequest
 
-
 REPORT_PAGE = re.compile(r"report-[A-Za-z0-9._-]{1,64}(-evidently)?\.html")
 
 
