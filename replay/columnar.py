@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.config import RunConfig
+from schemas.records import EVENT_TIME_MAX_US
 
 _INTS = "('BIGINT', 'UBIGINT')"
 _NUMBERS = "('BIGINT', 'UBIGINT', 'DOUBLE')"
@@ -254,7 +255,7 @@ SELECT
     CASE WHEN {jt(latency)} IN {_NUMBERS} THEN {latency}::DOUBLE END AS live_latency_ms,
     {version} AS live_model_version
 FROM timed
-WHERE root_type = 'OBJECT' AND t_us IS NOT NULL AND t_us >= 0 AND {" AND ".join(clean)}
+WHERE root_type = 'OBJECT' AND t_us IS NOT NULL AND t_us >= 0 AND t_us < {EVENT_TIME_MAX_US} AND {" AND ".join(clean)}
 """
 
     def _live_sql(self, slot: Any, jt: Any, clean: list[str]) -> str:

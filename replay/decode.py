@@ -18,12 +18,14 @@ import orjson
 
 from replay.messages import DeadLetter, RawMessage
 from schemas.config import RunConfig
+from schemas.records import EVENT_TIME_MAX_US
 from schemas.records import DeadLetterReason as R
 
 _DEAD_RAW_LIMIT = 64 * 1024  # keep this much of an oversized message: enough to diagnose it
 _HOUR_US = 3_600_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+
 
 # A decoded request is a tuple (cheaper to build than any object): these fixed fields, then one
 # value per segment, one per feature, and the trailing fields of `RowLayout`.
@@ -65,11 +67,14 @@ class RowLayout:
 
 def event_time_us(raw: Any, timestamp_ms: int, path: str) -> int:
     """Microseconds since the epoch from a number (milliseconds) or an RFC 3339 string; the
-    record's timestamp when the envelope has none."""
+    record's timestamp when the envelope has none. Raises BadMessage for other types and for
+    times outside 1970..2200."""
     if raw is None:
         return timestamp_ms * 1000
     t = type(raw)
     if t is int or t is float:
+        if not 0 <= raw < EVENT_TIME_MAX_US // 1000:
+            raise BadMessage(R.OUT_OF_RANGE, f"{path}: {raw!r} is not an epoch in milliseconds between 1970 and 2200")
         return int(raw * 1000)
     if t is str:
         try:
@@ -78,8 +83,14 @@ def event_time_us(raw: Any, timestamp_ms: int, path: str) -> int:
             raise BadMessage(R.WRONG_TYPE, f"{path}: not RFC 3339: {raw[:60]!r}") from err
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
-        # exact integer microseconds: dt.timestamp() is a float and can land 1 µs short
-        return (dt - _EPOCH) // _MICROSECOND
+        try:
+            # exact integer microseconds: dt.timestamp() is a float and can land 1 µs short
+            us = (dt - _EPOCH) // _MICROSECOND
+        except OverflowError as err:  # an offset that crosses year 1 or 9999
+            raise BadMessage(R.OUT_OF_RANGE, f"{path}: {raw[:60]!r} is not between 1970 and 2200") from err
+        if not 0 <= us < EVENT_TIME_MAX_US:
+            raise BadMessage(R.OUT_OF_RANGE, f"{path}: {raw[:60]!r} is not between 1970 and 2200")
+        return us
     raise BadMessage(R.WRONG_TYPE, f"{path}: expected string or number, got {t.__name__}")
 
 
@@ -122,6 +133,7 @@ def compile_row_decoder(cfg: RunConfig) -> tuple[RowLayout, Callable[..., Row]]:
         "BadMessage": BadMessage,
         "R": R,
         "event_time_us": event_time_us,
+        "_MAX_MS": EVENT_TIME_MAX_US // 1000,
         "_text": _text,
         "_category": _category,
         "_number": _number,
@@ -146,7 +158,8 @@ def compile_row_decoder(cfg: RunConfig) -> tuple[RowLayout, Callable[..., Row]]:
         "    if type(inp) is not dict:",
         f"        raise BadMessage(R.WRONG_TYPE, {input_path + ': expected object, got '!r} + type(inp).__name__)",
         f"    t = {_walk_expr('obj', time_path)}",
-        "    t_us = timestamp_ms * 1000 if t is None else (int(t * 1000) if type(t) is int else "
+        # the common case inlined: an int of milliseconds within range; anything else is checked
+        "    t_us = timestamp_ms * 1000 if t is None else (t * 1000 if type(t) is int and 0 <= t < _MAX_MS else "
         f"event_time_us(t, timestamp_ms, {time_path!r}))",
         f"    seg = {_walk_expr('obj', env.segments)}",
         "    if type(seg) is not dict:",

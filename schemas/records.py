@@ -28,6 +28,11 @@ class ErrorClass(StrEnum):
     MISSING = "missing"  # live baseline output absent from the envelope
 
 
+# event times stored are within [1970, 2200): outside it a number is another unit (a nanosecond
+# epoch) or garbage, and such values overflow Arrow's timestamps or print as "(BC)" strings
+EVENT_TIME_MAX_US = 7_258_118_400_000_000  # 2200-01-01T00:00:00Z
+
+
 class DeadLetterReason(StrEnum):
     """Why a source message was not stored as a request (`dead_letters.reason`)."""
 
@@ -35,6 +40,7 @@ class DeadLetterReason(StrEnum):
     NOT_AN_OBJECT = "not_an_object"
     MISSING_FIELD = "missing_field"
     WRONG_TYPE = "wrong_type"
+    OUT_OF_RANGE = "out_of_range"  # e.g. an event time outside 1970..2200 (a nanosecond epoch, 1e300)
     OVERSIZED = "oversized"
     UNKNOWN_SEGMENT = "unknown_segment"
 

@@ -47,6 +47,17 @@ TIMES = [
     True,
     -5,
     [1],
+    # poison: a nanosecond epoch, beyond 64 bits, huge, before 1970, year 1 and 9999, an
+    # offset that crosses year 9999
+    1_764_460_800_000_000_000,
+    2**64 - 1,
+    1e300,
+    -1_764_460_800_000,
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59Z",
+    "9999-12-31T23:59:59-23:59",
+    "2200-01-01T00:00:00Z",
+    7_258_118_399_999,
 ]
 
 
@@ -138,7 +149,7 @@ def assert_same(cfg: RunConfig, ref: Any, row: dict[str, Any]) -> None:
 def test_every_row_the_sql_decodes_matches_the_python_decoder():
     for cfg in (run_config(), run_config(output={"score_path": "score"}), run_config(output={"kind": "json"})):
         assert supports(cfg)
-        reference, rows = decode_both(cfg, raw_values(random.Random(7), 6000))
+        reference, rows = decode_both(cfg, raw_values(random.Random(7), 9000))
         for i, row in rows.items():
             assert not isinstance(reference[i], DeadLetter), (i, reference[i])  # nothing rejected is taken
             assert_same(cfg, reference[i], row)

@@ -157,3 +157,48 @@ def test_the_duckdb_and_python_paths_store_the_same_rows(tmp_path):
             )
     assert len(tables["kafka_key"][0]) == 300
     assert tables["kafka_key"] == tables["request_id"]
+
+
+POISON_TIMES = [
+    1_764_460_800_000_000_000,  # a nanosecond epoch
+    2**64 - 1,
+    1e300,
+    -1_764_460_800_000,
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59Z",
+    "9999-12-31T23:59:59-23:59",
+]
+
+
+def test_poison_event_times_are_dead_lettered_and_cost_nothing_around_them(tmp_path):
+    rng = random.Random(8)
+    envs = [envelope(i, rng) for i in range(600)]
+    for n, t in enumerate(POISON_TIMES):
+        envs[50 * n + 7]["event_time"] = t  # inside batches, between good messages
+    jsonl(tmp_path / "t.jsonl", envs)
+    cfg = load_config(config(tmp_path, "poison", "t.jsonl"))
+    cfg = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"rate": 1.0})})  # every message decoded
+    run_replay(cfg)
+    run_replay(cfg)  # a restart neither crashes nor stores anything twice
+    poisoned = {envs[50 * n + 7]["request_id"] for n in range(len(POISON_TIMES))}
+    with duckdb.connect(str(tmp_path / "runs" / "poison" / "store-w0.duckdb"), read_only=True) as con:
+        dead = con.execute("SELECT reason, count(*) FROM dead_letters GROUP BY 1").fetchall()
+        (consumed,) = con.execute("SELECT sum(consumed) FROM checkpoints").fetchone()
+        ids = {r for (r,) in con.execute("SELECT request_id FROM requests").fetchall()}
+    assert dead == [("out_of_range", len(POISON_TIMES))]
+    assert consumed == len(envs)
+    assert not ids & poisoned
+    assert ids == {e["request_id"] for e in envs} - poisoned  # every good message around them was stored
+    # and the run still judges and reports
+    from diff.judge import judge
+    from diff.load import open_run
+    from reports.html import write_report
+    from schemas.policy import Policy
+
+    con = open_run(tmp_path / "runs", "poison")
+    try:
+        doc = judge(con, Policy())
+        out = write_report(tmp_path / "runs", doc, tmp_path / "poison.html", with_evidently=False, con=con)
+    finally:
+        con.close()
+    assert "out_of_range" in out.read_text(encoding="utf-8")
