@@ -5,9 +5,11 @@ or else the first vs the second half of the run by event time."""
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 
 from diff.load import RunInfo, ident
 
@@ -30,13 +32,32 @@ def evidently_drift(con: duckdb.DuckDBPyConnection, info: RunInfo, out: Path) ->
     cur = con.execute(f"SELECT {sel} FROM requests WHERE event_time >= $m {sample}", {"m": mid}).df()
     if len(ref) < 30 or len(cur) < 30:
         return None
+    ref, cur = _inert(ref, info.categorical), _inert(cur, info.categorical)
     try:
-        from evidently import Report
-        from evidently.presets import DataDriftPreset
+        # evidently warns about numpy internals and its own divisions by zero; nothing a
+        # caller can act on (and a test run's warnings-as-errors would skip the page)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from evidently import Report
+            from evidently.presets import DataDriftPreset
 
-        snapshot = Report([DataDriftPreset()]).run(reference_data=ref, current_data=cur)
-        snapshot.save_html(str(out))
+            snapshot = Report([DataDriftPreset()]).run(reference_data=ref, current_data=cur)
+            snapshot.save_html(str(out))
     except Exception as err:  # drill-down is a convenience; the report stands without it
         log.warning("evidently drill-down skipped: %s", err)
         return None
+    return out
+
+
+# evidently writes the values it shows into an inline <script> as JSON, without escaping "<":
+# a traffic value "</script><script>alert(1)</script>" would end its script and run. Values are
+# shown with look-alike angle brackets instead, which carry no meaning to HTML.
+_INERT = str.maketrans({"<": "\u2039", ">": "\u203a"})
+
+
+def _inert(frame: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
+    """The frame with every categorical value made harmless inside an inline script."""
+    out = frame.copy()
+    for col in categorical:
+        out[col] = out[col].map(lambda v: v.translate(_INERT) if isinstance(v, str) else v)
     return out

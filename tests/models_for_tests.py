@@ -43,3 +43,11 @@ def structured_candidate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r.get("plan") == "pro":
             o["ranking"] = [f"other{i}" for i in range(5)] + o["ranking"][5:]
     return out
+
+
+SCRIPT = "</script><script>alert(3)</script><img src=x onerror=alert(4)>"
+
+
+def hostile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A candidate whose answers carry script payloads in their label and an extra field."""
+    return [{"score": 1 / (1 + math.exp(-float(r.get("x", 0)))), "label": SCRIPT, "note": SCRIPT} for r in rows]
