@@ -247,8 +247,15 @@ class StoreWriter:
                     [src, part, pos.next_offset, pos.consumed, pos.sampled],
                 )
             cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
+        except BaseException as err:
+            # a failed COMMIT (a full disk) has already ended the transaction: a ROLLBACK then
+            # fails too, and its error must not hide the cause
+            try:
+                cur.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            if isinstance(err, duckdb.Error):
+                raise StoreError(f"storing a batch failed, nothing of it was committed: {err}") from err
             raise
         finally:
             cur.close()
