@@ -4,6 +4,7 @@ partition checkpoints written in the same transaction as the rows they cover."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -250,10 +251,8 @@ class StoreWriter:
         except BaseException as err:
             # a failed COMMIT (a full disk) has already ended the transaction: a ROLLBACK then
             # fails too, and its error must not hide the cause
-            try:
+            with contextlib.suppress(duckdb.Error):
                 cur.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
             if isinstance(err, duckdb.Error):
                 raise StoreError(f"storing a batch failed, nothing of it was committed: {err}") from err
             raise
