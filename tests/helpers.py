@@ -88,24 +88,67 @@ def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int]:
     return {p: o for p, o in got.items() if o is not None}
 
 
-def make_run(home: Path, run: str, scenario: Any, publish_it: bool = True, active: bool = False) -> dict[str, Any]:
-    """A synthetic run store judged under the built-in policy; its verdict published unless told."""
+def verdict_of(home: Path, scenario: Any, policy: Any = None, run: str = "r") -> dict[str, Any]:
+    """The verdict of a synthetic run store (diff.testing) under `policy` (built-in if None)."""
     from diff.judge import judge
     from diff.load import open_run
     from diff.testing import write_synthetic_store
     from schemas.policy import Policy
-    from shadowdiff_cli.wiring import publish
 
     write_synthetic_store(home / run / "store-w0.duckdb", scenario, run)
     con = open_run(home, run)
     try:
-        doc = judge(con, Policy())
+        return judge(con, policy or Policy())
     finally:
         con.close()
+
+
+def make_run(home: Path, run: str, scenario: Any, publish_it: bool = True, active: bool = False) -> dict[str, Any]:
+    """A synthetic run judged under the built-in policy; its verdict published unless told."""
+    from shadowdiff_cli.wiring import publish
+
+    doc = verdict_of(home, scenario, run=run)
     doc["run_active"] = active
     if publish_it:
         publish(home, run, doc)
     return doc
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextmanager
+def chromium_page(errors: list[str], requests: list[str], dialogs: list[str] | None = None) -> Iterator[Any]:
+    """A page of the Debian chromium, headless, recording console errors, every request and
+    every dialog (dismissed). Skips the test when chromium is not installed."""
+    import shutil
+
+    import pytest
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian chromium not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1800})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("dialog", lambda d: (dialogs if dialogs is not None else errors).append(d.message) or d.dismiss())
+            yield page
+        finally:
+            browser.close()
 
 
 @contextmanager

@@ -5,11 +5,10 @@ headless Chromium — the report, evidently's drift page, and both as the gate s
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
 
 import pytest
-from helpers import envelope, jsonl, serving, write_config
+from helpers import chromium_page, envelope, jsonl, serving, write_config
 
 from diff.judge import judge
 from diff.load import open_run
@@ -25,15 +24,6 @@ PAYLOADS = [
     '"><svg onload=alert(5)>',
     "<script src=http://127.0.0.9/x.js></script>",
     "javascript:alert(6)",
-]
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
 ]
 
 
@@ -96,34 +86,22 @@ def _policy():  # type: ignore[no-untyped-def]
 
 @pytest.mark.browser
 def test_no_page_of_a_hostile_run_runs_script_or_reaches_the_network(tmp_path):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian chromium not installed")
-    from playwright.sync_api import sync_playwright
-
     home = hostile_run(tmp_path)
     pages = sorted((home / "hostile").glob("*.html"))
     assert {p.name for p in pages} == {"report-evil.html", "report-evil-evidently.html"}
     # the payloads did reach the pages, as text
     assert "alert(1)" in (home / "hostile" / "report-evil.html").read_text(encoding="utf-8")
-    dialogs: list[str] = []
+    errors: list[str] = []
     requests: list[str] = []
-    with serving(create_app(GateSettings(home=home))) as gate, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.on("request", lambda r: requests.append(r.url))
-            urls = [f.as_uri() for f in pages] + [
-                f"{gate}/runs/hostile/report",
-                f"{gate}/runs/hostile/report-evil-evidently.html",
-                f"{gate}/runs/hostile/verdict?full=1",
-            ]
-            for url in urls:
-                page.goto(url, wait_until="load")
-                page.wait_for_timeout(0)  # let any inline script that would run, run
-                assert page.evaluate("() => document.readyState") == "complete"
-        finally:
-            browser.close()
+    dialogs: list[str] = []
+    with serving(create_app(GateSettings(home=home))) as gate, chromium_page(errors, requests, dialogs) as page:
+        urls = [f.as_uri() for f in pages] + [
+            f"{gate}/runs/hostile/report",
+            f"{gate}/runs/hostile/report-evil-evidently.html",
+            f"{gate}/runs/hostile/verdict?full=1",
+        ]
+        for url in urls:
+            page.goto(url, wait_until="load")
+            assert page.evaluate("() => document.readyState") == "complete"
     assert dialogs == []
     assert [u for u in requests if u not in urls and not u.startswith(("file://", "data:"))] == []

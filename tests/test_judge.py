@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers import verdict_of
 
 from diff.judge import judge
 from diff.load import open_run
@@ -14,15 +14,6 @@ from diff.testing import Scenario, write_synthetic_store
 from schemas import verdict_schema
 from schemas.errors import ConfigError, RunNotFound
 from schemas.policy import Policy, load_policy, parse_policy
-
-
-def verdict_of(tmp: Path, scenario: Scenario, policy: Policy | None = None, run: str = "r") -> dict:
-    write_synthetic_store(tmp / run / "store-w0.duckdb", scenario, run)
-    con = open_run(tmp, run)
-    try:
-        return judge(con, policy or Policy())
-    finally:
-        con.close()
 
 
 def failing(doc: dict, check: str) -> set[str]:

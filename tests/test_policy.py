@@ -3,24 +3,12 @@ severity and threshold, and score differences can be bounded in absolute terms."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import verdict_of
 
-from diff.judge import judge
-from diff.load import open_run
-from diff.testing import Scenario, write_synthetic_store
+from diff.testing import Scenario
 from schemas.errors import ConfigError
 from schemas.policy import KINDS, Policy, default_checks, load_policy, parse_policy
-
-
-def verdict_of(tmp: Path, scenario: Scenario, policy: Policy, run: str = "r") -> dict:
-    write_synthetic_store(tmp / run / "store-w0.duckdb", scenario, run)
-    con = open_run(tmp, run)
-    try:
-        return judge(con, policy)
-    finally:
-        con.close()
 
 
 def ids(policy: Policy) -> list[str]:

@@ -8,14 +8,13 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-from helpers import make_run, serving
+from helpers import chromium_page, make_run, serving
 
 from diff.judge import judge
 from diff.load import open_run
@@ -233,37 +232,6 @@ def test_evidence_bundle_is_checksummed(home, tmp_path):
     not_a_bundle = verify_cli(ROOT / "README.md")
     assert not_a_bundle.returncode == 3  # an error, not a tampered bundle
     assert "not a readable evidence bundle" in not_a_bundle.stderr
-
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@contextmanager
-def chromium_page(errors: list[str], requests: list[str]) -> Iterator:
-    """A page of the Debian chromium, headless, recording console errors and every request."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian chromium not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 1800})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            yield page
-        finally:
-            browser.close()
 
 
 @pytest.mark.browser
