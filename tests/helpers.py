@@ -15,6 +15,18 @@ import orjson
 
 T0 = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
 
+# event times no run may store: a nanosecond epoch, beyond 64 bits, huge, before 1970, year 1
+# and 9999, an offset that crosses year 9999
+POISON_TIMES: list[object] = [
+    1_764_460_800_000_000_000,
+    2**64 - 1,
+    1e300,
+    -1_764_460_800_000,
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59Z",
+    "9999-12-31T23:59:59-23:59",
+]
+
 
 def envelope(i: int, rng: random.Random, t0: datetime = T0, step_s: float = 1.0) -> dict[str, Any]:
     x = rng.gauss(0, 1)

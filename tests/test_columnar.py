@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 import orjson
+from helpers import POISON_TIMES
 
 from replay.columnar import BatchDecoder, RawColumns, reads_live_scores, supports
 from replay.decode import EVENT_TIME_US, REQUEST_ID, Decoder
@@ -47,17 +48,9 @@ TIMES = [
     True,
     -5,
     [1],
-    # poison: a nanosecond epoch, beyond 64 bits, huge, before 1970, year 1 and 9999, an
-    # offset that crosses year 9999
-    1_764_460_800_000_000_000,
-    2**64 - 1,
-    1e300,
-    -1_764_460_800_000,
-    "0001-01-01T00:00:00Z",
-    "9999-12-31T23:59:59Z",
-    "9999-12-31T23:59:59-23:59",
-    "2200-01-01T00:00:00Z",
-    7_258_118_399_999,
+    *POISON_TIMES,
+    "2200-01-01T00:00:00Z",  # the first instant past the range
+    7_258_118_399_999,  # the last millisecond in it
 ]
 
 

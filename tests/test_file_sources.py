@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from helpers import envelope, jsonl, write_config
+from helpers import POISON_TIMES, envelope, jsonl, write_config
 
 from replay.job import run_replay
 from schemas.config import load_config
@@ -157,17 +157,6 @@ def test_the_duckdb_and_python_paths_store_the_same_rows(tmp_path):
             )
     assert len(tables["kafka_key"][0]) == 300
     assert tables["kafka_key"] == tables["request_id"]
-
-
-POISON_TIMES = [
-    1_764_460_800_000_000_000,  # a nanosecond epoch
-    2**64 - 1,
-    1e300,
-    -1_764_460_800_000,
-    "0001-01-01T00:00:00Z",
-    "9999-12-31T23:59:59Z",
-    "9999-12-31T23:59:59-23:59",
-]
 
 
 def test_poison_event_times_are_dead_lettered_and_cost_nothing_around_them(tmp_path):
