@@ -42,7 +42,8 @@ _HOUR_US = 3_600_000_000
 # rejects all three. A row where one might appear is left to the Python decoder (a false hit,
 # such as ", }" inside a string, only costs speed).
 _NON_STRICT = r"""'[:,\[]\s*[-+]?(?i:nan|inf)|[eE]\+?\d{3}|,\s*[\]}]'"""
-_RFC3339 = r"""'\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?'"""
+# offsets below 24 h, as Python's datetime takes them (DuckDB would also read "+25:00")
+_RFC3339 = r"""'\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)?'"""
 MISSING_LIVE = "no live output in the envelope"
 log = logging.getLogger(__name__)
 

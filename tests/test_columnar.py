@@ -49,6 +49,9 @@ TIMES = [
     -5,
     [1],
     *POISON_TIMES,
+    "2026-11-25T00:00:00+25:00",  # an offset Python refuses and DuckDB would read
+    "2026-11-25T00:00:00+24:00",
+    "2026-11-25T00:00:00-23:59",
     "2200-01-01T00:00:00Z",  # the first instant past the range
     7_258_118_399_999,  # the last millisecond in it
 ]
