@@ -150,7 +150,15 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             if r is not None:
                 results.append(r)
 
-    comparisons = compare_outputs(con, sets, cand, info.config.get("output", {}))
+    baseline_model = info.config.get("baseline", {}).get("model") or {}
+    comparisons = compare_outputs(
+        con,
+        sets,
+        cand,
+        info.config.get("output", {}),
+        candidate_spec=spec.get("output"),
+        baseline_spec=baseline_model.get("output"),
+    )
     for chk in policy.checks:
         fn = {
             "field_diff": ck.field_diff,

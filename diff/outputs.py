@@ -61,11 +61,22 @@ def _counted(diffs: list[dict[str, Any]], ignore: set[str]) -> list[dict[str, An
 
 
 def compare_outputs(
-    con: duckdb.DuckDBPyConnection, sets: SegmentSets, candidate: str, output_spec: dict[str, Any], max_pairs: int = 20_000
+    con: duckdb.DuckDBPyConnection,
+    sets: SegmentSets,
+    candidate: str,
+    output_spec: dict[str, Any],
+    max_pairs: int = 20_000,
+    candidate_spec: dict[str, Any] | None = None,
+    baseline_spec: dict[str, Any] | None = None,
 ) -> dict[str, OutputStats]:
-    """Per-segment output comparisons on a deterministic hash sample of successful pairs."""
+    """Per-segment output comparisons on a deterministic hash sample of successful pairs. Each
+    side's answers are read by its own output mapping (`candidate_spec`, `baseline_spec`; the
+    run's `output_spec` where a model has none)."""
     kind = output_spec.get("kind", "score")
+    b_spec, c_spec = baseline_spec or output_spec, candidate_spec or output_spec
     prob_path = output_spec.get("probabilities_path") or ""
+    b_prob, c_prob = b_spec.get("probabilities_path") or prob_path, c_spec.get("probabilities_path") or prob_path
+    prob_path = b_prob or c_prob
     if kind not in ("json", "ranking") and not prob_path:
         return {}
     (n,) = con.execute("SELECT count(*) FROM pairs WHERE b_err IS NULL AND c_err IS NULL").fetchone() or (0,)
@@ -91,7 +102,8 @@ def compare_outputs(
     ).fetchall()
     ignore = set(output_spec.get("ignore_fields") or [])
     k = int(output_spec.get("top_k") or 10)
-    score_path = output_spec.get("score_path") or ""
+    b_score_path = b_spec.get("score_path") or output_spec.get("score_path") or ""
+    c_score_path = c_spec.get("score_path") or output_spec.get("score_path") or ""
     out: dict[str, OutputStats] = {}
     nf = len(sets.fields)
     for row in rows:
@@ -112,7 +124,7 @@ def compare_outputs(
                     st.noise_n += 1
                     st.noise_with_diffs += bool(_counted(json_diff(b, q), ignore))
             if kind == "ranking":
-                rb, rc = lookup(b, score_path, None), lookup(c, score_path, None)
+                rb, rc = lookup(b, b_score_path, None), lookup(c, c_score_path, None)
                 if isinstance(rb, list) and isinstance(rc, list):
                     ov = overlap_at_k(rb, rc, k)
                     st.overlap_sum += ov
@@ -123,7 +135,7 @@ def compare_outputs(
                         st.tau_sum += tau
                         st.tau_n += 1
             if prob_path:
-                pb, pc = _probs(lookup(b, prob_path, None)), _probs(lookup(c, prob_path, None))
+                pb, pc = _probs(lookup(b, b_prob, None)), _probs(lookup(c, c_prob, None))
                 if pb and pc:
                     js = probability_distance(pb, pc)
                     if not math.isnan(js):

@@ -32,10 +32,19 @@ class OutputColumns:
         self.tables: list[pa.Table] = []
         self.errors: Counter[str] = Counter()  # "variant/error_class"
 
-    def add(self, variant: str, results: list[CallResult], version: Versions, head: pa.Table | None = None) -> None:
-        """One variant's results, one per request row, in the keys' order. `head`, when given,
-        holds the first rows' columns already built (model_version, score, label, output,
-        latency_ms, error_class, error_detail, attempts) and `results` the rest."""
+    def add(
+        self,
+        variant: str,
+        results: list[CallResult],
+        version: Versions,
+        head: pa.Table | None = None,
+        reader: OutputReader | None = None,
+    ) -> None:
+        """One variant's results, one per request row, in the keys' order, read by `reader`
+        (default: the run's). `head`, when given, holds the first rows' columns already built
+        (model_version, score, label, output, latency_ms, error_class, error_detail, attempts)
+        and `results` the rest."""
+        reader = reader or self.reader
         skip = 0 if head is None else head.num_rows
         if skip + len(results) != self.keys.num_rows:
             raise ValueError(f"{variant}: {skip + len(results)} results for {self.keys.num_rows} requests")
@@ -45,17 +54,19 @@ class OutputColumns:
             return
         keys = self.keys.slice(skip)
         table = None
-        if self.reader.bare_scores and all(type(c[0]) is float and c[2] is None for c in results):
-            table = self._scores_table(variant, results, version, keys)
-        self.tables.append(table if table is not None else self._rows_table(variant, results, version, keys))
+        if reader.bare_scores and all(type(c[0]) is float and c[2] is None for c in results):
+            table = self._scores_table(variant, results, version, keys, reader)
+        self.tables.append(table if table is not None else self._rows_table(variant, results, version, keys, reader))
 
     def table(self) -> pa.Table:
         if not self.tables:
             return self.keys.slice(0, 0)
         return pa.concat_tables(self.tables)
 
-    def _rows_table(self, variant: str, results: list[CallResult], version: Versions, keys: pa.Table) -> pa.Table:
-        read, dumps = self.reader.read, orjson.dumps
+    def _rows_table(
+        self, variant: str, results: list[CallResult], version: Versions, keys: pa.Table, reader: OutputReader
+    ) -> pa.Table:
+        read, dumps = reader.read, orjson.dumps
         errors = self.errors
         rows: list[tuple[Any, ...]] = []
         append = rows.append
@@ -83,14 +94,16 @@ class OutputColumns:
             pa.array(attempts_col, pa.int32()),
         )
 
-    def _scores_table(self, variant: str, results: list[CallResult], version: Versions, keys: pa.Table) -> pa.Table | None:
+    def _scores_table(
+        self, variant: str, results: list[CallResult], version: Versions, keys: pa.Table, reader: OutputReader
+    ) -> pa.Table | None:
         """The Arrow-built table of bare-number answers; None when one is not finite (the row
         path then records it as wrong-shaped)."""
         n = len(results)
         scores = pa.array([c[0] for c in results], pa.float64())
         if not pc.all(pc.is_finite(scores)).as_py():
             return None
-        threshold = self.reader.spec.threshold
+        threshold = reader.spec.threshold
         labels = (
             pa.nulls(n, pa.string())
             if threshold is None

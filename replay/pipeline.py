@@ -80,7 +80,13 @@ class BatchPipeline:
         self.batch_decoder = batch_decoder
         self.baseline = baseline
         self.candidates = dict(candidates)
-        self.reader = OutputReader(cfg.output)
+        self.reader = OutputReader(cfg.output)  # the run's: the live baseline's answers
+        # each model's own mapping where it has one (a candidate on another serving stack)
+        self.readers: dict[str, OutputReader] = {}
+        if cfg.baseline.model is not None:
+            self.readers[BASELINE] = self.readers[BASELINE_REPEAT] = OutputReader(cfg.output_of(cfg.baseline.model))
+        for spec in cfg.candidates:
+            self.readers[candidate_variant(spec.name)] = OutputReader(cfg.output_of(spec))
         self.call_errors = call_errors  # "variant/error_class" -> count, the run's stats
         self._loop = loop
         self._request_schema = writer.requests_table([]).schema
@@ -225,7 +231,7 @@ class BatchPipeline:
             if self.baseline is None:
                 self._live_outputs(outputs, decoded, reqs)
             for variant, res in zip(calls, results, strict=True):
-                outputs.add(variant, res, versions[variant])
+                outputs.add(variant, res, versions[variant], reader=self.readers.get(variant))
         self.call_errors.update(outputs.errors)
         out_table = outputs.table()
         counts = requests.group_by(["source", "part"]).aggregate([("offset", "count")])

@@ -57,10 +57,16 @@ def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Appl
         await delay()
         rows = _tensor_rows(orjson.loads(await request.read()))
         outs = fn(rows)
-        data = [o["score"] if isinstance(o, dict) else o for o in outs]
+        if outs and all(isinstance(o, list) for o in outs):
+            # a row of class probabilities each, as predict_proba answers: one [n, k] tensor
+            data = [x for o in outs for x in o]
+            shape = [len(rows), len(outs[0])]
+        else:
+            data = [o["score"] if isinstance(o, dict) else o for o in outs]
+            shape = [len(rows)]
         answer = {
             "model_name": request.match_info["model"],
-            "outputs": [{"name": "score", "shape": [len(rows)], "datatype": "FP64", "data": data}],
+            "outputs": [{"name": "score", "shape": shape, "datatype": "FP64", "data": data}],
         }
         return web.Response(body=orjson.dumps(answer), content_type="application/json")
 

@@ -123,6 +123,18 @@ class SamplingSpec(_Frozen):
     quotas: dict[str, Annotated[int, Field(ge=1)]] = {}  # "field=value" -> minimum samples
 
 
+class OutputSpec(_Frozen):
+    """How to read a model output: the numeric score and/or label inside it."""
+
+    kind: Literal["score", "label", "ranking", "json"] = "score"
+    score_path: str = ""  # dotted path to a number ('' = the output itself, if a number); ranking: the list
+    label_path: str = ""
+    threshold: float | None = None  # derives a label from the score when no label is given
+    probabilities_path: str = ""  # class probabilities (list or {class: p}): Jensen-Shannon distance
+    top_k: int = 10  # ranking: overlap@k
+    ignore_fields: list[str] = []  # json: fields whose differences do not count (timestamps, trace ids)
+
+
 REDACTED = "***"
 REVEAL_SECRETS = "reveal_secrets"  # serialization context key: only for handing a spec to a call process
 
@@ -150,8 +162,13 @@ class ModelSpec(_Frozen):
     retries: Annotated[int, Field(ge=0, le=10)] = 2
     backoff_s: Annotated[float, Field(ge=0, le=60)] = 0.05
     concurrency: Annotated[int, Field(ge=1, le=1024)] = 32
-    # rows per call; default 1 for HTTP (any server takes one row), 256 for python callables
+    # rows per call; default 64 for the protocols that carry many rows (mlflow, oip-v2: their
+    # servers score a batch in about the time of a row), 1 for plain http (any server takes one
+    # row), 256 for python callables
     batch_size: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    # how this model's answers are read (score, label, class probabilities); default: the run's
+    # [output]. A baseline and a candidate on different serving stacks answer differently
+    output: OutputSpec | None = None
     breaker_failures: Annotated[int, Field(ge=1)] = 20  # consecutive failures that open it
     breaker_reset_s: Annotated[float, Field(gt=0)] = 5.0
     # http kind: the request body is {request_field: input}; the output is at response_path
@@ -184,7 +201,7 @@ class ModelSpec(_Frozen):
     def rows_per_call(self) -> int:
         if self.batch_size is not None:
             return self.batch_size
-        return 256 if self.kind == "python" else 1
+        return {"python": 256, "mlflow": 64, "oip-v2": 64}.get(self.kind, 1)
 
     @model_validator(mode="after")
     def _target(self) -> ModelSpec:
@@ -212,18 +229,6 @@ class BaselineSpec(_Frozen):
         return self
 
 
-class OutputSpec(_Frozen):
-    """How to read a model output: the numeric score and/or label inside it."""
-
-    kind: Literal["score", "label", "ranking", "json"] = "score"
-    score_path: str = ""  # dotted path to a number ('' = the output itself, if a number); ranking: the list
-    label_path: str = ""
-    threshold: float | None = None  # derives a label from the score when no label is given
-    probabilities_path: str = ""  # class probabilities (list or {class: p}): Jensen-Shannon distance
-    top_k: int = 10  # ranking: overlap@k
-    ignore_fields: list[str] = []  # json: fields whose differences do not count (timestamps, trace ids)
-
-
 class RunConfig(_Frozen):
     run: RunSection
     source: Annotated[FileSource | KafkaSource, Field(discriminator="kind")]
@@ -234,6 +239,21 @@ class RunConfig(_Frozen):
     baseline: BaselineSpec = BaselineSpec()
     candidates: Annotated[list[ModelSpec], Field(min_length=1)]
     output: OutputSpec = OutputSpec()
+
+    @model_validator(mode="after")
+    def _model_outputs(self) -> RunConfig:
+        models = [*self.candidates, *([self.baseline.model] if self.baseline.model else [])]
+        for m in models:
+            if m.output is not None and m.output.kind != self.output.kind:
+                raise ValueError(
+                    f"model {m.name}: output.kind {m.output.kind!r} differs from the run's {self.output.kind!r} "
+                    "(a model's own output mapping changes where its answers are read, not what they are)"
+                )
+        return self
+
+    def output_of(self, model: ModelSpec | None) -> OutputSpec:
+        """How a model's answers are read: its own mapping, else the run's."""
+        return model.output if model is not None and model.output is not None else self.output
 
     @model_validator(mode="after")
     def _names(self) -> RunConfig:

@@ -51,3 +51,13 @@ SCRIPT = "</script><script>alert(3)</script><img src=x onerror=alert(4)>"
 def hostile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A candidate whose answers carry script payloads in their label and an extra field."""
     return [{"score": 1 / (1 + math.exp(-float(r.get("x", 0)))), "label": SCRIPT, "note": SCRIPT} for r in rows]
+
+
+def delay_probability(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """An MLflow-style answer: a dict per row."""
+    return [{"delay_probability": s["score"]} for s in logistic(rows)]
+
+
+def predict_proba(rows: list[dict[str, Any]]) -> list[list[float]]:
+    """The same model as a scikit-learn classifier served over OIP v2: [P(on time), P(delay)]."""
+    return [[1 - s["score"], s["score"]] for s in logistic(rows)]
