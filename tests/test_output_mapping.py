@@ -93,5 +93,5 @@ url = "http://127.0.0.1:1/predict"
 output = { kind = "ranking" }
 """,
     )
-    with pytest.raises(ConfigError, match="output.kind"):
+    with pytest.raises(ConfigError, match=r"output\.kind"):
         load_config(cfg)
