@@ -27,12 +27,20 @@ class ServerBehaviour:
     calls: int = 0
     seen: list[int] = field(default_factory=list)
     headers_seen: dict[str, str] = field(default_factory=dict)  # the last /predict call's headers
+    oip_parameters: dict[str, Any] = field(default_factory=dict)  # the last OIP request's parameters
 
 
 def _tensor_rows(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows from OIP v2 input tensors: one value per row from an [n] tensor, a list of k from
+    an [n, k] one."""
     tensors = body["inputs"]
     n = tensors[0]["shape"][0]
-    return [{t["name"]: t["data"][i] for t in tensors} for i in range(n)]
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    for t in tensors:
+        k = t["shape"][1] if len(t["shape"]) == 2 else 0
+        for i in range(n):
+            rows[i][t["name"]] = t["data"][i * k : (i + 1) * k] if k else t["data"][i]
+    return rows
 
 
 def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Application:
@@ -55,7 +63,9 @@ def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Appl
 
     async def oip(request: web.Request) -> web.Response:
         await delay()
-        rows = _tensor_rows(orjson.loads(await request.read()))
+        body = orjson.loads(await request.read())
+        b.oip_parameters = body.get("parameters") or {}
+        rows = _tensor_rows(body)
         outs = fn(rows)
         if outs and all(isinstance(o, list) for o in outs):
             # a row of class probabilities each, as predict_proba answers: one [n, k] tensor

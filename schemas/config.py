@@ -166,6 +166,12 @@ class ModelSpec(_Frozen):
     # servers score a batch in about the time of a row), 1 for plain http (any server takes one
     # row), 256 for python callables
     batch_size: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    # oip-v2: how rows travel. "columns": one tensor per feature, with the request-level
+    # `parameters.content_type = "pd"` that tells MLServer to read them as one DataFrame (its
+    # default codec refuses several tensors); "tensor": one [n, k] FP64 tensor of `oip_features`
+    # in that order (KServe's and Triton's scikit-learn and ONNX models)
+    oip_request: Literal["columns", "tensor"] = "columns"
+    oip_features: list[str] = []
     # how this model's answers are read (score, label, class probabilities); default: the run's
     # [output]. A baseline and a candidate on different serving stacks answer differently
     output: OutputSpec | None = None
@@ -205,6 +211,8 @@ class ModelSpec(_Frozen):
 
     @model_validator(mode="after")
     def _target(self) -> ModelSpec:
+        if self.oip_request == "tensor" and not self.oip_features:
+            raise ValueError("`oip_request = 'tensor'` needs `oip_features`: the input fields, in the model's column order")
         if self.input == "table" and self.kind != "python":
             raise ValueError("`input = 'table'` is for python models; HTTP models get the input object")
         if self.kind == "python":

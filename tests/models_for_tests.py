@@ -61,3 +61,8 @@ def delay_probability(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
 def predict_proba(rows: list[dict[str, Any]]) -> list[list[float]]:
     """The same model as a scikit-learn classifier served over OIP v2: [P(on time), P(delay)]."""
     return [[1 - s["score"], s["score"]] for s in logistic(rows)]
+
+
+def logistic_of_tensor(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """A model fed one [n, 2] tensor of (x, y): the same logistic of x."""
+    return logistic([{"x": r["input-0"][0]} for r in rows])

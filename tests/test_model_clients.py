@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
-from models_for_tests import logistic
+from models_for_tests import logistic, logistic_of_tensor
 
 from replay.models.call_process import ProcessHttpModel
 from replay.models.http import HttpModel, decode, encode
@@ -162,3 +162,20 @@ def test_a_lost_call_process_hands_its_batches_back_to_the_replay(caplog: pytest
     assert [r.output for r in after] == expected[:4]
     assert all(r.error_class is None for r in in_flight + after)
     assert "calling from the replay's event loop" in caplog.text
+
+
+def test_oip_requests_say_how_to_read_their_columns_or_send_one_2d_tensor():
+    rows = [{"x": float(i) / 10, "y": 1.0, "plan": "pro"} for i in range(40)]
+    behaviour = ServerBehaviour()
+    with ModelServer(logistic, behaviour) as url:
+        spec = ModelSpec(name="m", kind="oip-v2", url=f"{url}/v2/models/m/infer", batch_size=16)
+        results = call(spec, rows)
+    assert behaviour.oip_parameters == {"content_type": "pd"}  # MLServer's default codec then reads a DataFrame
+    assert [r.output for r in results] == [o["score"] for o in logistic(rows)]
+    with ModelServer(logistic_of_tensor) as url:
+        spec = ModelSpec(
+            name="m", kind="oip-v2", url=f"{url}/v2/models/m/infer", batch_size=16, oip_request="tensor", oip_features=["x", "y"]
+        )
+        results = call(spec, rows)
+    assert [r.output for r in results] == [o["score"] for o in logistic(rows)]
+    assert all(r.error_class is None for r in results)

@@ -4,7 +4,9 @@ httpx's async client collapses past a few). One body format per `kind`:
 - `http`: the input object as the body (or under `request_field`); the output at `response_path`.
   With rows_per_call > 1 the body is a JSON array and the answer must be one.
 - `oip-v2`: Open Inference Protocol v2 (KServe, MLServer, Triton): one input tensor per feature,
-  `shape [n]`; the output tensor named `response_path` (or the first).
+  `shape [n]`, with the request-level content type "pd" (MLServer reads them as one DataFrame);
+  or (`oip_request = "tensor"`) one [n, k] FP64 tensor of `oip_features`; the output tensor
+  named `response_path` (or the first), one row each, or a row of k values for an [n, k] one.
 - `mlflow`: MLflow `/invocations` with `dataframe_records`; `predictions` back.
 """
 
@@ -38,9 +40,18 @@ def _oip_datatype(values: list[Any]) -> str:
     return "BYTES"
 
 
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
 def encode(spec: ModelSpec, inputs: list[dict[str, Any]]) -> bytes:
     """Request body for `inputs` in the client's format."""
     if spec.kind == "oip-v2":
+        if spec.oip_request == "tensor":
+            # one row-major [n, k] tensor; a missing or non-numeric value is sent as null
+            flat = [_number(row.get(name)) for row in inputs for name in spec.oip_features]
+            shape = [len(inputs), len(spec.oip_features)]
+            return orjson.dumps({"inputs": [{"name": "input-0", "shape": shape, "datatype": "FP64", "data": flat}]})
         names = list(dict.fromkeys(k for row in inputs for k in row))
         tensors = []
         for name in names:
@@ -48,7 +59,8 @@ def encode(spec: ModelSpec, inputs: list[dict[str, Any]]) -> bytes:
             dt = _oip_datatype(col)
             data = col if dt != "BYTES" else ["" if v is None else str(v) for v in col]
             tensors.append({"name": name, "shape": [len(inputs)], "datatype": dt, "data": data})
-        return orjson.dumps({"inputs": tensors})
+        # the request says how to read its tensors: as the columns of one DataFrame
+        return orjson.dumps({"parameters": {"content_type": "pd"}, "inputs": tensors})
     if spec.kind == "mlflow":
         return orjson.dumps({"dataframe_records": inputs})
     payload: Any = inputs[0] if spec.rows_per_call == 1 else inputs
