@@ -4,6 +4,7 @@ no network), plus evidently's drift page beside it for drill-down when a referen
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from markupsafe import Markup
 from diff.load import open_run, run_info
 from reports import svg
 from reports.charts import ChartData, collect
+from schemas.errors import ShadowdiffError
+from schemas.gate import Waiver
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +68,12 @@ def segment_matrix(doc: dict[str, Any]) -> tuple[list[str], dict[tuple[str, str]
     return columns, cells
 
 
-def render(doc: dict[str, Any], charts: ChartData | None, evidently_href: str | None = None) -> str:
-    """The report as one HTML string."""
+def render(
+    doc: dict[str, Any], charts: ChartData | None, evidently_href: str | None = None, waivers: list[Waiver] | None = None
+) -> str:
+    """The report as one HTML string; `waivers`: those recorded for the run (shown with whether
+    each still applies)."""
+    now = datetime.now(UTC)
     feats, segs, cells = drift_matrix(doc)
     columns, seg_cells = segment_matrix(doc)
     return _env.get_template("report.html.j2").render(
@@ -79,6 +86,7 @@ def render(doc: dict[str, Any], charts: ChartData | None, evidently_href: str | 
         seg_columns=columns,
         seg_cells=seg_cells,
         evidently_href=evidently_href,
+        waivers=[(w, w.active(now)) for w in waivers or [] if w.candidate in (None, doc["candidate"])],
         failing={(c["check"], c["segment"]) for c in doc["checks"] if c["status"] == "fail"},
     )
 
@@ -109,5 +117,15 @@ def write_report(
             if own:
                 con.close()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(doc, charts, href), encoding="utf-8")
+    out.write_text(render(doc, charts, href, _waivers(home, doc["run_id"])), encoding="utf-8")
     return out
+
+
+def _waivers(home: Path, run_id: str) -> list[Waiver]:
+    from reports.verdicts import VerdictStore
+
+    try:
+        return VerdictStore(home, refresh_s=0.0).waivers(run_id)
+    except ShadowdiffError as err:  # a report is written all the same; the gate says the same
+        log.warning("report without waivers: %s", err)
+        return []
