@@ -172,7 +172,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             if seg in judged and sev != "off" and (r := fn(chk, seg, st, thr, sev)) is not None:
                 results.append(r)
     results += feature_checks(con, info, sets, policy, judged, built.seg_exprs)
-    results += run_level_checks(con, info, spec, sets, policy, judged)
+    results += run_level_checks(con, info, spec, sets, policy, judged, built.duplicates)
 
     order = {c.id: i for i, c in enumerate(policy.checks)}
     results.sort(key=lambda r: (order[r.check_id], r.segment != ALL, r.segment, r.feature or ""))

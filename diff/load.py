@@ -119,6 +119,7 @@ class Pooling:
 class BuiltPairs:
     seg_exprs: list[str]  # segment expressions over `requests r`, for queries that need no outputs
     pooled: dict[str, dict[str, Any]]  # field -> {"values": [...], "distinct": k, "requests": n}
+    duplicates: int = 0  # stored requests whose request id an earlier one already had (kept out of `pairs`)
 
 
 OTHER = "(other)"
@@ -152,9 +153,16 @@ def build_pairs(
     """Materialise `pairs`: one row per sampled request with baseline, candidate and repeat
     outputs side by side, and segment values (rare values pooled as '(other)')."""
     built = _segment_exprs(con, segment_fields, pooling)
+    # a request sent twice (producer retries) is one pair: the first stored copy counts
+    (n_requests, distinct) = con.execute("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchone() or (0, 0)
+    built = BuiltPairs(built.seg_exprs, built.pooled, int(n_requests) - int(distinct))
+    source = (
+        'requests QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY source, part, "offset") = 1'
+        if built.duplicates
+        else "requests"
+    )
     segs = (", ".join(built.seg_exprs) + ",") if built.seg_exprs else ""
     # the judge and the report's charts ask for the same pairs on one connection: build once
-    (n_requests,) = con.execute("SELECT count(*) FROM requests").fetchone() or (0,)
     key = repr((candidate, built.seg_exprs, n_requests))
     try:
         have = con.execute("SELECT key FROM pairs_key").fetchone()
@@ -171,7 +179,7 @@ def build_pairs(
                c.score AS c_score, c.label AS c_label, c.latency_ms AS c_lat, c.error_class AS c_err,
                q.score AS r_score, q.label AS r_label, q.error_class AS r_err,
                q.variant IS NOT NULL AS has_repeat
-        FROM requests r
+        FROM (SELECT * FROM {source}) r
         JOIN outputs c ON c.source = r.source AND c.part = r.part AND c."offset" = r."offset"
                        AND c.variant = $cand
         LEFT JOIN outputs b ON b.source = r.source AND b.part = r.part AND b."offset" = r."offset"

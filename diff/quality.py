@@ -99,11 +99,29 @@ def run_level_checks(
     sets: SegmentSets,
     policy: Policy,
     judged: set[str],
+    duplicates: int = 0,
 ) -> list[ck.CheckResult]:
     out: list[ck.CheckResult] = []
     for chk in policy.checks:
         thr, sev = threshold_for(chk, ALL)
-        if chk.kind == "dead_letters":
+        if chk.kind == "duplicate_requests":
+            (stored,) = con.execute("SELECT count(*) FROM requests").fetchone() or (0,)
+            if stored:
+                r = ck.CheckResult(
+                    chk.id,
+                    chk.kind,
+                    ALL,
+                    sev,
+                    thr,
+                    int(stored),
+                    value=duplicates / stored,
+                    ci=wilson(duplicates, stored),
+                    p_value=p_rate_above(duplicates, stored, thr),
+                )
+                r.detail = f"{duplicates} of {stored} stored requests repeat an earlier request id; each counts once"
+                r.extra = {"duplicates": duplicates}
+                out.append(r)
+        elif chk.kind == "dead_letters":
             consumed, dead = con.execute(
                 "SELECT (SELECT coalesce(sum(consumed), 0) FROM checkpoints), (SELECT count(*) FROM dead_letters)"
             ).fetchone() or (0, 0)

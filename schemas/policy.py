@@ -40,6 +40,7 @@ KINDS: dict[str, KindDefaults] = {
     "out_of_range": KindDefaults(0.02, "warning", "numeric values outside the reference range"),
     "new_category": KindDefaults(0.02, "warning", "categorical values unseen in the reference"),
     "dead_letters": KindDefaults(0.02, "critical", "malformed / schema-violating messages"),
+    "duplicate_requests": KindDefaults(0.001, "warning", "requests stored twice under one request id (producer retries)"),
     "version_pairing": KindDefaults(0.0, "critical", "candidate fed by a feature pipeline it was not built for"),
     "field_diff": KindDefaults(0.02, "critical", "structured outputs: share of pairs with field differences (above noise)"),
     "ranking_overlap": KindDefaults(0.8, "critical", "rankings: mean overlap@k with the baseline (fails when below)"),
@@ -60,6 +61,7 @@ CheckKind = Literal[
     "out_of_range",
     "new_category",
     "dead_letters",
+    "duplicate_requests",
     "version_pairing",
     "field_diff",
     "ranking_overlap",
@@ -124,6 +126,7 @@ def default_checks() -> list[Check]:
         _check(id="out_of_range", kind="out_of_range"),
         _check(id="new_category", kind="new_category"),
         _check(id="dead_letters", kind="dead_letters"),
+        _check(id="duplicate_requests", kind="duplicate_requests"),
         _check(id="version_pairing", kind="version_pairing"),
         # structured, ranking and probability outputs (applied when the output kind has them)
         _check(id="field_diff", kind="field_diff"),

@@ -66,3 +66,10 @@ def predict_proba(rows: list[dict[str, Any]]) -> list[list[float]]:
 def logistic_of_tensor(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
     """A model fed one [n, 2] tensor of (x, y): the same logistic of x."""
     return logistic([{"x": r["input-0"][0]} for r in rows])
+
+
+def refuses_negative(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Fails the whole call when any row has a negative x, as a strict model server does."""
+    if any(float(r.get("x", 0)) < 0 for r in rows):
+        raise ValueError("negative x")
+    return logistic(rows)

@@ -191,3 +191,31 @@ def test_poison_event_times_are_dead_lettered_and_cost_nothing_around_them(tmp_p
     finally:
         con.close()
     assert "out_of_range" in out.read_text(encoding="utf-8")
+
+
+def test_a_request_sent_twice_counts_once_and_is_reported(tmp_path):
+    rng = random.Random(9)
+    envs = [envelope(i, rng) for i in range(1000)]
+    retries = [dict(envs[i]) for i in range(0, 1000, 25)]  # 40 producer retries, later in the stream
+    jsonl(tmp_path / "t.jsonl", envs + retries)
+    cfg = load_config(config(tmp_path, "dups", "t.jsonl"))
+    cfg = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"rate": 1.0})})
+    run_replay(cfg)
+    from diff.judge import judge
+    from diff.load import open_run
+    from schemas.policy import Policy
+
+    con = open_run(tmp_path / "runs", "dups")
+    try:
+        (stored,) = con.execute("SELECT count(*) FROM requests").fetchone()
+        doc = judge(con, Policy(min_samples=100))
+    finally:
+        con.close()
+    assert stored == 1040  # both copies are stored, by their own coordinates
+    assert doc["data"]["pairs"] == 1000  # ... and judged once
+    by_segment = {s["segment"]: s["n"] for s in doc["segments"]}
+    assert by_segment["all"] == 1000
+    dup = next(c for c in doc["checks"] if c["check"] == "duplicate_requests")
+    assert dup["extra"]["duplicates"] == 40
+    assert dup["status"] == "warn"
+    assert any(w.startswith("duplicate_requests in all: 40 of 1040") for w in doc["warnings"])

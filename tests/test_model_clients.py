@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
-from models_for_tests import logistic, logistic_of_tensor
+from models_for_tests import logistic, logistic_of_tensor, refuses_negative
 
 from replay.models.call_process import ProcessHttpModel
 from replay.models.http import HttpModel, decode, encode
@@ -179,3 +179,15 @@ def test_oip_requests_say_how_to_read_their_columns_or_send_one_2d_tensor():
         results = call(spec, rows)
     assert [r.output for r in results] == [o["score"] for o in logistic(rows)]
     assert all(r.error_class is None for r in results)
+
+
+def test_one_bad_row_costs_its_own_output_not_its_batch():
+    rows = [{"x": float(i) / 10, "plan": "pro"} for i in range(40)]
+    rows[13]["x"] = -1.0  # the server answers 500 to any call that holds this row
+    with ModelServer(refuses_negative) as url:
+        spec = ModelSpec(name="m", kind="mlflow", url=f"{url}/invocations", batch_size=16, retries=0)
+        results = call(spec, rows)
+    assert [i for i, r in enumerate(results) if r.error_class is not None] == [13]
+    assert str(results[13].error_class) == "http_5xx"
+    good = [r.output for i, r in enumerate(results) if i != 13]
+    assert good == [o for i, o in enumerate(logistic(rows)) if i != 13]

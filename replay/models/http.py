@@ -32,6 +32,10 @@ class WrongShape(Exception):
     pass
 
 
+# answers a single bad row can cause for its whole call: worth splitting the call to find it
+_ROW_ERRORS = frozenset({E.HTTP_4XX, E.HTTP_5XX, E.UNPARSABLE, E.WRONG_SHAPE})
+
+
 def _oip_datatype(values: list[Any]) -> str:
     if all(isinstance(v, bool) for v in values):
         return "BOOL"
@@ -187,6 +191,17 @@ class HttpModel:
                 batch.done.set_result(None)
 
     async def _chunk(self, rows: list[dict[str, Any]]) -> list[CallResult]:
+        """One call for `rows`; when a call of several rows is refused or answered with garbage,
+        its halves are called apart, down to single rows, so one bad input costs its own
+        output only, not its batch's (a server that is down opens the breaker instead)."""
+        results = await self._call(rows)
+        err = results[0].error_class if results else None
+        if len(rows) == 1 or err not in _ROW_ERRORS:
+            return results
+        half = len(rows) // 2
+        return [*await self._chunk(rows[:half]), *await self._chunk(rows[half:])]
+
+    async def _call(self, rows: list[dict[str, Any]]) -> list[CallResult]:
         n = len(rows)
         body = encode(self.spec, rows)
         attempt = 0
