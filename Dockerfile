@@ -7,5 +7,8 @@ COPY reports reports
 COPY schemas schemas
 COPY shadowdiff_cli shadowdiff_cli
 COPY deploy deploy
-RUN pip install --no-cache-dir .
+# the production image carries no demo; docker-compose.yml builds with EXTRAS="[demo]", since
+# its worker scores with the demo's scikit-learn models
+ARG EXTRAS=""
+RUN pip install --no-cache-dir ".${EXTRAS}"
 ENTRYPOINT ["shadowdiff"]

@@ -10,6 +10,7 @@ from replay.models.base import ModelClient
 from replay.models.call_process import ProcessHttpModel
 from replay.models.http import HttpModel
 from replay.models.inprocess import PythonModel, load_callable
+from replay.preflight import preflight
 from replay.runner import CheckpointHook, Replayer, RunStats
 from replay.sources import KafkaWindow, open_source
 from replay.store import StoreWriter
@@ -48,9 +49,14 @@ def run_replay(
     on_checkpoint: CheckpointHook | None = None,
     checkpoint_every_s: float = 15.0,
     max_batches: int | None = None,
+    checked: bool = False,
 ) -> RunStats:
-    """Replay the configured source into the run's store until it ends or `stop` is set."""
-    validate_targets(cfg)
+    """Replay the configured source into the run's store until it ends or `stop` is set.
+    Raises ConfigError before anything is consumed when a model target cannot be imported or
+    the source or a model cannot be reached (`checked`: the caller already made sure)."""
+    if not checked:
+        validate_targets(cfg)
+        preflight(cfg)
     writer = StoreWriter(cfg)
     try:
         writer.start_meta(_versions())

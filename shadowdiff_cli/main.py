@@ -31,17 +31,20 @@ def _stop_on_signals() -> threading.Event:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from replay.job import run_replay, validate_targets
+    from replay.preflight import preflight
     from schemas.config import load_config
     from schemas.policy import load_policy
     from shadowdiff_cli.wiring import judge_hook, start_run
 
     cfg = load_config(Path(args.config))
     given = load_policy(Path(args.policy)) if args.policy else None
-    validate_targets(cfg)  # a bad config leaves nothing behind, not even the run folder
+    # a bad config, or a source or model that cannot be reached, leaves nothing behind
+    validate_targets(cfg)
+    preflight(cfg)
     policy = start_run(cfg, given)
     stop = _stop_on_signals()
     hook = judge_hook(cfg.run.home, cfg.run.id, policy) if not args.no_judge else None
-    stats = run_replay(cfg, stop, on_checkpoint=hook, checkpoint_every_s=args.judge_every)
+    stats = run_replay(cfg, stop, on_checkpoint=hook, checkpoint_every_s=args.judge_every, checked=True)
     print(_json(stats.summary()))
     return 0
 

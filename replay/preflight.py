@@ -1,0 +1,74 @@
+"""Checks before anything is consumed: the source can be read (the recording exists; the broker
+answers and has the topic) and every HTTP model answers on its URL. A run that could only fill
+its store with connection errors is refused at start, with one line per problem, instead of
+after the whole topic was read."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+
+from schemas.config import FileSource, KafkaSource, ModelSpec, RunConfig, redact_url
+from schemas.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 5.0
+
+
+def preflight(cfg: RunConfig, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raises ConfigError naming every unreachable part; returns when all answer."""
+    problems = _source_problems(cfg.source, timeout_s)
+    models = [*cfg.candidates, *([cfg.baseline.model] if cfg.baseline.model and cfg.baseline.kind == "model" else [])]
+    http = [m for m in models if m.kind != "python"]
+    if http:
+        problems += asyncio.run(_model_problems(http, timeout_s))
+    if problems:
+        raise ConfigError("run (preflight: nothing was consumed)", problems)
+
+
+def _source_problems(spec: FileSource | KafkaSource, timeout_s: float) -> list[str]:
+    if isinstance(spec, FileSource):
+        return [] if spec.path.exists() else [f"source.path: recording not found: {spec.path}"]
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    try:
+        # a broker that answers at all answers the version probe at once
+        consumer = KafkaConsumer(bootstrap_servers=spec.bootstrap.split(","), bootstrap_timeout_ms=int(timeout_s * 1000))
+    except KafkaError as err:
+        return [f"source.bootstrap: no Kafka broker answers at {spec.bootstrap} ({type(err).__name__})"]
+    try:
+        topics = consumer.topics()
+    except KafkaError as err:
+        return [f"source.bootstrap: the broker at {spec.bootstrap} did not list its topics ({type(err).__name__})"]
+    finally:
+        consumer.close()
+    if spec.topic not in topics:
+        return [f"source.topic: the broker at {spec.bootstrap} has no topic {spec.topic!r}"]
+    return []
+
+
+async def _model_problems(models: list[ModelSpec], timeout_s: float) -> list[str]:
+    """One request to each model's URL: any HTTP answer means it is there (a probe has no valid
+    input to send); a refused connection, an unknown host or no answer in time means it is not."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def probe(m: ModelSpec) -> str | None:
+            assert m.url is not None
+            try:
+                async with session.post(m.url, data=b"{}", headers={"content-type": "application/json", **m.header_values()}):
+                    return None
+            except TimeoutError:
+                return f"model {m.name}: no answer from its URL in {timeout_s:g} s"
+            except aiohttp.ClientError as err:
+                # the URL as shown everywhere (credentials redacted) and the cause, not the
+                # exception's text, which may carry the URL as given
+                cause = getattr(err, "os_error", None) or type(err).__name__
+                return f"model {m.name}: cannot reach {redact_url(m.url)} ({cause})"[:300]
+
+        found = await asyncio.gather(*(probe(m) for m in models))
+    return [p for p in found if p is not None]

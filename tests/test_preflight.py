@@ -1,0 +1,89 @@
+"""Preflight: a run whose candidate cannot be reached, whose broker does not answer or whose
+topic does not exist is refused before anything is consumed: exit 3, one line per problem, no
+traceback, and no run folder left behind."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import envelope, jsonl, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+
+
+def replay(cfg: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "shadowdiff_cli.main", "replay", "--config", str(cfg)]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+
+
+def closed_port() -> int:
+    """A port bound here and never listened on: connections to it are refused."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    closed_port.held = s  # type: ignore[attr-defined]  # kept bound so no one else takes it
+    return int(s.getsockname()[1])
+
+
+def test_an_unreachable_candidate_is_refused_before_anything_is_consumed(tmp_path):
+    recording = jsonl(tmp_path / "t.jsonl", [envelope(i, random.Random(1)) for i in range(50)])
+    port = closed_port()
+    cfg = write_config(
+        tmp_path / "run.toml",
+        f"""
+[run]
+id = "unreachable"
+home = "{tmp_path / "runs"}"
+[source]
+kind = "file"
+path = "{recording}"
+[[candidates]]
+name = "v2"
+kind = "mlflow"
+url = "http://svc:hunter2@127.0.0.1:{port}/invocations"
+""",
+    )
+    out = replay(cfg)
+    assert out.returncode == 3, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"model v2: cannot reach http://***@127.0.0.1:{port}/invocations" in out.stderr
+    assert "hunter2" not in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.kafka
+def test_an_unreachable_broker_or_a_missing_topic_is_refused_at_once(tmp_path, kafka_bootstrap, unique):
+    def config(bootstrap: str, topic: str) -> Path:
+        return write_config(
+            tmp_path / "live.toml",
+            f"""
+[run]
+id = "nobroker"
+home = "{tmp_path / "runs"}"
+[source]
+kind = "kafka-live"
+bootstrap = "{bootstrap}"
+topic = "{topic}"
+group = "{unique("g")}"
+[[candidates]]
+name = "v2"
+kind = "python"
+target = "models_for_tests:logistic"
+""",
+        )
+
+    out = replay(config(f"127.0.0.1:{closed_port()}", "t"))
+    assert out.returncode == 3, out.stderr
+    assert "source.bootstrap: no Kafka broker answers" in out.stderr
+    assert "Traceback" not in out.stderr
+    missing = unique("nope")
+    out = replay(config(kafka_bootstrap, missing))
+    assert out.returncode == 3, out.stderr
+    assert f"source.topic: the broker at {kafka_bootstrap} has no topic '{missing}'" in out.stderr
+    assert not (tmp_path / "runs").exists()
