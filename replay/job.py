@@ -17,9 +17,13 @@ from replay.store import StoreWriter
 from schemas.config import ModelSpec, RunConfig
 
 
-def make_client(spec: ModelSpec) -> ModelClient:
+def make_client(spec: ModelSpec, cfg: RunConfig | None = None) -> ModelClient:
     if spec.kind == "python":
         return PythonModel(spec)
+    if cfg is not None:
+        # the client reads its answers as the pipeline will, so answers that cannot be read
+        # count as failures for its circuit breaker
+        spec = spec.model_copy(update={"output": cfg.output_of(spec)})
     if spec.call_process:
         return ProcessHttpModel(spec)
     return HttpModel(spec)
@@ -75,8 +79,8 @@ def run_replay(
                         }
                     }
                 )
-            baseline = make_client(cfg.baseline.model) if cfg.baseline.model and cfg.baseline.kind == "model" else None
-            candidates = {c.name: make_client(c) for c in cfg.candidates}
+            baseline = make_client(cfg.baseline.model, cfg) if cfg.baseline.model and cfg.baseline.kind == "model" else None
+            candidates = {c.name: make_client(c, cfg) for c in cfg.candidates}
             replayer = Replayer(cfg, writer, source, baseline, candidates, on_checkpoint, checkpoint_every_s)
             stats = replayer.run(stop, max_batches=max_batches)
             writer.write_meta({"last_stats": stats.summary()})

@@ -191,3 +191,17 @@ def test_one_bad_row_costs_its_own_output_not_its_batch():
     assert str(results[13].error_class) == "http_5xx"
     good = [r.output for i, r in enumerate(results) if i != 13]
     assert good == [o for i, o in enumerate(logistic(rows)) if i != 13]
+
+
+def test_answers_that_cannot_be_read_open_the_breaker():
+    # the server answers 200 with JSON, but never with a score where the mapping says
+    from schemas.config import OutputSpec
+
+    with ModelServer(logistic) as url:
+        spec = ModelSpec(
+            name="m", kind="http", url=f"{url}/wrong", concurrency=1, breaker_failures=5, output=OutputSpec(score_path="score")
+        )
+        results = call(spec, ROWS)
+    classes = [str(r.error_class) for r in results]
+    assert classes[:5] == ["None"] * 5  # answered, unreadable: the pipeline records those as wrong_shape
+    assert set(classes[5:]) == {"circuit_open"}  # and the breaker opened after five of them

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from replay.models.base import CallResult
+from replay.models.base import CallResult, OutputReader
 from replay.models.resilience import TRANSIENT, TRANSIENT_STATUS, CircuitBreaker
 from schemas.config import ModelSpec
 from schemas.paths import lookup
@@ -123,6 +123,7 @@ class HttpModel:
         self.name = spec.name
         self.model_version = spec.model_version
         self.breaker = CircuitBreaker(spec.breaker_failures, spec.breaker_reset_s)
+        self._reader = OutputReader(spec.output) if spec.output is not None else None
         self._workers: list[asyncio.Task[None]] = []
         self._workers_loop: asyncio.AbstractEventLoop | None = None
         self._queue: collections.deque[_Batch] = collections.deque()
@@ -244,7 +245,10 @@ class HttpModel:
                 # full jitter keeps retries of many rows from arriving in lockstep
                 await asyncio.sleep(random.uniform(0, self.spec.backoff_s * 2 ** (attempt - 1)))
                 continue
-            self.breaker.record(err is None)
+            # an answer of the right shape whose every output is unreadable (no score where the
+            # mapping says) is a failure to the breaker too
+            readable = err is None and (self._reader is None or any(self._reader.read(o)[2] is None for o in outputs))
+            self.breaker.record(readable)
             if err is not None:
                 return [CallResult(None, latency, err, detail, attempt)] * n
             # tuple.__new__ directly: a NamedTuple's own __new__ and _make are Python-level calls
