@@ -205,3 +205,36 @@ def test_answers_that_cannot_be_read_open_the_breaker():
     classes = [str(r.error_class) for r in results]
     assert classes[:5] == ["None"] * 5  # answered, unreadable: the pipeline records those as wrong_shape
     assert set(classes[5:]) == {"circuit_open"}  # and the breaker opened after five of them
+
+
+def test_a_model_outage_is_one_line_when_it_starts_and_one_when_it_ends(caplog: pytest.LogCaptureFixture):
+    behaviour = ServerBehaviour()
+    server = ModelServer(logistic, behaviour)
+    url = server.url
+    spec = ModelSpec(
+        name="v2", kind="http", url=f"{url}/predict", concurrency=1, breaker_failures=3, breaker_reset_s=0.05, retries=0
+    )
+
+    async def go() -> tuple[list, list]:
+        client = HttpModel(spec)
+        try:
+            down = await client.predict(ROWS[:10])  # nothing listens yet: refused
+            server.start()
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:  # probes get through once the cool-down passed and the server is up
+                up = await client.predict(ROWS[:4])
+                if all(r.error_class is None for r in up) or asyncio.get_running_loop().time() > deadline:
+                    return down, up
+                await asyncio.sleep(0.05)
+        finally:
+            await client.close()
+
+    with caplog.at_level("WARNING", logger="replay.models.resilience"):
+        down, up = asyncio.run(go())
+    server.stop()
+    assert {str(r.error_class) for r in down} == {"connection", "circuit_open"}
+    assert all(r.error_class is None for r in up)
+    lines = [r.getMessage() for r in caplog.records if r.name == "replay.models.resilience"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("model v2: circuit open after 3 failures in a row (connection: ")
+    assert lines[1].startswith("model v2: recovered after ")

@@ -238,7 +238,8 @@ def main(fd: int) -> None:
     # so this process keeps calling until the replay closes the connection
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.WARNING)
+    # the replay's format, on the stderr both share: a model's outage reads the same from either
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     conn = Connection(fd)
     spec = ModelSpec.model_validate_json(conn.recv_bytes())
     asyncio.run(_serve(conn, spec))

@@ -122,7 +122,7 @@ class HttpModel:
         self.spec = spec
         self.name = spec.name
         self.model_version = spec.model_version
-        self.breaker = CircuitBreaker(spec.breaker_failures, spec.breaker_reset_s)
+        self.breaker = CircuitBreaker(spec.breaker_failures, spec.breaker_reset_s, spec.name)
         self._reader = OutputReader(spec.output) if spec.output is not None else None
         self._workers: list[asyncio.Task[None]] = []
         self._workers_loop: asyncio.AbstractEventLoop | None = None
@@ -248,7 +248,7 @@ class HttpModel:
             # an answer of the right shape whose every output is unreadable (no score where the
             # mapping says) is a failure to the breaker too
             readable = err is None and (self._reader is None or any(self._reader.read(o)[2] is None for o in outputs))
-            self.breaker.record(readable)
+            self.breaker.record(readable, f"{err}: {detail}" if err is not None else "answers without the mapped score or label")
             if err is not None:
                 return [CallResult(None, latency, err, detail, attempt)] * n
             # tuple.__new__ directly: a NamedTuple's own __new__ and _make are Python-level calls

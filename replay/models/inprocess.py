@@ -45,7 +45,7 @@ class PythonModel:
         self.name = spec.name
         self.model_version = spec.model_version
         self.fn = fn or load_callable(spec.target)
-        self.breaker = CircuitBreaker(spec.breaker_failures, spec.breaker_reset_s)
+        self.breaker = CircuitBreaker(spec.breaker_failures, spec.breaker_reset_s, spec.name)
         self.takes_table = spec.input == "table"
 
     async def predict(self, inputs: list[dict[str, Any]]) -> list[CallResult]:
