@@ -64,7 +64,7 @@ def run_replay(
     writer = StoreWriter(cfg)
     try:
         writer.start_meta(_versions())
-        source = open_source(cfg.source, writer.checkpoints())
+        source = open_source(cfg.source, writer.checkpoints(), member=f"{cfg.run.id}.{cfg.run.worker}")
         try:
             if isinstance(source, KafkaWindow):
                 spec = source.spec

@@ -117,12 +117,14 @@ def _batches(records: dict[Any, Any], end: Mapping[object, int] | None = None) -
 class KafkaLive:
     """Tails a topic in a consumer group: workers in the same group share the partitions."""
 
-    def __init__(self, spec: KafkaSource, checkpoints: Checkpoints) -> None:
+    def __init__(self, spec: KafkaSource, checkpoints: Checkpoints, member: str | None = None) -> None:
         from kafka import ConsumerRebalanceListener
 
         self.spec = spec
         self._checkpoints = dict(checkpoints)
-        self.consumer = _consumer(spec, spec.group)
+        # static membership (KIP-345): a worker restarted under the same `member` takes its
+        # partitions back at once, instead of waiting out its killed self's session timeout
+        self.consumer = _consumer(spec, spec.group, group_instance_id=member)
         self._newly_assigned: set[object] = set()
         outer = self
 
@@ -274,10 +276,11 @@ class KafkaWindow:
         self.consumer.close(autocommit=False)
 
 
-def open_source(spec: FileSource | KafkaSource, checkpoints: Checkpoints) -> Source:
-    """The source a config describes, positioned after what the store already holds."""
+def open_source(spec: FileSource | KafkaSource, checkpoints: Checkpoints, member: str | None = None) -> Source:
+    """The source a config describes, positioned after what the store already holds. `member`:
+    a live consumer's stable identity in its group (one per run and worker)."""
     if isinstance(spec, FileSource):
         return RecordedFile(spec, checkpoints)
     if spec.kind == "kafka-window":
         return KafkaWindow(spec, checkpoints)
-    return KafkaLive(spec, checkpoints)
+    return KafkaLive(spec, checkpoints, member)

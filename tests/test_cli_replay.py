@@ -196,3 +196,54 @@ target = "models_for_tests:logistic"
     assert summary["lag"] == 0
     assert summary["idle_seconds"] > 0
     assert summary["consumed_per_s"] > summary["consumed"] / summary["seconds"]
+
+
+@pytest.mark.kafka
+def test_a_killed_live_worker_restarted_takes_its_partitions_back_at_once(tmp_path, kafka_bootstrap, make_topic, unique):
+    topic = make_topic(2)
+    rng = random.Random(14)
+    envs = [envelope(i, rng) for i in range(2000)]
+    produce(kafka_bootstrap, topic, [(e["request_id"].encode(), orjson.dumps(e)) for e in envs[:1000]])
+    group = unique("g")
+    cfg = write_config(
+        tmp_path / "live.toml",
+        f"""
+[run]
+id = "rejoin"
+home = "{tmp_path / "runs"}"
+batch_size = 500
+batch_timeout_ms = 200
+[source]
+kind = "kafka-live"
+bootstrap = "{kafka_bootstrap}"
+topic = "{topic}"
+group = "{group}"
+[output]
+score_path = "score"
+[[candidates]]
+name = "v2"
+kind = "python"
+target = "models_for_tests:logistic"
+""",
+    )
+
+    def caught_up_line(p: subprocess.Popen, deadline_s: float) -> str:
+        lines: list[str] = []
+        threading.Thread(target=lambda: lines.extend(iter(p.stderr.readline, "")), daemon=True).start()
+        return wait_until(lambda: next((x for x in lines if "caught up" in x), None), deadline_s, "caught up")
+
+    first = replay(cfg)
+    caught_up_line(first, 120)
+    first.kill()  # SIGKILL: no goodbye to the group; its session would last 45 s
+    first.wait(10)
+    produce(kafka_bootstrap, topic, [(e["request_id"].encode(), orjson.dumps(e)) for e in envs[1000:]])
+    second = replay(cfg)
+    # static membership: the restarted worker is the same member and gets its partitions back
+    # without waiting out the killed one's session timeout (45 s)
+    line = caught_up_line(second, 30)
+    second.send_signal(signal.SIGTERM)
+    second.communicate(timeout=60)
+    assert "lag 0" in line
+    with duckdb.connect(str(tmp_path / "runs" / "rejoin" / "store-w0.duckdb"), read_only=True) as con:
+        n, distinct = con.execute("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchone()
+    assert (n, distinct) == (2000, 2000)
