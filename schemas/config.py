@@ -27,12 +27,17 @@ from schemas.errors import ConfigError
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: `rate = "0.5"` or `batch_size = "64"` is an error, not a silent conversion; the
+    # fields that TOML can only give as text (paths, times, secrets) say so themselves
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+Text = Field(strict=False)  # a Path, a datetime or a secret, read from TOML text
 
 
 class RunSection(_Frozen):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    home: Path = Path("shadowdiff-runs")
+    home: Annotated[Path, Text] = Path("shadowdiff-runs")
     worker: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "w0"
     # a stored batch closes at `batch_size` sampled requests, 20x that many messages read, or
     # `batch_timeout_ms` after its first message, whichever comes first
@@ -43,7 +48,7 @@ class RunSection(_Frozen):
 
 class FileSource(_Frozen):
     kind: Literal["file"]
-    path: Path
+    path: Annotated[Path, Text]
     max_message_bytes: Annotated[int, Field(ge=64)] = 1 << 20
 
 
@@ -52,8 +57,8 @@ class KafkaSource(_Frozen):
     bootstrap: Annotated[str, Field(min_length=3)]
     topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
     group: str | None = None
-    start: datetime | None = None  # window start (inclusive), needs a timezone
-    end: datetime | None = None  # window end (exclusive)
+    start: Annotated[datetime | None, Text] = None  # window start (inclusive), needs a timezone
+    end: Annotated[datetime | None, Text] = None  # window end (exclusive)
     max_message_bytes: Annotated[int, Field(ge=64)] = 1 << 20
     progress: bool = True
 
@@ -182,7 +187,7 @@ class ModelSpec(_Frozen):
     response_path: str = ""  # dotted path in the JSON answer; '' = the whole answer
     # secrets: shown and stored as "***" everywhere (config dumps, run metadata, verdicts,
     # reports, evidence); only the model clients read them (`header_values`, `call_url`)
-    headers: dict[str, SecretStr] = {}
+    headers: dict[str, Annotated[SecretStr, Text]] = {}
     # python kind: what the function gets, the inputs as a list of dicts or the declared
     # features as a pyarrow Table (vectorised models score it without a loop per row)
     input: Literal["records", "table"] = "records"

@@ -70,7 +70,8 @@ CheckKind = Literal[
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict, as the run config: `min_samples = "500"` is an error, not a conversion
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class Override(_Frozen):
@@ -172,7 +173,7 @@ class Reference(_Frozen):
 
     start: str | None = None
     end: str | None = None
-    file: Path | None = None
+    file: Annotated[Path | None, Field(strict=False)] = None
 
     @model_validator(mode="after")
     def _one(self) -> Reference:

@@ -87,3 +87,33 @@ target = "models_for_tests:logistic"
     assert out.returncode == 3, out.stderr
     assert f"source.topic: the broker at {kafka_bootstrap} has no topic '{missing}'" in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_numbers_given_as_text_are_config_errors_not_conversions(tmp_path):
+    from schemas.config import load_config
+    from schemas.errors import ConfigError
+    from schemas.policy import parse_policy
+
+    cfg = write_config(
+        tmp_path / "run.toml",
+        """
+[run]
+id = "strict"
+batch_size = "64"
+[source]
+kind = "file"
+path = "t.jsonl"
+[sampling]
+rate = "0.5"
+[[candidates]]
+name = "c"
+kind = "python"
+target = "models_for_tests:logistic"
+""",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert "run.batch_size: Input should be a valid integer" in str(err.value)
+    assert "sampling.rate: Input should be a valid number" in str(err.value)
+    with pytest.raises(ConfigError, match="min_samples"):
+        parse_policy({"min_samples": "500"})
