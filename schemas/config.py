@@ -216,6 +216,8 @@ class ModelSpec(_Frozen):
 
     @model_validator(mode="after")
     def _target(self) -> ModelSpec:
+        if self.url and urlsplit(self.url).username is not None and any(k.lower() == "authorization" for k in self.headers):
+            raise ValueError("give credentials either in the URL or in an Authorization header, not both")
         if self.oip_request == "tensor" and not self.oip_features:
             raise ValueError("`oip_request = 'tensor'` needs `oip_features`: the input fields, in the model's column order")
         if self.input == "table" and self.kind != "python":

@@ -117,3 +117,12 @@ target = "models_for_tests:logistic"
     assert "sampling.rate: Input should be a valid number" in str(err.value)
     with pytest.raises(ConfigError, match="min_samples"):
         parse_policy({"min_samples": "500"})
+
+
+def test_credentials_in_the_url_and_an_authorization_header_are_refused_at_start():
+    from schemas.config import parse_config
+    from schemas.errors import ConfigError
+
+    model = {"name": "c", "kind": "http", "url": "http://u:p@127.0.0.1:1/predict", "headers": {"Authorization": "Bearer t"}}
+    with pytest.raises(ConfigError, match="either in the URL or in an Authorization header"):
+        parse_config({"run": {"id": "x"}, "source": {"kind": "file", "path": "t.jsonl"}, "candidates": [model]})
