@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.config import RunConfig
-from schemas.records import EVENT_TIME_MAX_US
+from schemas.records import EVENT_TIME_MAX_US, MAX_INPUT_DEPTH
 
 _INTS = "('BIGINT', 'UBIGINT')"
 _NUMBERS = "('BIGINT', 'UBIGINT', 'DOUBLE')"
@@ -177,6 +177,9 @@ class BatchDecoder:
         clean.append(f"{jt(rid)} IN {_TEXTLIKE} AND {rid} <> ''")
         model_input = slot(_steps(env.input))
         clean.append(f"{jt(model_input)} = 'OBJECT'")
+        # nesting never exceeds the opening brackets: fewer than the limit is surely shallow
+        # enough; other rows go to the Python decoder, which measures the depth
+        clean.append(f"length({model_input}) - length(translate({model_input}, '[{{', '')) <= {MAX_INPUT_DEPTH}")
         t = slot(_steps(env.event_time))
         t_us = (
             f"CASE WHEN {jt(t)} IS NULL OR {jt(t)} = 'NULL' THEN ts * 1000"
@@ -236,6 +239,8 @@ WITH parsed AS (
         WHERE value IS NOT NULL AND octet_length(value) <= {cfg.source.max_message_bytes}
     )
     WHERE txt IS NOT NULL AND json_valid(txt) AND NOT regexp_matches(txt, {_NON_STRICT})
+        -- orjson refuses documents nested past 1024 levels, DuckDB does not: the reference decides
+        AND length(txt) - length(translate(txt, '[{{', '')) <= 1000
 ), extracted AS MATERIALIZED (
     SELECT i, ts, json_type(txt, {type_paths}) AS t, json_extract_string(txt, {path_list}) AS s FROM parsed
 ), fields AS (

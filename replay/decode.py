@@ -18,7 +18,7 @@ import orjson
 
 from replay.messages import DeadLetter, RawMessage
 from schemas.config import RunConfig
-from schemas.records import EVENT_TIME_MAX_US
+from schemas.records import EVENT_TIME_MAX_US, MAX_INPUT_DEPTH
 from schemas.records import DeadLetterReason as R
 
 _DEAD_RAW_LIMIT = 64 * 1024  # keep this much of an oversized message: enough to diagnose it
@@ -94,6 +94,18 @@ def event_time_us(raw: Any, timestamp_ms: int, path: str) -> int:
     raise BadMessage(R.WRONG_TYPE, f"{path}: expected string or number, got {t.__name__}")
 
 
+def too_deep(value: Any, limit: int = MAX_INPUT_DEPTH) -> bool:
+    """Whether `value` nests containers deeper than `limit` levels (itself counted as one)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = v.values() if type(v) is dict else v
+        stack.extend((c, depth + 1) for c in children if type(c) is dict or type(c) is list)
+    return False
+
+
 def _text(v: Any) -> str | None:
     """A segment value, version or categorical feature as text (None stays None)."""
     return None if v is None else (v if type(v) is str else str(v))
@@ -133,6 +145,7 @@ def compile_row_decoder(cfg: RunConfig) -> tuple[RowLayout, Callable[..., Row]]:
         "BadMessage": BadMessage,
         "R": R,
         "event_time_us": event_time_us,
+        "too_deep": too_deep,
         "_MAX_MS": EVENT_TIME_MAX_US // 1000,
         "_text": _text,
         "_category": _category,
@@ -157,6 +170,12 @@ def compile_row_decoder(cfg: RunConfig) -> tuple[RowLayout, Callable[..., Row]]:
         f"        raise BadMessage(R.MISSING_FIELD, {input_path + ': required'!r})",
         "    if type(inp) is not dict:",
         f"        raise BadMessage(R.WRONG_TYPE, {input_path + ': expected object, got '!r} + type(inp).__name__)",
+        # most inputs are flat: the depth is walked only when a value is itself a container
+        "    for v in inp.values():",
+        "        if type(v) is dict or type(v) is list:",
+        "            if too_deep(inp):",
+        f"                raise BadMessage(R.TOO_DEEP, {input_path + ': nested deeper than ' + str(MAX_INPUT_DEPTH) + ' levels'!r})",
+        "            break",
         f"    t = {_walk_expr('obj', time_path)}",
         # the common case inlined: an int of milliseconds within range; anything else is checked
         "    t_us = timestamp_ms * 1000 if t is None else (t * 1000 if type(t) is int and 0 <= t < _MAX_MS else "

@@ -31,6 +31,9 @@ class ErrorClass(StrEnum):
 # event times stored are within [1970, 2200): outside it a number is another unit (a nanosecond
 # epoch) or garbage, and such values overflow Arrow's timestamps or print as "(BC)" strings
 EVENT_TIME_MAX_US = 7_258_118_400_000_000  # 2200-01-01T00:00:00Z
+# model inputs nest at most this deep: the JSON writers stop at 255 levels (orjson), and a call
+# wraps the input in a few more; no real model input comes near it
+MAX_INPUT_DEPTH = 128
 
 
 class DeadLetterReason(StrEnum):
@@ -41,6 +44,7 @@ class DeadLetterReason(StrEnum):
     MISSING_FIELD = "missing_field"
     WRONG_TYPE = "wrong_type"
     OUT_OF_RANGE = "out_of_range"  # e.g. an event time outside 1970..2200 (a nanosecond epoch, 1e300)
+    TOO_DEEP = "too_deep"  # a model input nested deeper than MAX_INPUT_DEPTH
     OVERSIZED = "oversized"
     UNKNOWN_SEGMENT = "unknown_segment"
 

@@ -98,6 +98,20 @@ def raw_values(rng: random.Random, n: int) -> list[bytes | None]:
             values.append(rng.choice([b"{not json", b"[1, 2]", b'"s"', b"", b"\xff\xfe{}", None, b'{"a": [1,]}']))
         elif roll < 0.05:
             values.append(orjson.dumps({"request_id": f"r{i}", "input": {}, "pad": "x" * 3000}))  # oversized
+        elif roll < 0.06:
+            # deep nesting: in the input past the limit, past what the JSON writers take, and
+            # outside the input past what orjson reads (1024)
+            depth = rng.choice([127, 129, 300])
+            deep = "[" * depth + "1" + "]" * depth
+            env = orjson.dumps(odd_envelope(rng, i) | {"request_id": f"r{i}", "event_time": TS_MS}).decode()
+            values.append(
+                rng.choice(
+                    [
+                        f'{{"request_id": "r{i}", "input": {{"x": 1, "deep": {deep}}}}}',
+                        env[:-1] + ', "elsewhere": ' + "[" * 1100 + "]" * 1100 + "}",
+                    ]
+                ).encode()
+            )
         else:
             values.append(orjson.dumps(odd_envelope(rng, i)))
     return values

@@ -1,5 +1,5 @@
 """Thousands of hostile messages through the whole run: both decoders, the store, the judge and
-the report. Every JSON type at every path, extreme numbers, deep (but legal) nesting, bad UTF-8,
+the report. Every JSON type at every path, extreme numbers, nesting to 1,100 levels, bad UTF-8,
 huge strings, script payloads and poison event times: no exception escapes, every message is
 stored or dead-lettered, and the DuckDB and Python decode paths store the same requests."""
 
@@ -24,13 +24,6 @@ from schemas.policy import Policy
 SCRIPT = "</script><script>alert(1)</script>"
 
 
-def nested(depth: int) -> Any:
-    value: Any = SCRIPT
-    for i in range(depth):
-        value = {"k": value} if i % 2 else [value]
-    return value
-
-
 def hostile_lines(n: int, seed: int) -> list[bytes]:
     rng = random.Random(seed)
     lines: list[bytes] = []
@@ -48,12 +41,14 @@ def hostile_lines(n: int, seed: int) -> list[bytes]:
                 env["request_id"] = rng.choice([f"{SCRIPT}{i}", f"r{i}", "\u202e" + "x" * 5000])
                 env["event_time"] = rng.choice([*POISON_TIMES, "2026-11-25T03:04:05Z"])
                 if isinstance(env.get("input"), dict):
-                    env["input"]["deep"] = nested(rng.choice([5, 50, 200]))
+                    env["input"]["deep"] = "__DEEP__"
                     env["input"]["plan"] = SCRIPT
                     env["input"]["x"] = rng.choice([1e308, -1e308, 2**63, -(2**63), 5e-324, 0.0])
                 if isinstance(env.get("segments"), dict):
                     env["segments"]["region"] = rng.choice([SCRIPT, "eu", "\x00", "ü" * 300])
-                raw = orjson.dumps(env)
+                # nested as JSON text: past 255 levels no JSON writer would make it
+                depth = rng.choice([5, 50, 127, 128, 300, 1100])
+                raw = orjson.dumps(env).replace(b'"__DEEP__"', b"[" * depth + b"1" + b"]" * depth)
         lines.append(raw.replace(b"\n", b" "))
     return lines
 
