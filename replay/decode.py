@@ -174,7 +174,7 @@ def compile_row_decoder(cfg: RunConfig) -> tuple[RowLayout, Callable[..., Row]]:
         "    for v in inp.values():",
         "        if type(v) is dict or type(v) is list:",
         "            if too_deep(inp):",
-        f"                raise BadMessage(R.TOO_DEEP, {input_path + ': nested deeper than ' + str(MAX_INPUT_DEPTH) + ' levels'!r})",
+        f"                raise BadMessage(R.TOO_DEEP, {f'{input_path}: nested deeper than {MAX_INPUT_DEPTH} levels'!r})",
         "            break",
         f"    t = {_walk_expr('obj', time_path)}",
         # the common case inlined: an int of milliseconds within range; anything else is checked
