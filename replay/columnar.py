@@ -179,7 +179,11 @@ class BatchDecoder:
         clean.append(f"{jt(model_input)} = 'OBJECT'")
         # nesting never exceeds the opening brackets: fewer than the limit is surely shallow
         # enough; other rows go to the Python decoder, which measures the depth
-        clean.append(f"length({model_input}) - length(translate({model_input}, '[{{', '')) <= {MAX_INPUT_DEPTH}")
+        # (counted only in texts long enough to nest that deep: most inputs are not)
+        clean.append(
+            f"(strlen({model_input}) <= {2 * MAX_INPUT_DEPTH + 1}"
+            f" OR length({model_input}) - length(translate({model_input}, '[{{', '')) <= {MAX_INPUT_DEPTH})"
+        )
         t = slot(_steps(env.event_time))
         t_us = (
             f"CASE WHEN {jt(t)} IS NULL OR {jt(t)} = 'NULL' THEN ts * 1000"
@@ -240,7 +244,7 @@ WITH parsed AS (
     )
     WHERE txt IS NOT NULL AND json_valid(txt) AND NOT regexp_matches(txt, {_NON_STRICT})
         -- orjson refuses documents nested past 1024 levels, DuckDB does not: the reference decides
-        AND length(txt) - length(translate(txt, '[{{', '')) <= 1000
+        AND (strlen(txt) <= 2001 OR length(txt) - length(translate(txt, '[{{', '')) <= 1000)
 ), extracted AS MATERIALIZED (
     SELECT i, ts, json_type(txt, {type_paths}) AS t, json_extract_string(txt, {path_list}) AS s FROM parsed
 ), fields AS (
