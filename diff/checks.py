@@ -190,7 +190,16 @@ def latency(
 ) -> CheckResult | None:
     nb, nc = int(s["n_bl"]), int(s["n_cl"])
     if nb == 0 or nc == 0:
-        return None
+        if int(s["n_pair"]) == 0 or seg != "all":
+            return None  # no answered pairs at all, or said once for the run
+        # answered pairs without a latency on one side: a latency check cannot be assessed
+        # (a missing measurement is never a pass)
+        side = "baseline" if nb == 0 else "candidate"
+        res = CheckResult(chk.id, chk.kind, seg, sev, thr, int(s["n_pair"]), status=NA)
+        res.detail = f"no {side} latencies recorded for {int(s['n_pair'])} answered pairs" + (
+            " (a live baseline needs envelope.live_latency_ms)" if side == "baseline" else ""
+        )
+        return res
     p = chk.quantile
     qb, qb_lo, qb_hi = _latency_quantile(s, grid, "b_lat_q", "n_bl", p)
     qc, qc_lo, qc_hi = _latency_quantile(s, grid, "c_lat_q", "n_cl", p)

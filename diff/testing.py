@@ -34,6 +34,7 @@ class Scenario:
     latency_block_sigma: float = 0.0
     latency_blocks: int = 100
     score_noise: dict[int, float] = field(default_factory=dict)  # segment -> extra zero-mean noise (sd) on candidate scores
+    baseline_latency: bool = True  # False: the baseline's latencies are missing (a live envelope without them)
     null_spike: dict[str, float] = field(default_factory=dict)  # feature -> null share in current
     null_spike_after: float = 0.0  # the nulls start this far into the event-time span (0..1)
     features: int = 3
@@ -167,6 +168,8 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
             rng.lognormal(np.log(20), 0.4, n),
         )
     for variant, (labels, scores, lat) in variants.items():
+        if variant != candidate_variant("cand") and not s.baseline_latency:
+            lat = np.full(n, np.nan)
         out = pa.table(
             {
                 "source": req["source"],
@@ -177,7 +180,7 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
                 "score": pa.array(scores),
                 "label": pa.array(labels.astype(np.int8).astype(str), pa.string()),
                 "output": pa.nulls(n, pa.string()),
-                "latency_ms": pa.array(lat),
+                "latency_ms": pa.array(lat, pa.float64(), from_pandas=True),  # NaN: not measured
                 "error_class": pa.nulls(n, pa.string()),
                 "error_detail": pa.nulls(n, pa.string()),
                 "attempts": pa.array(np.ones(n, np.int32)),

@@ -199,3 +199,13 @@ def test_latency_intervals_stay_honest_when_load_comes_in_stretches(tmp_path):
     lat = next(c for c in doc["checks"] if c["check"] == "latency_p95" and c["segment"] == "all")
     assert lat["status"] == "fail"
     assert 1.3 < lat["ci"][0] < lat["value"] < lat["ci"][1]
+
+
+def test_a_slow_candidate_without_baseline_latencies_is_pending_not_go(tmp_path):
+    # the candidate is 3x slower, but the live envelopes carried no latency: nothing shows it
+    # is within the latency margin, so the verdict cannot be GO
+    doc = verdict_of(tmp_path, Scenario(n=20_000, segments=4, latency_factor_all=3.0, baseline_latency=False, seed=41))
+    assert doc["verdict"] == "pending", doc["reasons"]
+    assert any(r.startswith("latency_p95 not assessable in all: no baseline latencies recorded") for r in doc["reasons"])
+    lat = [c for c in doc["checks"] if c["check"] == "latency_p95"]
+    assert [(c["segment"], c["status"]) for c in lat] == [("all", "n/a")]
