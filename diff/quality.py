@@ -92,6 +92,11 @@ def _share_check(chk: Check, f: FeatureStats, sev: str, thr: float, k: int, deta
     return r
 
 
+def _run_share(chk: Check, sev: str, thr: float, k: int, n: int) -> ck.CheckResult:
+    """A whole-run check on the share k/n of messages or requests with some finding."""
+    return ck.CheckResult(chk.id, chk.kind, ALL, sev, thr, n, value=k / n, ci=wilson(k, n), p_value=p_rate_above(k, n, thr))
+
+
 def run_level_checks(
     con: duckdb.DuckDBPyConnection,
     info: RunInfo,
@@ -107,17 +112,7 @@ def run_level_checks(
         if chk.kind == "duplicate_requests":
             (stored,) = con.execute("SELECT count(*) FROM requests").fetchone() or (0,)
             if stored:
-                r = ck.CheckResult(
-                    chk.id,
-                    chk.kind,
-                    ALL,
-                    sev,
-                    thr,
-                    int(stored),
-                    value=duplicates / stored,
-                    ci=wilson(duplicates, stored),
-                    p_value=p_rate_above(duplicates, stored, thr),
-                )
+                r = _run_share(chk, sev, thr, duplicates, int(stored))
                 r.detail = f"{duplicates} of {stored} stored requests repeat an earlier request id; each counts once"
                 r.extra = {"duplicates": duplicates}
                 out.append(r)
@@ -127,17 +122,7 @@ def run_level_checks(
             ).fetchone() or (0, 0)
             by = dict(con.execute("SELECT reason, count(*) FROM dead_letters GROUP BY 1 ORDER BY 2 DESC").fetchall())
             if consumed:
-                r = ck.CheckResult(
-                    chk.id,
-                    chk.kind,
-                    ALL,
-                    sev,
-                    thr,
-                    int(consumed),
-                    value=dead / consumed,
-                    ci=wilson(dead, consumed),
-                    p_value=p_rate_above(dead, consumed, thr),
-                )
+                r = _run_share(chk, sev, thr, int(dead), int(consumed))
                 r.detail = f"{dead} of {consumed} messages dead-lettered {by}"
                 r.extra = {"by_reason": by}
                 out.append(r)
