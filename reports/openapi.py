@@ -14,6 +14,7 @@ def _answer_schema() -> dict[str, Any]:
     defs = schema.pop("$defs", {})
     _COMPONENTS.update(defs)
     schema["properties"]["report_url"] = {"type": "string"}
+    schema["properties"]["waivers"] = {"description": "the same as waivers_applied (the first gate API's name)", "type": "array"}
     schema["properties"]["document"] = {"description": "the verdict document (schemas/verdict.v1.schema.json), with ?full=1"}
     return schema
 

@@ -68,6 +68,7 @@ def create_app(settings: GateSettings) -> Any:
 
     def public(answer: GateAnswer) -> dict[str, Any]:
         body = answer.model_dump(mode="json")
+        body["waivers"] = body["waivers_applied"]  # the first gate API's name, kept for its clients
         body["report_url"] = f"{settings.base_url}/runs/{answer.run_id}/report"
         return body
 
