@@ -153,8 +153,17 @@ def build_pairs(
     """Materialise `pairs`: one row per sampled request with baseline, candidate and repeat
     outputs side by side, and segment values (rare values pooled as '(other)')."""
     built = _segment_exprs(con, segment_fields, pooling)
+    # the judge and the report's charts ask for the same pairs on one connection: build once
+    (n_requests,) = con.execute("SELECT count(*) FROM requests").fetchone() or (0,)
+    key = repr((candidate, built.seg_exprs, n_requests))
+    try:
+        have = con.execute("SELECT key, duplicates FROM pairs_key").fetchone()
+    except duckdb.CatalogException:
+        have = None
+    if have is not None and have[0] == key:
+        return BuiltPairs(built.seg_exprs, built.pooled, int(have[1]))
     # a request sent twice (producer retries) is one pair: the first stored copy counts
-    (n_requests, distinct) = con.execute("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchone() or (0, 0)
+    (distinct,) = con.execute("SELECT count(DISTINCT request_id) FROM requests").fetchone() or (0,)
     built = BuiltPairs(built.seg_exprs, built.pooled, int(n_requests) - int(distinct))
     source = (
         'requests QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY source, part, "offset") = 1'
@@ -162,14 +171,6 @@ def build_pairs(
         else "requests"
     )
     segs = (", ".join(built.seg_exprs) + ",") if built.seg_exprs else ""
-    # the judge and the report's charts ask for the same pairs on one connection: build once
-    key = repr((candidate, built.seg_exprs, n_requests))
-    try:
-        have = con.execute("SELECT key FROM pairs_key").fetchone()
-    except duckdb.CatalogException:
-        have = None
-    if have is not None and have[0] == key:
-        return built
     con.execute("DROP TABLE IF EXISTS pairs")
     con.execute(
         f"""CREATE TEMP TABLE pairs AS
@@ -188,5 +189,8 @@ def build_pairs(
                        AND q.variant = $rep""",
         {"cand": candidate_variant(candidate), "base": BASELINE, "rep": BASELINE_REPEAT},
     )
-    con.execute("CREATE OR REPLACE TEMP TABLE pairs_key AS SELECT $key AS key", {"key": key})
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE pairs_key AS SELECT $key AS key, $dups AS duplicates",
+        {"key": key, "dups": built.duplicates},
+    )
     return built
