@@ -4,6 +4,7 @@ the reference. The common shapes must all be clean (or the fast path silently ne
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -112,9 +113,46 @@ def raw_values(rng: random.Random, n: int) -> list[bytes | None]:
                     ]
                 ).encode()
             )
+        elif roll < 0.08:
+            values.append(repeated_key(rng, i))
         else:
             values.append(orjson.dumps(odd_envelope(rng, i)))
     return values
+
+
+def repeated_key(rng: random.Random, i: int) -> bytes:
+    """A sound envelope with one key given twice in one object (on a read path, deep in the
+    input or in the live output, spelled alike or with an escape): yyjson keeps the first
+    value and orjson the last."""
+    env = {
+        "request_id": f"r{i}",
+        "event_time": TS_MS,
+        "segments": {"region": "eu", "device": "ios"},
+        "input": {"x": 1.5, "plan": "free", "z": [{"a": None}]},
+        "out": {"answer": {"score": 0.25, "label": "a"}},
+        "meta": {"version": "v1"},
+    }
+    text = orjson.dumps(env).decode()
+    edits = [
+        ('"request_id":', '"request_id":"first","request_id":'),
+        ('"request_id":', '"\\u0072equest_id":"first","request_id":'),
+        ('"event_time":', f'"event_time":{TS_MS - 9},"event_time":'),
+        ('"region":', '"region":"us","region":'),
+        ('"x":', '"x":9.5,"x":'),
+        ('"a":null', '"a":1,"a":null'),
+        ('"score":', '"score":0.9,"score":'),
+        ('"version":', '"version":"v0","version":'),
+        ('"input":', '"input":{"x":2.5},"input":'),
+        ('{"answer":', '{"answer":{"score":0.1,"score":0.2},"answer":'),
+    ]
+    old, new = rng.choice(edits)
+    return text.replace(old, new, 1).encode()
+
+
+def no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    assert len(keys) == len(set(keys)), f"a stored JSON text repeats a key: {keys}"
+    return dict(pairs)
 
 
 def decode_both(cfg: RunConfig, values: list[bytes | None]) -> tuple[list[Any], dict[int, dict[str, Any]]]:
@@ -143,10 +181,11 @@ def assert_same(cfg: RunConfig, ref: Any, row: dict[str, Any]) -> None:
     assert row["segments"] == L.segments_of(ref)
     names = [*cfg.features.numeric, *cfg.features.categorical]
     assert tuple(row["features"][n] for n in names) == ref[L.features]
-    assert orjson.loads(row["model_input"]) == ref[L.model_input]
+    # the stored text itself is unambiguous: parsed by any reader, it means the same
+    assert json.loads(row["model_input"], object_pairs_hook=no_repeated_keys) == ref[L.model_input]
     assert row["feature_version"] == ref[L.feature_version]
     assert row["has_live_output"] == ref[L.has_live_output]
-    live = None if row["live_output"] is None else orjson.loads(row["live_output"])
+    live = None if row["live_output"] is None else json.loads(row["live_output"], object_pairs_hook=no_repeated_keys)
     assert live == ref[L.live_output]
     assert row["live_latency_ms"] == ref[L.live_latency_ms]
     assert row["live_model_version"] == ref[L.live_model_version]
@@ -164,6 +203,19 @@ def test_every_row_the_sql_decodes_matches_the_python_decoder():
             assert not isinstance(reference[i], DeadLetter), (i, reference[i])  # nothing rejected is taken
             assert_same(cfg, reference[i], row)
         assert len(rows) > 100  # the comparison covered many rows, not a handful
+
+
+def test_a_key_given_twice_reads_as_its_last_value_on_both_paths():
+    cfg = run_config()
+    values: list[bytes | None] = [repeated_key(random.Random(k), k) for k in range(200)]
+    reference, rows = decode_both(cfg, values)
+    L = Decoder(cfg).layout
+    for i, row in rows.items():
+        assert_same(cfg, reference[i], row)
+    decoded = [r for r in reference if not isinstance(r, DeadLetter)]
+    assert len(decoded) == len(values)  # each is a sound request, read as JSON.parse would
+    assert {r[L.features][0] for r in decoded} == {1.5}  # "x": 9.5 then "x": 1.5
+    assert {r[REQUEST_ID] for r in decoded} == {f"r{k}" for k in range(200)}
 
 
 def test_the_common_shapes_are_all_decoded_in_sql():
