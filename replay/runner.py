@@ -36,6 +36,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from replay import columnar
@@ -65,6 +66,8 @@ _RAMP_UP_BATCHES = 4  # smaller batches first, see Replayer._batch_rows
 # the broker working while this thread parses (100% sampling, A/B medians of 5 alternating
 # rounds: 64.0k msg/s with polls of a whole batch, 65.9k at 2000, 68.2k at 500)
 _POLL_RECORDS = 500
+# a broker connection lost for less than this is a reconnect, not an outage worth a line
+_BROKER_GRACE_S = 3.0
 
 
 @dataclass
@@ -148,6 +151,8 @@ class Replayer:
         self._inflight: deque[tuple[PendingBatch, concurrent.futures.Future[None]]] = deque()
         self._dispatched = 0
         self._caught_up = False  # a live source read to its end, see _watch
+        self._broker_lost: tuple[float, str] | None = None  # (monotonic, UTC text) of the loss
+        self._broker_outage_logged = False
         self._last_progress = time.monotonic()
         self.pipeline = BatchPipeline(
             cfg, writer, self.decoder, self.batch_decoder, baseline, self.candidates, self._loop, self.stats.call_errors
@@ -310,6 +315,7 @@ class Replayer:
                 polled_at = time.monotonic()
                 batches = self.source.poll(min(self._batch_rows(), _POLL_RECORDS), self.cfg.run.batch_timeout_ms)
                 self._watch(bool(batches), polled_at)
+                self._complete_done()
                 if batches:
                     self._ingest(batches)
                     if max_batches is not None and self._dispatched >= max_batches:
@@ -362,6 +368,32 @@ class Replayer:
         if progress_due:
             log.info("progress: %s", self.stats.progress_line())
             self._last_progress = time.monotonic()
+        self._watch_broker(got_records)
+
+    def _watch_broker(self, got_records: bool) -> None:
+        """One line when the broker has been unreachable for `_BROKER_GRACE_S`, and one when it
+        answers again (kafka-python itself logs every reconnect attempt, not the outage)."""
+        connected_of = getattr(self.source, "broker_connected", None)
+        if connected_of is None:
+            return
+        connected = True if got_records else connected_of()
+        now = time.monotonic()
+        if connected is False:
+            if self._broker_lost is None:
+                self._broker_lost = (now, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            elif not self._broker_outage_logged and now - self._broker_lost[0] >= _BROKER_GRACE_S:
+                log.warning(
+                    "broker unreachable since %s (%s): consumption paused; stored rows are safe",
+                    self._broker_lost[1],
+                    getattr(getattr(self.source, "spec", None), "bootstrap", "?"),
+                )
+                self._broker_outage_logged = True
+        elif connected and self._broker_lost is not None:
+            if self._broker_outage_logged:
+                lost_at, lost_utc = self._broker_lost
+                log.warning("broker reachable again after %.0f s (unreachable since %s)", now - lost_at, lost_utc)
+            self._broker_lost = None
+            self._broker_outage_logged = False
 
     def _dispatch(self) -> None:
         """Hand the pending batch to the pipeline thread, once fewer than `_MAX_INFLIGHT`
@@ -378,6 +410,12 @@ class Replayer:
     def _complete(self) -> None:
         """Wait until every batch in flight is stored and its offsets committed."""
         while self._inflight:
+            self._complete_oldest()
+
+    def _complete_done(self) -> None:
+        """Commit the offsets of batches already stored, without waiting for the others: on a
+        quiet live topic the last batch would otherwise wait for the next traffic."""
+        while self._inflight and self._inflight[0][1].done():
             self._complete_oldest()
 
     def _complete_oldest(self) -> None:

@@ -102,6 +102,20 @@ def _consumer(spec: KafkaSource, group: str | None, **extra: object):  # type: i
     )
 
 
+def broker_connected(consumer: Any) -> bool | None:
+    """Whether the consumer holds a connection to at least one broker of the cluster; None
+    when this kafka-python does not say. A refused or dropped broker reads False at once; a
+    hung one only after kafka-python's request timeout closes its connection."""
+    # kafka-python has no public call for this: its client's `connected(node_id)` (2.x and
+    # 3.x), over the brokers of the metadata it holds
+    client = getattr(consumer, "_client", None)
+    try:
+        nodes = [getattr(b, "node_id", None) or getattr(b, "nodeId", None) for b in client.cluster.brokers()]  # type: ignore[union-attr]
+        return any(client.connected(n) for n in nodes if n is not None)  # type: ignore[union-attr]
+    except Exception:  # an internal API that moved: the outage lines are skipped, nothing else
+        return None
+
+
 def _batches(records: dict[Any, Any], end: Mapping[object, int] | None = None) -> list[PartitionBatch]:
     """Per-partition record lists as polled, trimmed at a window's end offset."""
     out: list[PartitionBatch] = []
@@ -172,11 +186,17 @@ class KafkaLive:
     def finished(self) -> bool:
         return False
 
+    def broker_connected(self) -> bool | None:
+        return broker_connected(self.consumer)
+
     def lag(self) -> int | None:
         """Messages behind the end of the assigned partitions, from what the last fetches told
         (no broker request); None until every assigned partition has been fetched once."""
         total = 0
-        for tp in self.consumer.assignment():
+        assigned = self.consumer.assignment()
+        if not assigned:  # not in the group yet: nothing is known, certainly not "caught up"
+            return None
+        for tp in assigned:
             high = self.consumer.highwater(tp)
             if high is None:
                 return None
@@ -263,6 +283,9 @@ class KafkaWindow:
     @property
     def finished(self) -> bool:
         return not self._open
+
+    def broker_connected(self) -> bool | None:
+        return broker_connected(self.consumer)
 
     def commit(self, positions: Checkpoints) -> None:
         if self.spec.group:

@@ -112,13 +112,14 @@ def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Appl
 class ModelServer:
     """Runs the app on 127.0.0.1 in a background thread: `with ModelServer(fn) as url: ...`."""
 
-    def __init__(self, fn: BatchFn, behaviour: ServerBehaviour | None = None) -> None:
+    def __init__(self, fn: BatchFn, behaviour: ServerBehaviour | None = None, port: int = 0) -> None:
+        """`port`: 0 for a free one; a stopped server's port to bring it back where it was."""
         self.app = build_app(fn, behaviour)
         # bound here and handed to aiohttp: picking a free port and binding it later races
         # with every other process picking ports on the machine
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind(("127.0.0.1", port))
         self.port = int(self._sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()

@@ -5,6 +5,11 @@
 #   scripts/kafka.sh start [PORT]   format a fresh KRaft log dir and start the broker;
 #                                   prints the bootstrap address and writes it to .kafka/bootstrap
 #   scripts/kafka.sh stop           stop the broker cleanly (SIGTERM, then wait)
+#   scripts/kafka.sh restart        stop it and start it again on the same ports and log dir
+#                                   (its topics, messages and committed offsets kept)
+#
+# SHADOWDIFF_KAFKA_HOME puts the broker's state (log dir, pid, bootstrap) elsewhere, e.g. a
+# private broker for a fault drill; the jars stay in .kafka/jars, fetched once.
 #
 # Why jars and not the tarball: the machine reaches Maven Central only; the broker is the same
 # code (kafka.Kafka / kafka.tools.StorageTool from org.apache.kafka:kafka_2.13).
@@ -12,7 +17,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 state="${SHADOWDIFF_KAFKA_HOME:-$root/.kafka}"
-jars="$state/jars"
+jars="$root/.kafka/jars"
 
 fetch() {
   if [ -f "$jars/.complete" ]; then return 0; fi
@@ -81,9 +86,16 @@ LOG
        -c "$state/server.properties" --standalone >/dev/null 2>"$state/format.err" \
     || java "${opts[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$(java -cp "$cp" kafka.tools.StorageTool random-uuid)" \
        -c "$state/server.properties" >/dev/null
-  nohup java "${opts[@]}" -cp "$cp" kafka.Kafka "$state/server.properties" >"$state/stdout.log" 2>&1 &
-  echo $! > "$state/pid"
   echo "127.0.0.1:$port" > "$state/bootstrap"
+  : > "$state/stdout.log"
+  run_broker
+}
+
+run_broker() {
+  local cp="$jars/*" opts=(-Xms256m -Xmx1g -Dkafka.logs.dir="$state" -Dlog4j2.configurationFile="$state/log4j2.properties")
+  local port; port="$(sed -n 's/^listeners=PLAINTEXT:\/\/127.0.0.1:\([0-9]*\),.*/\1/p' "$state/server.properties")"
+  nohup java "${opts[@]}" -cp "$cp" kafka.Kafka "$state/server.properties" >>"$state/stdout.log" 2>&1 &
+  echo $! > "$state/pid"
   for _ in $(seq 1 120); do
     if python3 - "$port" <<'PY' 2>/dev/null; then return 0; fi
 import socket, sys
@@ -112,5 +124,8 @@ case "${1:-}" in
   fetch) fetch ;;
   start) shift; start "$@" ;;
   stop) stop ;;
-  *) echo "usage: $0 fetch|start [PORT]|stop" >&2; exit 64 ;;
+  restart)
+    [ -f "$state/server.properties" ] || { echo "no broker was started in $state" >&2; exit 1; }
+    stop; run_broker; cat "$state/bootstrap" ;;
+  *) echo "usage: $0 fetch|start [PORT]|stop|restart" >&2; exit 64 ;;
 esac

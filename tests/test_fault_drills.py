@@ -1,0 +1,221 @@
+"""Fault drills on a live replay, each ending with every message stored exactly once and the
+replay's own lines saying what happened: the broker stopped for 20 s, the candidate killed for
+30 s, the worker SIGKILLed five times. (A full disk: tests/test_disk_full.py.)"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pytest
+from helpers import committed_offsets, envelope, produce, wait_until, write_config
+from models_for_tests import logistic
+
+from replay.testing import ModelServer
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+KAFKA_SH = ["bash", str(ROOT / "scripts" / "kafka.sh")]
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+class Replay:
+    """`shadowdiff replay` in a child process, its stderr lines collected as they come."""
+
+    def __init__(self, cfg: Path) -> None:
+        cmd = [sys.executable, "-m", "shadowdiff_cli.main", "replay", "--config", str(cfg), "--no-judge"]
+        self.proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        assert self.proc.stderr is not None
+        threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stderr.readline, "")), daemon=True).start()
+
+    def until(self, condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
+        """wait_until, failing at once if the replay exits, and showing its last lines."""
+
+        def check() -> Any:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the replay exited ({self.proc.returncode}) before {what}:\n" + "".join(self.lines[-30:]))
+            return condition()
+
+        try:
+            return wait_until(check, timeout_s, what)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\nreplay's last lines:\n" + "".join(self.lines[-30:])) from None
+
+    def line(self, text: str, timeout_s: float) -> str:
+        return self.until(lambda: next((x for x in self.lines if text in x), None), timeout_s, repr(text))
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(120) == 0, "".join(self.lines[-40:])
+
+
+def live_config(tmp: Path, bootstrap: str, topic: str, group: str, candidate: str) -> Path:
+    return write_config(
+        tmp / "live.toml",
+        f"""
+[run]
+id = "drill"
+home = "{tmp / "runs"}"
+batch_size = 200
+batch_timeout_ms = 200
+[source]
+kind = "kafka-live"
+bootstrap = "{bootstrap}"
+topic = "{topic}"
+group = "{group}"
+[output]
+score_path = "score"
+{candidate}
+""",
+    )
+
+
+def messages(start: int, stop: int) -> list[tuple[bytes, bytes]]:
+    rng = random.Random(start)
+    return [(f"req-{i}".encode(), orjson.dumps(envelope(i, rng))) for i in range(start, stop)]
+
+
+def all_committed(bootstrap: str, topic: str, group: str, n: int) -> bool:
+    try:
+        return sum(committed_offsets(bootstrap, topic, group).values()) >= n
+    except Exception:  # the broker restarting
+        return False
+
+
+def stored_once(store: Path, n: int) -> None:
+    with duckdb.connect(str(store), read_only=True) as con:
+        rows, distinct = con.execute("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchone()
+        ids = {r for (r,) in con.execute("SELECT request_id FROM requests").fetchall()}
+    assert (rows, distinct) == (n, n)  # 0 duplicated
+    assert ids == {f"req-{i}" for i in range(n)}  # 0 lost
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A broker of this test's own, to stop and restart without disturbing the others."""
+    env = {**os.environ, "SHADOWDIFF_KAFKA_HOME": str(tmp_path / "kafka")}
+    subprocess.run([*KAFKA_SH, "start"], env=env, check=True, stdout=subprocess.DEVNULL, timeout=300)
+    try:
+        yield env
+    finally:
+        subprocess.run([*KAFKA_SH, "stop"], env=env, check=False, timeout=120)
+
+
+def test_broker_stopped_20s_mid_run(tmp_path, private_broker):
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    bootstrap = (tmp_path / "kafka" / "bootstrap").read_text().strip()
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic("drill", num_partitions=2, replication_factor=1)])
+    admin.close()
+    produce(bootstrap, "drill", messages(0, 2000))
+    python_candidate = '[[candidates]]\nname = "v2"\nkind = "python"\ntarget = "models_for_tests:logistic"'
+    cfg = live_config(tmp_path, bootstrap, "drill", "g", python_candidate)
+    replay = Replay(cfg)
+    replay.until(lambda: all_committed(bootstrap, "drill", "g", 2000), 180, "the first 2,000 committed")
+
+    subprocess.run([*KAFKA_SH, "stop"], env=private_broker, check=True, timeout=120)
+    stopped = time.monotonic()
+    down = replay.line("broker unreachable since", 60)
+    # the outage lasts 20 s (the drill's length, not a wait for the replay)
+    wait_until(lambda: time.monotonic() - stopped >= 20, 30, "20 s of outage")
+    assert not any("reachable again" in x for x in replay.lines)
+    subprocess.run([*KAFKA_SH, "restart"], env=private_broker, check=True, stdout=subprocess.DEVNULL, timeout=300)
+    back = replay.line("broker reachable again after", 120)
+    produce(bootstrap, "drill", messages(2000, 4000))
+    replay.until(lambda: all_committed(bootstrap, "drill", "g", 4000), 240, "all 4,000 committed after the outage")
+    replay.stop()
+
+    stored_once(tmp_path / "runs" / "drill" / "store-w0.duckdb", 4000)
+    assert bootstrap in down
+    seconds = float(back.split("reachable again after ")[1].split(" s")[0])
+    assert seconds >= 20
+    assert sum("broker unreachable since" in x for x in replay.lines) == 1  # one line per fault
+
+
+def test_candidate_killed_30s_mid_run(tmp_path, kafka_bootstrap, make_topic, unique):
+    topic, group = make_topic(2), unique("g")
+    server = ModelServer(logistic)
+    url = server.start()
+    port = server.port
+    http_candidate = f'[[candidates]]\nname = "v2"\nkind = "http"\nurl = "{url}/predict"\ntimeout_s = 2.0'
+    cfg = live_config(tmp_path, kafka_bootstrap, topic, group, http_candidate)
+    produce(kafka_bootstrap, topic, messages(0, 1000))
+    replay = Replay(cfg)
+    replay.until(lambda: all_committed(kafka_bootstrap, topic, group, 1000), 180, "the first 1,000 committed")
+
+    server.stop()  # the candidate is gone: connections refused
+    killed = time.monotonic()
+    produce(kafka_bootstrap, topic, messages(1000, 2000))  # traffic goes on during the outage
+    opened = replay.line("model v2: circuit open after", 60)
+    replay.until(lambda: all_committed(kafka_bootstrap, topic, group, 2000), 180, "the outage's messages committed")
+    wait_until(lambda: time.monotonic() - killed >= 30, 40, "30 s of outage")
+    revived = ModelServer(logistic, port=port)
+    revived.start()
+    try:
+        produce(kafka_bootstrap, topic, messages(2000, 3000))
+        recovered = replay.line("model v2: recovered after", 120)
+        replay.until(lambda: all_committed(kafka_bootstrap, topic, group, 3000), 180, "all 3,000 committed")
+        replay.stop()
+    finally:
+        revived.stop()
+
+    store = tmp_path / "runs" / "drill" / "store-w0.duckdb"
+    stored_once(store, 3000)
+    assert "connection" in opened
+    assert float(recovered.split("recovered after ")[1].split(" s")[0]) >= 30
+    with duckdb.connect(str(store), read_only=True) as con:
+        by_class = dict(
+            con.execute(
+                "SELECT coalesce(error_class, 'ok'), count(*) FROM outputs WHERE variant = 'candidate:v2' GROUP BY 1"
+            ).fetchall()
+        )
+        (late_ok,) = con.execute(
+            'SELECT count(*) FROM outputs o JOIN requests r USING (source, part, "offset") '
+            "WHERE o.variant = 'candidate:v2' AND o.error_class IS NULL AND CAST(split_part(r.request_id, '-', 2) AS INT) >= 2000"
+        ).fetchone()
+    # every outage message recorded as an error pair, counted, not lost
+    assert sum(by_class.values()) == 3000
+    assert by_class.get("connection", 0) + by_class.get("circuit_open", 0) >= 1000
+    assert late_ok > 0  # calls succeed again after the recovery
+
+
+def test_worker_sigkilled_five_times(tmp_path, kafka_bootstrap, make_topic, unique):
+    topic, group = make_topic(4), unique("g")
+    n = 6000
+    produce(kafka_bootstrap, topic, messages(0, n))
+    cfg = live_config(
+        tmp_path,
+        kafka_bootstrap,
+        topic,
+        group,
+        '[[candidates]]\nname = "slow"\nkind = "python"\ntarget = "models_for_tests:slow_logistic"\nbatch_size = 100',
+    )
+    done = 0
+    for _ in range(5):
+        replay = Replay(cfg)
+        # killed each time only after it stored and committed something more than before
+        done = replay.until(
+            lambda prev=done: (c := sum(committed_offsets(kafka_bootstrap, topic, group).values())) > prev and c,
+            180,
+            "a further committed batch",
+        )
+        replay.proc.send_signal(signal.SIGKILL)
+        replay.proc.wait(10)
+    assert done < n, "the run finished before the fifth kill; make it longer"
+    last = Replay(cfg)
+    last.until(lambda: all_committed(kafka_bootstrap, topic, group, n), 300, "everything committed after the kills")
+    last.stop()
+    stored_once(tmp_path / "runs" / "drill" / "store-w0.duckdb", n)
