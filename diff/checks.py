@@ -3,6 +3,7 @@ p-value for "worse than the threshold" (or a distance compared with a threshold)
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from diff.drift import categorical_drift, psi_from_hist, wasserstein_from_hist
 from schemas.policy import Check
 
 PASS, FAIL, WARN, PENDING, NA = "pass", "fail", "warn", "pending", "n/a"
+UNDECIDED = "undecided"  # enough pairs to judge, but neither shown worse nor shown within
 
 
 @dataclass
@@ -37,6 +39,27 @@ class CheckResult:
     feature: str | None = None
     detail: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # the test, on its own scale (log for ratios): estimate, standard error and threshold;
+    # `lower_is_worse` for checks that fail below their threshold (overlap)
+    est: float | None = None
+    se: float | None = None
+    test_threshold: float | None = None
+    lower_is_worse: bool = False
+    may_fail: bool = True  # False when a further condition of the kind rules a failure out
+    p_within: float | None = None  # anytime p-value for "not within the threshold"
+    pairs_needed: int | None = None  # undecided: pairs in all at which it would be decided
+
+    def set_test(self, est: float, se: float, threshold: float, lower_is_worse: bool = False) -> None:
+        self.est, self.se, self.test_threshold, self.lower_is_worse = est, se, threshold, lower_is_worse
+
+    def z_worse(self) -> float | None:
+        """Standard errors by which the estimate is on the bad side of the threshold."""
+        if self.est is None or self.se is None or self.test_threshold is None:
+            return None
+        gap = (self.test_threshold - self.est) if self.lower_is_worse else (self.est - self.test_threshold)
+        if self.se <= 0:
+            return math.inf if gap > 0 else (-math.inf if gap < 0 else 0.0)
+        return gap / self.se
 
     def as_dict(self) -> dict[str, Any]:
         def r(x: float | None) -> float | None:
@@ -56,9 +79,18 @@ class CheckResult:
             "p_adjusted": r(self.p_adjusted),
             "n": self.n,
             "sustained": self.sustained,
+            "p_within": r(self.p_within),
+            "pairs_needed": self.pairs_needed,
             "detail": self.detail,
             "extra": self.extra,
         }
+
+
+def rate_variance(k: float, n: float) -> float:
+    """Variance of a rate k/n, from (k + 0.5)/(n + 1) so that 0 of n still has a spread (a rate
+    never seen is not known to be exactly zero)."""
+    p = (k + 0.5) / (n + 1)
+    return p * (1 - p) / n
 
 
 def _against_noise(res: CheckResult, k: int, n: int, kr: int, nr: int, thr: float) -> None:
@@ -69,12 +101,14 @@ def _against_noise(res: CheckResult, k: int, n: int, kr: int, nr: int, thr: floa
     res.value = k / n - kr / nr
     res.ci = (lo - rhi, hi - rlo)
     res.p_value = stats.p_diff_above(k, n, kr, nr, thr)
+    res.set_test(res.value, math.sqrt(rate_variance(k, n) + rate_variance(kr, nr)), thr)
 
 
-def _against_threshold(res: CheckResult, k: int, n: int, thr: float) -> None:
+def against_threshold(res: CheckResult, k: int, n: int, thr: float) -> None:
     res.value = k / n
     res.ci = stats.wilson(k, n)
     res.p_value = stats.p_rate_above(k, n, thr)
+    res.set_test(res.value, math.sqrt(rate_variance(k, n)), thr)
 
 
 def label_flip(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -> CheckResult | None:
@@ -89,7 +123,7 @@ def label_flip(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) ->
         res.detail = f"flip rate {rate:.2%} vs noise floor {kr / nr:.2%} (excess, threshold +{thr:.2%})"
         res.extra = {"flip_rate": rate, "noise_flip_rate": kr / nr, "n_noise": nr}
     else:
-        _against_threshold(res, k, n, thr)
+        against_threshold(res, k, n, thr)
         res.detail = f"flip rate {rate:.2%} (threshold {thr:.2%}; no noise floor measured)"
         res.extra = {"flip_rate": rate}
     return res
@@ -117,7 +151,7 @@ def score_diff(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) ->
         res.extra["noise_share_beyond_tolerance"] = kr / nr
         res.detail = f"{share:.2%} of pairs differ by > {chk.tolerance} vs noise {kr / nr:.2%} (threshold +{thr:.2%})"
     else:
-        _against_threshold(res, k, n, thr)
+        against_threshold(res, k, n, thr)
         res.detail = f"{share:.2%} of pairs differ by > {chk.tolerance} (threshold {thr:.2%})"
     return res
 
@@ -131,6 +165,7 @@ def score_shift(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -
     se = math.sqrt(var / n)
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=mean, ci=stats.mean_ci(mean, se))
     res.p_value = stats.p_mean_beyond(mean, se, thr)
+    res.set_test(abs(mean), se, thr)
     res.detail = f"mean candidate-baseline score difference {mean:+.4f} (threshold ±{thr})"
     return res
 
@@ -143,6 +178,7 @@ def abs_score_diff(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str
     mean, se = _mean_test(s["sum_abs_d"], s["sum_d2"], n)
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=mean, ci=stats.mean_ci(mean, se))
     res.p_value = float(norm.sf((mean - thr) / se)) if se > 0 else (0.0 if mean > thr else 1.0)
+    res.set_test(mean, se, thr)
     res.detail = f"mean |candidate-baseline score difference| {mean:.4f} (threshold {thr})"
     return res
 
@@ -163,6 +199,7 @@ def abs_diff_quantile(
     value = interp(grid, vals, q)
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=value, ci=(interp(grid, vals, lo_f), interp(grid, vals, hi_f)))
     res.p_value = stats.p_rate_above(far, n, 1 - q)
+    res.set_test(far / n, math.sqrt(rate_variance(far, n)), 1 - q)
     res.extra = {"share_beyond_threshold": far / n, "allowed_share": 1 - q}
     res.detail = (
         f"p{q * 100:g} of |candidate-baseline score difference| {value:.4f} (threshold {thr}; {far / n:.2%} of pairs beyond it)"
@@ -211,12 +248,18 @@ def latency(
         # calls close in time share the machine's load (and a batched call's duration): the
         # ratio is judged per time block, and the blocks' spread gives the interval (batch means)
         log_ratio = statistics.fmean(block_logs)
-        se = statistics.stdev(block_logs) / math.sqrt(len(block_logs)) or 1e-9
-        df = len(block_logs) - 1
+        # neighbouring blocks share a burst that outlasts them: their means are correlated, and
+        # the plain batch-means error would be too small. The AR(1) factor (1+rho)/(1-rho) on
+        # the variance (rho: the blocks' lag-1 autocorrelation) and as many fewer degrees of
+        # freedom widen it to what the correlation allows
+        rho = min(max(_lag1_autocorrelation(block_logs), 0.0), 0.95)
+        inflation = (1 + rho) / (1 - rho)
+        se = statistics.stdev(block_logs) * math.sqrt(inflation / len(block_logs)) or 1e-9
+        df = max(2.0, len(block_logs) / inflation - 1)
         crit = float(t_dist.ppf(0.975, df))
         z = (log_ratio - math.log(thr)) / se
         p_value = float(t_dist.sf(z, df))
-        method = f"mean over {len(block_logs)} time blocks (batch means)"
+        method = f"mean over {len(block_logs)} time blocks (batch means, lag-1 correlation {rho:.2f})"
     else:
         # too few blocks to see time structure: the pooled ratio with order-statistic bounds
         log_ratio = math.log(pooled)
@@ -241,6 +284,9 @@ def latency(
     # per block (batched calls share one latency) the blocks' typical ratio can drift from the
     # tail ratio the check is about
     res.p_value = p_value if ratio > 1 and pooled > thr else 1.0
+    # the anytime test reads z against a normal boundary: the t tail of few blocks carried over
+    res.set_test(log_ratio, se * crit / 1.959963984540054, math.log(thr))
+    res.may_fail = pooled > thr
     qs = [0.5, 0.95, 0.99]
     res.extra = {
         "baseline_ms": {f"p{int(q * 100)}": interp(grid, s["b_lat_q"], q) for q in qs},
@@ -255,6 +301,13 @@ def latency(
         f"p{p * 100:g} {qc:.1f} ms vs {qb:.1f} ms; ratio ×{ratio:.2f}, {method} (threshold ×{thr}, for {chk.for_minutes:g} min)"
     )
     return res
+
+
+def _lag1_autocorrelation(xs: list[float]) -> float:
+    mean = statistics.fmean(xs)
+    dev = [x - mean for x in xs]
+    den = sum(d * d for d in dev)
+    return sum(a * b for a, b in itertools.pairwise(dev)) / den if den > 0 else 0.0
 
 
 MIN_BLOCKS = 5  # fewer evaluable blocks than this: their spread says too little
@@ -311,6 +364,8 @@ def error_rate(
     rate = k / n if n else 0.0
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=rate, ci=stats.wilson(k, n))
     res.p_value = stats.p_rate_above(k, n, thr)
+    if n:
+        res.set_test(rate, math.sqrt(rate_variance(k, n)), thr)
     res.sustained, window_info = _sustained(
         windows, chk, lambda m: (m["c_err_n"] / m["n"]) if m["n"] >= MIN_PER_WINDOW else None, thr
     )
@@ -355,7 +410,7 @@ def field_diff(chk: Check, seg: str, st: Any, thr: float, sev: str) -> CheckResu
             f"{st.noise_with_diffs / st.noise_n:.2%} (threshold +{thr:.2%})"
         )
     else:
-        _against_threshold(res, st.with_diffs, st.n, thr)
+        against_threshold(res, st.with_diffs, st.n, thr)
         res.detail = f"{st.with_diffs / st.n:.2%} of sampled pairs differ in some field (threshold {thr:.2%})"
     res.extra = {"top_field_diffs": dict(st.fields.most_common(5))}
     return res
@@ -374,6 +429,7 @@ def ranking_overlap(chk: Check, seg: str, st: Any, thr: float, sev: str) -> Chec
     mean, se = _mean_test(st.overlap_sum, st.overlap_sq, st.overlap_n)
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, st.overlap_n, value=mean, ci=stats.mean_ci(mean, se))
     res.p_value = float(norm.cdf((mean - thr) / se)) if se > 0 else (0.0 if mean < thr else 1.0)
+    res.set_test(mean, se, thr, lower_is_worse=True)
     tau = st.tau_sum / st.tau_n if st.tau_n else None
     res.detail = f"mean overlap@k {mean:.3f} (threshold {thr}); mean Kendall tau {tau if tau is None else round(tau, 3)}"
     return res
@@ -386,6 +442,7 @@ def probability_distance(chk: Check, seg: str, st: Any, thr: float, sev: str) ->
     mean, se = _mean_test(st.js_sum, st.js_sq, st.js_n)
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, st.js_n, value=mean, ci=stats.mean_ci(mean, se))
     res.p_value = float(norm.sf((mean - thr) / se)) if se > 0 else (0.0 if mean > thr else 1.0)
+    res.set_test(mean, se, thr)
     res.detail = f"mean Jensen-Shannon distance of class probabilities {mean:.4f} (threshold {thr})"
     return res
 

@@ -24,12 +24,12 @@ import orjson
 
 from diff import aggregate as agg
 from diff import checks as ck
+from diff.decide import decide
 from diff.explain import data_section, examples, excess, localise
 from diff.load import Pooling, build_pairs, run_info
 from diff.outputs import compare_outputs
 from diff.quality import feature_checks, run_level_checks, threshold_for
 from diff.segments import ALL, SegmentSets
-from diff.stats import adjust
 from schemas import VERDICT_SCHEMA_VERSION
 from schemas.policy import Policy
 from schemas.records import Status
@@ -85,6 +85,15 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     labels = by_sampling(lambda w: agg.label_counts(con, sets, w))
     blocks = by_sampling(lambda w: agg.latency_blocks(con, sets, lat_qs, w)) if lat_checks else {}
 
+    # latency is compared over wall-clock blocks; in a replay an event-time segment (the hour
+    # bucket) is a stretch of wall-clock time with its own load, so it gets no latency verdict
+    live = info.config.get("source", {}).get("kind") == "kafka-live"
+    hour_bucket = (info.config.get("segments", {}).get("hour_buckets") or {}).get("name")
+    event_time_fields = {hour_bucket} if hour_bucket and not live else set()
+
+    def on_event_time(seg: str) -> bool:
+        return seg != ALL and any(part.split("=", 1)[0] in event_time_fields for part in seg.split("&"))
+
     segments: list[dict[str, Any]] = []
     judged: set[str] = set()
     n_run = int(pstats[ALL]["n_req"]) if ALL in pstats else 0
@@ -138,7 +147,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
                 r = ck.abs_score_diff(chk, seg, s, thr, sev)
             elif chk.kind == "abs_diff_quantile":
                 r = ck.abs_diff_quantile(chk, seg, s, thr, sev, abs_grid, int(s[f"far_abs_{abs_thresholds.index(thr)}"]))
-            elif chk.kind == "latency":
+            elif chk.kind == "latency" and not on_event_time(seg):
                 mins = windows.get(chk.for_minutes, {}).get(seg)
                 if mins:
                     ck.window_quantile_index({seg: mins}, lat_qs, chk.quantile)
@@ -176,27 +185,25 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
 
     order = {c.id: i for i, c in enumerate(policy.checks)}
     results.sort(key=lambda r: (order[r.check_id], r.segment != ALL, r.segment, r.feature or ""))
-    family = _correct(results, policy)
-    for r in results:
-        if r.status in (ck.PENDING, ck.NA):
-            continue
-        bad = (r.p_adjusted is not None and r.p_adjusted < policy.alpha) if r.p_value is not None else bool(r.exceeded)
-        if bad and r.sustained is False:
-            bad = False
-            r.detail += "; not sustained long enough"
-        r.status = (ck.FAIL if r.severity == "critical" else ck.WARN) if bad else ck.PASS
+    family = decide(results, policy, n_run)
 
     failing = sorted({r.segment for r in results if r.status == ck.FAIL})
+    rare = {s["segment"] for s in segments if s["rare"]}
+    # critical checks neither shown worse nor shown within their threshold (rare segments
+    # are judged, but never hold the verdict)
+    undecided = [r for r in results if r.status == ck.UNDECIDED and r.segment not in rare]
     for s in segments:
         if s["segment"] in failing:
             s["status"] = Status.NO_GO.value
+        elif any(r.segment == s["segment"] for r in undecided):
+            s["status"] = Status.PENDING.value
     overall = pstats.get(ALL)
     n_all = int(overall["n_req"]) if overall else 0
     t_min = overall["t_min"] if overall else None
     t_max = overall["t_max"] if overall else None
     span_min = ((t_max - t_min).total_seconds() / 60) if t_min and t_max else 0.0
     reasons: list[str] = []
-    pending_segments = [s for s in segments if s["status"] == Status.PENDING.value and not s["rare"]]
+    pending_segments = [s for s in segments if s["n"] < policy.min_samples and not s["rare"]]
     # a critical check whose evidence is missing is never a pass: it holds the verdict
     not_assessed = [r for r in results if r.status == ck.NA and r.severity == "critical"]
     if failing:
@@ -226,6 +233,13 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     elif not_assessed:
         verdict = Status.PENDING
         reasons += [f"{r.check_id} not assessable in {r.segment}: {r.detail}" for r in not_assessed]
+    elif undecided:
+        verdict = Status.PENDING
+        for r in sorted(undecided, key=lambda r: (r.pairs_needed is not None, -(r.pairs_needed or 0)))[:10]:
+            what = f"{r.check_id}{'[' + r.feature + ']' if r.feature else ''}"
+            reasons.append(f"{what} in {r.segment}: {r.detail}")
+        if len(undecided) > 10:
+            reasons.append(f"... and {len(undecided) - 10} more checks not yet shown within their thresholds")
     else:
         verdict = Status.GO
         reasons.append(f"all {len([r for r in results if r.status == ck.PASS])} checks passed in {len(judged)} segments")
@@ -258,8 +272,13 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             "alpha": policy.alpha,
             "correction": policy.correction,
             "require_all_segments": policy.require_all_segments,
+            "decision": policy.decision,
+            "anytime_horizon": policy.anytime_horizon,
             "min_segment_share": policy.min_segment_share,
-            "checks": [{"id": c.id, "kind": c.kind, "severity": c.severity, "threshold": c.threshold} for c in policy.checks],
+            "checks": [
+                {"id": c.id, "kind": c.kind, "severity": c.severity, "threshold": c.threshold, "require_proof": c.require_proof}
+                for c in policy.checks
+            ],
         },
         "statistics": {
             "correction": "holm (family-wise error rate)"
@@ -267,6 +286,13 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             else "benjamini-hochberg (false discovery rate)",
             "alpha": policy.alpha,
             "tests_in_family": len(family),
+            "latency_axis": "wall-clock blocks; event-time segments are judged on latency too (live traffic)"
+            if live or not hour_bucket
+            else f"wall-clock blocks; the event-time segments ({hour_bucket}) of a replay are not judged on latency",
+            "decision": "anytime-valid (Gaussian-mixture e-processes): valid however often the run is judged; "
+            "a critical check passes only once shown within its threshold"
+            if policy.decision == "anytime"
+            else "fixed-sample tests read at this look; a check passes unless shown worse",
             "note": "the critical tests form the family (half of alpha to the whole run's, half to the segments'); "
             "warnings are corrected apart; distance checks (Wasserstein, Jensen-Shannon) are effect-size thresholds",
         },
@@ -281,27 +307,6 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     doc["digest"] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     doc["generated_at"] = datetime.now(UTC).isoformat()
     return doc
-
-
-def _correct(results: list[ck.CheckResult], policy: Policy) -> list[ck.CheckResult]:
-    """Multiple-testing control; returns the critical family. The tests that can make a NO_GO
-    (critical) form one family, so the false NO_GO rate is controlled at alpha however many
-    segments and checks there are; warnings form their own and take nothing from it. Within a
-    family, half of alpha goes to the whole run's tests (segment `all`, where a regression of
-    all traffic shows) and half to the segments' (weighted Holm / BH stay valid for any
-    weights)."""
-    families: dict[str, list[ck.CheckResult]] = {"critical": [], "warning": []}
-    for r in results:
-        if r.p_value is not None and r.status not in (ck.PENDING, ck.NA):
-            families["critical" if r.severity == "critical" else "warning"].append(r)
-    for family in families.values():
-        n_all = sum(r.segment == ALL for r in family)
-        n_seg = len(family) - n_all
-        weights = [(0.5 / n_all if r.segment == ALL else 0.5 / n_seg) if n_all and n_seg else 1.0 for r in family]
-        pvalues = [float(r.p_value) for r in family if r.p_value is not None]
-        for r, p_adj in zip(family, adjust(pvalues, policy.correction, weights), strict=True):
-            r.p_adjusted = p_adj
-    return families["critical"]
 
 
 def _stable(obj: Any) -> Any:

@@ -3,6 +3,7 @@ categories per segment, the dead-letter rate and feature-pipeline version pairin
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import duckdb
@@ -12,7 +13,7 @@ from diff import checks as ck
 from diff.features import FeatureStats, FeatureTables
 from diff.load import RunInfo
 from diff.segments import ALL, SegmentSets
-from diff.stats import p_diff_above, p_rate_above, wilson
+from diff.stats import p_diff_above, wilson
 from schemas.policy import Check, Policy
 
 
@@ -57,6 +58,8 @@ def feature_checks(
                 r = _share_check(chk, f, sev, thr, f.nulls_cur, "")
                 r.ci = wilson(f.nulls_cur, f.n_cur)
                 r.p_value = p_diff_above(f.nulls_cur, f.n_cur, f.nulls_ref, f.n_ref, thr)
+                se = math.sqrt(ck.rate_variance(f.nulls_cur, f.n_cur) + ck.rate_variance(f.nulls_ref, f.n_ref))
+                r.set_test(share - f.nulls_ref / f.n_ref, se, thr)
                 r.detail = f"null share {share:.2%} vs reference {f.nulls_ref / f.n_ref:.2%} (threshold +{thr:.2%})"
             elif chk.kind == "null_spike" and f.n_cur and f.segment == ALL:
                 # a spike is a rise over what is normal; a feature that is often null in all
@@ -77,24 +80,17 @@ def feature_checks(
 
 def _share_check(chk: Check, f: FeatureStats, sev: str, thr: float, k: int, detail: str) -> ck.CheckResult:
     """A check on the share of a segment's rows with some finding (k of n), tested against thr."""
-    r = ck.CheckResult(
-        chk.id,
-        chk.kind,
-        f.segment,
-        sev,
-        thr,
-        f.n_cur,
-        value=k / max(f.n_cur, 1),
-        feature=f.feature,
-        p_value=p_rate_above(k, f.n_cur, thr),
-    )
+    r = ck.CheckResult(chk.id, chk.kind, f.segment, sev, thr, f.n_cur, feature=f.feature)
+    ck.against_threshold(r, k, max(f.n_cur, 1), thr)
     r.detail = detail
     return r
 
 
 def _run_share(chk: Check, sev: str, thr: float, k: int, n: int) -> ck.CheckResult:
     """A whole-run check on the share k/n of messages or requests with some finding."""
-    return ck.CheckResult(chk.id, chk.kind, ALL, sev, thr, n, value=k / n, ci=wilson(k, n), p_value=p_rate_above(k, n, thr))
+    r = ck.CheckResult(chk.id, chk.kind, ALL, sev, thr, n)
+    ck.against_threshold(r, k, n, thr)
+    return r
 
 
 def run_level_checks(

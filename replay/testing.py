@@ -82,7 +82,11 @@ def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Appl
 
     async def mlflow(request: web.Request) -> web.Response:
         await delay()
-        rows = orjson.loads(await request.read())["dataframe_records"]
+        body = orjson.loads(await request.read())
+        if not isinstance(body, dict) or not isinstance(body.get("dataframe_records"), list):
+            # as MLflow's server answers a body it cannot read (a preflight probe sends {})
+            return web.json_response({"error_code": "BAD_REQUEST", "message": "no dataframe_records"}, status=400)
+        rows = body["dataframe_records"]
         return web.Response(body=orjson.dumps({"predictions": fn(rows)}), content_type="application/json")
 
     async def html(request: web.Request) -> web.Response:

@@ -48,7 +48,7 @@ def drift_matrix(doc: dict[str, Any]) -> tuple[list[str], list[str], dict[tuple[
     return feats, segs, {(c["feature"], c["segment"]): c for c in rows}
 
 
-_STATUS_RANK = {"fail": 0, "warn": 1, "pending": 2, "n/a": 3, "pass": 4}
+_STATUS_RANK = {"fail": 0, "warn": 1, "undecided": 2, "pending": 3, "n/a": 4, "pass": 5}
 
 
 def segment_matrix(doc: dict[str, Any]) -> tuple[list[str], dict[tuple[str, str], dict[str, Any]]]:

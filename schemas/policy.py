@@ -94,6 +94,9 @@ class Check(_Frozen):
     tolerance: float = 0.05
     quantile: Annotated[float, Field(gt=0, lt=1)] = 0.95
     for_minutes: Annotated[float, Field(ge=0)] = 0.0  # sustained for this long (event time)
+    # GO needs this check shown within its threshold (default: critical checks); false keeps
+    # the lenient rule, a pass unless shown worse
+    require_proof: bool | None = None
     overrides: list[Override] = []
 
     @model_validator(mode="before")
@@ -192,6 +195,10 @@ class Policy(_Frozen):
     min_duration_minutes: Annotated[float, Field(ge=0)] = 0.0
     alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.01  # false NO_GO rate the run may risk
     correction: Literal["holm", "bh"] = "holm"
+    # anytime: tests valid however often the run is judged, GO only once shown within (see
+    # diff/decide.py); fixed: fixed-sample tests, a pass unless shown worse
+    decision: Literal["anytime", "fixed"] = "anytime"
+    anytime_horizon: Annotated[int, Field(ge=100)] = 10_000  # pairs where the anytime tests are tightest
     require_all_segments: bool = True  # a PENDING segment keeps the whole verdict PENDING
     segments: list[str] | None = None  # None: the run's segment fields and combinations
     max_segment_values: Annotated[int, Field(ge=1)] = 50  # more values than this: the rarest pooled as '(other)'

@@ -21,7 +21,7 @@ import orjson
 from replay.testing import ModelServer, ServerBehaviour
 from shadowdiff_cli import demo_traffic as traffic
 
-N_REQUESTS = 10_000
+N_REQUESTS = 20_000
 LATENCY_MS = 30.0  # a typical online model: sleep dominates the loopback overhead
 
 
@@ -46,6 +46,7 @@ POLICY = """# Demo gate policy: the built-in checks (the runbook's triggers), ch
 min_samples = 300
 alpha = 0.01
 correction = "holm"
+anytime_horizon = 3000    # the tests are tightest near the size of the demo's segments
 reference = { file = "reference.jsonl" }
 
 [[checks]]
@@ -93,7 +94,7 @@ fields = ["region", "device"]
 hour_buckets = {{ name = "daypart" }}   # night = 00-05 UTC, morning, afternoon, evening
 
 [sampling]
-rate = 0.35
+rate = 0.5
 key = "request_id"
 quotas = {{ "region=apac" = 400, "daypart=night" = 900 }}
 

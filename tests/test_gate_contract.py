@@ -46,8 +46,8 @@ def write_waivers(run_dir: Path, *items: Waiver) -> None:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     h = tmp_path_factory.mktemp("contract")
-    make_run(h, "good", Scenario(n=8_000, segments=3, seed=1))
-    make_run(h, "bad", Scenario(n=8_000, segments=3, latency_factor_all=1.6, seed=2))
+    make_run(h, "good", Scenario(n=20_000, segments=3, seed=1))
+    make_run(h, "bad", Scenario(n=20_000, segments=3, latency_factor_all=1.6, seed=2))
     make_run(h, "short", Scenario(n=8_000, segments=3, weights=[0.04, 1, 1], seed=3))
     make_run(h, "unjudged", Scenario(n=10, segments=1, seed=4), publish_it=False)
     for name, items in (("waived", [waiver(2)]), ("expired", [waiver(-1)]), ("waived-other-check", [waiver(2, "label_flip")])):
@@ -56,7 +56,7 @@ def home(tmp_path_factory) -> Path:
     shutil.copytree(h / "bad", h / "broken-waivers")
     (h / "broken-waivers" / "waivers.json").write_text('{"waivers": [{"check": ["x"]}]}', encoding="utf-8")
     # a replay that stopped publishing an hour ago without finishing
-    make_run(h, "stale", Scenario(n=8_000, segments=3, seed=5), active=True)
+    make_run(h, "stale", Scenario(n=20_000, segments=3, seed=5), active=True)
     hour_ago = time.time() - 3600
     os.utime(h / "stale" / "verdict-cand.json", (hour_ago, hour_ago))
     return h

@@ -18,7 +18,7 @@ from replay.job import run_replay
 from replay.testing import ModelServer, ServerBehaviour
 from schemas.config import ModelSpec, load_config
 from schemas.errors import ConfigError
-from schemas.policy import Policy
+from schemas.policy import parse_policy
 
 
 def test_a_dict_baseline_and_a_probability_tensor_candidate_each_read_by_their_own_mapping(tmp_path):
@@ -62,7 +62,11 @@ output = {{ score_path = "1", threshold = 0.5 }}   # column 1 of the [n, 2] prob
     assert (n, differ, missing) == (3000, 0, 0)
     con = open_run(tmp_path / "runs", "migrate")
     try:
-        doc = judge(con, Policy(min_samples=200))
+        # the same pipeline behind two serving stacks: the outputs must agree (the GO asked for);
+        # their latencies are compared, but 3,000 pairs of two different protocols' timings
+        # need not show them within ×1.3, so that check keeps the lenient rule here
+        policy = parse_policy({"min_samples": 200, "checks": [{"id": "latency_p95", "require_proof": False}]})
+        doc = judge(con, policy)
     finally:
         con.close()
     assert doc["verdict"] == "go", doc["reasons"]

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     h = tmp_path_factory.mktemp("runs")
-    make_run(h, "good", Scenario(n=8_000, segments=3, seed=1))
-    make_run(h, "bad", Scenario(n=8_000, segments=3, latency_factor_all=1.6, seed=2))
+    make_run(h, "good", Scenario(n=20_000, segments=3, seed=1))
+    make_run(h, "bad", Scenario(n=20_000, segments=3, latency_factor_all=1.6, seed=2))
     make_run(h, "short", Scenario(n=8_000, segments=3, weights=[0.02, 1, 1], seed=3))
     make_run(h, "empty", Scenario(n=10, segments=1, seed=4), publish_it=False)
     return h

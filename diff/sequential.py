@@ -1,0 +1,92 @@
+"""Anytime-valid tests and confidence sequences: a run is judged every few seconds and polled
+every minute, so a test may be read any number of times and still keep its error rate.
+
+The statistic of every check is an estimate with a standard error that shrinks like 1/sqrt(n).
+Its z-score is read against the Gaussian-mixture martingale (Robbins 1970; Howard et al. 2021,
+"Time-uniform, nonparametric, nonasymptotic confidence sequences"; the same boundary as Lindon
+et al. 2022 and `savvi`'s sequential t-test for large n): with a mixing variance tuned to be
+tightest at `horizon` pairs, the mixture's value is an e-value whose running maximum crosses
+1/alpha with probability at most alpha (Ville's inequality), however often it is looked at.
+The standard errors are plug-in estimates, so the guarantee is asymptotic (Waudby-Smith et al.,
+"Time-uniform central limit theory"); `min_samples` keeps small segments out.
+
+Written here rather than taken from PyPI: `confseq` needs a Boost toolchain to build and has
+not been released since 2023, `expectation` is not published in a usable version, and `savvi`
+offers regression and multinomial tests but no test of a rate or ratio against a margin. The
+boundary is a closed form; tests/test_sequential.py checks it against `savvi` and by simulation.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def mixing_scale(horizon: float, alpha: float) -> float:
+    """rho^2 per pair: the mixture's boundary is tightest near `horizon` pairs (Howard et al.'s
+    choice for a two-sided boundary at level alpha)."""
+    two_log = 2 * math.log(1 / alpha)
+    return (two_log + math.log1p(two_log)) / horizon
+
+
+def log_e_one_sided(z: float, r: float) -> float:
+    """log of the half-normal mixture of exp(lambda*S - lambda^2*V/2) over lambda >= 0, for a
+    z-score `z` at information ratio r = rho^2 * n: an e-process for H0 "the true value is at or
+    on the good side of the threshold" (every component is a supermartingale under it)."""
+    if r <= 0:
+        return 0.0
+    k = r / (1 + r)
+    return math.log(2) - 0.5 * math.log1p(r) + 0.5 * z * z * k + _log_ndtr(z * math.sqrt(k))
+
+
+def _log_ndtr(x: float) -> float:
+    """log Phi(x), in pure Python: the judge asks for it twice per check and segment, and a
+    scipy call costs ~30x more. Far in the left tail, Phi(x) ~ phi(x)/-x (Mills ratio)."""
+    if x > -20:
+        return math.log(0.5 * math.erfc(-x / math.sqrt(2)))
+    return -0.5 * x * x - math.log(-x) - 0.5 * math.log(2 * math.pi) + math.log1p(-1 / (x * x))
+
+
+def log_e_two_sided(z: float, r: float) -> float:
+    """log of the normal mixture over all lambda (the two-sided version)."""
+    if r <= 0:
+        return 0.0
+    return -0.5 * math.log1p(r) + 0.5 * z * z * r / (1 + r)
+
+
+def p_value(z: float, n: float, horizon: float, alpha: float) -> float:
+    """Anytime-valid one-sided p-value for H0 "not worse than the threshold", where z > 0 points
+    to worse: min(1, 1/E)."""
+    if not math.isfinite(z):
+        return 0.0 if z > 0 else 1.0
+    log_e = log_e_one_sided(z, n * mixing_scale(horizon, alpha))
+    return 1.0 if log_e <= 0 else math.exp(-log_e)
+
+
+def z_bound(n: float, horizon: float, alpha: float) -> float:
+    """Half-width of the two-sided confidence sequence at level 1-alpha, in standard errors."""
+    r = n * mixing_scale(horizon, alpha)
+    if r <= 0:
+        return math.inf
+    return math.sqrt((1 + r) / r * (2 * math.log(1 / alpha) + math.log1p(r)))
+
+
+def pairs_needed(gap: float, se: float, n: int, horizon: float, alpha: float, limit: int = 10**9) -> int | None:
+    """How many pairs in all the one-sided test would need to reject, if the estimate stayed
+    `gap` away from the threshold (on the side being shown) and its standard error `se` at `n`
+    pairs shrank like 1/sqrt(n). None when it never would (gap <= 0) or only past `limit`."""
+    if gap <= 0 or se <= 0 or n <= 0:
+        return None if gap <= 0 else n
+
+    def rejects(m: float) -> bool:
+        return p_value(gap / (se * math.sqrt(n / m)), m, horizon, alpha) < alpha
+
+    hi = float(n)
+    while not rejects(hi):
+        hi *= 2
+        if hi > limit:
+            return None
+    lo = hi / 2 if hi > n else float(n)
+    while hi - lo > max(1.0, lo * 0.01):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if rejects(mid) else (mid, hi)
+    return math.ceil(hi)
