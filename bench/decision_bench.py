@@ -62,7 +62,7 @@ class Segment:
     def __init__(self) -> None:
         self.n = 0
         self.flips = self.flips_r = self.far = self.far_r = self.errors = 0
-        self.sum_d = self.sum_d2 = self.sum_abs = self.sum_abs2 = 0.0
+        self.sum_d = self.sum_d2 = self.sum_abs = 0.0
         self.abs_far = 0
         self.blocks: list[tuple[int, float]] = []  # (pairs, sum of per-call log ratios) per time slice
 
@@ -73,12 +73,10 @@ class Segment:
         self.far += rng.binomial(m, 0.002 + truth.get("far_excess", 0.0))
         self.far_r += rng.binomial(m, 0.002)
         self.errors += rng.binomial(m, truth.get("error_rate", 0.005))
-        d = rng.normal(truth.get("shift", 0.0), 0.1, m)
+        d = rng.normal(truth.get("shift", 0.0), truth.get("sd", 0.05), m)
         self.sum_d += float(d.sum())
         self.sum_d2 += float((d * d).sum())
-        a = rng.exponential(truth.get("abs_mean", 0.02), m)
-        self.sum_abs += float(a.sum())
-        self.sum_abs2 += float((a * a).sum())
+        self.sum_abs += float(np.abs(d).sum())
         self.abs_far += rng.binomial(m, truth.get("abs_far", 0.02))
         if load is not None:
             # this look's calls of the segment spread over the look's stretch of load: per slice,
@@ -171,7 +169,7 @@ MARGIN_TRUTH = {
     "label_flip": {"flip_excess": 0.01},
     "error_rate": {"error_rate": 0.05},
     "score_shift": {"shift": 0.02},
-    "abs_score_diff": {"abs_mean": 0.05},
+    "abs_score_diff": {"sd": 0.05 / math.sqrt(2 / math.pi)},  # E|d| of N(0, sd) is the threshold
     "abs_diff_quantile": {"abs_far": 0.05},
     "latency_p95": {"ratio": 1.3},
 }

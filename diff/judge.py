@@ -26,6 +26,7 @@ from diff import aggregate as agg
 from diff import checks as ck
 from diff.decide import decide
 from diff.explain import data_section, examples, excess, localise
+from diff.kinds import RUN_LEVEL_KINDS, SEGMENT_KINDS, Evidence
 from diff.load import Pooling, build_pairs, run_info
 from diff.outputs import compare_outputs
 from diff.quality import feature_checks, run_level_checks, threshold_for
@@ -79,11 +80,25 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
                 out[seg] = value
         return out
 
+    needs = set().union(*(SEGMENT_KINDS[c.kind].needs for c in policy.checks if c.kind in SEGMENT_KINDS))
     pstats = by_sampling(lambda w: agg.pair_stats(con, sets, tol, grid, w, abs_grid, abs_thresholds))
-    windows = {wd: by_sampling(lambda w, wd=wd: agg.per_window(con, sets, lat_qs, wd, w)) for wd in widths}
-    dists = by_sampling(lambda w: agg.score_distributions(con, sets, w))
-    labels = by_sampling(lambda w: agg.label_counts(con, sets, w))
-    blocks = by_sampling(lambda w: agg.latency_blocks(con, sets, lat_qs, w)) if lat_checks else {}
+    windows = (
+        {wd: by_sampling(lambda w, wd=wd: agg.per_window(con, sets, lat_qs, wd, w)) for wd in widths}
+        if "windows" in needs
+        else {}
+    )
+    dists = by_sampling(lambda w: agg.score_distributions(con, sets, w)) if "distributions" in needs else {}
+    labels = by_sampling(lambda w: agg.label_counts(con, sets, w))  # the verdict's flips table reads them too
+    blocks = by_sampling(lambda w: agg.latency_blocks(con, sets, lat_qs, w)) if "latency_blocks" in needs else {}
+    baseline_model = info.config.get("baseline", {}).get("model") or {}
+    comparisons = compare_outputs(
+        con,
+        sets,
+        cand,
+        info.config.get("output", {}),
+        candidate_spec=spec.get("output"),
+        baseline_spec=baseline_model.get("output"),
+    )
 
     # latency is compared over wall-clock blocks; in a replay an event-time segment (the hour
     # bucket) is a stretch of wall-clock time with its own load, so it gets no latency verdict
@@ -91,8 +106,21 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     hour_bucket = (info.config.get("segments", {}).get("hour_buckets") or {}).get("name")
     event_time_fields = {hour_bucket} if hour_bucket and not live else set()
 
-    def on_event_time(seg: str) -> bool:
-        return seg != ALL and any(part.split("=", 1)[0] in event_time_fields for part in seg.split("&"))
+    def evidence(seg: str) -> Evidence:
+        return Evidence(
+            segment=seg,
+            pairs=pstats.get(seg, {}),
+            windows={wd: by_seg[seg] for wd, by_seg in windows.items() if seg in by_seg},
+            distribution=dists.get(seg),
+            labels=labels.get(seg),
+            blocks=blocks.get(seg),
+            comparison=comparisons.get(seg),
+            event_time_segment=seg != ALL and any(p.split("=", 1)[0] in event_time_fields for p in seg.split("&")),
+            lat_quantiles=lat_qs,
+            lat_grid=grid,
+            abs_grid=abs_grid,
+            abs_thresholds=abs_thresholds,
+        )
 
     segments: list[dict[str, Any]] = []
     judged: set[str] = set()
@@ -117,68 +145,20 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
 
     results: list[ck.CheckResult] = []
     for chk in policy.checks:
-        for seg, s in pstats.items():
+        kind = SEGMENT_KINDS.get(chk.kind)
+        over = pstats if kind is None or kind.over == "pairs" else comparisons
+        for seg in over:
             thr, sev = threshold_for(chk, seg)
             if sev == "off":
                 continue
             if seg not in judged:
-                if chk.kind not in ("dead_letters", "version_pairing"):
-                    results.append(
-                        ck.CheckResult(
-                            chk.id,
-                            chk.kind,
-                            seg,
-                            sev,
-                            thr,
-                            int(s["n_req"]),
-                            status=ck.PENDING,
-                            detail=f"{int(s['n_req'])} of {policy.min_samples} pairs needed",
-                        )
-                    )
+                # a short segment's pair and feature checks wait for pairs; whole-run ones do not
+                if (kind.over == "pairs") if kind is not None else chk.kind not in RUN_LEVEL_KINDS:
+                    n_seg = int(pstats[seg]["n_req"])
+                    detail = f"{n_seg} of {policy.min_samples} pairs needed"
+                    results.append(ck.CheckResult(chk.id, chk.kind, seg, sev, thr, n_seg, status=ck.PENDING, detail=detail))
                 continue
-            r: ck.CheckResult | None = None
-            if chk.kind == "label_flip":
-                r = ck.label_flip(chk, seg, s, thr, sev)
-            elif chk.kind == "score_diff":
-                r = ck.score_diff(chk, seg, s, thr, sev)
-            elif chk.kind == "score_shift":
-                r = ck.score_shift(chk, seg, s, thr, sev)
-            elif chk.kind == "abs_score_diff":
-                r = ck.abs_score_diff(chk, seg, s, thr, sev)
-            elif chk.kind == "abs_diff_quantile":
-                r = ck.abs_diff_quantile(chk, seg, s, thr, sev, abs_grid, int(s[f"far_abs_{abs_thresholds.index(thr)}"]))
-            elif chk.kind == "latency" and not on_event_time(seg):
-                mins = windows.get(chk.for_minutes, {}).get(seg)
-                if mins:
-                    ck.window_quantile_index({seg: mins}, lat_qs, chk.quantile)
-                r = ck.latency(chk, seg, s, thr, sev, grid, mins, blocks.get(seg), sorted(set(lat_qs)).index(chk.quantile))
-            elif chk.kind == "error_rate":
-                r = ck.error_rate(chk, seg, s, thr, sev, windows.get(chk.for_minutes, {}).get(seg))
-            elif chk.kind == "prediction_drift":
-                r = ck.prediction_drift(chk, seg, dists.get(seg), labels.get(seg), thr, sev)
-            if r is not None:
-                results.append(r)
-
-    baseline_model = info.config.get("baseline", {}).get("model") or {}
-    comparisons = compare_outputs(
-        con,
-        sets,
-        cand,
-        info.config.get("output", {}),
-        candidate_spec=spec.get("output"),
-        baseline_spec=baseline_model.get("output"),
-    )
-    for chk in policy.checks:
-        fn = {
-            "field_diff": ck.field_diff,
-            "ranking_overlap": ck.ranking_overlap,
-            "probability_distance": ck.probability_distance,
-        }.get(chk.kind)
-        if fn is None:
-            continue
-        for seg, st in comparisons.items():
-            thr, sev = threshold_for(chk, seg)
-            if seg in judged and sev != "off" and (r := fn(chk, seg, st, thr, sev)) is not None:
+            if kind is not None and (r := kind.evaluate(chk, evidence(seg), thr, sev)) is not None:
                 results.append(r)
     results += feature_checks(con, info, sets, policy, judged, built.seg_exprs)
     results += run_level_checks(con, info, spec, sets, policy, judged, built.duplicates)

@@ -141,3 +141,14 @@ def test_a_per_segment_override_of_an_abs_quantile_threshold_is_counted_at_its_o
     assert cell["threshold"] == 0.5
     assert cell["status"] == "pass"
     assert cell["extra"]["share_beyond_threshold"] < 0.01
+
+
+def test_every_check_kind_a_policy_can_name_is_judged_somewhere():
+    from typing import get_args
+
+    from diff.kinds import QUALITY_KINDS, SEGMENT_KINDS
+    from schemas.policy import KINDS, CheckKind
+
+    assert set(get_args(CheckKind)) == set(KINDS)
+    assert set(KINDS) == set(SEGMENT_KINDS) | QUALITY_KINDS
+    assert not set(SEGMENT_KINDS) & QUALITY_KINDS

@@ -1,0 +1,100 @@
+"""The registry of check kinds judged per segment: each declares the aggregates it reads, the
+segments it runs over and how it turns them into a result (its statistic and test live in
+diff/checks.py). The judge computes only the aggregates the policy's kinds need and asks each
+kind in turn. A new kind is one entry here, its function in diff/checks.py and its name and
+defaults in schemas/policy.py.
+
+Feature and whole-run kinds (feature_drift, null_spike, out_of_range, new_category,
+dead_letters, duplicate_requests, version_pairing) read the features and the store rather than
+pairs: diff/quality.py judges them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from diff import checks as ck
+from schemas.policy import Check
+
+# aggregates a kind may read beside the segment's pair statistics (always there)
+Aggregate = Literal["windows", "distributions", "labels", "latency_blocks"]
+
+
+@dataclass
+class Evidence:
+    """What the aggregates say about one segment."""
+
+    segment: str
+    pairs: dict[str, Any]
+    windows: dict[float, list[dict[str, Any]]] = field(default_factory=dict)  # by for_minutes
+    distribution: dict[str, Any] | None = None
+    labels: dict[str, Any] | None = None
+    blocks: list[dict[str, Any]] | None = None
+    comparison: Any = None  # structured-output statistics (diff/outputs.py)
+    event_time_segment: bool = False  # a stretch of a replay's event time (see the judge)
+    lat_quantiles: list[float] = field(default_factory=list)
+    lat_grid: list[float] = field(default_factory=list)
+    abs_grid: list[float] = field(default_factory=list)
+    abs_thresholds: list[float] = field(default_factory=list)
+
+
+Evaluate = Callable[[Check, Evidence, float, str], "ck.CheckResult | None"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    evaluate: Evaluate
+    needs: frozenset[Aggregate] = frozenset()
+    # "pairs": every segment of the run; "comparisons": segments with structured-output samples
+    over: Literal["pairs", "comparisons"] = "pairs"
+
+
+def _latency(chk: Check, ev: Evidence, thr: float, sev: str) -> ck.CheckResult | None:
+    if ev.event_time_segment:
+        return None  # judged on wall-clock blocks: an event-time stretch of a replay is not one
+    mins = ev.windows.get(chk.for_minutes)
+    if mins:
+        ck.window_quantile_index({ev.segment: mins}, ev.lat_quantiles, chk.quantile)
+    qi = sorted(set(ev.lat_quantiles)).index(chk.quantile)
+    return ck.latency(chk, ev.segment, ev.pairs, thr, sev, ev.lat_grid, mins, ev.blocks, qi)
+
+
+def _abs_diff_quantile(chk: Check, ev: Evidence, thr: float, sev: str) -> ck.CheckResult | None:
+    far = int(ev.pairs[f"far_abs_{ev.abs_thresholds.index(thr)}"])
+    return ck.abs_diff_quantile(chk, ev.segment, ev.pairs, thr, sev, ev.abs_grid, far)
+
+
+def _on_pairs(fn: Callable[[Check, str, dict[str, Any], float, str], ck.CheckResult | None]) -> Evaluate:
+    return lambda chk, ev, thr, sev: fn(chk, ev.segment, ev.pairs, thr, sev)
+
+
+def _on_comparison(fn: Callable[[Check, str, Any, float, str], ck.CheckResult | None]) -> Evaluate:
+    return lambda chk, ev, thr, sev: fn(chk, ev.segment, ev.comparison, thr, sev)
+
+
+SEGMENT_KINDS: dict[str, Kind] = {
+    "label_flip": Kind(_on_pairs(ck.label_flip)),
+    "score_diff": Kind(_on_pairs(ck.score_diff)),
+    "score_shift": Kind(_on_pairs(ck.score_shift)),
+    "abs_score_diff": Kind(_on_pairs(ck.abs_score_diff)),
+    "abs_diff_quantile": Kind(_abs_diff_quantile),
+    "latency": Kind(_latency, frozenset({"windows", "latency_blocks"})),
+    "error_rate": Kind(
+        lambda chk, ev, thr, sev: ck.error_rate(chk, ev.segment, ev.pairs, thr, sev, ev.windows.get(chk.for_minutes)),
+        frozenset({"windows"}),
+    ),
+    "prediction_drift": Kind(
+        lambda chk, ev, thr, sev: ck.prediction_drift(chk, ev.segment, ev.distribution, ev.labels, thr, sev),
+        frozenset({"distributions", "labels"}),
+    ),
+    "field_diff": Kind(_on_comparison(ck.field_diff), over="comparisons"),
+    "ranking_overlap": Kind(_on_comparison(ck.ranking_overlap), over="comparisons"),
+    "probability_distance": Kind(_on_comparison(ck.probability_distance), over="comparisons"),
+}
+
+# judged without pairs, so never "pending" for a short segment
+RUN_LEVEL_KINDS = frozenset({"dead_letters", "version_pairing"})
+# judged by diff/quality.py, on features or on the whole run
+QUALITY_KINDS = frozenset({"feature_drift", "null_spike", "out_of_range", "new_category", "duplicate_requests"}) | RUN_LEVEL_KINDS
