@@ -24,6 +24,9 @@ class ServerBehaviour:
     latency_ms: float = 0.0  # median added latency (lognormal, sigma 0.35), 0 = none
     latency_sigma: float = 0.35
     flaky_every: int = 0  # every Nth call answers 503 (a transient failure)
+    # a server with this many workers (0: unlimited): calls beyond them queue, so past the knee
+    # each further call in flight adds a whole service time to the latency
+    slots: int = 0
     calls: int = 0
     seen: list[int] = field(default_factory=list)
     headers_seen: dict[str, str] = field(default_factory=dict)  # the last /predict call's headers
@@ -46,9 +49,15 @@ def _tensor_rows(body: dict[str, Any]) -> list[dict[str, Any]]:
 def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Application:
     b = behaviour or ServerBehaviour()
 
+    workers = asyncio.Semaphore(b.slots) if b.slots else None
+
     async def delay() -> None:
         if b.latency_ms > 0:
-            await asyncio.sleep(random.lognormvariate(0, b.latency_sigma) * b.latency_ms / 1000)
+            if workers is None:
+                await asyncio.sleep(random.lognormvariate(0, b.latency_sigma) * b.latency_ms / 1000)
+                return
+            async with workers:
+                await asyncio.sleep(random.lognormvariate(0, b.latency_sigma) * b.latency_ms / 1000)
 
     async def predict(request: web.Request) -> web.Response:
         b.calls += 1

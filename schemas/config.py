@@ -166,7 +166,14 @@ class ModelSpec(_Frozen):
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 2.0
     retries: Annotated[int, Field(ge=0, le=10)] = 2
     backoff_s: Annotated[float, Field(ge=0, le=60)] = 0.05
-    concurrency: Annotated[int, Field(ge=1, le=1024)] = 32
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 32  # calls in flight at most
+    # HTTP kinds: the calls in flight follow the model (AIMD: one more while answers come in
+    # time and at the unloaded pace, x0.9 at a timeout, a 429/503 or twice the unloaded
+    # latency), between 1 and `concurrency`; false keeps `concurrency` calls in flight
+    adaptive_concurrency: bool = True
+    # HTTP kinds: calls per second at most, so shadow traffic never takes a shared server
+    # past what its owners allow; None = no cap
+    max_rps: Annotated[float, Field(gt=0)] | None = None
     # rows per call; default 64 for the protocols that carry many rows (mlflow, oip-v2: their
     # servers score a batch in about the time of a row), 1 for plain http (any server takes one
     # row), 256 for python callables

@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 
 from replay.models.base import CallResult, OutputReader
-from replay.models.resilience import TRANSIENT, TRANSIENT_STATUS, CircuitBreaker
+from replay.models.resilience import TRANSIENT, TRANSIENT_STATUS, AdaptiveLimit, CircuitBreaker, RateCap
 from schemas.config import ModelSpec
 from schemas.paths import lookup
 from schemas.records import ErrorClass as E
@@ -131,6 +131,8 @@ class HttpModel:
         self._session: aiohttp.ClientSession | None = None
         self._headers = {"content-type": "application/json", **spec.header_values()}
         self._timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
+        self.limit = AdaptiveLimit(spec.name, spec.concurrency) if spec.adaptive_concurrency else None
+        self._rate_cap = RateCap(spec.max_rps) if spec.max_rps is not None else None
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -215,6 +217,10 @@ class HttpModel:
             if not self.breaker.allow():
                 return [CallResult(None, None, E.CIRCUIT_OPEN, "breaker open after repeated failures", attempt)] * n
             attempt += 1
+            if self._rate_cap is not None:
+                await self._rate_cap.wait()
+            if self.limit is not None:
+                await self.limit.acquire()
             t0 = time.perf_counter()
             try:
                 async with self._sess().post(self.spec.url, data=body, timeout=self._timeout) as resp:  # type: ignore[arg-type]
@@ -225,6 +231,9 @@ class HttpModel:
             except aiohttp.ClientError as exc:
                 err, detail, status, raw = E.CONNECTION, f"{type(exc).__name__}: {exc}"[:300], 0, b""
             latency = (time.perf_counter() - t0) * 1000.0
+            if self.limit is not None:
+                answered = err is None and status not in (429, 503)
+                self.limit.release(latency if answered else None, err == E.TIMEOUT or status in (429, 503))
             if err is None:
                 if status >= 500:
                     err, detail = E.HTTP_5XX, f"HTTP {status}: {raw[:200]!r}"

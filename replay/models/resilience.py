@@ -4,6 +4,8 @@ then one probe call decides whether to close it again."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import time
 
@@ -60,3 +62,89 @@ class CircuitBreaker:
                     cause or "no cause given",
                     self.reset_s,
                 )
+
+
+class AdaptiveLimit:
+    """The calls in flight to one model, adapted as Netflix's concurrency-limits AIMD does: one
+    more after a round of calls answered in time and at the model's unloaded pace, x`backoff`
+    (at most once per round trip) when a call times out, is told to back off (429/503) or takes
+    more than `slow_factor` times the unloaded latency. A shadow run then settles near the
+    concurrency the model serves without queueing, instead of pushing it into timeouts that
+    would be counted against it. The unloaded latency is the lowest of the last few hundred
+    calls."""
+
+    def __init__(self, name: str, max_limit: int, initial: int = 4, backoff: float = 0.9, slow_factor: float = 2.0) -> None:
+        self.name = name
+        self.max_limit = max_limit
+        self.limit = float(min(initial, max_limit))
+        self.backoff = backoff
+        self.slow_factor = slow_factor
+        self.in_flight = 0
+        self.decreases = 0
+        self._freed: asyncio.Event | None = None
+        self._chunk_mins: collections.deque[float] = collections.deque(maxlen=8)
+        self._chunk_min = float("inf")
+        self._chunk_n = 0
+        self._last_decrease = 0.0
+        self._logged_at = 0.0
+        self._logged_limit = int(self.limit)
+
+    @property
+    def floor_ms(self) -> float:
+        return min([*self._chunk_mins, self._chunk_min])
+
+    async def acquire(self) -> None:
+        if self._freed is None:
+            self._freed = asyncio.Event()
+        while self.in_flight >= int(self.limit):
+            self._freed.clear()
+            await self._freed.wait()
+        self.in_flight += 1
+
+    def release(self, latency_ms: float | None, overloaded: bool) -> None:
+        """`latency_ms` of an answered call (None: no answer), `overloaded`: a timeout or an
+        answer that asks to back off."""
+        self.in_flight -= 1
+        if self._freed is not None:
+            self._freed.set()
+        floor = self.floor_ms
+        if latency_ms is not None and not overloaded:
+            self._chunk_min = min(self._chunk_min, latency_ms)
+            self._chunk_n += 1
+            if self._chunk_n >= 50:
+                self._chunk_mins.append(self._chunk_min)
+                self._chunk_min, self._chunk_n = float("inf"), 0
+        slow = latency_ms is not None and floor < float("inf") and latency_ms > self.slow_factor * max(floor, 1.0)
+        now = time.monotonic()
+        if overloaded or slow:
+            # once per round trip: the calls already in flight answer late for the same cause
+            if now - self._last_decrease >= max(floor, 1.0) / 1000:
+                self.limit = max(1.0, self.limit * self.backoff)
+                self.decreases += 1
+                self._last_decrease = now
+        elif latency_ms is not None:
+            self.limit = min(float(self.max_limit), self.limit + 1.0 / self.limit)
+        if int(self.limit) != self._logged_limit and now - self._logged_at >= 10:
+            log.info(
+                "model %s: %d calls in flight at most (of %d; unloaded latency %.0f ms)",
+                self.name,
+                int(self.limit),
+                self.max_limit,
+                floor,
+            )
+            self._logged_at, self._logged_limit = now, int(self.limit)
+
+
+class RateCap:
+    """At most `rps` calls a second, spaced evenly (a token bucket of one)."""
+
+    def __init__(self, rps: float) -> None:
+        self.interval = 1.0 / rps
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)

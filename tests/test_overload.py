@@ -1,0 +1,93 @@
+"""The overload drill: a candidate server with four workers (calls beyond them queue, so past
+the knee each further call in flight adds a whole service time), shadowed with up to 32 calls
+in flight. With the adaptive limit (the default) the replay settles near the knee, no call
+times out, and the verdict does not blame the candidate; with 32 fixed calls in flight the same
+server times out, and those errors of our own making would be counted against it."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import duckdb
+import orjson
+from helpers import envelope, jsonl, write_config
+from models_for_tests import logistic
+
+from diff.judge import judge
+from diff.load import open_run
+from replay.job import run_replay
+from replay.models.resilience import RateCap
+from replay.testing import ModelServer, ServerBehaviour
+from schemas.config import load_config
+from schemas.policy import Policy
+
+
+def run(tmp: Path, name: str, url: str, adaptive: bool, recording: Path) -> Path:
+    cfg = write_config(
+        tmp / f"{name}.toml",
+        f"""
+[run]
+id = "{name}"
+home = "{tmp / "runs"}"
+batch_size = 500
+[source]
+kind = "file"
+path = "{recording}"
+[output]
+score_path = "score"
+[[candidates]]
+name = "v2"
+kind = "http"
+url = "{url}/predict"
+concurrency = 32
+timeout_s = 0.3
+retries = 0
+adaptive_concurrency = {"true" if adaptive else "false"}
+""",
+    )
+    run_replay(load_config(cfg))
+    return tmp / "runs" / name / "store-w0.duckdb"
+
+
+def errors(store: Path) -> dict[str, int]:
+    with duckdb.connect(str(store), read_only=True) as con:
+        return dict(
+            con.execute(
+                "SELECT coalesce(error_class, 'ok'), count(*) FROM outputs WHERE variant = 'candidate:v2' GROUP BY 1"
+            ).fetchall()
+        )
+
+
+def test_the_shadow_settles_near_the_servers_knee_instead_of_timing_it_out(tmp_path):
+    rng = random.Random(5)
+    recording = jsonl(tmp_path / "t.jsonl", [orjson.loads(orjson.dumps(envelope(i, rng))) for i in range(3000)])
+    # four workers of 40 ms: 32 calls in flight wait ~320 ms, past the 300 ms timeout
+    with ModelServer(logistic, ServerBehaviour(latency_ms=40, latency_sigma=0.1, slots=4)) as url:
+        adaptive = errors(run(tmp_path, "adaptive", url, True, recording))
+        fixed = errors(run(tmp_path, "fixed", url, False, recording))
+    assert adaptive == {"ok": 3000}  # no error of our own making
+    # the same server pushed past its knee: timeouts, then an open breaker, all counted
+    # against the candidate
+    assert fixed.get("timeout", 0) + fixed.get("circuit_open", 0) > 1000
+    con = open_run(tmp_path / "runs", "adaptive")
+    try:
+        doc = judge(con, Policy(min_samples=200))
+    finally:
+        con.close()
+    err = next(c for c in doc["checks"] if c["check"] == "error_rate" and c["segment"] == "all")
+    assert err["status"] == "pass"
+    assert err["value"] == 0
+
+
+def test_a_rate_cap_spaces_the_calls():
+    import asyncio
+    import time
+
+    async def calls() -> float:
+        cap = RateCap(200.0)
+        t0 = time.monotonic()
+        await asyncio.gather(*(cap.wait() for _ in range(41)))
+        return time.monotonic() - t0
+
+    assert asyncio.run(calls()) >= 0.195  # 40 intervals of 5 ms after the first call
