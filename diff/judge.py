@@ -266,10 +266,13 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             else "benjamini-hochberg (false discovery rate)",
             "alpha": policy.alpha,
             "tests_in_family": len(family),
-            "latency_axis": "wall-clock blocks; event-time segments are judged on latency too (live traffic)"
-            if live or not hour_bucket
-            else f"wall-clock blocks; the event-time segments ({hour_bucket}) of a replay are not judged on latency",
-            "decision": "anytime-valid (Gaussian-mixture e-processes): valid however often the run is judged; "
+            "latency_axis": (
+                "wall-clock blocks"
+                if not hour_bucket
+                else f"wall-clock blocks; the event-time segments ({hour_bucket}) too: live traffic, event time is wall-clock time"
+                if live
+                else f"wall-clock blocks; the event-time segments ({hour_bucket}) of a replay are not judged on latency"
+            ),            "decision": "anytime-valid (Gaussian-mixture e-processes): valid however often the run is judged; "
             "a critical check passes only once shown within its threshold"
             if policy.decision == "anytime"
             else "fixed-sample tests read at this look; a check passes unless shown worse",
