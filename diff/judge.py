@@ -269,10 +269,11 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             "latency_axis": (
                 "wall-clock blocks"
                 if not hour_bucket
-                else f"wall-clock blocks; the event-time segments ({hour_bucket}) too: live traffic, event time is wall-clock time"
+                else f"wall-clock blocks; the event-time segments ({hour_bucket}) too (live: event time is wall-clock time)"
                 if live
                 else f"wall-clock blocks; the event-time segments ({hour_bucket}) of a replay are not judged on latency"
-            ),            "decision": "anytime-valid (Gaussian-mixture e-processes): valid however often the run is judged; "
+            ),
+            "decision": "anytime-valid (Gaussian-mixture e-processes): valid however often the run is judged; "
             "a critical check passes only once shown within its threshold"
             if policy.decision == "anytime"
             else "fixed-sample tests read at this look; a check passes unless shown worse",
