@@ -30,12 +30,26 @@ KAFKA_SH = ["bash", str(ROOT / "scripts" / "kafka.sh")]
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_replay_outlives_its_test() -> Iterator[None]:
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:  # the test failed half-way: its replay must not run on
+            proc.kill()
+            proc.wait(10)
+
+
 class Replay:
     """`shadowdiff replay` in a child process, its stderr lines collected as they come."""
 
     def __init__(self, cfg: Path) -> None:
         cmd = [sys.executable, "-m", "shadowdiff_cli.main", "replay", "--config", str(cfg), "--no-judge"]
         self.proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _STARTED.append(self.proc)
         self.lines: list[str] = []
         assert self.proc.stderr is not None
         threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stderr.readline, "")), daemon=True).start()
