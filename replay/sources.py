@@ -16,6 +16,7 @@ from schemas.config import FileSource, KafkaSource
 log = logging.getLogger(__name__)
 
 Checkpoints = Mapping[tuple[str, int], int]  # (source, part) -> next offset to read
+_COMMIT_TIMEOUT_MS = 10_000
 
 
 class Source(Protocol):
@@ -214,12 +215,15 @@ class KafkaLive:
         offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()}
         if offsets:
             try:
-                self.consumer.commit(offsets)
+                # bounded: with the broker gone, kafka-python would wait for it forever, and a
+                # SIGTERM during an outage would never exit (the rows are stored; a restart
+                # resumes from the store's checkpoints)
+                self.consumer.commit(offsets, timeout_ms=_COMMIT_TIMEOUT_MS)
             except KafkaError as err:  # e.g. partitions revoked by a rebalance meanwhile
                 log.warning("offset commit failed after the rows were stored (%s); a re-read is deduplicated", err)
 
     def close(self) -> None:
-        self.consumer.close(autocommit=False)
+        self.consumer.close(autocommit=False, timeout_ms=_COMMIT_TIMEOUT_MS)
 
 
 class KafkaWindow:
@@ -289,14 +293,19 @@ class KafkaWindow:
 
     def commit(self, positions: Checkpoints) -> None:
         if self.spec.group:
+            from kafka.errors import KafkaError
             from kafka.structs import OffsetAndMetadata, TopicPartition
 
-            self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()})
+            offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()}
+            try:
+                self.consumer.commit(offsets, timeout_ms=_COMMIT_TIMEOUT_MS)
+            except KafkaError as err:  # the window resumes from the store's checkpoints
+                log.warning("offset commit failed after the rows were stored (%s)", err)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        self.consumer.close(autocommit=False)
+        self.consumer.close(autocommit=False, timeout_ms=_COMMIT_TIMEOUT_MS)
 
 
 def open_source(spec: FileSource | KafkaSource, checkpoints: Checkpoints, member: str | None = None) -> Source:

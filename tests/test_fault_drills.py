@@ -159,6 +159,29 @@ def test_broker_stopped_20s_mid_run(tmp_path, private_broker):
     assert sum("broker unreachable since" in x for x in replay.lines) == 1  # one line per fault
 
 
+def test_sigterm_while_the_broker_is_down_exits_promptly_with_the_rows_kept(tmp_path, private_broker):
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    bootstrap = (tmp_path / "kafka" / "bootstrap").read_text().strip()
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic("drill", num_partitions=2, replication_factor=1)])
+    admin.close()
+    produce(bootstrap, "drill", messages(0, 1000))
+    # a slow candidate (0.1 s a call of 10 rows): batches are still in flight when the broker
+    # goes, and their offset commits meet the outage
+    slow = '[[candidates]]\nname = "v2"\nkind = "python"\ntarget = "models_for_tests:slow_logistic"\nbatch_size = 10'
+    replay = Replay(live_config(tmp_path, bootstrap, "drill", "g", slow))
+    done = replay.until(lambda: sum(committed_offsets(bootstrap, "drill", "g").values()), 180, "a first committed batch")
+    assert done < 1000, "everything was committed before the outage; make the candidate slower"
+    subprocess.run([*KAFKA_SH, "stop"], env=private_broker, check=True, timeout=120)
+    replay.line("broker unreachable since", 60)
+    replay.proc.send_signal(signal.SIGTERM)
+    # kafka-python waits for a broker forever unless told otherwise; the replay bounds its
+    # commit and its goodbye, so a deploy can stop it during an outage
+    assert replay.proc.wait(90) == 0, "".join(replay.lines[-30:])
+    stored_once(tmp_path / "runs" / "drill" / "store-w0.duckdb", 1000)
+
+
 def test_candidate_killed_30s_mid_run(tmp_path, kafka_bootstrap, make_topic, unique):
     topic, group = make_topic(2), unique("g")
     server = ModelServer(logistic)
