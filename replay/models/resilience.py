@@ -64,11 +64,14 @@ class CircuitBreaker:
                 )
 
 
+_JITTER_MS = 20.0
+
+
 class AdaptiveLimit:
     """The calls in flight to one model, adapted as Netflix's concurrency-limits AIMD does: one
     more after a round of calls answered in time and at the model's unloaded pace, x`backoff`
     (at most once per round trip) when a call times out, is told to back off (429/503) or takes
-    more than `slow_factor` times the unloaded latency. A shadow run then settles near the
+    more than `slow_factor` times the unloaded latency (and 20 ms more). A shadow run then settles near the
     concurrency the model serves without queueing, instead of pushing it into timeouts that
     would be counted against it. The unloaded latency is the lowest of the last few hundred
     calls."""
@@ -114,7 +117,14 @@ class AdaptiveLimit:
             if self._chunk_n >= 50:
                 self._chunk_mins.append(self._chunk_min)
                 self._chunk_min, self._chunk_n = float("inf"), 0
-        slow = latency_ms is not None and floor < float("inf") and latency_ms > self.slow_factor * max(floor, 1.0)
+        # slow: past slow_factor x the unloaded latency, and by more than the jitter of a fast
+        # server (a 0.3 ms loopback call taking 0.8 ms is not load)
+        slow = (
+            latency_ms is not None
+            and floor < float("inf")
+            and latency_ms > self.slow_factor * floor
+            and latency_ms - floor > _JITTER_MS
+        )
         now = time.monotonic()
         if overloaded or slow:
             # once per round trip: the calls already in flight answer late for the same cause
