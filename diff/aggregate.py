@@ -181,4 +181,6 @@ def latency_blocks(
     out: dict[str, list[dict[str, Any]]] = {}
     for r in _rows(con, sql):
         out.setdefault(sets.name(r), []).append(r)
+    for rows in out.values():
+        rows.sort(key=lambda r: r["blk"])  # in time order: the blocks' correlation is read from neighbours
     return out
