@@ -169,9 +169,13 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
 
     failing = sorted({r.segment for r in results if r.status == ck.FAIL})
     rare = {s["segment"] for s in segments if s["rare"]}
-    # critical checks neither shown worse nor shown within their threshold (rare segments
-    # are judged, but never hold the verdict)
-    undecided = [r for r in results if r.status == ck.UNDECIDED and r.segment not in rare]
+    # critical checks neither shown worse nor shown within their threshold: rare segments are
+    # judged but never hold the verdict, and without require_all_segments only `all` does
+    undecided = [
+        r
+        for r in results
+        if r.status == ck.UNDECIDED and r.segment not in rare and (policy.require_all_segments or r.segment == ALL)
+    ]
     for s in segments:
         if s["segment"] in failing:
             s["status"] = Status.NO_GO.value

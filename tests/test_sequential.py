@@ -90,6 +90,9 @@ def test_go_needs_each_critical_check_shown_within_its_threshold(tmp_path):
     # the lenient rule, asked for by name, passes what is not shown worse
     lenient = parse_policy({"checks": [{"id": "label_flip", "require_proof": False}]})
     assert verdict_of(tmp_path / "lenient", scenario, lenient)["verdict"] == "go"
+    # a policy that lets segments lag behind the whole run lets an undecided segment too
+    whole_run = parse_policy({"require_all_segments": False})
+    assert verdict_of(tmp_path / "whole", scenario, whole_run)["verdict"] == "go"
 
 
 def test_a_sound_candidate_is_shown_within_every_margin_with_enough_pairs(tmp_path):
