@@ -40,7 +40,8 @@ def log_e_one_sided(z: float, r: float) -> float:
 
 def _log_ndtr(x: float) -> float:
     """log Phi(x), in pure Python: the judge asks for it twice per check and segment, and a
-    scipy call costs ~30x more. Far in the left tail, Phi(x) ~ phi(x)/-x (Mills ratio)."""
+    scipy call's overhead is many times the arithmetic. Far in the left tail,
+    Phi(x) ~ phi(x)/-x (Mills ratio)."""
     if x > -20:
         return math.log(0.5 * math.erfc(-x / math.sqrt(2)))
     return -0.5 * x * x - math.log(-x) - 0.5 * math.log(2 * math.pi) + math.log1p(-1 / (x * x))

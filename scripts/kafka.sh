@@ -71,8 +71,8 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
-# keep every message: recordings and test topics carry event times of any age, and the default
-# 7-day time retention deleted a topic timestamped 11 days back minutes after it was produced
+# keep every message: recordings and test topics carry event times of any age, which the
+# default 7-day time retention deletes minutes after they are produced
 log.retention.ms=-1
 log.retention.bytes=-1
 PROPS
