@@ -91,3 +91,23 @@ def test_a_rate_cap_spaces_the_calls():
         return time.monotonic() - t0
 
     assert asyncio.run(calls()) >= 0.195  # 40 intervals of 5 ms after the first call
+
+
+def test_the_adaptive_limit_can_be_used_from_one_event_loop_after_another():
+    import asyncio
+
+    from replay.models.resilience import AdaptiveLimit
+
+    limit = AdaptiveLimit("m", max_limit=1, initial=1)
+
+    async def two_calls() -> None:
+        await limit.acquire()
+        waiter = asyncio.ensure_future(limit.acquire())  # waits: one call in flight at most
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        limit.release(5.0, overloaded=False)
+        await asyncio.wait_for(waiter, 5)
+        limit.release(5.0, overloaded=False)
+
+    asyncio.run(two_calls())
+    asyncio.run(two_calls())  # a new loop: the first loop's event is not awaited here

@@ -85,6 +85,7 @@ class AdaptiveLimit:
         self.in_flight = 0
         self.decreases = 0
         self._freed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._chunk_mins: collections.deque[float] = collections.deque(maxlen=8)
         self._chunk_min = float("inf")
         self._chunk_n = 0
@@ -97,8 +98,11 @@ class AdaptiveLimit:
         return min([*self._chunk_mins, self._chunk_min])
 
     async def acquire(self) -> None:
-        if self._freed is None:
-            self._freed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if self._freed is None or self._loop is not loop:
+            # a client used from another event loop (a new asyncio.run, the fallback off the
+            # call process): the old loop's calls are gone, and its event cannot be awaited here
+            self._freed, self._loop, self.in_flight = asyncio.Event(), loop, 0
         while self.in_flight >= int(self.limit):
             self._freed.clear()
             await self._freed.wait()
