@@ -117,6 +117,24 @@ def broker_connected(consumer: Any) -> bool | None:
         return None
 
 
+def _commit_stored(consumer: Any, positions: Checkpoints) -> None:
+    """Commit the offsets of rows already stored in DuckDB. A failure is logged, never raised:
+    the rows are kept, a restart resumes from the store's checkpoints and a re-read is
+    deduplicated (a rebalance may have moved the partitions meanwhile). Bounded: with the
+    broker gone kafka-python would wait for it forever, and a SIGTERM during an outage would
+    never exit."""
+    from kafka.errors import KafkaError
+    from kafka.structs import OffsetAndMetadata, TopicPartition
+
+    offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()}
+    if not offsets:
+        return
+    try:
+        consumer.commit(offsets, timeout_ms=_COMMIT_TIMEOUT_MS)
+    except KafkaError as err:
+        log.warning("offset commit failed after the rows were stored (%s); a re-read is deduplicated", err)
+
+
 def _batches(records: dict[Any, Any], end: Mapping[object, int] | None = None) -> list[PartitionBatch]:
     """Per-partition record lists as polled, trimmed at a window's end offset."""
     out: list[PartitionBatch] = []
@@ -208,19 +226,8 @@ class KafkaLive:
         return total
 
     def commit(self, positions: Checkpoints) -> None:
-        from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata, TopicPartition
-
         self._checkpoints.update(positions)
-        offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()}
-        if offsets:
-            try:
-                # bounded: with the broker gone, kafka-python would wait for it forever, and a
-                # SIGTERM during an outage would never exit (the rows are stored; a restart
-                # resumes from the store's checkpoints)
-                self.consumer.commit(offsets, timeout_ms=_COMMIT_TIMEOUT_MS)
-            except KafkaError as err:  # e.g. partitions revoked by a rebalance meanwhile
-                log.warning("offset commit failed after the rows were stored (%s); a re-read is deduplicated", err)
+        _commit_stored(self.consumer, positions)
 
     def close(self) -> None:
         self.consumer.close(autocommit=False, timeout_ms=_COMMIT_TIMEOUT_MS)
@@ -293,14 +300,7 @@ class KafkaWindow:
 
     def commit(self, positions: Checkpoints) -> None:
         if self.spec.group:
-            from kafka.errors import KafkaError
-            from kafka.structs import OffsetAndMetadata, TopicPartition
-
-            offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()}
-            try:
-                self.consumer.commit(offsets, timeout_ms=_COMMIT_TIMEOUT_MS)
-            except KafkaError as err:  # the window resumes from the store's checkpoints
-                log.warning("offset commit failed after the rows were stored (%s)", err)
+            _commit_stored(self.consumer, positions)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -116,37 +116,51 @@ def stored_once(store: Path, n: int) -> None:
     assert ids == {f"req-{i}" for i in range(n)}  # 0 lost
 
 
+class PrivateBroker:
+    """A broker of one test's own, to stop and restart without disturbing the others, with
+    the topic `drill` (2 partitions)."""
+
+    def __init__(self, home: Path) -> None:
+        self.env = {**os.environ, "SHADOWDIFF_KAFKA_HOME": str(home)}
+        subprocess.run([*KAFKA_SH, "start"], env=self.env, check=True, stdout=subprocess.DEVNULL, timeout=300)
+        self.bootstrap = (home / "bootstrap").read_text().strip()
+
+    def create_drill_topic(self) -> None:
+        from kafka.admin import KafkaAdminClient, NewTopic
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin.create_topics([NewTopic("drill", num_partitions=2, replication_factor=1)])
+        admin.close()
+
+    def run(self, command: str, check: bool = True) -> None:
+        subprocess.run([*KAFKA_SH, command], env=self.env, check=check, stdout=subprocess.DEVNULL, timeout=300)
+
+
 @pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A broker of this test's own, to stop and restart without disturbing the others."""
-    env = {**os.environ, "SHADOWDIFF_KAFKA_HOME": str(tmp_path / "kafka")}
-    subprocess.run([*KAFKA_SH, "start"], env=env, check=True, stdout=subprocess.DEVNULL, timeout=300)
+def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    broker = PrivateBroker(tmp_path / "kafka")
     try:
-        yield env
+        broker.create_drill_topic()
+        yield broker
     finally:
-        subprocess.run([*KAFKA_SH, "stop"], env=env, check=False, timeout=120)
+        broker.run("stop", check=False)
 
 
 def test_broker_stopped_20s_mid_run(tmp_path, private_broker):
-    from kafka.admin import KafkaAdminClient, NewTopic
-
-    bootstrap = (tmp_path / "kafka" / "bootstrap").read_text().strip()
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic("drill", num_partitions=2, replication_factor=1)])
-    admin.close()
+    bootstrap = private_broker.bootstrap
     produce(bootstrap, "drill", messages(0, 2000))
     python_candidate = '[[candidates]]\nname = "v2"\nkind = "python"\ntarget = "models_for_tests:logistic"'
     cfg = live_config(tmp_path, bootstrap, "drill", "g", python_candidate)
     replay = Replay(cfg)
     replay.until(lambda: all_committed(bootstrap, "drill", "g", 2000), 180, "the first 2,000 committed")
 
-    subprocess.run([*KAFKA_SH, "stop"], env=private_broker, check=True, timeout=120)
+    private_broker.run("stop")
     stopped = time.monotonic()
     down = replay.line("broker unreachable since", 60)
     # the outage lasts 20 s (the drill's length, not a wait for the replay)
     wait_until(lambda: time.monotonic() - stopped >= 20, 30, "20 s of outage")
     assert not any("reachable again" in x for x in replay.lines)
-    subprocess.run([*KAFKA_SH, "restart"], env=private_broker, check=True, stdout=subprocess.DEVNULL, timeout=300)
+    private_broker.run("restart")
     back = replay.line("broker reachable again after", 120)
     produce(bootstrap, "drill", messages(2000, 4000))
     replay.until(lambda: all_committed(bootstrap, "drill", "g", 4000), 240, "all 4,000 committed after the outage")
@@ -160,12 +174,7 @@ def test_broker_stopped_20s_mid_run(tmp_path, private_broker):
 
 
 def test_sigterm_while_the_broker_is_down_exits_promptly_with_the_rows_kept(tmp_path, private_broker):
-    from kafka.admin import KafkaAdminClient, NewTopic
-
-    bootstrap = (tmp_path / "kafka" / "bootstrap").read_text().strip()
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic("drill", num_partitions=2, replication_factor=1)])
-    admin.close()
+    bootstrap = private_broker.bootstrap
     produce(bootstrap, "drill", messages(0, 1000))
     # a slow candidate (0.1 s a call of 10 rows): batches are still in flight when the broker
     # goes, and their offset commits meet the outage
@@ -173,7 +182,7 @@ def test_sigterm_while_the_broker_is_down_exits_promptly_with_the_rows_kept(tmp_
     replay = Replay(live_config(tmp_path, bootstrap, "drill", "g", slow))
     done = replay.until(lambda: sum(committed_offsets(bootstrap, "drill", "g").values()), 180, "a first committed batch")
     assert done < 1000, "everything was committed before the outage; make the candidate slower"
-    subprocess.run([*KAFKA_SH, "stop"], env=private_broker, check=True, timeout=120)
+    private_broker.run("stop")
     replay.line("broker unreachable since", 60)
     replay.proc.send_signal(signal.SIGTERM)
     # kafka-python waits for a broker forever unless told otherwise; the replay bounds its
