@@ -191,7 +191,9 @@ class ModelSpec(_Frozen):
     breaker_reset_s: Annotated[float, Field(gt=0)] = 5.0
     # http kind: the request body is {request_field: input}; the output is at response_path
     request_field: str = ""  # '' = send the input object itself
-    response_path: str = ""  # dotted path in the JSON answer; '' = the whole answer
+    # http: dotted path in the JSON answer, '' = the whole answer; oip-v2: the output tensor's
+    # name, asked for in the request (`outputs`), '' = the server's default output
+    response_path: str = ""
     # secrets: shown and stored as "***" everywhere (config dumps, run metadata, verdicts,
     # reports, evidence); only the model clients read them (`header_values`, `call_url`)
     headers: dict[str, Annotated[SecretStr, Text]] = {}

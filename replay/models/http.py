@@ -6,7 +6,8 @@ httpx's async client collapses past a few). One body format per `kind`:
 - `oip-v2`: Open Inference Protocol v2 (KServe, MLServer, Triton): one input tensor per feature,
   `shape [n]`, with the request-level content type "pd" (MLServer reads them as one DataFrame);
   or (`oip_request = "tensor"`) one [n, k] FP64 tensor of `oip_features`; the output tensor
-  named `response_path` (or the first), one row each, or a row of k values for an [n, k] one.
+  named `response_path` (asked for by name in the request; else the first), one row each, or a
+  row of k values for an [n, k] one.
 - `mlflow`: MLflow `/invocations` with `dataframe_records`; `predictions` back.
 """
 
@@ -48,6 +49,14 @@ def _number(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
+def _requested_output(spec: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
+    """Asks for the output tensor the mapping reads: a server answers its default output
+    otherwise (MLServer's scikit-learn runtime: `predict`, the labels, not `predict_proba`)."""
+    if spec.response_path:
+        body["outputs"] = [{"name": spec.response_path}]
+    return body
+
+
 def encode(spec: ModelSpec, inputs: list[dict[str, Any]]) -> bytes:
     """Request body for `inputs` in the client's format."""
     if spec.kind == "oip-v2":
@@ -55,7 +64,8 @@ def encode(spec: ModelSpec, inputs: list[dict[str, Any]]) -> bytes:
             # one row-major [n, k] tensor; a missing or non-numeric value is sent as null
             flat = [_number(row.get(name)) for row in inputs for name in spec.oip_features]
             shape = [len(inputs), len(spec.oip_features)]
-            return orjson.dumps({"inputs": [{"name": "input-0", "shape": shape, "datatype": "FP64", "data": flat}]})
+            body: dict[str, Any] = {"inputs": [{"name": "input-0", "shape": shape, "datatype": "FP64", "data": flat}]}
+            return orjson.dumps(_requested_output(spec, body))
         names = list(dict.fromkeys(k for row in inputs for k in row))
         tensors = []
         for name in names:
@@ -64,7 +74,7 @@ def encode(spec: ModelSpec, inputs: list[dict[str, Any]]) -> bytes:
             data = col if dt != "BYTES" else ["" if v is None else str(v) for v in col]
             tensors.append({"name": name, "shape": [len(inputs)], "datatype": dt, "data": data})
         # the request says how to read its tensors: as the columns of one DataFrame
-        return orjson.dumps({"parameters": {"content_type": "pd"}, "inputs": tensors})
+        return orjson.dumps(_requested_output(spec, {"parameters": {"content_type": "pd"}, "inputs": tensors}))
     if spec.kind == "mlflow":
         return orjson.dumps({"dataframe_records": inputs})
     payload: Any = inputs[0] if spec.rows_per_call == 1 else inputs
