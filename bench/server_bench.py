@@ -1,6 +1,6 @@
 """Default settings against a real MLServer: pairs/s of a file replay whose candidate is one
 MLServer 1.7.1 process (its default scikit-learn runtime, from .servers/, see
-scripts/model-servers.sh), at shadowdiff's defaults for an oip-v2 model (64 rows a call, calls in
+scripts/model-servers.sh), at shadowdiff's defaults for an oip-v2 model (512 rows a call, calls in
 flight adapting to the server), as a ratio to the best fixed batch_size x concurrency that a
 sweep finds in the same run. Target: >= 0.8, with 0 timeouts at the defaults.
 

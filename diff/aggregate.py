@@ -55,7 +55,8 @@ def pair_stats(
     SELECT {sets.select()},
       count(*) AS n_req,
       count(*) FILTER (WHERE {both}) AS n_pair,
-      count(*) FILTER (WHERE c_err IS NOT NULL) AS c_err_n,
+      count(*) FILTER (WHERE c_err IS NOT NULL AND c_err <> 'throttled') AS c_err_n,
+      count(*) FILTER (WHERE c_err = 'throttled') AS c_throttled_n,
       count(*) FILTER (WHERE c_err = 'timeout') AS c_timeout_n,
       count(*) FILTER (WHERE b_err IS NOT NULL) AS b_err_n,
       count(*) FILTER (WHERE b_label IS NOT NULL AND c_label IS NOT NULL) AS n_lab,
@@ -129,7 +130,8 @@ def per_window(
     qs = "[" + ", ".join(str(q) for q in sorted(set(quantiles))) + "]"
     width_s = max(1, round(width_minutes * 60))
     sql = f"""SELECT {sets.select()}, time_bucket(INTERVAL '{width_s} seconds', event_time) AS window_start,
-        count(*) AS n, count(*) FILTER (WHERE c_err IS NOT NULL) AS c_err_n,
+        count(*) AS n, count(*) FILTER (WHERE c_err IS DISTINCT FROM 'throttled') AS n_called,
+        count(*) FILTER (WHERE c_err IS NOT NULL AND c_err <> 'throttled') AS c_err_n,
         count(*) FILTER (WHERE b_err IS NOT NULL) AS b_err_n,
         quantile_cont(b_lat, {qs}) FILTER (WHERE b_err IS NULL) AS b_q,
         quantile_cont(c_lat, {qs}) FILTER (WHERE c_err IS NULL) AS c_q

@@ -360,23 +360,44 @@ def _sustained(windows: list[dict[str, Any]] | None, chk: Check, metric: Any, th
 def error_rate(
     chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str, windows: list[dict[str, Any]] | None
 ) -> CheckResult:
-    n, k = int(s["n_req"]), int(s["c_err_n"])
+    # calls the candidate refused as too many are the shadow's load (shadow_load), not its errors
+    throttled = int(s["c_throttled_n"])
+    n, k = int(s["n_req"]) - throttled, int(s["c_err_n"])
     rate = k / n if n else 0.0
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=rate, ci=stats.wilson(k, n))
     res.p_value = stats.p_rate_above(k, n, thr)
     if n:
         res.set_test(rate, math.sqrt(rate_variance(k, n)), thr)
     res.sustained, window_info = _sustained(
-        windows, chk, lambda m: (m["c_err_n"] / m["n"]) if m["n"] >= MIN_PER_WINDOW else None, thr
+        windows, chk, lambda m: (m["c_err_n"] / m["n_called"]) if m["n_called"] >= MIN_PER_WINDOW else None, thr
     )
     res.extra = {
         "timeouts": int(s["c_timeout_n"]),
         "errors": k,
         "baseline_errors": int(s["b_err_n"]),
+        "throttled": throttled,
         "timeout_rate_ci": stats.wilson(int(s["c_timeout_n"]), n),
         **window_info,
     }
     res.detail = f"candidate error rate {rate:.2%} ({k}/{n}, {int(s['c_timeout_n'])} timeouts; threshold {thr:.2%})"
+    if throttled:
+        res.detail += f"; {throttled} calls refused as too many not counted (shadow_load)"
+    return res
+
+
+def shadow_load(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -> CheckResult:
+    """The share of requests the candidate refused as too many calls (HTTP 429, or 503 with a
+    Retry-After): the shadow's own load on the server, which says nothing about the model. It
+    warns that the run left requests unjudged and that `max_rps` or `concurrency` should come
+    down; error_rate never counts them."""
+    n, k = int(s["n_req"]), int(s["c_throttled_n"])
+    rate = k / n if n else 0.0
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=rate, ci=stats.wilson(k, n))
+    res.p_value = stats.p_rate_above(k, n, thr)
+    if n:
+        res.set_test(rate, math.sqrt(rate_variance(k, n)), thr)
+    res.extra = {"throttled": k}
+    res.detail = f"{rate:.2%} of calls ({k}/{n}) refused by the candidate as too many: the shadow's load (threshold {thr:.2%})"
     return res
 
 

@@ -12,6 +12,7 @@ from diff import checks as ck
 from diff.comparators import json_diff
 from diff.load import RunInfo
 from diff.segments import ALL, SegmentSets
+from schemas.config import default_rows_per_call
 from schemas.records import BASELINE, candidate_variant
 
 
@@ -75,6 +76,46 @@ def data_section(con: duckdb.DuckDBPyConnection, info: RunInfo, t_min: Any, t_ma
         "sampled": sum(o["sampled"] for o in offsets),
         "dead_letters": int(dead[0]) if dead else 0,
     }
+
+
+def offered_load(con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str) -> dict[str, Any]:
+    """What the shadow asked of each side whose latency is compared: rows per call, the calls in
+    flight allowed, the rate cap, the rows sent (a call the breaker held back was not sent) and,
+    for a run of one replay, their rate over its busy time. Both sides get each batch at the same
+    moment, so at equal rows per call their latencies are measured at the same offered load."""
+    sent = dict(
+        con.execute(
+            "SELECT variant, count(*) FILTER (WHERE error_class IS DISTINCT FROM 'circuit_open') FROM outputs GROUP BY 1"
+        ).fetchall()
+    )
+    # the last replay's own busy time: a rate only when one store (one worker) holds the run
+    stats = info.meta.get("last_stats") or {}
+    busy = float(stats.get("seconds", 0)) - float(stats.get("idle_seconds", 0))
+    (stores,) = con.execute(
+        "SELECT count(*) FROM duckdb_databases() WHERE NOT internal AND database_name NOT IN ('memory', 'temp')"
+    ).fetchone() or (0,)
+
+    def side(spec: dict[str, Any] | None, variant: str) -> dict[str, Any]:
+        if spec is None:
+            return {"called": False, "note": "live: answers recorded in production, not called by the shadow"}
+        rows = int(sent.get(variant, 0))
+        per_call = int(spec.get("batch_size") or default_rows_per_call(str(spec.get("kind"))))
+        return {
+            "called": True,
+            "kind": spec.get("kind"),
+            "rows_per_call": per_call,
+            "calls_in_flight": f"adaptive, at most {spec.get('concurrency')}"
+            if spec.get("adaptive_concurrency", True) and spec.get("kind") != "python"
+            else f"{spec.get('concurrency')} fixed",
+            "max_rps": spec.get("max_rps"),
+            "rows_sent": rows,
+            "rows_per_s": round(rows / busy, 1) if busy > 0 and stores == 1 else None,
+        }
+
+    baseline = info.config.get("baseline", {})
+    model = baseline.get("model") if baseline.get("kind") == "model" else None
+    cand = next(c for c in info.candidates if c["name"] == candidate)
+    return {"baseline": side(model, "baseline"), "candidate": side(cand, f"candidate:{candidate}")}
 
 
 def examples(con: duckdb.DuckDBPyConnection, sets: SegmentSets, k: int, candidate: str) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ import orjson
 from diff import aggregate as agg
 from diff import checks as ck
 from diff.decide import decide
-from diff.explain import data_section, examples, excess, localise
+from diff.explain import data_section, examples, excess, localise, offered_load
 from diff.kinds import RUN_LEVEL_KINDS, SEGMENT_KINDS, Evidence
 from diff.load import Pooling, build_pairs, run_info
 from diff.outputs import compare_outputs
@@ -242,6 +242,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
         "warnings": warnings[:50],
         "failing_segments": failing,
         "data": data_section(con, info, t_min, t_max),
+        "load": offered_load(con, info, cand),
         "versions": {
             "candidate_model": spec.get("model_version"),
             "candidate_feature_version": spec.get("feature_version"),

@@ -85,6 +85,7 @@ SEGMENT_KINDS: dict[str, Kind] = {
         lambda chk, ev, thr, sev: ck.error_rate(chk, ev.segment, ev.pairs, thr, sev, ev.windows.get(chk.for_minutes)),
         frozenset({"windows"}),
     ),
+    "shadow_load": Kind(_on_pairs(ck.shadow_load)),
     "prediction_drift": Kind(
         lambda chk, ev, thr, sev: ck.prediction_drift(chk, ev.segment, ev.distribution, ev.labels, thr, sev),
         frozenset({"distributions", "labels"}),

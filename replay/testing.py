@@ -27,7 +27,11 @@ class ServerBehaviour:
     # a server with this many workers (0: unlimited): calls beyond them queue, so past the knee
     # each further call in flight adds a whole service time to the latency
     slots: int = 0
+    # with slots: calls beyond slots + max_queue in the server are refused at once with 429 and
+    # Retry-After (a server or gateway with admission control); -1 = queue them all
+    max_queue: int = -1
     calls: int = 0
+    refused: int = 0
     seen: list[int] = field(default_factory=list)
     headers_seen: dict[str, str] = field(default_factory=dict)  # the last /predict call's headers
     oip_parameters: dict[str, Any] = field(default_factory=dict)  # the last OIP request's parameters
@@ -50,6 +54,13 @@ def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Appl
     b = behaviour or ServerBehaviour()
 
     workers = asyncio.Semaphore(b.slots) if b.slots else None
+    inside = 0  # calls in the server, running or queued
+
+    def admitted() -> bool:
+        if not b.slots or b.max_queue < 0 or inside < b.slots + b.max_queue:
+            return True
+        b.refused += 1
+        return False
 
     async def delay() -> None:
         if b.latency_ms > 0:
@@ -60,9 +71,16 @@ def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Appl
                 await asyncio.sleep(random.lognormvariate(0, b.latency_sigma) * b.latency_ms / 1000)
 
     async def predict(request: web.Request) -> web.Response:
+        nonlocal inside
         b.calls += 1
         b.headers_seen = dict(request.headers)
-        await delay()
+        if not admitted():
+            return web.Response(status=429, text="too many requests", headers={"Retry-After": "1"})
+        inside += 1
+        try:
+            await delay()
+        finally:
+            inside -= 1
         if b.flaky_every and b.calls % b.flaky_every == 0:
             return web.Response(status=503, text="try again")
         body = orjson.loads(await request.read())

@@ -156,6 +156,11 @@ def redact_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def default_rows_per_call(kind: str) -> int:
+    """Rows a call of this kind carries unless `batch_size` says otherwise."""
+    return {"python": 256, "mlflow": 512, "oip-v2": 512}.get(kind, 1)
+
+
 class ModelSpec(_Frozen):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
     kind: Literal["http", "oip-v2", "mlflow", "python"]
@@ -174,9 +179,9 @@ class ModelSpec(_Frozen):
     # HTTP kinds: calls per second at most, so shadow traffic never takes a shared server
     # past what its owners allow; None = no cap
     max_rps: Annotated[float, Field(gt=0)] | None = None
-    # rows per call; default 64 for the protocols that carry many rows (mlflow, oip-v2: their
-    # servers score a batch in about the time of a row), 1 for plain http (any server takes one
-    # row), 256 for python callables
+    # rows per call; default 512 for the protocols that carry many rows (mlflow, oip-v2: their
+    # servers' cost is mostly per call, see bench/server_bench.py), 1 for plain http (any server
+    # takes one row), 256 for python callables
     batch_size: Annotated[int, Field(ge=1, le=100_000)] | None = None
     # oip-v2: how rows travel. "columns": one tensor per feature, with the request-level
     # `parameters.content_type = "pd"` that tells MLServer to read them as one DataFrame (its
@@ -184,6 +189,10 @@ class ModelSpec(_Frozen):
     # in that order (KServe's and Triton's scikit-learn and ONNX models)
     oip_request: Literal["columns", "tensor"] = "columns"
     oip_features: list[str] = []
+    # oip_request = "tensor": the input tensor's name and type as the server declares them
+    # (Triton checks both against the model's config.pbtxt: e.g. "input__0", TYPE_FP32)
+    oip_tensor_name: Annotated[str, Field(min_length=1, max_length=256)] = "input-0"
+    oip_tensor_datatype: Literal["FP64", "FP32"] = "FP64"
     # how this model's answers are read (score, label, class probabilities); default: the run's
     # [output]. A baseline and a candidate on different serving stacks answer differently
     output: OutputSpec | None = None
@@ -221,7 +230,7 @@ class ModelSpec(_Frozen):
     def rows_per_call(self) -> int:
         if self.batch_size is not None:
             return self.batch_size
-        return {"python": 256, "mlflow": 64, "oip-v2": 64}.get(self.kind, 1)
+        return default_rows_per_call(self.kind)
 
     @model_validator(mode="after")
     def _target(self) -> ModelSpec:

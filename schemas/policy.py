@@ -34,6 +34,9 @@ KINDS: dict[str, KindDefaults] = {
     "abs_diff_quantile": KindDefaults(0.1, "critical", "`quantile` of |Δscore| ≤ threshold (e.g. P95 |Δ| ≤ 0.1)"),
     "latency": KindDefaults(1.3, "critical", "candidate/baseline latency `quantile` ratio, sustained `for_minutes`"),
     "error_rate": KindDefaults(0.05, "critical", "candidate error + timeout rate, sustained `for_minutes`"),
+    "shadow_load": KindDefaults(
+        0.01, "warning", "calls the candidate refused as too many (429): the shadow's load, never counted as its errors"
+    ),
     "prediction_drift": KindDefaults(0.1, "critical", "candidate score distribution vs the baseline's (Wasserstein)"),
     "feature_drift": KindDefaults(0.1, "warning", "current features vs the reference"),
     "null_spike": KindDefaults(0.05, "warning", "null share of a feature above the reference's"),
@@ -55,6 +58,7 @@ CheckKind = Literal[
     "abs_diff_quantile",
     "latency",
     "error_rate",
+    "shadow_load",
     "prediction_drift",
     "feature_drift",
     "null_spike",
@@ -117,13 +121,15 @@ def _check(**fields: Any) -> Check:
 
 
 def default_checks() -> list[Check]:
-    """The seed runbook's triggers, 1:1."""
+    """The seed runbook's triggers, and shadow_load (a warning when the candidate refused calls as
+    too many: the shadow's own load)."""
     return [
         _check(id="label_flip", kind="label_flip"),
         _check(id="score_diff", kind="score_diff", tolerance=0.1),
         _check(id="score_shift", kind="score_shift"),
         _check(id="latency_p95", kind="latency", quantile=0.95, for_minutes=5),
         _check(id="error_rate", kind="error_rate", for_minutes=3),
+        _check(id="shadow_load", kind="shadow_load"),
         _check(id="prediction_drift", kind="prediction_drift"),
         _check(id="feature_drift", kind="feature_drift"),
         _check(id="null_spike", kind="null_spike"),

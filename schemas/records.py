@@ -24,6 +24,9 @@ class ErrorClass(StrEnum):
     UNPARSABLE = "unparsable"  # not JSON (an HTML error page, truncated body)
     WRONG_SHAPE = "wrong_shape"  # JSON, but not where the mapping says the output is
     CIRCUIT_OPEN = "circuit_open"  # not called: the candidate's breaker is open
+    # refused as too many calls (429, or 503 with Retry-After): the shadow's own load, not a
+    # failure of the model; judged apart from its errors (the shadow_load check)
+    THROTTLED = "throttled"
     EXCEPTION = "exception"  # an in-process callable raised
     MISSING = "missing"  # live baseline output absent from the envelope
 

@@ -181,6 +181,30 @@ def test_oip_requests_say_how_to_read_their_columns_or_send_one_2d_tensor():
     assert all(r.error_class is None for r in results)
 
 
+def test_a_triton_request_names_its_tensors_as_the_models_config_does():
+    # Triton checks an input's name and type against config.pbtxt (its FIL backend's example:
+    # input__0 TYPE_FP32 [k], output__0); no Triton server runs on this machine
+    import orjson
+
+    from replay.models.http import encode
+
+    spec = ModelSpec(
+        name="m",
+        kind="oip-v2",
+        url="http://triton:8000/v2/models/churn/infer",
+        oip_request="tensor",
+        oip_features=["x", "y"],
+        oip_tensor_name="input__0",
+        oip_tensor_datatype="FP32",
+        response_path="output__0",
+    )
+    body = orjson.loads(encode(spec, [{"x": 1.5, "y": 2}, {"x": None, "y": 0.5}]))
+    assert body == {
+        "inputs": [{"name": "input__0", "shape": [2, 2], "datatype": "FP32", "data": [1.5, 2, None, 0.5]}],
+        "outputs": [{"name": "output__0"}],
+    }
+
+
 def test_one_bad_row_costs_its_own_output_not_its_batch():
     rows = [{"x": float(i) / 10, "plan": "pro"} for i in range(40)]
     rows[13]["x"] = -1.0  # the server answers 500 to any call that holds this row

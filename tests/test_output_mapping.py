@@ -73,8 +73,8 @@ output = {{ score_path = "1", threshold = 0.5 }}   # column 1 of the [n, 2] prob
 
 
 def test_protocols_that_carry_many_rows_batch_by_default():
-    assert ModelSpec(name="m", kind="mlflow", url="http://h/invocations").rows_per_call == 64
-    assert ModelSpec(name="m", kind="oip-v2", url="http://h/v2/models/m/infer").rows_per_call == 64
+    assert ModelSpec(name="m", kind="mlflow", url="http://h/invocations").rows_per_call == 512
+    assert ModelSpec(name="m", kind="oip-v2", url="http://h/v2/models/m/infer").rows_per_call == 512
     assert ModelSpec(name="m", kind="http", url="http://h/predict").rows_per_call == 1
     assert ModelSpec(name="m", kind="mlflow", url="http://h/invocations", batch_size=1).rows_per_call == 1
 

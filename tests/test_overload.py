@@ -78,6 +78,47 @@ def test_the_shadow_settles_near_the_servers_knee_instead_of_timing_it_out(tmp_p
     err = next(c for c in doc["checks"] if c["check"] == "error_rate" and c["segment"] == "all")
     assert err["status"] == "pass"
     assert err["value"] == 0
+    # the verdict says what load the latencies were measured at
+    load = doc["load"]["candidate"]
+    assert (load["rows_per_call"], load["calls_in_flight"], load["rows_sent"]) == (1, "adaptive, at most 32", 3000)
+    assert load["rows_per_s"] > 0
+    assert doc["load"]["baseline"]["called"] is False
+
+
+def verdict_checks(tmp: Path, name: str) -> dict[str, dict]:
+    con = open_run(tmp / "runs", name)
+    try:
+        doc = judge(con, Policy(min_samples=200))
+    finally:
+        con.close()
+    return {c["check"]: c for c in doc["checks"] if c["segment"] == "all"}
+
+
+def test_calls_refused_as_too_many_are_the_shadows_load_not_the_candidates_errors(tmp_path):
+    rng = random.Random(6)
+    recording = jsonl(tmp_path / "t.jsonl", [orjson.loads(orjson.dumps(envelope(i, rng))) for i in range(3000)])
+    # admission control: four workers, four calls queued, any further call refused with 429
+    server = ServerBehaviour(latency_ms=40, latency_sigma=0.1, slots=4, max_queue=4)
+    with ModelServer(logistic, server) as url:
+        fixed = errors(run(tmp_path, "fixed", url, False, recording))
+        refused_fixed = server.refused
+        adaptive = errors(run(tmp_path, "adaptive", url, True, recording))
+    # 32 calls in flight against 8 places: most are refused, and stored as the shadow's load
+    assert fixed.get("throttled", 0) > 1000
+    assert set(fixed) <= {"ok", "throttled"}  # no breaker opened on them, nothing else failed
+    assert refused_fixed >= fixed["throttled"]  # one row a call (plain http), no retry
+    checks = verdict_checks(tmp_path, "fixed")
+    # not blamed: no error counted (with fewer calls made, it may not yet be shown within)
+    assert checks["error_rate"]["status"] in ("pass", "undecided")
+    assert checks["error_rate"]["value"] == 0
+    assert checks["error_rate"]["n"] == 3000 - fixed["throttled"]
+    assert checks["error_rate"]["extra"]["throttled"] == fixed["throttled"]
+    assert checks["shadow_load"]["status"] == "warn"
+    assert checks["shadow_load"]["severity"] == "warning"
+    assert checks["shadow_load"]["extra"]["throttled"] == fixed["throttled"]
+    # the adaptive limit backs off at a refusal: nearly every call is answered
+    assert adaptive.get("throttled", 0) < 0.02 * 3000, adaptive
+    assert verdict_checks(tmp_path, "adaptive")["error_rate"]["status"] == "pass"
 
 
 def test_a_rate_cap_spaces_the_calls():

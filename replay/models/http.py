@@ -64,7 +64,8 @@ def encode(spec: ModelSpec, inputs: list[dict[str, Any]]) -> bytes:
             # one row-major [n, k] tensor; a missing or non-numeric value is sent as null
             flat = [_number(row.get(name)) for row in inputs for name in spec.oip_features]
             shape = [len(inputs), len(spec.oip_features)]
-            body: dict[str, Any] = {"inputs": [{"name": "input-0", "shape": shape, "datatype": "FP64", "data": flat}]}
+            tensor = {"name": spec.oip_tensor_name, "shape": shape, "datatype": spec.oip_tensor_datatype, "data": flat}
+            body: dict[str, Any] = {"inputs": [tensor]}
             return orjson.dumps(_requested_output(spec, body))
         names = list(dict.fromkeys(k for row in inputs for k in row))
         tensors = []
@@ -110,6 +111,15 @@ def decode(spec: ModelSpec, answer: Any, n: int) -> list[Any]:
     if not isinstance(out, list) or len(out) != n:
         raise WrongShape(f"expected a list of {n} outputs")
     return out
+
+
+def _seconds(retry_after: str | None) -> float:
+    """A Retry-After of delta-seconds, at most 5 s (an HTTP date or garbage: no wait)."""
+    try:
+        seconds = float(retry_after or 0)
+    except ValueError:
+        return 0.0
+    return min(seconds, 5.0) if seconds > 0 else 0.0  # NaN is not > 0
 
 
 class _Batch:
@@ -236,16 +246,19 @@ class HttpModel:
                 async with self._sess().post(self.spec.url, data=body, timeout=self._timeout) as resp:  # type: ignore[arg-type]
                     raw = await resp.read()
                     status = resp.status
+                    retry_after = resp.headers.get("Retry-After")
             except TimeoutError:
-                err, detail, status, raw = E.TIMEOUT, f"no answer in {self.spec.timeout_s}s", 0, b""
+                err, detail, status, raw, retry_after = E.TIMEOUT, f"no answer in {self.spec.timeout_s}s", 0, b"", None
             except aiohttp.ClientError as exc:
-                err, detail, status, raw = E.CONNECTION, f"{type(exc).__name__}: {exc}"[:300], 0, b""
+                err, detail, status, raw, retry_after = E.CONNECTION, f"{type(exc).__name__}: {exc}"[:300], 0, b"", None
             latency = (time.perf_counter() - t0) * 1000.0
             if self.limit is not None:
                 answered = err is None and status not in (429, 503)
                 self.limit.release(latency if answered else None, err == E.TIMEOUT or status in (429, 503))
             if err is None:
-                if status >= 500:
+                if status == 429 or (status == 503 and retry_after is not None):
+                    err, detail = E.THROTTLED, f"HTTP {status}: too many calls (Retry-After {retry_after})"
+                elif status >= 500:
                     err, detail = E.HTTP_5XX, f"HTTP {status}: {raw[:200]!r}"
                 elif status >= 400:
                     err, detail = E.HTTP_4XX, f"HTTP {status}: {raw[:200]!r}"
@@ -262,12 +275,14 @@ class HttpModel:
             transient = err in TRANSIENT or (err is not None and status in TRANSIENT_STATUS)
             if transient and attempt <= self.spec.retries:
                 # full jitter keeps retries of many rows from arriving in lockstep
-                await asyncio.sleep(random.uniform(0, self.spec.backoff_s * 2 ** (attempt - 1)))
+                await asyncio.sleep(max(random.uniform(0, self.spec.backoff_s * 2 ** (attempt - 1)), _seconds(retry_after)))
                 continue
             # an answer of the right shape whose every output is unreadable (no score where the
             # mapping says) is a failure to the breaker too
             readable = err is None and (self._reader is None or any(self._reader.read(o)[2] is None for o in outputs))
-            self.breaker.record(readable, f"{err}: {detail}" if err is not None else "answers without the mapped score or label")
+            if err is not E.THROTTLED:  # a server asking for fewer calls is not a sick one
+                cause = f"{err}: {detail}" if err is not None else "answers without the mapped score or label"
+                self.breaker.record(readable, cause)
             if err is not None:
                 return [CallResult(None, latency, err, detail, attempt)] * n
             # tuple.__new__ directly: a NamedTuple's own __new__ and _make are Python-level calls
