@@ -63,8 +63,15 @@ def data_section(con: duckdb.DuckDBPyConnection, info: RunInfo, t_min: Any, t_ma
         0,
         0,
     )
+    # which requests were judged, whoever stored them: equal for one worker or several over
+    # the same traffic, and for a run read from its stores or from its exports
+    (pair_set,) = con.execute(
+        """SELECT sha256(coalesce(string_agg(concat_ws(':', source, part, "offset", request_id), ','
+                                              ORDER BY source, part, "offset"), '')) FROM pairs"""
+    ).fetchone() or ("",)
     return {
         "pairs": int(total),
+        "pair_set_digest": pair_set,
         "pairs_by_reason": {"rate": int(total) - int(quota), "quota": int(quota)},
         "window": {
             "first_event": None if t_min is None else t_min.isoformat(),
@@ -80,20 +87,19 @@ def data_section(con: duckdb.DuckDBPyConnection, info: RunInfo, t_min: Any, t_ma
 
 def offered_load(con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str) -> dict[str, Any]:
     """What the shadow asked of each side whose latency is compared: rows per call, the calls in
-    flight allowed, the rate cap, the rows sent (a call the breaker held back was not sent) and,
-    for a run of one replay, their rate over its busy time. Both sides get each batch at the same
+    flight allowed, the rate cap, the rows sent (a call the breaker held back was not sent) and
+    the rate one replay process sent them at. Both sides get each batch at the same
     moment, so at equal rows per call their latencies are measured at the same offered load."""
     sent = dict(
         con.execute(
             "SELECT variant, count(*) FILTER (WHERE error_class IS DISTINCT FROM 'circuit_open') FROM outputs GROUP BY 1"
         ).fetchall()
     )
-    # the last replay's own busy time: a rate only when one store (one worker) holds the run
+    # the rate one replay process offered: the requests it sampled (each sent to every model)
+    # over its own busy time, as its last statistics say
     stats = info.meta.get("last_stats") or {}
     busy = float(stats.get("seconds", 0)) - float(stats.get("idle_seconds", 0))
-    (stores,) = con.execute(
-        "SELECT count(*) FROM duckdb_databases() WHERE NOT internal AND database_name NOT IN ('memory', 'temp')"
-    ).fetchone() or (0,)
+    rate = round(float(stats.get("sampled", 0)) / busy, 1) if busy > 0 else None
 
     def side(spec: dict[str, Any] | None, variant: str) -> dict[str, Any]:
         if spec is None:
@@ -109,7 +115,7 @@ def offered_load(con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str) 
             else f"{spec.get('concurrency')} fixed",
             "max_rps": spec.get("max_rps"),
             "rows_sent": rows,
-            "rows_per_s": round(rows / busy, 1) if busy > 0 and stores == 1 else None,
+            "rows_per_s_per_worker": rate,
         }
 
     baseline = info.config.get("baseline", {})

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 import orjson
 
+from diff.exports import open_exports
 from schemas.errors import RunNotFound, StoreError
+from schemas.layout import RunLayout
 from schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 
 TABLES = ("requests", "outputs", "dead_letters", "checkpoints", "run_meta")
@@ -42,9 +44,24 @@ def store_files(home: Path, run_id: str) -> list[Path]:
     return files
 
 
-def open_run(home: Path, run_id: str, memory_limit: str = "2GB") -> duckdb.DuckDBPyConnection:
-    """An in-memory connection with views over every store of the run, attached read-only.
-    Raises StoreError when a writer holds a store (judge through the writer instead)."""
+def open_run(
+    home: Path, run_id: str, memory_limit: str = "2GB", source: Literal["auto", "stores", "exports"] = "auto"
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection over the run's data: "stores" attaches every worker's store
+    read-only (StoreError when a writer holds one); "exports" reads the writers' checkpoint
+    exports (diff/exports.py), which a reader may take while they write; "auto" reads the stores
+    when no writer holds them, else the exports."""
+    if source == "exports":
+        return open_exports(home, run_id, memory_limit)
+    try:
+        return _open_stores(home, run_id, memory_limit)
+    except (StoreError, RunNotFound):
+        if source == "auto" and RunLayout(home, run_id).export_folders():
+            return open_exports(home, run_id, memory_limit)
+        raise
+
+
+def _open_stores(home: Path, run_id: str, memory_limit: str) -> duckdb.DuckDBPyConnection:
     files = store_files(home, run_id)
     # a bounded budget: DuckDB spills to disk past it instead of taking 80% of the machine
     con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(home / run_id / ".tmp")})

@@ -35,7 +35,13 @@ def log_e_one_sided(z: float, r: float) -> float:
     if r <= 0:
         return 0.0
     k = r / (1 + r)
-    return math.log(2) - 0.5 * math.log1p(r) + 0.5 * z * z * k + _log_ndtr(z * math.sqrt(k))
+    x = z * math.sqrt(k)
+    if x < -20:
+        # far on the good side: x^2/2 and log Phi(x) ~ -x^2/2 - ... cancel; summed apart they
+        # leave rounding garbage as large as x^2 (an estimate a hair from 0 with a standard error
+        # of 1e-18 reached z = -1e16 and read as "worse")
+        return math.log(2) - 0.5 * math.log1p(r) - math.log(-x) - 0.5 * math.log(2 * math.pi) + math.log1p(-1 / (x * x))
+    return math.log(2) - 0.5 * math.log1p(r) + 0.5 * x * x + _log_ndtr(x)
 
 
 def _log_ndtr(x: float) -> float:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 import threading
 from importlib import metadata
 
+from replay.exports import Exporter
 from replay.models.base import ModelClient
 from replay.models.call_process import ProcessHttpModel
 from replay.models.http import HttpModel
@@ -15,6 +17,8 @@ from replay.runner import CheckpointHook, Replayer, RunStats
 from replay.sources import KafkaWindow, open_source
 from replay.store import StoreWriter
 from schemas.config import ModelSpec, RunConfig
+
+log = logging.getLogger(__name__)
 
 
 def make_client(spec: ModelSpec, cfg: RunConfig | None = None) -> ModelClient:
@@ -81,7 +85,19 @@ def run_replay(
                 )
             baseline = make_client(cfg.baseline.model, cfg) if cfg.baseline.model and cfg.baseline.kind == "model" else None
             candidates = {c.name: make_client(c, cfg) for c in cfg.candidates}
-            replayer = Replayer(cfg, writer, source, baseline, candidates, on_checkpoint, checkpoint_every_s)
+            exporter = Exporter(writer)
+
+            def checkpoint(writer: StoreWriter, stats: RunStats, final: bool) -> None:
+                if final:  # in the final export's manifest too
+                    writer.write_meta({"last_stats": stats.summary()})
+                try:
+                    exporter.export(final)
+                except OSError as err:  # the rows are safe in the store; the next checkpoint retries
+                    log.warning("exporting run %s checkpoint failed, retried at the next one: %s", cfg.run.id, err)
+                if on_checkpoint is not None:
+                    on_checkpoint(writer, stats, final)
+
+            replayer = Replayer(cfg, writer, source, baseline, candidates, checkpoint, checkpoint_every_s)
             stats = replayer.run(stop, max_batches=max_batches)
             writer.write_meta({"last_stats": stats.summary()})
             return stats

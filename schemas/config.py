@@ -35,6 +35,23 @@ class _Frozen(BaseModel):
 Text = Field(strict=False)  # a Path, a datetime or a secret, read from TOML text
 
 
+class SharedSpec(_Frozen):
+    """Where the workers' checkpoint exports are shared when the workers and the judge do not
+    share a disk: an S3 bucket and prefix (AWS S3, MinIO, Ceph...). Credentials never go here:
+    they come from the environment or the standard AWS chain (AWS_ACCESS_KEY_ID, profiles,
+    instance roles)."""
+
+    url: Annotated[str, Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?$")]
+    endpoint_url: str | None = None  # an S3-compatible server; default: AWS (or AWS_ENDPOINT_URL)
+    region: str | None = None
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> SharedSpec:
+        if self.endpoint_url and urlsplit(self.endpoint_url).password is not None:
+            raise ValueError("no credentials in the config: give them in the environment or the AWS chain")
+        return self
+
+
 class RunSection(_Frozen):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
     home: Annotated[Path, Text] = Path("shadowdiff-runs")
@@ -44,6 +61,8 @@ class RunSection(_Frozen):
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
     batch_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 500
     progress_every_s: Annotated[float, Field(gt=0)] = 15.0  # a progress line (consumed, rate, lag) this often
+    # the checkpoint exports copied to an object store too, for a judge on another machine
+    shared: SharedSpec | None = None
 
 
 class FileSource(_Frozen):

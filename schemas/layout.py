@@ -3,6 +3,8 @@ that writes it, the judge that publishes into it and the gate that reads it.
 
     <home>/<run id>/
         store-<worker>.duckdb         pairs, one file per writer (replay)
+        exports/<worker>/<seq>/       the rows a writer committed since its previous export, as
+                                      Parquet, for readers while it writes (replay/exports.py)
         run.json                      the run's candidates, written when the replay starts
         policy.json                   the policy in force, stored with the run when it starts
         verdict-<candidate>.json      the published verdict the gate serves
@@ -18,6 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.errors import RunNotFound
+
+# the store tables a writer exports at each checkpoint, with the columns that key their rows
+EXPORT_TABLES = ("requests", "outputs", "dead_letters")
+EXPORT_KEYS = {
+    "requests": 'source, part, "offset"',
+    "outputs": 'source, part, "offset", variant',
+    "dead_letters": 'source, part, "offset"',
+}
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # candidate names, policy labels
@@ -35,8 +45,8 @@ class RunLayout:
         if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
             raise RunNotFound(f"run {run_id[:80]!r} not found (not a valid run id)")
         layout = cls(home, run_id)
-        if not layout.dir.is_dir() or not layout.stores():
-            raise RunNotFound(f"run {run_id!r} not found under {home} (no store-*.duckdb)")
+        if not layout.dir.is_dir() or not (layout.stores() or layout.export_folders()):
+            raise RunNotFound(f"run {run_id!r} not found under {home} (no store-*.duckdb, no exports)")
         return layout
 
     @property
@@ -48,6 +58,20 @@ class RunLayout:
 
     def store(self, worker: str) -> Path:
         return self.dir / f"store-{worker}.duckdb"
+
+    @property
+    def exports(self) -> Path:
+        return self.dir / "exports"
+
+    def worker_exports(self, worker: str) -> Path:
+        return self.exports / worker
+
+    def export_folders(self) -> list[Path]:
+        """Every published export (a folder with its manifest), in worker then number order."""
+        return sorted(m.parent for m in self.exports.glob("*/[0-9]*/manifest.json"))
+
+    def heartbeats(self) -> list[Path]:
+        return sorted(self.exports.glob("*/heartbeat.json"))
 
     @property
     def run_file(self) -> Path:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from schemas.errors import ConfigError
+from schemas.layout import RunLayout
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -47,6 +48,96 @@ def judge_stored(home: Path, run_id: str, policy: Any, label: str | None = None)
         con.close()
 
 
+def _shared(args: argparse.Namespace) -> Any:
+    """The object store the workers push their exports to (`--shared s3://bucket/prefix`)."""
+    if not args.shared:
+        return None
+    from pydantic import ValidationError
+
+    from schemas.config import SharedSpec
+    from schemas.layout import RUN_ID
+    from schemas.objectstore import SharedRun
+
+    if not RUN_ID.fullmatch(args.run):
+        raise ConfigError("--run", [f"{args.run[:80]!r} is not a valid run id"])
+    try:
+        spec = SharedSpec(url=args.shared, endpoint_url=args.shared_endpoint)
+    except ValidationError as err:
+        raise ConfigError("--shared", [e["msg"] for e in err.errors()]) from err
+    return SharedRun(spec, args.run)
+
+
+def _wait_for_run(home: Path, run_id: str, every_s: float, shared: Any = None) -> None:
+    """A judge started before its workers waits for the run's first store or export."""
+    from schemas.errors import RunNotFound
+    from schemas.layout import RUN_ID, RunLayout
+
+    while True:
+        if shared is not None and RUN_ID.fullmatch(run_id):
+            shared.pull(RunLayout(home, run_id))
+        try:
+            RunLayout.existing(home, run_id)
+            return
+        except RunNotFound:
+            if not RUN_ID.fullmatch(run_id):
+                raise
+        time.sleep(every_s)  # polling for the workers' first files: nothing to wake us sooner
+
+
+def watch_run(
+    home: Path, run_id: str, policy: Any, every_s: float, silent_after_s: float, shared: Any = None
+) -> list[dict[str, Any]]:
+    """The run's one judge: at every new export of any worker, judge the run from all of them and
+    publish its verdicts; return the last ones once every worker has published its final export
+    (or at SIGTERM / Ctrl-C). Workers run with `replay --no-judge` or judge nothing themselves
+    once they see another worker in the run."""
+    import signal
+    import threading
+
+    from diff.load import open_run
+    from schemas.layout import RunLayout
+    from shadowdiff_cli.wiring import judge_and_publish
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    layout = RunLayout(home, run_id)
+    seen: tuple[Any, ...] | None = None
+    docs: list[dict[str, Any]] = []
+    last_look = 0.0
+    while True:
+        if shared is not None:
+            try:
+                shared.pull(layout)
+            except OSError as err:  # judged from what is here; the silence shows in the verdict
+                print(f"shadowdiff: {err}", file=sys.stderr, flush=True)
+        folders = layout.export_folders()
+        beats = [orjson.loads(b.read_bytes()) for b in layout.heartbeats()]
+        done = bool(beats) and all(b.get("final") for b in beats)
+        now = (len(folders), folders[-1].name if folders else None, tuple(sorted((b["worker"], b["final"]) for b in beats)))
+        # a look costs a read of every export: taken when something new was published, and at
+        # least every few intervals so a worker's silence shows in the verdict
+        if folders and (now != seen or not docs or time.monotonic() - last_look >= 4 * every_s):
+            con = open_run(home, run_id, source="exports")
+            try:
+                docs = judge_and_publish(con, home, run_id, policy, final=done, silent_after_s=silent_after_s)
+            finally:
+                con.close()
+            last_look = time.monotonic()
+            for doc in docs:
+                covered = doc.get("coverage", {})
+                print(
+                    f"{doc['candidate']}: {doc['verdict'].upper()} ({doc['data']['pairs']} pairs, "
+                    f"{len(covered.get('workers', []))} workers, silent: {covered.get('silent_workers') or 'none'})",
+                    flush=True,
+                )
+            seen = now
+        if done and now == seen:
+            return docs
+        if stop.wait(every_s):
+            return docs
+
+
 def summary(doc: dict[str, Any]) -> str:
     """One screen: verdict, reasons, segments, the deciding checks."""
     lines = [f"run {doc['run_id']} candidate {doc['candidate']}: {doc['verdict'].upper()}"]
@@ -76,12 +167,22 @@ def cmd_judge(args: argparse.Namespace) -> int:
     from schemas.layout import valid_name
 
     home = _home(args)
+    shared = _shared(args)
+    if args.watch:
+        _wait_for_run(home, args.run, args.every, shared)
+    elif shared is not None:
+        shared.pull(RunLayout(home, args.run))
     policy, own = policy_in_force(home, args.run, args.policy)
     label = None
     if not own:
         label = args.label or Path(args.policy).stem
         if not valid_name(label):
             raise ConfigError("--label", [f"{label!r}: use letters, digits, '.', '_' or '-'"])
+    if args.watch:
+        if label is not None:
+            raise ConfigError("--watch", ["the run's one judge judges under the run's own policy: drop --policy"])
+        docs = watch_run(home, args.run, policy, args.every, parse_duration(args.silent_after), shared)
+        return max(EXIT_CODES[d["verdict"]] for d in docs) if docs else EXIT_CODES["pending"]
     docs = judge_stored(home, args.run, policy, label=label)
     if label is not None and args.publish:
         from shadowdiff_cli.wiring import publish
@@ -251,6 +352,13 @@ def register(sub: Any) -> None:
     j.add_argument("--json", action="store_true", help="print the verdict document")
     j.add_argument("--label", help="name of a verdict judged under another policy (default: the policy file's name)")
     j.add_argument("--publish", action="store_true", help="serve the verdict judged under --policy (recorded in it)")
+    j.add_argument(
+        "--watch", action="store_true", help="the run's one judge: judge every worker's exports as they come, until all finish"
+    )
+    j.add_argument("--every", type=float, default=5.0, help="--watch: seconds between looks for new exports")
+    j.add_argument("--silent-after", default="120s", help="--watch: a worker without a heartbeat this long is named silent")
+    j.add_argument("--shared", help="the workers' exports on an object store (s3://bucket/prefix); --home caches them")
+    j.add_argument("--shared-endpoint", help="an S3-compatible server's URL (default: AWS, or AWS_ENDPOINT_URL)")
     j.set_defaults(func=cmd_judge)
 
     g = sub.add_parser("gate", help="CI gate: exit 0 GO, 1 NO_GO, 2 PENDING or timed out, 3 unknown run/candidate or error")

@@ -43,7 +43,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     preflight(cfg)
     policy = start_run(cfg, given)
     stop = _stop_on_signals()
-    hook = judge_hook(cfg.run.home, cfg.run.id, policy) if not args.no_judge else None
+    hook = judge_hook(cfg.run.home, cfg.run.id, policy, cfg.run.worker) if not args.no_judge else None
     stats = run_replay(cfg, stop, on_checkpoint=hook, checkpoint_every_s=args.judge_every, checked=True)
     print(_json(stats.summary()))
     return 0

@@ -70,21 +70,60 @@ def start_run(cfg: RunConfig, policy: Policy | None) -> Policy:
 
 
 def judge_and_publish(
-    con: Any, home: Path, run_id: str, policy: Policy, final: bool = False, label: str | None = None
+    con: Any,
+    home: Path,
+    run_id: str,
+    policy: Policy,
+    final: bool = False,
+    label: str | None = None,
+    silent_after_s: float = 120.0,
 ) -> list[dict[str, Any]]:
+    from diff.exports import coverage
     from diff.judge import judge_all
 
     docs = judge_all(con, policy)
+    covered = coverage(con, silent_after_s)
     for doc in docs:
         doc["run_active"] = not final
+        if covered is not None:
+            # outside the digest: which exports a look read is not what was judged
+            doc["coverage"] = covered
+            for w in covered["workers"]:
+                if w["silent"]:
+                    doc["reasons"].append(
+                        f"worker {w['worker']} has not reported for {w['silent_for_s']:.0f} s (last export "
+                        f"{w['exports']} at {w['last_export_at']}): its later data is not in this verdict"
+                    )
         if label is not None:
             doc["policy"]["label"] = label
         publish(home, run_id, doc, label)
     return docs
 
 
-def judge_hook(home: Path, run_id: str, policy: Policy):  # type: ignore[no-untyped-def]
+def other_writers(home: Path, run_id: str, worker: str) -> list[str]:
+    """Workers other than `worker` that have written this run (a store or exports of their own)."""
+    layout = RunLayout(home, run_id)
+    names = {p.name[len("store-") : -len(".duckdb")] for p in layout.stores()}
+    names |= {p.name for p in layout.exports.glob("*") if p.is_dir()} if layout.exports.is_dir() else set()
+    return sorted(names - {worker})
+
+
+def judge_hook(home: Path, run_id: str, policy: Policy, worker: str = "w0"):  # type: ignore[no-untyped-def]
+    warned: list[str] = []
+
     def hook(writer: Any, stats: Any, final: bool) -> None:
+        others = other_writers(home, run_id, worker)
+        if others:
+            # judging its own store would publish a verdict on part of the run's data
+            if not warned:
+                log.warning(
+                    "run %s is also written by %s: this worker does not judge it; run `shadowdiff judge --run %s --watch`",
+                    run_id,
+                    ", ".join(others),
+                    run_id,
+                )
+                warned.append(run_id)
+            return
         # the writer runs on a small buffer budget (flat memory); judging wants more, briefly
         writer.con.execute("SET memory_limit = '2GB'")
         writer.con.execute("SET threads = 2")

@@ -8,18 +8,16 @@ import os
 import random
 import signal
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import orjson
 import pytest
 from helpers import committed_offsets, envelope, produce, wait_until, write_config
 from models_for_tests import logistic
+from replays import Replay
 
 from replay.testing import ModelServer
 
@@ -28,51 +26,6 @@ ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
 KAFKA_SH = ["bash", str(ROOT / "scripts" / "kafka.sh")]
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-
-_STARTED: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_replay_outlives_its_test() -> Iterator[None]:
-    yield
-    while _STARTED:
-        proc = _STARTED.pop()
-        if proc.poll() is None:  # the test failed half-way: its replay must not run on
-            proc.kill()
-            proc.wait(10)
-
-
-class Replay:
-    """`shadowdiff replay` in a child process, its stderr lines collected as they come."""
-
-    def __init__(self, cfg: Path) -> None:
-        cmd = [sys.executable, "-m", "shadowdiff_cli.main", "replay", "--config", str(cfg), "--no-judge"]
-        self.proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        _STARTED.append(self.proc)
-        self.lines: list[str] = []
-        assert self.proc.stderr is not None
-        threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stderr.readline, "")), daemon=True).start()
-
-    def until(self, condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-        """wait_until, failing at once if the replay exits, and showing its last lines."""
-
-        def check() -> Any:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the replay exited ({self.proc.returncode}) before {what}:\n" + "".join(self.lines[-30:]))
-            return condition()
-
-        try:
-            return wait_until(check, timeout_s, what)
-        except AssertionError as err:
-            raise AssertionError(f"{err}\nreplay's last lines:\n" + "".join(self.lines[-30:])) from None
-
-    def line(self, text: str, timeout_s: float) -> str:
-        return self.until(lambda: next((x for x in self.lines if text in x), None), timeout_s, repr(text))
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(120) == 0, "".join(self.lines[-40:])
 
 
 def live_config(tmp: Path, bootstrap: str, topic: str, group: str, candidate: str) -> Path:

@@ -81,7 +81,7 @@ def test_the_shadow_settles_near_the_servers_knee_instead_of_timing_it_out(tmp_p
     # the verdict says what load the latencies were measured at
     load = doc["load"]["candidate"]
     assert (load["rows_per_call"], load["calls_in_flight"], load["rows_sent"]) == (1, "adaptive, at most 32", 3000)
-    assert load["rows_per_s"] > 0
+    assert load["rows_per_s_per_worker"] > 0
     assert doc["load"]["baseline"]["called"] is False
 
 

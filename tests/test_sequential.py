@@ -102,3 +102,17 @@ def test_a_sound_candidate_is_shown_within_every_margin_with_enough_pairs(tmp_pa
     critical = [c for c in doc["checks"] if c["severity"] == "critical" and c["p_within"] is not None]
     assert critical
     assert all(c["status"] == "pass" and c["p_within"] < ALPHA for c in critical)
+
+
+def test_an_estimate_far_on_the_good_side_is_never_read_as_worse():
+    # found by the multi-worker drill: a mean difference of ~1e-12 with a standard error of
+    # ~1e-18 gave z = -1e16, and the mixture's two huge terms cancelled into garbage ("worse")
+    from diff.sequential import log_e_one_sided, p_value
+
+    last = math.inf
+    for z in (-5.0, -19.0, -21.0, -1e3, -1e9, -1e16, -1e200):
+        log_e = log_e_one_sided(z, 0.5)
+        assert math.isfinite(log_e)
+        assert log_e < last  # ever less evidence of "worse"
+        last = log_e
+        assert p_value(z, 8000, 10_000, 0.01) == 1.0

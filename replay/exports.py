@@ -1,0 +1,131 @@
+"""Immutable checkpoint exports: a writer's DuckDB file can be opened by no other process while
+it writes, so at every checkpoint the writer also publishes the rows it committed since its last
+export as Parquet files in a new folder of its own, which any number of readers (one judge per
+run, on this machine or another) can take while it writes.
+
+    <run>/exports/<worker>/<seq:08d>/requests.parquet, outputs.parquet, dead_letters.parquet,
+                                     manifest.json   (written last: a folder without it is not one)
+    <run>/exports/<worker>/heartbeat.json           the last export's time, or final
+
+Rows are exported by DuckDB rowid ranges (the store is append-only), from committed data only.
+A crash after a folder is published but before the store records it re-exports the same rows
+under the next number: readers keep one row per source coordinates, so a copy changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from replay.store import StoreWriter
+from schemas.layout import EXPORT_TABLES, RunLayout
+from schemas.objectstore import RUN_FILES, SharedRun
+
+_STATE = "export_state"
+log = logging.getLogger(__name__)
+
+
+class Exporter:
+    def __init__(self, writer: StoreWriter) -> None:
+        self.writer = writer
+        layout = RunLayout(writer.cfg.run.home, writer.cfg.run.id)
+        self.root = layout.worker_exports(writer.cfg.run.worker)
+        row = writer.con.execute("SELECT value FROM run_meta WHERE key = ?", [_STATE]).fetchone()
+        state: dict[str, Any] = orjson.loads(row[0]) if row else {}
+        self.seq = int(state.get("seq", 0))
+        self.exported = {t: int(state.get("rowids", {}).get(t, -1)) for t in EXPORT_TABLES}
+        # a folder published before a crash, not yet recorded in the store: numbered past it
+        published = [int(p.name) for p in self.root.glob("[0-9]*") if p.name.isdigit()] if self.root.exists() else []
+        self.seq = max([self.seq, *published])
+        self.pushed = int(state.get("pushed", 0))
+        self.shared = SharedRun(writer.cfg.run.shared, writer.cfg.run.id) if writer.cfg.run.shared else None
+        # known to readers from its start: a judge must not take the run as finished while a
+        # worker that has not exported yet is running
+        self._heartbeat(False)
+        if self.shared is not None:
+            try:
+                self.shared.push_file(self.root / "heartbeat.json", f"exports/{writer.cfg.run.worker}/heartbeat.json")
+            except OSError as err:  # pushed again at the first checkpoint
+                log.warning("run %s: %s", writer.cfg.run.id, err)
+
+    def export(self, final: bool = False) -> Path | None:
+        """Publish the rows committed since the last export; None when there were none and the
+        run goes on (the heartbeat still says the worker is alive)."""
+        con = self.writer.con
+        tops = {t: int(con.execute(f"SELECT coalesce(max(rowid), -1) FROM {t}").fetchone()[0]) for t in EXPORT_TABLES}  # type: ignore[index]
+        changed = any(tops[t] > self.exported[t] for t in EXPORT_TABLES)
+        folder = None
+        # the final export is published even without new rows: its manifest carries the run's
+        # last statistics and checkpoints
+        if changed or final:
+            folder = self._publish(tops)
+        self._heartbeat(final)
+        if self.shared is not None:
+            self._push()
+        return folder
+
+    def _push(self) -> None:
+        """Copy the folders published since the last push to the object store, then the
+        heartbeat (an unreachable store is retried at the next checkpoint: the folders wait
+        here)."""
+        assert self.shared is not None
+        layout = RunLayout(self.writer.cfg.run.home, self.writer.cfg.run.id)
+        if self.pushed == 0:
+            for name in RUN_FILES:
+                if (layout.dir / name).exists():
+                    self.shared.push_file(layout.dir / name, name)
+        worker = self.writer.cfg.run.worker
+        for seq in range(self.pushed + 1, self.seq + 1):
+            folder = self.root / f"{seq:08d}"
+            if folder.is_dir():
+                self.shared.push_folder(folder, f"exports/{worker}/{folder.name}")
+            self.pushed = seq
+            self.writer.write_meta({_STATE: {"seq": self.seq, "rowids": self.exported, "pushed": self.pushed}})
+        self.shared.push_file(self.root / "heartbeat.json", f"exports/{worker}/heartbeat.json")
+
+    def _publish(self, tops: dict[str, int]) -> Path:
+        con = self.writer.con
+        seq = self.seq + 1
+        final_dir = self.root / f"{seq:08d}"
+        tmp = self.root / f".tmp-{seq:08d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        rows: dict[str, int] = {}
+        for t in EXPORT_TABLES:
+            where = f"rowid > {self.exported[t]} AND rowid <= {tops[t]}"
+            target = str(tmp / f"{t}.parquet").replace("'", "''")
+            copied = con.execute(f"COPY (SELECT * FROM {t} WHERE {where}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
+            rows[t] = int(copied.fetchone()[0])  # type: ignore[index]
+        manifest = {
+            "worker": self.writer.cfg.run.worker,
+            "seq": seq,
+            "created_at": datetime.now(UTC).isoformat(),
+            "rowids": tops,
+            "rows": rows,
+            "checkpoints": [
+                {"source": s, "part": p, "next_offset": o, "consumed": c, "sampled": n}
+                for s, p, o, c, n in con.execute(
+                    "SELECT source, part, next_offset, consumed, sampled FROM checkpoints ORDER BY 1, 2"
+                ).fetchall()
+            ],
+            "run_meta": {k: orjson.loads(v) for k, v in con.execute("SELECT key, value FROM run_meta").fetchall() if k != _STATE},
+        }
+        (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, default=str))
+        os.replace(tmp, final_dir)  # readers see the whole folder or none of it
+        self.writer.write_meta({_STATE: {"seq": seq, "rowids": tops, "pushed": self.pushed}})
+        self.seq = seq
+        self.exported = dict(tops)
+        return final_dir
+
+    def _heartbeat(self, final: bool) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        beat = {"worker": self.writer.cfg.run.worker, "at": datetime.now(UTC).isoformat(), "seq": self.seq, "final": final}
+        tmp = self.root / ".heartbeat.tmp"
+        tmp.write_bytes(orjson.dumps(beat))
+        os.replace(tmp, self.root / "heartbeat.json")
