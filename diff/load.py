@@ -19,8 +19,9 @@ from schemas.errors import RunNotFound, StoreError
 from schemas.layout import RunLayout
 from schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 
-TABLES = ("requests", "outputs", "dead_letters", "checkpoints", "run_meta")
+TABLES = ("requests", "outputs", "dead_letters", "checkpoints", "run_meta", "quota_samples")
 _KEYS = {
+    "quota_samples": 'source, part, "offset", quota',
     "requests": 'source, part, "offset"',
     "outputs": 'source, part, "offset", variant',
     "dead_letters": 'source, part, "offset"',
@@ -72,12 +73,48 @@ def _open_stores(home: Path, run_id: str, memory_limit: str) -> duckdb.DuckDBPyC
             con.close()
             raise StoreError(f"cannot read {f} (a writer may hold it): {err}") from err
     for t in TABLES:
+        if t == "quota_samples" and not _in_every_store(con, t, len(files)):
+            # stores written before quotas were bottom-k samples: no hashes, nothing to filter
+            con.execute(f'CREATE TABLE {t} (source VARCHAR, part INTEGER, "offset" BIGINT, quota VARCHAR, sample_hash UBIGINT)')
+            continue
         if len(files) == 1:
             con.execute(f"CREATE VIEW {t} AS SELECT * FROM s0.{t}")
         else:
             union = " UNION ALL BY NAME ".join(f"SELECT * FROM s{i}.{t}" for i in range(len(files)))
             con.execute(f"CREATE VIEW {t} AS SELECT DISTINCT ON ({_KEYS[t]}) * FROM ({union})")
     return con
+
+
+def _in_every_store(con: duckdb.DuckDBPyConnection, table: str, stores: int) -> bool:
+    (n,) = con.execute(
+        "SELECT count(DISTINCT database_name) FROM duckdb_tables() WHERE table_name = ? AND database_name LIKE 's%'", [table]
+    ).fetchone() or (0,)
+    return int(n) == stores
+
+
+def keep_bottom_k(con: duckdb.DuckDBPyConnection, info: RunInfo) -> None:
+    """Drop from `pairs` the quota samples that are not among their segment's k smallest hashes
+    (replay/sampling.py): a request stored while among the k smallest so far, and pushed out by
+    a smaller one later, is not part of the segment's sample."""
+    quotas: dict[str, int] = info.config.get("sampling", {}).get("quotas", {})
+    (hashes,) = con.execute("SELECT count(*) FROM quota_samples").fetchone() or (0,)
+    if not quotas or not hashes:  # none, or a store written before quotas were bottom-k samples
+        return
+    con.execute('CREATE OR REPLACE TEMP TABLE quota_kept (source VARCHAR, part INTEGER, "offset" BIGINT)')
+    for q, k in sorted(quotas.items()):
+        field, _, value = q.partition("=")
+        (n_rate,) = con.execute(
+            f"SELECT count(*) FROM requests WHERE sampled_reason = 'rate' AND segments.{ident(field)} = ?", [value]
+        ).fetchone() or (0,)
+        con.execute(
+            """INSERT INTO quota_kept SELECT source, part, "offset" FROM quota_samples WHERE quota = ?
+               ORDER BY sample_hash, source, part, "offset" LIMIT ?""",
+            [q, max(0, int(k) - int(n_rate))],
+        )
+    con.execute(
+        """DELETE FROM pairs WHERE sampled_reason = 'quota' AND NOT EXISTS (
+             SELECT 1 FROM quota_kept k WHERE k.source = pairs.source AND k.part = pairs.part AND k."offset" = pairs."offset")"""
+    )
 
 
 def _quote(s: str) -> str:
@@ -206,6 +243,7 @@ def build_pairs(
                        AND q.variant = $rep""",
         {"cand": candidate_variant(candidate), "base": BASELINE, "rep": BASELINE_REPEAT},
     )
+    keep_bottom_k(con, info)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE pairs_key AS SELECT $key AS key, $dups AS duplicates",
         {"key": key, "dups": built.duplicates},

@@ -41,6 +41,8 @@ class PendingBatch:
     raw: RawColumns = field(default_factory=RawColumns)  # admitted, decoded later in DuckDB
     reqs: list[Row] = field(default_factory=list)  # decoded in Python, see replay.decode.RowLayout
     dead: list[DeadLetter] = field(default_factory=list)
+    # (source, part, offset, quota, hash) of the requests stored for a quota (replay.sampling)
+    quota_hashes: list[tuple[str, int, int, str, int]] = field(default_factory=list)
     # next offset per partition; `consumed` and `sampled` count this batch only (the pipeline
     # thread keeps the running totals, in batch order)
     positions: dict[tuple[str, int], Position] = field(default_factory=dict)
@@ -253,7 +255,9 @@ class BatchPipeline:
                 (before.consumed if before else 0) + pos.consumed,
                 (before.sampled if before else 0) + sampled.get(k, 0),
             )
-        await self._loop.run_in_executor(self._writer_pool, self.writer.write_batch, requests, out_table, p.dead, positions)
+        await self._loop.run_in_executor(
+            self._writer_pool, self.writer.write_batch, requests, out_table, p.dead, positions, p.quota_hashes
+        )
 
 
 def _features(requests: pa.Table) -> pa.Table:

@@ -138,7 +138,7 @@ class Replayer:
         self.layout = self.decoder.layout
         # whole batches are decoded in DuckDB when every configured path has a JSON-path twin
         self.batch_decoder = BatchDecoder(cfg) if columnar.supports(cfg) else None
-        self.sampler = Sampler(cfg.sampling, writer.quota_counts(list(cfg.sampling.quotas)))
+        self.sampler = Sampler(cfg.sampling, writer.quota_state(list(cfg.sampling.quotas)))
         self.stats = RunStats()
         self.on_checkpoint = on_checkpoint
         self.checkpoint_every_s = checkpoint_every_s
@@ -256,11 +256,13 @@ class Replayer:
         if too_big is not None:
             p.dead.append(too_big)
             return
+        h = -1
         if hit is None:
             key = self.sampler.raw_key(msg)
             if key is not None:
-                hit = self.sampler.hit(key)
-                if not hit and not self.sampler.quotas_open:
+                h = self.sampler.hash_of(key)
+                hit = self.sampler.hit_hash(h)
+                if not hit and not (self.sampler.quotas_open and self.sampler.quota_may_take(h)):
                     return
         parsed = self.decoder.parse(msg)
         if type(parsed) is DeadLetter:
@@ -275,8 +277,9 @@ class Replayer:
                     self.decoder.dead(msg, DeadLetterReason.MISSING_FIELD, f"sampling key {self.cfg.sampling.key}: required")
                 )
                 return
-            hit = self.sampler.hit(str(k).encode())
-            if not hit and not self.sampler.quotas_open:
+            h = self.sampler.hash_of(str(k).encode())
+            hit = self.sampler.hit_hash(h)
+            if not hit and not (self.sampler.quotas_open and self.sampler.quota_may_take(h)):
                 return
         row = self.decoder.decode(msg, parsed, RATE if hit else QUOTA)
         if type(row) is DeadLetter:
@@ -286,8 +289,11 @@ class Replayer:
         if hit:
             if self.sampler.quotas_open:
                 self.sampler.count_rate_sample(self.layout.segments_of(row))
-        elif not self.sampler.take_quota(self.layout.segments_of(row)):
-            return
+        else:
+            entered = self.sampler.take_quota(self.layout.segments_of(row), h)
+            if not entered:
+                return
+            p.quota_hashes.extend((msg.source, msg.part, msg.offset, q, h) for q in entered)
         p.reqs.append(row)
 
     # -- the loop -----------------------------------------------------------------------------

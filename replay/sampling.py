@@ -3,11 +3,21 @@
 The hash is blake2b(salt, key) read as a 64-bit fraction, so a re-run samples exactly the same
 requests, and a user/session key gives sticky sampling. When the key is the Kafka record key or
 a header, the decision is made before the value is decoded (decoding is the costliest step).
+
+A quota of k for a segment is a bottom-k sample: the k requests of that segment with the
+smallest hashes among all its traffic, wherever they fall in the window (filling a quota with
+the first k requests sampled the start of a window only, and hid a regression that grew over
+time). While reading, a request is stored when its hash is below the segment's current k-th
+smallest; one pushed out later stays stored, and the judge keeps the k smallest of all
+(`quota_samples` holds their hashes). Rate samples have the smallest hashes of all (below the
+rate), so they count towards k, and the kept set is every request of the segment with a hash
+below one threshold: a uniform sample of the segment.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,13 +31,25 @@ _from_bytes = int.from_bytes
 
 
 class Sampler:
-    def __init__(self, spec: SamplingSpec, already_sampled: Mapping[str, int] | None = None) -> None:
+    def __init__(self, spec: SamplingSpec, quota_state: Mapping[str, tuple[int, list[int]]] | None = None) -> None:
+        """`quota_state`: per quota, the rate samples and the quota samples' hashes already
+        stored (a restarted worker resumes its bottom-k where it was)."""
         self._threshold = int(spec.rate * _SCALE) if spec.rate < 1.0 else None
         self._salt = spec.salt.encode()[:16]  # blake2b takes a salt of at most 16 bytes
         kind, _, name = spec.key.partition(":")
         self.key_kind = kind  # request_id | kafka_key | header | field
         self.key_name = name
-        self._quota_left = {q: max(0, n - (already_sampled or {}).get(q, 0)) for q, n in spec.quotas.items()}
+        self._quota_k = dict(spec.quotas)
+        self._quota_field = {q: q.partition("=")[0] for q in spec.quotas}
+        self._quota_value = {q: q.partition("=")[2] for q in spec.quotas}
+        # per quota, a max-heap (negated) of the k smallest hashes seen; a rate sample enters
+        # as 0 (below every non-sampled hash, which is all that matters for the threshold)
+        self._bottom: dict[str, list[int]] = {}
+        for q, k in self._quota_k.items():
+            n_rate, hashes = (quota_state or {}).get(q, (0, []))
+            heap = [0] * min(n_rate, k) + [-h for h in sorted(hashes)[: max(0, k - n_rate)]]
+            heapq.heapify(heap)
+            self._bottom[q] = heap
 
     @property
     def threshold(self) -> int | None:
@@ -44,15 +66,26 @@ class Sampler:
 
     @property
     def quotas_open(self) -> bool:
-        """True while some segment still needs quota samples (then unsampled messages are
-        decoded to learn their segment)."""
-        return any(v > 0 for v in self._quota_left.values())
+        """True when the run has quotas: every message's segment must then be known (a request
+        of a quota segment is stored when its hash is among the segment's k smallest so far)."""
+        return bool(self._quota_k)
+
+    def hash_of(self, key: bytes) -> int:
+        return _from_bytes(_blake2b(key, digest_size=8, salt=self._salt).digest(), "big")
+
+    def quota_may_take(self, h: int) -> bool:
+        """False when a message with hash `h` cannot enter any quota (every quota holds k hashes
+        below it): it need not be decoded."""
+        return any(len(heap) < self._quota_k[q] or h < -heap[0] for q, heap in self._bottom.items())
 
     def hit(self, key: bytes) -> bool:
         """True when `key` falls under the rate."""
         if self._threshold is None:
             return True
-        return _from_bytes(_blake2b(key, digest_size=8, salt=self._salt).digest(), "big") < self._threshold
+        return self.hash_of(key) < self._threshold
+
+    def hit_hash(self, h: int) -> bool:
+        return self._threshold is None or h < self._threshold
 
     def raw_key(self, msg: Any) -> bytes | None:
         # any record with .key and .headers: a ConsumerRecord, a FileRecord or a RawMessage
@@ -66,21 +99,29 @@ class Sampler:
             return b""
         return None
 
-    def take_quota(self, segments: Mapping[str, str | None]) -> bool:
-        """Spend one quota slot if this request's segment still needs samples."""
-        for q, left in self._quota_left.items():
-            if left <= 0:
+    def _quotas_of(self, segments: Mapping[str, str | None]) -> list[str]:
+        return [q for q in self._quota_k if segments.get(self._quota_field[q]) == self._quota_value[q]]
+
+    def take_quota(self, segments: Mapping[str, str | None], h: int) -> list[str]:
+        """The quotas this request (not a rate sample) enters: those of its segments whose k
+        smallest hashes so far it belongs to. Empty: it is not stored."""
+        entered = []
+        for q in self._quotas_of(segments):
+            heap = self._bottom[q]
+            if len(heap) < self._quota_k[q]:
+                heapq.heappush(heap, -h)
+            elif h < -heap[0]:
+                heapq.heapreplace(heap, -h)
+            else:
                 continue
-            field, _, value = q.partition("=")
-            if segments.get(field) == value:
-                self._quota_left[q] = left - 1
-                return True
-        return False
+            entered.append(q)
+        return entered
 
     def count_rate_sample(self, segments: Mapping[str, str | None]) -> None:
-        """Rate samples also fill quotas: the quota is a minimum, not an extra."""
-        for q, left in self._quota_left.items():
-            if left > 0:
-                field, _, value = q.partition("=")
-                if segments.get(field) == value:
-                    self._quota_left[q] = left - 1
+        """Rate samples count towards quotas: the quota is a minimum, not an extra."""
+        for q in self._quotas_of(segments):
+            heap = self._bottom[q]
+            if len(heap) < self._quota_k[q]:
+                heapq.heappush(heap, 0)
+            elif -heap[0] > 0:
+                heapq.heapreplace(heap, 0)

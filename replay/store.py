@@ -137,15 +137,18 @@ class StoreWriter:
     def checkpoints(self) -> dict[tuple[str, int], int]:
         return {k: p.next_offset for k, p in self.positions.items()}
 
-    def quota_counts(self, quotas: Sequence[str]) -> dict[str, int]:
-        """Samples already stored per quota 'field=value' (so a restart does not re-fill them)."""
-        out: dict[str, int] = {}
+    def quota_state(self, quotas: Sequence[str]) -> dict[str, tuple[int, list[int]]]:
+        """Per quota 'field=value': the rate samples of that segment stored, and the hashes of its
+        quota samples, smallest first (a restart resumes the bottom-k where it was)."""
+        out: dict[str, tuple[int, list[int]]] = {}
         for q in quotas:
             field, _, value = q.partition("=")
-            (n,) = self.con.execute(f"SELECT count(*) FROM requests WHERE segments.{_ident(field)} = ?", [value]).fetchone() or (
-                0,
-            )
-            out[q] = int(n)
+            (n,) = self.con.execute(
+                f"SELECT count(*) FROM requests WHERE sampled_reason = 'rate' AND segments.{_ident(field)} = ?", [value]
+            ).fetchone() or (0,)
+            rows = self.con.execute("SELECT sample_hash FROM quota_samples WHERE quota = ? ORDER BY 1", [q]).fetchall()
+            hashes = [h for (h,) in rows]
+            out[q] = (int(n), hashes)
         return out
 
     # -- the batch write --------------------------------------------------------------------
@@ -204,6 +207,7 @@ class StoreWriter:
         outputs: pa.Table,
         dead: Sequence[DeadLetter],
         positions: Mapping[tuple[str, int], Position],
+        quota_hashes: Sequence[tuple[str, int, int, str, int]] = (),
     ) -> None:
         """Store one batch and its checkpoints atomically; after this returns, the batch is
         durable and the source offsets may be committed. `requests` has the requests table's
@@ -239,6 +243,12 @@ class StoreWriter:
                                ON o.source = i.source AND o.part = i.part AND o."offset" = i."offset"
                             """
                         )
+            if quota_hashes:
+                cols = list(zip(*quota_hashes, strict=True))
+                names = ["source", "part", "offset", "quota", "sample_hash"]
+                types = [pa.string(), pa.int32(), pa.int64(), pa.string(), pa.uint64()]
+                cur.register("quota_tbl", pa.table([pa.array(c, t) for c, t in zip(cols, types, strict=True)], names=names))
+                cur.execute("INSERT OR IGNORE INTO quota_samples BY NAME SELECT * FROM quota_tbl")
             if dead:
                 cur.register("dead_tbl", self._dead_table(dead))
                 cur.execute("INSERT OR IGNORE INTO dead_letters BY NAME SELECT * FROM dead_tbl")

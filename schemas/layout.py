@@ -22,11 +22,12 @@ from pathlib import Path
 from schemas.errors import RunNotFound
 
 # the store tables a writer exports at each checkpoint, with the columns that key their rows
-EXPORT_TABLES = ("requests", "outputs", "dead_letters")
+EXPORT_TABLES = ("requests", "outputs", "dead_letters", "quota_samples")
 EXPORT_KEYS = {
     "requests": 'source, part, "offset"',
     "outputs": 'source, part, "offset", variant',
     "dead_letters": 'source, part, "offset"',
+    "quota_samples": 'source, part, "offset", quota',
 }
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

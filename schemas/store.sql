@@ -44,6 +44,17 @@ CREATE TABLE IF NOT EXISTS outputs (
     -- unique by construction, and a second ART index would halve the insert rate
 );
 
+-- The hash of each request stored for a quota, per quota it entered (replay/sampling.py): the
+-- judge keeps, per quota segment, the requests with the k smallest hashes of all.
+CREATE TABLE IF NOT EXISTS quota_samples (
+    source      VARCHAR   NOT NULL,
+    part        INTEGER   NOT NULL,
+    "offset"    BIGINT    NOT NULL,
+    quota       VARCHAR   NOT NULL,      -- 'field=value'
+    sample_hash UBIGINT   NOT NULL,
+    PRIMARY KEY (source, part, "offset", quota)
+);
+
 CREATE TABLE IF NOT EXISTS dead_letters (
     source      VARCHAR   NOT NULL,
     part        INTEGER   NOT NULL,

@@ -73,3 +73,15 @@ def refuses_negative(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
     if any(float(r.get("x", 0)) < 0 for r in rows):
         raise ValueError("negative x")
     return logistic(rows)
+
+
+def regresses_at_night_later(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The baseline's logistic score, except for night requests in the second half of the
+    recording (input `i` >= `half`), whose score is mirrored: a regression that grows over time."""
+    out = []
+    for r in rows:
+        p = 1 / (1 + math.exp(-float(r.get("x", 0))))
+        if r.get("daypart") == "night" and int(r.get("i", 0)) >= int(r.get("half", 0)):
+            p = 1 - p
+        out.append({"score": p})
+    return out
