@@ -1,0 +1,107 @@
+"""The demo under real, changing noise: `shadowdiff demo` (real model servers on loopback, the
+real pipeline, judged by the run's policy) run again and again while CPU-burning processes
+switch on and off at random (0 to 2 burners on a 2-core machine, each state held 1-8 s). Counts
+each scenario's verdicts: the sound `retrained` candidate must never be NO_GO, the `slow` one
+(3x the baseline's latency) must be NO_GO, and the night-encoder one NO_GO.
+
+    python bench/noise_bench.py [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import multiprocessing
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _burn(stop: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
+    x = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            x += 1
+
+
+class Burners:
+    """Up to `most` busy processes, their number changed at random every 1-8 s."""
+
+    def __init__(self, most: int, seed: int) -> None:
+        self.most, self.rng = most, random.Random(seed)
+        self.running: list[tuple[multiprocessing.Process, multiprocessing.synchronize.Event]] = []  # type: ignore[name-defined]
+        self.done = threading.Event()
+        self.switches = 0
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _set(self, n: int) -> None:
+        while len(self.running) > n:
+            proc, stop = self.running.pop()
+            stop.set()
+            proc.join(5)
+        while len(self.running) < n:
+            stop = multiprocessing.Event()
+            proc = multiprocessing.Process(target=_burn, args=(stop,), daemon=True)
+            proc.start()
+            self.running.append((proc, stop))
+
+    def _loop(self) -> None:
+        while not self.done.wait(self.rng.uniform(1, 8)):
+            self._set(self.rng.randint(0, self.most))
+            self.switches += 1
+        self._set(0)
+
+    def __enter__(self) -> Burners:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(30)
+
+
+def main() -> None:
+    args = argparse.ArgumentParser()
+    args.add_argument("--runs", type=int, default=20)
+    a = args.parse_args()
+    tally: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    latency: dict[str, list[str]] = collections.defaultdict(list)
+    for i in range(a.runs):
+        with tempfile.TemporaryDirectory() as d, Burners(2, seed=i) as burners:
+            t0 = time.monotonic()
+            subprocess.run(
+                [sys.executable, "-m", "shadowdiff_cli.main", "demo", "--dir", d],
+                env=ENV,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+            for path in sorted(Path(d).glob("runs/demo-*/verdict-*.json")):
+                doc = orjson.loads(path.read_bytes())
+                scenario = path.parent.name.removeprefix("demo-")
+                tally[scenario][doc["verdict"]] += 1
+                lat = next((c for c in doc["checks"] if c["check"] == "latency_p95" and c["segment"] == "all"), None)
+                if lat is not None:
+                    latency[scenario].append(f"{lat['value']:.2f}" if lat["value"] is not None else "-")
+            print(
+                f"run {i + 1}/{a.runs}: {time.monotonic() - t0:.0f} s, {burners.switches} burner switches, "
+                f"{ {s: dict(c) for s, c in sorted(tally.items())} }",
+                flush=True,
+            )
+    print("\nverdicts over", a.runs, "runs under switching CPU burners:")
+    for scenario, counts in sorted(tally.items()):
+        print(f"  {scenario:15s} {dict(counts)}   latency_p95 ratio in all: {' '.join(latency[scenario])}")
+
+
+if __name__ == "__main__":
+    main()
