@@ -7,6 +7,8 @@ import platform
 import threading
 from importlib import metadata
 
+import duckdb
+
 from replay.exports import Exporter
 from replay.models.base import ModelClient
 from replay.models.call_process import ProcessHttpModel
@@ -92,7 +94,7 @@ def run_replay(
                     writer.write_meta({"last_stats": stats.summary()})
                 try:
                     exporter.export(final)
-                except OSError as err:  # the rows are safe in the store; the next checkpoint retries
+                except (OSError, duckdb.Error) as err:  # the rows are safe in the store; the next checkpoint retries
                     log.warning("exporting run %s checkpoint failed, retried at the next one: %s", cfg.run.id, err)
                 if on_checkpoint is not None:
                     on_checkpoint(writer, stats, final)
