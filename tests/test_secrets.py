@@ -76,6 +76,12 @@ headers = {{ "X-Api-Key" = "{TOKEN}" }}
         for table in ("run_meta", "outputs", "dead_letters"):
             rows = con.execute(f"SELECT * FROM {table}").fetchall()
             blobs[f"store:{table}"] = repr(rows).encode()
+    # the checkpoint exports' Parquet, decoded (compressed on disk)
+    import pyarrow.parquet as pq
+
+    for path in home.rglob("*.parquet"):
+        blobs[f"parquet:{path}"] = repr(pq.read_table(path).to_pylist()).encode()
+    assert any(k.startswith("parquet:") for k in blobs)
     assert any(b"report" in k.encode() for k in blobs)  # the report and the bundle are among them
     leaks = [name for name, data in blobs.items() if TOKEN.encode() in data or PASSWORD.encode() in data]
     assert leaks == []
