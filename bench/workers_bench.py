@@ -1,0 +1,188 @@
+"""Many workers, one judge, on a real Kafka topic (8 partitions):
+
+1. one worker replays the topic alone (the reference: its rate and its verdict);
+2. one worker replays it again while `shadowdiff judge --watch` judges the run as it goes: the
+   consumption rate as a ratio to 1 (target >= 0.9);
+3. the drill: three workers in one group (w1 SIGKILLed mid-run and restarted, w2 started once
+   a third is committed) and one `judge --watch`: one verdict, equal to the reference's (same
+   pair-set digest), 0 lost and 0 duplicated requests.
+
+    python bench/workers_bench.py [--messages 400000]
+
+Every figure is from this run; the machine is shared, so the rate is a ratio within it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers import committed_offsets, envelope  # noqa: E402
+
+from diff.exports import open_exports  # noqa: E402
+
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+
+
+def bootstrap() -> str:
+    env = os.environ.get("SHADOWDIFF_KAFKA_BOOTSTRAP")
+    if env:
+        return env
+    subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start"], check=True, stdout=subprocess.DEVNULL)
+    return (ROOT / ".kafka" / "bootstrap").read_text(encoding="utf-8").strip()
+
+
+def produce_topic(bs: str, n: int) -> str:
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    topic = f"workers-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bs)
+    admin.create_topics([NewTopic(topic, 8, 1)])
+    admin.close()
+    p = KafkaProducer(bootstrap_servers=bs, linger_ms=20, batch_size=512 * 1024, acks=1)
+    rng = random.Random(0)
+    for i in range(n):
+        p.send(topic, key=f"req-{i}".encode(), value=orjson.dumps(envelope(i, rng)))
+    p.flush()
+    p.close()
+    return topic
+
+
+def config(tmp: Path, run: str, worker: str, bs: str, topic: str, group: str) -> Path:
+    path = tmp / f"{run}-{worker}.toml"
+    path.write_text(
+        f"""
+[run]
+id = "{run}"
+worker = "{worker}"
+home = "{tmp / "runs"}"
+[source]
+kind = "kafka-live"
+bootstrap = "{bs}"
+topic = "{topic}"
+group = "{group}"
+progress = false
+[segments]
+fields = ["region", "device"]
+[output]
+score_path = "score"
+[[candidates]]
+name = "v2"
+kind = "python"
+target = "models_for_tests:logistic"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "shadowdiff_cli.main", *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def wait_committed(bs: str, topic: str, group: str, n: int, timeout_s: float = 1800) -> None:
+    deadline = time.monotonic() + timeout_s
+    while sum(committed_offsets(bs, topic, group).values()) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"group {group} did not commit {n} messages")
+        time.sleep(0.5)  # polling the group's committed offsets
+
+
+def stop(proc: subprocess.Popen[str]) -> dict:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    return orjson.loads(out[out.index("{") :]) if "{" in out else {}
+
+
+def one_worker(tmp: Path, run: str, bs: str, topic: str, n: int, watch: bool) -> float:
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    worker = start("replay", "--config", str(config(tmp, run, "w0", bs, topic, group)), "--no-judge")
+    judge = start("judge", "--run", run, "--home", str(tmp / "runs"), "--watch", "--every", "5") if watch else None
+    wait_committed(bs, topic, group, n)
+    summary = stop(worker)
+    if judge is not None:
+        judge.wait(600)
+    return float(summary["consumed_per_s"])
+
+
+def main() -> None:
+    args = argparse.ArgumentParser()
+    args.add_argument("--messages", type=int, default=400_000)
+    a = args.parse_args()
+    bs = bootstrap()
+    n = a.messages
+    t0 = time.perf_counter()
+    topic = produce_topic(bs, n)
+    print(f"produced {n} messages to {topic} (8 partitions) in {time.perf_counter() - t0:.0f} s", flush=True)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        alone = one_worker(tmp, "alone", bs, topic, n, watch=False)
+        watched = one_worker(tmp, "watched", bs, topic, n, watch=True)
+        print(f"one worker alone: {alone:,.0f} msg/s; with judge --watch beside it: {watched:,.0f} msg/s", flush=True)
+        print(f"consumption with the judge watching / without: {watched / alone:.2f} (target >= 0.9)", flush=True)
+
+        subprocess.run(
+            [sys.executable, "-m", "shadowdiff_cli.main", "judge", "--run", "alone", "--home", str(tmp / "runs")],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            check=False,
+        )
+        reference = orjson.loads((tmp / "runs" / "alone" / "verdict-v2.json").read_bytes())
+
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        cfgs = {w: config(tmp, "drill", w, bs, topic, group) for w in ("w0", "w1", "w2")}
+        t0 = time.perf_counter()
+        judge = start("judge", "--run", "drill", "--home", str(tmp / "runs"), "--watch", "--every", "5")
+        w0 = start("replay", "--config", str(cfgs["w0"]), "--no-judge")
+        w1 = start("replay", "--config", str(cfgs["w1"]), "--no-judge")
+        while sum(committed_offsets(bs, topic, group).values()) < n // 6:
+            time.sleep(0.5)
+        w1.send_signal(signal.SIGKILL)
+        w1.wait(30)
+        while sum(committed_offsets(bs, topic, group).values()) < n // 3:
+            time.sleep(0.5)
+        w2 = start("replay", "--config", str(cfgs["w2"]), "--no-judge")
+        w1 = start("replay", "--config", str(cfgs["w1"]), "--no-judge")
+        wait_committed(bs, topic, group, n)
+        for w in (w0, w1, w2):
+            stop(w)
+        judge.wait(900)
+        drill = orjson.loads((tmp / "runs" / "drill" / "verdict-v2.json").read_bytes())
+        con = open_exports(tmp / "runs", "drill")
+        rows, distinct = con.execute("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchone()  # type: ignore[misc]
+        con.close()
+        print(f"drill: 3 workers (w1 SIGKILLed at 1/6 and restarted, w2 from 1/3) in {time.perf_counter() - t0:.0f} s")
+        print(f"  requests {rows:,}, distinct {distinct:,}: lost {n - distinct}, duplicated {rows - distinct}")
+        print(
+            f"  workers covered: {[w['worker'] for w in drill['coverage']['workers']]}, "
+            f"silent: {drill['coverage']['silent_workers']}"
+        )
+        print(
+            f"  verdict {drill['verdict']} vs one worker's {reference['verdict']}; pair-set digest equal: "
+            f"{drill['data']['pair_set_digest'] == reference['data']['pair_set_digest']}; pairs {drill['data']['pairs']:,}"
+        )
+
+
+if __name__ == "__main__":
+    main()
