@@ -30,20 +30,14 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from helpers import committed_offsets, envelope  # noqa: E402
+from replay_bench import bootstrap  # noqa: E402
 
 from diff.exports import open_exports  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-
-
-def bootstrap() -> str:
-    env = os.environ.get("SHADOWDIFF_KAFKA_BOOTSTRAP")
-    if env:
-        return env
-    subprocess.run(["bash", str(ROOT / "scripts" / "kafka.sh"), "start"], check=True, stdout=subprocess.DEVNULL)
-    return (ROOT / ".kafka" / "bootstrap").read_text(encoding="utf-8").strip()
 
 
 def produce_topic(bs: str, n: int) -> str:
