@@ -13,7 +13,8 @@ error):
   server shared by neighbouring calls): P(ever NO_GO). Target <= 1 %.
 - power: +5 points of label flips in a 3 % segment: P(NO_GO naming it by 100k) and the median
   pairs to detection, anytime vs fixed. Target >= 95 %.
-- go: a sound candidate (true values at half the margins): P(GO by 100k) and median pairs.
+- go: a sound candidate (true values at half the margins): P(GO by 100k) and median pairs, as the
+  judge decides by default (proof in `all`) and with prove_in_segments = true.
   Target >= 90 %.
 """
 
@@ -105,6 +106,7 @@ class Segment:
             "sum_abs_d": self.sum_abs,
             "c_err_n": self.errors,
             "c_timeout_n": 0,
+            "c_throttled_n": 0,
             "b_err_n": 0,
             "abs_d_grid": [0.1 * f for f in ABS_GRID],
         }
@@ -208,7 +210,7 @@ def multi_run(args: tuple[str, int, int]) -> dict[str, Any]:
     if experiment == "power":
         shares = np.concatenate([[0.03], np.full(segments - 1, 0.97 / (segments - 1))])
         truth_of[0] = {"flip_excess": 0.05}
-    if experiment == "go":
+    if experiment in ("go", "go-strict"):
         half = {"flip_excess": 0.005, "far_excess": 0.025, "shift": 0.01, "error_rate": 0.025, "ratio": 1.14}
         truth_of = [dict(half) for _ in range(segments)]
     segs = [Segment() for _ in range(segments)]
@@ -216,13 +218,17 @@ def multi_run(args: tuple[str, int, int]) -> dict[str, Any]:
     # a shared load per server, in slices of 100 pairs: bursts hit one server more than the other
     load = ar1_load(rng, LOOKS * 10, 0.15) - ar1_load(rng, LOOKS * 10, 0.15)
     first: dict[str, int | None] = {f"{e}_{t}": None for e in ("nogo", "named", "go") for t in ("any", "fix")}
-    pols = {"any": policy("anytime"), "fix": policy("fixed")}
+    strict = experiment == "go-strict"
+    pols = {
+        "any": Policy(decision="anytime", prove_in_segments=strict),
+        "fix": Policy(decision="fixed", prove_in_segments=strict),
+    }
     for look in range(LOOKS):
         counts = rng.multinomial(LOOK, shares)
         sl = load[look * 10 : (look + 1) * 10]
         for i, seg in enumerate(segs):
             seg.add(rng, int(counts[i]), truth_of[i] or {}, sl)
-        whole.add(rng, LOOK, truth_of[1] if experiment == "go" else {}, sl)
+        whole.add(rng, LOOK, truth_of[1] if experiment in ("go", "go-strict") else {}, sl)
         n = (look + 1) * LOOK
         for tag, pol in pols.items():
             if all(first[f"{e}_{tag}"] is not None for e in ("nogo", "go")):
@@ -237,8 +243,11 @@ def multi_run(args: tuple[str, int, int]) -> dict[str, Any]:
                 first[f"nogo_{tag}"] = n
             if "seg=s00" in failing and first[f"named_{tag}"] is None:
                 first[f"named_{tag}"] = n
+            # GO as the judge gives it: nothing shown worse, no segment short of pairs, every
+            # check of `all` shown within (with prove_in_segments, every segment's too)
             short = any(seg.n < pol.min_samples for seg in segs)
-            if not failing and not short and all(r.status == ck.PASS for r in res) and first[f"go_{tag}"] is None:
+            proven = all(r.status == ck.PASS for r in res if pol.prove_in_segments or r.segment == "all")
+            if not failing and not short and proven and first[f"go_{tag}"] is None:
                 first[f"go_{tag}"] = n
     return first
 
@@ -282,8 +291,8 @@ def main() -> None:
                 firsts = [g[f"{key}_{tag}"] for g in got if g[f"{key}_{tag}"] is not None]
                 median = f"median {statistics.median(firsts):,.0f} pairs" if firsts else "never"
                 print(f"  {name:<28} {share(len(firsts), runs)}   {median}")
-        got = pool.map(multi_run, [("go", 7000 + i, 5) for i in range(runs)])
-        print(f"\n[go-5] sound candidate at half the margins, 5 segments: GO reached ({runs} runs)")
+        got = pool.map(multi_run, [("go-strict", 7000 + i, 30) for i in range(runs)])
+        print(f"\n[go-strict] the same with prove_in_segments = true: GO reached ({runs} runs)")
         for tag, name in (("any", "anytime"), ("fix", "fixed, read at every look")):
             firsts = [g[f"go_{tag}"] for g in got if g[f"go_{tag}"] is not None]
             median = f"median {statistics.median(firsts):,.0f} pairs" if firsts else "never"

@@ -6,6 +6,8 @@ Verdict rules (also in the README):
 - else PENDING when the run (or, with require_all_segments, any segment) has fewer pairs than
   `min_samples`, or spans less than `min_duration_minutes` of event time; the verdict says how
   many more pairs each segment needs;
+- else PENDING while a critical check of the whole run (with prove_in_segments, of any segment
+  but the rare ones) is not yet shown within its threshold (diff/decide.py);
 - else GO.
 Critical tests (proportions, means, quantile ratios, null shares, small-sample KS/chi-square)
 form one family corrected by Holm (FWER) or Benjamini-Hochberg (FDR), half of alpha to the
@@ -169,12 +171,12 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
 
     failing = sorted({r.segment for r in results if r.status == ck.FAIL})
     rare = {s["segment"] for s in segments if s["rare"]}
-    # critical checks neither shown worse nor shown within their threshold: rare segments are
-    # judged but never hold the verdict, and without require_all_segments only `all` does
+    # critical checks neither shown worse nor shown within their threshold hold the verdict in
+    # `all`, and with prove_in_segments in every segment but the rare ones
     undecided = [
         r
         for r in results
-        if r.status == ck.UNDECIDED and r.segment not in rare and (policy.require_all_segments or r.segment == ALL)
+        if r.status == ck.UNDECIDED and r.segment not in rare and (policy.prove_in_segments or r.segment == ALL)
     ]
     for s in segments:
         if s["segment"] in failing:
@@ -257,6 +259,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             "alpha": policy.alpha,
             "correction": policy.correction,
             "require_all_segments": policy.require_all_segments,
+            "prove_in_segments": policy.prove_in_segments,
             "decision": policy.decision,
             "anytime_horizon": policy.anytime_horizon,
             "min_segment_share": policy.min_segment_share,

@@ -205,7 +205,12 @@ class Policy(_Frozen):
     # diff/decide.py); fixed: fixed-sample tests, a pass unless shown worse
     decision: Literal["anytime", "fixed"] = "anytime"
     anytime_horizon: Annotated[int, Field(ge=100)] = 10_000  # pairs where the anytime tests are tightest
-    require_all_segments: bool = True  # a PENDING segment keeps the whole verdict PENDING
+    require_all_segments: bool = True  # a segment short of min_samples keeps the whole verdict PENDING
+    # GO needs every critical check shown within its threshold in `all` (the whole run); with
+    # prove_in_segments in every segment too. Either way a segment shown worse is a NO_GO, and
+    # no segment can be short of pairs (require_all_segments). Proof in each of 30 segments
+    # takes many times the pairs (bench/decision_bench.py)
+    prove_in_segments: bool = False
     segments: list[str] | None = None  # None: the run's segment fields and combinations
     max_segment_values: Annotated[int, Field(ge=1)] = 50  # more values than this: the rarest pooled as '(other)'
     # values rarer than this share of the run's requests are pooled as '(other)'; a pool or a

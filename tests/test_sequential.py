@@ -81,18 +81,31 @@ def test_go_needs_each_critical_check_shown_within_its_threshold(tmp_path):
     # s00's candidate flips 0.9 points above the noise floor, just inside a 1-point margin:
     # not worse, but with 1,600 pairs not shown within either
     scenario = Scenario(n=6_400, segments=4, flip_extra={0: 0.009}, seed=41)
-    doc = verdict_of(tmp_path / "strict", scenario)
+    strict = parse_policy({"prove_in_segments": True})
+    doc = verdict_of(tmp_path / "strict", scenario, strict)
     assert doc["verdict"] == "pending", doc["reasons"]
     flips = next(c for c in doc["checks"] if c["check"] == "label_flip" and c["segment"] == "seg=s00")
     assert flips["status"] == "undecided"
     assert flips["ci"][0] < 0.01 < flips["ci"][1]
     assert any("label_flip in seg=s00" in r and "not yet shown within" in r for r in doc["reasons"])
     # the lenient rule, asked for by name, passes what is not shown worse
-    lenient = parse_policy({"checks": [{"id": "label_flip", "require_proof": False}]})
+    lenient = parse_policy({"checks": [{"id": "label_flip", "require_proof": False}], "prove_in_segments": True})
     assert verdict_of(tmp_path / "lenient", scenario, lenient)["verdict"] == "go"
-    # a policy that lets segments lag behind the whole run lets an undecided segment too
-    whole_run = parse_policy({"require_all_segments": False})
-    assert verdict_of(tmp_path / "whole", scenario, whole_run)["verdict"] == "go"
+    # the default asks for proof in the whole run, where 6,400 pairs show flips within the
+    # margin; s00 is not shown worse, so it does not hold the verdict
+    doc = verdict_of(tmp_path / "whole", scenario)
+    assert doc["verdict"] == "go", doc["reasons"]
+    whole = next(c for c in doc["checks"] if c["check"] == "label_flip" and c["segment"] == "all")
+    assert whole["status"] == "pass"
+
+
+def test_a_check_undecided_in_the_whole_run_holds_the_verdict(tmp_path):
+    # every segment's candidate flips 0.9 points above the floor: the whole run's 6,400 pairs do
+    # not show it within a 1-point margin yet, and that alone keeps the verdict PENDING
+    scenario = Scenario(n=6_400, segments=4, flip_extra={i: 0.009 for i in range(4)}, seed=43)
+    doc = verdict_of(tmp_path, scenario)
+    assert doc["verdict"] == "pending", doc["reasons"]
+    assert any("label_flip in all" in r and "not yet shown within" in r for r in doc["reasons"])
 
 
 def test_a_sound_candidate_is_shown_within_every_margin_with_enough_pairs(tmp_path):
