@@ -125,6 +125,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
         )
 
     segments: list[dict[str, Any]] = []
+    output: dict[str, Any] = info.config.get("output", {})
     judged: set[str] = set()
     n_run = int(pstats[ALL]["n_req"]) if ALL in pstats else 0
     for seg in sorted(pstats, key=lambda s: (s != ALL, s)):
@@ -160,8 +161,14 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
                     detail = f"{n_seg} of {policy.min_samples} pairs needed"
                     results.append(ck.CheckResult(chk.id, chk.kind, seg, sev, thr, n_seg, status=ck.PENDING, detail=detail))
                 continue
-            if kind is not None and (r := kind.evaluate(chk, evidence(seg), thr, sev)) is not None:
+            if kind is None:
+                continue
+            if (r := kind.evaluate(chk, evidence(seg), thr, sev)) is not None:
                 results.append(r)
+            elif seg == ALL and sev == "critical" and kind.expects_evidence(output):
+                # missing evidence is never a pass: the whole run gave this check nothing to test
+                detail = f"no {kind.evidence} in the stored pairs"
+                results.append(ck.CheckResult(chk.id, chk.kind, seg, sev, thr, 0, status=ck.NA, detail=detail))
     results += feature_checks(con, info, sets, policy, judged, built.seg_exprs)
     results += run_level_checks(con, info, spec, sets, policy, judged, built.duplicates)
 

@@ -49,6 +49,11 @@ class Kind:
     needs: frozenset[Aggregate] = frozenset()
     # "pairs": every segment of the run; "comparisons": segments with structured-output samples
     over: Literal["pairs", "comparisons"] = "pairs"
+    # whether a run with this [output] mapping must give the check its evidence, and what that
+    # evidence is: a critical check that finds none in the whole run is "not assessable" (the
+    # verdict PENDING with that reason), never left out as if it had passed
+    expects_evidence: Callable[[dict[str, Any]], bool] = lambda output: False
+    evidence: str = ""
 
 
 def _latency(chk: Check, ev: Evidence, thr: float, sev: str) -> ck.CheckResult | None:
@@ -74,13 +79,34 @@ def _on_comparison(fn: Callable[[Check, str, Any, float, str], ck.CheckResult | 
     return lambda chk, ev, thr, sev: fn(chk, ev.segment, ev.comparison, thr, sev)
 
 
+def _scores(output: dict[str, Any]) -> bool:
+    return output.get("kind", "score") == "score"
+
+
+def _labels(output: dict[str, Any]) -> bool:
+    """Labels are expected from a label output, or from scores cut at a threshold; a score
+    output without one has labels only if its answers carry them."""
+    return output.get("kind", "score") == "label" or (_scores(output) and output.get("threshold") is not None)
+
+
+def _any_output(output: dict[str, Any]) -> bool:
+    return True
+
+
+_PAIRED_SCORES = "paired baseline and candidate scores"
+
 SEGMENT_KINDS: dict[str, Kind] = {
-    "label_flip": Kind(_on_pairs(ck.label_flip)),
-    "score_diff": Kind(_on_pairs(ck.score_diff)),
-    "score_shift": Kind(_on_pairs(ck.score_shift)),
-    "abs_score_diff": Kind(_on_pairs(ck.abs_score_diff)),
-    "abs_diff_quantile": Kind(_abs_diff_quantile),
-    "latency": Kind(_latency, frozenset({"windows", "latency_blocks"})),
+    "label_flip": Kind(_on_pairs(ck.label_flip), expects_evidence=_labels, evidence="paired baseline and candidate labels"),
+    "score_diff": Kind(_on_pairs(ck.score_diff), expects_evidence=_scores, evidence=_PAIRED_SCORES),
+    "score_shift": Kind(_on_pairs(ck.score_shift), expects_evidence=_scores, evidence=_PAIRED_SCORES),
+    "abs_score_diff": Kind(_on_pairs(ck.abs_score_diff), expects_evidence=_scores, evidence=_PAIRED_SCORES),
+    "abs_diff_quantile": Kind(_abs_diff_quantile, expects_evidence=_scores, evidence=_PAIRED_SCORES),
+    "latency": Kind(
+        _latency,
+        frozenset({"windows", "latency_blocks"}),
+        expects_evidence=_any_output,
+        evidence="paired baseline and candidate latencies",
+    ),
     "error_rate": Kind(
         lambda chk, ev, thr, sev: ck.error_rate(chk, ev.segment, ev.pairs, thr, sev, ev.windows.get(chk.for_minutes)),
         frozenset({"windows"}),
@@ -89,6 +115,8 @@ SEGMENT_KINDS: dict[str, Kind] = {
     "prediction_drift": Kind(
         lambda chk, ev, thr, sev: ck.prediction_drift(chk, ev.segment, ev.distribution, ev.labels, thr, sev),
         frozenset({"distributions", "labels"}),
+        expects_evidence=lambda output: _scores(output) or _labels(output),
+        evidence="baseline scores or labels to compare the candidate's with",
     ),
     "field_diff": Kind(_on_comparison(ck.field_diff), over="comparisons"),
     "ranking_overlap": Kind(_on_comparison(ck.ranking_overlap), over="comparisons"),

@@ -211,3 +211,45 @@ def test_a_slow_candidate_without_baseline_latencies_is_pending_not_go(tmp_path)
     assert any(r.startswith("latency_p95 not assessable in all: no baseline latencies recorded") for r in doc["reasons"])
     lat = [c for c in doc["checks"] if c["check"] == "latency_p95"]
     assert [(c["segment"], c["status"]) for c in lat] == [("all", "n/a")]
+
+
+def test_live_answers_without_a_score_are_pending_not_a_silent_go(tmp_path):
+    # the live envelopes carry an answer, but not where [output] says the score is: nothing was
+    # compared, and the verdict said "all 4 checks passed"
+    import random
+
+    from helpers import envelope, jsonl, write_config
+
+    from replay.job import run_replay
+    from schemas.config import load_config
+
+    rng = random.Random(3)
+    rows = [envelope(i, rng) | {"output": {"other": 1}} for i in range(3000)]
+    cfg = write_config(
+        tmp_path / "r.toml",
+        f"""
+[run]
+id = "noscore"
+home = "{tmp_path / "runs"}"
+[source]
+kind = "file"
+path = "{jsonl(tmp_path / "t.jsonl", rows)}"
+[output]
+score_path = "score"
+threshold = 0.5
+[[candidates]]
+name = "v2"
+kind = "python"
+target = "models_for_tests:logistic"
+""",
+    )
+    run_replay(load_config(cfg))
+    con = open_run(tmp_path / "runs", "noscore")
+    try:
+        doc = judge(con, Policy(min_samples=200))
+    finally:
+        con.close()
+    assert doc["verdict"] == "pending", doc["reasons"]
+    missing = {c["check"] for c in doc["checks"] if c["segment"] == "all" and c["status"] == "n/a"}
+    assert {"label_flip", "score_diff", "score_shift", "latency_p95", "prediction_drift"} <= missing
+    assert any(r.startswith("score_diff not assessable in all: no paired baseline and candidate scores") for r in doc["reasons"])
