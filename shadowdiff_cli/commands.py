@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -85,7 +86,7 @@ def _wait_for_run(home: Path, run_id: str, every_s: float, shared: Any = None) -
 
 
 def watch_run(
-    home: Path, run_id: str, policy: Any, every_s: float, silent_after_s: float, shared: Any = None
+    home: Path, run_id: str, policy: Any, every_s: float, silent_after_s: float, shared: Any = None, nice: int = 10
 ) -> list[dict[str, Any]]:
     """The run's one judge: at every new export of any worker, judge the run from all of them and
     publish its verdicts; return the last ones once every worker has published its final export
@@ -101,6 +102,9 @@ def watch_run(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # beside the workers on a shared machine, the judge takes the CPU they leave: a verdict a
+    # few seconds later costs nothing, a slower replay costs the whole run
+    os.nice(nice)
     layout = RunLayout(home, run_id)
     seen: tuple[Any, ...] | None = None
     docs: list[dict[str, Any]] = []
@@ -181,7 +185,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     if args.watch:
         if label is not None:
             raise ConfigError("--watch", ["the run's one judge judges under the run's own policy: drop --policy"])
-        docs = watch_run(home, args.run, policy, args.every, parse_duration(args.silent_after), shared)
+        docs = watch_run(home, args.run, policy, args.every, parse_duration(args.silent_after), shared, args.nice)
         return max(EXIT_CODES[d["verdict"]] for d in docs) if docs else EXIT_CODES["pending"]
     docs = judge_stored(home, args.run, policy, label=label)
     if label is not None and args.publish:
@@ -295,7 +299,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ConfigError("demo", ['the demo trains its models with scikit-learn: pip install "shadowdiff[demo]"']) from err
     from shadowdiff_cli.demo import run_demo
 
-    return run_demo(Path(args.dir), kafka=args.kafka)
+    return run_demo(Path(args.dir), kafka=args.kafka, slow_factor=args.slow_factor)
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -357,6 +361,7 @@ def register(sub: Any) -> None:
     )
     j.add_argument("--every", type=float, default=5.0, help="--watch: seconds between looks for new exports")
     j.add_argument("--silent-after", default="120s", help="--watch: a worker without a heartbeat this long is named silent")
+    j.add_argument("--nice", type=int, default=10, help="--watch: CPU priority below the workers' (0: the same)")
     j.add_argument("--shared", help="the workers' exports on an object store (s3://bucket/prefix); --home caches them")
     j.add_argument("--shared-endpoint", help="an S3-compatible server's URL (default: AWS, or AWS_ENDPOINT_URL)")
     j.set_defaults(func=cmd_judge)
@@ -410,4 +415,5 @@ def register(sub: Any) -> None:
     d = sub.add_parser("demo", help="the whole job on generated traffic: three scenarios, three verdicts")
     d.add_argument("--dir", default="shadowdiff-demo")
     d.add_argument("--kafka", help="HOST:PORT: run the traffic through a real Kafka topic")
+    d.add_argument("--slow-factor", type=float, default=3.0, help="the slow candidate's server latency, x the baseline's")
     d.set_defaults(func=cmd_demo)

@@ -35,7 +35,7 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("night-encoder", "candidate v5 whose feature encoder changed for night traffic", "no_go", "daypart=night"),
-    Scenario("slow", "retrained candidate on a server three times slower", "no_go", "latency_p95"),
+    Scenario("slow", "retrained candidate on a slower server", "no_go", "latency_p95"),
     Scenario("retrained", "sound retrained candidate", "go", "checks passed"),
 ]
 
@@ -143,12 +143,12 @@ def _produce(bootstrap: str, topic: str, rows: list[dict[str, Any]]) -> None:
     producer.close()
 
 
-def _serve_models(baseline: Any, retrained: Any, conn: Any) -> None:
+def _serve_models(baseline: Any, retrained: Any, conn: Any, slow_factor: float = 3.0) -> None:
     """Child process: the four model servers on loopback until the parent says stop."""
     servers = {
         "baseline": ModelServer(traffic.scorer(baseline, seed=11), ServerBehaviour(latency_ms=LATENCY_MS)),
         "night-encoder": ModelServer(traffic.scorer(baseline, night_bug=True, seed=12), ServerBehaviour(latency_ms=LATENCY_MS)),
-        "slow": ModelServer(traffic.scorer(retrained, seed=13), ServerBehaviour(latency_ms=LATENCY_MS * 3.0)),
+        "slow": ModelServer(traffic.scorer(retrained, seed=13), ServerBehaviour(latency_ms=LATENCY_MS * slow_factor)),
         "retrained": ModelServer(traffic.scorer(retrained, seed=14), ServerBehaviour(latency_ms=LATENCY_MS)),
     }
     conn.send({k: s.start() for k, s in servers.items()})
@@ -158,9 +158,10 @@ def _serve_models(baseline: Any, retrained: Any, conn: Any) -> None:
         s.stop()
 
 
-def run_demo(workdir: Path, kafka: str | None = None) -> int:
+def run_demo(workdir: Path, kafka: str | None = None, slow_factor: float = 3.0) -> int:
     """Run the three scenarios; print each verdict, its reasons and the report path. Exit 0
-    when every verdict is the one the scenario should get."""
+    when every verdict is the one the scenario should get. `slow_factor`: the slow candidate's
+    server latency as a multiple of the baseline's."""
     from diff.load import open_run
     from replay.job import run_replay
     from reports.html import write_report
@@ -193,7 +194,7 @@ def run_demo(workdir: Path, kafka: str | None = None) -> int:
     # replay's interpreter would make measured latency mostly the replay's own queueing
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve_models, args=(baseline, retrained, child), daemon=True)
+    proc = ctx.Process(target=_serve_models, args=(baseline, retrained, child, slow_factor), daemon=True)
     proc.start()
     urls: dict[str, str] = parent.recv()
     policy = load_policy(workdir / "policy.toml")
@@ -217,7 +218,8 @@ def run_demo(workdir: Path, kafka: str | None = None) -> int:
             t4 = time.monotonic()
             ok = doc["verdict"] == s.expect and any(s.expect_in_reasons in r for r in doc["reasons"])
             failures += not ok
-            print(f"\n[{s.name}] {s.title}")
+            title = f"{s.title} ({slow_factor:g}x its latency)" if s.name == "slow" else s.title
+            print(f"\n[{s.name}] {title}")
             print(
                 f"  replayed {stats.consumed} requests, sampled {stats.sampled}, {doc['data']['pairs']} pairs "
                 f"(replay {t2 - t1:.1f} s, judge {t3 - t2:.1f} s, report {t4 - t3:.1f} s)"
