@@ -2,9 +2,9 @@
 real pipeline, judged by the run's policy) run again and again while CPU-burning processes
 switch on and off at random (0 to 2 burners on a 2-core machine, each state held 1-8 s). Counts
 each scenario's verdicts: the sound `retrained` candidate must never be NO_GO, the `slow` one
-(3x the baseline's latency) must be NO_GO, and the night-encoder one NO_GO.
+(--slow-factor x the baseline's latency, default 3) must be NO_GO, and the night-encoder one NO_GO.
 
-    python bench/noise_bench.py [--runs 20]
+    python bench/noise_bench.py [--runs 20] [--slow-factor 1.4]
 """
 
 from __future__ import annotations
@@ -73,14 +73,18 @@ class Burners:
 def main() -> None:
     args = argparse.ArgumentParser()
     args.add_argument("--runs", type=int, default=20)
+    args.add_argument("--slow-factor", type=float, default=3.0, help="the slow candidate's server latency, x the baseline's")
     a = args.parse_args()
+    # the retrained candidate's server has the baseline's latency: an A/A of latency, whose
+    # per-segment 95 % intervals should hold 1.0 in >= 95 % of segments
+    aa_segments = aa_holding = 0
     tally: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     latency: dict[str, list[str]] = collections.defaultdict(list)
     for i in range(a.runs):
         with tempfile.TemporaryDirectory() as d, Burners(2, seed=i) as burners:
             t0 = time.monotonic()
             subprocess.run(
-                [sys.executable, "-m", "shadowdiff_cli.main", "demo", "--dir", d],
+                [sys.executable, "-m", "shadowdiff_cli.main", "demo", "--dir", d, "--slow-factor", str(a.slow_factor)],
                 env=ENV,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -90,6 +94,11 @@ def main() -> None:
                 doc = orjson.loads(path.read_bytes())
                 scenario = path.parent.name.removeprefix("demo-")
                 tally[scenario][doc["verdict"]] += 1
+                if scenario == "retrained":
+                    for c in doc["checks"]:
+                        if c["check"] == "latency_p95" and c["ci"] and None not in c["ci"]:
+                            aa_segments += 1
+                            aa_holding += c["ci"][0] <= 1.0 <= c["ci"][1]
                 lat = next((c for c in doc["checks"] if c["check"] == "latency_p95" and c["segment"] == "all"), None)
                 if lat is not None:
                     latency[scenario].append(f"{lat['value']:.2f}" if lat["value"] is not None else "-")
@@ -98,9 +107,14 @@ def main() -> None:
                 f"{ {s: dict(c) for s, c in sorted(tally.items())} }",
                 flush=True,
             )
-    print("\nverdicts over", a.runs, "runs under switching CPU burners:")
+    print(f"\nverdicts over {a.runs} runs under switching CPU burners (slow candidate: {a.slow_factor:g}x latency):")
     for scenario, counts in sorted(tally.items()):
         print(f"  {scenario:15s} {dict(counts)}   latency_p95 ratio in all: {' '.join(latency[scenario])}")
+    if aa_segments:
+        print(
+            f"latency A/A (retrained): 95 % intervals holding 1.0 in {aa_holding} of {aa_segments} segments "
+            f"({aa_holding / aa_segments:.1%}; target >= 95 %)"
+        )
 
 
 if __name__ == "__main__":
