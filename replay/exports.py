@@ -3,7 +3,7 @@ it writes, so at every checkpoint the writer also publishes the rows it committe
 export as Parquet files in a new folder of its own, which any number of readers (one judge per
 run, on this machine or another) can take while it writes.
 
-    <run>/exports/<worker>/<seq:08d>/requests.parquet, outputs.parquet, dead_letters.parquet,
+    <run>/exports/<worker>/<seq:08d>/<table>.parquet for each of schemas.layout.EXPORT_TABLES,
                                      manifest.json   (written last: a folder without it is not one)
     <run>/exports/<worker>/heartbeat.json           the last export's time, or final
 
