@@ -390,14 +390,11 @@ def shadow_load(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -
     Retry-After): the shadow's own load on the server, which says nothing about the model. It
     warns that the run left requests unjudged and that `max_rps` or `concurrency` should come
     down; error_rate never counts them."""
-    n, k = int(s["n_req"]), int(s["c_throttled_n"])
-    rate = k / n if n else 0.0
-    res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=rate, ci=stats.wilson(k, n))
-    res.p_value = stats.p_rate_above(k, n, thr)
-    if n:
-        res.set_test(rate, math.sqrt(rate_variance(k, n)), thr)
+    n, k = int(s["n_req"]), int(s["c_throttled_n"])  # a segment has requests: n >= 1
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, n)
+    against_threshold(res, k, n, thr)
     res.extra = {"throttled": k}
-    res.detail = f"{rate:.2%} of calls ({k}/{n}) refused by the candidate as too many: the shadow's load (threshold {thr:.2%})"
+    res.detail = f"{k / n:.2%} of calls ({k}/{n}) refused by the candidate as too many: the shadow's load (threshold {thr:.2%})"
     return res
 
 

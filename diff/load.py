@@ -16,15 +16,12 @@ import orjson
 
 from diff.exports import open_exports
 from schemas.errors import RunNotFound, StoreError
-from schemas.layout import RunLayout
+from schemas.layout import EXPORT_KEYS, RunLayout
 from schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 
 TABLES = ("requests", "outputs", "dead_letters", "checkpoints", "run_meta", "quota_samples")
 _KEYS = {
-    "quota_samples": 'source, part, "offset", quota',
-    "requests": 'source, part, "offset"',
-    "outputs": 'source, part, "offset", variant',
-    "dead_letters": 'source, part, "offset"',
+    **EXPORT_KEYS,
     "checkpoints": "source, part",
     "run_meta": "key",
 }
@@ -97,8 +94,10 @@ def keep_bottom_k(con: duckdb.DuckDBPyConnection, info: RunInfo) -> None:
     (replay/sampling.py): a request stored while among the k smallest so far, and pushed out by
     a smaller one later, is not part of the segment's sample."""
     quotas: dict[str, int] = info.config.get("sampling", {}).get("quotas", {})
+    if not quotas:
+        return
     (hashes,) = con.execute("SELECT count(*) FROM quota_samples").fetchone() or (0,)
-    if not quotas or not hashes:  # none, or a store written before quotas were bottom-k samples
+    if not hashes:  # a store written before quotas were bottom-k samples
         return
     con.execute('CREATE OR REPLACE TEMP TABLE quota_kept (source VARCHAR, part INTEGER, "offset" BIGINT)')
     for q, k in sorted(quotas.items()):

@@ -90,7 +90,7 @@ def run_replay(
             exporter = Exporter(writer)
 
             def checkpoint(writer: StoreWriter, stats: RunStats, final: bool) -> None:
-                if final:  # in the final export's manifest too
+                if final:  # before the final export, so its manifest has them too
                     writer.write_meta({"last_stats": stats.summary()})
                 try:
                     exporter.export(final)
@@ -100,9 +100,7 @@ def run_replay(
                     on_checkpoint(writer, stats, final)
 
             replayer = Replayer(cfg, writer, source, baseline, candidates, checkpoint, checkpoint_every_s)
-            stats = replayer.run(stop, max_batches=max_batches)
-            writer.write_meta({"last_stats": stats.summary()})
-            return stats
+            return replayer.run(stop, max_batches=max_batches)  # its final checkpoint stored the statistics
         finally:
             source.close()
     finally:

@@ -71,7 +71,7 @@ def _shared(args: argparse.Namespace) -> Any:
 def _wait_for_run(home: Path, run_id: str, every_s: float, shared: Any = None) -> None:
     """A judge started before its workers waits for the run's first store or export."""
     from schemas.errors import RunNotFound
-    from schemas.layout import RUN_ID, RunLayout
+    from schemas.layout import RUN_ID
 
     while True:
         if shared is not None and RUN_ID.fullmatch(run_id):
@@ -96,7 +96,6 @@ def watch_run(
     import threading
 
     from diff.load import open_run
-    from schemas.layout import RunLayout
     from shadowdiff_cli.wiring import judge_and_publish
 
     stop = threading.Event()
