@@ -359,15 +359,16 @@ def _sustained(windows: list[dict[str, Any]] | None, chk: Check, metric: Any, th
 
 def error_rate(
     chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str, windows: list[dict[str, Any]] | None
-) -> CheckResult:
+) -> CheckResult | None:
     # calls the candidate refused as too many are the shadow's load (shadow_load), not its errors
     throttled = int(s["c_throttled_n"])
     n, k = int(s["n_req"]) - throttled, int(s["c_err_n"])
-    rate = k / n if n else 0.0
+    if n == 0:
+        return None  # every call refused: nothing says how often the candidate itself fails
+    rate = k / n
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=rate, ci=stats.wilson(k, n))
     res.p_value = stats.p_rate_above(k, n, thr)
-    if n:
-        res.set_test(rate, math.sqrt(rate_variance(k, n)), thr)
+    res.set_test(rate, math.sqrt(rate_variance(k, n)), thr)
     res.sustained, window_info = _sustained(
         windows, chk, lambda m: (m["c_err_n"] / m["n_called"]) if m["n_called"] >= MIN_PER_WINDOW else None, thr
     )

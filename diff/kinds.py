@@ -110,6 +110,8 @@ SEGMENT_KINDS: dict[str, Kind] = {
     "error_rate": Kind(
         lambda chk, ev, thr, sev: ck.error_rate(chk, ev.segment, ev.pairs, thr, sev, ev.windows.get(chk.for_minutes)),
         frozenset({"windows"}),
+        expects_evidence=_any_output,
+        evidence="candidate calls answered or failed (every call was refused as too many: shadow_load)",
     ),
     "shadow_load": Kind(_on_pairs(ck.shadow_load)),
     "prediction_drift": Kind(

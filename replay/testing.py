@@ -125,6 +125,10 @@ def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Appl
     async def error500(request: web.Request) -> web.Response:
         return web.Response(status=500, text="internal error")
 
+    async def busy(request: web.Request) -> web.Response:
+        # a gateway that admits none of the shadow's calls (its quota for them is spent)
+        return web.Response(status=429, text="too many requests", headers={"Retry-After": "1"})
+
     async def hang(request: web.Request) -> web.Response:
         await asyncio.sleep(30)
         return web.json_response({"score": 0.0})
@@ -136,6 +140,7 @@ def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Appl
     app.router.add_post("/html", html)
     app.router.add_post("/wrong", wrong_shape)
     app.router.add_post("/500", error500)
+    app.router.add_post("/busy", busy)
     app.router.add_post("/hang", hang)
     return app
 

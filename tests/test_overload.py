@@ -23,7 +23,7 @@ from schemas.config import load_config
 from schemas.policy import Policy
 
 
-def run(tmp: Path, name: str, url: str, adaptive: bool, recording: Path) -> Path:
+def run(tmp: Path, name: str, url: str, adaptive: bool, recording: Path, route: str = "/predict") -> Path:
     cfg = write_config(
         tmp / f"{name}.toml",
         f"""
@@ -39,7 +39,7 @@ score_path = "score"
 [[candidates]]
 name = "v2"
 kind = "http"
-url = "{url}/predict"
+url = "{url}{route}"
 concurrency = 32
 timeout_s = 0.3
 retries = 0
@@ -122,6 +122,27 @@ def test_calls_refused_as_too_many_are_the_shadows_load_not_the_candidates_error
     # 3,000 were seen; fixed calls in flight lose more than 1,000
     assert adaptive.get("throttled", 0) < 0.05 * 3000, adaptive
     assert verdict_checks(tmp_path, "adaptive")["error_rate"]["status"] == "pass"
+
+
+def test_a_candidate_that_refused_every_call_is_not_assessable_not_a_pass(tmp_path):
+    # a gateway that admits none of the shadow's calls: no error was counted, but nothing shows
+    # how often the candidate fails either, so error_rate cannot pass (it did, with n = 0)
+    rng = random.Random(7)
+    recording = jsonl(tmp_path / "t.jsonl", [orjson.loads(orjson.dumps(envelope(i, rng))) for i in range(1000)])
+    with ModelServer(logistic) as url:
+        refused = errors(run(tmp_path, "refused", url, False, recording, route="/busy"))
+    assert refused == {"throttled": 1000}
+    con = open_run(tmp_path / "runs", "refused")
+    try:
+        doc = judge(con, Policy(min_samples=200))
+    finally:
+        con.close()
+    assert doc["verdict"] == "pending", doc["reasons"]
+    err = [c for c in doc["checks"] if c["check"] == "error_rate"]
+    assert [(c["segment"], c["status"]) for c in err] == [("all", "n/a")]
+    assert any(r.startswith("error_rate not assessable in all: no candidate calls answered or failed") for r in doc["reasons"])
+    load = next(c for c in doc["checks"] if c["check"] == "shadow_load" and c["segment"] == "all")
+    assert load["status"] == "warn"
 
 
 def test_a_rate_cap_spaces_the_calls():
