@@ -5,9 +5,11 @@
    consumption rate as a ratio to 1 (target >= 0.9);
 3. the drill: three workers in one group (w1 SIGKILLed mid-run and restarted, w2 started once
    a third is committed) and one `judge --watch`: one verdict, equal to the reference's (same
-   pair-set digest), 0 lost and 0 duplicated requests.
+   pair-set digest), 0 lost and 0 duplicated requests. With --s3 the drill's workers run as on
+   three machines (each its own home) and share their exports through a loopback S3 server
+   (moto's); the judge has a fourth home and reads only what S3 holds.
 
-    python bench/workers_bench.py [--messages 400000]
+    python bench/workers_bench.py [--messages 400000] [--s3] [--skip-ratio]
 
 Every figure is from this run; the machine is shared, so the rate is a ratio within it.
 """
@@ -57,14 +59,15 @@ def produce_topic(bs: str, n: int) -> str:
     return topic
 
 
-def config(tmp: Path, run: str, worker: str, bs: str, topic: str, group: str) -> Path:
+def config(tmp: Path, run: str, worker: str, bs: str, topic: str, group: str, home: Path | None = None, shared: str = "") -> Path:
     path = tmp / f"{run}-{worker}.toml"
     path.write_text(
         f"""
 [run]
 id = "{run}"
 worker = "{worker}"
-home = "{tmp / "runs"}"
+home = "{home or tmp / "runs"}"
+{shared}
 [source]
 kind = "kafka-live"
 bootstrap = "{bs}"
@@ -120,9 +123,42 @@ def one_worker(tmp: Path, run: str, bs: str, topic: str, n: int, watch: bool) ->
     return float(summary["consumed_per_s"])
 
 
+def s3_server() -> tuple[subprocess.Popen[bytes], str]:
+    """moto's S3 server on a free loopback port, with test credentials in the environment as
+    the AWS chain reads them (the workers and the judge inherit them)."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            break
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("moto's S3 server did not start") from None
+            time.sleep(0.1)  # polling the server's readiness
+    creds = {"AWS_ACCESS_KEY_ID": "bench-key", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_REGION": "us-east-1"}
+    os.environ.update(creds)
+    ENV.update(creds)
+    return proc, url
+
+
 def main() -> None:
     args = argparse.ArgumentParser()
     args.add_argument("--messages", type=int, default=400_000)
+    args.add_argument("--s3", action="store_true", help="the drill's workers share their exports through loopback S3")
+    args.add_argument("--skip-ratio", action="store_true", help="skip the consumption ratio with the judge watching")
     a = args.parse_args()
     bs = bootstrap()
     n = a.messages
@@ -132,9 +168,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         alone = one_worker(tmp, "alone", bs, topic, n, watch=False)
-        watched = one_worker(tmp, "watched", bs, topic, n, watch=True)
-        print(f"one worker alone: {alone:,.0f} msg/s; with judge --watch beside it: {watched:,.0f} msg/s", flush=True)
-        print(f"consumption with the judge watching / without: {watched / alone:.2f} (target >= 0.9)", flush=True)
+        if not a.skip_ratio:
+            watched = one_worker(tmp, "watched", bs, topic, n, watch=True)
+            print(f"one worker alone: {alone:,.0f} msg/s; with judge --watch beside it: {watched:,.0f} msg/s", flush=True)
+            print(f"consumption with the judge watching / without: {watched / alone:.2f} (target >= 0.9)", flush=True)
 
         subprocess.run(
             [sys.executable, "-m", "shadowdiff_cli.main", "judge", "--run", "alone", "--home", str(tmp / "runs")],
@@ -145,9 +182,20 @@ def main() -> None:
         reference = orjson.loads((tmp / "runs" / "alone" / "verdict-v2.json").read_bytes())
 
         group = f"g-{uuid.uuid4().hex[:8]}"
-        cfgs = {w: config(tmp, "drill", w, bs, topic, group) for w in ("w0", "w1", "w2")}
+        judge_home, judge_args, moto = tmp / "runs", [], None
+        if a.s3:
+            import boto3
+
+            moto, endpoint = s3_server()
+            boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="shadow-runs")
+            shared = f'shared = {{ url = "s3://shadow-runs/bench", endpoint_url = "{endpoint}" }}'
+            cfgs = {w: config(tmp, "drill", w, bs, topic, group, tmp / f"machine-{w}", shared) for w in ("w0", "w1", "w2")}
+            judge_home = tmp / "judge-machine"
+            judge_args = ["--shared", "s3://shadow-runs/bench", "--shared-endpoint", endpoint]
+        else:
+            cfgs = {w: config(tmp, "drill", w, bs, topic, group) for w in ("w0", "w1", "w2")}
         t0 = time.perf_counter()
-        judge = start("judge", "--run", "drill", "--home", str(tmp / "runs"), "--watch", "--every", "5")
+        judge = start("judge", "--run", "drill", "--home", str(judge_home), "--watch", "--every", "5", *judge_args)
         w0 = start("replay", "--config", str(cfgs["w0"]), "--no-judge")
         w1 = start("replay", "--config", str(cfgs["w1"]), "--no-judge")
         while sum(committed_offsets(bs, topic, group).values()) < n // 6:
@@ -162,11 +210,14 @@ def main() -> None:
         for w in (w0, w1, w2):
             stop(w)
         judge.wait(900)
-        drill = orjson.loads((tmp / "runs" / "drill" / "verdict-v2.json").read_bytes())
-        con = open_exports(tmp / "runs", "drill")
+        drill = orjson.loads((judge_home / "drill" / "verdict-v2.json").read_bytes())
+        con = open_exports(judge_home, "drill")
         rows, distinct = con.execute("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchone()  # type: ignore[misc]
         con.close()
-        print(f"drill: 3 workers (w1 SIGKILLed at 1/6 and restarted, w2 from 1/3) in {time.perf_counter() - t0:.0f} s")
+        if moto is not None:
+            moto.terminate()
+        where = "sharing exports through loopback S3, " if a.s3 else ""
+        print(f"drill: 3 workers ({where}w1 SIGKILLed at 1/6 and restarted, w2 from 1/3) in {time.perf_counter() - t0:.0f} s")
         print(f"  requests {rows:,}, distinct {distinct:,}: lost {n - distinct}, duplicated {rows - distinct}")
         print(
             f"  workers covered: {[w['worker'] for w in drill['coverage']['workers']]}, "
