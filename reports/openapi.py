@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.gate import GateAnswer, WaiverRequest
+from schemas.verdict import Verdict
 
 
 def _answer_schema() -> dict[str, Any]:
@@ -15,7 +16,13 @@ def _answer_schema() -> dict[str, Any]:
     _COMPONENTS.update(defs)
     schema["properties"]["report_url"] = {"type": "string"}
     schema["properties"]["waivers"] = {"description": "the same as waivers_applied (the first gate API's name)", "type": "array"}
-    schema["properties"]["document"] = {"description": "the verdict document (schemas/verdict.v1.schema.json), with ?full=1"}
+    verdict = Verdict.model_json_schema(ref_template="#/components/schemas/{model}")
+    _COMPONENTS.update(verdict.pop("$defs", {}))
+    _COMPONENTS["Verdict"] = verdict
+    schema["properties"]["document"] = {
+        "$ref": "#/components/schemas/Verdict",
+        "description": "the verdict document (schemas/verdict.v1.schema.json), with ?full=1",
+    }
     return schema
 
 

@@ -14,6 +14,7 @@ from diff.testing import Scenario, write_synthetic_store
 from schemas import verdict_schema
 from schemas.errors import ConfigError, RunNotFound
 from schemas.policy import Policy, load_policy, parse_policy
+from schemas.verdict import SCHEMA_FILE, Verdict, schema_text, undeclared
 
 
 def failing(doc: dict, check: str) -> set[str]:
@@ -152,6 +153,14 @@ def test_verdict_follows_its_json_schema(tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
     doc = verdict_of(tmp_path, Scenario(n=5_000, segments=3, seed=13))
     jsonschema.validate(json.loads(json.dumps(doc, default=str)), verdict_schema())
+    # the judge emits only what the typed models name: a new field is added to the contract first
+    assert undeclared(Verdict.model_validate(json.loads(json.dumps(doc, default=str)))) == []
+
+
+def test_the_published_schema_is_the_one_the_models_generate():
+    # `python -m schemas.verdict` regenerates it; a model changed without it fails here
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == schema_text()
+    assert verdict_schema()["$id"].endswith("verdict.v1.schema.json")
 
 
 def test_unknown_run_is_a_clear_error(tmp_path):

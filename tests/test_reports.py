@@ -22,6 +22,7 @@ from diff.testing import Scenario, write_synthetic_store
 from reports.evidence import verify_bundle, write_bundle
 from reports.html import render, write_report
 from reports.service import GateSettings, create_app
+from schemas import verdict_schema
 from schemas.policy import Policy, parse_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +136,8 @@ def test_runs_metrics_openapi(gate):
     assert "shadowdiff_gate_requests_total" in metrics
     spec = httpx.get(f"{gate}/openapi.json").json()
     assert "/runs/{run}/flagger" in spec["paths"]
+    # the ?full=1 document's schema is the verdict model's, as the published schema file is
+    assert spec["components"]["schemas"]["Verdict"]["required"] == verdict_schema()["required"]
 
 
 def test_gate_cli_exit_codes(home):

@@ -16,6 +16,7 @@ from replays import Replay
 from test_fault_drills import all_committed, messages
 
 from diff.exports import open_exports
+from schemas.verdict import Verdict, undeclared
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -202,6 +203,7 @@ def test_workers_on_other_machines_share_their_exports_through_s3(tmp_path, kafk
     doc = orjson.loads((judge_home / "s3run" / "verdict-v2.json").read_bytes())
     assert doc["run_active"] is False
     assert [w["worker"] for w in doc["coverage"]["workers"]] == ["w0", "w1"]
+    assert undeclared(Verdict.model_validate(doc)) == []  # a published verdict (coverage, run_active) is typed
     assert doc["data"]["pairs"] == n
     con = open_exports(judge_home, "s3run")
     try:

@@ -1,0 +1,282 @@
+"""The verdict document, a public contract: what `shadowdiff judge` publishes as
+`verdict-<candidate>.json`, the gate reads and `?full=1` returns. `verdict.v1.schema.json` is
+generated from these models (`python -m schemas.verdict`; a test keeps the file equal to them).
+
+Within a major version fields are only added, never renamed or removed, so every object admits
+properties it does not name: a client validating with an older schema still accepts a newer
+document. The judge itself emits only what the models name (a test checks a judged document
+has no property they do not)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_ID = "https://shadowdiff.dev/schemas/verdict.v1.schema.json"
+SCHEMA_FILE = Path(__file__).with_name("verdict.v1.schema.json")
+
+VerdictValue = Literal["go", "no_go", "pending"]
+CheckStatus = Literal["pass", "fail", "warn", "pending", "n/a", "undecided"]
+
+
+class _Open(BaseModel):
+    """An object of the contract: named fields typed, later additions admitted."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Offset(_Open):
+    source: str
+    partition: int
+    next_offset: int
+    consumed: int | None = None
+    sampled: int | None = None
+
+
+class Window(_Open):
+    first_event: str | None = None
+    last_event: str | None = None
+    configured: Any = None
+
+
+class Data(_Open):
+    """What was judged: the pairs, their event-time window and the source offsets they cover."""
+
+    pairs: int = Field(ge=0)
+    pair_set_digest: str | None = Field(
+        None,
+        description="sha256 of the judged pairs' coordinates and request ids, in order: "
+        "equal for one worker or several over the same traffic",
+    )
+    pairs_by_reason: dict[str, int] = {}
+    window: Window
+    offsets: list[Offset]
+    consumed: int
+    sampled: int
+    dead_letters: int
+
+
+class SideLoad(_Open):
+    called: bool
+    kind: str | None = None
+    rows_per_call: int | None = None
+    calls_in_flight: str | None = None
+    max_rps: float | None = None
+    rows_sent: int | None = None
+    rows_per_s_per_worker: float | None = None
+    note: str | None = None
+
+
+class Load(_Open):
+    """What the shadow asked of each side whose latency is compared."""
+
+    baseline: SideLoad
+    candidate: SideLoad
+
+
+class WorkerCoverage(_Open):
+    worker: str
+    exports: int
+    last_export_at: str | None = None
+    heartbeat_at: str | None = None
+    final: bool
+    silent: bool
+    silent_for_s: float | None = None
+
+
+class Coverage(_Open):
+    """A verdict judged from the workers' exports: the workers and exports it read, and the
+    workers silent past --silent-after (outside the digest)."""
+
+    source: str = "exports"
+    workers: list[WorkerCoverage]
+    silent_workers: list[str]
+
+
+class PolicyCheck(_Open):
+    id: str
+    kind: str
+    severity: Literal["critical", "warning"]
+    threshold: float | None = None
+    require_proof: bool | None = None
+
+
+class PolicySummary(_Open):
+    """The policy the verdict was judged under; `label` and `published_over_the_run_policy`
+    mark a re-judge under another policy (see the README)."""
+
+    digest: str
+    min_samples: int
+    min_duration_minutes: float | None = None
+    alpha: float
+    correction: Literal["holm", "bh"]
+    require_all_segments: bool | None = None
+    prove_in_segments: bool | None = None
+    decision: Literal["anytime", "fixed"] | None = None
+    anytime_horizon: int | None = None
+    min_segment_share: float | None = None
+    checks: list[PolicyCheck] = []
+    label: str | None = None
+    published_over_the_run_policy: bool | None = None
+
+
+class Statistics(_Open):
+    correction: str
+    alpha: float
+    tests_in_family: int
+    latency_axis: str | None = None
+    decision: str | None = None
+    note: str | None = None
+
+
+class SegmentStatus(_Open):
+    segment: str
+    n: int
+    n_pairs: int | None = None
+    status: VerdictValue
+    needed: int = Field(ge=0)
+    rare: bool = Field(
+        False,
+        description="below policy.min_segment_share of the traffic: judged once it has min_samples, "
+        "never holds the verdict PENDING",
+    )
+
+
+class CheckResult(_Open):
+    check: str
+    kind: str
+    segment: str
+    feature: str | None = None
+    status: CheckStatus
+    severity: Literal["critical", "warning"]
+    value: float | None = None
+    ci: list[float | None] | None = None
+    threshold: float
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    n: int
+    sustained: bool | None = None
+    p_within: float | None = None
+    pairs_needed: int | None = None
+    detail: str = ""
+    extra: dict[str, Any] = {}
+
+
+class PooledValues(_Open):
+    values: list[str]
+    distinct: int
+    requests: int
+
+
+class Coordinates(_Open):
+    source: str
+    partition: int
+    offset: int
+
+
+class Answer(_Open):
+    score: float | None = None
+    label: str | None = None
+    output: Any = None
+    error: str | None = None
+    error_detail: str | None = None
+
+
+class Example(_Open):
+    """One of the most different pairs (label flips first, then the largest score gaps, then
+    failures); its input and answers came from traffic, so a reader escapes them."""
+
+    request_id: str
+    coordinates: Coordinates
+    segments: dict[str, Any] = {}
+    input: Any = None
+    baseline: Answer
+    candidate: Answer
+    score_diff: float | None = None
+    field_diffs: list[Any] = []
+
+
+class Verdict(_Open):
+    """The gate's answer for one candidate of one run. Public contract: fields are only added,
+    never renamed or removed, within a major version."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        title="shadowdiff verdict, version 1",
+        json_schema_extra={"$id": SCHEMA_ID, "$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    schema_version: Literal[1]
+    run_id: str
+    candidate: str
+    verdict: VerdictValue
+    reasons: list[str]
+    warnings: list[str] = []
+    failing_segments: list[str]
+    data: Data
+    load: Load | None = Field(
+        None,
+        description="what the shadow asked of each side whose latency is compared: rows per call, calls in "
+        "flight, rate cap, rows sent and the rate one worker sent them at",
+    )
+    coverage: Coverage | None = None
+    versions: dict[str, Any]
+    policy: PolicySummary
+    statistics: Statistics
+    segments: list[SegmentStatus]
+    pooled_segment_values: dict[str, PooledValues] = Field(
+        {}, description="per segment field, the values pooled as '(other)': too rare to judge alone"
+    )
+    checks: list[CheckResult]
+    comparisons: dict[str, dict[str, Any]] = {}
+    flips: dict[str, dict[str, int]] = {}
+    examples: list[Example]
+    digest: str = Field(
+        description="sha256 of the document without generated_at: equal digests mean the same verdict on the same evidence"
+    )
+    generated_at: str
+    run_active: bool | None = Field(
+        None, description="false once every writer finished: the gate never calls a finished run's verdict stale"
+    )
+    report_url: str | None = None
+
+
+def undeclared(doc: Verdict) -> list[str]:
+    """Properties of a parsed document that no model names, as dotted paths: what a judge that
+    emits only the contract's fields never has."""
+    out: list[str] = []
+
+    def walk(model: BaseModel, path: str) -> None:
+        out.extend(f"{path}{k}" for k in (model.model_extra or {}))
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            items = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else [value]
+            for i, item in enumerate(items):
+                if isinstance(item, BaseModel):
+                    walk(item, f"{path}{name}[{i}]." if len(items) > 1 or isinstance(value, list | dict) else f"{path}{name}.")
+
+    walk(doc, "")
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Verdict.model_json_schema()
+    # the published schema's header first, as a reader expects it
+    head = {k: schema.pop(k) for k in ("$schema", "$id", "title", "description") if k in schema}
+    return head | schema
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    # regenerate the committed schema file from the models
+    if sys.argv[1:] == ["--check"]:
+        sys.exit(0 if SCHEMA_FILE.read_text(encoding="utf-8") == schema_text() else 1)
+    SCHEMA_FILE.write_text(schema_text(), encoding="utf-8")
+    print(f"wrote {SCHEMA_FILE}")
