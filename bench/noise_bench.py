@@ -4,7 +4,10 @@ switch on and off at random (0 to 2 burners on a 2-core machine, each state held
 each scenario's verdicts: the sound `retrained` candidate must never be NO_GO, the `slow` one
 (--slow-factor x the baseline's latency, default 3) must be NO_GO, and the night-encoder one NO_GO.
 
-    python bench/noise_bench.py [--runs 20] [--slow-factor 1.4]
+    python bench/noise_bench.py [--runs 20] [--slow-factor 1.4] [--requests 40000 --rows-per-call 5]
+
+Latency is measured per call: --requests and --rows-per-call set how many latency samples a run
+has (the demo's defaults, 20,000 requests at 25 rows per call, give about 400 calls a side).
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ def main() -> None:
     args = argparse.ArgumentParser()
     args.add_argument("--runs", type=int, default=20)
     args.add_argument("--slow-factor", type=float, default=3.0, help="the slow candidate's server latency, x the baseline's")
+    args.add_argument("--requests", type=int, default=20_000)
+    args.add_argument("--rows-per-call", type=int, default=25)
     a = args.parse_args()
     # the retrained candidate's server has the baseline's latency: an A/A of latency, whose
     # per-segment 95 % intervals should hold 1.0 in >= 95 % of segments
@@ -84,7 +89,20 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d, Burners(2, seed=i) as burners:
             t0 = time.monotonic()
             subprocess.run(
-                [sys.executable, "-m", "shadowdiff_cli.main", "demo", "--dir", d, "--slow-factor", str(a.slow_factor)],
+                [
+                    sys.executable,
+                    "-m",
+                    "shadowdiff_cli.main",
+                    "demo",
+                    "--dir",
+                    d,
+                    "--slow-factor",
+                    str(a.slow_factor),
+                    "--requests",
+                    str(a.requests),
+                    "--rows-per-call",
+                    str(a.rows_per_call),
+                ],
                 env=ENV,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

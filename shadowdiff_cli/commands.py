@@ -298,7 +298,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ConfigError("demo", ['the demo trains its models with scikit-learn: pip install "shadowdiff[demo]"']) from err
     from shadowdiff_cli.demo import run_demo
 
-    return run_demo(Path(args.dir), kafka=args.kafka, slow_factor=args.slow_factor)
+    return run_demo(
+        Path(args.dir), kafka=args.kafka, slow_factor=args.slow_factor, requests=args.requests, rows_per_call=args.rows_per_call
+    )
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -415,4 +417,6 @@ def register(sub: Any) -> None:
     d.add_argument("--dir", default="shadowdiff-demo")
     d.add_argument("--kafka", help="HOST:PORT: run the traffic through a real Kafka topic")
     d.add_argument("--slow-factor", type=float, default=3.0, help="the slow candidate's server latency, x the baseline's")
+    d.add_argument("--requests", type=int, default=20_000, help="requests in the generated traffic")
+    d.add_argument("--rows-per-call", type=int, default=25, help="rows per model call (latency is measured per call)")
     d.set_defaults(func=cmd_demo)

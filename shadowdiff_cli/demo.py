@@ -69,7 +69,7 @@ for_minutes = 5           # ... over a 5-minute window
 """
 
 
-def _config(s: Scenario, home: Path, source: str, baseline_url: str, cand_url: str) -> str:
+def _config(s: Scenario, home: Path, source: str, baseline_url: str, cand_url: str, rows_per_call: int = 25) -> str:
     return f"""# shadowdiff run config: scenario '{s.name}' ({s.title})
 [run]
 id = "demo-{s.name}"
@@ -102,7 +102,7 @@ quotas = {{ "region=apac" = 400, "daypart=night" = 900 }}
 kind = "model"
 repeat = true          # a second baseline call per request measures the noise floor
 model = {{ name = "baseline", kind = "mlflow", url = "{baseline_url}/invocations", model_version = "churn-v4", \
-batch_size = 25, concurrency = 8 }}
+batch_size = {rows_per_call}, concurrency = 8 }}
 
 [output]
 kind = "score"
@@ -114,7 +114,7 @@ name = "{s.name}"
 kind = "mlflow"
 url = "{cand_url}/invocations"
 model_version = "churn-{s.name}"
-batch_size = 25        # rows per call: MLflow's server scores a batch in about the time of one row
+batch_size = {rows_per_call}        # rows per call: MLflow's server scores a batch in about the time of one row
 concurrency = 8
 timeout_s = 2.0
 """
@@ -158,10 +158,17 @@ def _serve_models(baseline: Any, retrained: Any, conn: Any, slow_factor: float =
         s.stop()
 
 
-def run_demo(workdir: Path, kafka: str | None = None, slow_factor: float = 3.0) -> int:
+def run_demo(
+    workdir: Path,
+    kafka: str | None = None,
+    slow_factor: float = 3.0,
+    requests: int = N_REQUESTS,
+    rows_per_call: int = 25,
+) -> int:
     """Run the three scenarios; print each verdict, its reasons and the report path. Exit 0
     when every verdict is the one the scenario should get. `slow_factor`: the slow candidate's
-    server latency as a multiple of the baseline's."""
+    server latency as a multiple of the baseline's. Latency is measured per call, so
+    `rows_per_call` and `requests` set how many latency samples the run has."""
     from diff.load import open_run
     from replay.job import run_replay
     from reports.html import write_report
@@ -174,7 +181,7 @@ def run_demo(workdir: Path, kafka: str | None = None, slow_factor: float = 3.0) 
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "runs"
     print(f"shadowdiff demo in {workdir}")
-    rows = traffic.generate(N_REQUESTS, seed=7)
+    rows = traffic.generate(requests, seed=7)
     _write_jsonl(workdir / "traffic.jsonl", rows)
     _write_jsonl(workdir / "reference.jsonl", traffic.generate(4000, seed=3))
     (workdir / "policy.toml").write_text(POLICY, encoding="utf-8")
@@ -202,7 +209,7 @@ def run_demo(workdir: Path, kafka: str | None = None, slow_factor: float = 3.0) 
     try:
         for s in SCENARIOS:
             cfg_path = workdir / f"run-{s.name}.toml"
-            cfg_path.write_text(_config(s, home, source, urls["baseline"], urls[s.name]), encoding="utf-8")
+            cfg_path.write_text(_config(s, home, source, urls["baseline"], urls[s.name], rows_per_call), encoding="utf-8")
             cfg = load_config(cfg_path)
             start_run(cfg, policy)  # the run owns its policy: `shadowdiff judge` and `gate` use it later
             t1 = time.monotonic()
