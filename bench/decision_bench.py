@@ -200,10 +200,12 @@ def margin_run(args: tuple[str, int]) -> dict[str, bool]:
 DEFAULT_CRITICAL = ["label_flip", "score_diff", "score_shift", "error_rate", "latency_p95"]
 
 
-def multi_run(args: tuple[str, int, int]) -> dict[str, Any]:
+def multi_run(args: tuple[str, int, int, float]) -> dict[str, Any]:
     """30 segments (one of 3 % in the power experiment) under both rules; returns the look of the
-    first NO_GO, of the first NO_GO naming s00, and of the first GO, per rule."""
-    experiment, seed, segments = args
+    first NO_GO, of the first NO_GO naming s00, and of the first GO, per rule. `server_sigma`:
+    the spread of each server's own AR(1) log load factor (a load both servers share cancels in
+    the blocks' paired ratios, so only each server's own part is simulated)."""
+    experiment, seed, segments, server_sigma = args
     rng = np.random.default_rng(seed)
     shares = np.full(segments, 1.0 / segments)
     truth_of = [dict() for _ in range(segments)]
@@ -216,7 +218,7 @@ def multi_run(args: tuple[str, int, int]) -> dict[str, Any]:
     segs = [Segment() for _ in range(segments)]
     whole = Segment()
     # a shared load per server, in slices of 100 pairs: bursts hit one server more than the other
-    load = ar1_load(rng, LOOKS * 10, 0.15) - ar1_load(rng, LOOKS * 10, 0.15)
+    load = ar1_load(rng, LOOKS * 10, server_sigma) - ar1_load(rng, LOOKS * 10, server_sigma)
     first: dict[str, int | None] = {f"{e}_{t}": None for e in ("nogo", "named", "go") for t in ("any", "fix")}
     strict = experiment == "go-strict"
     pols = {
@@ -263,10 +265,17 @@ def main() -> None:
     ap.add_argument("--margin-runs", type=int, default=400)
     ap.add_argument("--quick", action="store_true", help="a few runs each, to see it work")
     ap.add_argument("--skip-margin", action="store_true")
+    ap.add_argument(
+        "--server-sigma",
+        type=float,
+        default=0.15,
+        help="spread of each server's own log load factor (AR(1), phi 0.95, slices of 100 pairs)",
+    )
     a = ap.parse_args()
     runs, margin_runs = (20, 40) if a.quick else (a.runs, a.margin_runs)
     alpha = Policy().alpha
     print(f"looks every {LOOK} pairs up to {LOOK * LOOKS:,}; alpha {alpha}; anytime horizon {Policy().anytime_horizon:,}")
+    print(f"latency bursts: each server's own AR(1) log load factor, sd {a.server_sigma:g}")
     with multiprocessing.Pool(2) as pool:
         kinds = [] if a.skip_margin else list(MARGIN_TRUTH)
         print("\n[margin] true value exactly at the threshold, one segment")
@@ -284,14 +293,14 @@ def main() -> None:
             ("power", "+5 points of flips in a 3 % segment: NO_GO naming it"),
             ("go", "sound candidate at half the margins, 30 segments: GO reached"),
         ):
-            got = pool.map(multi_run, [(experiment, 5000 + i, 30) for i in range(runs)])
+            got = pool.map(multi_run, [(experiment, 5000 + i, 30, a.server_sigma) for i in range(runs)])
             print(f"\n[{experiment}] {what} ({runs} runs)")
             key = {"aa": "nogo", "power": "named", "go": "go"}[experiment]
             for tag, name in (("any", "anytime"), ("fix", "fixed, read at every look")):
                 firsts = [g[f"{key}_{tag}"] for g in got if g[f"{key}_{tag}"] is not None]
                 median = f"median {statistics.median(firsts):,.0f} pairs" if firsts else "never"
                 print(f"  {name:<28} {share(len(firsts), runs)}   {median}")
-        got = pool.map(multi_run, [("go-strict", 7000 + i, 30) for i in range(runs)])
+        got = pool.map(multi_run, [("go-strict", 7000 + i, 30, a.server_sigma) for i in range(runs)])
         print(f"\n[go-strict] the same with prove_in_segments = true: GO reached ({runs} runs)")
         for tag, name in (("any", "anytime"), ("fix", "fixed, read at every look")):
             firsts = [g[f"go_{tag}"] for g in got if g[f"go_{tag}"] is not None]
