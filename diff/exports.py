@@ -6,6 +6,7 @@ once, the copy in the first folder by worker and number, so every look picks the
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import orjson
 
 from schemas.errors import StoreError
 from schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
+
+log = logging.getLogger(__name__)
 
 
 def _quote(s: str) -> str:
@@ -27,7 +30,8 @@ def read_manifests(layout: RunLayout) -> list[dict[str, Any]]:
 
 def open_exports(home: Path, run_id: str, memory_limit: str = "2GB") -> duckdb.DuckDBPyConnection:
     """An in-memory connection with the run's tables built from every published export, and a
-    `coverage` table: per worker, the last export it published and its heartbeat."""
+    `coverage` table: per worker, the last export it published and its heartbeat. Reads every
+    export: the full re-judge (the watch keeps a cache it updates from new exports only)."""
     layout = RunLayout(home, run_id)
     manifests = read_manifests(layout)
     if not manifests:
@@ -43,11 +47,21 @@ def open_exports(home: Path, run_id: str, memory_limit: str = "2GB") -> duckdb.D
                   SELECT DISTINCT ON ({keys}) * FROM read_parquet({files}, union_by_name = true, filename = true)
                   ORDER BY {keys}, filename)"""
         )
+    _run_tables(con, layout, manifests, "")
+    return con
+
+
+def _run_tables(con: duckdb.DuckDBPyConnection, layout: RunLayout, manifests: list[dict[str, Any]], kind: str) -> None:
+    """`checkpoints`, `run_meta` and `coverage` from the exports' manifests (`kind` "TEMP" on a
+    cache's connection: they are rebuilt at every look)."""
     latest: dict[str, dict[str, Any]] = {}
     for m in manifests:
         if m["worker"] not in latest or m["seq"] > latest[m["worker"]]["seq"]:
             latest[m["worker"]] = m
-    con.execute("CREATE TABLE checkpoints (source VARCHAR, part INTEGER, next_offset BIGINT, consumed BIGINT, sampled BIGINT)")
+    con.execute(
+        f"""CREATE OR REPLACE {kind} TABLE checkpoints
+            (source VARCHAR, part INTEGER, next_offset BIGINT, consumed BIGINT, sampled BIGINT)"""
+    )
     rows = [
         (c["source"], c["part"], c["next_offset"], c["consumed"], c["sampled"]) for m in latest.values() for c in m["checkpoints"]
     ]
@@ -55,15 +69,18 @@ def open_exports(home: Path, run_id: str, memory_limit: str = "2GB") -> duckdb.D
         con.executemany("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?)", rows)
     # a partition that moved between workers: read up to the furthest, counted by each reader
     con.execute(
-        """CREATE OR REPLACE TABLE checkpoints AS SELECT source, part, max(next_offset) AS next_offset,
+        f"""CREATE OR REPLACE {kind} TABLE checkpoints AS SELECT source, part, max(next_offset) AS next_offset,
            sum(consumed)::BIGINT AS consumed, sum(sampled)::BIGINT AS sampled FROM checkpoints GROUP BY ALL"""
     )
     newest = max(manifests, key=lambda m: (m["created_at"], m["worker"]))
-    con.execute("CREATE TABLE run_meta (key VARCHAR, value JSON)")
+    con.execute(f"CREATE OR REPLACE {kind} TABLE run_meta (key VARCHAR, value JSON)")
     con.executemany(
         "INSERT INTO run_meta VALUES (?, ?)", [(k, orjson.dumps(v).decode()) for k, v in sorted(newest["run_meta"].items())]
     )
-    con.execute("CREATE TABLE coverage (worker VARCHAR, seq INTEGER, exported_at VARCHAR, heartbeat_at VARCHAR, final BOOLEAN)")
+    con.execute(
+        f"""CREATE OR REPLACE {kind} TABLE coverage
+            (worker VARCHAR, seq INTEGER, exported_at VARCHAR, heartbeat_at VARCHAR, final BOOLEAN)"""
+    )
     beats = {b["worker"]: b for b in (orjson.loads(p.read_bytes()) for p in layout.heartbeats())}
     con.executemany(
         "INSERT INTO coverage VALUES (?, ?, ?, ?, ?)",
@@ -72,7 +89,105 @@ def open_exports(home: Path, run_id: str, memory_limit: str = "2GB") -> duckdb.D
             for w, m in sorted(latest.items())
         ],
     )
-    return con
+
+
+def open_cache(home: Path, run_id: str, memory_limit: str = "2GB") -> duckdb.DuckDBPyConnection:
+    """A connection over the judge's cache of the run's exports (`<run>/judge-cache.duckdb`),
+    brought up to date by reading only the exports it has not read yet: a look's reading cost
+    grows with the new rows, not the run. Its tables hold exactly what `open_exports` builds
+    (one row per source coordinates, the copy of the first folder by worker and number, whatever
+    order the folders arrived in), so a verdict judged on it equals a full re-judge. One
+    process at a time (the run's watch); a cache that cannot be read is rebuilt."""
+    layout = RunLayout(home, run_id)
+    if not layout.export_folders():
+        raise StoreError(f"run {run_id!r} has no exports under {layout.exports}")
+    try:
+        return _sync(layout, memory_limit)
+    except duckdb.Error as err:
+        # a cache left by an older version, or damaged: it only ever holds copies, so rebuild
+        log.warning("run %s: judge cache unusable (%s); rebuilding it from the exports", run_id, err)
+        for p in (layout.judge_cache, layout.judge_cache.with_name(layout.judge_cache.name + ".wal")):
+            p.unlink(missing_ok=True)
+        return _sync(layout, memory_limit)
+
+
+def _sync(layout: RunLayout, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    tmp = layout.dir / ".tmp"
+    con = duckdb.connect(str(layout.judge_cache), config={"memory_limit": memory_limit, "temp_directory": str(tmp)})
+    try:
+        con.execute("CREATE TABLE IF NOT EXISTS ingested (folder VARCHAR PRIMARY KEY, manifest JSON)")
+        have = {f for (f,) in con.execute("SELECT folder FROM ingested").fetchall()}
+        new = [f for f in layout.export_folders() if _origin(layout, f) not in have]
+        if new:
+            _ingest(con, layout, new)
+        manifests = [orjson.loads(m) for (m,) in con.execute("SELECT manifest FROM ingested ORDER BY folder").fetchall()]
+        for t in EXPORT_TABLES:
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {t} AS SELECT * EXCLUDE (origin) FROM {_cached(t)}")
+        _run_tables(con, layout, manifests, "TEMP")
+        return con
+    except BaseException:
+        con.close()
+        raise
+
+
+def _origin(layout: RunLayout, folder: Path) -> str:
+    """A folder's name within the run's exports, `<worker>/<seq>`: the order in which copies of
+    one row are preferred (the same order as open_exports' file names)."""
+    return folder.relative_to(layout.exports).as_posix()
+
+
+def _cached(table: str) -> str:
+    return f"cached_{table}"
+
+
+def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Path]) -> None:
+    """Add the rows of `folders` to the cache in one transaction. A row whose coordinates the
+    cache already holds keeps the copy of the earlier folder: rare (a crash between publishing
+    and recording an export, or a message two workers stored during a rebalance), and the only
+    case that touches old rows."""
+    prefix = len(str(layout.exports)) + 1
+    con.execute("BEGIN")
+    try:
+        for t in EXPORT_TABLES:
+            keys = EXPORT_KEYS[t]
+            files = "[" + ", ".join(_quote(str(f / f"{t}.parquet")) for f in folders) + "]"
+            # the folder a row came from, as `<worker>/<seq>`, from the file's path
+            origin = f"regexp_replace(substr(filename, {prefix + 1}), '/[^/]*$', '')"
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE incoming AS SELECT * FROM (
+                      SELECT DISTINCT ON ({keys}) * EXCLUDE (filename), {origin} AS origin
+                      FROM read_parquet({files}, union_by_name = true, filename = true)
+                      ORDER BY {keys}, filename)"""
+            )
+            cached = _cached(t)
+            con.execute(f"CREATE TABLE IF NOT EXISTS {cached} AS SELECT * FROM incoming LIMIT 0")
+            cols = [k.strip() for k in keys.split(",")]
+
+            def same(a: str, b: str, cols: list[str] = cols) -> str:
+                return " AND ".join(f"{a}.{k} = {b}.{k}" for k in cols)
+
+            # the one join with the cached rows: the incoming keys (few) probe the cached ones
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE clashes AS SELECT {", ".join(f"i.{k}" for k in cols)},
+                    i.origin < c.origin AS incoming_first FROM incoming i JOIN {cached} c ON {same("c", "i")}"""
+            )
+            (n_clash,) = con.execute("SELECT count(*) FROM clashes").fetchone() or (0,)
+            if n_clash:
+                # the copy of the earlier folder stays, on whichever side it is
+                for side, alias, first in ((cached, "c", ""), ("incoming", "i", "NOT ")):
+                    con.execute(
+                        f"""DELETE FROM {side} {alias} WHERE EXISTS
+                            (SELECT 1 FROM clashes x WHERE {first}x.incoming_first AND {same("x", alias)})"""
+                    )
+            con.execute(f"INSERT INTO {cached} BY NAME SELECT * FROM incoming")
+        con.executemany(
+            "INSERT INTO ingested VALUES (?, ?)",
+            [(_origin(layout, f), (f / "manifest.json").read_text(encoding="utf-8")) for f in folders],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def coverage(con: duckdb.DuckDBPyConnection, silent_after_s: float) -> dict[str, Any] | None:

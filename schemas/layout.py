@@ -5,6 +5,7 @@ that writes it, the judge that publishes into it and the gate that reads it.
         store-<worker>.duckdb         pairs, one file per writer (replay)
         exports/<worker>/<seq>/       the rows a writer committed since its previous export, as
                                       Parquet, for readers while it writes (replay/exports.py)
+        judge-cache.duckdb            the watching judge's copy of every export it has read
         run.json                      the run's candidates, written when the replay starts
         policy.json                   the policy in force, stored with the run when it starts
         verdict-<candidate>.json      the published verdict the gate serves
@@ -70,6 +71,10 @@ class RunLayout:
     def export_folders(self) -> list[Path]:
         """Every published export (a folder with its manifest), in worker then number order."""
         return sorted(m.parent for m in self.exports.glob("*/[0-9]*/manifest.json"))
+
+    @property
+    def judge_cache(self) -> Path:
+        return self.dir / "judge-cache.duckdb"
 
     def heartbeats(self) -> list[Path]:
         return sorted(self.exports.glob("*/heartbeat.json"))

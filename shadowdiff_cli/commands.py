@@ -95,7 +95,7 @@ def watch_run(
     import signal
     import threading
 
-    from diff.load import open_run
+    from diff.exports import open_cache
     from shadowdiff_cli.wiring import judge_and_publish
 
     stop = threading.Event()
@@ -118,10 +118,11 @@ def watch_run(
         beats = [orjson.loads(b.read_bytes()) for b in layout.heartbeats()]
         done = bool(beats) and all(b.get("final") for b in beats)
         now = (len(folders), folders[-1].name if folders else None, tuple(sorted((b["worker"], b["final"]) for b in beats)))
-        # a look costs a read of every export: taken when something new was published, and at
-        # least every few intervals so a worker's silence shows in the verdict
+        # a look reads the exports published since the last one into the judge's cache (and
+        # judges the whole run): taken when something new was published, and at least every
+        # few intervals so a worker's silence shows in the verdict
         if folders and (now != seen or not docs or time.monotonic() - last_look >= 4 * every_s):
-            con = open_run(home, run_id, source="exports")
+            con = open_cache(home, run_id)
             try:
                 docs = judge_and_publish(con, home, run_id, policy, final=done, silent_after_s=silent_after_s)
             finally:

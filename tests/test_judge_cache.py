@@ -1,0 +1,111 @@
+"""The watching judge's cache of a run's exports: each look reads only the exports it has not
+read, and what it holds (so the verdict) equals a full re-read of every export, whatever order
+the exports arrived in, including copies of one row that two workers exported."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import orjson
+
+from diff.exports import open_cache, open_exports
+from diff.judge import judge
+from diff.testing import Scenario, write_synthetic_store
+from schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
+from schemas.policy import Policy
+
+
+def export_rows(store: Path, layout: RunLayout, worker: str, seq: int, lo: float, hi: float) -> Path:
+    """Publish the store's rows whose offsets fall in [lo, hi) of the run as one export folder
+    of `worker`, as replay/exports.py lays it out (manifest last)."""
+    folder = layout.worker_exports(worker) / f"{seq:08d}"
+    folder.mkdir(parents=True)
+    with duckdb.connect(str(store), read_only=True) as con:
+        (top,) = con.execute('SELECT max("offset") + 1 FROM requests').fetchone()  # type: ignore[misc]
+        where = f'"offset" >= {int(lo * top)} AND "offset" < {int(hi * top)}'
+        for t in EXPORT_TABLES:
+            con.execute(f"COPY (SELECT * FROM {t} WHERE {where}) TO '{folder / f'{t}.parquet'}' (FORMAT parquet)")
+        checkpoints = [
+            {"source": s, "part": p, "next_offset": o, "consumed": c, "sampled": n}
+            for s, p, o, c, n in con.execute("SELECT source, part, next_offset, consumed, sampled FROM checkpoints").fetchall()
+        ]
+        meta = {k: orjson.loads(v) for k, v in con.execute("SELECT key, value FROM run_meta").fetchall()}
+    manifest = {"worker": worker, "seq": seq, "created_at": f"2026-12-01T00:00:{seq:02d}+00:00", "checkpoints": checkpoints}
+    (folder / "manifest.json").write_bytes(orjson.dumps(manifest | {"run_meta": meta}))
+    return folder
+
+
+def slower_copy(folder: Path, factor: float) -> None:
+    """The same rows as another worker stored them: same requests, other measured latencies."""
+    path = str(folder / "outputs.parquet")
+    with duckdb.connect() as con:
+        con.execute(f"CREATE TABLE o AS SELECT * REPLACE (latency_ms * {factor} AS latency_ms) FROM '{path}'")
+        con.execute(f"COPY o TO '{path}' (FORMAT parquet)")
+
+
+def contents(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
+    return {t: con.execute(f"SELECT * FROM {t} ORDER BY {EXPORT_KEYS[t]}").fetchall() for t in EXPORT_TABLES}
+
+
+def test_each_look_reads_only_new_exports_and_equals_a_full_reread(tmp_path):
+    home = tmp_path / "runs"
+    store = write_synthetic_store(tmp_path / "src" / "store-w0.duckdb", Scenario(n=12_000, segments=4, seed=3), "run")
+    layout = RunLayout(home, "run")
+    policy = Policy(min_samples=200)
+    hidden = tmp_path / "not-yet-published"
+    hidden.mkdir()
+    # w0 exports the first 60 % in three folders; w1 also stored 50-60 % during a rebalance
+    # (its copy measured slower), then the rest
+    export_rows(store, layout, "w0", 1, 0.0, 0.2)
+    late = [export_rows(store, layout, "w0", 2, 0.2, 0.4), export_rows(store, layout, "w0", 3, 0.4, 0.6)]
+    slower_copy(export_rows(store, layout, "w1", 1, 0.5, 0.6), 3.0)
+    export_rows(store, layout, "w1", 2, 0.6, 1.0)
+    # w0's folders 2 and 3 arrive only after w1's: its copy of 50-60 % is then the later one to
+    # arrive, yet the one a full re-read keeps (the first folder by worker and number)
+    for f in late:
+        shutil.move(str(f), hidden / f.name)
+
+    con = open_cache(home, "run")
+    first = judge(con, policy)
+    (ingested,) = con.execute("SELECT count(*) FROM ingested").fetchone()  # type: ignore[misc]
+    con.close()
+    assert ingested == 3
+    assert first["data"]["pairs"] < 12_000  # 40-50 % not yet published
+
+    for f in late:
+        shutil.move(str(hidden / f.name), layout.worker_exports("w0") / f.name)
+    con = open_cache(home, "run")
+    try:
+        (ingested,) = con.execute("SELECT count(*) FROM ingested").fetchone()  # type: ignore[misc]
+        cached, looked = contents(con), judge(con, policy)
+        (latency_sum,) = con.execute("SELECT sum(latency_ms) FROM outputs").fetchone()  # type: ignore[misc]
+    finally:
+        con.close()
+    full_con = open_exports(home, "run")
+    try:
+        full, rejudged = contents(full_con), judge(full_con, policy)
+    finally:
+        full_con.close()
+    assert ingested == 5  # the second look read the two new folders only
+    assert cached == full  # the same rows, the same copy of each
+    assert looked["data"]["pairs"] == rejudged["data"]["pairs"] == 12_000
+    assert looked["digest"] == rejudged["digest"]
+    # the rows 50-60 % are w0's copies (the store's latencies), not w1's slower ones
+    with duckdb.connect(str(store), read_only=True) as src:
+        (original,) = src.execute("SELECT sum(latency_ms) FROM outputs").fetchone()  # type: ignore[misc]
+    assert abs(latency_sum - original) < 1e-9 * original
+
+
+def test_a_damaged_cache_is_rebuilt_from_the_exports(tmp_path):
+    home = tmp_path / "runs"
+    store = write_synthetic_store(tmp_path / "src" / "store-w0.duckdb", Scenario(n=3_000, segments=3, seed=4), "run")
+    layout = RunLayout(home, "run")
+    export_rows(store, layout, "w0", 1, 0.0, 1.0)
+    layout.judge_cache.write_bytes(b"not a database")
+    con = open_cache(home, "run")
+    try:
+        assert con.execute("SELECT count(*) FROM requests").fetchone() == (3_000,)
+    finally:
+        con.close()
