@@ -1,0 +1,100 @@
+"""What one look of `shadowdiff judge --watch` costs against a full re-judge, on a run of
+exports: N stored pairs published in `--exports` folders, then one more folder of `--new` pairs.
+
+- full: open_exports (every export read again) + judge;
+- look: open_cache (the judge's cache reads the new folder only) + judge.
+
+Prints both, their parts and the ratio look / full (issue target: <= 0.05 with 5M pairs stored
+and 50k new). Both verdicts must have the same digest. The ratio is within one run, on this
+machine.
+
+    python bench/look_bench.py [--pairs 5000000] [--new 50000] [--exports 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from synth import big_store
+
+from diff.exports import open_cache, open_exports
+from diff.judge import judge
+from schemas.layout import EXPORT_TABLES, RunLayout
+from schemas.policy import Policy, Reference
+
+
+def publish(store: Path, layout: RunLayout, seq: int, lo: int, hi: int) -> None:
+    """Rows with offsets in [lo, hi) as export folder `seq` of worker w0 (manifest last)."""
+    folder = layout.worker_exports("w0") / f"{seq:08d}"
+    folder.mkdir(parents=True)
+    with duckdb.connect(str(store), read_only=True) as con:
+        for t in EXPORT_TABLES:
+            target = folder / f"{t}.parquet"
+            con.execute(f"""COPY (SELECT * FROM {t} WHERE "offset" >= {lo} AND "offset" < {hi}) TO '{target}'
+                            (FORMAT parquet, COMPRESSION zstd)""")
+        checkpoints = [
+            {"source": s, "part": p, "next_offset": o, "consumed": c, "sampled": n}
+            for s, p, o, c, n in con.execute("SELECT source, part, next_offset, consumed, sampled FROM checkpoints").fetchall()
+        ]
+        meta = {k: orjson.loads(v) for k, v in con.execute("SELECT key, value FROM run_meta").fetchall()}
+    manifest = {"worker": "w0", "seq": seq, "created_at": f"2026-12-01T00:00:00.{seq:06d}+00:00", "checkpoints": checkpoints}
+    (folder / "manifest.json").write_bytes(orjson.dumps(manifest | {"run_meta": meta}, default=str))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pairs", type=int, default=5_000_000)
+    ap.add_argument("--new", type=int, default=50_000)
+    ap.add_argument("--exports", type=int, default=100)
+    a = ap.parse_args()
+    policy = Policy(reference=Reference(start="2026-11-25T00:00:00+00:00", end="2026-11-25T04:00:00+00:00"))
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        total = a.pairs + a.new
+        store = big_store(tmp / "src" / "store-w0.duckdb", total, segments=20, features=15, run_id="big")
+        layout = RunLayout(tmp / "runs", "big")
+        for i in range(a.exports):
+            publish(store, layout, i + 1, a.pairs * i // a.exports, a.pairs * (i + 1) // a.exports)
+        t0 = time.perf_counter()
+        open_cache(layout.home, "big").close()
+        print(f"{a.pairs:,} pairs in {a.exports} exports; the cache's first read of them: {time.perf_counter() - t0:.1f} s")
+        publish(store, layout, a.exports + 1, a.pairs, total)
+
+        t0 = time.perf_counter()
+        con = open_cache(layout.home, "big")
+        t1 = time.perf_counter()
+        looked = judge(con, policy)
+        t2 = time.perf_counter()
+        con.close()
+        look_read, look_judge = t1 - t0, t2 - t1
+
+        t0 = time.perf_counter()
+        con = open_exports(layout.home, "big")
+        t1 = time.perf_counter()
+        full = judge(con, policy)
+        t2 = time.perf_counter()
+        con.close()
+        full_read, full_judge = t1 - t0, t2 - t1
+
+    look, whole = look_read + look_judge, full_read + full_judge
+    print(f"look with {a.new:,} new pairs: read {look_read:.1f} s + judge {look_judge:.1f} s = {look:.1f} s")
+    print(f"full re-judge:                read {full_read:.1f} s + judge {full_judge:.1f} s = {whole:.1f} s")
+    print(f"look / full: {look / whole:.3f}  (reading alone: {look_read / full_read:.3f}; target <= 0.05)")
+    print(
+        f"verdicts: {looked['verdict']} / {full['verdict']}, pairs {looked['data']['pairs']:,}, "
+        f"digest equal: {looked['digest'] == full['digest']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
