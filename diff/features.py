@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 import polars as pl
 
-from diff.aggregate import _rows
+from diff.aggregate import _rows, histograms
 from diff.drift import SMALL, DriftResult, categorical_drift, numeric_drift_hist
 from diff.load import RunInfo, ident
 from diff.segments import ALL, SegmentSets
@@ -168,10 +168,7 @@ class FeatureTables:
         b = f"least(greatest(floor(({c} - {lo!r}) / {width!r}), 0), {BINS - 1})::INT"
         sql = f"""SELECT {self.sets.select()}, {b} AS bin, count(*) AS k FROM {side} WHERE {c} IS NOT NULL
                   {self.sets.group_by([b])}"""
-        out: dict[str, np.ndarray] = {}
-        for r in _rows(self.con, sql):
-            out.setdefault(self.sets.name(r), np.zeros(BINS))[int(r["bin"])] = r["k"]
-        return out
+        return histograms(self.con, self.sets, sql, BINS)
 
     def collect(self, max_rows: int = 1_000_000) -> list[FeatureStats]:
         con, sets, info = self.con, self.sets, self.info

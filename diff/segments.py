@@ -50,6 +50,16 @@ class SegmentSets:
                 parts.append(f"{f}={row['seg_' + f]}")
         return "&".join(parts) if parts else ALL
 
+    def name_sql(self, gid: str = "gid") -> str:
+        """SQL for the segment name of a result row from `select()` (the same as `name`), so
+        that large results (histograms: segments x bins) come back as columns, not rows."""
+        n = len(self.fields)
+        parts = [
+            f"CASE WHEN ({gid} >> {n - 1 - i}) & 1 = 0 THEN {_sql_str(f + '=')} || {ident('seg_' + f)} END"
+            for i, f in enumerate(self.fields)
+        ]
+        return f"coalesce(nullif(concat_ws('&', {', '.join(parts)}), ''), '{ALL}')" if parts else f"'{ALL}'"
+
     def where(self, segment: str) -> str:
         """SQL predicate selecting one segment's rows (values are quoted)."""
         if segment == ALL:
@@ -59,3 +69,7 @@ class SegmentSets:
             f, _, v = part.partition("=")
             conds.append(f"{ident('seg_' + f)} = '{v.replace(chr(39), chr(39) * 2)}'")
         return " AND ".join(conds)
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
