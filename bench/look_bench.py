@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=5_000_000)
     ap.add_argument("--new", type=int, default=50_000)
     ap.add_argument("--exports", type=int, default=100)
+    ap.add_argument("--memory", default="2GB", help="DuckDB memory limit of both (the judge's default: 2GB)")
     a = ap.parse_args()
     policy = Policy(reference=Reference(start="2026-11-25T00:00:00+00:00", end="2026-11-25T04:00:00+00:00"))
     with tempfile.TemporaryDirectory() as d:
@@ -66,12 +67,12 @@ def main() -> None:
         for i in range(a.exports):
             publish(store, layout, i + 1, a.pairs * i // a.exports, a.pairs * (i + 1) // a.exports)
         t0 = time.perf_counter()
-        open_cache(layout.home, "big").close()
+        open_cache(layout.home, "big", a.memory).close()
         print(f"{a.pairs:,} pairs in {a.exports} exports; the cache's first read of them: {time.perf_counter() - t0:.1f} s")
         publish(store, layout, a.exports + 1, a.pairs, total)
 
         t0 = time.perf_counter()
-        con = open_cache(layout.home, "big")
+        con = open_cache(layout.home, "big", a.memory)
         t1 = time.perf_counter()
         looked = judge(con, policy)
         t2 = time.perf_counter()
@@ -79,7 +80,7 @@ def main() -> None:
         look_read, look_judge = t1 - t0, t2 - t1
 
         t0 = time.perf_counter()
-        con = open_exports(layout.home, "big")
+        con = open_exports(layout.home, "big", a.memory)
         t1 = time.perf_counter()
         full = judge(con, policy)
         t2 = time.perf_counter()
