@@ -17,7 +17,9 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import orjson
@@ -51,6 +53,18 @@ def publish(store: Path, layout: RunLayout, seq: int, lo: int, hi: int) -> None:
     (folder / "manifest.json").write_bytes(orjson.dumps(manifest | {"run_meta": meta}, default=str))
 
 
+def timed(open_run: Callable[[], duckdb.DuckDBPyConnection], policy: Policy) -> tuple[float, float, dict[str, Any]]:
+    """Seconds to open the run, seconds to judge it, and the verdict."""
+    t0 = time.perf_counter()
+    con = open_run()
+    t1 = time.perf_counter()
+    try:
+        doc = judge(con, policy)
+    finally:
+        con.close()
+    return t1 - t0, time.perf_counter() - t1, doc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=5_000_000)
@@ -71,21 +85,8 @@ def main() -> None:
         print(f"{a.pairs:,} pairs in {a.exports} exports; the cache's first read of them: {time.perf_counter() - t0:.1f} s")
         publish(store, layout, a.exports + 1, a.pairs, total)
 
-        t0 = time.perf_counter()
-        con = open_cache(layout.home, "big", a.memory)
-        t1 = time.perf_counter()
-        looked = judge(con, policy)
-        t2 = time.perf_counter()
-        con.close()
-        look_read, look_judge = t1 - t0, t2 - t1
-
-        t0 = time.perf_counter()
-        con = open_exports(layout.home, "big", a.memory)
-        t1 = time.perf_counter()
-        full = judge(con, policy)
-        t2 = time.perf_counter()
-        con.close()
-        full_read, full_judge = t1 - t0, t2 - t1
+        look_read, look_judge, looked = timed(lambda: open_cache(layout.home, "big", a.memory), policy)
+        full_read, full_judge, full = timed(lambda: open_exports(layout.home, "big", a.memory), policy)
 
     look, whole = look_read + look_judge, full_read + full_judge
     print(f"look with {a.new:,} new pairs: read {look_read:.1f} s + judge {look_judge:.1f} s = {look:.1f} s")

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from helpers import committed_offsets, envelope  # noqa: E402
+from helpers import committed_offsets, envelope, start_s3_server  # noqa: E402
 from replay_bench import bootstrap  # noqa: E402
 
 from diff.exports import open_exports  # noqa: E402
@@ -126,28 +126,7 @@ def one_worker(tmp: Path, run: str, bs: str, topic: str, n: int, watch: bool) ->
 def s3_server() -> tuple[subprocess.Popen[bytes], str]:
     """moto's S3 server on a free loopback port, with test credentials in the environment as
     the AWS chain reads them (the workers and the judge inherit them)."""
-    import socket
-
-    import httpx
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.HTTPError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("moto's S3 server did not start") from None
-            time.sleep(0.1)  # polling the server's readiness
+    proc, url = start_s3_server()
     creds = {"AWS_ACCESS_KEY_ID": "bench-key", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_REGION": "us-east-1"}
     os.environ.update(creds)
     ENV.update(creds)

@@ -103,29 +103,9 @@ def _no_child_outlives_its_test() -> Iterator[None]:
 def s3_endpoint() -> Iterator[str]:
     """A real S3-compatible server on loopback (moto's server, from PyPI), with test credentials
     in the environment as the AWS chain reads them."""
-    import socket
-    import time
+    from helpers import start_s3_server
 
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.HTTPError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("moto's S3 server did not start") from None
-            time.sleep(0.1)  # polling the server's readiness
+    proc, url = start_s3_server()
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
     os.environ.update({"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_REGION": "us-east-1"})
     try:

@@ -42,6 +42,36 @@ def envelope(i: int, rng: random.Random, t0: datetime = T0, step_s: float = 1.0)
     }
 
 
+def start_s3_server() -> tuple[Any, str]:
+    """moto's S3 server (from PyPI) on a free loopback port, once it answers: the process and
+    its endpoint URL."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return proc, url
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("moto's S3 server did not start") from None
+            time.sleep(0.1)  # polling the server's readiness
+
+
 def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], timestamps_ms: list[int] | None = None) -> None:
     from kafka import KafkaProducer
 
