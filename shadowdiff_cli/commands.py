@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, StoreError
 from schemas.layout import RunLayout
 
 
@@ -95,6 +95,8 @@ def watch_run(
     import signal
     import threading
 
+    import duckdb
+
     from diff.exports import open_cache
     from shadowdiff_cli.wiring import judge_and_publish
 
@@ -107,7 +109,7 @@ def watch_run(
     layout = RunLayout(home, run_id)
     seen: tuple[Any, ...] | None = None
     docs: list[dict[str, Any]] = []
-    last_look = 0.0
+    last_look, failures = 0.0, 0
     while True:
         if shared is not None:
             try:
@@ -122,12 +124,24 @@ def watch_run(
         # judges the whole run): taken when something new was published, and at least every
         # few intervals so a worker's silence shows in the verdict
         if folders and (now != seen or not docs or time.monotonic() - last_look >= 4 * every_s):
-            con = open_cache(home, run_id)
             try:
-                docs = judge_and_publish(con, home, run_id, policy, final=done, silent_after_s=silent_after_s)
-            finally:
-                con.close()
-            last_look = time.monotonic()
+                con = open_cache(home, run_id)
+                try:
+                    docs = judge_and_publish(con, home, run_id, policy, final=done, silent_after_s=silent_after_s)
+                finally:
+                    con.close()
+            except (duckdb.Error, StoreError, OSError) as err:
+                # a failed look (out of memory, a full disk, a damaged export) publishes
+                # nothing: the served verdict ages into PENDING at the gate, and the next look
+                # tries again; once every worker has finished, a few failures end the watch
+                last_look, failures = time.monotonic(), failures + 1
+                if done and failures >= 3:
+                    raise
+                print(f"shadowdiff: run {run_id}: this look failed, trying again: {err}", file=sys.stderr, flush=True)
+                if stop.wait(every_s):
+                    return docs
+                continue
+            last_look, failures = time.monotonic(), 0
             for doc in docs:
                 covered = doc.get("coverage", {})
                 print(

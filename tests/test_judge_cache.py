@@ -5,10 +5,12 @@ the exports arrived in, including copies of one row that two workers exported.""
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import orjson
+from replays import Replay
 
 from diff.exports import open_cache, open_exports
 from diff.judge import judge
@@ -109,3 +111,26 @@ def test_a_damaged_cache_is_rebuilt_from_the_exports(tmp_path):
         assert con.execute("SELECT count(*) FROM requests").fetchone() == (3_000,)
     finally:
         con.close()
+
+
+def test_a_failed_look_does_not_stop_the_watch(tmp_path):
+    # an export that cannot be read (a damaged Parquet file): the look fails and publishes
+    # nothing, the watch says so and tries again; once the folder is readable, it judges
+    home = tmp_path / "runs"
+    store = write_synthetic_store(tmp_path / "src" / "store-w0.duckdb", Scenario(n=3_000, segments=3, seed=5), "run")
+    layout = RunLayout(home, "run")
+    export_rows(store, layout, "w0", 1, 0.0, 0.5)
+    broken = export_rows(store, layout, "w0", 2, 0.5, 1.0)
+    good = (broken / "outputs.parquet").read_bytes()
+    (broken / "outputs.parquet").write_bytes(b"PAR1 damaged")
+    beat = layout.worker_exports("w0") / "heartbeat.json"
+    beat.write_bytes(orjson.dumps({"worker": "w0", "at": datetime.now(UTC).isoformat(), "final": False}))
+    (home / "run" / "policy.json").write_text(Policy(min_samples=200).model_dump_json(), encoding="utf-8")
+    watch = Replay(args=["judge", "--run", "run", "--home", str(home), "--watch", "--every", "0.2"])
+    watch.line("this look failed, trying again", 120)
+    assert not layout.verdict("cand").exists()  # nothing published from a failed look
+    (broken / "outputs.parquet").write_bytes(good)
+    watch.until(lambda: layout.verdict("cand").exists(), 120, "a verdict once the export is readable")
+    beat.write_bytes(orjson.dumps({"worker": "w0", "at": datetime.now(UTC).isoformat(), "final": True}))
+    assert watch.proc.wait(120) in (0, 1, 2), "".join(watch.lines[-20:])
+    assert orjson.loads(layout.verdict("cand").read_bytes())["data"]["pairs"] == 3_000
