@@ -48,7 +48,8 @@ def big_store(
             SELECT source, part, "offset", '{variant}', 'v',
                    score + (random() - 0.5) * 0.02,
                    CASE WHEN (random() < {flip}) <> label THEN '1' ELSE '0' END,
-                   NULL, exp(ln(20) + 0.4 * (random() + random() + random() - 1.5) * 2) * {lat}, NULL, NULL, 1
+                   NULL, exp(ln(20) + 0.4 * (random() + random() + random() - 1.5) * 2) * {lat}, NULL, NULL, 1,
+                   event_time
             FROM base""")
     con.execute(f"INSERT INTO checkpoints SELECT 'sim', p, {n // 4}, {n // 4}, {n // 4} FROM range(4) t(p)")
     write_run_meta(con, config_for(Scenario(features=features), run_id), run_id)

@@ -37,6 +37,8 @@ from schemas import VERDICT_SCHEMA_VERSION
 from schemas.policy import Policy
 from schemas.records import Status
 
+_CLOCK = "blocks of the wall-clock time the calls were made (answers recorded in production: their event time)"
+
 
 def policy_digest(policy: Policy) -> str:
     return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()
@@ -282,11 +284,11 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
             "alpha": policy.alpha,
             "tests_in_family": len(family),
             "latency_axis": (
-                "wall-clock blocks"
+                _CLOCK
                 if not hour_bucket
-                else f"wall-clock blocks; the event-time segments ({hour_bucket}) too (live: event time is wall-clock time)"
+                else f"{_CLOCK}; the event-time segments ({hour_bucket}) too (live: event time is wall-clock time)"
                 if live
-                else f"wall-clock blocks; the event-time segments ({hour_bucket}) of a replay are not judged on latency"
+                else f"{_CLOCK}; the event-time segments ({hour_bucket}) of a replay are not judged on latency"
             ),
             "decision": "anytime-valid (Gaussian-mixture e-processes): valid however often the run is judged; "
             "a critical check passes only once shown within its threshold"

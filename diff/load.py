@@ -224,6 +224,9 @@ def build_pairs(
         else "requests"
     )
     segs = (", ".join(built.seg_exprs) + ",") if built.seg_exprs else ""
+    # stores and exports written before calls were timed have no called_at
+    timed = "called_at" in {name for (name, *_) in con.execute("DESCRIBE outputs").fetchall()}
+    called_at = "c.called_at" if timed else "NULL::TIMESTAMPTZ"
     con.execute("DROP TABLE IF EXISTS pairs")
     con.execute(
         f"""CREATE TEMP TABLE pairs AS
@@ -231,6 +234,7 @@ def build_pairs(
                r.feature_version, {segs}
                b.score AS b_score, b.label AS b_label, b.latency_ms AS b_lat, b.error_class AS b_err,
                c.score AS c_score, c.label AS c_label, c.latency_ms AS c_lat, c.error_class AS c_err,
+               {called_at} AS called_at,
                q.score AS r_score, q.label AS r_label, q.error_class AS r_err,
                q.variant IS NOT NULL AS has_repeat
         FROM (SELECT * FROM {source}) r

@@ -44,6 +44,9 @@ class Scenario:
     mismatch_segment: int | None = None  # only this segment's traffic comes from another pipeline
     quota_segment: int | None = None  # this segment's rows beyond its rate share were sampled by quota
     quota_share: float = 0.0  # share of that segment's rows whose sampled_reason is 'quota'
+    # False: the calls were made in another order than event time (a replay reading partitions
+    # side by side): event times are shuffled against the call clock, which load follows
+    calls_in_event_order: bool = True
     seed: int = 0
 
 
@@ -105,6 +108,9 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
     times = np.datetime64(T0.replace(tzinfo=None), "us") + (np.sort(rng.uniform(0, s.span_minutes * 60e6, n))).astype(
         "timedelta64[us]"
     )
+    called = times  # rows are in call order: load stretches are runs of consecutive rows
+    if not s.calls_in_event_order:
+        times = rng.permutation(times)
     seg_str = np.array([f"s{i:02d}" for i in range(len(w))])[seg]
     fvals = []
     for f in feats:
@@ -184,6 +190,7 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
                 "error_class": pa.nulls(n, pa.string()),
                 "error_detail": pa.nulls(n, pa.string()),
                 "attempts": pa.array(np.ones(n, np.int32)),
+                "called_at": pa.array(called, pa.timestamp("us", tz="UTC")),
             }
         )
         con.register("out", out)

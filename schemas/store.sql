@@ -38,7 +38,9 @@ CREATE TABLE IF NOT EXISTS outputs (
     latency_ms      DOUBLE,
     error_class     VARCHAR,             -- NULL when the call succeeded; see schemas.records.ErrorClass
     error_detail    VARCHAR,
-    attempts        INTEGER   NOT NULL
+    attempts        INTEGER   NOT NULL,
+    called_at       TIMESTAMPTZ          -- when the shadow sent the batch's calls (wall clock); NULL
+                                         -- for answers recorded in production (live envelopes)
     -- no index of its own: outputs are inserted only with a request row newly inserted in the
     -- same transaction (INSERT OR IGNORE ... RETURNING), so (source, part, offset, variant) is
     -- unique by construction, and a second ART index would halve the insert rate

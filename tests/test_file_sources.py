@@ -157,6 +157,13 @@ def test_the_duckdb_and_python_paths_store_the_same_rows(tmp_path):
             )
     assert len(tables["kafka_key"][0]) == 300
     assert tables["kafka_key"] == tables["request_id"]
+    # the candidate's calls carry the wall-clock time they were made; the live baseline's
+    # answers were made in production, at their event time, so they carry none
+    with duckdb.connect(str(tmp_path / "runs" / "k-kafka_key" / "store-w0.duckdb"), read_only=True) as con:
+        timed = dict(con.execute("SELECT variant, count(called_at) FROM outputs GROUP BY 1").fetchall())
+        (recent,) = con.execute("SELECT min(called_at) > now() - INTERVAL 1 HOUR FROM outputs").fetchone()  # type: ignore[misc]
+    assert timed == {"baseline": 0, "candidate:c": 300}, timed
+    assert recent
 
 
 def test_poison_event_times_are_dead_lettered_and_cost_nothing_around_them(tmp_path):
