@@ -176,23 +176,21 @@ def latency_blocks(
     where: str = "TRUE",
     blocks: int = LATENCY_BLOCKS,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Latency quantiles per segment in `blocks` consecutive stretches of the wall-clock time
-    the shadow made the calls (`called_at`; for answers recorded in production, their event
-    time). Latencies measured close together share the machine's load and a batched call's
-    duration, so they are not independent; the spread of the blocks' values gives an honest
-    standard error (batch means). Event time would not do for a replay: partitions read side
-    by side put distant event times next to each other on the clock."""
+    """Latency quantiles per segment in `blocks` consecutive stretches of the run, each with
+    the same number of pairs, in the order the shadow made the calls: by the wall-clock time a
+    batch's calls were sent (`called_at`; for answers recorded in production, their event time),
+    then by event time within a batch. Latencies measured close together share the machine's
+    load and a batched call's duration, so they are not independent; the spread of the blocks'
+    values gives an honest standard error (batch means). Event time alone would not do for a
+    replay: partitions read side by side put distant event times next to each other on the
+    clock."""
     ok = f"b_err IS NULL AND c_err IS NULL AND b_lat IS NOT NULL AND c_lat IS NOT NULL AND {where}"
-    clock = "epoch_us(coalesce(called_at, event_time))"
-    span = con.execute(f"SELECT min({clock}), max({clock}) FROM pairs WHERE {ok}").fetchone()
-    if not span or span[0] is None:
-        return {}
-    t0, width = int(span[0]), max(1, int(span[1]) - int(span[0]) + 1)
     qs = "[" + ", ".join(str(q) for q in sorted(set(quantiles))) + "]"
-    blk = f"least({blocks - 1}, ({clock} - {t0}) * {blocks} // {width})"
-    sql = f"""SELECT {sets.select()}, {blk} AS blk, count(*) AS n,
+    order = 'coalesce(called_at, event_time), event_time, source, part, "offset"'
+    sql = f"""SELECT {sets.select()}, blk, count(*) AS n,
         quantile_cont(b_lat, {qs}) AS b_q, quantile_cont(c_lat, {qs}) AS c_q
-        FROM pairs WHERE {ok} {sets.group_by([blk])}"""
+        FROM (SELECT *, ntile({blocks}) OVER (ORDER BY {order}) - 1 AS blk FROM pairs WHERE {ok})
+        {sets.group_by(["blk"])}"""
     out: dict[str, list[dict[str, Any]]] = {}
     for r in _rows(con, sql):
         out.setdefault(sets.name(r), []).append(r)
