@@ -63,7 +63,9 @@ def _anytime_test(r: ck.CheckResult, policy: Policy) -> None:
     r.p_within = sequential.p_value(-z, r.n, horizon, alpha)
     if r.kind == "abs_diff_quantile":
         return  # tested on the share beyond the threshold; its interval stays on the quantile
-    half = sequential.z_bound(r.n, horizon, alpha) * r.se
+    # each end of the interval is the one-sided anytime bound at alpha, so that an analyst
+    # reads the decision off it: GO needs the bad end within the threshold
+    half = sequential.z_bound_one_sided(r.n, horizon, alpha) * r.se
     lo, hi = r.est - half, r.est + half
     if r.kind == "latency":  # tested on the log scale, shown as a ratio
         lo, hi = math.exp(lo), math.exp(hi)

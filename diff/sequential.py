@@ -65,12 +65,22 @@ def p_value(z: float, n: float, horizon: float, alpha: float) -> float:
     return 1.0 if log_e <= 0 else math.exp(-log_e)
 
 
-def z_bound(n: float, horizon: float, alpha: float) -> float:
-    """Half-width of the two-sided confidence sequence at level 1-alpha, in standard errors."""
+def z_bound_one_sided(n: float, horizon: float, alpha: float) -> float:
+    """Standard errors from the estimate to the threshold at which the one-sided test (either
+    side) rejects at alpha: the ends of the interval the decisions are read against. An upper
+    end within the threshold is exactly "shown within"; a lower end past it, "shown worse"
+    before the correction for many tests."""
     r = n * mixing_scale(horizon, alpha)
     if r <= 0:
         return math.inf
-    return math.sqrt((1 + r) / r * (2 * math.log(1 / alpha) + math.log1p(r)))
+    target = math.log(1 / alpha)
+    lo, hi = 0.0, 1.0
+    while log_e_one_sided(hi, r) < target:
+        lo, hi = hi, hi * 2
+    for _ in range(60):  # the e-value grows with z: bisect to well below rounding of the shown bounds
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if log_e_one_sided(mid, r) < target else (lo, mid)
+    return hi
 
 
 def pairs_needed(gap: float, se: float, n: int, horizon: float, alpha: float, limit: int = 10**9) -> int | None:

@@ -5,14 +5,17 @@ fixed-sample test read at every look is not), and the three-way decision in the 
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
 from helpers import verdict_of
 
+from diff import checks as ck
 from diff import sequential
+from diff.decide import decide
 from diff.testing import Scenario
-from schemas.policy import parse_policy
+from schemas.policy import Policy, parse_policy
 
 ALPHA = 0.01
 
@@ -129,3 +132,19 @@ def test_an_estimate_far_on_the_good_side_is_never_read_as_worse():
         assert log_e < last  # ever less evidence of "worse"
         last = log_e
         assert p_value(z, 8000, 10_000, 0.01) == 1.0
+
+
+def test_the_shown_interval_is_the_one_the_decision_is_read_against():
+    # GO for a check means its bad end is within the threshold, and a raw NO_GO its good end
+    # past it: an interval whose upper end crossed x1.3 beside a GO read as a contradiction
+    for n in (500, 5_000, 50_000):
+        z = sequential.z_bound_one_sided(n, 10_000, ALPHA)
+        assert sequential.p_value(z * 1.0001, n, 10_000, ALPHA) < ALPHA < sequential.p_value(z * 0.9999, n, 10_000, ALPHA)
+    rng = random.Random(4)
+    for _ in range(200):
+        est, se, thr = rng.uniform(-1, 1), rng.uniform(0.01, 0.5), rng.uniform(-1, 1)
+        r = ck.CheckResult("c", "error_rate", "all", "critical", thr, rng.randint(200, 100_000))
+        r.set_test(est, se, thr)
+        decide([r], Policy(), r.n)
+        assert r.ci is not None
+        assert (r.status == ck.PASS) == (r.ci[1] < thr), (est, se, thr, r.status, r.ci)
