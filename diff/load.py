@@ -226,24 +226,37 @@ def build_pairs(
     segs = (", ".join(built.seg_exprs) + ",") if built.seg_exprs else ""
     # stores and exports written before calls were timed have no called_at
     timed = "called_at" in {name for (name, *_) in con.execute("DESCRIBE outputs").fetchall()}
-    called_at = "c.called_at" if timed else "NULL::TIMESTAMPTZ"
+    called_at = "called_at" if timed else "NULL::TIMESTAMPTZ"
     con.execute("DROP TABLE IF EXISTS pairs")
+    # one pass over the outputs, pivoted to a row per request, then one join: three joins of
+    # the outputs (one per variant) left DuckDB to guess their sizes, and on tables without a
+    # key it built its hash tables on the wide side and ran out of memory at 5M pairs
     con.execute(
         f"""CREATE TEMP TABLE pairs AS
+        WITH o AS (
+          SELECT source, part, "offset",
+                 any_value(score) FILTER (WHERE variant = $base) AS b_score,
+                 any_value(label) FILTER (WHERE variant = $base) AS b_label,
+                 any_value(latency_ms) FILTER (WHERE variant = $base) AS b_lat,
+                 any_value(error_class) FILTER (WHERE variant = $base) AS b_err,
+                 any_value(score) FILTER (WHERE variant = $cand) AS c_score,
+                 any_value(label) FILTER (WHERE variant = $cand) AS c_label,
+                 any_value(latency_ms) FILTER (WHERE variant = $cand) AS c_lat,
+                 any_value(error_class) FILTER (WHERE variant = $cand) AS c_err,
+                 any_value({called_at}) FILTER (WHERE variant = $cand) AS called_at,
+                 any_value(score) FILTER (WHERE variant = $rep) AS r_score,
+                 any_value(label) FILTER (WHERE variant = $rep) AS r_label,
+                 any_value(error_class) FILTER (WHERE variant = $rep) AS r_err,
+                 bool_or(variant = $rep) AS has_repeat,
+                 bool_or(variant = $cand) AS has_candidate
+          FROM outputs WHERE variant IN ($cand, $base, $rep) GROUP BY source, part, "offset")
         SELECT r.source, r.part, r."offset", r.request_id, r.event_time, r.sampled_reason,
                r.feature_version, {segs}
-               b.score AS b_score, b.label AS b_label, b.latency_ms AS b_lat, b.error_class AS b_err,
-               c.score AS c_score, c.label AS c_label, c.latency_ms AS c_lat, c.error_class AS c_err,
-               {called_at} AS called_at,
-               q.score AS r_score, q.label AS r_label, q.error_class AS r_err,
-               q.variant IS NOT NULL AS has_repeat
+               o.b_score, o.b_label, o.b_lat, o.b_err, o.c_score, o.c_label, o.c_lat, o.c_err, o.called_at,
+               o.r_score, o.r_label, o.r_err, o.has_repeat
         FROM (SELECT * FROM {source}) r
-        JOIN outputs c ON c.source = r.source AND c.part = r.part AND c."offset" = r."offset"
-                       AND c.variant = $cand
-        LEFT JOIN outputs b ON b.source = r.source AND b.part = r.part AND b."offset" = r."offset"
-                       AND b.variant = $base
-        LEFT JOIN outputs q ON q.source = r.source AND q.part = r.part AND q."offset" = r."offset"
-                       AND q.variant = $rep""",
+        JOIN o ON o.source = r.source AND o.part = r.part AND o."offset" = r."offset"
+        WHERE o.has_candidate""",
         {"cand": candidate_variant(candidate), "base": BASELINE, "rep": BASELINE_REPEAT},
     )
     keep_bottom_k(con, info)
