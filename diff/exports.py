@@ -102,20 +102,17 @@ def open_cache(home: Path, run_id: str, memory_limit: str = "2GB") -> duckdb.Duc
     if not layout.export_folders():
         raise StoreError(f"run {run_id!r} has no exports under {layout.exports}")
     try:
-        return _sync(layout, memory_limit)
+        con = _connect(layout, memory_limit)
     except duckdb.Error as err:
-        # a cache left by an older version, or damaged: it only ever holds copies, so rebuild
+        if "lock" in str(err).lower():
+            raise StoreError(f"run {run_id!r}: another judge holds {layout.judge_cache} (one watch per run)") from err
+        # a damaged cache: it only ever holds copies of the exports, so it is rebuilt
         log.warning("run %s: judge cache unusable (%s); rebuilding it from the exports", run_id, err)
         for p in (layout.judge_cache, layout.judge_cache.with_name(layout.judge_cache.name + ".wal")):
             p.unlink(missing_ok=True)
-        return _sync(layout, memory_limit)
-
-
-def _sync(layout: RunLayout, memory_limit: str) -> duckdb.DuckDBPyConnection:
-    tmp = layout.dir / ".tmp"
-    con = duckdb.connect(str(layout.judge_cache), config={"memory_limit": memory_limit, "temp_directory": str(tmp)})
+        con = _connect(layout, memory_limit)
     try:
-        con.execute("CREATE TABLE IF NOT EXISTS ingested (folder VARCHAR PRIMARY KEY, manifest JSON)")
+        # an export that cannot be read fails this look and leaves the cache as it was
         have = {f for (f,) in con.execute("SELECT folder FROM ingested").fetchall()}
         new = [f for f in layout.export_folders() if _origin(layout, f) not in have]
         if new:
@@ -124,6 +121,17 @@ def _sync(layout: RunLayout, memory_limit: str) -> duckdb.DuckDBPyConnection:
         for t in EXPORT_TABLES:
             con.execute(f"CREATE OR REPLACE TEMP VIEW {t} AS SELECT * EXCLUDE (origin) FROM {_cached(t)}")
         _run_tables(con, layout, manifests, "TEMP")
+        return con
+    except BaseException:
+        con.close()
+        raise
+
+
+def _connect(layout: RunLayout, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    tmp = layout.dir / ".tmp"
+    con = duckdb.connect(str(layout.judge_cache), config={"memory_limit": memory_limit, "temp_directory": str(tmp)})
+    try:
+        con.execute("CREATE TABLE IF NOT EXISTS ingested (folder VARCHAR PRIMARY KEY, manifest JSON)")
         return con
     except BaseException:
         con.close()
@@ -161,6 +169,12 @@ def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Pat
             )
             cached = _cached(t)
             con.execute(f"CREATE TABLE IF NOT EXISTS {cached} AS SELECT * FROM incoming LIMIT 0")
+            # exports of a newer writer may carry a column the cache has not seen (outputs.called_at)
+            have = {c for (c, *_) in con.execute(f"DESCRIBE {cached}").fetchall()}
+            for name, kind, *_ in con.execute("DESCRIBE incoming").fetchall():
+                if name not in have:
+                    quoted = '"' + name.replace('"', '""') + '"'
+                    con.execute(f"ALTER TABLE {cached} ADD COLUMN {quoted} {kind}")
             cols = [k.strip() for k in keys.split(",")]
 
             def same(a: str, b: str, cols: list[str] = cols) -> str:

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import duckdb
 import orjson
+import pytest
 from replays import Replay
 
 from diff.exports import open_cache, open_exports
 from diff.judge import judge
 from diff.testing import Scenario, write_synthetic_store
+from schemas.errors import StoreError
 from schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
 from schemas.policy import Policy
 
@@ -134,3 +136,70 @@ def test_a_failed_look_does_not_stop_the_watch(tmp_path):
     beat.write_bytes(orjson.dumps({"worker": "w0", "at": datetime.now(UTC).isoformat(), "final": True}))
     assert watch.proc.wait(120) in (0, 1, 2), "".join(watch.lines[-20:])
     assert orjson.loads(layout.verdict("cand").read_bytes())["data"]["pairs"] == 3_000
+
+
+def test_a_damaged_export_fails_the_look_and_leaves_the_cache_as_it_was(tmp_path):
+    home = tmp_path / "runs"
+    store = write_synthetic_store(tmp_path / "src" / "store-w0.duckdb", Scenario(n=3_000, segments=3, seed=6), "run")
+    layout = RunLayout(home, "run")
+    export_rows(store, layout, "w0", 1, 0.0, 0.5)
+    open_cache(home, "run").close()
+    broken = export_rows(store, layout, "w0", 2, 0.5, 1.0)
+    (broken / "requests.parquet").write_bytes(b"PAR1 damaged")
+    with pytest.raises(duckdb.Error):
+        open_cache(home, "run")
+    # not rebuilt from scratch at every look: what it had read is still there
+    with duckdb.connect(str(layout.judge_cache), read_only=True) as con:
+        assert con.execute("SELECT folder FROM ingested").fetchall() == [("w0/00000001",)]
+
+
+def test_exports_of_a_newer_writer_add_their_columns_to_the_cache(tmp_path, caplog):
+    # a cache filled from exports written before outputs.called_at, then an export with it
+    home = tmp_path / "runs"
+    store = write_synthetic_store(tmp_path / "src" / "store-w0.duckdb", Scenario(n=3_000, segments=3, seed=7), "run")
+    layout = RunLayout(home, "run")
+    old = export_rows(store, layout, "w0", 1, 0.0, 0.5)
+    path = str(old / "outputs.parquet")
+    with duckdb.connect() as con:
+        con.execute(f"CREATE TABLE o AS SELECT * EXCLUDE (called_at) FROM '{path}'")
+        con.execute(f"COPY o TO '{path}' (FORMAT parquet)")
+    open_cache(home, "run").close()
+    export_rows(store, layout, "w0", 2, 0.5, 1.0)
+    con = open_cache(home, "run")
+    try:
+        timed = con.execute("SELECT count(called_at), count(*) FROM outputs").fetchone()
+    finally:
+        con.close()
+    assert timed == (3 * 1_500, 3 * 3_000)  # the new export's rows timed, the old ones not
+    assert "rebuilding" not in caplog.text  # the column was added, nothing read again
+
+
+def test_a_second_judge_is_refused_and_does_not_touch_the_cache(tmp_path):
+    import subprocess
+    import sys
+
+    home = tmp_path / "runs"
+    store = write_synthetic_store(tmp_path / "src" / "store-w0.duckdb", Scenario(n=1_000, segments=2, seed=8), "run")
+    layout = RunLayout(home, "run")
+    export_rows(store, layout, "w0", 1, 0.0, 1.0)
+    open_cache(home, "run").close()
+    # another process holds the cache open until told to let go
+    hold = f"import duckdb, sys; c = duckdb.connect({str(layout.judge_cache)!r}); print('held', flush=True); sys.stdin.read()"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreError, match="another judge holds"):
+            open_cache(home, "run")
+    finally:
+        holder.communicate("", timeout=30)
+    con = open_cache(home, "run")  # the cache is intact: nothing to read again
+    try:
+        assert con.execute("SELECT count(*) FROM ingested").fetchone() == (1,)
+    finally:
+        con.close()
