@@ -135,8 +135,8 @@ def watch_run(
                 # nothing: the served verdict ages into PENDING at the gate, and the next look
                 # tries again; once every worker has finished, a few failures end the watch
                 last_look, failures = time.monotonic(), failures + 1
-                if done and failures >= 3:
-                    raise
+                if (done and failures >= 3) or "another judge holds" in str(err):
+                    raise  # a second watch of the run stops at once
                 print(f"shadowdiff: run {run_id}: this look failed, trying again: {err}", file=sys.stderr, flush=True)
                 if stop.wait(every_s):
                     return docs
