@@ -65,7 +65,7 @@ def _open_stores(home: Path, run_id: str, memory_limit: str) -> duckdb.DuckDBPyC
     con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(home / run_id / ".tmp")})
     for i, f in enumerate(files):
         try:
-            con.execute(f"ATTACH {_quote(str(f))} AS s{i} (READ_ONLY)")
+            con.execute(f"ATTACH {literal(str(f))} AS s{i} (READ_ONLY)")
         except duckdb.Error as err:
             con.close()
             raise StoreError(f"cannot read {f} (a writer may hold it): {err}") from err
@@ -116,7 +116,8 @@ def keep_bottom_k(con: duckdb.DuckDBPyConnection, info: RunInfo) -> None:
     )
 
 
-def _quote(s: str) -> str:
+def literal(s: str) -> str:
+    """A SQL string literal."""
     return "'" + s.replace("'", "''") + "'"
 
 
@@ -195,7 +196,7 @@ def _segment_exprs(con: duckdb.DuckDBPyConnection, fields: list[str], pooling: P
             "distinct": len(rare),
             "requests": sum(n for _, n in rare),
         }
-        kept = ", ".join(_quote(str(v)) for v in keep) or "NULL"
+        kept = ", ".join(literal(str(v)) for v in keep) or "NULL"
         seg_exprs.append(f"CASE WHEN {raw} IN ({kept}) THEN {raw} ELSE '{OTHER}' END AS {ident('seg_' + f)}")
     return BuiltPairs(seg_exprs, pooled)
 

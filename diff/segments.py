@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from diff.load import ident
+from diff.load import ident, literal
 
 ALL = "all"
 
@@ -55,7 +55,7 @@ class SegmentSets:
         that large results (histograms: segments x bins) come back as columns, not rows."""
         n = len(self.fields)
         parts = [
-            f"CASE WHEN ({gid} >> {n - 1 - i}) & 1 = 0 THEN {_sql_str(f + '=')} || {ident('seg_' + f)} END"
+            f"CASE WHEN ({gid} >> {n - 1 - i}) & 1 = 0 THEN {literal(f + '=')} || {ident('seg_' + f)} END"
             for i, f in enumerate(self.fields)
         ]
         return f"coalesce(nullif(concat_ws('&', {', '.join(parts)}), ''), '{ALL}')" if parts else f"'{ALL}'"
@@ -67,9 +67,5 @@ class SegmentSets:
         conds = []
         for part in segment.split("&"):
             f, _, v = part.partition("=")
-            conds.append(f"{ident('seg_' + f)} = '{v.replace(chr(39), chr(39) * 2)}'")
+            conds.append(f"{ident('seg_' + f)} = {literal(v)}")
         return " AND ".join(conds)
-
-
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
