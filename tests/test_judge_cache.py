@@ -41,6 +41,12 @@ def export_rows(store: Path, layout: RunLayout, worker: str, seq: int, lo: float
     return folder
 
 
+def small_run(tmp: Path, n: int, seed: int) -> tuple[Path, Path, RunLayout]:
+    """The run home, a synthetic store of `n` pairs to export from, and the run's layout."""
+    store = write_synthetic_store(tmp / "src" / "store-w0.duckdb", Scenario(n=n, segments=3, seed=seed), "run")
+    return tmp / "runs", store, RunLayout(tmp / "runs", "run")
+
+
 def slower_copy(folder: Path, factor: float) -> None:
     """The same rows as another worker stored them: same requests, other measured latencies."""
     path = str(folder / "outputs.parquet")
@@ -54,9 +60,7 @@ def contents(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
 
 
 def test_each_look_reads_only_new_exports_and_equals_a_full_reread(tmp_path):
-    home = tmp_path / "runs"
-    store = write_synthetic_store(tmp_path / "src" / "store-w0.duckdb", Scenario(n=12_000, segments=4, seed=3), "run")
-    layout = RunLayout(home, "run")
+    home, store, layout = small_run(tmp_path, 12_000, 3)
     policy = Policy(min_samples=200)
     hidden = tmp_path / "not-yet-published"
     hidden.mkdir()
@@ -103,9 +107,7 @@ def test_each_look_reads_only_new_exports_and_equals_a_full_reread(tmp_path):
 
 
 def test_a_damaged_cache_is_rebuilt_from_the_exports(tmp_path):
-    home = tmp_path / "runs"
-    store = write_synthetic_store(tmp_path / "src" / "store-w0.duckdb", Scenario(n=3_000, segments=3, seed=4), "run")
-    layout = RunLayout(home, "run")
+    home, store, layout = small_run(tmp_path, 3_000, 4)
     export_rows(store, layout, "w0", 1, 0.0, 1.0)
     layout.judge_cache.write_bytes(b"not a database")
     con = open_cache(home, "run")
@@ -118,9 +120,7 @@ def test_a_damaged_cache_is_rebuilt_from_the_exports(tmp_path):
 def test_a_failed_look_does_not_stop_the_watch(tmp_path):
     # an export that cannot be read (a damaged Parquet file): the look fails and publishes
     # nothing, the watch says so and tries again; once the folder is readable, it judges
-    home = tmp_path / "runs"
-    store = write_synthetic_store(tmp_path / "src" / "store-w0.duckdb", Scenario(n=3_000, segments=3, seed=5), "run")
-    layout = RunLayout(home, "run")
+    home, store, layout = small_run(tmp_path, 3_000, 5)
     export_rows(store, layout, "w0", 1, 0.0, 0.5)
     broken = export_rows(store, layout, "w0", 2, 0.5, 1.0)
     good = (broken / "outputs.parquet").read_bytes()
@@ -139,9 +139,7 @@ def test_a_failed_look_does_not_stop_the_watch(tmp_path):
 
 
 def test_a_damaged_export_fails_the_look_and_leaves_the_cache_as_it_was(tmp_path):
-    home = tmp_path / "runs"
-    store = write_synthetic_store(tmp_path / "src" / "store-w0.duckdb", Scenario(n=3_000, segments=3, seed=6), "run")
-    layout = RunLayout(home, "run")
+    home, store, layout = small_run(tmp_path, 3_000, 6)
     export_rows(store, layout, "w0", 1, 0.0, 0.5)
     open_cache(home, "run").close()
     broken = export_rows(store, layout, "w0", 2, 0.5, 1.0)
@@ -155,9 +153,7 @@ def test_a_damaged_export_fails_the_look_and_leaves_the_cache_as_it_was(tmp_path
 
 def test_exports_of_a_newer_writer_add_their_columns_to_the_cache(tmp_path, caplog):
     # a cache filled from exports written before outputs.called_at, then an export with it
-    home = tmp_path / "runs"
-    store = write_synthetic_store(tmp_path / "src" / "store-w0.duckdb", Scenario(n=3_000, segments=3, seed=7), "run")
-    layout = RunLayout(home, "run")
+    home, store, layout = small_run(tmp_path, 3_000, 7)
     old = export_rows(store, layout, "w0", 1, 0.0, 0.5)
     path = str(old / "outputs.parquet")
     with duckdb.connect() as con:
@@ -178,9 +174,7 @@ def test_a_second_judge_is_refused_and_does_not_touch_the_cache(tmp_path):
     import subprocess
     import sys
 
-    home = tmp_path / "runs"
-    store = write_synthetic_store(tmp_path / "src" / "store-w0.duckdb", Scenario(n=1_000, segments=2, seed=8), "run")
-    layout = RunLayout(home, "run")
+    home, store, layout = small_run(tmp_path, 1_000, 8)
     export_rows(store, layout, "w0", 1, 0.0, 1.0)
     open_cache(home, "run").close()
     # another process holds the cache open until told to let go
