@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import multiprocessing
 import os
-import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,49 +25,9 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+sys.path.insert(0, str(ROOT / "tests"))
 
-
-def _burn(stop: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
-    x = 0
-    while not stop.is_set():
-        for _ in range(100_000):
-            x += 1
-
-
-class Burners:
-    """Up to `most` busy processes, their number changed at random every 1-8 s."""
-
-    def __init__(self, most: int, seed: int) -> None:
-        self.most, self.rng = most, random.Random(seed)
-        self.running: list[tuple[multiprocessing.Process, multiprocessing.synchronize.Event]] = []  # type: ignore[name-defined]
-        self.done = threading.Event()
-        self.switches = 0
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _set(self, n: int) -> None:
-        while len(self.running) > n:
-            proc, stop = self.running.pop()
-            stop.set()
-            proc.join(5)
-        while len(self.running) < n:
-            stop = multiprocessing.Event()
-            proc = multiprocessing.Process(target=_burn, args=(stop,), daemon=True)
-            proc.start()
-            self.running.append((proc, stop))
-
-    def _loop(self) -> None:
-        while not self.done.wait(self.rng.uniform(1, 8)):
-            self._set(self.rng.randint(0, self.most))
-            self.switches += 1
-        self._set(0)
-
-    def __enter__(self) -> Burners:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.thread.join(30)
+from helpers import CpuBurners  # noqa: E402
 
 
 def main() -> None:
@@ -86,7 +43,7 @@ def main() -> None:
     tally: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     latency: dict[str, list[str]] = collections.defaultdict(list)
     for i in range(a.runs):
-        with tempfile.TemporaryDirectory() as d, Burners(2, seed=i) as burners:
+        with tempfile.TemporaryDirectory() as d, CpuBurners(2, seed=i) as burners:
             t0 = time.monotonic()
             subprocess.run(
                 [

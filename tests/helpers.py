@@ -72,6 +72,46 @@ def start_s3_server() -> tuple[Any, str]:
             time.sleep(0.1)  # polling the server's readiness
 
 
+class CpuBurners:
+    """Up to `most` busy processes, their number changed at random every `every` seconds (a
+    range): load that comes and goes, as on a shared machine. Plain child processes, so the
+    test process is never forked."""
+
+    def __init__(self, most: int, seed: int, every: tuple[float, float] = (1.0, 8.0)) -> None:
+        import threading
+
+        self.most, self.every, self.rng = most, every, random.Random(seed)
+        self.running: list[Any] = []
+        self.done = threading.Event()
+        self.switches = 0
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _set(self, n: int) -> None:
+        import subprocess
+        import sys
+
+        while len(self.running) > n:
+            proc = self.running.pop()
+            proc.kill()
+            proc.wait(10)
+        while len(self.running) < n:
+            self.running.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+
+    def _loop(self) -> None:
+        while not self.done.wait(self.rng.uniform(*self.every)):
+            self._set(self.rng.randint(0, self.most))
+            self.switches += 1
+        self._set(0)
+
+    def __enter__(self) -> CpuBurners:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(30)
+
+
 def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], timestamps_ms: list[int] | None = None) -> None:
     from kafka import KafkaProducer
 

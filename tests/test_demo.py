@@ -47,3 +47,35 @@ def test_demo_gives_the_three_verdicts_and_reports(tmp_path):
         assert html.rstrip().endswith("</html>")
         assert f"report: {report}" in text
     assert (runs / "demo-night-encoder" / "report-night-encoder-evidently.html").exists()
+
+
+@pytest.mark.slow
+def test_the_demo_under_cpu_noise_that_comes_and_goes(tmp_path):
+    # the short version of bench/noise_bench.py: the demo's real loopback servers and pipeline
+    # while busy processes switch on and off at random. The sound candidate is never NO_GO and
+    # its latency intervals (an A/A: the same server latency) hold 1.0; the regressions are
+    # still caught.
+    from helpers import CpuBurners
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with CpuBurners(2, seed=3, every=(0.5, 4.0)) as burners:
+        subprocess.run(
+            [sys.executable, "-m", "shadowdiff_cli.main", "demo", "--dir", "demo"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert burners.switches > 0
+    runs = tmp_path / "demo" / "runs"
+    verdicts = {
+        n: orjson.loads((runs / f"demo-{n}" / f"verdict-{n}.json").read_bytes()) for n in ("night-encoder", "slow", "retrained")
+    }
+    assert verdicts["retrained"]["verdict"] != "no_go", verdicts["retrained"]["reasons"]
+    assert verdicts["slow"]["verdict"] == "no_go"
+    assert verdicts["night-encoder"]["verdict"] == "no_go"
+    latency = [c for c in verdicts["retrained"]["checks"] if c["check"] == "latency_p95" and c["ci"] and None not in c["ci"]]
+    holding = [c for c in latency if c["ci"][0] <= 1.0 <= c["ci"][1]]
+    assert latency
+    assert len(holding) >= len(latency) - 1, [(c["segment"], c["ci"]) for c in latency]
