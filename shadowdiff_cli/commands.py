@@ -125,11 +125,15 @@ def watch_run(
         # few intervals so a worker's silence shows in the verdict
         if folders and (now != seen or not docs or time.monotonic() - last_look >= 4 * every_s):
             try:
+                t0 = time.monotonic()
                 con = open_cache(home, run_id)
+                t1 = time.monotonic()
                 try:
                     docs = judge_and_publish(con, home, run_id, policy, final=done, silent_after_s=silent_after_s)
                 finally:
                     con.close()
+                # what a look costs, for whoever sizes the judge's machine or --every
+                cost = f"read new exports {t1 - t0:.1f} s, judged {time.monotonic() - t1:.1f} s"
             except (duckdb.Error, StoreError, OSError) as err:
                 # a failed look (out of memory, a full disk, a damaged export) publishes
                 # nothing: the served verdict ages into PENDING at the gate, and the next look
@@ -146,7 +150,7 @@ def watch_run(
                 covered = doc.get("coverage", {})
                 print(
                     f"{doc['candidate']}: {doc['verdict'].upper()} ({doc['data']['pairs']} pairs, "
-                    f"{len(covered.get('workers', []))} workers, silent: {covered.get('silent_workers') or 'none'})",
+                    f"{len(covered.get('workers', []))} workers, silent: {covered.get('silent_workers') or 'none'}; {cost})",
                     flush=True,
                 )
             seen = now
