@@ -118,9 +118,10 @@ def test_calls_refused_as_too_many_are_the_shadows_load_not_the_candidates_error
     assert checks["shadow_load"]["extra"]["throttled"] == fixed["throttled"]
     # the adaptive limit backs off at a refusal: nearly every call is answered. Each probe past
     # the server's eight places costs a refusal or two before the limit drops again, and a
-    # loaded machine widens the server's latency (so the slow signal fires later): 25-75 of
-    # 3,000 were seen; fixed calls in flight lose more than 1,000
-    assert adaptive.get("throttled", 0) < 0.05 * 3000, adaptive
+    # loaded machine widens the server's latency (so the slow signal fires later): 25-162 of
+    # 3,000 were seen, the most on a machine running two suites at once. A limit that did not
+    # back off would lose as many as the fixed calls in flight (more than 1,000)
+    assert adaptive.get("throttled", 0) < min(0.1 * 3000, fixed["throttled"] / 5), (adaptive, fixed)
     assert verdict_checks(tmp_path, "adaptive")["error_rate"]["status"] == "pass"
 
 
