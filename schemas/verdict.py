@@ -254,10 +254,12 @@ def undeclared(doc: Verdict) -> list[str]:
         out.extend(f"{path}{k}" for k in (model.model_extra or {}))
         for name in type(model).model_fields:
             value = getattr(model, name)
-            items = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else [value]
-            for i, item in enumerate(items):
-                if isinstance(item, BaseModel):
-                    walk(item, f"{path}{name}[{i}]." if len(items) > 1 or isinstance(value, list | dict) else f"{path}{name}.")
+            if isinstance(value, BaseModel):
+                walk(value, f"{path}{name}.")
+            elif isinstance(value, list | dict):
+                for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+                    if isinstance(item, BaseModel):
+                        walk(item, f"{path}{name}[{key}].")
 
     walk(doc, "")
     return out
