@@ -13,24 +13,30 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
-def test_demo_gives_the_three_verdicts_and_reports(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+SCENARIOS = ("night-encoder", "slow", "retrained")
+
+
+def run_demo(tmp_path: Path, timeout_s: float) -> tuple[subprocess.CompletedProcess[str], dict[str, dict]]:
+    """`shadowdiff demo` in a fresh directory: its output, and each scenario's verdict."""
     out = subprocess.run(
         [sys.executable, "-m", "shadowdiff_cli.main", "demo", "--dir", "demo"],
         cwd=tmp_path,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout_s,
     )
+    runs = tmp_path / "demo" / "runs"
+    return out, {n: orjson.loads((runs / f"demo-{n}" / f"verdict-{n}.json").read_bytes()) for n in SCENARIOS}
+
+
+@pytest.mark.slow
+def test_demo_gives_the_three_verdicts_and_reports(tmp_path):
+    out, verdicts = run_demo(tmp_path, 300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     assert "[night-encoder]" in text
     runs = tmp_path / "demo" / "runs"
-    verdicts = {
-        n: orjson.loads((runs / f"demo-{n}" / f"verdict-{n}.json").read_bytes()) for n in ("night-encoder", "slow", "retrained")
-    }
     night = verdicts["night-encoder"]
     assert night["verdict"] == "no_go"
     assert "daypart=night" in night["failing_segments"]
@@ -57,21 +63,9 @@ def test_the_demo_under_cpu_noise_that_comes_and_goes(tmp_path):
     # still caught.
     from helpers import CpuBurners
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with CpuBurners(2, seed=3, every=(0.5, 4.0)) as burners:
-        subprocess.run(
-            [sys.executable, "-m", "shadowdiff_cli.main", "demo", "--dir", "demo"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        _, verdicts = run_demo(tmp_path, 600)
     assert burners.switches > 0
-    runs = tmp_path / "demo" / "runs"
-    verdicts = {
-        n: orjson.loads((runs / f"demo-{n}" / f"verdict-{n}.json").read_bytes()) for n in ("night-encoder", "slow", "retrained")
-    }
     assert verdicts["retrained"]["verdict"] != "no_go", verdicts["retrained"]["reasons"]
     assert verdicts["slow"]["verdict"] == "no_go"
     assert verdicts["night-encoder"]["verdict"] == "no_go"
