@@ -170,19 +170,25 @@ def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int]:
     return {p: o for p, o in got.items() if o is not None}
 
 
-def verdict_of(home: Path, scenario: Any, policy: Any = None, run: str = "r") -> dict[str, Any]:
-    """The verdict of a synthetic run store (diff.testing) under `policy` (built-in if None)."""
+def judge_run(home: Path, run: str, policy: Any = None) -> dict[str, Any]:
+    """The verdict of a stored run under `policy` (built-in if None), its connection closed."""
     from diff.judge import judge
     from diff.load import open_run
-    from diff.testing import write_synthetic_store
     from schemas.policy import Policy
 
-    write_synthetic_store(home / run / "store-w0.duckdb", scenario, run)
     con = open_run(home, run)
     try:
         return judge(con, policy or Policy())
     finally:
         con.close()
+
+
+def verdict_of(home: Path, scenario: Any, policy: Any = None, run: str = "r") -> dict[str, Any]:
+    """The verdict of a synthetic run store (diff.testing) under `policy` (built-in if None)."""
+    from diff.testing import write_synthetic_store
+
+    write_synthetic_store(home / run / "store-w0.duckdb", scenario, run)
+    return judge_run(home, run, policy)
 
 
 def make_run(home: Path, run: str, scenario: Any, publish_it: bool = True, active: bool = False) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import verdict_of
+from helpers import judge_run, verdict_of
 
 from diff.judge import judge
 from diff.load import open_run
@@ -267,11 +267,7 @@ target = "models_for_tests:logistic"
 """,
     )
     run_replay(load_config(cfg))
-    con = open_run(tmp_path / "runs", "noscore")
-    try:
-        doc = judge(con, Policy(min_samples=200))
-    finally:
-        con.close()
+    doc = judge_run(tmp_path / "runs", "noscore", Policy(min_samples=200))
     assert doc["verdict"] == "pending", doc["reasons"]
     missing = {c["check"] for c in doc["checks"] if c["segment"] == "all" and c["status"] == "n/a"}
     assert {"label_flip", "score_diff", "score_shift", "latency_p95", "prediction_drift"} <= missing

@@ -6,10 +6,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from helpers import envelope, jsonl, write_config
+from helpers import envelope, jsonl, judge_run, write_config
 
-from diff.judge import judge
-from diff.load import open_run
 from replay.job import run_replay
 from schemas.config import load_config
 from schemas.policy import parse_policy
@@ -58,11 +56,7 @@ target = "models_for_tests:structured_candidate"
             ],
         }
     )
-    con = open_run(tmp / "runs", kind)
-    try:
-        return judge(con, policy)
-    finally:
-        con.close()
+    return judge_run(tmp / "runs", kind, policy)
 
 
 def test_json_outputs_get_field_level_diffs_above_the_noise(tmp_path):

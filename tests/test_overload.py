@@ -11,11 +11,9 @@ from pathlib import Path
 
 import duckdb
 import orjson
-from helpers import envelope, jsonl, write_config
+from helpers import envelope, jsonl, judge_run, write_config
 from models_for_tests import logistic
 
-from diff.judge import judge
-from diff.load import open_run
 from replay.job import run_replay
 from replay.models.resilience import RateCap
 from replay.testing import ModelServer, ServerBehaviour
@@ -70,11 +68,7 @@ def test_the_shadow_settles_near_the_servers_knee_instead_of_timing_it_out(tmp_p
     # the same server pushed past its knee: timeouts, then an open breaker, all counted
     # against the candidate
     assert fixed.get("timeout", 0) + fixed.get("circuit_open", 0) > 1000
-    con = open_run(tmp_path / "runs", "adaptive")
-    try:
-        doc = judge(con, Policy(min_samples=200))
-    finally:
-        con.close()
+    doc = judge_run(tmp_path / "runs", "adaptive", Policy(min_samples=200))
     err = next(c for c in doc["checks"] if c["check"] == "error_rate" and c["segment"] == "all")
     assert err["status"] == "pass"
     assert err["value"] == 0
@@ -86,11 +80,7 @@ def test_the_shadow_settles_near_the_servers_knee_instead_of_timing_it_out(tmp_p
 
 
 def verdict_checks(tmp: Path, name: str) -> dict[str, dict]:
-    con = open_run(tmp / "runs", name)
-    try:
-        doc = judge(con, Policy(min_samples=200))
-    finally:
-        con.close()
+    doc = judge_run(tmp / "runs", name, Policy(min_samples=200))
     return {c["check"]: c for c in doc["checks"] if c["segment"] == "all"}
 
 
@@ -133,11 +123,7 @@ def test_a_candidate_that_refused_every_call_is_not_assessable_not_a_pass(tmp_pa
     with ModelServer(logistic) as url:
         refused = errors(run(tmp_path, "refused", url, False, recording, route="/busy"))
     assert refused == {"throttled": 1000}
-    con = open_run(tmp_path / "runs", "refused")
-    try:
-        doc = judge(con, Policy(min_samples=200))
-    finally:
-        con.close()
+    doc = judge_run(tmp_path / "runs", "refused", Policy(min_samples=200))
     assert doc["verdict"] == "pending", doc["reasons"]
     err = [c for c in doc["checks"] if c["check"] == "error_rate"]
     assert [(c["segment"], c["status"]) for c in err] == [("all", "n/a")]
