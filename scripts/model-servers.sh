@@ -2,9 +2,10 @@
 # Real model servers for tests/test_real_servers.py and bench/server_bench.py, each in its own
 # virtualenv under .servers/ (their dependencies clash with ours and with each other: MLServer
 # 1.7.1 needs pandas < 3 and uvloop < 0.22, which its release predates; MLflow brings its own
-# web stack).
+# web stack; PyTriton pins numpy < 2). Triton is NVIDIA's own `tritonserver` binary, which the
+# nvidia-pytriton wheel carries (it runs on CPU; no Docker needed).
 #
-#   scripts/model-servers.sh install     create .servers/{mlserver,kserve,mlflow} (cached)
+#   scripts/model-servers.sh install     create .servers/{mlserver,kserve,mlflow,triton} (cached)
 #
 # SHADOWDIFF_SERVERS_HOME puts the virtualenvs elsewhere.
 set -euo pipefail
@@ -27,6 +28,7 @@ install() {
   venv mlserver mlserver==1.7.1 mlserver-sklearn==1.7.1 scikit-learn==1.9.1 "pandas<3" "uvloop<0.22" &
   venv kserve kserve==0.21.0 scikit-learn==1.9.1 &
   venv mlflow mlflow==3.17.2 scikit-learn==1.9.1 &
+  venv triton nvidia-pytriton==0.7.0 scikit-learn==1.9.1 "pandas<3" &
   local failed=0
   for job in $(jobs -p); do wait "$job" || failed=1; done
   return "$failed"

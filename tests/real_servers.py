@@ -1,6 +1,7 @@
 """Real model servers on loopback, each from its own virtualenv (scripts/model-servers.sh):
-MLServer with its default scikit-learn runtime, KServe's Python model server and
-`mlflow models serve`. Each fits the tests' pipeline itself (tests/servers/fit_pipeline.py)."""
+MLServer with its default scikit-learn runtime, KServe's Python model server,
+`mlflow models serve` and NVIDIA Triton (the binary PyTriton ships). Each fits the tests'
+pipeline itself (tests/servers/fit_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -128,3 +129,28 @@ def mlflow(tmp: Path) -> Iterator[str]:
     cmd = [str(home / "bin" / "mlflow"), "models", "serve", "-m", str(model), "-p", str(port), "-h", "127.0.0.1"]
     with _process([*cmd, "--env-manager", "local"], f"http://127.0.0.1:{port}/ping", tmp / "mlflow.log", env):
         yield f"http://127.0.0.1:{port}/invocations"
+
+
+@contextmanager
+def triton(tmp: Path) -> Iterator[str]:
+    """NVIDIA Triton Inference Server with the numeric model behind its Python backend
+    (tests/servers/triton_churn.py): Triton checks each request's input name and type against
+    the model's configuration (`input__0`, FP32, [n, 2])."""
+    home = venv("triton")
+    python = home / "bin" / "python"
+    model = _fit(python, tmp / "triton.joblib", "--numeric")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/v2/models/churn"
+    ports = ["--port", str(port), "--grpc-port", str(free_port()), "--metrics-port", str(free_port())]
+    # Triton's Python-backend stub links libpython3.11 from the system's library path; it must be
+    # the library of the interpreter whose standard library the virtualenv uses
+    libdir = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))}
+    cmd = [str(python), str(SCRIPTS / "triton_churn.py"), "--model", str(model), *ports]
+    with _process(cmd, f"{base}/ready", tmp / "triton.log", env):
+        yield f"{base}/infer"

@@ -1,7 +1,8 @@
 """Candidates on the model servers teams run, at their default settings, each from its own
 virtualenv on loopback: MLServer 1.7.1's default scikit-learn runtime (nothing about content
 types in its model settings), KServe's Python model server (OIP v2 REST, one [n, 2] tensor) and
-`mlflow models serve` (a dict per row). Every call succeeds, every stored score equals the
+`mlflow models serve` (a dict per row) and NVIDIA Triton (`input__0`, FP32, as its model
+configuration declares). Every call succeeds, every stored score equals the
 server's own answer, and an MLflow baseline against an MLServer candidate serving the same
 pipeline is an A/A GO."""
 
@@ -41,9 +42,9 @@ def oip_columns(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def oip_tensor(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def oip_tensor(rows: list[dict[str, Any]], name: str = "input-0", datatype: str = "FP64") -> dict[str, Any]:
     data = [v for r in rows for v in (r["x"], r["y"])]
-    return {"inputs": [{"name": "input-0", "shape": [len(rows), 2], "datatype": "FP64", "data": data}]}
+    return {"inputs": [{"name": name, "shape": [len(rows), 2], "datatype": datatype, "data": data}]}
 
 
 def own_answers(url: str, body: dict[str, Any], kind: str) -> list[float]:
@@ -64,7 +65,7 @@ def stored_scores(store: str, variant: str) -> dict[str, float | None]:
     return dict(rows)
 
 
-def test_mlflow_baseline_against_mlserver_and_kserve_candidates_at_their_defaults(tmp_path):
+def test_mlflow_baseline_against_mlserver_kserve_and_triton_candidates_at_their_defaults(tmp_path):
     rng = random.Random(23)
     traffic = [envelope(i, rng) for i in range(N)]
     recording = jsonl(tmp_path / "t.jsonl", traffic)
@@ -73,6 +74,7 @@ def test_mlflow_baseline_against_mlserver_and_kserve_candidates_at_their_default
         real_servers.mlflow(tmp_path) as mlflow_url,
         real_servers.mlserver(tmp_path) as mlserver_url,
         real_servers.kserve(tmp_path) as kserve_url,
+        real_servers.triton(tmp_path) as triton_url,
     ):
         cfg = write_config(
             tmp_path / "run.toml",
@@ -106,6 +108,17 @@ oip_request = "tensor"
 oip_features = ["x", "y"]
 response_path = "predict_proba"
 output = {{ score_path = "1" }}
+
+[[candidates]]                          # Triton: the input's name and type from its model config
+name = "triton"
+kind = "oip-v2"
+url = "{triton_url}"
+oip_request = "tensor"
+oip_features = ["x", "y"]
+oip_tensor_name = "input__0"
+oip_tensor_datatype = "FP32"
+response_path = "output__0"
+output = {{ score_path = "1" }}
 """,
         )
         stats = run_replay(load_config(cfg))
@@ -113,6 +126,7 @@ output = {{ score_path = "1" }}
             "baseline": own_answers(mlflow_url, {"dataframe_records": inputs}, "mlflow"),
             "candidate:mlserver": own_answers(mlserver_url, oip_columns(inputs), "oip"),
             "candidate:kserve": own_answers(kserve_url, oip_tensor(inputs), "oip"),
+            "candidate:triton": own_answers(triton_url, oip_tensor(inputs, "input__0", "FP32"), "oip"),
         }
     assert stats.call_errors == {}
     store = str(tmp_path / "runs" / "stacks" / "store-w0.duckdb")
