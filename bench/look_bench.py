@@ -2,7 +2,8 @@
 exports: N stored pairs published in `--exports` folders, then one more folder of `--new` pairs.
 
 - full: open_exports (every export read again) + judge;
-- look: open_cache (the judge's cache reads the new folder only) + judge.
+- look: open_cache (the judge's cache reads the new folder only) + judge (the pairs the cache
+  kept from the look before are brought up to date from the new rows).
 
 Prints both, their parts and the ratio look / full (issue target: <= 0.05 with 5M pairs stored
 and 50k new). Both verdicts must have the same digest. The ratio is within one run, on this
@@ -80,9 +81,9 @@ def main() -> None:
         layout = RunLayout(tmp / "runs", "big")
         for i in range(a.exports):
             publish(store, layout, i + 1, a.pairs * i // a.exports, a.pairs * (i + 1) // a.exports)
-        t0 = time.perf_counter()
-        open_cache(layout.home, "big", a.memory).close()
-        print(f"{a.pairs:,} pairs in {a.exports} exports; the cache's first read of them: {time.perf_counter() - t0:.1f} s")
+        # the watch's earlier looks: the cache has read every export and kept the pairs
+        first_read, first_judge, _ = timed(lambda: open_cache(layout.home, "big", a.memory), policy)
+        print(f"{a.pairs:,} pairs in {a.exports} exports; the first look: read {first_read:.1f} s + judge {first_judge:.1f} s")
         publish(store, layout, a.exports + 1, a.pairs, total)
 
         look_read, look_judge, looked = timed(lambda: open_cache(layout.home, "big", a.memory), policy)

@@ -119,7 +119,7 @@ def open_cache(home: Path, run_id: str, memory_limit: str = "2GB") -> duckdb.Duc
             _ingest(con, layout, new)
         manifests = [orjson.loads(m) for (m,) in con.execute("SELECT manifest FROM ingested ORDER BY folder").fetchall()]
         for t in EXPORT_TABLES:
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {t} AS SELECT * EXCLUDE (origin) FROM {_cached(t)}")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {t} AS SELECT * EXCLUDE (origin, gen) FROM {_cached(t)}")
         _run_tables(con, layout, manifests, "TEMP")
         return con
     except BaseException:
@@ -132,6 +132,12 @@ def _connect(layout: RunLayout, memory_limit: str) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(layout.judge_cache), config={"memory_limit": memory_limit, "temp_directory": str(tmp)})
     try:
         con.execute("CREATE TABLE IF NOT EXISTS ingested (folder VARCHAR PRIMARY KEY, manifest JSON)")
+        # the look that read a folder (1, 2, ...): the judge's kept pairs update from the rows
+        # of later looks only (diff/pairs.py); a cache from before has every row in look 0
+        con.execute("ALTER TABLE ingested ADD COLUMN IF NOT EXISTS gen INTEGER DEFAULT 0")
+        for t in EXPORT_TABLES:
+            if table_exists(con, _cached(t)):
+                con.execute(f"ALTER TABLE {_cached(t)} ADD COLUMN IF NOT EXISTS gen INTEGER DEFAULT 0")
         return con
     except BaseException:
         con.close()
@@ -148,6 +154,25 @@ def _cached(table: str) -> str:
     return f"cached_{table}"
 
 
+def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    (n,) = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND NOT temporary", [table]).fetchone() or (0,)
+    return bool(n)
+
+
+def cache_generation(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The number of the latest look that added rows to the judge's cache `con` is open on
+    (rows carry theirs in `gen`); None when `con` is not on a judge's cache."""
+    if not table_exists(con, "ingested"):
+        return None
+    (gen,) = con.execute("SELECT coalesce(max(gen), 0) FROM ingested").fetchone() or (0,)
+    return int(gen)
+
+
+def changed_since(table: str, gen: int) -> str:
+    """SQL for the cached rows of `table` ("requests", "outputs") that looks after `gen` added."""
+    return f"SELECT * EXCLUDE (origin, gen) FROM {_cached(table)} WHERE gen > {int(gen)}"
+
+
 def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Path]) -> None:
     """Add the rows of `folders` to the cache in one transaction. A row whose coordinates the
     cache already holds keeps the copy of the earlier folder: rare (a crash between publishing
@@ -156,6 +181,7 @@ def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Pat
     prefix = len(str(layout.exports)) + 1
     con.execute("BEGIN")
     try:
+        (gen,) = con.execute("SELECT coalesce(max(gen), 0) + 1 FROM ingested").fetchone() or (1,)
         for t in EXPORT_TABLES:
             keys = EXPORT_KEYS[t]
             files = "[" + ", ".join(_quote(str(f / f"{t}.parquet")) for f in folders) + "]"
@@ -163,7 +189,7 @@ def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Pat
             origin = f"regexp_replace(substr(filename, {prefix + 1}), '/[^/]*$', '')"
             con.execute(
                 f"""CREATE OR REPLACE TEMP TABLE incoming AS SELECT * FROM (
-                      SELECT DISTINCT ON ({keys}) * EXCLUDE (filename), {origin} AS origin
+                      SELECT DISTINCT ON ({keys}) * EXCLUDE (filename), {origin} AS origin, {int(gen)} AS gen
                       FROM read_parquet({files}, union_by_name = true, filename = true)
                       ORDER BY {keys}, filename)"""
             )
@@ -195,8 +221,8 @@ def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Pat
                     )
             con.execute(f"INSERT INTO {cached} BY NAME SELECT * FROM incoming")
         con.executemany(
-            "INSERT INTO ingested VALUES (?, ?)",
-            [(_origin(layout, f), (f / "manifest.json").read_text(encoding="utf-8")) for f in folders],
+            "INSERT INTO ingested (folder, manifest, gen) VALUES (?, ?, ?)",
+            [(_origin(layout, f), (f / "manifest.json").read_text(encoding="utf-8"), gen) for f in folders],
         )
         con.execute("COMMIT")
     except BaseException:

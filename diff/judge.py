@@ -29,8 +29,9 @@ from diff import checks as ck
 from diff.decide import decide
 from diff.explain import data_section, examples, excess, localise, offered_load
 from diff.kinds import RUN_LEVEL_KINDS, SEGMENT_KINDS, Evidence
-from diff.load import Pooling, build_pairs, run_info
+from diff.load import run_info
 from diff.outputs import compare_outputs
+from diff.pairs import Pooling, build_pairs
 from diff.quality import feature_checks, run_level_checks, threshold_for
 from diff.segments import ALL, SegmentSets
 from schemas import VERDICT_SCHEMA_VERSION

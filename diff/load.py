@@ -1,4 +1,4 @@
-"""Open a run's stores for reading, and build the `pairs` relation the checks aggregate.
+"""Open a run's stores for reading (the `pairs` the checks aggregate: diff/pairs.py).
 
 DuckDB lets one process write a file or many read it, never both: the judge reads either
 through the writer's own connection (the replay's checkpoint hook) or, when no writer holds the
@@ -17,7 +17,6 @@ import orjson
 from diff.exports import open_exports
 from schemas.errors import RunNotFound, StoreError
 from schemas.layout import EXPORT_KEYS, RunLayout
-from schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 
 TABLES = ("requests", "outputs", "dead_letters", "checkpoints", "run_meta", "quota_samples")
 _KEYS = {
@@ -89,33 +88,6 @@ def _in_every_store(con: duckdb.DuckDBPyConnection, table: str, stores: int) -> 
     return int(n) == stores
 
 
-def keep_bottom_k(con: duckdb.DuckDBPyConnection, info: RunInfo) -> None:
-    """Drop from `pairs` the quota samples that are not among their segment's k smallest hashes
-    (replay/sampling.py): a request stored while among the k smallest so far, and pushed out by
-    a smaller one later, is not part of the segment's sample."""
-    quotas: dict[str, int] = info.config.get("sampling", {}).get("quotas", {})
-    if not quotas:
-        return
-    (hashes,) = con.execute("SELECT count(*) FROM quota_samples").fetchone() or (0,)
-    if not hashes:  # a store written before quotas were bottom-k samples
-        return
-    con.execute('CREATE OR REPLACE TEMP TABLE quota_kept (source VARCHAR, part INTEGER, "offset" BIGINT)')
-    for q, k in sorted(quotas.items()):
-        field, _, value = q.partition("=")
-        (n_rate,) = con.execute(
-            f"SELECT count(*) FROM requests WHERE sampled_reason = 'rate' AND segments.{ident(field)} = ?", [value]
-        ).fetchone() or (0,)
-        con.execute(
-            """INSERT INTO quota_kept SELECT source, part, "offset" FROM quota_samples WHERE quota = ?
-               ORDER BY sample_hash, source, part, "offset" LIMIT ?""",
-            [q, max(0, int(k) - int(n_rate))],
-        )
-    con.execute(
-        """DELETE FROM pairs WHERE sampled_reason = 'quota' AND NOT EXISTS (
-             SELECT 1 FROM quota_kept k WHERE k.source = pairs.source AND k.part = pairs.part AND k."offset" = pairs."offset")"""
-    )
-
-
 def literal(s: str) -> str:
     """A SQL string literal."""
     return "'" + s.replace("'", "''") + "'"
@@ -158,111 +130,3 @@ def run_info(con: duckdb.DuckDBPyConnection) -> RunInfo:
         raise StoreError("store has no run config in run_meta (not written by shadowdiff?)")
     cfg = orjson.loads(meta["config"]) if isinstance(meta["config"], str) else meta["config"]
     return RunInfo(str(meta.get("run_id", cfg["run"]["id"])), cfg, meta)
-
-
-@dataclass(frozen=True)
-class Pooling:
-    """How rare segment values are pooled as '(other)': values rarer than `min_share` of the
-    run's requests, and all but the `max_values` most frequent."""
-
-    max_values: int = 50
-    min_share: float = 0.01
-
-
-@dataclass(frozen=True)
-class BuiltPairs:
-    seg_exprs: list[str]  # segment expressions over `requests r`, for queries that need no outputs
-    pooled: dict[str, dict[str, Any]]  # field -> {"values": [...], "distinct": k, "requests": n}
-    duplicates: int = 0  # stored requests whose request id an earlier one already had (kept out of `pairs`)
-
-
-OTHER = "(other)"
-
-
-def _segment_exprs(con: duckdb.DuckDBPyConnection, fields: list[str], pooling: Pooling) -> BuiltPairs:
-    seg_exprs: list[str] = []
-    pooled: dict[str, dict[str, Any]] = {}
-    for f in fields:
-        raw = f"coalesce(r.segments.{ident(f)}, '(missing)')"
-        counts = con.execute(f"SELECT {raw} AS v, count(*) AS n FROM requests r GROUP BY 1 ORDER BY n DESC, v").fetchall()
-        total = sum(int(n) for _, n in counts)
-        keep = [v for v, n in counts[: pooling.max_values] if n >= pooling.min_share * total]
-        rare = [(v, int(n)) for v, n in counts if v not in set(keep)]
-        if not rare:
-            seg_exprs.append(f"{raw} AS {ident('seg_' + f)}")
-            continue
-        pooled[f] = {
-            "values": [str(v) for v, _ in rare[:50]],
-            "distinct": len(rare),
-            "requests": sum(n for _, n in rare),
-        }
-        kept = ", ".join(literal(str(v)) for v in keep) or "NULL"
-        seg_exprs.append(f"CASE WHEN {raw} IN ({kept}) THEN {raw} ELSE '{OTHER}' END AS {ident('seg_' + f)}")
-    return BuiltPairs(seg_exprs, pooled)
-
-
-def build_pairs(
-    con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str, segment_fields: list[str], pooling: Pooling
-) -> BuiltPairs:
-    """Materialise `pairs`: one row per sampled request with baseline, candidate and repeat
-    outputs side by side, and segment values (rare values pooled as '(other)')."""
-    built = _segment_exprs(con, segment_fields, pooling)
-    # the judge and the report's charts ask for the same pairs on one connection: build once
-    (n_requests,) = con.execute("SELECT count(*) FROM requests").fetchone() or (0,)
-    key = repr((candidate, built.seg_exprs, n_requests))
-    try:
-        have = con.execute("SELECT key, duplicates FROM pairs_key").fetchone()
-    except duckdb.CatalogException:
-        have = None
-    if have is not None and have[0] == key:
-        return BuiltPairs(built.seg_exprs, built.pooled, int(have[1]))
-    # a request sent twice (producer retries) is one pair: the first stored copy counts
-    (distinct,) = con.execute("SELECT count(DISTINCT request_id) FROM requests").fetchone() or (0,)
-    built = BuiltPairs(built.seg_exprs, built.pooled, int(n_requests) - int(distinct))
-    source = (
-        'requests QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY source, part, "offset") = 1'
-        if built.duplicates
-        else "requests"
-    )
-    segs = (", ".join(built.seg_exprs) + ",") if built.seg_exprs else ""
-    # stores and exports written before calls were timed have no called_at
-    timed = "called_at" in {name for (name, *_) in con.execute("DESCRIBE outputs").fetchall()}
-    called_at = "called_at" if timed else "NULL::TIMESTAMPTZ"
-    con.execute("DROP TABLE IF EXISTS pairs")
-    # one pass over the outputs, pivoted to a row per request, then one join: three joins of
-    # the outputs (one per variant) left DuckDB to guess their sizes, and on tables without a
-    # key it built its hash tables on the wide side and ran out of memory at 5M pairs
-    con.execute(
-        f"""CREATE TEMP TABLE pairs AS
-        WITH o AS (
-          SELECT source, part, "offset",
-                 any_value(score) FILTER (WHERE variant = $base) AS b_score,
-                 any_value(label) FILTER (WHERE variant = $base) AS b_label,
-                 any_value(latency_ms) FILTER (WHERE variant = $base) AS b_lat,
-                 any_value(error_class) FILTER (WHERE variant = $base) AS b_err,
-                 any_value(score) FILTER (WHERE variant = $cand) AS c_score,
-                 any_value(label) FILTER (WHERE variant = $cand) AS c_label,
-                 any_value(latency_ms) FILTER (WHERE variant = $cand) AS c_lat,
-                 any_value(error_class) FILTER (WHERE variant = $cand) AS c_err,
-                 any_value({called_at}) FILTER (WHERE variant = $cand) AS called_at,
-                 any_value(score) FILTER (WHERE variant = $rep) AS r_score,
-                 any_value(label) FILTER (WHERE variant = $rep) AS r_label,
-                 any_value(error_class) FILTER (WHERE variant = $rep) AS r_err,
-                 bool_or(variant = $rep) AS has_repeat,
-                 bool_or(variant = $cand) AS has_candidate
-          FROM outputs WHERE variant IN ($cand, $base, $rep) GROUP BY source, part, "offset")
-        SELECT r.source, r.part, r."offset", r.request_id, r.event_time, r.sampled_reason,
-               r.feature_version, {segs}
-               o.b_score, o.b_label, o.b_lat, o.b_err, o.c_score, o.c_label, o.c_lat, o.c_err, o.called_at,
-               o.r_score, o.r_label, o.r_err, o.has_repeat
-        FROM (SELECT * FROM {source}) r
-        JOIN o ON o.source = r.source AND o.part = r.part AND o."offset" = r."offset"
-        WHERE o.has_candidate""",
-        {"cand": candidate_variant(candidate), "base": BASELINE, "rep": BASELINE_REPEAT},
-    )
-    keep_bottom_k(con, info)
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE pairs_key AS SELECT $key AS key, $dups AS duplicates",
-        {"key": key, "dups": built.duplicates},
-    )
-    return built

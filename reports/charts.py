@@ -10,7 +10,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from diff.load import Pooling, build_pairs, run_info
+from diff.load import run_info
+from diff.pairs import Pooling, build_pairs
 
 
 @dataclass

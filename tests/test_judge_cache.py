@@ -197,3 +197,61 @@ def test_a_second_judge_is_refused_and_does_not_touch_the_cache(tmp_path):
         assert con.execute("SELECT count(*) FROM ingested").fetchone() == (1,)
     finally:
         con.close()
+
+
+def resent_copy(folder: Path) -> None:
+    """The folder's requests as a producer's retry stored them: the same request ids at other
+    coordinates, which sort before the first copies (so they are the copies a pair keeps), with
+    other measured latencies."""
+    with duckdb.connect() as con:
+        for t in ("requests", "outputs"):
+            path = str(folder / f"{t}.parquet")
+            slower = ", latency_ms * 2 AS latency_ms" if t == "outputs" else ""
+            con.execute(f"CREATE TABLE x AS SELECT * REPLACE (part - 100 AS part{slower}) FROM '{path}'")
+            con.execute(f"COPY x TO '{path}' (FORMAT parquet)")
+            con.execute("DROP TABLE x")
+
+
+def judged_pairs(con: duckdb.DuckDBPyConnection, policy: Policy) -> tuple[dict, list[tuple]]:
+    doc = judge(con, policy)
+    return doc, con.execute('SELECT * FROM pairs ORDER BY source, part, "offset"').fetchall()
+
+
+def test_pairs_kept_between_looks_equal_pairs_built_whole_after_every_look(tmp_path):
+    # five looks, each adding rows: a copy replaced by an earlier folder's, and a producer's
+    # resent requests whose copies become the ones the pairs keep
+    home, store, layout = small_run(tmp_path, 6_000, 9)
+    policy = Policy(min_samples=200)
+    hidden = tmp_path / "not-yet-published"
+    hidden.mkdir()
+    slower_copy(export_rows(store, layout, "w1", 1, 0.5, 0.6), 3.0)
+    export_rows(store, layout, "w0", 1, 0.0, 0.3)
+    late = export_rows(store, layout, "w0", 2, 0.3, 0.6)
+    shutil.move(str(late), hidden / late.name)
+    steps = [
+        lambda: shutil.move(str(hidden / late.name), late),  # replaces w1's copies of 50-60 %
+        lambda: export_rows(store, layout, "w1", 2, 0.6, 0.9),
+        lambda: resent_copy(export_rows(store, layout, "w1", 3, 0.1, 0.2)),
+        lambda: export_rows(store, layout, "w0", 3, 0.9, 1.0),
+    ]
+    for look in range(1 + len(steps)):
+        if look:
+            steps[look - 1]()
+        con = open_cache(home, "run")
+        try:
+            (gen,) = con.execute("SELECT max(gen) FROM ingested").fetchone()  # type: ignore[misc]
+            looked, kept = judged_pairs(con, policy)
+            (built_at,) = con.execute("SELECT gen FROM kept_pairs").fetchone()  # type: ignore[misc]
+        finally:
+            con.close()
+        full_con = open_exports(home, "run")
+        try:
+            rejudged, whole = judged_pairs(full_con, policy)
+        finally:
+            full_con.close()
+        assert gen == built_at == look + 1
+        assert len(kept) == len(whole) and kept == whole, f"look {look + 1}: kept pairs differ from a whole build"
+        assert looked["digest"] == rejudged["digest"]
+    resent = [p for p in kept if p[1] < 0]
+    assert len(resent) == 600  # the retried copies are the pairs of their request ids
+    assert looked["data"]["pairs"] == 6_000

@@ -1,0 +1,222 @@
+"""The `pairs` relation every check reads: one row per sampled request with the baseline's,
+the candidate's and the repeat's answers side by side, and its segment values (rare values
+pooled as '(other)').
+
+On a judge's cache (diff/exports.open_cache) the pairs are kept in the cache between looks
+and brought up to date from the rows later looks added: a look's cost of building them grows
+with the new rows, not the run. Anywhere else they are built in a temporary table. Both hold
+the same rows, and `pairs` over them is the same relation."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from diff.exports import cache_generation, changed_since, table_exists
+from diff.load import RunInfo, ident, literal
+from schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
+
+OTHER = "(other)"
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How rare segment values are pooled as '(other)': values rarer than `min_share` of the
+    run's requests, and all but the `max_values` most frequent."""
+
+    max_values: int = 50
+    min_share: float = 0.01
+
+
+@dataclass(frozen=True)
+class BuiltPairs:
+    seg_exprs: list[str]  # segment expressions over `requests r`, for queries that need no outputs
+    pooled: dict[str, dict[str, Any]]  # field -> {"values": [...], "distinct": k, "requests": n}
+    duplicates: int = 0  # stored requests whose request id an earlier one already had (kept out of `pairs`)
+
+
+def build_pairs(
+    con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str, segment_fields: list[str], pooling: Pooling
+) -> BuiltPairs:
+    """Make `pairs` (a temporary view) over the run's requests and outputs for `candidate`."""
+    built = _segment_exprs(con, segment_fields, pooling)
+    # the judge and the report's charts ask for the same pairs on one connection: build once
+    (n_requests,) = con.execute("SELECT count(*) FROM requests").fetchone() or (0,)
+    gen = cache_generation(con)
+    key = repr((candidate, built.seg_exprs, n_requests, gen))
+    try:
+        have = con.execute("SELECT key, duplicates FROM pairs_key").fetchone()
+    except duckdb.CatalogException:
+        have = None
+    if have is not None and have[0] == key:
+        return BuiltPairs(built.seg_exprs, built.pooled, int(have[1]))
+    # a request sent twice (producer retries) is one pair: the first stored copy counts
+    (distinct,) = con.execute("SELECT count(DISTINCT request_id) FROM requests").fetchone() or (0,)
+    built = BuiltPairs(built.seg_exprs, built.pooled, int(n_requests) - int(distinct))
+    # stores and exports written before calls were timed have no called_at
+    timed = "called_at" in {name for (name, *_) in con.execute("DESCRIBE outputs").fetchall()}
+    select = _PairsSelect(candidate, built.seg_exprs, timed, dedupe=built.duplicates > 0)
+    if gen is None:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE pairs_all AS {select.sql('requests', 'outputs')}")
+        table = "pairs_all"
+    else:
+        table = _kept(con, candidate, select, gen)
+    quota_filter = keep_bottom_k(con, info)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW pairs AS SELECT * FROM {table}{quota_filter}")
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE pairs_key AS SELECT $key AS key, $dups AS duplicates",
+        {"key": key, "dups": built.duplicates},
+    )
+    return built
+
+
+@dataclass(frozen=True)
+class _PairsSelect:
+    candidate: str
+    seg_exprs: list[str]
+    timed: bool
+    dedupe: bool  # some request id was stored twice: keep its first copy
+
+    @property
+    def shape(self) -> str:
+        """What the kept pairs were built with: another shape means building them anew."""
+        return repr((self.seg_exprs, self.timed))
+
+    def sql(self, requests: str, outputs: str) -> str:
+        """The pairs of the requests in relation `requests`, with their answers in `outputs`."""
+        segs = (", ".join(self.seg_exprs) + ",") if self.seg_exprs else ""
+        called_at = "called_at" if self.timed else "NULL::TIMESTAMPTZ"
+        variants = {
+            "base": literal(BASELINE),
+            "cand": literal(candidate_variant(self.candidate)),
+            "rep": literal(BASELINE_REPEAT),
+        }
+
+        def pick(column: str, variant: str) -> str:
+            return f"any_value({column}) FILTER (WHERE variant = {variants[variant]})"
+
+        # one pass over the outputs, pivoted to a row per request, then one join: three joins of
+        # the outputs (one per variant) left DuckDB to guess their sizes, and on tables without a
+        # key it built its hash tables on the wide side and ran out of memory at 5M pairs
+        first = 'QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY source, part, "offset") = 1'
+        return f"""
+        WITH r AS (SELECT * FROM {requests} {first if self.dedupe else ""}),
+        o AS (
+          SELECT source, part, "offset",
+                 {pick("score", "base")} AS b_score, {pick("label", "base")} AS b_label,
+                 {pick("latency_ms", "base")} AS b_lat, {pick("error_class", "base")} AS b_err,
+                 {pick("score", "cand")} AS c_score, {pick("label", "cand")} AS c_label,
+                 {pick("latency_ms", "cand")} AS c_lat, {pick("error_class", "cand")} AS c_err,
+                 {pick(called_at, "cand")} AS called_at,
+                 {pick("score", "rep")} AS r_score, {pick("label", "rep")} AS r_label, {pick("error_class", "rep")} AS r_err,
+                 bool_or(variant = {variants["rep"]}) AS has_repeat,
+                 bool_or(variant = {variants["cand"]}) AS has_candidate
+          FROM {outputs} WHERE variant IN ({variants["cand"]}, {variants["base"]}, {variants["rep"]})
+          GROUP BY source, part, "offset")
+        SELECT * EXCLUDE (pair_md5),
+               -- the pair's share of the order-free digest of the pair set (diff/explain.py)
+               (pair_md5 >> 64)::UBIGINT AS pair_hi, (pair_md5 & 18446744073709551615::UHUGEINT)::UBIGINT AS pair_lo
+        FROM (
+          SELECT r.source, r.part, r."offset", r.request_id, r.event_time, r.sampled_reason,
+                 r.feature_version, {segs}
+                 o.b_score, o.b_label, o.b_lat, o.b_err, o.c_score, o.c_label, o.c_lat, o.c_err, o.called_at,
+                 o.r_score, o.r_label, o.r_err, o.has_repeat,
+                 md5_number(concat_ws(':', r.source, r.part, r."offset", r.request_id)) AS pair_md5
+          FROM r JOIN o ON o.source = r.source AND o.part = r.part AND o."offset" = r."offset"
+          WHERE o.has_candidate)"""
+
+
+def _kept(con: duckdb.DuckDBPyConnection, candidate: str, select: _PairsSelect, gen: int) -> str:
+    """The name of `candidate`'s pairs kept in the judge's cache, brought up to look `gen`:
+    built whole the first time (or when the segments' pooling changed), else only the pairs of
+    request ids that rows of later looks touched are built again."""
+    table = "kept_pairs_" + hashlib.sha256(candidate.encode()).hexdigest()[:16]
+    con.execute("CREATE TABLE IF NOT EXISTS kept_pairs (candidate VARCHAR PRIMARY KEY, shape VARCHAR, gen INTEGER)")
+    state = con.execute("SELECT shape, gen FROM kept_pairs WHERE candidate = ?", [candidate]).fetchone()
+    con.execute("BEGIN")
+    try:
+        if state is None or state[0] != select.shape or not table_exists(con, table):
+            con.execute(f"CREATE OR REPLACE TABLE {table} AS {select.sql('requests', 'outputs')}")
+        elif int(state[1]) < gen:
+            since = int(state[1])
+            # a request id whose rows changed (new requests, new answers, a copy replaced): its
+            # pair is built again from all its stored rows, as a whole build would build it
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE touched AS
+                    WITH changed AS (SELECT source, part, "offset" FROM ({changed_since("requests", since)})
+                                     UNION SELECT source, part, "offset" FROM ({changed_since("outputs", since)}))
+                    SELECT DISTINCT r.request_id FROM requests r SEMI JOIN changed c
+                      ON c.source = r.source AND c.part = r.part AND c."offset" = r."offset\""""
+            )
+            con.execute(
+                """CREATE OR REPLACE TEMP TABLE touched_rows AS
+                   SELECT * FROM requests WHERE request_id IN (SELECT request_id FROM touched)"""
+            )
+            outputs = """(SELECT * FROM outputs o SEMI JOIN touched_rows t
+                           ON t.source = o.source AND t.part = o.part AND t."offset" = o."offset")"""
+            con.execute(f"DELETE FROM {table} WHERE request_id IN (SELECT request_id FROM touched)")
+            again = _PairsSelect(candidate, select.seg_exprs, select.timed, dedupe=True)
+            con.execute(f"INSERT INTO {table} BY NAME {again.sql('touched_rows', outputs)}")
+        con.execute(
+            "INSERT OR REPLACE INTO kept_pairs VALUES (?, ?, ?)",
+            [candidate, select.shape, gen],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return table
+
+
+def keep_bottom_k(con: duckdb.DuckDBPyConnection, info: RunInfo) -> str:
+    """The filter that keeps out of `pairs` the quota samples not among their segment's k
+    smallest hashes (replay/sampling.py): a request stored while among the k smallest so far,
+    and pushed out by a smaller one later, is not part of the segment's sample. Empty when the
+    run has no quotas."""
+    quotas: dict[str, int] = info.config.get("sampling", {}).get("quotas", {})
+    if not quotas:
+        return ""
+    (hashes,) = con.execute("SELECT count(*) FROM quota_samples").fetchone() or (0,)
+    if not hashes:  # a store written before quotas were bottom-k samples
+        return ""
+    con.execute('CREATE OR REPLACE TEMP TABLE quota_kept (source VARCHAR, part INTEGER, "offset" BIGINT)')
+    for q, k in sorted(quotas.items()):
+        field, _, value = q.partition("=")
+        (n_rate,) = con.execute(
+            f"SELECT count(*) FROM requests WHERE sampled_reason = 'rate' AND segments.{ident(field)} = ?", [value]
+        ).fetchone() or (0,)
+        con.execute(
+            """INSERT INTO quota_kept SELECT source, part, "offset" FROM quota_samples WHERE quota = ?
+               ORDER BY sample_hash, source, part, "offset" LIMIT ?""",
+            [q, max(0, int(k) - int(n_rate))],
+        )
+    return """ p WHERE p.sampled_reason <> 'quota' OR EXISTS (
+             SELECT 1 FROM quota_kept k WHERE k.source = p.source AND k.part = p.part AND k."offset" = p."offset")"""
+
+
+def _segment_exprs(con: duckdb.DuckDBPyConnection, fields: list[str], pooling: Pooling) -> BuiltPairs:
+    seg_exprs: list[str] = []
+    pooled: dict[str, dict[str, Any]] = {}
+    for f in fields:
+        raw = f"coalesce(r.segments.{ident(f)}, '(missing)')"
+        counts = con.execute(f"SELECT {raw} AS v, count(*) AS n FROM requests r GROUP BY 1 ORDER BY n DESC, v").fetchall()
+        total = sum(int(n) for _, n in counts)
+        keep = [v for v, n in counts[: pooling.max_values] if n >= pooling.min_share * total]
+        rare = [(v, int(n)) for v, n in counts if v not in set(keep)]
+        if not rare:
+            seg_exprs.append(f"{raw} AS {ident('seg_' + f)}")
+            continue
+        pooled[f] = {
+            "values": [str(v) for v, _ in rare[:50]],
+            "distinct": len(rare),
+            "requests": sum(n for _, n in rare),
+        }
+        kept = ", ".join(literal(str(v)) for v in keep) or "NULL"
+        seg_exprs.append(f"CASE WHEN {raw} IN ({kept}) THEN {raw} ELSE '{OTHER}' END AS {ident('seg_' + f)}")
+    return BuiltPairs(seg_exprs, pooled)
+
+
+__all__ = ["OTHER", "BuiltPairs", "Pooling", "build_pairs", "keep_bottom_k"]
