@@ -54,6 +54,38 @@ def publish(store: Path, layout: RunLayout, seq: int, lo: int, hi: int) -> None:
     (folder / "manifest.json").write_bytes(orjson.dumps(manifest | {"run_meta": meta}, default=str))
 
 
+PHASES: dict[str, float] = {}
+
+
+def time_phases() -> None:
+    """Add each part of a judge's time into PHASES (the parts the judge calls by name)."""
+    import diff.aggregate as agg
+    import diff.judge as judge_module
+
+    def wrap(module: Any, name: str) -> None:
+        inner = getattr(module, name)
+
+        def timed_part(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                PHASES[name] = PHASES.get(name, 0.0) + time.perf_counter() - t0
+
+        setattr(module, name, timed_part)
+
+    for name in ("pair_stats", "per_window", "score_distributions", "label_counts", "latency_blocks"):
+        wrap(agg, name)
+    for name in ("build_pairs", "compare_outputs", "feature_checks", "run_level_checks", "data_section", "examples"):
+        wrap(judge_module, name)
+
+
+def phases() -> str:
+    out = ", ".join(f"{k} {v:.1f}" for k, v in sorted(PHASES.items(), key=lambda kv: -kv[1]))
+    PHASES.clear()
+    return out
+
+
 def timed(open_run: Callable[[], duckdb.DuckDBPyConnection], policy: Policy) -> tuple[float, float, dict[str, Any]]:
     """Seconds to open the run, seconds to judge it, and the verdict."""
     t0 = time.perf_counter()
@@ -72,7 +104,10 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=50_000)
     ap.add_argument("--exports", type=int, default=100)
     ap.add_argument("--memory", default="2GB", help="DuckDB memory limit of both (the judge's default: 2GB)")
+    ap.add_argument("--phases", action="store_true", help="print the seconds each part of a judge took")
     a = ap.parse_args()
+    if a.phases:
+        time_phases()
     policy = Policy(reference=Reference(start="2026-11-25T00:00:00+00:00", end="2026-11-25T04:00:00+00:00"))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -86,12 +121,17 @@ def main() -> None:
         print(f"{a.pairs:,} pairs in {a.exports} exports; the first look: read {first_read:.1f} s + judge {first_judge:.1f} s")
         publish(store, layout, a.exports + 1, a.pairs, total)
 
+        PHASES.clear()
         look_read, look_judge, looked = timed(lambda: open_cache(layout.home, "big", a.memory), policy)
+        look_phases = phases()
         full_read, full_judge, full = timed(lambda: open_exports(layout.home, "big", a.memory), policy)
+        full_phases = phases()
 
     look, whole = look_read + look_judge, full_read + full_judge
     print(f"look with {a.new:,} new pairs: read {look_read:.1f} s + judge {look_judge:.1f} s = {look:.1f} s")
     print(f"full re-judge:                read {full_read:.1f} s + judge {full_judge:.1f} s = {whole:.1f} s")
+    if a.phases:
+        print(f"look's judge, s: {look_phases}\nfull judge, s:   {full_phases}")
     print(f"look / full: {look / whole:.3f}  (reading alone: {look_read / full_read:.3f}; target <= 0.05)")
     print(
         f"verdicts: {looked['verdict']} / {full['verdict']}, pairs {looked['data']['pairs']:,}, "
