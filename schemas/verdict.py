@@ -49,8 +49,8 @@ class Data(_Open):
     pairs: int = Field(ge=0)
     pair_set_digest: str | None = Field(
         None,
-        description="sha256 of the judged pairs' coordinates and request ids, in order: "
-        "equal for one worker or several over the same traffic",
+        description="sha256 of the number of judged pairs and the sums of their md5s of coordinates and "
+        "request id (free of order): equal for one worker or several over the same traffic",
     )
     pairs_by_reason: dict[str, int] = {}
     window: Window
