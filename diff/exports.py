@@ -14,14 +14,11 @@ from typing import Any
 import duckdb
 import orjson
 
+from diff.sql import literal
 from schemas.errors import StoreError
 from schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
 
 log = logging.getLogger(__name__)
-
-
-def _quote(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
 
 
 def read_manifests(layout: RunLayout) -> list[dict[str, Any]]:
@@ -39,7 +36,7 @@ def open_exports(home: Path, run_id: str, memory_limit: str = "2GB") -> duckdb.D
     tmp = layout.dir / ".tmp"
     con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(tmp)})
     for t in EXPORT_TABLES:
-        files = "[" + ", ".join(_quote(str(Path(m["folder"]) / f"{t}.parquet")) for m in manifests) + "]"
+        files = "[" + ", ".join(literal(str(Path(m["folder"]) / f"{t}.parquet")) for m in manifests) + "]"
         keys = EXPORT_KEYS[t]
         # materialised once: the judge reads these many times, a view would sort at every read
         con.execute(
@@ -184,7 +181,7 @@ def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Pat
         (gen,) = con.execute("SELECT coalesce(max(gen), 0) + 1 FROM ingested").fetchone() or (1,)
         for t in EXPORT_TABLES:
             keys = EXPORT_KEYS[t]
-            files = "[" + ", ".join(_quote(str(f / f"{t}.parquet")) for f in folders) + "]"
+            files = "[" + ", ".join(literal(str(f / f"{t}.parquet")) for f in folders) + "]"
             # the folder a row came from, as `<worker>/<seq>`, from the file's path
             origin = f"regexp_replace(substr(filename, {prefix + 1}), '/[^/]*$', '')"
             con.execute(

@@ -16,8 +16,9 @@ import polars as pl
 
 from diff.aggregate import _rows, histograms
 from diff.drift import SMALL, DriftResult, categorical_drift, numeric_drift_hist
-from diff.load import RunInfo, ident
+from diff.load import RunInfo
 from diff.segments import ALL, SegmentSets
+from diff.sql import ident
 from schemas.paths import getter
 from schemas.policy import Reference
 

@@ -15,6 +15,7 @@ import duckdb
 import orjson
 
 from diff.exports import open_exports
+from diff.sql import literal
 from schemas.errors import RunNotFound, StoreError
 from schemas.layout import EXPORT_KEYS, RunLayout
 
@@ -24,10 +25,6 @@ _KEYS = {
     "checkpoints": "source, part",
     "run_meta": "key",
 }
-
-
-def ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def run_dir(home: Path, run_id: str) -> Path:
@@ -86,11 +83,6 @@ def _in_every_store(con: duckdb.DuckDBPyConnection, table: str, stores: int) -> 
         "SELECT count(DISTINCT database_name) FROM duckdb_tables() WHERE table_name = ? AND database_name LIKE 's%'", [table]
     ).fetchone() or (0,)
     return int(n) == stores
-
-
-def literal(s: str) -> str:
-    """A SQL string literal."""
-    return "'" + s.replace("'", "''") + "'"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from typing import Any
 import duckdb
 
 from diff.exports import cache_generation, changed_since, table_exists
-from diff.load import RunInfo, ident, literal
+from diff.load import RunInfo
+from diff.sql import ident, literal
 from schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 
 OTHER = "(other)"

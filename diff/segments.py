@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from diff.load import ident, literal
+from diff.sql import ident, literal
 
 ALL = "all"
 

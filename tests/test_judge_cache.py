@@ -250,7 +250,8 @@ def test_pairs_kept_between_looks_equal_pairs_built_whole_after_every_look(tmp_p
         finally:
             full_con.close()
         assert gen == built_at == look + 1
-        assert len(kept) == len(whole) and kept == whole, f"look {look + 1}: kept pairs differ from a whole build"
+        assert len(kept) == len(whole), f"look {look + 1}: {len(kept)} pairs kept, {len(whole)} built whole"
+        assert kept == whole, f"look {look + 1}: kept pairs differ from a whole build"
         assert looked["digest"] == rejudged["digest"]
     resent = [p for p in kept if p[1] < 0]
     assert len(resent) == 600  # the retried copies are the pairs of their request ids
