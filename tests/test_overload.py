@@ -7,6 +7,8 @@ server times out, and those errors of our own making would be counted against it
 from __future__ import annotations
 
 import random
+import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -15,7 +17,7 @@ from helpers import envelope, jsonl, judge_run, write_config
 from models_for_tests import logistic
 
 from replay.job import run_replay
-from replay.models.resilience import RateCap
+from replay.models.resilience import AdaptiveLimit, RateCap
 from replay.testing import ModelServer, ServerBehaviour
 from schemas.config import load_config
 from schemas.policy import Policy
@@ -163,3 +165,43 @@ def test_the_adaptive_limit_can_be_used_from_one_event_loop_after_another():
 
     asyncio.run(two_calls())
     asyncio.run(two_calls())  # a new loop: the first loop's event is not awaited here
+
+
+def limit_settled(latency_ms: Callable[[int], float], calls: int) -> list[int]:
+    """The calls in flight an AdaptiveLimit (up to 32) allows after each of `calls` answers,
+    from 32 callers, when a call takes `latency_ms(calls in flight)` (slept, so that the
+    limit's once-per-round-trip rule sees time pass as it would)."""
+    import asyncio
+
+    limit = AdaptiveLimit("m", max_limit=32)
+    seen: list[int] = []
+
+    async def caller() -> None:
+        while len(seen) < calls:
+            await limit.acquire()
+            ms = latency_ms(limit.in_flight)
+            await asyncio.sleep(ms / 1000)
+            limit.release(ms, overloaded=False)
+            seen.append(int(limit.limit))
+
+    async def callers() -> None:
+        await asyncio.gather(*(caller() for _ in range(32)))
+
+    asyncio.run(callers())
+    return seen
+
+
+def test_the_adaptive_limit_reads_a_models_own_latency_spread_as_no_load():
+    # a server with room to spare whose latency varies as real models' do (lognormal sigma
+    # 0.35 around 20 ms, whatever the calls in flight): single slow calls are not load
+    rng = random.Random(5)
+    seen = limit_settled(lambda _in_flight: 20.0 * rng.lognormvariate(0, 0.35), 3000)
+    assert statistics.median(seen[-1000:]) >= 28, seen[-20:]
+
+
+def test_the_adaptive_limit_settles_near_a_servers_knee():
+    # four workers of 20 ms: past four calls in flight, each call waits for the ones ahead
+    rng = random.Random(6)
+    seen = limit_settled(lambda in_flight: 20.0 * max(1.0, in_flight / 4) * rng.lognormvariate(0, 0.1), 1500)
+    settled = seen[-800:]
+    assert 4 <= statistics.median(settled) <= 8, settled[-20:]

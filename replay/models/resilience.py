@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import statistics
 import time
 
 from schemas.records import ErrorClass
@@ -65,18 +66,23 @@ class CircuitBreaker:
 
 
 _JITTER_MS = 20.0
+_ROUND_MIN = 16  # answers a round's median is read from, at the least
 
 
 class AdaptiveLimit:
     """The calls in flight to one model, adapted as Netflix's concurrency-limits AIMD does: one
-    more after a round of calls answered in time and at the model's unloaded pace, x`backoff`
-    (at most once per round trip) when a call times out, is told to back off (429/503) or takes
-    more than `slow_factor` times the unloaded latency (and 20 ms more). A shadow run then settles near the
-    concurrency the model serves without queueing, instead of pushing it into timeouts that
-    would be counted against it. The unloaded latency is the lowest of the last few hundred
-    calls."""
+    more after each round of calls (`limit` of them, 16 at the least) answered at the model's
+    unloaded pace, x`backoff` when a call times out or is
+    told to back off (429/503, at most once per round trip), or when a round's median latency
+    is past `slow_factor` times the lowest round median of the recent past (and 20 ms more). A
+    shadow run then settles near the concurrency the model serves without queueing, instead of
+    pushing it into timeouts that would be counted against it.
 
-    def __init__(self, name: str, max_limit: int, initial: int = 4, backoff: float = 0.9, slow_factor: float = 2.0) -> None:
+    Slowness is read from a round's median, not from single calls: a model's latency has its
+    own spread (a lognormal sigma of 0.35 is common), and single slow calls judged against the
+    fastest one held the limit at a few calls in flight on a server with room to spare."""
+
+    def __init__(self, name: str, max_limit: int, initial: int = 4, backoff: float = 0.9, slow_factor: float = 1.5) -> None:
         self.name = name
         self.max_limit = max_limit
         self.limit = float(min(initial, max_limit))
@@ -86,16 +92,16 @@ class AdaptiveLimit:
         self.decreases = 0
         self._freed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._chunk_mins: collections.deque[float] = collections.deque(maxlen=8)
-        self._chunk_min = float("inf")
-        self._chunk_n = 0
+        self._round: list[float] = []
+        # the lowest of them is the model's pace when not queueing
+        self._round_medians: collections.deque[float] = collections.deque(maxlen=256)
         self._last_decrease = 0.0
         self._logged_at = 0.0
         self._logged_limit = int(self.limit)
 
     @property
-    def floor_ms(self) -> float:
-        return min([*self._chunk_mins, self._chunk_min])
+    def unloaded_ms(self) -> float:
+        return min(self._round_medians, default=float("inf"))
 
     async def acquire(self) -> None:
         loop = asyncio.get_running_loop()
@@ -114,37 +120,41 @@ class AdaptiveLimit:
         self.in_flight -= 1
         if self._freed is not None:
             self._freed.set()
-        floor = self.floor_ms
-        if latency_ms is not None and not overloaded:
-            self._chunk_min = min(self._chunk_min, latency_ms)
-            self._chunk_n += 1
-            if self._chunk_n >= 50:
-                self._chunk_mins.append(self._chunk_min)
-                self._chunk_min, self._chunk_n = float("inf"), 0
-        # slow: past slow_factor x the unloaded latency, and by more than the jitter of a fast
-        # server (a 0.3 ms loopback call taking 0.8 ms is not load)
-        slow = (
-            latency_ms is not None
-            and floor < float("inf")
-            and latency_ms > self.slow_factor * floor
-            and latency_ms - floor > _JITTER_MS
-        )
         now = time.monotonic()
-        if overloaded or slow:
-            # once per round trip: the calls already in flight answer late for the same cause
-            if now - self._last_decrease >= max(floor, 1.0) / 1000:
-                self.limit = max(1.0, self.limit * self.backoff)
-                self.decreases += 1
-                self._last_decrease = now
+        if overloaded:
+            # once per round trip: the calls already in flight fail for the same cause
+            unloaded = self.unloaded_ms
+            if now - self._last_decrease >= (unloaded if unloaded < float("inf") else 1.0) / 1000:
+                self._decrease(now)
         elif latency_ms is not None:
-            self.limit = min(float(self.max_limit), self.limit + 1.0 / self.limit)
+            self._round.append(latency_ms)
+            if len(self._round) >= max(_ROUND_MIN, int(self.limit)):
+                median = statistics.median(self._round)
+                self._round.clear()
+                unloaded = min(self.unloaded_ms, median)
+                self._round_medians.append(median)
+                # past slow_factor x the unloaded pace, and by more than the jitter of a fast
+                # server (a 0.3 ms loopback call taking 0.8 ms is not load)
+                if median > self.slow_factor * unloaded and median - unloaded > _JITTER_MS:
+                    self._decrease(now)
+                    return
+                self.limit = min(float(self.max_limit), self.limit + 1.0)
+        self._log(now)
+
+    def _decrease(self, now: float) -> None:
+        self.limit = max(1.0, self.limit * self.backoff)
+        self.decreases += 1
+        self._last_decrease = now
+        self._log(now)
+
+    def _log(self, now: float) -> None:
         if int(self.limit) != self._logged_limit and now - self._logged_at >= 10:
             log.info(
-                "model %s: %d calls in flight at most (of %d; unloaded latency %.0f ms)",
+                "model %s: %d calls in flight at most (of %d; unloaded median latency %.0f ms)",
                 self.name,
                 int(self.limit),
                 self.max_limit,
-                floor,
+                self.unloaded_ms,
             )
             self._logged_at, self._logged_limit = now, int(self.limit)
 
