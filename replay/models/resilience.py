@@ -72,11 +72,11 @@ _ROUND_MIN = 16  # answers a round's median is read from, at the least
 class AdaptiveLimit:
     """The calls in flight to one model, adapted as Netflix's concurrency-limits AIMD does: one
     more after each round of calls (`limit` of them, 16 at the least) answered at the model's
-    unloaded pace, x`backoff` when a call times out or is
-    told to back off (429/503, at most once per round trip), or when a round's median latency
-    is past `slow_factor` times the lowest round median of the recent past (and 20 ms more). A
-    shadow run then settles near the concurrency the model serves without queueing, instead of
-    pushing it into timeouts that would be counted against it.
+    unloaded pace; x`backoff` when a call times out or is told to back off (429/503, at most
+    once per round trip), or when a round's median latency is past `slow_factor` times the
+    lowest round median of the last 256 rounds (and 20 ms more). A shadow run then settles near
+    the concurrency the model serves without queueing, instead of pushing it into timeouts that
+    would be counted against it.
 
     Slowness is read from a round's median, not from single calls: a model's latency has its
     own spread (a lognormal sigma of 0.35 is common), and single slow calls judged against the
