@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import duckdb
 import numpy as np
 
-from diff.segments import SegmentSets
+from diff.kept import RATE, maintained
+from diff.pairs import KeptPairs
+from diff.segments import ALL, SegmentSets
 
 
 def latency_grid(quantiles: Sequence[float]) -> list[float]:
@@ -31,6 +34,152 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
+# Quantiles of latencies and |Δscore| come from histograms with log-spaced bins (as DDSketch's):
+# counts merge exactly, so a look adds its new pairs' counts to those it kept instead of sorting
+# every pair again. A bin spans 0.1 % of its value; values within a bin are read as spread
+# evenly over it.
+LOG_BINS_PER_E = 1000
+ZERO_BIN = -1_000_000_000  # zero (and any value not above it)
+TOP_BIN = 1_000_000_000  # +inf
+_HISTOGRAMS = ("b_lat", "c_lat", "abs_d")
+
+
+def _log_bin(x: str) -> str:
+    return (
+        f"CASE WHEN {x} > 0 AND isfinite({x}) THEN floor(ln({x}) * {LOG_BINS_PER_E})::INTEGER "
+        f"WHEN {x} > 0 THEN {TOP_BIN} ELSE {ZERO_BIN} END"
+    )
+
+
+def _bin_values(bins: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """Values at `position` (0..1) through log bins."""
+    with np.errstate(over="ignore"):
+        inner = np.exp((bins + position) / LOG_BINS_PER_E)
+    return np.where(bins == ZERO_BIN, 0.0, np.where(bins == TOP_BIN, np.inf, inner))
+
+
+def hist_quantiles(bins: np.ndarray, counts: np.ndarray, fractions: Sequence[float]) -> list[float] | None:
+    """quantile_cont's estimate (linear between the order statistics around (n-1)·f) read from
+    a log-binned histogram: the j-th value of a bin of k sits at (j + ½)/k across it."""
+    order = np.argsort(bins, kind="stable")
+    bins, counts = bins[order], counts[order].astype(np.int64)
+    keep = counts > 0
+    bins, counts = bins[keep], counts[keep]
+    n = int(counts.sum())
+    if n == 0:
+        return None
+    ends = np.cumsum(counts)
+
+    def order_stat(j: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(ends, j, side="right")
+        before = ends[i] - counts[i]
+        return _bin_values(bins[i], (j - before + 0.5) / counts[i])
+
+    h = (n - 1) * np.asarray(fractions, dtype=float)
+    lo, hi = np.floor(h).astype(np.int64), np.ceil(h).astype(np.int64)
+    v_lo, v_hi = order_stat(lo), order_stat(hi)
+    with np.errstate(invalid="ignore"):
+        values = np.where(hi > lo, v_lo + (h - lo) * (v_hi - v_lo), v_lo)
+    return [float(v) for v in values]
+
+
+def _by_segment(sets: SegmentSets, columns: dict[str, str], source: str, extra: Sequence[str] = ()) -> str:
+    """SQL: one row per segment (named) and `extra` group, with `columns` aggregated."""
+    inner = ", ".join(f"{sql} AS {name}" for name, sql in columns.items())
+    keys = "".join(f"{e}, " for e in extra)
+    return f"""SELECT {sets.name_sql()} AS segment, {keys}{", ".join(columns)} FROM (
+               SELECT {sets.select()}, {keys}{inner} FROM {source} {sets.group_by(list(extra))})"""
+
+
+def _pair_sums(tolerance: float, abs_thresholds: Sequence[float]) -> dict[str, str]:
+    """The mergeable parts of `pair_stats` over a relation of pairs with a `sign` column: the
+    counts and sums of the pairs it adds (+1) or removes (-1)."""
+    d = "(c_score - b_score)"
+    dr = "(r_score - b_score)"
+
+    def count(cond: str = "TRUE") -> str:
+        return f"coalesce(sum(sign) FILTER (WHERE {cond}), 0)::BIGINT"
+
+    def total(x: str, cond: str = "TRUE") -> str:
+        # fsum: compensated, so that sums built in different orders agree to the last digits
+        return f"coalesce(fsum(sign * ({x})) FILTER (WHERE {cond}), 0)::DOUBLE"
+
+    has_d = f"{d} IS NOT NULL"
+    cols = {
+        "n_req": count(),
+        "n_pair": count("b_err IS NULL AND c_err IS NULL"),
+        "c_err_n": count("c_err IS NOT NULL AND c_err <> 'throttled'"),
+        "c_throttled_n": count("c_err = 'throttled'"),
+        "c_timeout_n": count("c_err = 'timeout'"),
+        "b_err_n": count("b_err IS NOT NULL"),
+        "n_lab": count("b_label IS NOT NULL AND c_label IS NOT NULL"),
+        "flips": count("b_label IS NOT NULL AND c_label IS NOT NULL AND b_label <> c_label"),
+        "n_lab_r": count("b_label IS NOT NULL AND r_label IS NOT NULL"),
+        "flips_r": count("b_label IS NOT NULL AND r_label IS NOT NULL AND b_label <> r_label"),
+        "n_s": count(has_d),
+        "sum_d": total(d, has_d),
+        "sum_d2": total(f"{d} * {d}", has_d),
+        "sum_abs_d": total(f"abs({d})", has_d),
+        "far": count(f"abs({d}) > {float(tolerance)!r}"),
+        "n_s_r": count(f"{dr} IS NOT NULL"),
+        "far_r": count(f"abs({dr}) > {float(tolerance)!r}"),
+        "sum_dr": total(dr, f"{dr} IS NOT NULL"),
+        "sum_dr2": total(f"{dr} * {dr}", f"{dr} IS NOT NULL"),
+        # the correlation of the two scores, from its sums
+        "sum_b": total("b_score", has_d),
+        "sum_c": total("c_score", has_d),
+        "sum_bb": total("b_score * b_score", has_d),
+        "sum_cc": total("c_score * c_score", has_d),
+        "sum_bc": total("b_score * c_score", has_d),
+        "n_rel": count(f"{has_d} AND b_score <> 0"),
+        "sum_rel": total(f"abs({d}) / abs(b_score)", f"{has_d} AND b_score <> 0"),
+        "n_bl": count("b_err IS NULL AND b_lat IS NOT NULL"),
+        "n_cl": count("c_err IS NULL AND c_lat IS NOT NULL"),
+    }
+    for i, t in enumerate(abs_thresholds):
+        cols[f"far_abs_{i}"] = count(f"abs({d}) > {float(t)!r}")
+    return cols
+
+
+def _pair_hist_sql(sets: SegmentSets, source: str) -> str:
+    """Signed counts per segment, histogram (`h`: 0 baseline latency, 1 candidate latency,
+    2 |Δscore|) and log bin."""
+    values = {
+        0: ("b_lat", "b_err IS NULL AND b_lat IS NOT NULL"),
+        1: ("c_lat", "c_err IS NULL AND c_lat IS NOT NULL"),
+        2: ("abs(c_score - b_score)", "c_score IS NOT NULL AND b_score IS NOT NULL"),
+    }
+    parts = [
+        f"SELECT segment, {h}::TINYINT AS h, bin, k FROM ("
+        + _by_segment(sets, {"k": "sum(sign)::BIGINT"}, f"(SELECT *, {_log_bin(x)} AS bin FROM {source} WHERE {cond})", ["bin"])
+        + ")"
+        for h, (x, cond) in values.items()
+    ]
+    return " UNION ALL ".join(parts)
+
+
+class _PairPartials:
+    """Builds and updates the two tables `pair_stats` reads: sums per segment and histograms."""
+
+    def __init__(self, sets: SegmentSets, tolerance: float, abs_thresholds: Sequence[float]) -> None:
+        self.sets = sets
+        self.sums = _pair_sums(tolerance, abs_thresholds)
+        self.spec = repr((sets.sets, float(tolerance), [float(t) for t in abs_thresholds], LOG_BINS_PER_E))
+
+    def build(self, con: duckdb.DuckDBPyConnection, table: str, source: str, kind: str = "") -> None:
+        con.execute(f"CREATE OR REPLACE {kind} TABLE {table} AS {_by_segment(self.sets, self.sums, source)}")
+        con.execute(f"CREATE OR REPLACE {kind} TABLE {table}_h AS {_pair_hist_sql(self.sets, source)}")
+
+    def update(self, con: duckdb.DuckDBPyConnection, table: str, delta: str) -> None:
+        self.build(con, "pair_delta", delta, "TEMP")
+        merged = ", ".join(f"{'fsum' if self.sums[c].startswith('coalesce(fsum') else 'sum'}({c}) AS {c}" for c in self.sums)
+        con.execute(f"""CREATE OR REPLACE TABLE {table} AS SELECT segment, {merged} FROM (
+                        SELECT * FROM {table} UNION ALL BY NAME SELECT * FROM pair_delta) GROUP BY segment""")
+        con.execute(f"""CREATE OR REPLACE TABLE {table}_h AS SELECT segment, h, bin, sum(k)::BIGINT AS k FROM (
+                        SELECT * FROM {table}_h UNION ALL SELECT * FROM pair_delta_h)
+                        GROUP BY segment, h, bin HAVING sum(k) <> 0""")
+
+
 def pair_stats(
     con: duckdb.DuckDBPyConnection,
     sets: SegmentSets,
@@ -39,46 +188,72 @@ def pair_stats(
     where: str = "TRUE",
     abs_grid: Sequence[float] = (),
     abs_thresholds: Sequence[float] = (),
+    kept: KeptPairs | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Counts, label flips, score differences, latency quantiles and errors per segment;
     quantiles of |Δscore| over `abs_grid`, and `far_abs_<i>`: pairs with |Δscore| above
-    `abs_thresholds[i]`."""
-    g = "[" + ", ".join(str(x) for x in lat_grid) + "]"
-    abs_cols = "".join(
-        f"count(*) FILTER (WHERE abs(c_score - b_score) > {float(t)!r}) AS far_abs_{i}," for i, t in enumerate(abs_thresholds)
-    )
-    if abs_grid:
-        abs_cols += "quantile_cont(abs(c_score - b_score), [" + ", ".join(str(x) for x in abs_grid) + "]) AS abs_d_grid,"
-    d = "(c_score - b_score)"
-    both = "b_err IS NULL AND c_err IS NULL"
-    sql = f"""
-    SELECT {sets.select()},
-      count(*) AS n_req,
-      count(*) FILTER (WHERE {both}) AS n_pair,
-      count(*) FILTER (WHERE c_err IS NOT NULL AND c_err <> 'throttled') AS c_err_n,
-      count(*) FILTER (WHERE c_err = 'throttled') AS c_throttled_n,
-      count(*) FILTER (WHERE c_err = 'timeout') AS c_timeout_n,
-      count(*) FILTER (WHERE b_err IS NOT NULL) AS b_err_n,
-      count(*) FILTER (WHERE b_label IS NOT NULL AND c_label IS NOT NULL) AS n_lab,
-      count(*) FILTER (WHERE b_label IS NOT NULL AND c_label IS NOT NULL AND b_label <> c_label) AS flips,
-      count(*) FILTER (WHERE b_label IS NOT NULL AND r_label IS NOT NULL) AS n_lab_r,
-      count(*) FILTER (WHERE b_label IS NOT NULL AND r_label IS NOT NULL AND b_label <> r_label) AS flips_r,
-      count({d}) AS n_s,
-      sum({d}) AS sum_d, sum({d} * {d}) AS sum_d2, sum(abs({d})) AS sum_abs_d, {abs_cols}
-      count(*) FILTER (WHERE abs({d}) > {tolerance}) AS far,
-      count(r_score - b_score) AS n_s_r,
-      count(*) FILTER (WHERE abs(r_score - b_score) > {tolerance}) AS far_r,
-      sum(r_score - b_score) AS sum_dr, sum((r_score - b_score) * (r_score - b_score)) AS sum_dr2,
-      corr(c_score, b_score) AS corr,
-      avg(abs({d}) / nullif(abs(b_score), 0)) AS mean_rel_d,
-      quantile_cont(abs({d}), [0.5, 0.9, 0.99]) AS abs_d_q,
-      count(b_lat) FILTER (WHERE b_err IS NULL) AS n_bl,
-      count(c_lat) FILTER (WHERE c_err IS NULL) AS n_cl,
-      quantile_cont(b_lat, {g}) FILTER (WHERE b_err IS NULL) AS b_lat_q,
-      quantile_cont(c_lat, {g}) FILTER (WHERE c_err IS NULL) AS c_lat_q,
-      min(event_time) AS t_min, max(event_time) AS t_max
-    FROM pairs WHERE {where} {sets.group_by()}"""
-    return {sets.name(r): r for r in _rows(con, sql)}
+    `abs_thresholds[i]`. With `kept` (a judge's cache), the rate samples' partials are kept
+    between looks and only the pairs that changed are added; `where` is then either every
+    pair or the rate samples."""
+    partials = _PairPartials(sets, tolerance, abs_thresholds)
+    tables: list[str] = []
+    if kept is not None:
+        build = lambda table, source: partials.build(con, table, source)  # noqa: E731
+        update = lambda table, delta: partials.update(con, table, delta)  # noqa: E731
+        tables.append(maintained(con, kept, "pair_stats", partials.spec, build, update))
+        if where != RATE:
+            # quota samples are few: added afresh at every look
+            partials.build(con, "pair_rest", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE NOT ({RATE}))", "TEMP")
+            tables.append("pair_rest")
+    else:
+        partials.build(con, "pair_whole", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE {where})", "TEMP")
+        tables.append("pair_whole")
+    sums = " UNION ALL BY NAME ".join(f"SELECT * FROM {t}" for t in tables)
+    merged = ", ".join(f"{'fsum' if partials.sums[c].startswith('coalesce(fsum') else 'sum'}({c}) AS {c}" for c in partials.sums)
+    out = {r["segment"]: r for r in _rows(con, f"SELECT segment, {merged} FROM ({sums}) GROUP BY segment HAVING sum(n_req) > 0")}
+    hists = " UNION ALL ".join(f"SELECT * FROM {t}_h" for t in tables)
+    # fetched as columns: segments x bins rows would cost seconds as Python rows
+    cols = con.execute(
+        f"""SELECT h || '|' || segment AS key, bin, sum(k)::BIGINT AS k FROM ({hists})
+            GROUP BY segment, h, bin ORDER BY key, bin"""
+    ).fetchnumpy()
+    found: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    keys = cols["key"].astype(str)
+    if len(keys):
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        for a, b in zip(starts, [*starts[1:], len(keys)], strict=True):
+            h, _, seg = str(keys[a]).partition("|")
+            found[(seg, int(h))] = (cols["bin"][a:b], cols["k"][a:b])
+    (t_min, t_max) = con.execute(f"SELECT min(event_time), max(event_time) FROM pairs WHERE {where}").fetchone() or (None, None)
+    for seg, s in out.items():
+        for c in partials.sums:
+            s[c] = int(s[c]) if not partials.sums[c].startswith("coalesce(fsum") else float(s[c])
+
+        def quantiles(h: int, fractions: Sequence[float], seg: str = seg) -> list[float] | None:
+            got = found.get((seg, h))
+            return hist_quantiles(*got, fractions) if got is not None else None
+
+        s["b_lat_q"] = quantiles(0, lat_grid)
+        s["c_lat_q"] = quantiles(1, lat_grid)
+        s["abs_d_q"] = quantiles(2, [0.5, 0.9, 0.99])
+        if abs_grid:
+            s["abs_d_grid"] = quantiles(2, abs_grid)
+        s["corr"] = _correlation(s)
+        s["mean_rel_d"] = s["sum_rel"] / s["n_rel"] if s["n_rel"] else None
+        s["t_min"], s["t_max"] = (t_min, t_max) if seg == ALL else (None, None)
+    return out
+
+
+def _correlation(s: dict[str, Any]) -> float | None:
+    n = s["n_s"]
+    if n < 2:
+        return None
+    cov = n * s["sum_bc"] - s["sum_b"] * s["sum_c"]
+    var_b = n * s["sum_bb"] - s["sum_b"] ** 2
+    var_c = n * s["sum_cc"] - s["sum_c"] ** 2
+    if var_b <= 0 or var_c <= 0:
+        return None
+    return float(max(-1.0, min(1.0, cov / math.sqrt(var_b * var_c))))
 
 
 def histograms(con: duckdb.DuckDBPyConnection, sets: SegmentSets, sql: str, bins: int) -> dict[str, np.ndarray]:
@@ -135,21 +310,58 @@ def label_counts(con: duckdb.DuckDBPyConnection, sets: SegmentSets, where: str =
 
 
 def per_window(
-    con: duckdb.DuckDBPyConnection, sets: SegmentSets, quantiles: Sequence[float], width_minutes: float, where: str = "TRUE"
+    con: duckdb.DuckDBPyConnection,
+    sets: SegmentSets,
+    quantiles: Sequence[float],
+    width_minutes: float,
+    where: str = "TRUE",
+    kept: KeptPairs | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Tumbling event-time windows of `width_minutes` per segment, for sustained checks."""
+    """Tumbling event-time windows of `width_minutes` per segment, for sustained checks. With
+    `kept` (a judge's cache; `where` then selects the rate samples, or every pair of a run
+    without quota samples), the windows are kept between looks and a look computes again only
+    the windows its changed pairs fall in: the same rows give the same quantiles."""
     qs = "[" + ", ".join(str(q) for q in sorted(set(quantiles))) + "]"
     width_s = max(1, round(width_minutes * 60))
-    sql = f"""SELECT {sets.select()}, time_bucket(INTERVAL '{width_s} seconds', event_time) AS window_start,
-        count(*) AS n, count(*) FILTER (WHERE c_err IS DISTINCT FROM 'throttled') AS n_called,
-        count(*) FILTER (WHERE c_err IS NOT NULL AND c_err <> 'throttled') AS c_err_n,
-        count(*) FILTER (WHERE b_err IS NOT NULL) AS b_err_n,
-        quantile_cont(b_lat, {qs}) FILTER (WHERE b_err IS NULL) AS b_q,
-        quantile_cont(c_lat, {qs}) FILTER (WHERE c_err IS NULL) AS c_q
-        FROM pairs WHERE {where} {sets.group_by(["window_start"])}"""
+    bucket = f"time_bucket(INTERVAL '{width_s} seconds', event_time)"
+    columns = {
+        "n": "count(*)",
+        "n_called": "count(*) FILTER (WHERE c_err IS DISTINCT FROM 'throttled')",
+        "c_err_n": "count(*) FILTER (WHERE c_err IS NOT NULL AND c_err <> 'throttled')",
+        "b_err_n": "count(*) FILTER (WHERE b_err IS NOT NULL)",
+        "b_q": f"quantile_cont(b_lat, {qs}) FILTER (WHERE b_err IS NULL)",
+        "c_q": f"quantile_cont(c_lat, {qs}) FILTER (WHERE c_err IS NULL)",
+    }
+
+    def windows(source: str) -> str:
+        return _by_segment(sets, columns, f"(SELECT *, {bucket} AS window_start FROM {source})", ["window_start"])
+
+    if kept is None:
+        rows = _rows(con, windows(f"(SELECT * FROM pairs WHERE {where})"))
+    else:
+        kept_table = kept.table
+
+        def build(table: str, source: str) -> None:
+            con.execute(f"CREATE OR REPLACE TABLE {table} AS {windows(source)}")
+
+        def update(table: str, delta: str) -> None:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE touched_windows AS SELECT DISTINCT {bucket} AS w FROM {delta}")
+            lo, hi = con.execute("SELECT min(w), max(w) FROM touched_windows").fetchone() or (None, None)
+            if lo is None:
+                return
+            con.execute(f"DELETE FROM {table} WHERE window_start IN (SELECT w FROM touched_windows)")
+            # the range lets DuckDB skip the row groups of other times before bucketing
+            source = f"""(SELECT * FROM {kept_table} WHERE {RATE}
+                          AND event_time >= $lo AND event_time < $hi + INTERVAL '{width_s} seconds'
+                          AND {bucket} IN (SELECT w FROM touched_windows))"""
+            con.execute(f"INSERT INTO {table} {windows(source)}", {"lo": lo, "hi": hi})
+
+        spec = repr((sets.sets, qs, width_s))
+        table = maintained(con, kept, f"windows_{width_s}", spec, build, update)
+        rows = _rows(con, f"SELECT * FROM {table}")
     out: dict[str, list[dict[str, Any]]] = {}
-    for r in _rows(con, sql):
-        out.setdefault(sets.name(r), []).append(r)
+    for r in rows:
+        out.setdefault(r["segment"], []).append(r)
     for v in out.values():
         v.sort(key=lambda r: r["window_start"])
     return out

@@ -28,6 +28,7 @@ from diff import aggregate as agg
 from diff import checks as ck
 from diff.decide import decide
 from diff.explain import data_section, examples, excess, localise, offered_load
+from diff.kept import RATE
 from diff.kinds import RUN_LEVEL_KINDS, SEGMENT_KINDS, Evidence
 from diff.load import run_info
 from diff.outputs import compare_outputs
@@ -76,25 +77,26 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     def by_sampling(aggregate: Any) -> dict[str, Any]:
         """Per-segment minimum quotas oversample rare segments on purpose: a segment that mixes
         them with other traffic is judged on rate samples only (unbiased), a quota segment and
-        its sub-segments on all their samples (that is what the quota is for)."""
+        its sub-segments on all their samples (that is what the quota is for). `aggregate(where,
+        kept)` may keep its partials between looks (`kept`) when `where` holds rate samples only."""
         if not n_quota:
-            return dict(aggregate("TRUE"))
-        out = dict(aggregate("sampled_reason = 'rate'"))
-        for seg, value in aggregate("TRUE").items():
+            return dict(aggregate("TRUE", built.kept))
+        out = dict(aggregate(RATE, built.kept))
+        for seg, value in aggregate("TRUE", None).items():
             if any(part in quota_segments for part in seg.split("&")):
                 out[seg] = value
         return out
 
     needs = set().union(*(SEGMENT_KINDS[c.kind].needs for c in policy.checks if c.kind in SEGMENT_KINDS))
-    pstats = by_sampling(lambda w: agg.pair_stats(con, sets, tol, grid, w, abs_grid, abs_thresholds))
+    pstats = by_sampling(lambda w, kept: agg.pair_stats(con, sets, tol, grid, w, abs_grid, abs_thresholds, kept))
     windows = (
-        {wd: by_sampling(lambda w, wd=wd: agg.per_window(con, sets, lat_qs, wd, w)) for wd in widths}
+        {wd: by_sampling(lambda w, kept, wd=wd: agg.per_window(con, sets, lat_qs, wd, w, kept)) for wd in widths}
         if "windows" in needs
         else {}
     )
-    dists = by_sampling(lambda w: agg.score_distributions(con, sets, w)) if "distributions" in needs else {}
-    labels = by_sampling(lambda w: agg.label_counts(con, sets, w))  # the verdict's flips table reads them too
-    blocks = by_sampling(lambda w: agg.latency_blocks(con, sets, lat_qs, w)) if "latency_blocks" in needs else {}
+    dists = by_sampling(lambda w, _: agg.score_distributions(con, sets, w)) if "distributions" in needs else {}
+    labels = by_sampling(lambda w, _: agg.label_counts(con, sets, w))  # the verdict's flips table reads them too
+    blocks = by_sampling(lambda w, _: agg.latency_blocks(con, sets, lat_qs, w)) if "latency_blocks" in needs else {}
     baseline_model = info.config.get("baseline", {}).get("model") or {}
     comparisons = compare_outputs(
         con,

@@ -24,6 +24,20 @@ OTHER = "(other)"
 
 
 @dataclass(frozen=True)
+class KeptPairs:
+    """A candidate's pairs kept in the judge's cache, as of look `gen`. When the last update
+    brought them from look `from_gen` (not built whole), table `delta` holds what it changed:
+    the pairs it removed (`sign` -1) and those it added (+1), so aggregates kept beside the
+    pairs (diff/kept.py) can follow them without reading every pair."""
+
+    table: str
+    delta: str
+    gen: int
+    from_gen: int | None
+    shape: str  # the segment expressions the pairs carry: aggregates of another shape are stale
+
+
+@dataclass(frozen=True)
 class Pooling:
     """How rare segment values are pooled as '(other)': values rarer than `min_share` of the
     run's requests, and all but the `max_values` most frequent."""
@@ -37,6 +51,7 @@ class BuiltPairs:
     seg_exprs: list[str]  # segment expressions over `requests r`, for queries that need no outputs
     pooled: dict[str, dict[str, Any]]  # field -> {"values": [...], "distinct": k, "requests": n}
     duplicates: int = 0  # stored requests whose request id an earlier one already had (kept out of `pairs`)
+    kept: KeptPairs | None = None  # on a judge's cache: the kept pairs and what the last update changed
 
 
 def build_pairs(
@@ -53,18 +68,21 @@ def build_pairs(
     except duckdb.CatalogException:
         have = None
     if have is not None and have[0] == key:
-        return BuiltPairs(built.seg_exprs, built.pooled, int(have[1]))
+        return BuiltPairs(built.seg_exprs, built.pooled, int(have[1]), _kept_state(con, candidate) if gen is not None else None)
     # a request sent twice (producer retries) is one pair: the first stored copy counts
     (distinct,) = con.execute("SELECT count(DISTINCT request_id) FROM requests").fetchone() or (0,)
     built = BuiltPairs(built.seg_exprs, built.pooled, int(n_requests) - int(distinct))
     # stores and exports written before calls were timed have no called_at
     timed = "called_at" in {name for (name, *_) in con.execute("DESCRIBE outputs").fetchall()}
     select = _PairsSelect(candidate, built.seg_exprs, timed, dedupe=built.duplicates > 0)
+    kept: KeptPairs | None = None
     if gen is None:
         con.execute(f"CREATE OR REPLACE TEMP TABLE pairs_all AS {select.sql('requests', 'outputs')}")
         table = "pairs_all"
     else:
-        table = _kept(con, candidate, select, gen)
+        kept = _kept(con, candidate, select, gen)
+        table = kept.table
+    built = BuiltPairs(built.seg_exprs, built.pooled, built.duplicates, kept)
     quota_filter = keep_bottom_k(con, info)
     con.execute(f"CREATE OR REPLACE TEMP VIEW pairs AS SELECT * FROM {table}{quota_filter}")
     con.execute(
@@ -130,25 +148,42 @@ class _PairsSelect:
           WHERE o.has_candidate)"""
 
 
-def _kept(con: duckdb.DuckDBPyConnection, candidate: str, select: _PairsSelect, gen: int) -> str:
-    """The name of `candidate`'s pairs kept in the judge's cache, brought up to look `gen`:
-    built whole the first time (or when the segments' pooling changed), else only the pairs of
-    request ids that rows of later looks touched are built again."""
-    table = "kept_pairs_" + hashlib.sha256(candidate.encode()).hexdigest()[:16]
+def _kept_names(candidate: str) -> tuple[str, str]:
+    tag = hashlib.sha256(candidate.encode()).hexdigest()[:16]
+    return "kept_pairs_" + tag, "kept_delta_" + tag
+
+
+def _kept_state(con: duckdb.DuckDBPyConnection, candidate: str) -> KeptPairs | None:
+    row = con.execute("SELECT shape, gen, from_gen FROM kept_pairs WHERE candidate = ?", [candidate]).fetchone()
+    if row is None:
+        return None
+    table, delta = _kept_names(candidate)
+    return KeptPairs(table, delta, int(row[1]), None if row[2] is None else int(row[2]), str(row[0]))
+
+
+def _kept(con: duckdb.DuckDBPyConnection, candidate: str, select: _PairsSelect, gen: int) -> KeptPairs:
+    """`candidate`'s pairs kept in the judge's cache, brought up to look `gen`: built whole the
+    first time (or when the segments' pooling changed), else only the pairs of request ids that
+    rows of later looks touched are built again, and what that changed is kept as the delta."""
+    table, delta = _kept_names(candidate)
     con.execute("CREATE TABLE IF NOT EXISTS kept_pairs (candidate VARCHAR PRIMARY KEY, shape VARCHAR, gen INTEGER)")
+    # caches of earlier versions kept no delta
+    con.execute("ALTER TABLE kept_pairs ADD COLUMN IF NOT EXISTS from_gen INTEGER")
     state = con.execute("SELECT shape, gen FROM kept_pairs WHERE candidate = ?", [candidate]).fetchone()
     con.execute("BEGIN")
     try:
         if state is None or state[0] != select.shape or not table_exists(con, table):
             con.execute(f"CREATE OR REPLACE TABLE {table} AS {select.sql('requests', 'outputs')}")
+            con.execute(f"DROP TABLE IF EXISTS {delta}")
+            from_gen: int | None = None
         elif int(state[1]) < gen:
-            since = int(state[1])
+            from_gen = int(state[1])
             # a request id whose rows changed (new requests, new answers, a copy replaced): its
             # pair is built again from all its stored rows, as a whole build would build it
             con.execute(
                 f"""CREATE OR REPLACE TEMP TABLE touched AS
-                    WITH changed AS (SELECT source, part, "offset" FROM ({changed_since("requests", since)})
-                                     UNION SELECT source, part, "offset" FROM ({changed_since("outputs", since)}))
+                    WITH changed AS (SELECT source, part, "offset" FROM ({changed_since("requests", from_gen)})
+                                     UNION SELECT source, part, "offset" FROM ({changed_since("outputs", from_gen)}))
                     SELECT DISTINCT r.request_id FROM requests r SEMI JOIN changed c
                       ON c.source = r.source AND c.part = r.part AND c."offset" = r."offset\""""
             )
@@ -158,18 +193,26 @@ def _kept(con: duckdb.DuckDBPyConnection, candidate: str, select: _PairsSelect, 
             )
             outputs = """(SELECT * FROM outputs o SEMI JOIN touched_rows t
                            ON t.source = o.source AND t.part = o.part AND t."offset" = o."offset")"""
-            con.execute(f"DELETE FROM {table} WHERE request_id IN (SELECT request_id FROM touched)")
+            touched = f"FROM {table} WHERE request_id IN (SELECT request_id FROM touched)"
+            con.execute(f"CREATE OR REPLACE TABLE {delta} AS SELECT -1::TINYINT AS sign, * {touched}")
+            con.execute(f"DELETE {touched}")
             again = _PairsSelect(candidate, select.seg_exprs, select.timed, dedupe=True)
             con.execute(f"INSERT INTO {table} BY NAME {again.sql('touched_rows', outputs)}")
+            con.execute(f"INSERT INTO {delta} SELECT 1::TINYINT AS sign, * {touched}")
+        else:
+            con.execute("COMMIT")
+            kept = _kept_state(con, candidate)
+            assert kept is not None
+            return kept
         con.execute(
-            "INSERT OR REPLACE INTO kept_pairs VALUES (?, ?, ?)",
-            [candidate, select.shape, gen],
+            "INSERT OR REPLACE INTO kept_pairs (candidate, shape, gen, from_gen) VALUES (?, ?, ?, ?)",
+            [candidate, select.shape, gen, from_gen],
         )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    return table
+    return KeptPairs(table, delta, gen, from_gen, select.shape)
 
 
 def keep_bottom_k(con: duckdb.DuckDBPyConnection, info: RunInfo) -> str:
@@ -220,4 +263,4 @@ def _segment_exprs(con: duckdb.DuckDBPyConnection, fields: list[str], pooling: P
     return BuiltPairs(seg_exprs, pooled)
 
 
-__all__ = ["OTHER", "BuiltPairs", "Pooling", "build_pairs", "keep_bottom_k"]
+__all__ = ["OTHER", "BuiltPairs", "KeptPairs", "Pooling", "build_pairs", "keep_bottom_k"]

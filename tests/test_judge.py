@@ -272,3 +272,32 @@ target = "models_for_tests:logistic"
     missing = {c["check"] for c in doc["checks"] if c["segment"] == "all" and c["status"] == "n/a"}
     assert {"label_flip", "score_diff", "score_shift", "latency_p95", "prediction_drift"} <= missing
     assert any(r.startswith("score_diff not assessable in all: no paired baseline and candidate scores") for r in doc["reasons"])
+
+
+def test_quantiles_from_log_histograms_follow_quantile_cont_within_a_bin():
+    # the kept aggregates read latency and |Δscore| quantiles from log-binned counts: each
+    # within a bin's width (0.1 %) of DuckDB's exact quantile_cont, zeros exactly zero
+    import duckdb
+    import numpy as np
+
+    from diff.aggregate import _log_bin, hist_quantiles
+
+    rng = np.random.default_rng(7)
+    fractions = [0.0005, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.9995]
+    samples = {
+        "lognormal latencies": rng.lognormal(np.log(30), 0.6, 20_000),
+        "three values": np.array([12.0, 15.0, 40.0]),
+        "one value": np.array([7.5]),
+        "half zeros": np.r_[np.zeros(500), rng.uniform(0, 0.2, 500)],
+    }
+    con = duckdb.connect()
+    for name, values in samples.items():
+        con.register("v", {"x": values})
+        exact = con.execute(f"SELECT quantile_cont(x, {fractions}) FROM v").fetchone()[0]
+        got = con.execute(f"SELECT {_log_bin('x')} AS bin, count(*) AS k FROM v GROUP BY bin").fetchnumpy()
+        binned = hist_quantiles(got["bin"], got["k"], fractions)
+        assert binned is not None
+        for f, e, b in zip(fractions, exact, binned, strict=True):
+            assert b == pytest.approx(e, rel=2e-3, abs=1e-12), f"{name}: q{f} {b} vs exact {e}"
+        con.unregister("v")
+    assert hist_quantiles(np.array([], dtype=np.int64), np.array([], dtype=np.int64), fractions) is None

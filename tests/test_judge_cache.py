@@ -4,6 +4,7 @@ the exports arrived in, including copies of one row that two workers exported.""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -217,7 +218,7 @@ def judged_pairs(con: duckdb.DuckDBPyConnection, policy: Policy) -> tuple[dict, 
     return doc, con.execute('SELECT * FROM pairs ORDER BY source, part, "offset"').fetchall()
 
 
-def test_pairs_kept_between_looks_equal_pairs_built_whole_after_every_look(tmp_path):
+def test_pairs_kept_between_looks_equal_pairs_built_whole_after_every_look(tmp_path, caplog):
     # five looks, each adding rows: a copy replaced by an earlier folder's, and a producer's
     # resent requests whose copies become the ones the pairs keep
     home, store, layout = small_run(tmp_path, 6_000, 9)
@@ -234,9 +235,11 @@ def test_pairs_kept_between_looks_equal_pairs_built_whole_after_every_look(tmp_p
         lambda: resent_copy(export_rows(store, layout, "w1", 3, 0.1, 0.2)),
         lambda: export_rows(store, layout, "w0", 3, 0.9, 1.0),
     ]
+    caplog.set_level(logging.DEBUG, logger="diff.kept")
     for look in range(1 + len(steps)):
         if look:
             steps[look - 1]()
+        caplog.clear()
         con = open_cache(home, "run")
         try:
             (gen,) = con.execute("SELECT max(gen) FROM ingested").fetchone()  # type: ignore[misc]
@@ -253,6 +256,11 @@ def test_pairs_kept_between_looks_equal_pairs_built_whole_after_every_look(tmp_p
         assert len(kept) == len(whole), f"look {look + 1}: {len(kept)} pairs kept, {len(whole)} built whole"
         assert kept == whole, f"look {look + 1}: kept pairs differ from a whole build"
         assert looked["digest"] == rejudged["digest"]
+        # the checks' aggregates followed the pairs: built whole at the first look only
+        kept_aggregates = [r.getMessage() for r in caplog.records if r.name == "diff.kept"]
+        how = "built whole" if look == 0 else "updated"
+        assert {"pair_stats", "windows_300", "windows_180"} <= {m.split(":")[0] for m in kept_aggregates if how in m}
+        assert not any("built whole" in m for m in kept_aggregates) or look == 0
     resent = [p for p in kept if p[1] < 0]
     assert len(resent) == 600  # the retried copies are the pairs of their request ids
     assert looked["data"]["pairs"] == 6_000

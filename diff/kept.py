@@ -1,0 +1,63 @@
+"""Aggregates kept in the judge's cache beside the kept pairs (diff/pairs.py), so that a look's
+cost grows with the pairs it changed, not with the run.
+
+An aggregate is a table of partial results keyed by segment (and whatever else it groups by).
+Each look either finds it current, or applies the kept pairs' delta to it (when it was current
+as of the look the delta starts from), or builds it whole from the kept pairs. The same
+functions build it whole from a relation outside any cache, so a full re-judge and a look read
+the same partials."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+
+import duckdb
+
+from diff.exports import table_exists
+from diff.pairs import KeptPairs
+
+# rate samples only: quota samples move in and out of `pairs` as the bottom-k changes
+# (diff/pairs.keep_bottom_k), which no delta of the kept pairs records
+RATE = "sampled_reason = 'rate'"
+
+log = logging.getLogger(__name__)
+
+
+def maintained(
+    con: duckdb.DuckDBPyConnection,
+    kept: KeptPairs,
+    name: str,
+    spec: str,
+    build: Callable[[str, str], None],
+    update: Callable[[str, str], None],
+) -> str:
+    """The table of aggregate `name` as of the kept pairs' look. `spec` says what it was built
+    with (its parameters); another spec, a missing table or a delta that does not start where
+    the aggregate stands means building it whole: `build(table, source)` fills `table` from the
+    rate pairs of relation `source`; `update(table, delta)` applies the signed rows of `delta`."""
+    table = "kept_agg_" + hashlib.sha256(f"{kept.table}:{name}".encode()).hexdigest()[:16]
+    spec = f"{kept.shape}|{spec}"
+    con.execute("CREATE TABLE IF NOT EXISTS kept_aggregates (name VARCHAR PRIMARY KEY, spec VARCHAR, gen INTEGER)")
+    row = con.execute("SELECT spec, gen FROM kept_aggregates WHERE name = ?", [table]).fetchone()
+    current = row is not None and row[0] == spec and table_exists(con, table)
+    if current and row is not None and int(row[1]) == kept.gen:
+        return table
+    con.execute("BEGIN")
+    try:
+        if current and row is not None and kept.from_gen is not None and int(row[1]) == kept.from_gen:
+            update(table, f"(SELECT * FROM {kept.delta} WHERE {RATE})")
+            log.debug("%s: updated from look %s to %s", name, kept.from_gen, kept.gen)
+        else:
+            build(table, f"(SELECT 1::TINYINT AS sign, * FROM {kept.table} WHERE {RATE})")
+            log.debug("%s: built whole at look %s", name, kept.gen)
+        con.execute("INSERT OR REPLACE INTO kept_aggregates VALUES (?, ?, ?)", [table, spec, kept.gen])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return table
+
+
+__all__ = ["RATE", "maintained"]
