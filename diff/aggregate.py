@@ -378,7 +378,41 @@ def version_pairs(con: duckdb.DuckDBPyConnection, sets: SegmentSets, expected: s
     return {sets.name(dict(zip(cols, r, strict=True))): dict(zip(cols, r, strict=True)) for r in cur.fetchall()}
 
 
-LATENCY_BLOCKS = 50
+LATENCY_BLOCKS = 64  # at most; a run of n pairs has between 32 and 64 (fewer below 64 pairs)
+# the order the shadow made its calls in: by the wall-clock time a batch's calls were sent
+# (`called_at`; for answers recorded in production, their event time), then by event time within
+# a batch; the source coordinates make it a total order
+_CALL_ORDER = ("coalesce(called_at, event_time)", "event_time", "source", "part", '"offset"')
+_CALL_KEY = "struct_pack(" + ", ".join(f"k{i} := {e}" for i, e in enumerate(_CALL_ORDER)) + ")"
+_LATENCY_OK = "b_err IS NULL AND c_err IS NULL AND b_lat IS NOT NULL AND c_lat IS NOT NULL"
+
+
+def block_size(n: int) -> int:
+    """Pairs per latency block for a run of `n` pairs: the smallest power of two that makes at
+    most LATENCY_BLOCKS blocks. A power of two stays the same while the run grows (until it
+    doubles), so the blocks of the start of the run stay as they were and a look computes again
+    only those at the end of the call order."""
+    size = 1
+    while n > LATENCY_BLOCKS * size:
+        size *= 2
+    return size
+
+
+def _blocks_sql(sets: SegmentSets, quantiles: str, source: str, first_rank: int, size: int, n: int) -> str:
+    """Per segment and block, over the pairs of `source` in call order, the first of them at
+    rank `first_rank`: consecutive runs of `size` pairs, the last run of fewer than size/2
+    merged into the block before (as `round`)."""
+    last = max(1, round(n / size)) - 1
+    cols = "".join(c + ", " for c in sets.columns)  # the window sorts what it carries: only these
+    rank = f"{first_rank} + row_number() OVER (ORDER BY {', '.join(_CALL_ORDER)}) - 1"
+    columns = {
+        "n": "count(*)",
+        "b_q": f"quantile_cont(b_lat, {quantiles})",
+        "c_q": f"quantile_cont(c_lat, {quantiles})",
+        "first_call": "min(call_key)",  # where the block starts (read in the row of `all`)
+    }
+    blocks = f"(SELECT {cols}b_lat, c_lat, {_CALL_KEY} AS call_key, least(({rank}) // {size}, {last}) AS blk FROM {source})"
+    return _by_segment(sets, columns, blocks, ["blk"])
 
 
 def latency_blocks(
@@ -386,26 +420,66 @@ def latency_blocks(
     sets: SegmentSets,
     quantiles: Sequence[float],
     where: str = "TRUE",
-    blocks: int = LATENCY_BLOCKS,
+    kept: KeptPairs | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Latency quantiles per segment in `blocks` consecutive stretches of the run, each with
-    the same number of pairs, in the order the shadow made the calls: by the wall-clock time a
-    batch's calls were sent (`called_at`; for answers recorded in production, their event time),
-    then by event time within a batch. Latencies measured close together share the machine's
-    load and a batched call's duration, so they are not independent; the spread of the blocks'
-    values gives an honest standard error (batch means). Event time alone would not do for a
-    replay: partitions read side by side put distant event times next to each other on the
-    clock."""
-    ok = f"b_err IS NULL AND c_err IS NULL AND b_lat IS NOT NULL AND c_lat IS NOT NULL AND {where}"
+    """Latency quantiles per segment in consecutive blocks of the run's pairs in the order the
+    shadow made the calls (`block_size` pairs each). Latencies measured close together share the
+    machine's load and a batched call's duration, so they are not independent; the spread of the
+    blocks' values gives an honest standard error (batch means). Event time alone would not do
+    for a replay: partitions read side by side put distant event times next to each other on the
+    clock. With `kept` (see `per_window`) the blocks are kept between looks, and a look computes
+    again the blocks from the earliest call its changed pairs made to the end: new calls come
+    last, so that is the last block or two."""
     qs = "[" + ", ".join(str(q) for q in sorted(set(quantiles))) + "]"
-    order = 'coalesce(called_at, event_time), event_time, source, part, "offset"'
-    sql = f"""SELECT {sets.select()}, blk, count(*) AS n,
-        quantile_cont(b_lat, {qs}) AS b_q, quantile_cont(c_lat, {qs}) AS c_q
-        FROM (SELECT *, ntile({blocks}) OVER (ORDER BY {order}) - 1 AS blk FROM pairs WHERE {ok})
-        {sets.group_by(["blk"])}"""
+    if kept is None:
+        source = f"(SELECT * FROM pairs WHERE {_LATENCY_OK} AND {where})"
+        (n,) = con.execute(f"SELECT count(*) FROM {source}").fetchone() or (0,)
+        rows = _rows(con, _blocks_sql(sets, qs, source, 0, block_size(int(n)), int(n)))
+    else:
+        kept_table = kept.table
+
+        def build(table: str, source: str) -> None:
+            ok = f"(SELECT * FROM {source} WHERE {_LATENCY_OK})"
+            (n,) = con.execute(f"SELECT count(*) FROM {ok}").fetchone() or (0,)
+            con.execute(f"CREATE OR REPLACE TABLE {table} AS {_blocks_sql(sets, qs, ok, 0, block_size(int(n)), int(n))}")
+
+        def update(table: str, delta: str) -> str | None:
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE blocks_changed AS SELECT count(*) AS k,
+                    coalesce(sum(sign), 0) AS n, min({_CALL_KEY}) AS call_key FROM {delta} WHERE {_LATENCY_OK}"""
+            )
+            (k, dn) = con.execute("SELECT k, n FROM blocks_changed").fetchone() or (0, 0)
+            if not k:
+                return None
+            (n_old,) = con.execute(f"SELECT coalesce(sum(n), 0) FROM {table} WHERE segment = '{ALL}'").fetchone() or (0,)
+            n_old, n_new = int(n_old), int(n_old) + int(dn)
+            size = block_size(n_new)
+            # the block the earliest changed call falls in, or an earlier one: the last block
+            # of before may now merge with, or split from, the pairs after it
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE blocks_from AS SELECT blk, first_call FROM {table}
+                    WHERE segment = '{ALL}' AND blk <= {max(1, round(n_old / size)) - 1}
+                      AND first_call <= (SELECT call_key FROM blocks_changed)
+                    ORDER BY blk DESC LIMIT 1"""
+            )
+            start = con.execute("SELECT blk FROM blocks_from").fetchone()
+            if size != block_size(n_old) or start is None:  # the blocks change size: all of them again
+                build(table, f"(SELECT 1::TINYINT AS sign, * FROM {kept_table} WHERE {RATE})")
+                return f"block size {block_size(n_old)} -> {size}"
+            first = int(start[0])
+            con.execute(f"DELETE FROM {table} WHERE blk >= {first}")
+            # the pairs of the blocks from `first` on: those at or after its first call (the
+            # calls' time first, which DuckDB filters before building the keys)
+            tail = f"""(SELECT p.* FROM {kept_table} p, blocks_from f WHERE p.{RATE} AND {_LATENCY_OK}
+                        AND coalesce(p.called_at, p.event_time) >= f.first_call.k0 AND {_CALL_KEY} >= f.first_call)"""
+            con.execute(f"INSERT INTO {table} {_blocks_sql(sets, qs, tail, first * size, size, n_new)}")
+            return None
+
+        table = maintained(con, kept, "latency_blocks", repr((sets.sets, qs, LATENCY_BLOCKS)), build, update)
+        rows = _rows(con, f"SELECT * FROM {table}")
     out: dict[str, list[dict[str, Any]]] = {}
-    for r in _rows(con, sql):
-        out.setdefault(sets.name(r), []).append(r)
-    for rows in out.values():
-        rows.sort(key=lambda r: r["blk"])  # in time order: the blocks' correlation is read from neighbours
+    for r in rows:
+        out.setdefault(r["segment"], []).append(r)
+    for v in out.values():
+        v.sort(key=lambda r: r["blk"])  # in time order: the blocks' correlation is read from neighbours
     return out

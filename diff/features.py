@@ -138,8 +138,11 @@ class FeatureTables:
         sql = f"SELECT {c} FROM {table} WHERE {self.sets.where(seg)} AND {c} IS NOT NULL AND {sample}"
         return [float(v) for (v,) in self.con.execute(sql).fetchall()]
 
-    def _moments(self, side: str) -> dict[str, dict[str, Any]]:
-        """Cheap exact aggregates per segment for every feature of one side, in one scan."""
+    def _moments(self, side: str, distinct: bool) -> dict[str, dict[str, Any]]:
+        """Cheap exact aggregates per segment for every feature of one side, in one scan.
+        `distinct` adds each feature's approximate number of values (`u_`), which only the
+        reference's side needs (to tell a coded feature from a measured one): it costs as much
+        as the rest of the scan."""
         aggs = ["count(*) AS n_all"]
         for n in self.info.numeric:
             c = ident("f_" + n)
@@ -149,8 +152,9 @@ class FeatureTables:
                 f"avg({c}) AS {ident('mean_' + n)}",
                 f"min({c}) AS {ident('min_' + n)}",
                 f"max({c}) AS {ident('max_' + n)}",
-                f"approx_count_distinct({c}) AS {ident('u_' + n)}",
             ]
+            if distinct:
+                aggs.append(f"approx_count_distinct({c}) AS {ident('u_' + n)}")
         sql = f"SELECT {self.sets.select()}, {', '.join(aggs)} FROM {side} {self.sets.group_by()}"
         return {self.sets.name(r): r for r in _rows(self.con, sql)}
 
@@ -175,14 +179,14 @@ class FeatureTables:
         con, sets, info = self.con, self.sets, self.info
         results: list[FeatureStats] = []
         num = info.numeric
-        sides = {"cur_f": self._moments("cur_f")}
+        sides = {"cur_f": self._moments("cur_f", distinct=False)}
         if self.has_reference:
-            sides["ref_f"] = self._moments("ref_f")
+            sides["ref_f"] = self._moments("ref_f", distinct=True)
         ref_all = sides.get("ref_f", {}).get(ALL)
         cur_all = sides["cur_f"].get(ALL)
         hists: dict[str, tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
         sampled = {side: self._sampled(side, max_rows) for side in sides} if num else {}
-        oor: dict[str, dict[str, int]] = {}
+        out_of_range: dict[str, str] = {}  # feature -> its count of values outside the reference's range
         for n in num:
             if not ref_all or not cur_all or not ref_all["n_" + n] or not cur_all["n_" + n]:
                 continue
@@ -191,12 +195,13 @@ class FeatureTables:
             hists[n] = (width, self._histograms(sampled["ref_f"], n, lo, width), self._histograms(sampled["cur_f"], n, lo, width))
             c = ident("f_" + n)
             rlo, rhi = ref_all["min_" + n], ref_all["max_" + n]
-            rows = _rows(
-                con,
-                f"""SELECT {sets.select()}, count(*) FILTER (WHERE {c} < {rlo!r} OR {c} > {rhi!r}) AS k
-                                 FROM cur_f {sets.group_by()}""",
-            )
-            oor[n] = {sets.name(r): int(r["k"]) for r in rows}
+            out_of_range[n] = f"count(*) FILTER (WHERE {c} < {rlo!r} OR {c} > {rhi!r})"
+        oor: dict[str, dict[str, int]] = {n: {} for n in out_of_range}
+        if out_of_range:  # every feature in one scan of the current side
+            counts = ", ".join(f"{sql} AS {ident('k_' + n)}" for n, sql in out_of_range.items())
+            for r in _rows(con, f"SELECT {sets.select()}, {counts} FROM cur_f {sets.group_by()}"):
+                for n in out_of_range:
+                    oor[n][sets.name(r)] = int(r["k_" + n])
         cats: dict[tuple[str, str, str], dict[str | None, int]] = {}
         for side in sides:
             for n in info.categorical:

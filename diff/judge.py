@@ -96,7 +96,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
     )
     dists = by_sampling(lambda w, _: agg.score_distributions(con, sets, w)) if "distributions" in needs else {}
     labels = by_sampling(lambda w, _: agg.label_counts(con, sets, w))  # the verdict's flips table reads them too
-    blocks = by_sampling(lambda w, _: agg.latency_blocks(con, sets, lat_qs, w)) if "latency_blocks" in needs else {}
+    blocks = by_sampling(lambda w, kept: agg.latency_blocks(con, sets, lat_qs, w, kept)) if "latency_blocks" in needs else {}
     baseline_model = info.config.get("baseline", {}).get("model") or {}
     comparisons = compare_outputs(
         con,

@@ -31,12 +31,13 @@ def maintained(
     name: str,
     spec: str,
     build: Callable[[str, str], None],
-    update: Callable[[str, str], None],
+    update: Callable[[str, str], str | None],
 ) -> str:
     """The table of aggregate `name` as of the kept pairs' look. `spec` says what it was built
     with (its parameters); another spec, a missing table or a delta that does not start where
     the aggregate stands means building it whole: `build(table, source)` fills `table` from the
-    rate pairs of relation `source`; `update(table, delta)` applies the signed rows of `delta`."""
+    rate pairs of relation `source`; `update(table, delta)` applies the signed rows of `delta`,
+    or builds the table whole itself and says why."""
     table = "kept_agg_" + hashlib.sha256(f"{kept.table}:{name}".encode()).hexdigest()[:16]
     spec = f"{kept.shape}|{spec}"
     con.execute("CREATE TABLE IF NOT EXISTS kept_aggregates (name VARCHAR PRIMARY KEY, spec VARCHAR, gen INTEGER)")
@@ -47,8 +48,11 @@ def maintained(
     con.execute("BEGIN")
     try:
         if current and row is not None and kept.from_gen is not None and int(row[1]) == kept.from_gen:
-            update(table, f"(SELECT * FROM {kept.delta} WHERE {RATE})")
-            log.debug("%s: updated from look %s to %s", name, kept.from_gen, kept.gen)
+            rebuilt = update(table, f"(SELECT * FROM {kept.delta} WHERE {RATE})")
+            if rebuilt:
+                log.debug("%s: built whole at look %s (%s)", name, kept.gen, rebuilt)
+            else:
+                log.debug("%s: updated from look %s to %s", name, kept.from_gen, kept.gen)
         else:
             build(table, f"(SELECT 1::TINYINT AS sign, * FROM {kept.table} WHERE {RATE})")
             log.debug("%s: built whole at look %s", name, kept.gen)
