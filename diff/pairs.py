@@ -70,8 +70,12 @@ def build_pairs(
     if have is not None and have[0] == key:
         return BuiltPairs(built.seg_exprs, built.pooled, int(have[1]), _kept_state(con, candidate) if gen is not None else None)
     # a request sent twice (producer retries) is one pair: the first stored copy counts
-    (distinct,) = con.execute("SELECT count(DISTINCT request_id) FROM requests").fetchone() or (0,)
-    built = BuiltPairs(built.seg_exprs, built.pooled, int(n_requests) - int(distinct))
+    if gen is None:
+        (distinct,) = con.execute("SELECT count(DISTINCT request_id) FROM requests").fetchone() or (0,)
+        duplicates = int(n_requests) - int(distinct)
+    else:
+        duplicates = _kept_duplicates(con, gen)
+    built = BuiltPairs(built.seg_exprs, built.pooled, duplicates)
     # stores and exports written before calls were timed have no called_at
     timed = "called_at" in {name for (name, *_) in con.execute("DESCRIBE outputs").fetchall()}
     select = _PairsSelect(candidate, built.seg_exprs, timed, dedupe=built.duplicates > 0)
@@ -213,6 +217,40 @@ def _kept(con: duckdb.DuckDBPyConnection, candidate: str, select: _PairsSelect, 
         con.execute("ROLLBACK")
         raise
     return KeptPairs(table, delta, gen, from_gen, select.shape)
+
+
+def _kept_duplicates(con: duckdb.DuckDBPyConnection, gen: int) -> int:
+    """How many stored requests repeat an earlier one's request id, on a judge's cache: the
+    request ids stored more than once are kept between looks (`kept_duplicates`), and a look
+    counts again only the ids of the rows it added, instead of every id of the run."""
+    con.execute("CREATE TABLE IF NOT EXISTS kept_duplicates_gen (gen INTEGER)")
+    (have,) = con.execute("SELECT max(gen) FROM kept_duplicates_gen").fetchone() or (None,)
+    if have is None or int(have) < gen or not table_exists(con, "kept_duplicates"):
+        con.execute("BEGIN")
+        try:
+            if have is None or not table_exists(con, "kept_duplicates"):
+                con.execute(
+                    """CREATE OR REPLACE TABLE kept_duplicates AS SELECT request_id, count(*) AS copies
+                       FROM requests GROUP BY request_id HAVING count(*) > 1"""
+                )
+            else:
+                # a row a look added is new, or the copy of an earlier folder that replaced the
+                # one at its coordinates: either way, its request id is counted again
+                con.execute(
+                    f"""CREATE OR REPLACE TEMP TABLE recounted AS SELECT request_id, count(*) AS copies
+                        FROM requests WHERE request_id IN (SELECT request_id FROM ({changed_since("requests", int(have))}))
+                        GROUP BY request_id"""
+                )
+                con.execute("DELETE FROM kept_duplicates WHERE request_id IN (SELECT request_id FROM recounted)")
+                con.execute("INSERT INTO kept_duplicates SELECT * FROM recounted WHERE copies > 1")
+            con.execute("DELETE FROM kept_duplicates_gen")
+            con.execute("INSERT INTO kept_duplicates_gen VALUES (?)", [gen])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    (n,) = con.execute("SELECT coalesce(sum(copies - 1), 0) FROM kept_duplicates").fetchone() or (0,)
+    return int(n)
 
 
 def keep_bottom_k(con: duckdb.DuckDBPyConnection, info: RunInfo) -> str:

@@ -214,8 +214,10 @@ def resent_copy(folder: Path) -> None:
 
 
 def judged_pairs(con: duckdb.DuckDBPyConnection, policy: Policy) -> tuple[dict, list[tuple]]:
+    """The verdict, then the pairs and the count of stored requests that repeat a request id."""
     doc = judge(con, policy)
-    return doc, con.execute('SELECT * FROM pairs ORDER BY source, part, "offset"').fetchall()
+    (duplicates,) = con.execute("SELECT duplicates FROM pairs_key").fetchone()  # type: ignore[misc]
+    return doc, [*con.execute('SELECT * FROM pairs ORDER BY source, part, "offset"').fetchall(), ("duplicates", duplicates)]
 
 
 def test_pairs_kept_between_looks_equal_pairs_built_whole_after_every_look(tmp_path, caplog):
@@ -253,7 +255,7 @@ def test_pairs_kept_between_looks_equal_pairs_built_whole_after_every_look(tmp_p
         finally:
             full_con.close()
         assert gen == built_at == look + 1
-        assert len(kept) == len(whole), f"look {look + 1}: {len(kept)} pairs kept, {len(whole)} built whole"
+        assert len(kept) == len(whole), f"look {look + 1}: {len(kept) - 1} pairs kept, {len(whole) - 1} built whole"
         assert kept == whole, f"look {look + 1}: kept pairs differ from a whole build"
         assert looked["digest"] == rejudged["digest"]
         # the checks' aggregates followed the pairs: built whole at the first look only
@@ -269,4 +271,5 @@ def test_pairs_kept_between_looks_equal_pairs_built_whole_after_every_look(tmp_p
             assert rebuilt == (["latency_blocks: built whole at look 3 (block size 64 -> 128)"] if resized else [])
     resent = [p for p in kept if p[1] < 0]
     assert len(resent) == 600  # the retried copies are the pairs of their request ids
+    assert kept[-1] == ("duplicates", 600)  # counted at look 4 from the rows it added, kept at look 5
     assert looked["data"]["pairs"] == 6_000
