@@ -46,10 +46,16 @@ def policy_digest(policy: Policy) -> str:
     return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()
 
 
-def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None = None) -> dict[str, Any]:
+def judge(
+    con: duckdb.DuckDBPyConnection,
+    policy: Policy,
+    candidate: str | None = None,
+    shared: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The verdict document (schemas/verdict.v1.schema.json) for one candidate of the run whose
     tables `con` sees. Deterministic: the same stored pairs and policy give the same document,
-    `generated_at` aside."""
+    `generated_at` aside. Candidates judged together over the same tables pass one `shared`
+    dict: what does not depend on the candidate (the features' statistics) is computed once."""
     info = run_info(con)
     names = [c["name"] for c in info.candidates]
     cand = candidate or names[0]
@@ -174,7 +180,7 @@ def judge(con: duckdb.DuckDBPyConnection, policy: Policy, candidate: str | None 
                 # missing evidence is never a pass: the whole run gave this check nothing to test
                 detail = f"no {kind.evidence} in the stored pairs"
                 results.append(ck.CheckResult(chk.id, chk.kind, seg, sev, thr, 0, status=ck.NA, detail=detail))
-    results += feature_checks(con, info, sets, policy, judged, built.seg_exprs)
+    results += feature_checks(con, info, sets, policy, judged, built.seg_exprs, shared)
     results += run_level_checks(con, info, spec, sets, policy, judged, built.duplicates)
 
     order = {c.id: i for i, c in enumerate(policy.checks)}
@@ -328,7 +334,8 @@ def _stable(obj: Any) -> Any:
 def judge_all(con: duckdb.DuckDBPyConnection, policy: Policy) -> list[dict[str, Any]]:
     """A verdict per candidate of the run."""
     info = run_info(con)
-    return [judge(con, policy, c["name"]) for c in info.candidates]
+    shared: dict[str, Any] = {}
+    return [judge(con, policy, c["name"], shared) for c in info.candidates]
 
 
 __all__ = ["judge", "judge_all", "policy_digest"]

@@ -28,13 +28,26 @@ def threshold_for(chk: Check, seg: str) -> tuple[float, str]:
 
 
 def feature_checks(
-    con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets, policy: Policy, judged: set[str], seg_exprs: list[str]
+    con: duckdb.DuckDBPyConnection,
+    info: RunInfo,
+    sets: SegmentSets,
+    policy: Policy,
+    judged: set[str],
+    seg_exprs: list[str],
+    shared: dict[str, list[FeatureStats]] | None = None,
 ) -> list[ck.CheckResult]:
+    """Feature checks per segment. Features describe the traffic, not a candidate's answers:
+    the candidates of one run judged together pass the same `shared` dict and collect the
+    features' statistics once."""
     kinds = {c.kind for c in policy.checks}
     if not ({"feature_drift", "null_spike", "out_of_range", "new_category"} & kinds) or not (info.numeric or info.categorical):
         return []
-    ft = FeatureTables(con, info, sets, policy.reference, seg_exprs)
-    stats_ = ft.collect()
+    key = repr((seg_exprs, sets.sets, policy.reference))
+    stats_ = shared.get(key) if shared is not None else None
+    if stats_ is None:
+        stats_ = FeatureTables(con, info, sets, policy.reference, seg_exprs).collect()
+        if shared is not None:
+            shared[key] = stats_
     out: list[ck.CheckResult] = []
     for chk in policy.checks:
         for f in stats_:

@@ -302,3 +302,62 @@ def test_quantiles_from_log_histograms_follow_quantile_cont_within_a_bin():
             assert b == pytest.approx(e, rel=2e-3, abs=1e-12), f"{name}: q{f} {b} vs exact {e}"
         con.unregister("v")
     assert hist_quantiles(np.array([], dtype=np.int64), np.array([], dtype=np.int64), fractions) is None
+
+
+def test_candidates_judged_together_collect_the_features_once(tmp_path, monkeypatch):
+    # features describe the traffic, not a candidate's answers: judging a run's candidates
+    # together collects their statistics once, and each verdict is the one judged alone
+    import random
+    from datetime import timedelta
+
+    from helpers import T0, envelope, jsonl, write_config
+
+    from diff import features
+    from diff.judge import judge_all
+    from replay.job import run_replay
+    from schemas.config import load_config
+    from schemas.policy import Reference
+
+    rng = random.Random(5)
+    rows = [envelope(i, rng) for i in range(3000)]
+    candidates = "".join(
+        f'[[candidates]]\nname = "{name}"\nkind = "python"\ntarget = "models_for_tests:logistic"\n' for name in ("a", "b", "c")
+    )
+    cfg = write_config(
+        tmp_path / "r.toml",
+        f"""
+[run]
+id = "three"
+home = "{tmp_path / "runs"}"
+[source]
+kind = "file"
+path = "{jsonl(tmp_path / "t.jsonl", rows)}"
+[output]
+score_path = "score"
+threshold = 0.5
+[features]
+numeric = ["x", "y"]
+categorical = ["plan"]
+{candidates}""",
+    )
+    run_replay(load_config(cfg))
+    policy = Policy(min_samples=200, reference=Reference(start=T0.isoformat(), end=(T0 + timedelta(minutes=10)).isoformat()))
+    collected = []
+    collect = features.FeatureTables.collect
+
+    def counted(self, *args, **kwargs):
+        collected.append(1)
+        return collect(self, *args, **kwargs)
+
+    monkeypatch.setattr(features.FeatureTables, "collect", counted)
+    con = open_run(tmp_path / "runs", "three")
+    try:
+        together = judge_all(con, policy)
+        assert len(collected) == 1
+        alone = [judge(con, policy, name) for name in ("a", "b", "c")]
+    finally:
+        con.close()
+    assert len(collected) == 4
+    assert [d["digest"] for d in together] == [d["digest"] for d in alone]
+    drift = [c for c in together[2]["checks"] if c["check"] == "feature_drift"]
+    assert {c["feature"] for c in drift} >= {"x", "y"}  # the shared statistics reached the last candidate
