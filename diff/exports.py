@@ -129,6 +129,8 @@ def _connect(layout: RunLayout, memory_limit: str) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(layout.judge_cache), config={"memory_limit": memory_limit, "temp_directory": str(tmp)})
     try:
         con.execute("CREATE TABLE IF NOT EXISTS ingested (folder VARCHAR PRIMARY KEY, manifest JSON)")
+        # how many cached rows of a table a look replaced with an earlier folder's copy
+        con.execute("CREATE TABLE IF NOT EXISTS replaced_rows (gen INTEGER, table_name VARCHAR, n BIGINT)")
         # the look that read a folder (1, 2, ...): the judge's kept pairs update from the rows
         # of later looks only (diff/pairs.py); a cache from before has every row in look 0
         con.execute("ALTER TABLE ingested ADD COLUMN IF NOT EXISTS gen INTEGER DEFAULT 0")
@@ -168,6 +170,15 @@ def cache_generation(con: duckdb.DuckDBPyConnection) -> int | None:
 def changed_since(table: str, gen: int) -> str:
     """SQL for the cached rows of `table` ("requests", "outputs") that looks after `gen` added."""
     return f"SELECT * EXCLUDE (origin, gen) FROM {_cached(table)} WHERE gen > {int(gen)}"
+
+
+def replaced_since(con: duckdb.DuckDBPyConnection, table: str, gen: int) -> int:
+    """How many cached rows of `table` looks after `gen` replaced with an earlier folder's copy
+    (rows taken back, which `changed_since` does not show)."""
+    (n,) = con.execute(
+        "SELECT coalesce(sum(n), 0) FROM replaced_rows WHERE table_name = ? AND gen > ?", [table, int(gen)]
+    ).fetchone() or (0,)
+    return int(n)
 
 
 def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Path]) -> None:
@@ -210,6 +221,12 @@ def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Pat
             )
             (n_clash,) = con.execute("SELECT count(*) FROM clashes").fetchone() or (0,)
             if n_clash:
+                # aggregates kept from the rows alone (diff/features.py) cannot take a row back:
+                # they are built whole after a look that replaced cached rows
+                con.execute(
+                    "INSERT INTO replaced_rows SELECT ?, ?, count(*) FROM clashes WHERE incoming_first HAVING count(*) > 0",
+                    [gen, t],
+                )
                 # the copy of the earlier folder stays, on whichever side it is
                 for side, alias, first in ((cached, "c", ""), ("incoming", "i", "NOT ")):
                     con.execute(

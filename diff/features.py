@@ -1,9 +1,12 @@
 """Feature drift and data quality per segment: current traffic vs a reference (an event-time
 window of the run, or a recording). Exact counts (nulls, ranges, categories) on all rows;
-distribution grids on a deterministic hash sample capped at `max_rows` (plenty for a distance)."""
+distribution grids on a deterministic hash sample of about `max_rows` rows a side (plenty for a
+distance)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +19,8 @@ import polars as pl
 
 from diff.aggregate import _rows, histograms
 from diff.drift import SMALL, DriftResult, categorical_drift, numeric_drift_hist
+from diff.exports import cache_generation
+from diff.feature_parts import SIDES, FeatureParts
 from diff.load import RunInfo
 from diff.segments import ALL, SegmentSets
 from diff.sql import ident
@@ -83,9 +88,11 @@ def load_reference_file(path: Path, info: RunInfo) -> pl.DataFrame:
 
 
 class FeatureTables:
-    """Creates `cur_f` and `ref_f` views (segment columns + f_<feature>) on a connection.
-    Features describe the traffic, so they are read from every stored request (one columnar
-    scan per query, no join with the outputs)."""
+    """Feature statistics of the run's traffic per segment: the current side against the
+    reference. Features describe the traffic, so they are read from every stored request (no
+    join with the outputs), through the mergeable partials of diff/feature_parts.py. On a
+    judge's cache with a reference window (or none) those partials are kept between looks.
+    Also creates `cur_f` and `ref_f` views (segment columns + f_<feature>)."""
 
     def __init__(
         self,
@@ -98,117 +105,125 @@ class FeatureTables:
         self.con = con
         self.info = info
         self.sets = sets
-        segs = ", ".join(segment_exprs)
-        feats = ", ".join(f"r.features.{ident(n)} AS {ident('f_' + n)}" for n in info.numeric + info.categorical)
+        segs = "".join(e + ", " for e in segment_exprs)
+        feats = "".join(f"r.features.{ident(n)} AS {ident('f_' + n)}, " for n in info.numeric + info.categorical)
         # rate samples only: per-segment quotas oversample rare segments on purpose, which would
         # show up as drift of e.g. the hour of day in every segment that mixes them
-        base = f"""SELECT {segs}{"," if segs else ""} {feats}, r.event_time, r.part, r."offset" FROM requests r
+        base = f"""SELECT {segs}{feats}r.event_time, r.part, r."offset" FROM requests r
                    WHERE r.sampled_reason = 'rate'"""
         self.has_reference = reference is not None
+        side = "'cur'"
         if reference is None:
             con.execute(f"CREATE OR REPLACE TEMP VIEW cur_f AS {base}")
             con.execute(f"CREATE OR REPLACE TEMP VIEW ref_f AS {base} LIMIT 0")
         elif reference.file is not None:
-            ref = load_reference_file(reference.file, info)
+            ref = load_reference_file(reference.file, info).with_row_index("row_in_file")
             con.register("ref_file_frame", ref.to_arrow())
             con.execute(f"CREATE OR REPLACE TEMP VIEW cur_f AS {base}")
-            con.execute('CREATE OR REPLACE TEMP VIEW ref_f AS SELECT *, 0 AS part, 0 AS "offset" FROM ref_file_frame')
+            # the row's place in the file stands in for its coordinates (the sample's hash)
+            con.execute(
+                """CREATE OR REPLACE TEMP VIEW ref_f AS
+                   SELECT * EXCLUDE (row_in_file), 0 AS part, row_in_file::BIGINT AS "offset" FROM ref_file_frame"""
+            )
         else:
             win = f"r.event_time >= TIMESTAMPTZ '{reference.start}' AND r.event_time < TIMESTAMPTZ '{reference.end}'"
             con.execute(f"CREATE OR REPLACE TEMP VIEW ref_f AS {base} AND {win}")
             con.execute(f"CREATE OR REPLACE TEMP VIEW cur_f AS {base} AND NOT ({win})")
+            side = f"CASE WHEN {win} THEN 'ref' ELSE 'cur' END"
+
+        def rows_of(relation: str) -> str:
+            """The rows of stored requests `relation` that the statistics read, with their side."""
+            return f"""(SELECT {side} AS side, {segs}{feats}r.part, r."offset", 1::TINYINT AS sign
+                        FROM {relation} r WHERE r.sampled_reason = 'rate')"""
+
+        self._rows = """(SELECT 'cur' AS side, *, 1::TINYINT AS sign FROM cur_f
+                         UNION ALL BY NAME SELECT 'ref' AS side, *, 1::TINYINT AS sign FROM ref_f)"""
+        # kept between looks when every row comes from the stored requests
+        self._kept: tuple[int, str, Callable[[str], str]] | None = None
+        gen = cache_generation(con)
+        if gen is not None and (reference is None or reference.file is None):
+            self._kept = (gen, repr((segment_exprs, reference)), rows_of)
 
     @classmethod
     def from_views(cls, con: duckdb.DuckDBPyConnection, info: RunInfo, sets: SegmentSets) -> FeatureTables:
-        """Over `cur_f` and `ref_f` views the caller made (e.g. two frames outside any run)."""
+        """Over `cur_f` and `ref_f` views the caller made (e.g. two frames outside any run), with
+        `part` and `offset` columns that tell rows apart."""
         self = cls.__new__(cls)
         self.con, self.info, self.sets, self.has_reference = con, info, sets, True
+        self._rows = """(SELECT 'cur' AS side, *, 1::TINYINT AS sign FROM cur_f
+                         UNION ALL BY NAME SELECT 'ref' AS side, *, 1::TINYINT AS sign FROM ref_f)"""
+        self._kept = None
         return self
 
-    def _sample_clause(self, table: str, max_rows: int) -> str:
-        (n,) = self.con.execute(f"SELECT count(*) FROM {table}").fetchone() or (0,)
-        if n <= max_rows:
-            return "TRUE"
-        k = int(np.ceil(n / max_rows))
-        return f'hash(part, "offset") % {k} = 0'
+    def _moments(self, table: str) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per side and segment: n_all, and per numeric feature n_, mean_, sd_, min_, max_."""
+        out: dict[str, dict[str, dict[str, Any]]] = {side: {} for side in SIDES}
+        for r in _rows(self.con, f"SELECT * FROM {table}"):
+            m: dict[str, Any] = {"n_all": int(r["n_all"])}
+            for n in self.info.numeric:
+                k = int(r["n_" + n])
+                mean = r["s_" + n] / k if k else None
+                var = max(r["q_" + n] / k - mean * mean, 0.0) if mean is not None else None
+                m |= {"n_" + n: k, "mean_" + n: mean, "sd_" + n: None if var is None else math.sqrt(var)}
+                m |= {"min_" + n: r["lo_" + n], "max_" + n: r["hi_" + n]}
+            out[str(r["side"])][str(r["segment"])] = m
+        return out
 
-    def _raw(self, table: str, feature: str, seg: str, sample: str) -> list[float]:
+    def _raw(self, table: str, feature: str, seg: str, side: str) -> list[float]:
         """Raw values of one feature in one segment (for the small-sample tests)."""
         c = ident("f_" + feature)
-        sql = f"SELECT {c} FROM {table} WHERE {self.sets.where(seg)} AND {c} IS NOT NULL AND {sample}"
-        return [float(v) for (v,) in self.con.execute(sql).fetchall()]
+        sql = f"SELECT {c} FROM {table} WHERE {self.sets.where(seg)} AND {c} IS NOT NULL AND {side}"
+        return sorted(float(v) for (v,) in self.con.execute(sql).fetchall())
 
-    def _moments(self, side: str, distinct: bool) -> dict[str, dict[str, Any]]:
-        """Cheap exact aggregates per segment for every feature of one side, in one scan.
-        `distinct` adds each feature's approximate number of values (`u_`), which only the
-        reference's side needs (to tell a coded feature from a measured one): it costs as much
-        as the rest of the scan."""
-        aggs = ["count(*) AS n_all"]
-        for n in self.info.numeric:
-            c = ident("f_" + n)
-            aggs += [
-                f"count({c}) AS {ident('n_' + n)}",
-                f"stddev_pop({c}) AS {ident('sd_' + n)}",
-                f"avg({c}) AS {ident('mean_' + n)}",
-                f"min({c}) AS {ident('min_' + n)}",
-                f"max({c}) AS {ident('max_' + n)}",
-            ]
-            if distinct:
-                aggs.append(f"approx_count_distinct({c}) AS {ident('u_' + n)}")
-        sql = f"SELECT {self.sets.select()}, {', '.join(aggs)} FROM {side} {self.sets.group_by()}"
-        return {self.sets.name(r): r for r in _rows(self.con, sql)}
-
-    def _sampled(self, side: str, max_rows: int) -> str:
-        """`side`, or a deterministic hash sample of it when it has more than `max_rows` rows:
-        a million rows pin a distribution distance to ~0.001, and a 10M-row run then costs a
-        tenth per histogram. Counts of nulls and ranges always use every row."""
-        clause = self._sample_clause(side, max_rows)
-        if clause == "TRUE":
-            return side
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {side}_s AS SELECT * FROM {side} WHERE {clause}")
-        return f"{side}_s"
-
-    def _histograms(self, side: str, feature: str, lo: float, width: float) -> dict[str, np.ndarray]:
+    def _histograms(self, sample: str, side: str, feature: str, lo: float, width: float) -> dict[str, np.ndarray]:
         c = ident("f_" + feature)
         b = f"least(greatest(floor(({c} - {lo!r}) / {width!r}), 0), {BINS - 1})::INT"
-        sql = f"""SELECT {self.sets.select()}, {b} AS bin, count(*) AS k FROM {side} WHERE {c} IS NOT NULL
-                  {self.sets.group_by([b])}"""
+        sql = f"""SELECT {self.sets.select()}, {b} AS bin, count(*) AS k FROM {sample}
+                  WHERE side = '{side}' AND {c} IS NOT NULL {self.sets.group_by([b])}"""
         return histograms(self.con, self.sets, sql, BINS)
 
+    def _distinct(self, sample: str) -> dict[str, dict[str, int]]:
+        """Per segment, about how many values each numeric feature takes in the reference's
+        sample (a feature with few is compared as categories)."""
+        if not self.info.numeric:
+            return {}
+        cols = ", ".join(f"approx_count_distinct({ident('f_' + n)}) AS {ident('u_' + n)}" for n in self.info.numeric)
+        rows = _rows(self.con, f"SELECT {self.sets.select()}, {cols} FROM {sample} WHERE side = 'ref' {self.sets.group_by()}")
+        return {self.sets.name(r): {n: int(r["u_" + n]) for n in self.info.numeric} for r in rows}
+
     def collect(self, max_rows: int = 1_000_000) -> list[FeatureStats]:
+        """Distribution grids and distinct counts on a hash sample of each side of at most about
+        `max_rows` rows (a million rows pin a distance to ~0.001); counts of nulls, ranges and
+        categories on every row."""
         con, sets, info = self.con, self.sets, self.info
         results: list[FeatureStats] = []
         num = info.numeric
-        sides = {"cur_f": self._moments("cur_f", distinct=False)}
+        parts = FeatureParts(con, sets, num, info.categorical, max_rows)
+        tables = parts.whole(self._rows) if self._kept is None else parts.kept(*self._kept)
+        moments = self._moments(tables.moments)
+        sides = {"cur_f": moments["cur"]}
         if self.has_reference:
-            sides["ref_f"] = self._moments("ref_f", distinct=True)
+            sides["ref_f"] = moments["ref"]
         ref_all = sides.get("ref_f", {}).get(ALL)
         cur_all = sides["cur_f"].get(ALL)
         hists: dict[str, tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
-        sampled = {side: self._sampled(side, max_rows) for side in sides} if num else {}
-        out_of_range: dict[str, str] = {}  # feature -> its count of values outside the reference's range
+        ranges: dict[str, tuple[float, float]] = {}
         for n in num:
             if not ref_all or not cur_all or not ref_all["n_" + n] or not cur_all["n_" + n]:
                 continue
             lo, hi = _bin_range(ref_all, cur_all, n)
             width = (hi - lo) / BINS
-            hists[n] = (width, self._histograms(sampled["ref_f"], n, lo, width), self._histograms(sampled["cur_f"], n, lo, width))
-            c = ident("f_" + n)
-            rlo, rhi = ref_all["min_" + n], ref_all["max_" + n]
-            out_of_range[n] = f"count(*) FILTER (WHERE {c} < {rlo!r} OR {c} > {rhi!r})"
-        oor: dict[str, dict[str, int]] = {n: {} for n in out_of_range}
-        if out_of_range:  # every feature in one scan of the current side
-            counts = ", ".join(f"{sql} AS {ident('k_' + n)}" for n, sql in out_of_range.items())
-            for r in _rows(con, f"SELECT {sets.select()}, {counts} FROM cur_f {sets.group_by()}"):
-                for n in out_of_range:
-                    oor[n][sets.name(r)] = int(r["k_" + n])
+            hists[n] = (
+                width,
+                self._histograms(tables.sample, "ref", n, lo, width),
+                self._histograms(tables.sample, "cur", n, lo, width),
+            )
+            ranges[n] = (float(ref_all["min_" + n]), float(ref_all["max_" + n]))
+        oor = parts.out_of_range(ranges, self._rows, self._kept)
+        distinct = self._distinct(tables.sample) if hists else {}
         cats: dict[tuple[str, str, str], dict[str | None, int]] = {}
-        for side in sides:
-            for n in info.categorical:
-                c = ident("f_" + n)
-                rows = _rows(con, f"SELECT {sets.select()}, {c} AS v, count(*) AS k FROM {side} {sets.group_by([c])}")
-                for r in rows:
-                    cats.setdefault((side, n, sets.name(r)), {})[r["v"]] = r["k"]
+        for seg, side, feature, v, k in con.execute(f"SELECT segment, side, feature, v, k FROM {tables.cats}").fetchall():
+            cats.setdefault((f"{side}_f", feature, seg), {})[v] = int(k)
         for seg, cur in sides["cur_f"].items():
             ref = sides.get("ref_f", {}).get(seg)
             for n in num:
@@ -217,13 +232,16 @@ class FeatureTables:
                 drift = None
                 if ref and n_ref and n_cur and n in hists:
                     width, rh, ch = hists[n]
-                    if (ref["u_" + n] or 0) <= 5:
-                        drift = categorical_drift(cats_from(con, "ref_f", n, sets, seg), cats_from(con, "cur_f", n, sets, seg))
+                    values = distinct.get(seg, {}).get(n)
+                    if values is not None and values <= 5:
+                        drift = categorical_drift(
+                            cats_from(con, tables.sample, n, sets, seg, "ref"), cats_from(con, tables.sample, n, sets, seg, "cur")
+                        )
                     elif seg in rh and seg in ch:
                         raw_ref = raw_cur = None
                         if n_ref <= SMALL:
                             raw_ref = self._raw("ref_f", n, seg, "TRUE")
-                            raw_cur = self._raw("cur_f", n, seg, self._sample_clause("cur_f", max_rows))
+                            raw_cur = self._raw(tables.sample, n, seg, "side = 'cur'")
                         drift = numeric_drift_hist(width, rh[seg], ch[seg], float(ref["sd_" + n] or 0), raw_ref, raw_cur)
                 results.append(
                     FeatureStats(
@@ -282,9 +300,10 @@ def _bin_range(ref: dict[str, Any], cur: dict[str, Any], n: str) -> tuple[float,
     return lo, hi * (1 + 1e-9) + 1e-12
 
 
-def cats_from(con: duckdb.DuckDBPyConnection, table: str, feature: str, sets: SegmentSets, seg: str) -> dict[str, int]:
+def cats_from(con: duckdb.DuckDBPyConnection, table: str, feature: str, sets: SegmentSets, seg: str, side: str) -> dict[str, int]:
     c = ident("f_" + feature)
     rows = con.execute(
-        f"SELECT CAST({c} AS VARCHAR), count(*) FROM {table} WHERE {sets.where(seg)} AND {c} IS NOT NULL GROUP BY 1"
+        f"""SELECT CAST({c} AS VARCHAR), count(*) FROM {table}
+            WHERE side = '{side}' AND {sets.where(seg)} AND {c} IS NOT NULL GROUP BY 1"""
     ).fetchall()
     return {str(v): int(k) for v, k in rows}

@@ -38,25 +38,54 @@ def maintained(
     the aggregate stands means building it whole: `build(table, source)` fills `table` from the
     rate pairs of relation `source`; `update(table, delta)` applies the signed rows of `delta`,
     or builds the table whole itself and says why."""
-    table = "kept_agg_" + hashlib.sha256(f"{kept.table}:{name}".encode()).hexdigest()[:16]
-    spec = f"{kept.shape}|{spec}"
+
+    def update_from(table: str, since: int) -> str | None:
+        if since != kept.from_gen:  # the delta starts at another look: it cannot bring this one up
+            build(table, f"(SELECT 1::TINYINT AS sign, * FROM {kept.table} WHERE {RATE})")
+            return f"the pairs' delta starts at look {kept.from_gen}, the aggregate stood at {since}"
+        return update(table, f"(SELECT * FROM {kept.delta} WHERE {RATE})")
+
+    return kept_since(
+        con,
+        f"{kept.table}:{name}",
+        name,
+        f"{kept.shape}|{spec}",
+        kept.gen,
+        lambda table: build(table, f"(SELECT 1::TINYINT AS sign, * FROM {kept.table} WHERE {RATE})"),
+        update_from,
+    )
+
+
+def kept_since(
+    con: duckdb.DuckDBPyConnection,
+    key: str,
+    name: str,
+    spec: str,
+    gen: int,
+    build: Callable[[str], None],
+    update: Callable[[str, int], str | None],
+) -> str:
+    """The table of aggregate `key` (logged as `name`) as of look `gen`, in one transaction:
+    current; or brought up from the look it stood at by `update(table, since)`, which may build
+    it whole itself and say why; or, with another `spec` or none kept, `build(table)`."""
+    table = "kept_agg_" + hashlib.sha256(key.encode()).hexdigest()[:16]
     con.execute("CREATE TABLE IF NOT EXISTS kept_aggregates (name VARCHAR PRIMARY KEY, spec VARCHAR, gen INTEGER)")
     row = con.execute("SELECT spec, gen FROM kept_aggregates WHERE name = ?", [table]).fetchone()
     current = row is not None and row[0] == spec and table_exists(con, table)
-    if current and row is not None and int(row[1]) == kept.gen:
+    if current and row is not None and int(row[1]) == gen:
         return table
     con.execute("BEGIN")
     try:
-        if current and row is not None and kept.from_gen is not None and int(row[1]) == kept.from_gen:
-            rebuilt = update(table, f"(SELECT * FROM {kept.delta} WHERE {RATE})")
+        if current and row is not None and int(row[1]) < gen:
+            rebuilt = update(table, int(row[1]))
             if rebuilt:
-                log.debug("%s: built whole at look %s (%s)", name, kept.gen, rebuilt)
+                log.debug("%s: built whole at look %s (%s)", name, gen, rebuilt)
             else:
-                log.debug("%s: updated from look %s to %s", name, kept.from_gen, kept.gen)
+                log.debug("%s: updated from look %s to %s", name, row[1], gen)
         else:
-            build(table, f"(SELECT 1::TINYINT AS sign, * FROM {kept.table} WHERE {RATE})")
-            log.debug("%s: built whole at look %s", name, kept.gen)
-        con.execute("INSERT OR REPLACE INTO kept_aggregates VALUES (?, ?, ?)", [table, spec, kept.gen])
+            build(table)
+            log.debug("%s: built whole at look %s", name, gen)
+        con.execute("INSERT OR REPLACE INTO kept_aggregates VALUES (?, ?, ?)", [table, spec, gen])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -64,4 +93,4 @@ def maintained(
     return table
 
 
-__all__ = ["RATE", "maintained"]
+__all__ = ["RATE", "kept_since", "maintained"]

@@ -261,15 +261,63 @@ def test_pairs_kept_between_looks_equal_pairs_built_whole_after_every_look(tmp_p
         # the checks' aggregates followed the pairs: built whole at the first look only
         kept_aggregates = [r.getMessage() for r in caplog.records if r.name == "diff.kept"]
         how = "built whole" if look == 0 else "updated"
-        # the latency blocks are built again when the run's growth doubles their size: at look 3,
-        # 3,600 pairs (64 a block) become 5,400 (128 a block)
-        resized = look == 2
-        followed = {"pair_stats", "windows_300", "windows_180"} | (set() if resized else {"latency_blocks"})
+        # built again, and why: at look 2 an earlier folder's copy replaced 600 stored requests
+        # (the features' min and max cannot take a row back); at look 3 the run's growth doubles
+        # the latency blocks' size (3,600 pairs, 64 a block, become 5,400, 128 a block)
+        rebuilt = {
+            1: ["features: built whole at look 2 (600 stored requests replaced by an earlier folder's copy)"],
+            2: ["latency_blocks: built whole at look 3 (block size 64 -> 128)"],
+        }.get(look, [])
+        followed = {"pair_stats", "windows_300", "windows_180", "latency_blocks", "features"}
+        followed -= {m.split(":")[0] for m in rebuilt}
         assert followed <= {m.split(":")[0] for m in kept_aggregates if how in m}
         if look:
-            rebuilt = [m for m in kept_aggregates if "built whole" in m]
-            assert rebuilt == (["latency_blocks: built whole at look 3 (block size 64 -> 128)"] if resized else [])
+            assert [m for m in kept_aggregates if "built whole" in m] == rebuilt
     resent = [p for p in kept if p[1] < 0]
     assert len(resent) == 600  # the retried copies are the pairs of their request ids
     assert kept[-1] == ("duplicates", 600)  # counted at look 4 from the rows it added, kept at look 5
     assert looked["data"]["pairs"] == 6_000
+
+
+def test_feature_statistics_kept_between_looks_equal_a_full_rejudge(tmp_path, caplog, monkeypatch):
+    # a reference window (the first half hour of two hours) that fills over the first looks,
+    # nulls that start late, and a sample of 1,000 rows a side, so that each side outgrows its
+    # sample rate while the looks go on: the kept features give the verdict a full re-judge gives
+    from datetime import timedelta
+
+    from diff import features
+    from diff.testing import T0
+    from schemas.policy import Reference
+
+    monkeypatch.setattr(features.FeatureTables.collect, "__defaults__", (1_000,))
+    scenario = Scenario(n=8_000, segments=3, null_spike={"f1": 0.3}, null_spike_after=0.7, seed=12)
+    store = write_synthetic_store(tmp_path / "src" / "store-w0.duckdb", scenario, "run")
+    home, layout = tmp_path / "runs", RunLayout(tmp_path / "runs", "run")
+    window = Reference(start=T0.isoformat(), end=(T0 + timedelta(minutes=30)).isoformat())
+    policy = Policy(min_samples=200, reference=window)
+    caplog.set_level(logging.DEBUG, logger="diff.kept")
+    for look, (lo, hi) in enumerate([(0.0, 0.15), (0.15, 0.4), (0.4, 0.7), (0.7, 0.85), (0.85, 1.0)]):
+        export_rows(store, layout, "w0", look + 1, lo, hi)
+        caplog.clear()
+        con = open_cache(home, "run")
+        try:
+            looked = judge(con, policy)
+        finally:
+            con.close()
+        full_con = open_exports(home, "run")
+        try:
+            rejudged = judge(full_con, policy)
+        finally:
+            full_con.close()
+        assert looked["digest"] == rejudged["digest"], f"look {look + 1}"
+        logged = [r.getMessage() for r in caplog.records if r.name == "diff.kept" and r.getMessage().startswith("features")]
+        if look:
+            # every look adds its rows; the out-of-range counts start again while the reference's
+            # range still moves (its window fills at looks 1-2)
+            assert f"features: updated from look {look} to {look + 1}" in logged
+            if look >= 2:
+                assert f"features_out_of_range: updated from look {look} to {look + 1}" in logged
+    checks = {(c["check"], c["segment"], c.get("feature")): c for c in looked["checks"]}
+    drift = [c for c in looked["checks"] if c["check"] == "feature_drift"]
+    assert {c["feature"] for c in drift} == {"f0", "f1", "f2"}
+    assert checks[("null_spike", "all", "f1")]["status"] != "pass"  # the late nulls are seen
