@@ -237,23 +237,19 @@ def test_a_slow_candidate_without_baseline_latencies_is_pending_not_go(tmp_path)
     assert [(c["segment"], c["status"]) for c in lat] == [("all", "n/a")]
 
 
-def test_live_answers_without_a_score_are_pending_not_a_silent_go(tmp_path):
-    # the live envelopes carry an answer, but not where [output] says the score is: nothing was
-    # compared, and the verdict said "all 4 checks passed"
-    import random
-
-    from helpers import envelope, jsonl, write_config
+def replay_file_run(tmp_path, run_id: str, rows: list, candidates: list[str], extra: str = "") -> None:
+    """Replay envelopes `rows` from a file to python candidates (models_for_tests:logistic)."""
+    from helpers import jsonl, write_config
 
     from replay.job import run_replay
     from schemas.config import load_config
 
-    rng = random.Random(3)
-    rows = [envelope(i, rng) | {"output": {"other": 1}} for i in range(3000)]
+    models = "".join(f'[[candidates]]\nname = "{c}"\nkind = "python"\ntarget = "models_for_tests:logistic"\n' for c in candidates)
     cfg = write_config(
         tmp_path / "r.toml",
         f"""
 [run]
-id = "noscore"
+id = "{run_id}"
 home = "{tmp_path / "runs"}"
 [source]
 kind = "file"
@@ -261,13 +257,21 @@ path = "{jsonl(tmp_path / "t.jsonl", rows)}"
 [output]
 score_path = "score"
 threshold = 0.5
-[[candidates]]
-name = "v2"
-kind = "python"
-target = "models_for_tests:logistic"
-""",
+{extra}
+{models}""",
     )
     run_replay(load_config(cfg))
+
+
+def test_live_answers_without_a_score_are_pending_not_a_silent_go(tmp_path):
+    # the live envelopes carry an answer, but not where [output] says the score is: nothing was
+    # compared, and the verdict said "all 4 checks passed"
+    import random
+
+    from helpers import envelope
+
+    rng = random.Random(3)
+    replay_file_run(tmp_path, "noscore", [envelope(i, rng) | {"output": {"other": 1}} for i in range(3000)], ["v2"])
     doc = judge_run(tmp_path / "runs", "noscore", Policy(min_samples=200))
     assert doc["verdict"] == "pending", doc["reasons"]
     missing = {c["check"] for c in doc["checks"] if c["segment"] == "all" and c["status"] == "n/a"}
@@ -310,37 +314,15 @@ def test_candidates_judged_together_collect_the_features_once(tmp_path, monkeypa
     import random
     from datetime import timedelta
 
-    from helpers import T0, envelope, jsonl, write_config
+    from helpers import T0, envelope
 
     from diff import features
     from diff.judge import judge_all
-    from replay.job import run_replay
-    from schemas.config import load_config
     from schemas.policy import Reference
 
     rng = random.Random(5)
-    rows = [envelope(i, rng) for i in range(3000)]
-    candidates = "".join(
-        f'[[candidates]]\nname = "{name}"\nkind = "python"\ntarget = "models_for_tests:logistic"\n' for name in ("a", "b", "c")
-    )
-    cfg = write_config(
-        tmp_path / "r.toml",
-        f"""
-[run]
-id = "three"
-home = "{tmp_path / "runs"}"
-[source]
-kind = "file"
-path = "{jsonl(tmp_path / "t.jsonl", rows)}"
-[output]
-score_path = "score"
-threshold = 0.5
-[features]
-numeric = ["x", "y"]
-categorical = ["plan"]
-{candidates}""",
-    )
-    run_replay(load_config(cfg))
+    features_declared = '[features]\nnumeric = ["x", "y"]\ncategorical = ["plan"]'
+    replay_file_run(tmp_path, "three", [envelope(i, rng) for i in range(3000)], ["a", "b", "c"], features_declared)
     policy = Policy(min_samples=200, reference=Reference(start=T0.isoformat(), end=(T0 + timedelta(minutes=10)).isoformat()))
     collected = []
     collect = features.FeatureTables.collect
