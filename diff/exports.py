@@ -79,11 +79,14 @@ def _run_tables(con: duckdb.DuckDBPyConnection, layout: RunLayout, manifests: li
             (worker VARCHAR, seq INTEGER, exported_at VARCHAR, heartbeat_at VARCHAR, final BOOLEAN)"""
     )
     beats = {b["worker"]: b for b in (orjson.loads(p.read_bytes()) for p in layout.heartbeats())}
+    # a worker that started (its first heartbeat) but never published an export is covered too:
+    # with nothing of it in the verdict, it is the first worker the verdict must name
+    none: dict[str, Any] = {"seq": 0, "created_at": None}
     con.executemany(
         "INSERT INTO coverage VALUES (?, ?, ?, ?, ?)",
         [
             (w, m["seq"], m["created_at"], beats.get(w, {}).get("at"), bool(beats.get(w, {}).get("final", False)))
-            for w, m in sorted(latest.items())
+            for w, m in sorted((w, latest.get(w, none)) for w in set(latest) | set(beats))
         ],
     )
 

@@ -90,9 +90,10 @@ def judge_and_publish(
             doc["coverage"] = covered
             for w in covered["workers"]:
                 if w["silent"]:
+                    last = f"last export {w['exports']} at {w['last_export_at']}" if w["exports"] else "no export yet"
                     doc["reasons"].append(
-                        f"worker {w['worker']} has not reported for {w['silent_for_s']:.0f} s (last export "
-                        f"{w['exports']} at {w['last_export_at']}): its later data is not in this verdict"
+                        f"worker {w['worker']} has not reported for {w['silent_for_s']:.0f} s ({last}): "
+                        "its later data is not in this verdict"
                     )
         if label is not None:
             doc["policy"]["label"] = label

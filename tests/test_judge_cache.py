@@ -321,3 +321,28 @@ def test_feature_statistics_kept_between_looks_equal_a_full_rejudge(tmp_path, ca
     drift = [c for c in looked["checks"] if c["check"] == "feature_drift"]
     assert {c["feature"] for c in drift} == {"f0", "f1", "f2"}
     assert checks[("null_spike", "all", "f1")]["status"] != "pass"  # the late nulls are seen
+
+
+def test_a_worker_that_never_exported_is_covered_and_named_silent(tmp_path):
+    # w0 started (its first heartbeat) and then published nothing: the verdict holds none of its
+    # data, so coverage must name it, not list w1 alone as if it were the whole run
+    from diff.exports import coverage
+
+    home, store, layout = small_run(tmp_path, 1_000, 4)
+    done = export_rows(store, layout, "w1", 1, 0.0, 1.0).parent
+    (done / "heartbeat.json").write_bytes(
+        orjson.dumps({"worker": "w1", "at": datetime.now(UTC).isoformat(), "seq": 1, "final": True})
+    )
+    started = layout.worker_exports("w0")
+    started.mkdir(parents=True)
+    beat = {"worker": "w0", "at": "2026-12-01T00:00:00+00:00", "seq": 0, "final": False}
+    (started / "heartbeat.json").write_bytes(orjson.dumps(beat))
+    for con in (open_cache(home, "run"), open_exports(home, "run")):
+        try:
+            covered = coverage(con, silent_after_s=60)
+        finally:
+            con.close()
+        assert covered is not None
+        workers = [(w["worker"], w["exports"], w["last_export_at"], w["final"]) for w in covered["workers"]]
+        assert workers == [("w0", 0, None, False), ("w1", 1, "2026-12-01T00:00:01+00:00", True)]
+        assert covered["silent_workers"] == ["w0"]
