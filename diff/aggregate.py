@@ -378,7 +378,7 @@ def version_pairs(con: duckdb.DuckDBPyConnection, sets: SegmentSets, expected: s
     return {sets.name(dict(zip(cols, r, strict=True))): dict(zip(cols, r, strict=True)) for r in cur.fetchall()}
 
 
-LATENCY_BLOCKS = 64  # at most; a run of n pairs has between 32 and 64 (fewer below 64 pairs)
+LATENCY_BLOCKS = 100  # at most; a run of n pairs has between 50 and 100 (fewer below 100 pairs)
 # the order the shadow made its calls in: by the wall-clock time a batch's calls were sent
 # (`called_at`; for answers recorded in production, their event time), then by event time within
 # a batch; the source coordinates make it a total order
