@@ -387,22 +387,34 @@ _CALL_KEY = "struct_pack(" + ", ".join(f"k{i} := {e}" for i, e in enumerate(_CAL
 _LATENCY_OK = "b_err IS NULL AND c_err IS NULL AND b_lat IS NOT NULL AND c_lat IS NOT NULL"
 
 
+def power_of_two_level(n: int, at_most: int) -> int:
+    """The lowest level such that `n` split into parts of 2**level makes at most `at_most`
+    parts. A power of two stays the same while `n` grows (until it doubles), and the next one
+    splits each part in two: what was kept of the parts stays valid."""
+    level = 0
+    while n > at_most * 2**level:
+        level += 1
+    return level
+
+
 def block_size(n: int) -> int:
     """Pairs per latency block for a run of `n` pairs: the smallest power of two that makes at
-    most LATENCY_BLOCKS blocks. A power of two stays the same while the run grows (until it
-    doubles), so the blocks of the start of the run stay as they were and a look computes again
-    only those at the end of the call order."""
-    size = 1
-    while n > LATENCY_BLOCKS * size:
-        size *= 2
-    return size
+    most LATENCY_BLOCKS blocks, so the blocks of the start of the run stay as they were and a
+    look computes again only those at the end of the call order."""
+    return 2 ** power_of_two_level(n, LATENCY_BLOCKS)
+
+
+def _last_block(n: int, size: int) -> int:
+    """The index of the last block of `n` pairs: a last run of fewer than size/2 pairs merges
+    into the block before (as `round`)."""
+    return max(1, round(n / size)) - 1
 
 
 def _blocks_sql(sets: SegmentSets, quantiles: str, source: str, first_rank: int, size: int, n: int) -> str:
     """Per segment and block, over the pairs of `source` in call order, the first of them at
     rank `first_rank`: consecutive runs of `size` pairs, the last run of fewer than size/2
-    merged into the block before (as `round`)."""
-    last = max(1, round(n / size)) - 1
+    merged into the block before (`_last_block`)."""
+    last = _last_block(n, size)
     cols = "".join(c + ", " for c in sets.columns)  # the window sorts what it carries: only these
     rank = f"{first_rank} + row_number() OVER (ORDER BY {', '.join(_CALL_ORDER)}) - 1"
     columns = {
@@ -458,7 +470,7 @@ def latency_blocks(
             # of before may now merge with, or split from, the pairs after it
             con.execute(
                 f"""CREATE OR REPLACE TEMP TABLE blocks_from AS SELECT blk, first_call FROM {table}
-                    WHERE segment = '{ALL}' AND blk <= {max(1, round(n_old / size)) - 1}
+                    WHERE segment = '{ALL}' AND blk <= {_last_block(n_old, size)}
                       AND first_call <= (SELECT call_key FROM blocks_changed)
                     ORDER BY blk DESC LIMIT 1"""
             )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from diff.aggregate import _by_segment
+from diff.aggregate import _by_segment, power_of_two_level
 from diff.exports import changed_since, replaced_since
 from diff.kept import kept_since
 from diff.segments import ALL, SegmentSets
@@ -32,10 +32,7 @@ _HASH = 'hash(part, "offset")'
 def sample_level(n: int, max_rows: int) -> int:
     """The sample keeps rows whose hash is a multiple of 2**level: the lowest level that keeps
     at most about `max_rows` of a side's `n` rows (all of them up to `max_rows`)."""
-    level = 0
-    while n > max_rows * 2**level:
-        level += 1
-    return level
+    return power_of_two_level(n, max_rows)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,11 @@ def load_reference_file(path: Path, info: RunInfo) -> pl.DataFrame:
     return pl.DataFrame(out, schema=schema)
 
 
+# the rows of the `cur_f` and `ref_f` views with their side, as the partials read them
+_BOTH_SIDES = """(SELECT 'cur' AS side, *, 1::TINYINT AS sign FROM cur_f
+                  UNION ALL BY NAME SELECT 'ref' AS side, *, 1::TINYINT AS sign FROM ref_f)"""
+
+
 class FeatureTables:
     """Feature statistics of the run's traffic per segment: the current side against the
     reference. Features describe the traffic, so they are read from every stored request (no
@@ -136,8 +141,7 @@ class FeatureTables:
             return f"""(SELECT {side} AS side, {segs}{feats}r.part, r."offset", 1::TINYINT AS sign
                         FROM {relation} r WHERE r.sampled_reason = 'rate')"""
 
-        self._rows = """(SELECT 'cur' AS side, *, 1::TINYINT AS sign FROM cur_f
-                         UNION ALL BY NAME SELECT 'ref' AS side, *, 1::TINYINT AS sign FROM ref_f)"""
+        self._rows = _BOTH_SIDES
         # kept between looks when every row comes from the stored requests
         self._kept: tuple[int, str, Callable[[str], str]] | None = None
         gen = cache_generation(con)
@@ -150,8 +154,7 @@ class FeatureTables:
         `part` and `offset` columns that tell rows apart."""
         self = cls.__new__(cls)
         self.con, self.info, self.sets, self.has_reference = con, info, sets, True
-        self._rows = """(SELECT 'cur' AS side, *, 1::TINYINT AS sign FROM cur_f
-                         UNION ALL BY NAME SELECT 'ref' AS side, *, 1::TINYINT AS sign FROM ref_f)"""
+        self._rows = _BOTH_SIDES
         self._kept = None
         return self
 
