@@ -44,7 +44,6 @@ LAT_QS = [0.5, 0.95, 0.99]
 LAT_GRID = agg.latency_grid(LAT_QS)
 Z95 = 1.6448536269514722
 LAT_SIGMA = 0.4  # spread of one call's log latency
-BLOCKS = 50
 ABS_GRID = agg.latency_grid([0.95])
 
 
@@ -112,14 +111,16 @@ class Segment:
         }
 
     def latency_inputs(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Pooled quantiles and BLOCKS wall-clock blocks, as diff/aggregate.py gives them."""
+        """Pooled quantiles and wall-clock blocks as diff/aggregate.py cuts them (a power of two of
+        pairs, 50-100 blocks), here over whole slices."""
         ks = np.array([k for k, _ in self.blocks], dtype=float)
         logs = np.array([v for _, v in self.blocks])
         pooled = float((ks * logs).sum() / ks.sum())
         base = BASE_QUANTILES
         s = {"n_bl": self.n, "n_cl": self.n, "n_pair": self.n, "b_lat_q": base, "c_lat_q": [b * math.exp(pooled) for b in base]}
         blocks = []
-        for idx in np.array_split(np.arange(len(self.blocks)), min(BLOCKS, len(self.blocks))):
+        count = agg.last_block(self.n, agg.block_size(self.n)) + 1
+        for idx in np.array_split(np.arange(len(self.blocks)), min(count, len(self.blocks))):
             n = int(ks[idx].sum())
             lr = float((ks[idx] * logs[idx]).sum() / n)
             b95 = 50.0 * math.exp(LAT_SIGMA * Z95)
@@ -200,12 +201,13 @@ def margin_run(args: tuple[str, int]) -> dict[str, bool]:
 DEFAULT_CRITICAL = ["label_flip", "score_diff", "score_shift", "error_rate", "latency_p95"]
 
 
-def multi_run(args: tuple[str, int, int, float]) -> dict[str, Any]:
+def multi_run(args: tuple[str, int, int, float, float]) -> dict[str, Any]:
     """30 segments (one of 3 % in the power experiment) under both rules; returns the look of the
     first NO_GO, of the first NO_GO naming s00, and of the first GO, per rule. `server_sigma`:
     the spread of each server's own AR(1) log load factor (a load both servers share cancels in
-    the blocks' paired ratios, so only each server's own part is simulated)."""
-    experiment, seed, segments, server_sigma = args
+    the blocks' paired ratios, so only each server's own part is simulated); `server_phi`, its
+    correlation from one slice of 100 pairs to the next."""
+    experiment, seed, segments, server_sigma, server_phi = args
     rng = np.random.default_rng(seed)
     shares = np.full(segments, 1.0 / segments)
     truth_of = [dict() for _ in range(segments)]
@@ -218,7 +220,7 @@ def multi_run(args: tuple[str, int, int, float]) -> dict[str, Any]:
     segs = [Segment() for _ in range(segments)]
     whole = Segment()
     # a shared load per server, in slices of 100 pairs: bursts hit one server more than the other
-    load = ar1_load(rng, LOOKS * 10, server_sigma) - ar1_load(rng, LOOKS * 10, server_sigma)
+    load = ar1_load(rng, LOOKS * 10, server_sigma, server_phi) - ar1_load(rng, LOOKS * 10, server_sigma, server_phi)
     first: dict[str, int | None] = {f"{e}_{t}": None for e in ("nogo", "named", "go") for t in ("any", "fix")}
     strict = experiment == "go-strict"
     pols = {
@@ -266,16 +268,21 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few runs each, to see it work")
     ap.add_argument("--skip-margin", action="store_true")
     ap.add_argument(
+        "--experiments", default="aa,power,go,go-strict", help="which of aa, power, go, go-strict to run (comma-separated)"
+    )
+    ap.add_argument(
         "--server-sigma",
         type=float,
         default=0.15,
-        help="spread of each server's own log load factor (AR(1), phi 0.95, slices of 100 pairs)",
+        help="spread of each server's own log load factor (AR(1) over slices of 100 pairs; bench/burst_noise.py measures it)",
     )
+    ap.add_argument("--server-phi", type=float, default=0.95, help="that load's correlation from one slice to the next")
     a = ap.parse_args()
     runs, margin_runs = (20, 40) if a.quick else (a.runs, a.margin_runs)
+    chosen = set(a.experiments.split(","))
     alpha = Policy().alpha
     print(f"looks every {LOOK} pairs up to {LOOK * LOOKS:,}; alpha {alpha}; anytime horizon {Policy().anytime_horizon:,}")
-    print(f"latency bursts: each server's own AR(1) log load factor, sd {a.server_sigma:g}")
+    print(f"latency bursts: each server's own AR(1) log load factor, sd {a.server_sigma:g}, phi {a.server_phi:g} per 100 pairs")
     with multiprocessing.Pool(2) as pool:
         kinds = [] if a.skip_margin else list(MARGIN_TRUTH)
         print("\n[margin] true value exactly at the threshold, one segment")
@@ -293,14 +300,18 @@ def main() -> None:
             ("power", "+5 points of flips in a 3 % segment: NO_GO naming it"),
             ("go", "sound candidate at half the margins, 30 segments: GO reached"),
         ):
-            got = pool.map(multi_run, [(experiment, 5000 + i, 30, a.server_sigma) for i in range(runs)])
+            if experiment not in chosen:
+                continue
+            got = pool.map(multi_run, [(experiment, 5000 + i, 30, a.server_sigma, a.server_phi) for i in range(runs)])
             print(f"\n[{experiment}] {what} ({runs} runs)")
             key = {"aa": "nogo", "power": "named", "go": "go"}[experiment]
             for tag, name in (("any", "anytime"), ("fix", "fixed, read at every look")):
                 firsts = [g[f"{key}_{tag}"] for g in got if g[f"{key}_{tag}"] is not None]
                 median = f"median {statistics.median(firsts):,.0f} pairs" if firsts else "never"
                 print(f"  {name:<28} {share(len(firsts), runs)}   {median}")
-        got = pool.map(multi_run, [("go-strict", 7000 + i, 30, a.server_sigma) for i in range(runs)])
+        if "go-strict" not in chosen:
+            return
+        got = pool.map(multi_run, [("go-strict", 7000 + i, 30, a.server_sigma, a.server_phi) for i in range(runs)])
         print(f"\n[go-strict] the same with prove_in_segments = true: GO reached ({runs} runs)")
         for tag, name in (("any", "anytime"), ("fix", "fixed, read at every look")):
             firsts = [g[f"go_{tag}"] for g in got if g[f"go_{tag}"] is not None]

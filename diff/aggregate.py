@@ -404,7 +404,7 @@ def block_size(n: int) -> int:
     return 2 ** power_of_two_level(n, LATENCY_BLOCKS)
 
 
-def _last_block(n: int, size: int) -> int:
+def last_block(n: int, size: int) -> int:
     """The index of the last block of `n` pairs: a last run of fewer than size/2 pairs merges
     into the block before (as `round`)."""
     return max(1, round(n / size)) - 1
@@ -413,8 +413,8 @@ def _last_block(n: int, size: int) -> int:
 def _blocks_sql(sets: SegmentSets, quantiles: str, source: str, first_rank: int, size: int, n: int) -> str:
     """Per segment and block, over the pairs of `source` in call order, the first of them at
     rank `first_rank`: consecutive runs of `size` pairs, the last run of fewer than size/2
-    merged into the block before (`_last_block`)."""
-    last = _last_block(n, size)
+    merged into the block before (`last_block`)."""
+    last = last_block(n, size)
     cols = "".join(c + ", " for c in sets.columns)  # the window sorts what it carries: only these
     rank = f"{first_rank} + row_number() OVER (ORDER BY {', '.join(_CALL_ORDER)}) - 1"
     columns = {
@@ -470,7 +470,7 @@ def latency_blocks(
             # of before may now merge with, or split from, the pairs after it
             con.execute(
                 f"""CREATE OR REPLACE TEMP TABLE blocks_from AS SELECT blk, first_call FROM {table}
-                    WHERE segment = '{ALL}' AND blk <= {_last_block(n_old, size)}
+                    WHERE segment = '{ALL}' AND blk <= {last_block(n_old, size)}
                       AND first_call <= (SELECT call_key FROM blocks_changed)
                     ORDER BY blk DESC LIMIT 1"""
             )
