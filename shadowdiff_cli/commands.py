@@ -318,7 +318,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from shadowdiff_cli.demo import run_demo
 
     return run_demo(
-        Path(args.dir), kafka=args.kafka, slow_factor=args.slow_factor, requests=args.requests, rows_per_call=args.rows_per_call
+        Path(args.dir),
+        kafka=args.kafka,
+        slow_factor=args.slow_factor,
+        requests=args.requests,
+        rows_per_call=args.rows_per_call,
+        scenarios=args.scenarios,
     )
 
 
@@ -438,4 +443,10 @@ def register(sub: Any) -> None:
     d.add_argument("--slow-factor", type=float, default=3.0, help="the slow candidate's server latency, x the baseline's")
     d.add_argument("--requests", type=int, default=20_000, help="requests in the generated traffic")
     d.add_argument("--rows-per-call", type=int, default=25, help="rows per model call (latency is measured per call)")
+    d.add_argument(
+        "--scenarios",
+        type=lambda v: [x for x in v.split(",") if x],
+        default=None,
+        help="comma-separated: run only these of night-encoder, slow, retrained (default: all three)",
+    )
     d.set_defaults(func=cmd_demo)

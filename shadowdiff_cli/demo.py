@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from replay.testing import ModelServer, ServerBehaviour
+from schemas.errors import ConfigError
 from shadowdiff_cli import demo_traffic as traffic
 
 N_REQUESTS = 20_000
@@ -164,11 +165,13 @@ def run_demo(
     slow_factor: float = 3.0,
     requests: int = N_REQUESTS,
     rows_per_call: int = 25,
+    scenarios: list[str] | None = None,
 ) -> int:
     """Run the three scenarios; print each verdict, its reasons and the report path. Exit 0
     when every verdict is the one the scenario should get. `slow_factor`: the slow candidate's
     server latency as a multiple of the baseline's. Latency is measured per call, so
-    `rows_per_call` and `requests` set how many latency samples the run has."""
+    `rows_per_call` and `requests` set how many latency samples the run has. `scenarios`: the
+    names of those to run (all three by default)."""
     from diff.load import open_run
     from replay.job import run_replay
     from reports.html import write_report
@@ -176,6 +179,12 @@ def run_demo(
     from schemas.policy import load_policy
     from shadowdiff_cli.wiring import judge_and_publish, start_run
 
+    unknown = sorted(set(scenarios or []) - {s.name for s in SCENARIOS})
+    if unknown:
+        raise ConfigError(
+            "demo", [f"--scenarios: no scenario {name!r} (there are {', '.join(s.name for s in SCENARIOS)})" for name in unknown]
+        )
+    chosen = [s for s in SCENARIOS if scenarios is None or s.name in scenarios]
     t0 = time.monotonic()
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +216,7 @@ def run_demo(
     policy = load_policy(workdir / "policy.toml")
     failures = 0
     try:
-        for s in SCENARIOS:
+        for s in chosen:
             cfg_path = workdir / f"run-{s.name}.toml"
             cfg_path.write_text(_config(s, home, source, urls["baseline"], urls[s.name], rows_per_call), encoding="utf-8")
             cfg = load_config(cfg_path)
