@@ -48,6 +48,7 @@ class CheckResult:
     may_fail: bool = True  # False when a further condition of the kind rules a failure out
     p_within: float | None = None  # anytime p-value for "not within the threshold"
     pairs_needed: int | None = None  # undecided: pairs in all at which it would be decided
+    fail_level: float | None = None  # the level its test gets of alpha when many are corrected (Bonferroni's share)
 
     def set_test(self, est: float, se: float, threshold: float, lower_is_worse: bool = False) -> None:
         self.est, self.se, self.test_threshold, self.lower_is_worse = est, se, threshold, lower_is_worse

@@ -77,21 +77,27 @@ def _anytime_test(r: ck.CheckResult, policy: Policy) -> None:
 
 def _say_what_is_missing(r: ck.CheckResult, policy: Policy, n_all: int) -> None:
     """An undecided check says how far it is from being shown within its threshold, and how
-    many pairs of the run that would take at the current variance, if the estimate held."""
+    many pairs of the run that would take at the current variance, if the estimate held. One on
+    the wrong side says how many would show it worse instead (at its share of alpha among the
+    tests corrected together, the strictest level Holm may hold it to)."""
     z = r.z_worse()
     assert z is not None
     assert r.se is not None
     # rounded inputs and a two-digit answer: a re-judge whose sums differ in the last bits
     # (DuckDB's parallel aggregation) must say the same
     gap, se = float(f"{-z * r.se:.6g}"), float(f"{r.se:.6g}")  # distance to the threshold on the good side
-    needed = sequential.pairs_needed(gap, se, r.n, float(policy.anytime_horizon), policy.alpha)
+    horizon = float(policy.anytime_horizon)
+    needed = sequential.pairs_needed(gap, se, r.n, horizon, policy.alpha)
+    # the segment's pairs grow with the run's: say it in the run's pairs
+    scale = n_all / r.n if r.segment != ALL and 0 < r.n < n_all else 1.0
     if needed is not None and r.n:
-        # the segment's pairs grow with the run's: say it in the run's pairs
-        scale = n_all / r.n if r.segment != ALL and r.n < n_all else 1.0
         r.pairs_needed = int(float(f"{needed * scale:.2g}"))
         more = f"about {r.pairs_needed:,} pairs in the run would show it at the current variance"
     else:
         more = "the estimate is on the wrong side of the threshold: more pairs may show it worse, never within"
+        worse = sequential.pairs_needed(-gap, se, r.n, horizon, r.fail_level) if gap < 0 and r.fail_level and r.may_fail else None
+        if worse is not None:
+            more += f"; about {int(float(f'{worse * scale:.2g}')):,} pairs in the run would show it worse at the current variance"
     r.detail += f"; not yet shown within the threshold ({more})"
 
 
@@ -111,6 +117,7 @@ def _correct(results: list[ck.CheckResult], policy: Policy) -> list[ck.CheckResu
         n_seg = len(family) - n_all
         weights = [(0.5 / n_all if r.segment == ALL else 0.5 / n_seg) if n_all and n_seg else 1.0 for r in family]
         pvalues = [float(r.p_value) for r in family if r.p_value is not None]
-        for r, p_adj in zip(family, adjust(pvalues, policy.correction, weights), strict=True):
+        for r, p_adj, w in zip(family, adjust(pvalues, policy.correction, weights), weights, strict=True):
             r.p_adjusted = p_adj
+            r.fail_level = policy.alpha * w / sum(weights)
     return families["critical"]

@@ -72,6 +72,17 @@ def start_s3_server() -> tuple[Any, str]:
             time.sleep(0.1)  # polling the server's readiness
 
 
+# busy until its parent is gone: a bench or test killed before its cleanup ran (SIGTERM, SIGKILL)
+# left a burner spinning for the rest of the session, a load nobody had asked for
+_BURN = """
+import os
+parent = os.getppid()
+while os.getppid() == parent:
+    for _ in range(200_000):
+        pass
+"""
+
+
 class CpuBurners:
     """Up to `most` busy processes, their number changed at random every `every` seconds (a
     range): load that comes and goes, as on a shared machine. Plain child processes, so the
@@ -95,7 +106,7 @@ class CpuBurners:
             proc.kill()
             proc.wait(10)
         while len(self.running) < n:
-            self.running.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+            self.running.append(subprocess.Popen([sys.executable, "-c", _BURN]))
 
     def _loop(self) -> None:
         while not self.done.wait(self.rng.uniform(*self.every)):

@@ -148,3 +148,26 @@ def test_the_shown_interval_is_the_one_the_decision_is_read_against():
         decide([r], Policy(), r.n)
         assert r.ci is not None
         assert (r.status == ck.PASS) == (r.ci[1] < thr), (est, se, thr, r.status, r.ci)
+
+
+def test_an_estimate_on_the_wrong_side_says_how_many_pairs_would_show_it_worse():
+    # a slow candidate at x1.43 against x1.3 with too few pairs is PENDING: the verdict says
+    # how far a NO_GO is, at the level Holm may hold its test to among those corrected together
+    import re
+
+    def judged(n: int) -> ck.CheckResult:
+        worse = ck.CheckResult("c", "error_rate", "all", "critical", 0.05, n)
+        worse.set_test(0.06, 0.02 * math.sqrt(1000 / n), 0.05)
+        sound = ck.CheckResult("d", "error_rate", "all", "critical", 0.05, n)
+        sound.set_test(0.0, 0.001, 0.05)
+        decide([worse, sound], Policy(), n)
+        return worse
+
+    r = judged(1000)
+    assert r.status == ck.UNDECIDED
+    found = re.search(r"about ([\d,]+) pairs in the run would show it worse", r.detail)
+    assert found, r.detail
+    needed = int(found.group(1).replace(",", ""))
+    assert needed > 1000
+    assert judged(int(needed * 1.05)).status == ck.FAIL  # the estimate holding, that many pairs decide
+    assert judged(int(needed * 0.9)).status == ck.UNDECIDED
