@@ -180,6 +180,8 @@ def run_demo(
     from shadowdiff_cli.wiring import judge_and_publish, start_run
 
     unknown = sorted(set(scenarios or []) - {s.name for s in SCENARIOS})
+    if scenarios is not None and not scenarios:
+        unknown = ["(none given)"]
     if unknown:
         raise ConfigError(
             "demo", [f"--scenarios: no scenario {name!r} (there are {', '.join(s.name for s in SCENARIOS)})" for name in unknown]
