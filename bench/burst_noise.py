@@ -23,10 +23,15 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 from pathlib import Path
 
 import duckdb
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from diff.aggregate import CALL_ORDER
 
 SLICE = 100  # pairs per slice, as bench/decision_bench.py simulates the load
 
@@ -34,16 +39,19 @@ SLICE = 100  # pairs per slice, as bench/decision_bench.py simulates the load
 def log_ratios(store: Path, candidate: str) -> np.ndarray:
     con = duckdb.connect(str(store), read_only=True)
     try:
+        # in the judge's call order (diff.aggregate.CALL_ORDER), over the columns it names
         rows = con.execute(
-            """
-            SELECT ln(c.latency_ms) - ln(b.latency_ms)
-            FROM outputs b
-            JOIN outputs c USING (source, part, "offset")
-            JOIN requests r USING (source, part, "offset")
-            WHERE b.variant = 'baseline' AND c.variant = ?
-              AND b.error_class IS NULL AND c.error_class IS NULL
-              AND b.latency_ms > 0 AND c.latency_ms > 0
-            ORDER BY coalesce(b.called_at, r.event_time), r.event_time, source, part, "offset"
+            f"""
+            SELECT log_ratio FROM (
+                SELECT ln(c.latency_ms) - ln(b.latency_ms) AS log_ratio, b.called_at, r.event_time, source, part, "offset"
+                FROM outputs b
+                JOIN outputs c USING (source, part, "offset")
+                JOIN requests r USING (source, part, "offset")
+                WHERE b.variant = 'baseline' AND c.variant = ?
+                  AND b.error_class IS NULL AND c.error_class IS NULL
+                  AND b.latency_ms > 0 AND c.latency_ms > 0
+            )
+            ORDER BY {", ".join(CALL_ORDER)}
             """,
             [f"candidate:{candidate}"],
         ).fetchall()

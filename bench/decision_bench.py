@@ -199,6 +199,8 @@ def margin_run(args: tuple[str, int]) -> dict[str, bool]:
 
 
 DEFAULT_CRITICAL = ["label_flip", "score_diff", "score_shift", "error_rate", "latency_p95"]
+# what each experiment reports: the look of the first NO_GO, of the first naming s00, of the first GO
+REPORTED = {"aa": "nogo", "power": "named", "go": "go", "go-strict": "go"}
 
 
 def multi_run(args: tuple[str, int, int, float, float]) -> dict[str, Any]:
@@ -227,10 +229,10 @@ def multi_run(args: tuple[str, int, int, float, float]) -> dict[str, Any]:
         "any": Policy(decision="anytime", prove_in_segments=strict),
         "fix": Policy(decision="fixed", prove_in_segments=strict),
     }
-    # what the experiment reports: a run stops being judged under a rule once that is known
-    needed = ("go",) if experiment in ("go", "go-strict") else ("nogo", "named", "go")
+    # a run stops being judged under a rule once what the experiment reports is known
+    reported = REPORTED[experiment]
     for look in range(LOOKS):
-        if all(first[f"{e}_{tag}"] is not None for e in needed for tag in pols):
+        if all(first[f"{reported}_{tag}"] is not None for tag in pols):
             break
         counts = rng.multinomial(LOOK, shares)
         sl = load[look * 10 : (look + 1) * 10]
@@ -239,7 +241,7 @@ def multi_run(args: tuple[str, int, int, float, float]) -> dict[str, Any]:
         whole.add(rng, LOOK, truth_of[1] if experiment in ("go", "go-strict") else {}, sl)
         n = (look + 1) * LOOK
         for tag, pol in pols.items():
-            if all(first[f"{e}_{tag}"] is not None for e in needed):
+            if first[f"{reported}_{tag}"] is not None:
                 continue
             res = results_for("all", whole, DEFAULT_CRITICAL)
             for i, seg in enumerate(segs):
@@ -308,7 +310,7 @@ def main() -> None:
                 continue
             got = pool.map(multi_run, [(experiment, 5000 + i, 30, a.server_sigma, a.server_phi) for i in range(runs)])
             print(f"\n[{experiment}] {what} ({runs} runs)")
-            key = {"aa": "nogo", "power": "named", "go": "go"}[experiment]
+            key = REPORTED[experiment]
             for tag, name in (("any", "anytime"), ("fix", "fixed, read at every look")):
                 firsts = [g[f"{key}_{tag}"] for g in got if g[f"{key}_{tag}"] is not None]
                 median = f"median {statistics.median(firsts):,.0f} pairs" if firsts else "never"

@@ -382,8 +382,8 @@ LATENCY_BLOCKS = 100  # at most; a run of n pairs has between 50 and 100 (fewer 
 # the order the shadow made its calls in: by the wall-clock time a batch's calls were sent
 # (`called_at`; for answers recorded in production, their event time), then by event time within
 # a batch; the source coordinates make it a total order
-_CALL_ORDER = ("coalesce(called_at, event_time)", "event_time", "source", "part", '"offset"')
-_CALL_KEY = "struct_pack(" + ", ".join(f"k{i} := {e}" for i, e in enumerate(_CALL_ORDER)) + ")"
+CALL_ORDER = ("coalesce(called_at, event_time)", "event_time", "source", "part", '"offset"')
+_CALL_KEY = "struct_pack(" + ", ".join(f"k{i} := {e}" for i, e in enumerate(CALL_ORDER)) + ")"
 _LATENCY_OK = "b_err IS NULL AND c_err IS NULL AND b_lat IS NOT NULL AND c_lat IS NOT NULL"
 
 
@@ -416,7 +416,7 @@ def _blocks_sql(sets: SegmentSets, quantiles: str, source: str, first_rank: int,
     merged into the block before (`last_block`)."""
     last = last_block(n, size)
     cols = "".join(c + ", " for c in sets.columns)  # the window sorts what it carries: only these
-    rank = f"{first_rank} + row_number() OVER (ORDER BY {', '.join(_CALL_ORDER)}) - 1"
+    rank = f"{first_rank} + row_number() OVER (ORDER BY {', '.join(CALL_ORDER)}) - 1"
     columns = {
         "n": "count(*)",
         "b_q": f"quantile_cont(b_lat, {quantiles})",

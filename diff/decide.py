@@ -90,14 +90,18 @@ def _say_what_is_missing(r: ck.CheckResult, policy: Policy, n_all: int) -> None:
     needed = sequential.pairs_needed(gap, se, r.n, horizon, policy.alpha)
     # the segment's pairs grow with the run's: say it in the run's pairs
     scale = n_all / r.n if r.segment != ALL and 0 < r.n < n_all else 1.0
+
+    def in_the_run(pairs: int) -> int:
+        return int(float(f"{pairs * scale:.2g}"))
+
     if needed is not None and r.n:
-        r.pairs_needed = int(float(f"{needed * scale:.2g}"))
+        r.pairs_needed = in_the_run(needed)
         more = f"about {r.pairs_needed:,} pairs in the run would show it at the current variance"
     else:
         more = "the estimate is on the wrong side of the threshold: more pairs may show it worse, never within"
         worse = sequential.pairs_needed(-gap, se, r.n, horizon, r.fail_level) if gap < 0 and r.fail_level and r.may_fail else None
         if worse is not None:
-            more += f"; about {int(float(f'{worse * scale:.2g}')):,} pairs in the run would show it worse at the current variance"
+            more += f"; about {in_the_run(worse):,} pairs in the run would show it worse at the current variance"
     r.detail += f"; not yet shown within the threshold ({more})"
 
 
@@ -117,7 +121,8 @@ def _correct(results: list[ck.CheckResult], policy: Policy) -> list[ck.CheckResu
         n_seg = len(family) - n_all
         weights = [(0.5 / n_all if r.segment == ALL else 0.5 / n_seg) if n_all and n_seg else 1.0 for r in family]
         pvalues = [float(r.p_value) for r in family if r.p_value is not None]
+        total = sum(weights)
         for r, p_adj, w in zip(family, adjust(pvalues, policy.correction, weights), weights, strict=True):
             r.p_adjusted = p_adj
-            r.fail_level = policy.alpha * w / sum(weights)
+            r.fail_level = policy.alpha * w / total
     return families["critical"]

@@ -179,13 +179,15 @@ def run_demo(
     from schemas.policy import load_policy
     from shadowdiff_cli.wiring import judge_and_publish, start_run
 
-    unknown = sorted(set(scenarios or []) - {s.name for s in SCENARIOS})
-    if scenarios is not None and not scenarios:
-        unknown = ["(none given)"]
-    if unknown:
-        raise ConfigError(
-            "demo", [f"--scenarios: no scenario {name!r} (there are {', '.join(s.name for s in SCENARIOS)})" for name in unknown]
-        )
+    names = ", ".join(s.name for s in SCENARIOS)
+    problems = [
+        f"--scenarios: no scenario {name!r} (there are {names})"
+        for name in sorted(set(scenarios or []) - {s.name for s in SCENARIOS})
+    ]
+    if scenarios == []:
+        problems.append(f"--scenarios: none given (there are {names})")
+    if problems:
+        raise ConfigError("demo", problems)
     chosen = [s for s in SCENARIOS if scenarios is None or s.name in scenarios]
     t0 = time.monotonic()
     workdir = workdir.resolve()
