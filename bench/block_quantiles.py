@@ -20,37 +20,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import duckdb
 import numpy as np
 from scipy.stats.mstats import hdquantiles
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diff.aggregate import CALL_ORDER, block_size, last_block
+from burst_noise import latency_pairs
 
-
-def latency_pairs(store: Path, candidate: str) -> np.ndarray:
-    """(baseline ms, candidate ms) per answered pair, in the judge's call order."""
-    con = duckdb.connect(str(store), read_only=True)
-    try:
-        rows = con.execute(
-            f"""
-            SELECT b_lat, c_lat FROM (
-                SELECT b.latency_ms AS b_lat, c.latency_ms AS c_lat, b.called_at, r.event_time, source, part, "offset"
-                FROM outputs b
-                JOIN outputs c USING (source, part, "offset")
-                JOIN requests r USING (source, part, "offset")
-                WHERE b.variant = 'baseline' AND c.variant = ?
-                  AND b.error_class IS NULL AND c.error_class IS NULL
-                  AND b.latency_ms > 0 AND c.latency_ms > 0
-            )
-            ORDER BY {", ".join(CALL_ORDER)}
-            """,
-            [f"candidate:{candidate}"],
-        ).fetchall()
-    finally:
-        con.close()
-    return np.array(rows, dtype=float).reshape(-1, 2)
+from diff.aggregate import block_size, last_block
 
 
 def batch_means(logs: list[float]) -> float:

@@ -36,14 +36,14 @@ from diff.aggregate import CALL_ORDER
 SLICE = 100  # pairs per slice, as bench/decision_bench.py simulates the load
 
 
-def log_ratios(store: Path, candidate: str) -> np.ndarray:
+def latency_pairs(store: Path, candidate: str) -> np.ndarray:
+    """(baseline ms, candidate ms) per answered pair, in the judge's call order."""
     con = duckdb.connect(str(store), read_only=True)
     try:
-        # in the judge's call order (diff.aggregate.CALL_ORDER), over the columns it names
         rows = con.execute(
             f"""
-            SELECT log_ratio FROM (
-                SELECT ln(c.latency_ms) - ln(b.latency_ms) AS log_ratio, b.called_at, r.event_time, source, part, "offset"
+            SELECT b_lat, c_lat FROM (
+                SELECT b.latency_ms AS b_lat, c.latency_ms AS c_lat, b.called_at, r.event_time, source, part, "offset"
                 FROM outputs b
                 JOIN outputs c USING (source, part, "offset")
                 JOIN requests r USING (source, part, "offset")
@@ -57,7 +57,12 @@ def log_ratios(store: Path, candidate: str) -> np.ndarray:
         ).fetchall()
     finally:
         con.close()
-    return np.array([r[0] for r in rows], dtype=float)
+    return np.array(rows, dtype=float).reshape(-1, 2)
+
+
+def log_ratios(store: Path, candidate: str) -> np.ndarray:
+    pairs = latency_pairs(store, candidate)
+    return np.log(pairs[:, 1]) - np.log(pairs[:, 0])
 
 
 def own_load(d: np.ndarray) -> tuple[float, float, int]:
