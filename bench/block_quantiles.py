@@ -8,7 +8,7 @@ all order statistics, scipy's `hdquantiles`), which uses a block's tail more ful
 
     python bench/block_quantiles.py STORE.duckdb [STORE.duckdb ...] [--candidate slow] [--quantile 0.95]
 
-A ratio of standard errors r means 1/r^2 as many pairs for the same interval.
+A ratio of standard errors r means r^2 as many pairs for the same interval.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main() -> None:
     med = statistics.median(ratios)
     print(
         f"\n{len(ratios)} stores: Harrell-Davis / interpolated se, median {med:.2f} (range {min(ratios):.2f}-{max(ratios):.2f}): "
-        f"{1 / med**2:.2f}x the pairs for the same interval"
+        f"Harrell-Davis needs {med**2:.2f}x the pairs for the same interval"
     )
 
 
