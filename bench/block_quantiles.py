@@ -1,10 +1,11 @@
 """Would a better per-block quantile estimator narrow the latency interval? Measured on demo
 stores (the noise bench's `--keep`): the judge's statistic is the mean over time blocks of
 log(candidate P95 / baseline P95), each block's P95 interpolated between order statistics, with
-a batch-means standard error widened for the blocks' lag-1 correlation (diff/checks.py). This
-bench cuts the same blocks (diff.aggregate.block_size, last_block) in the same call order and
-prints that standard error beside the one of Harrell-Davis block quantiles (a weighted mean of
-all order statistics, scipy's `hdquantiles`), which uses a block's tail more fully.
+a batch-means standard error widened for the blocks' lag-1 correlation
+(diff.checks.batch_means_error). This bench cuts the same blocks (diff.aggregate.block_size,
+last_block) in the same call order and prints that standard error beside the one of
+Harrell-Davis block quantiles (a weighted mean of all order statistics, scipy's `hdquantiles`),
+which uses a block's tail more fully.
 
     python bench/block_quantiles.py STORE.duckdb [STORE.duckdb ...] [--candidate slow] [--quantile 0.95]
 
@@ -29,14 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from burst_noise import latency_pairs
 
 from diff.aggregate import block_size, last_block
-
-
-def batch_means(logs: list[float]) -> float:
-    """The judge's standard error of the blocks' mean: batch means, AR(1)-widened."""
-    x = np.asarray(logs)
-    dev = x - x.mean()
-    rho = min(max(float((dev[1:] * dev[:-1]).sum() / (dev * dev).sum()), 0.0), 0.95)
-    return float(x.std(ddof=1)) * math.sqrt((1 + rho) / (1 - rho) / len(x))
+from diff.checks import batch_means_error
 
 
 def interpolated(x: np.ndarray, q: float) -> float:
@@ -52,7 +46,7 @@ def block_se(pairs: np.ndarray, q: float, estimator: Callable[[np.ndarray, float
     size = block_size(n)
     block = np.minimum(np.arange(n) // size, last_block(n, size))
     logs = [math.log(estimator(pairs[block == j, 1], q) / estimator(pairs[block == j, 0], q)) for j in range(int(block[-1]) + 1)]
-    return math.exp(statistics.fmean(logs)), batch_means(logs)
+    return math.exp(statistics.fmean(logs)), batch_means_error(logs)[0]  # the judge's error
 
 
 def main() -> None:

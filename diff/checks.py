@@ -249,14 +249,7 @@ def latency(
         # calls close in time share the machine's load (and a batched call's duration): the
         # ratio is judged per time block, and the blocks' spread gives the interval (batch means)
         log_ratio = statistics.fmean(block_logs)
-        # neighbouring blocks share a burst that outlasts them: their means are correlated, and
-        # the plain batch-means error would be too small. The AR(1) factor (1+rho)/(1-rho) on
-        # the variance (rho: the blocks' lag-1 autocorrelation) and as many fewer degrees of
-        # freedom widen it to what the correlation allows
-        rho = min(max(_lag1_autocorrelation(block_logs), 0.0), 0.95)
-        inflation = (1 + rho) / (1 - rho)
-        se = statistics.stdev(block_logs) * math.sqrt(inflation / len(block_logs)) or 1e-9
-        df = max(2.0, len(block_logs) / inflation - 1)
+        se, rho, df = batch_means_error(block_logs)
         crit = float(t_dist.ppf(0.975, df))
         z = (log_ratio - math.log(thr)) / se
         p_value = float(t_dist.sf(z, df))
@@ -302,6 +295,18 @@ def latency(
         f"p{p * 100:g} {qc:.1f} ms vs {qb:.1f} ms; ratio ×{ratio:.2f}, {method} (threshold ×{thr}, for {chk.for_minutes:g} min)"
     )
     return res
+
+
+def batch_means_error(block_values: list[float]) -> tuple[float, float, float]:
+    """(standard error, lag-1 correlation, degrees of freedom) of the mean of values taken in
+    consecutive time blocks. Neighbouring blocks share a burst that outlasts them: their means are
+    correlated, and the plain batch-means error would be too small. The AR(1) factor
+    (1+rho)/(1-rho) on the variance (rho: the blocks' lag-1 autocorrelation) and as many fewer
+    degrees of freedom widen it to what the correlation allows."""
+    rho = min(max(_lag1_autocorrelation(block_values), 0.0), 0.95)
+    inflation = (1 + rho) / (1 - rho)
+    se = statistics.stdev(block_values) * math.sqrt(inflation / len(block_values)) or 1e-9
+    return se, rho, max(2.0, len(block_values) / inflation - 1)
 
 
 def _lag1_autocorrelation(xs: list[float]) -> float:
