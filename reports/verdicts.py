@@ -127,7 +127,9 @@ class VerdictStore:
         reasons = list(doc["reasons"])
         stale = False
         age = time.time() - os.stat(path).st_mtime if path else 0.0
-        if doc.get("run_active") and age > self.stale_after_s:
+        terminal = doc.get("terminal")
+        if doc.get("run_active") and age > self.stale_after_s and not terminal:
+            # a terminal verdict was decided and acted on; a writer gone quiet since changes nothing
             verdict, stale = "pending", True
             reasons = [f"stale: the replay last published a verdict {age:.0f} s ago and has not finished", *reasons]
         applied: list[Waiver] = []
@@ -157,7 +159,11 @@ class VerdictStore:
 def _waive(doc: dict[str, Any], waivers: list[Waiver], candidate: str, now: datetime) -> tuple[str, list[Waiver]]:
     """GO when every failing check and segment is covered by an unexpired waiver for this
     candidate; the waivers that did it."""
-    fails = {(c["check"], c["segment"]) for c in doc["checks"] if c["status"] == "fail"}
+    terminal = doc.get("terminal")
+    if terminal:  # the failures of the look that made the NO_GO final
+        fails = {(c["check"], c["segment"]) for c in terminal["failing_checks"]}
+    else:
+        fails = {(c["check"], c["segment"]) for c in doc["checks"] if c["status"] == "fail"}
     live = [w for w in waivers if w.active(now) and w.candidate in (None, candidate)]
     used = [w for w in live if any(w.covers(c, s, candidate) for c, s in fails)]
     if fails and all(any(w.covers(c, s, candidate) for w in live) for c, s in fails):

@@ -200,6 +200,32 @@ class Example(_Open):
     field_diffs: list[Any] = []
 
 
+class FailingCheck(_Open):
+    check: str
+    segment: str
+
+
+class Terminal(_Open):
+    """The first GO or NO_GO published for the candidate: the gate answers it from then on."""
+
+    verdict: Literal["go", "no_go"]
+    published_at: str | None
+    pairs: int | None
+    digest: str | None
+    policy_digest: str | None
+    reasons: list[str]
+    failing_segments: list[str]
+    failing_checks: list[FailingCheck] = Field(description="the failures waivers are matched against")
+
+
+class Latest(_Open):
+    """What the newest look alone says (for the report; the gate answers `verdict`)."""
+
+    verdict: VerdictValue
+    reasons: list[str]
+    failing_segments: list[str]
+
+
 class Verdict(_Open):
     """The gate's answer for one candidate of one run. Public contract: fields are only added,
     never renamed or removed, within a major version."""
@@ -224,6 +250,10 @@ class Verdict(_Open):
         "flight, rate cap, rows sent and the rate one worker sent them at",
     )
     coverage: Coverage | None = None
+    terminal: Terminal | None = Field(
+        None, description="the first terminal verdict of the run: once present, `verdict` is always its verdict"
+    )
+    latest: Latest | None = Field(None, description="the newest look's own verdict, once a terminal one was published")
     versions: dict[str, Any]
     policy: PolicySummary
     statistics: Statistics

@@ -1,5 +1,6 @@
 """`shadowdiff` command line. Thin: parse, build settings once, call one function, and let the
-exit code be the answer (gate: 0 GO, 1 NO_GO, 2 PENDING or timed out, 3 unknown run or candidate, or any error)."""
+exit code be the answer (gate: 0 GO, 1 NO_GO, 2 PENDING or timed out, 3 unknown run or candidate, or any error,
+64 a usage error)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from schemas.errors import ShadowdiffError
 log = logging.getLogger("shadowdiff")
 
 EXIT_ERROR = 3  # a bad config or policy (nothing was consumed), an unknown run or candidate, any error
+# argparse exits 2 on a typo, the code of PENDING: a CI job polling the gate would wait on a
+# command that can never answer. EX_USAGE (sysexits.h) is no verdict's code
+EXIT_USAGE = 64
 
 
 def _stop_on_signals() -> threading.Event:
@@ -74,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help exits 0; any usage error must not read as a verdict
+        return 0 if exc.code in (0, None) else EXIT_USAGE
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -79,6 +79,7 @@ def judge_and_publish(
     silent_after_s: float = 120.0,
 ) -> list[dict[str, Any]]:
     from diff.exports import coverage
+    from diff.finality import latch
     from diff.judge import judge_all
 
     docs = judge_all(con, policy)
@@ -97,8 +98,21 @@ def judge_and_publish(
                     )
         if label is not None:
             doc["policy"]["label"] = label
+        else:
+            # the served verdict: its first GO or NO_GO is the one a pipeline acted on
+            doc.update(latch(published(home, run_id, doc["candidate"]), doc))
         publish(home, run_id, doc, label)
     return docs
+
+
+def published(home: Path, run_id: str, candidate: str) -> dict[str, Any] | None:
+    """The verdict the gate serves now for a candidate, if any."""
+    path = RunLayout(home, run_id).verdict(candidate)
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def other_writers(home: Path, run_id: str, worker: str) -> list[str]:
