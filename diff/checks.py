@@ -49,18 +49,35 @@ class CheckResult:
     p_within: float | None = None  # anytime p-value for "not within the threshold"
     pairs_needed: int | None = None  # undecided: pairs in all at which it would be decided
     fail_level: float | None = None  # the level its test gets of alpha when many are corrected (Bonferroni's share)
+    # a rate tested exactly (diff/sequential.py's Bernoulli e-process): (events, trials)
+    counts: tuple[int, int] | None = None
+    # an excess over a noise floor: (events, trials, noise events, noise trials), whose standard
+    # error is taken at the threshold being tested (`excess_se`), not at the observed rates
+    noise_counts: tuple[int, int, int, int] | None = None
+    # on the test's scale, what "shown within" is read against: the threshold itself in `all`,
+    # the looser segment margin in a segment (set by diff/decide.py)
+    within_threshold: float | None = None
 
     def set_test(self, est: float, se: float, threshold: float, lower_is_worse: bool = False) -> None:
         self.est, self.se, self.test_threshold, self.lower_is_worse = est, se, threshold, lower_is_worse
 
     def z_worse(self) -> float | None:
         """Standard errors by which the estimate is on the bad side of the threshold."""
-        if self.est is None or self.se is None or self.test_threshold is None:
+        return self.z_against(self.test_threshold, self.se)
+
+    def z_within(self) -> float | None:
+        """Standard errors by which the estimate is on the good side of what it must be shown
+        within (negative: on the bad side)."""
+        z = self.z_against(self.within_threshold if self.within_threshold is not None else self.test_threshold, self.se)
+        return None if z is None else -z
+
+    def z_against(self, threshold: float | None, se: float | None) -> float | None:
+        if self.est is None or se is None or threshold is None:
             return None
-        gap = (self.test_threshold - self.est) if self.lower_is_worse else (self.est - self.test_threshold)
-        if self.se <= 0:
+        gap = (threshold - self.est) if self.lower_is_worse else (self.est - threshold)
+        if se <= 0:
             return math.inf if gap > 0 else (-math.inf if gap < 0 else 0.0)
-        return gap / self.se
+        return gap / se
 
     def as_dict(self) -> dict[str, Any]:
         def r(x: float | None) -> float | None:
@@ -94,6 +111,16 @@ def rate_variance(k: float, n: float) -> float:
     return p * (1 - p) / n
 
 
+def excess_se(k: int, n: int, kr: int, nr: int, thr: float) -> float:
+    """Standard error of the excess k/n - kr/nr for a test against `thr`: the candidate's rate
+    taken at least at noise + thr, the rate on the boundary of both hypotheses. The observed
+    rate's own variance is smallest exactly when few events were seen, which made a rate at its
+    margin look shown within (or worse) far more often than alpha."""
+    p_r = (kr + 0.5) / (nr + 1)
+    p_c = max((k + 0.5) / (n + 1), min(p_r + thr, 1 - 1e-9))
+    return math.sqrt(p_c * (1 - p_c) / n + p_r * (1 - p_r) / nr)
+
+
 def _against_noise(res: CheckResult, k: int, n: int, kr: int, nr: int, thr: float) -> None:
     """Candidate rate k/n vs the noise floor kr/nr: the excess, its interval (a conservative
     difference of Wilson bounds) and the one-sided p-value for "excess > thr"."""
@@ -102,7 +129,8 @@ def _against_noise(res: CheckResult, k: int, n: int, kr: int, nr: int, thr: floa
     res.value = k / n - kr / nr
     res.ci = (lo - rhi, hi - rlo)
     res.p_value = stats.p_diff_above(k, n, kr, nr, thr)
-    res.set_test(res.value, math.sqrt(rate_variance(k, n) + rate_variance(kr, nr)), thr)
+    res.set_test(res.value, excess_se(k, n, kr, nr, thr), thr)
+    res.noise_counts = (k, n, kr, nr)
 
 
 def against_threshold(res: CheckResult, k: int, n: int, thr: float) -> None:
@@ -110,6 +138,7 @@ def against_threshold(res: CheckResult, k: int, n: int, thr: float) -> None:
     res.ci = stats.wilson(k, n)
     res.p_value = stats.p_rate_above(k, n, thr)
     res.set_test(res.value, math.sqrt(rate_variance(k, n)), thr)
+    res.counts = (k, n)
 
 
 def label_flip(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -> CheckResult | None:
@@ -201,6 +230,7 @@ def abs_diff_quantile(
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=value, ci=(interp(grid, vals, lo_f), interp(grid, vals, hi_f)))
     res.p_value = stats.p_rate_above(far, n, 1 - q)
     res.set_test(far / n, math.sqrt(rate_variance(far, n)), 1 - q)
+    res.counts = (far, n)
     res.extra = {"share_beyond_threshold": far / n, "allowed_share": 1 - q}
     res.detail = (
         f"p{q * 100:g} of |candidate-baseline score difference| {value:.4f} (threshold {thr}; {far / n:.2%} of pairs beyond it)"
@@ -375,6 +405,7 @@ def error_rate(
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, n, value=rate, ci=stats.wilson(k, n))
     res.p_value = stats.p_rate_above(k, n, thr)
     res.set_test(rate, math.sqrt(rate_variance(k, n)), thr)
+    res.counts = (k, n)
     res.sustained, window_info = _sustained(
         windows, chk, lambda m: (m["c_err_n"] / m["n_called"]) if m["n_called"] >= MIN_PER_WINDOW else None, thr
     )

@@ -26,7 +26,7 @@ import orjson
 
 from diff import aggregate as agg
 from diff import checks as ck
-from diff.decide import decide
+from diff.decide import Family, decide
 from diff.explain import data_section, examples, excess, localise, offered_load
 from diff.kept import RATE
 from diff.kinds import RUN_LEVEL_KINDS, SEGMENT_KINDS, Evidence
@@ -185,17 +185,13 @@ def judge(
 
     order = {c.id: i for i, c in enumerate(policy.checks)}
     results.sort(key=lambda r: (order[r.check_id], r.segment != ALL, r.segment, r.feature or ""))
-    family = decide(results, policy, n_run)
+    family = decide(results, policy, n_run, declared_family(policy, sets, output, len(names)))
 
     failing = sorted({r.segment for r in results if r.status == ck.FAIL})
     rare = {s["segment"] for s in segments if s["rare"]}
-    # critical checks neither shown worse nor shown within their threshold hold the verdict in
-    # `all`, and with prove_in_segments in every segment but the rare ones
-    undecided = [
-        r
-        for r in results
-        if r.status == ck.UNDECIDED and r.segment not in rare and (policy.prove_in_segments or r.segment == ALL)
-    ]
+    # critical checks neither shown worse nor shown within hold the verdict, in `all` and in
+    # every segment but the rare ones (there, within the segment margin)
+    undecided = [r for r in results if r.status == ck.UNDECIDED and r.segment not in rare]
     for s in segments:
         if s["segment"] in failing:
             s["status"] = Status.NO_GO.value
@@ -278,6 +274,7 @@ def judge(
             "correction": policy.correction,
             "require_all_segments": policy.require_all_segments,
             "prove_in_segments": policy.prove_in_segments,
+            "segment_margin": policy.segment_margin,
             "decision": policy.decision,
             "anytime_horizon": policy.anytime_horizon,
             "min_segment_share": policy.min_segment_share,
@@ -299,12 +296,15 @@ def judge(
                 if live
                 else f"{_CLOCK}; the event-time segments ({hour_bucket}) of a replay are not judged on latency"
             ),
-            "decision": "anytime-valid (Gaussian-mixture e-processes): valid however often the run is judged; "
-            "a critical check passes only once shown within its threshold"
+            "decision": "anytime-valid (exact Bernoulli e-processes for rates, Gaussian-mixture ones for means "
+            "and latency ratios): valid however often the run is judged, and the first GO or NO_GO is final; "
+            "a critical check passes only once shown within its threshold (in a segment, within "
+            f"{policy.segment_margin:g} times the threshold's distance from the ideal)"
             if policy.decision == "anytime"
             else "fixed-sample tests read at this look; a check passes unless shown worse",
-            "note": "the critical tests form the family (half of alpha to the whole run's, half to the segments'); "
-            "warnings are corrected apart; distance checks (Wasserstein, Jensen-Shannon) are effect-size thresholds",
+            "note": "the critical tests form one family declared from the first look (half of alpha to the whole "
+            "run's, half to the segments' slots, split over the run's candidates); warnings are corrected apart; "
+            "distance checks (Wasserstein, Jensen-Shannon) are effect-size thresholds",
         },
         "segments": segments,
         "pooled_segment_values": built.pooled,
@@ -317,6 +317,27 @@ def judge(
     doc["digest"] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     doc["generated_at"] = datetime.now(UTC).isoformat()
     return doc
+
+
+def declared_family(policy: Policy, sets: SegmentSets, output: dict[str, Any], candidates: int) -> Family:
+    """The tests that may be corrected together, from the policy and the run's config alone:
+    every grouping set of segments, the checks with a test that this output kind can feed, and
+    the run's candidates."""
+    tested = []
+    for c in policy.checks:
+        kind = SEGMENT_KINDS.get(c.kind)
+        if c.kind in UNTESTED_KINDS:
+            continue
+        if kind is not None and kind.over == "pairs" and c.kind != "shadow_load" and not kind.expects_evidence(output):
+            continue
+        if kind is not None and kind.over == "comparisons" and output.get("kind", "score") in ("score", "label"):
+            continue
+        tested.append(c.id)
+    return Family.declared(sets.sets, policy, tested, candidates)
+
+
+# effect-size rules without a test of their own: they take no share of alpha
+UNTESTED_KINDS = frozenset({"prediction_drift", "version_pairing"})
 
 
 def _stable(obj: Any) -> Any:

@@ -103,3 +103,65 @@ def pairs_needed(gap: float, se: float, n: int, horizon: float, alpha: float, li
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if rejects(mid) else (mid, hi)
     return math.ceil(hi)
+
+
+def _beta_prior(threshold: float, horizon: float, alpha: float) -> tuple[float, float]:
+    """Beta(a, b) centred on the threshold, as spread as the Gaussian mixture's alternatives:
+    variance threshold(1-threshold) * rho^2 per pair, so both are tightest near `horizon`."""
+    m = max(1.0 / mixing_scale(horizon, alpha) - 1.0, 2.0)
+    return threshold * m, (1.0 - threshold) * m
+
+
+def log_e_rate(k: int, n: int, threshold: float, horizon: float, alpha: float, above: bool) -> float:
+    """log of an exact e-process for a Bernoulli rate: k events in n, against H0 "the rate is at
+    or below `threshold`" (`above`: the evidence that it is above) or "at or above" it.
+
+    The mixture, over a Beta prior truncated to the alternative side, of the likelihood ratios
+    prod (p/t)^x ((1-p)/(1-t))^(1-x): each is a martingale at p = t and a supermartingale on the
+    null side, so the mixture is an e-process however small the rate and the counts are (no
+    plug-in variance: a rate of 1 % seen 3 times out of 1,000 is not "known to 0.2 %"). The
+    integral is a ratio of incomplete beta functions (Robbins' beta-binomial mixture)."""
+    from scipy.special import betainc, betaincc, betaln
+
+    if n <= 0:
+        return 0.0
+    t = min(max(threshold, 1e-12), 1 - 1e-12)
+    a, b = _beta_prior(t, horizon, alpha)
+    tail = betaincc if above else betainc  # the prior's mass on the alternative side
+    prior_mass, posterior_mass = float(tail(a, b, t)), float(tail(a + k, b + n - k, t))
+    if posterior_mass <= 0.0 or prior_mass <= 0.0:
+        return -math.inf  # the data sit far on the null side
+    return (
+        float(betaln(a + k, b + n - k))
+        - float(betaln(a, b))
+        + math.log(posterior_mass)
+        - math.log(prior_mass)
+        - k * math.log(t)
+        - (n - k) * math.log1p(-t)
+    )
+
+
+def p_value_rate(k: int, n: int, threshold: float, horizon: float, alpha: float, above: bool) -> float:
+    """Anytime-valid p-value, min(1, 1/E), of the exact Bernoulli test (`log_e_rate`)."""
+    log_e = log_e_rate(k, n, threshold, horizon, alpha, above)
+    return 1.0 if log_e <= 0 else math.exp(-log_e)
+
+
+def rate_bounds(k: int, n: int, horizon: float, alpha: float) -> tuple[float, float]:
+    """The confidence sequence of a rate, read off the exact test: the rates neither one-sided
+    test rejects at alpha (the interval an analyst reads the decision from)."""
+    target = math.log(1 / alpha)
+
+    def edge(above: bool) -> float:
+        # above: the lowest rate the data do not show exceeded; else the highest not shown undercut
+        lo, hi = (0.0, k / n) if above else (k / n, 1.0)
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            rejected = log_e_rate(k, n, mid, horizon, alpha, above) >= target
+            if above:
+                lo, hi = (mid, hi) if rejected else (lo, mid)
+            else:
+                lo, hi = (lo, mid) if rejected else (mid, hi)
+        return lo if above else hi
+
+    return edge(True), edge(False)

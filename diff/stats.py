@@ -65,15 +65,16 @@ def quantile_rank_bounds(p: float, n: int, conf: float = 0.95) -> tuple[float, f
 
 
 def holm(pvalues: Sequence[float], weights: Sequence[float] | None = None) -> list[float]:
-    """Holm step-down adjusted p-values (controls the family-wise error rate); with `weights`
-    (positive, any scale), the weighted Holm procedure: hypothesis i gets a share w_i of alpha,
-    and the error rate stays controlled whatever the weights."""
+    """Holm step-down adjusted p-values (controls the family-wise error rate); with `weights`,
+    the weighted Holm procedure: hypothesis i gets a share w_i of alpha. Weights summing to less
+    than 1 are a declared family of which some tests did not run: their shares stay theirs (as
+    if their p-values were 1), so a test's level does not grow as others come and go."""
     m = len(pvalues)
-    w = _normalised(weights, m)
+    w = _shares(weights, m)
     order = sorted(range(m), key=lambda i: pvalues[i] / w[i])
     adj = [1.0] * m
     running = 0.0
-    remaining = sum(w)
+    remaining = max(1.0, sum(w))
     for i in order:
         running = max(running, min(1.0, pvalues[i] * remaining / w[i]))
         adj[i] = running
@@ -82,26 +83,31 @@ def holm(pvalues: Sequence[float], weights: Sequence[float] | None = None) -> li
 
 
 def benjamini_hochberg(pvalues: Sequence[float], weights: Sequence[float] | None = None) -> list[float]:
-    """BH step-up adjusted p-values (controls the false discovery rate); with `weights`, the
-    weighted BH of Genovese, Roeder and Wasserman (p_i / (m w_i), weights summing to 1)."""
+    """Weighted BH step-up adjusted p-values (Genovese, Roeder and Wasserman): p_i / w_i over
+    rank, with shares w_i of alpha summing to at most 1 over the declared family. Fed with
+    anytime p-values p = 1/E, this is e-BH (Wang and Ramdas 2022): the false discovery rate
+    stays controlled under any dependence and at any stopping time."""
     m = len(pvalues)
-    w = _normalised(weights, m)
-    scaled = [min(1.0, pvalues[i] / (m * w[i])) for i in range(m)]
+    w = _shares(weights, m)
+    scaled = [min(1.0, pvalues[i] / w[i]) if w[i] > 0 else 1.0 for i in range(m)]
     order = sorted(range(m), key=lambda i: scaled[i], reverse=True)
     adj = [1.0] * m
     running = 1.0
     for rank_from_top, i in enumerate(order):
         rank = m - rank_from_top
-        running = min(running, scaled[i] * m / rank)
+        running = min(running, scaled[i] / rank)
         adj[i] = min(1.0, running)
     return adj
 
 
-def _normalised(weights: Sequence[float] | None, m: int) -> list[float]:
+def _shares(weights: Sequence[float] | None, m: int) -> list[float]:
+    """Each test's share of alpha: equal without weights; weights summing to more than 1 are
+    scaled down to 1, and a smaller sum is kept (the rest belongs to tests that did not run)."""
     if weights is None or m == 0:
         return [1.0 / max(m, 1)] * m
     total = float(sum(weights))
-    return [float(x) / total for x in weights]
+    scale = 1.0 / total if total > 1.0 else 1.0
+    return [float(x) * scale for x in weights]
 
 
 def adjust(pvalues: Sequence[float], method: str, weights: Sequence[float] | None = None) -> list[float]:

@@ -116,6 +116,9 @@ class PolicySummary(_Open):
     correction: Literal["holm", "bh"]
     require_all_segments: bool | None = None
     prove_in_segments: bool | None = None
+    segment_margin: float | None = Field(
+        None, description="a segment's critical checks are shown within this many times the threshold's distance from the ideal"
+    )
     decision: Literal["anytime", "fixed"] | None = None
     anytime_horizon: int | None = None
     min_segment_share: float | None = None
