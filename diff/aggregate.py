@@ -419,11 +419,16 @@ def _blocks_sql(sets: SegmentSets, quantiles: str, source: str, first_rank: int,
     rank = f"{first_rank} + row_number() OVER (ORDER BY {', '.join(CALL_ORDER)}) - 1"
     columns = {
         "n": "count(*)",
+        # the rows of one batched call share its time and its latency: one measurement
+        "calls": f"count(DISTINCT {CALL_ORDER[0]})",
         "b_q": f"quantile_cont(b_lat, {quantiles})",
         "c_q": f"quantile_cont(c_lat, {quantiles})",
         "first_call": "min(call_key)",  # where the block starts (read in the row of `all`)
     }
-    blocks = f"(SELECT {cols}b_lat, c_lat, {_CALL_KEY} AS call_key, least(({rank}) // {size}, {last}) AS blk FROM {source})"
+    blocks = (
+        f"(SELECT {cols}b_lat, c_lat, called_at, event_time, {_CALL_KEY} AS call_key, "
+        f"least(({rank}) // {size}, {last}) AS blk FROM {source})"
+    )
     return _by_segment(sets, columns, blocks, ["blk"])
 
 
@@ -487,7 +492,7 @@ def latency_blocks(
             con.execute(f"INSERT INTO {table} {_blocks_sql(sets, qs, tail, first * size, size, n_new)}")
             return None
 
-        table = maintained(con, kept, "latency_blocks", repr((sets.sets, qs, LATENCY_BLOCKS)), build, update)
+        table = maintained(con, kept, "latency_blocks", repr((sets.sets, qs, LATENCY_BLOCKS, "calls")), build, update)
         rows = _rows(con, f"SELECT * FROM {table}")
     out: dict[str, list[dict[str, Any]]] = {}
     for r in rows:

@@ -57,6 +57,9 @@ class CheckResult:
     # on the test's scale, what "shown within" is read against: the threshold itself in `all`,
     # the looser segment margin in a segment (set by diff/decide.py)
     within_threshold: float | None = None
+    df: float | None = None  # a t statistic's degrees of freedom: z is read through the t distribution
+    span_s: float | None = None  # latency: the wall-clock time its calls cover
+    waiting: str | None = None  # why it cannot be decided either way yet (too few calls to test)
 
     def set_test(self, est: float, se: float, threshold: float, lower_is_worse: bool = False) -> None:
         self.est, self.se, self.test_threshold, self.lower_is_worse = est, se, threshold, lower_is_worse
@@ -269,54 +272,46 @@ def latency(
         )
         return res
     p = chk.quantile
-    qb, qb_lo, qb_hi = _latency_quantile(s, grid, "b_lat_q", "n_bl", p)
-    qc, qc_lo, qc_hi = _latency_quantile(s, grid, "c_lat_q", "n_cl", p)
+    qb = _latency_quantile(s, grid, "b_lat_q", "n_bl", p)[0]
+    qc = _latency_quantile(s, grid, "c_lat_q", "n_cl", p)[0]
     if not (qb > 0 and qc > 0):
         return None
     pooled = qc / qb
-    block_logs = _block_log_ratios(blocks, block_qi)
-    if len(block_logs) >= MIN_BLOCKS:
-        # calls close in time share the machine's load (and a batched call's duration): the
-        # ratio is judged per time block, and the blocks' spread gives the interval (batch means)
-        log_ratio = statistics.fmean(block_logs)
-        se, rho, df = batch_means_error(block_logs)
+    groups, calls, span_s = _time_groups(blocks, block_qi)
+    ratio = pooled
+    res = CheckResult(chk.id, chk.kind, seg, sev, thr, calls or min(nb, nc), value=pooled)
+    if len(groups) >= MIN_GROUPS:
+        # calls close in time share the machine's load, and the rows of a batched call share
+        # one latency: the ratio is judged per stretch of wall-clock time, and the stretches'
+        # spread gives the interval (batch means, read through Student's t)
+        log_ratio = statistics.fmean(groups)
+        se, rho, df = batch_means_error(groups)
+        ratio = math.exp(log_ratio)
         crit = float(t_dist.ppf(0.975, df))
-        z = (log_ratio - math.log(thr)) / se
-        p_value = float(t_dist.sf(z, df))
-        method = f"mean over {len(block_logs)} time blocks (batch means, lag-1 correlation {rho:.2f})"
+        res.value, res.ci = ratio, (math.exp(log_ratio - crit * se), math.exp(log_ratio + crit * se))
+        # a failure needs the observed quantile ratio itself past the threshold too: with few
+        # calls per stretch the stretches' typical ratio can drift from the tail ratio asked about
+        res.p_value = float(t_dist.sf((log_ratio - math.log(thr)) / se, df)) if ratio > 1 and pooled > thr else 1.0
+        res.set_test(log_ratio, se, math.log(thr))
+        res.df = df
+        method = f"mean over {len(groups)} stretches of wall-clock time, {calls} calls (batch means, lag-1 correlation {rho:.2f})"
     else:
-        # too few blocks to see time structure: the pooled ratio with order-statistic bounds
-        log_ratio = math.log(pooled)
-        se_b = (math.log(max(qb_hi, 1e-9)) - math.log(max(qb_lo, 1e-9))) / (2 * 1.96)
-        se_c = (math.log(max(qc_hi, 1e-9)) - math.log(max(qc_lo, 1e-9))) / (2 * 1.96)
-        se = math.sqrt(se_b**2 + se_c**2) or 1e-9
-        crit = 1.959963984540054
-        p_value = float(norm.sf((log_ratio - math.log(thr)) / se))
-        method = "pooled, order statistics"
-    ratio = math.exp(log_ratio)
-    res = CheckResult(
-        chk.id,
-        chk.kind,
-        seg,
-        sev,
-        thr,
-        min(nb, nc),
-        value=ratio,
-        ci=(math.exp(log_ratio - crit * se), math.exp(log_ratio + crit * se)),
-    )
-    # a failure needs the observed quantile ratio itself past the threshold too: with few calls
-    # per block (batched calls share one latency) the blocks' typical ratio can drift from the
-    # tail ratio the check is about
-    res.p_value = p_value if ratio > 1 and pooled > thr else 1.0
-    # the anytime test reads z against a normal boundary: the t tail of few blocks carried over
-    res.set_test(log_ratio, se * crit / 1.959963984540054, math.log(thr))
+        # the rows of one call are one measurement: a few calls say little, however many rows
+        res.waiting = (
+            f"{calls} calls in {len(groups)} stretches of time; latency is tested from {MIN_GROUPS} stretches "
+            f"of {MIN_CALLS_PER_GROUP} calls"
+        )
+        method = "pooled quantiles, not yet tested"
+    res.span_s = span_s
     res.may_fail = pooled > thr
     qs = [0.5, 0.95, 0.99]
     res.extra = {
         "baseline_ms": {f"p{int(q * 100)}": interp(grid, s["b_lat_q"], q) for q in qs},
         "candidate_ms": {f"p{int(q * 100)}": interp(grid, s["c_lat_q"], q) for q in qs},
         "pooled_ratio": pooled,
-        "blocks": len(block_logs),
+        "blocks": len(groups),
+        "calls": calls,
+        "span_s": round(span_s, 1),
         "estimate": method,
     }
     res.sustained, window_info = _sustained(windows, chk, _window_ratio, thr)
@@ -346,19 +341,57 @@ def _lag1_autocorrelation(xs: list[float]) -> float:
     return sum(a * b for a, b in itertools.pairwise(dev)) / den if den > 0 else 0.0
 
 
-MIN_BLOCKS = 5  # fewer evaluable blocks than this: their spread says too little
-MIN_PER_BLOCK = 10
+MIN_GROUPS = 8  # stretches of time: fewer say too little about the spread from one to the next
+MAX_GROUPS = 20  # at most: a fixed count whose stretches grow with the run outlast longer bursts
+MIN_CALLS_PER_GROUP = 10
 
 
-def _block_log_ratios(blocks: list[dict[str, Any]] | None, qi: int) -> list[float]:
-    out = []
+def _block_time(m: dict[str, Any]) -> float:
+    first = m.get("first_call") or {}
+    t = first.get("k0") if isinstance(first, dict) else None
+    return t.timestamp() if t is not None else float(m.get("blk", 0))
+
+
+def _stretch(t: float, t0: float, span: float, count: int, i: int, total: int) -> int:
+    """Which of `count` equal stretches of time a block starting at `t` falls in (by position
+    when all calls carry one time)."""
+    if span > 0:
+        return min(count - 1, math.floor((t - t0) / span * count))
+    return i * count // total
+
+
+def _time_groups(blocks: list[dict[str, Any]] | None, qi: int) -> tuple[list[float], int, float]:
+    """(log quantile ratio per stretch of wall-clock time, calls, seconds the calls span). The
+    blocks (runs of pairs in call order) are gathered into at most MAX_GROUPS stretches of equal
+    time, each of at least MIN_CALLS_PER_GROUP calls (a short one joins the next); a stretch's
+    value is its blocks' log ratio, weighted by their pairs."""
+    usable = []
     for m in blocks or []:
-        if m["n"] < MIN_PER_BLOCK or not m["b_q"] or not m["c_q"]:
-            continue
-        b, c = m["b_q"][qi], m["c_q"][qi]
+        b, c = (m["b_q"][qi], m["c_q"][qi]) if m["b_q"] and m["c_q"] else (None, None)
         if b is not None and c is not None and b > 0 and c > 0:
-            out.append(math.log(c / b))
-    return out
+            usable.append((_block_time(m), int(m["n"]), int(m.get("calls") or m["n"]), math.log(c / b)))
+    if not usable:
+        return [], 0, 0.0
+    calls = sum(u[2] for u in usable)
+    t0, t1 = usable[0][0], usable[-1][0]
+    span = max(t1 - t0, 0.0)
+    count = min(MAX_GROUPS, calls // MIN_CALLS_PER_GROUP, len(usable))
+    if count < 1:
+        return [], calls, span
+    groups: list[float] = []
+    acc_n = acc_calls = 0
+    acc_sum = 0.0
+    for i, (t, n, k, lr) in enumerate(usable):
+        acc_n, acc_calls, acc_sum = acc_n + n, acc_calls + k, acc_sum + n * lr
+        stretch = _stretch(t, t0, span, count, i, len(usable))
+        ends = i + 1 == len(usable) or _stretch(usable[i + 1][0], t0, span, count, i + 1, len(usable)) != stretch
+        if ends and acc_calls >= MIN_CALLS_PER_GROUP:
+            groups.append(acc_sum / acc_n)
+            acc_n = acc_calls = 0
+            acc_sum = 0.0
+    if acc_n and groups:  # a short last stretch joins the one before
+        groups[-1] = (groups[-1] + acc_sum / acc_n) / 2
+    return groups, calls, span
 
 
 MIN_PER_WINDOW = 20

@@ -99,7 +99,10 @@ def decide(results: list[ck.CheckResult], policy: Policy, n_all: int, family: Fa
     anytime = policy.decision == "anytime"
     for r in live:
         r.within_threshold = within_threshold(r, policy)
-        if anytime:
+        _wait_for_span(r, policy)
+        if r.waiting is not None:
+            r.p_value = None  # neither side is tested yet
+        elif anytime:
             _anytime_test(r, policy)
     family_tests = _correct(live, policy, family or Family())
     proof = {c.id: (c.require_proof if c.require_proof is not None else c.severity == "critical") for c in policy.checks}
@@ -112,6 +115,9 @@ def decide(results: list[ck.CheckResult], policy: Policy, n_all: int, family: Fa
             r.detail += "; not sustained long enough"
         if bad:
             r.status = ck.FAIL if r.severity == "critical" else ck.WARN
+        elif r.waiting is not None and r.severity == "critical" and proof.get(r.check_id, True):
+            r.status = ck.UNDECIDED
+            r.detail += f"; not yet tested: {r.waiting}"
         elif anytime and r.severity == "critical" and proof.get(r.check_id, True) and r.p_within is not None:
             r.status = ck.PASS if r.p_within < policy.alpha else ck.UNDECIDED
             if r.status == ck.UNDECIDED:
@@ -119,6 +125,26 @@ def decide(results: list[ck.CheckResult], policy: Policy, n_all: int, family: Fa
         else:
             r.status = ck.PASS
     return family_tests
+
+
+def _wait_for_span(r: ck.CheckResult, policy: Policy) -> None:
+    if r.kind == "latency" and r.waiting is None and r.span_s is not None:
+        need = policy.latency_min_span_minutes * 60
+        if r.span_s < need:
+            r.waiting = f"the calls span {r.span_s:.0f} s of wall-clock time, latency is tested from {need:.0f} s"
+
+
+def _as_normal(z: float, df: float | None) -> float:
+    """A t statistic read as the standard normal one with the same tail probability: the
+    mixture boundary sits at z of 3-5, where the t tail of few stretches is many times heavier
+    than the normal one (matching them at the 97.5 % point only understated it)."""
+    if df is None or not math.isfinite(z):
+        return z
+    from scipy.stats import norm
+    from scipy.stats import t as t_dist
+
+    tail = float(t_dist.logsf(abs(z), df))
+    return math.copysign(float(-norm.ppf(math.exp(tail))) if tail > -700 else abs(z), z)
 
 
 def _anytime_test(r: ck.CheckResult, policy: Policy) -> None:
@@ -142,13 +168,13 @@ def _anytime_test(r: ck.CheckResult, policy: Policy) -> None:
         z = r.z_against(r.test_threshold, ck.excess_se(k, n, kr, nr, r.test_threshold)) or 0.0
         z_within = -(r.z_against(within, ck.excess_se(k, n, kr, nr, within)) or 0.0)
     assert z_within is not None
-    r.p_value = sequential.p_value(z, r.n, horizon, alpha)
-    r.p_within = sequential.p_value(z_within, r.n, horizon, alpha)
+    r.p_value = sequential.p_value(_as_normal(z, r.df), r.n, horizon, alpha)
+    r.p_within = sequential.p_value(_as_normal(z_within, r.df), r.n, horizon, alpha)
     if r.kind == "abs_diff_quantile":
         return  # tested on the share beyond the threshold; its interval stays on the quantile
     # each end of the interval is the one-sided anytime bound at alpha, so that an analyst
     # reads the decision off it: GO needs the bad end within the threshold
-    half = sequential.z_bound_one_sided(r.n, horizon, alpha) * r.se
+    half = _as_t(sequential.z_bound_one_sided(r.n, horizon, alpha), r.df) * r.se
     lo, hi = r.est - half, r.est + half
     if r.kind == "latency":  # tested on the log scale, shown as a ratio
         lo, hi = math.exp(lo), math.exp(hi)
@@ -156,6 +182,16 @@ def _anytime_test(r: ck.CheckResult, policy: Policy) -> None:
         sign = 1.0 if (r.value or 0.0) >= 0 else -1.0
         lo, hi = sorted((sign * lo, sign * hi))
     r.ci = (lo, hi)
+
+
+def _as_t(z: float, df: float | None) -> float:
+    """The t statistic with the tail probability of normal `z` (the inverse of `_as_normal`)."""
+    if df is None or not math.isfinite(z):
+        return z
+    from scipy.stats import norm
+    from scipy.stats import t as t_dist
+
+    return float(t_dist.isf(norm.sf(z), df))
 
 
 def _say_what_is_missing(r: ck.CheckResult, policy: Policy, n_all: int) -> None:

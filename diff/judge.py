@@ -275,6 +275,7 @@ def judge(
             "require_all_segments": policy.require_all_segments,
             "prove_in_segments": policy.prove_in_segments,
             "segment_margin": policy.segment_margin,
+            "latency_min_span_minutes": policy.latency_min_span_minutes,
             "decision": policy.decision,
             "anytime_horizon": policy.anytime_horizon,
             "min_segment_share": policy.min_segment_share,

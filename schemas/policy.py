@@ -216,6 +216,10 @@ class Policy(_Frozen):
     # segments to the run's own thresholds (a margin of 1). A segment shown worse than the run's
     # threshold is a NO_GO either way
     segment_margin: Annotated[float, Field(ge=1, le=10)] = 2.0
+    # latency decides neither way before its calls span this much wall-clock time: a burst of
+    # load on one server lasts tens of seconds, and a spread read from the first minute of a
+    # run cannot know the bursts still to come
+    latency_min_span_minutes: Annotated[float, Field(ge=0)] = 2.0
     prove_in_segments: bool = False
     segments: list[str] | None = None  # None: the run's segment fields and combinations
     max_segment_values: Annotated[int, Field(ge=1)] = 50  # more values than this: the rarest pooled as '(other)'

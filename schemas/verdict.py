@@ -119,6 +119,7 @@ class PolicySummary(_Open):
     segment_margin: float | None = Field(
         None, description="a segment's critical checks are shown within this many times the threshold's distance from the ideal"
     )
+    latency_min_span_minutes: float | None = None
     decision: Literal["anytime", "fixed"] | None = None
     anytime_horizon: int | None = None
     min_segment_share: float | None = None
