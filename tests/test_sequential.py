@@ -178,3 +178,78 @@ def test_an_estimate_on_the_wrong_side_says_how_many_pairs_would_show_it_worse()
     assert needed > 1000
     assert judged(int(needed * 1.05)).status == ck.FAIL  # the estimate holding, that many pairs decide
     assert judged(int(needed * 0.9)).status == ck.UNDECIDED
+
+
+def test_the_exact_rate_test_keeps_alpha_at_small_rates_where_the_plug_in_one_does_not():
+    # a rate exactly at a 1 % threshold, looked at every 100 pairs from 500 to 5,000: the exact
+    # Bernoulli e-process rejects either way in at most alpha of runs; the plug-in normal test
+    # (standard error from the observed rate, small when few events were seen) far more often
+    rng = np.random.default_rng(7)
+    runs, threshold = 1500, 0.01
+    ns = np.arange(500, 5001, 100)
+    exact = plug_in = 0
+    for _ in range(runs):
+        ks = np.cumsum(rng.binomial(100, threshold, len(ns))) + rng.binomial(400, threshold)
+        hit = hit_plug = False
+        for k, n in zip(ks.tolist(), ns.tolist(), strict=True):
+            p_above = sequential.p_value_rate(k, n, threshold, 10_000, ALPHA, above=True)
+            p_below = sequential.p_value_rate(k, n, threshold, 10_000, ALPHA, above=False)
+            hit |= min(p_above, p_below) < ALPHA
+            z = (k / n - threshold) / math.sqrt(ck.rate_variance(k, n))
+            hit_plug |= min(sequential.p_value(z, n, 10_000, ALPHA), sequential.p_value(-z, n, 10_000, ALPHA)) < ALPHA
+        exact += hit
+        plug_in += hit_plug
+    assert exact / runs <= 2 * ALPHA  # two one-sided tests at alpha each
+    assert plug_in / runs > exact / runs + 0.01
+
+
+def test_the_exact_rate_test_decides_when_the_rate_is_clearly_on_one_side():
+    assert sequential.p_value_rate(40, 2000, 0.01, 10_000, ALPHA, above=True) < ALPHA
+    assert sequential.p_value_rate(2, 5000, 0.01, 10_000, ALPHA, above=False) < ALPHA
+    lo, hi = sequential.rate_bounds(20, 2000, 10_000, ALPHA)
+    assert lo < 0.01 < hi
+
+
+def test_each_tests_share_of_alpha_is_fixed_before_segments_qualify_and_split_over_candidates():
+    from diff.decide import Family
+
+    policy = Policy()
+    family = Family.declared([(), ("region",)], policy, ["label_flip", "latency_p95"], candidates=1)
+
+    def result(segment: str) -> ck.CheckResult:
+        return ck.CheckResult("label_flip", "label_flip", segment, "critical", 0.01, 1000, p_value=0.5)
+
+    alone = family.weights([result("all")])
+    with_segments = family.weights([result("all"), result("region=eu"), result("region=us")])
+    assert alone[0] == with_segments[0] == 0.5 / 2  # half of alpha to `all`, over two checks
+    assert with_segments[1] == 0.5 / 2 / (min(50, 100) + 1)  # a segment's slot, declared up front
+    three = Family.declared([(), ("region",)], policy, ["label_flip", "latency_p95"], candidates=3)
+    assert three.weights([result("all")])[0] == alone[0] / 3
+
+
+def test_latency_of_a_few_batched_calls_is_not_tested_however_many_rows_they_hold():
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    # 8 calls of 512 rows, cut in 64 blocks: one latency per call, read once
+    blocks = [
+        {"n": 64, "calls": 1, "first_call": {"k0": t0 + timedelta(seconds=i)}, "b_q": [10.0, 20.0], "c_q": [10.0, 26.5]}
+        for i in range(64)
+    ]
+    stats = {"n_bl": 4096, "n_cl": 4096, "n_pair": 4096, "b_lat_q": [10.0, 20.0, 30.0], "c_lat_q": [10.0, 26.5, 30.0]}
+    chk = Policy().check("latency_p95")
+    assert chk is not None
+    res = ck.latency(chk, "all", stats, 1.3, "critical", [0.5, 0.95, 0.99], None, blocks, 1)
+    assert res is not None
+    assert res.waiting is not None
+    assert res.p_value is None
+    decide([res], Policy(), 4096)
+    assert res.status == ck.UNDECIDED
+    assert "never within" not in res.detail
+    # the same rows as 4,096 calls over 20 minutes are tested
+    for i, m in enumerate(blocks):
+        m["calls"], m["first_call"] = 64, {"k0": t0 + timedelta(seconds=20 * i)}
+    res = ck.latency(chk, "all", stats, 1.3, "critical", [0.5, 0.95, 0.99], None, blocks, 1)
+    assert res is not None
+    assert res.waiting is None
+    assert res.df is not None
