@@ -206,9 +206,13 @@ def _say_what_is_missing(r: ck.CheckResult, policy: Policy, n_all: int) -> None:
     # (DuckDB's parallel aggregation) must say the same
     gap, se = float(f"{z * r.se:.6g}"), float(f"{r.se:.6g}")  # distance to what it must be shown within
     horizon = float(policy.anytime_horizon)
-    needed = sequential.pairs_needed(gap, se, r.n, horizon, policy.alpha)
-    # the segment's pairs grow with the run's: say it in the run's pairs
-    scale = n_all / r.n if r.segment != ALL and 0 < r.n < n_all else 1.0
+
+    def as_normal(z: float) -> float:
+        return _as_normal(z, r.df)
+
+    needed = sequential.pairs_needed(gap, se, r.n, horizon, policy.alpha, as_normal=as_normal)
+    # a segment's pairs (or latency's calls) grow with the run's pairs: say it in those
+    scale = n_all / r.n if 0 < r.n < n_all else 1.0
 
     def in_the_run(pairs: int) -> int:
         return int(float(f"{pairs * scale:.2g}"))
@@ -218,7 +222,11 @@ def _say_what_is_missing(r: ck.CheckResult, policy: Policy, n_all: int) -> None:
         more = f"about {r.pairs_needed:,} pairs in the run would show it at the current variance"
     else:
         more = "the estimate is on the wrong side of the threshold: more pairs may show it worse, never within"
-        worse = sequential.pairs_needed(-gap, se, r.n, horizon, r.fail_level) if gap < 0 and r.fail_level and r.may_fail else None
+        worse = (
+            sequential.pairs_needed(-gap, se, r.n, horizon, r.fail_level, as_normal=as_normal)
+            if gap < 0 and r.fail_level and r.may_fail
+            else None
+        )
         if worse is not None:
             more += f"; about {in_the_run(worse):,} pairs in the run would show it worse at the current variance"
     what = "the threshold" if r.segment == ALL else "the segment margin"

@@ -19,6 +19,7 @@ boundary is a closed form; tests/test_sequential.py checks it against `savvi` an
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 
 def mixing_scale(horizon: float, alpha: float) -> float:
@@ -83,15 +84,25 @@ def z_bound_one_sided(n: float, horizon: float, alpha: float) -> float:
     return hi
 
 
-def pairs_needed(gap: float, se: float, n: int, horizon: float, alpha: float, limit: int = 10**9) -> int | None:
+def pairs_needed(
+    gap: float,
+    se: float,
+    n: int,
+    horizon: float,
+    alpha: float,
+    limit: int = 10**9,
+    as_normal: Callable[[float], float] = lambda z: z,
+) -> int | None:
     """How many pairs in all the one-sided test would need to reject, if the estimate stayed
     `gap` away from the threshold (on the side being shown) and its standard error `se` at `n`
-    pairs shrank like 1/sqrt(n). None when it never would (gap <= 0) or only past `limit`."""
+    pairs shrank like 1/sqrt(n). `as_normal` reads the statistic as the test does (a t statistic
+    of few stretches of time is read through its own tail). None when it never would (gap <= 0)
+    or only past `limit`."""
     if gap <= 0 or se <= 0 or n <= 0:
         return None if gap <= 0 else n
 
     def rejects(m: float) -> bool:
-        return p_value(gap / (se * math.sqrt(n / m)), m, horizon, alpha) < alpha
+        return p_value(as_normal(gap / (se * math.sqrt(n / m))), m, horizon, alpha) < alpha
 
     hi = float(n)
     while not rejects(hi):

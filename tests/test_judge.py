@@ -203,9 +203,10 @@ def test_latency_intervals_stay_honest_when_load_comes_in_stretches(tmp_path):
         # never a false NO_GO; under noise this heavy, 20k pairs may not yet show the candidate
         # within ×1.3 either, and then it says so
         assert doc["verdict"] != "no_go", doc["reasons"]
-    # a real, sustained slowdown still stands out of that noise
+    # a real, sustained slowdown still stands out of that noise (x1.6 does not yet: ten
+    # stretches read through Student's t with 9 degrees of freedom)
     doc = verdict_of(
-        tmp_path, Scenario(n=20_000, segments=4, latency_block_sigma=0.3, latency_factor_all=1.6, seed=20), run="slow"
+        tmp_path, Scenario(n=20_000, segments=4, latency_block_sigma=0.3, latency_factor_all=1.8, seed=20), run="slow"
     )
     assert doc["verdict"] == "no_go"
     lat = next(c for c in doc["checks"] if c["check"] == "latency_p95" and c["segment"] == "all")

@@ -94,15 +94,16 @@ def test_go_needs_each_critical_check_shown_within_its_threshold(tmp_path):
     # the lenient rule, asked for by name, passes what is not shown worse
     lenient = parse_policy({"checks": [{"id": "label_flip", "require_proof": False}], "prove_in_segments": True})
     assert verdict_of(tmp_path / "lenient", scenario, lenient)["verdict"] == "go"
-    # the default holds a segment to twice the run's margin (+2 points of flips): 1,600 pairs do
-    # not show that yet, so s00 holds the verdict, and says so
-    doc = verdict_of(tmp_path / "whole", scenario)
+    # a segment margin of 2 holds a segment to twice the run's margin (+2 points of flips): 1,600
+    # pairs do not show that yet, so s00 holds the verdict, and says so
+    twice = parse_policy({"segment_margin": 2.0})
+    doc = verdict_of(tmp_path / "whole", scenario, twice)
     assert doc["verdict"] == "pending", doc["reasons"]
     assert any("label_flip in seg=s00" in r and "segment margin" in r for r in doc["reasons"])
     # with four times the pairs it is shown within the segment margin: GO, while the strict
     # policy (the run's own 1-point margin in every segment) still waits
     more = Scenario(n=25_600, segments=4, flip_extra={0: 0.009}, seed=41)
-    doc = verdict_of(tmp_path / "whole-more", more)
+    doc = verdict_of(tmp_path / "whole-more", more, twice)
     assert doc["verdict"] == "go", doc["reasons"]
     s00 = next(c for c in doc["checks"] if c["check"] == "label_flip" and c["segment"] == "seg=s00")
     assert s00["status"] == "pass"
