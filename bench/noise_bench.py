@@ -8,11 +8,12 @@ each scenario's verdicts: the sound `retrained` candidate must never be NO_GO, t
                                 [--scenarios slow] [--keep DIR]
 
 Latency is measured per call: --requests and --rows-per-call set how many latency samples a run
-has (the demo's defaults, 20,000 requests at 25 rows per call, give about 400 calls a side).
+has (the demo's defaults, 20,000 requests at 25 rows per call in stored batches of 32 requests,
+give about 350 distinct call times).
 --slow-factor scales the slow server's own time; the delays a busy machine adds to both sides
 are not scaled, so the gate sees a smaller ratio end to end (each run prints the pooled P95
-ratio), and a candidate +40 % at P95 as the gate measures it needs a factor above 1.4 (the
-README's performance table gives the one used).
+ratio), and a candidate +40 % at P95 as the gate measures it needs a factor above 1.4 (docs/performance.md gives
+the one used).
 """
 
 from __future__ import annotations

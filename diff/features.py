@@ -8,13 +8,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
-import orjson
 import polars as pl
 
 from diff.aggregate import _rows, histograms
@@ -24,8 +22,10 @@ from diff.feature_parts import SIDES, FeatureParts
 from diff.load import RunInfo
 from diff.segments import ALL, SegmentSets
 from diff.sql import ident
-from schemas.paths import getter
+from schemas.config import EnvelopeMapping, FeatureSpec, SegmentSpec
+from schemas.envelope import Decoder, recording
 from schemas.policy import Reference
+from schemas.records import DeadLetter
 
 
 @dataclass(frozen=True)
@@ -44,46 +44,32 @@ class FeatureStats:
 
 
 def load_reference_file(path: Path, info: RunInfo) -> pl.DataFrame:
-    """Envelopes of a recording mapped to segment and feature columns like the run's."""
-    env = info.config.get("envelope", {})
+    """Envelopes of a recording mapped to segment and feature columns like the run's: read and
+    decoded by the replay's own codec (`schemas.envelope`), so an offset timestamp lands in the
+    same UTC hour bucket and a nested categorical is null, as in the traffic it is compared
+    with. Envelopes the replay would dead-letter are left out of the sample as well."""
+    cfg = info.config
+    decoder = Decoder(
+        EnvelopeMapping.model_validate(cfg.get("envelope", {})),
+        FeatureSpec.model_validate(cfg.get("features", {})),
+        SegmentSpec.model_validate(cfg.get("segments", {})),
+        max_bytes=2**62,  # a reference sample is the user's own file: no size limit
+        name=f"{info.run_id} reference",
+    )
+    layout = decoder.layout
     rows = []
-    with path.open("rb") as fh:
-        if path.suffix == ".parquet":
-            frame = pl.read_parquet(path)
-            rows = frame.to_dicts()
-        else:
-            rows = [orjson.loads(line) for line in fh if line.strip()]
-    get_segments = getter(env.get("segments", "segments"))
-    get_time = getter(env.get("event_time", "event_time"))
-    get_input = getter(env.get("input", "input"))
-    seg_cfg = info.config.get("segments", {})
-    hb = seg_cfg.get("hour_buckets")
-    hour_map = {h: b for b, hs in (hb or {}).get("buckets", {}).items() for h in hs}
-
-    out: dict[str, list[Any]] = {("seg_" + f): [] for f in info.segment_fields}
-    for n in info.numeric + info.categorical:
-        out["f_" + n] = []
-    for row in rows:
-        segs = get_segments(row) or {}
-        for f in seg_cfg.get("fields", []):
-            v = segs.get(f) if isinstance(segs, dict) else None
-            out["seg_" + f].append("(missing)" if v is None else str(v))
-        if hb:
-            t = get_time(row)
-            hour = None
-            if isinstance(t, int | float):
-                hour = datetime.fromtimestamp(t / 1000).astimezone().utctimetuple().tm_hour
-            elif isinstance(t, str):
-                hour = datetime.fromisoformat(t).hour
-            out["seg_" + hb.get("name", "daypart")].append(hour_map.get(hour, "(missing)"))
-        inp = get_input(row) or {}
-        for n in info.numeric:
-            v = inp.get(n)
-            out["f_" + n].append(float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None)
-        for n in info.categorical:
-            v = inp.get(n)
-            out["f_" + n].append(None if v is None else str(v))
-    schema = {k: (pl.Float64 if k[2:] in info.numeric and k.startswith("f_") else pl.Utf8) for k in out}
+    stamp = int(path.stat().st_mtime * 1000)  # an envelope without a time, as the replay of a file reads it
+    for n, value in recording(path):
+        row = decoder.decode_record(str(path), 0, n, None, value, stamp, "reference")
+        if not isinstance(row, DeadLetter):
+            rows.append(row)
+    out: dict[str, list[Any]] = {}
+    for k, name in enumerate(layout.segment_names):
+        values = (r[layout.segments.start + k] for r in rows)
+        out["seg_" + name] = ["(missing)" if v is None else v for v in values]
+    for k, name in enumerate((*layout.numeric, *layout.categorical)):
+        out["f_" + name] = [r[layout.features.start + k] for r in rows]
+    schema = {k: (pl.Float64 if k.startswith("f_") and k[2:] in layout.numeric else pl.Utf8) for k in out}
     return pl.DataFrame(out, schema=schema)
 
 

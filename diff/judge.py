@@ -1,19 +1,16 @@
 """Judge a candidate: aggregates → checks → multiple-testing control → verdict.
 
-Verdict rules (also in the README):
-- NO_GO when any critical check fails in any judged segment (a confident failure counts even
-  while other segments are still short of data);
-- else PENDING when the run (or, with require_all_segments, any segment) has fewer pairs than
-  `min_samples`, or spans less than `min_duration_minutes` of event time; the verdict says how
-  many more pairs each segment needs;
-- else PENDING while a critical check of the whole run (with prove_in_segments, of any segment
-  but the rare ones) is not yet shown within its threshold (diff/decide.py);
+Verdict rules (docs/decision-rule.md says them for users):
+- NO_GO when any critical check is shown worse than its threshold in any judged segment (a
+  confident failure counts even while other segments are still short of data);
+- else PENDING when the run has fewer pairs than `min_samples`, or spans less than
+  `min_duration_minutes` of event time; the verdict says how many more pairs each needs;
+- else PENDING while a critical check of the whole run is not yet shown within its threshold,
+  or one of a segment that is not rare within the segment margin (diff/decide.py);
 - else GO.
-Critical tests (proportions, means, quantile ratios, null shares, small-sample KS/chi-square)
-form one family corrected by Holm (FWER) or Benjamini-Hochberg (FDR), half of alpha to the
-whole run's tests and half to the segments'; warnings are corrected apart. Distance checks
-(Wasserstein, Jensen-Shannon) are effect-size thresholds outside the families. Latency
-intervals come from the spread across time blocks when calls close in time move together."""
+Critical tests form one family declared before the first pair (diff/decide.Family), corrected
+by weighted Holm (FWER) or e-BH (FDR); warnings are corrected apart. Distance checks without a
+test warn only. Latency intervals come from the spread across stretches of wall-clock time."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ batches, the replay at 100% went from ~28k to ~37-47k messages a second here
 A decode query costs ~15 ms to plan whatever its size and ~6.6 µs a row of CPU; its working
 memory follows its rows, which is why the runner cuts batches at exactly `batch_size`.
 
-The SQL decodes only rows it can decode exactly as the Python decoder (`replay.decode`, the
+The SQL decodes only rows it can decode exactly as the Python decoder (`schemas.envelope`, the
 reference) would: the common shapes (string or integer ids and segment values, numeric or
 missing features, numeric or RFC 3339 event times, a live output whose score is a number...).
 Every other row is "unclean" and handed back by index, so the reference decides it: it may

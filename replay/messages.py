@@ -44,29 +44,6 @@ class PartitionBatch(NamedTuple):
     records: list[Any]
 
 
-class RawMessage(NamedTuple):
-    """One message with its coordinates: built only for messages that get decoded."""
-
-    source: str
-    part: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
-    headers: tuple[tuple[str, bytes | None], ...] = ()
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    source: str
-    part: int
-    offset: int
-    reason: str
-    detail: str
-    raw_key: bytes | None
-    raw_value: bytes | None
-
-
 @dataclass(slots=True)
 class Position:
     """Where a partition stands after a batch: next offset to read and running counts."""

@@ -22,8 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from replay.columnar import MISSING_LIVE, BatchDecoder, RawColumns
-from replay.decode import Decoder, Row
-from replay.messages import DeadLetter, Position
+from replay.messages import Position
 from replay.models.base import CallResult, ModelClient, OutputReader
 from replay.models.call_process import ProcessHttpModel
 from replay.models.inprocess import PythonModel
@@ -31,7 +30,8 @@ from replay.outputs import OutputColumns
 from replay.sampling import RATE
 from replay.store import EVENT_TIME, StoreWriter
 from schemas.config import RunConfig
-from schemas.records import BASELINE, BASELINE_REPEAT, ErrorClass, candidate_variant
+from schemas.envelope import Decoder, Row
+from schemas.records import BASELINE, BASELINE_REPEAT, DeadLetter, ErrorClass, candidate_variant
 
 
 @dataclass
@@ -40,7 +40,7 @@ class PendingBatch:
     owned by the pipeline thread."""
 
     raw: RawColumns = field(default_factory=RawColumns)  # admitted, decoded later in DuckDB
-    reqs: list[Row] = field(default_factory=list)  # decoded in Python, see replay.decode.RowLayout
+    reqs: list[Row] = field(default_factory=list)  # decoded in Python, see schemas.envelope.RowLayout
     dead: list[DeadLetter] = field(default_factory=list)
     # (source, part, offset, quota, hash) of the requests stored for a quota (replay.sampling)
     quota_hashes: list[tuple[str, int, int, str, int]] = field(default_factory=list)

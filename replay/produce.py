@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from replay.decode import BadMessage, event_time_us
+from schemas.envelope import BadMessage, event_time_us, recording
 from schemas.paths import lookup
 
 log = logging.getLogger(__name__)
@@ -37,22 +36,6 @@ class ProduceStats:
             "seconds": round(self.seconds, 3),
             "sent_per_s": round(self.sent / max(self.seconds, 1e-9), 1),
         }
-
-
-def recording(path: Path) -> Iterator[bytes]:
-    """The messages of a recording, as bytes: JSONL lines as they are, Parquet rows as JSON."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
-            for row in batch.to_pylist():
-                yield orjson.dumps(row, default=str)
-        return
-    with path.open("rb") as fh:
-        for line in fh:
-            value = line.rstrip(b"\r\n")
-            if value.strip():
-                yield value
 
 
 def key_and_time(value: bytes, key_path: str, time_path: str, stats: ProduceStats) -> tuple[bytes | None, int | None]:
@@ -110,7 +93,7 @@ def produce_recording(
         raise ShadowdiffError(f"cannot reach Kafka at {bootstrap}: {err}") from err
     t0 = time.monotonic()
     try:
-        for value in recording(path):
+        for _, value in recording(path):
             key, stamp = key_and_time(value, key_path, time_path, stats)
             producer.send(topic, key=key, value=value, timestamp_ms=stamp)
             stats.sent += 1

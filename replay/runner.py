@@ -41,16 +41,16 @@ from typing import Any
 
 from replay import columnar
 from replay.columnar import BatchDecoder
-from replay.decode import Decoder
-from replay.messages import DeadLetter, PartitionBatch, Position, RawMessage
+from replay.messages import PartitionBatch, Position
 from replay.models.base import ModelClient
 from replay.pipeline import BatchPipeline, PendingBatch
 from replay.sampling import QUOTA, RATE, Sampler
 from replay.sources import Source
 from replay.store import StoreWriter
 from schemas.config import RunConfig
+from schemas.envelope import Decoder
 from schemas.paths import getter
-from schemas.records import DeadLetterReason
+from schemas.records import DeadLetter, DeadLetterReason, RawMessage
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class Replayer:
         self.source = source
         self.baseline = baseline
         self.candidates = dict(candidates)
-        self.decoder = Decoder(cfg)
+        self.decoder = Decoder.for_run(cfg)
         self.layout = self.decoder.layout
         # whole batches are decoded in DuckDB when every configured path has a JSON-path twin
         self.batch_decoder = BatchDecoder(cfg) if columnar.supports(cfg) else None

@@ -8,10 +8,9 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
-import orjson
-
 from replay.messages import FileRecord, PartitionBatch
 from schemas.config import FileSource, KafkaSource
+from schemas.envelope import recording
 
 log = logging.getLogger(__name__)
 
@@ -44,29 +43,9 @@ class RecordedFile:
         self._done = False
 
     def _iter(self) -> Iterator[FileRecord]:
-        if self.path.suffix == ".parquet":
-            yield from self._parquet()
-            return
-        ts = int(self.path.stat().st_mtime * 1000)
-        with self.path.open("rb") as fh:
-            for n, line in enumerate(fh):
-                if n < self._start:
-                    continue
-                value = line.rstrip(b"\r\n")
-                if not value.strip():
-                    continue
-                yield FileRecord(n, None, value, ts)
-
-    def _parquet(self) -> Iterator[FileRecord]:
-        import pyarrow.parquet as pq
-
-        ts = int(self.path.stat().st_mtime * 1000)
-        n = 0
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=10_000):
-            for row in batch.to_pylist():
-                if n >= self._start:
-                    yield FileRecord(n, None, orjson.dumps(row, default=str), ts)
-                n += 1
+        ts = int(self.path.stat().st_mtime * 1000)  # a message's timestamp when its envelope has no time
+        for n, value in recording(self.path, self._start):
+            yield FileRecord(n, None, value, ts)
 
     def poll(self, max_records: int, timeout_ms: int) -> list[PartitionBatch]:
         out: list[FileRecord] = []

@@ -15,11 +15,12 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from replay.decode import EVENT_TIME_US, OFFSET, PART, REQUEST_ID, SAMPLED_REASON, SOURCE, Row, RowLayout
-from replay.messages import DeadLetter, Position
+from replay.messages import Position
 from schemas import STORE_SCHEMA_VERSION, store_ddl
 from schemas.config import RunConfig
+from schemas.envelope import EVENT_TIME_US, OFFSET, PART, REQUEST_ID, SAMPLED_REASON, SOURCE, Row, RowLayout
 from schemas.errors import StoreError
+from schemas.records import DeadLetter
 
 WRITER_MEMORY = "64MB"  # DuckDB buffer budget of a replay writer: a 1M-message replay peaks ~340 MB RSS
 WRITER_CONFIG: dict[str, str | bool | int | float | list[str]] = {
@@ -156,7 +157,7 @@ class StoreWriter:
     # -- the batch write --------------------------------------------------------------------
 
     def requests_table(self, rows: Sequence[Row]) -> pa.Table:
-        """Decoded request rows (see replay.decode.RowLayout) as an Arrow table in the requests
+        """Decoded request rows (see schemas.envelope.RowLayout) as an Arrow table in the requests
         table's layout."""
         L = self.layout
         # one C-level transpose instead of a Python pass per column

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 BASELINE = "baseline"
 BASELINE_REPEAT = "baseline_repeat"
@@ -58,3 +60,26 @@ class Status(StrEnum):
     GO = "go"
     NO_GO = "no_go"
     PENDING = "pending"
+
+
+class RawMessage(NamedTuple):
+    """One message with its coordinates: built only for messages that get decoded."""
+
+    source: str
+    part: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    source: str
+    part: int
+    offset: int
+    reason: str
+    detail: str
+    raw_key: bytes | None
+    raw_value: bytes | None

@@ -107,7 +107,7 @@ class PolicyCheck(_Open):
 
 class PolicySummary(_Open):
     """The policy the verdict was judged under; `label` and `published_over_the_run_policy`
-    mark a re-judge under another policy (see the README)."""
+    mark a re-judge under another policy (docs/gate.md)."""
 
     digest: str
     min_samples: int

@@ -12,10 +12,11 @@ import orjson
 from helpers import POISON_TIMES
 
 from replay.columnar import BatchDecoder, RawColumns, reads_live_scores, supports
-from replay.decode import EVENT_TIME_US, REQUEST_ID, Decoder
-from replay.messages import DeadLetter, FileRecord
+from replay.messages import FileRecord
 from replay.models.base import OutputReader
 from schemas.config import RunConfig, parse_config
+from schemas.envelope import EVENT_TIME_US, REQUEST_ID, Decoder
+from schemas.records import DeadLetter
 
 TS_MS = 1_795_000_000_000  # the Kafka timestamp, used when the envelope has no event time
 
@@ -156,7 +157,7 @@ def no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def decode_both(cfg: RunConfig, values: list[bytes | None]) -> tuple[list[Any], dict[int, dict[str, Any]]]:
-    py = Decoder(cfg)
+    py = Decoder.for_run(cfg)
     raw = RawColumns()
     raw.extend("t", 0, [FileRecord(i, b"k", v, TS_MS + i) for i, v in enumerate(values)])
     reference = [
@@ -175,7 +176,7 @@ def decode_both(cfg: RunConfig, values: list[bytes | None]) -> tuple[list[Any], 
 
 
 def assert_same(cfg: RunConfig, ref: Any, row: dict[str, Any]) -> None:
-    L = Decoder(cfg).layout
+    L = Decoder.for_run(cfg).layout
     assert row["request_id"] == ref[REQUEST_ID]
     assert row["event_time_us"] == ref[EVENT_TIME_US]
     assert row["segments"] == L.segments_of(ref)
@@ -209,7 +210,7 @@ def test_a_key_given_twice_reads_as_its_last_value_on_both_paths():
     cfg = run_config()
     values: list[bytes | None] = [repeated_key(random.Random(k), k) for k in range(200)]
     reference, rows = decode_both(cfg, values)
-    L = Decoder(cfg).layout
+    L = Decoder.for_run(cfg).layout
     for i, row in rows.items():
         assert_same(cfg, reference[i], row)
     decoded = [r for r in reference if not isinstance(r, DeadLetter)]
