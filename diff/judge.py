@@ -27,7 +27,7 @@ from diff.decide import Family, decide
 from diff.explain import data_section, examples, excess, localise, offered_load
 from diff.kept import RATE
 from diff.kinds import RUN_LEVEL_KINDS, SEGMENT_KINDS, Evidence
-from diff.load import run_info
+from diff.load import run_info, source_complete
 from diff.outputs import compare_outputs
 from diff.pairs import Pooling, build_pairs
 from diff.quality import feature_checks, run_level_checks, threshold_for
@@ -74,8 +74,16 @@ def judge(
         {t for c in abs_q_checks for t in (c.threshold, *(o.threshold for o in c.overrides)) if t is not None}
     )
     widths = sorted({c.for_minutes for c in policy.checks if c.kind in ("latency", "error_rate") and c.for_minutes > 0})
-    quota_segments = set(info.config.get("sampling", {}).get("quotas", {}))
     (n_quota,) = con.execute("SELECT count(*) FROM pairs WHERE sampled_reason = 'quota'").fetchone() or (0,)
+    # the segments whose own quota took samples the rate did not: a quota that the rate samples
+    # filled took none, and its segment stays a uniform sample of rate samples only
+    quota_segments: set[str] = set()
+    if n_quota:
+        has_kept = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'quota_kept'").fetchone()
+        if has_kept and has_kept[0]:
+            quota_segments = {q for (q,) in con.execute("SELECT DISTINCT quota FROM quota_kept").fetchall()}
+        else:  # quota samples stored without their hashes: every named quota
+            quota_segments = set(info.config.get("sampling", {}).get("quotas", {}))
 
     def by_sampling(aggregate: Any) -> dict[str, Any]:
         """Per-segment minimum quotas oversample rare segments on purpose: a segment that mixes
@@ -136,6 +144,19 @@ def judge(
     output: dict[str, Any] = info.config.get("output", {})
     judged: set[str] = set()
     n_run = int(pstats[ALL]["n_req"]) if ALL in pstats else 0
+    complete = source_complete(con)
+
+    def exhausted(seg: str, n: int) -> bool:
+        """No more pairs will come, and every request the segment had was stored: a quota of at
+        least min_samples (its own or one of its parts') never filled."""
+        if not complete or seg == ALL or n >= policy.min_samples:
+            return False
+        for part in seg.split("&"):
+            k = info.quota_k(part)
+            if k is not None and k >= policy.min_samples and part in pstats and int(pstats[part]["n_req"]) < k:
+                return True
+        return False
+
     for seg in sorted(pstats, key=lambda s: (s != ALL, s)):
         n = int(pstats[seg]["n_req"])
         ok = n >= policy.min_samples
@@ -149,6 +170,9 @@ def judge(
                 # too small a share of the traffic to wait for: judged once it has min_samples,
                 # never holding the verdict PENDING (its pairs count in `all` and in its fields' other segments)
                 "rare": seg != ALL and n < policy.min_segment_share * n_run,
+                # all of its traffic is in, and it is short of min_samples: it cannot hold the
+                # verdict either (its pairs count in `all` and in its fields' other segments)
+                "exhausted": exhausted(seg, n),
             }
         )
         if ok:
@@ -200,7 +224,7 @@ def judge(
     t_max = overall["t_max"] if overall else None
     span_min = ((t_max - t_min).total_seconds() / 60) if t_min and t_max else 0.0
     reasons: list[str] = []
-    pending_segments = [s for s in segments if s["n"] < policy.min_samples and not s["rare"]]
+    pending_segments = [s for s in segments if s["n"] < policy.min_samples and not s["rare"] and not s["exhausted"]]
     # a critical check whose evidence is missing is never a pass: it holds the verdict
     not_assessed = [r for r in results if r.status == ck.NA and r.severity == "critical"]
     if failing:
@@ -224,6 +248,10 @@ def judge(
         verdict = Status.PENDING
         for s in pending_segments:
             reasons.append(f"{s['segment']}: {s['n']} pairs, needs {s['needed']} more (min_samples {policy.min_samples})")
+        if complete and pending_segments and not info.per_segment_k:
+            reasons.append(
+                'the run is complete: with sampling.min_per_segment = "policy" each segment is sampled up to min_samples'
+            )
     elif span_min < policy.min_duration_minutes:
         verdict = Status.PENDING
         reasons.append(f"data spans {span_min:.1f} min of event time, policy needs {policy.min_duration_minutes:g}")
@@ -240,6 +268,12 @@ def judge(
     else:
         verdict = Status.GO
         reasons.append(f"all {len([r for r in results if r.status == ck.PASS])} checks passed in {len(judged)} segments")
+    reasons += [
+        f"{s['segment']}: the run's whole traffic held {s['n']} requests of it, fewer than min_samples "
+        f"{policy.min_samples}: judged within `all` and its fields' other segments, not on its own"
+        for s in segments
+        if s["exhausted"]
+    ]
     warnings = [
         f"{r.check_id}{'[' + r.feature + ']' if r.feature else ''} in {r.segment}: {r.detail}"
         for r in results

@@ -18,6 +18,8 @@ from diff.exports import open_exports
 from diff.sql import literal
 from schemas.errors import RunNotFound, StoreError
 from schemas.layout import EXPORT_KEYS, RunLayout
+from schemas.policy import Policy
+from schemas.records import SOURCE_COMPLETE
 
 TABLES = ("requests", "outputs", "dead_letters", "checkpoints", "run_meta", "quota_samples")
 _KEYS = {
@@ -104,6 +106,27 @@ class RunInfo:
         return out
 
     @property
+    def per_segment_k(self) -> int:
+        """`sampling.min_per_segment`: the quota every value of every segment field has (0: none).
+        A run started by the CLI stored it resolved; "policy" left as it is means what the
+        replay took, the default policy's min_samples."""
+        k = self.config.get("sampling", {}).get("min_per_segment", 0)
+        return Policy().min_samples if k == "policy" else int(k)
+
+    def quota_k(self, quota: str) -> int | None:
+        """The bottom-k size of quota 'field=value', None when the segment has no quota."""
+        named: dict[str, int] = self.config.get("sampling", {}).get("quotas", {})
+        if quota in named:
+            return int(named[quota])
+        field, _, value = quota.partition("=")
+        if value in ("(other)", "(missing)"):  # the judge's pool of rare values, and no value: no quota of their own
+            return None
+        return self.per_segment_k if self.per_segment_k and field in self.segment_fields else None
+
+    def has_quotas(self) -> bool:
+        return bool(self.config.get("sampling", {}).get("quotas")) or self.per_segment_k > 0
+
+    @property
     def combinations(self) -> list[list[str]]:
         return [list(c) for c in self.config.get("segments", {}).get("combinations", [])]
 
@@ -114,6 +137,19 @@ class RunInfo:
     @property
     def categorical(self) -> list[str]:
         return list(self.config.get("features", {}).get("categorical", []))
+
+
+def source_complete(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether no more pairs will come: every worker read its source to the end (a file, a Kafka
+    window) or was stopped. Read from the exports' final flags when the run is read through
+    them, else from each store's run_meta."""
+    has_coverage = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'coverage'").fetchone()
+    if has_coverage and has_coverage[0]:
+        flags = [bool(f) for (f,) in con.execute("SELECT final FROM coverage").fetchall()]
+    else:
+        rows = con.execute("SELECT value FROM run_meta WHERE starts_with(key, ?)", [SOURCE_COMPLETE]).fetchall()
+        flags = [orjson.loads(v) is True for (v,) in rows]
+    return bool(flags) and all(flags)
 
 
 def run_info(con: duckdb.DuckDBPyConnection) -> RunInfo:

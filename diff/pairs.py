@@ -258,20 +258,21 @@ def keep_bottom_k(con: duckdb.DuckDBPyConnection, info: RunInfo) -> str:
     smallest hashes (replay/sampling.py): a request stored while among the k smallest so far,
     and pushed out by a smaller one later, is not part of the segment's sample. Empty when the
     run has no quotas."""
-    quotas: dict[str, int] = info.config.get("sampling", {}).get("quotas", {})
-    if not quotas:
+    if not info.has_quotas():
         return ""
     (hashes,) = con.execute("SELECT count(*) FROM quota_samples").fetchone() or (0,)
     if not hashes:  # a store written before quotas were bottom-k samples
         return ""
-    con.execute('CREATE OR REPLACE TEMP TABLE quota_kept (source VARCHAR, part INTEGER, "offset" BIGINT)')
+    con.execute('CREATE OR REPLACE TEMP TABLE quota_kept (source VARCHAR, part INTEGER, "offset" BIGINT, quota VARCHAR)')
+    # the named quotas and those `min_per_segment` opened for each segment value seen
+    quotas = {q: k for (q,) in con.execute("SELECT DISTINCT quota FROM quota_samples").fetchall() if (k := info.quota_k(q))}
     for q, k in sorted(quotas.items()):
         field, _, value = q.partition("=")
         (n_rate,) = con.execute(
             f"SELECT count(*) FROM requests WHERE sampled_reason = 'rate' AND segments.{ident(field)} = ?", [value]
         ).fetchone() or (0,)
         con.execute(
-            """INSERT INTO quota_kept SELECT source, part, "offset" FROM quota_samples WHERE quota = ?
+            """INSERT INTO quota_kept SELECT source, part, "offset", quota FROM quota_samples WHERE quota = ?
                ORDER BY sample_hash, source, part, "offset" LIMIT ?""",
             [q, max(0, int(k) - int(n_rate))],
         )

@@ -19,6 +19,7 @@ from replay.runner import CheckpointHook, Replayer, RunStats
 from replay.sources import KafkaWindow, open_source
 from replay.store import StoreWriter
 from schemas.config import ModelSpec, RunConfig
+from schemas.records import source_complete_key
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def run_replay(
 
             def checkpoint(writer: StoreWriter, stats: RunStats, final: bool) -> None:
                 if final:  # before the final export, so its manifest has them too
-                    writer.write_meta({"last_stats": stats.summary()})
+                    writer.write_meta({"last_stats": stats.summary(), source_complete_key(cfg.run.worker): True})
                 try:
                     exporter.export(final)
                 except (OSError, duckdb.Error) as err:  # the rows are safe in the store; the next checkpoint retries

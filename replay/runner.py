@@ -50,6 +50,7 @@ from replay.store import StoreWriter
 from schemas.config import RunConfig
 from schemas.envelope import Decoder
 from schemas.paths import getter
+from schemas.policy import Policy
 from schemas.records import DeadLetter, DeadLetterReason, RawMessage
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,13 @@ class Replayer:
         self.layout = self.decoder.layout
         # whole batches are decoded in DuckDB when every configured path has a JSON-path twin
         self.batch_decoder = BatchDecoder(cfg) if columnar.supports(cfg) else None
-        self.sampler = Sampler(cfg.sampling, writer.quota_state(list(cfg.sampling.quotas)))
+        # "policy" is resolved by the command that starts the run; a run started through this
+        # API alone takes the default policy's min_samples
+        per_segment_k = cfg.sampling.per_segment_k(Policy().min_samples)
+        every_value_of = self.layout.segment_names if per_segment_k else ()
+        self.sampler = Sampler(
+            cfg.sampling, writer.quota_state(list(cfg.sampling.quotas), every_value_of), every_value_of, per_segment_k
+        )
         self.stats = RunStats()
         self.on_checkpoint = on_checkpoint
         self.checkpoint_every_s = checkpoint_every_s

@@ -20,7 +20,7 @@ from schemas import STORE_SCHEMA_VERSION, store_ddl
 from schemas.config import RunConfig
 from schemas.envelope import EVENT_TIME_US, OFFSET, PART, REQUEST_ID, SAMPLED_REASON, SOURCE, Row, RowLayout
 from schemas.errors import StoreError
-from schemas.records import DeadLetter
+from schemas.records import DeadLetter, source_complete_key
 
 WRITER_MEMORY = "64MB"  # DuckDB buffer budget of a replay writer: a 1M-message replay peaks ~340 MB RSS
 WRITER_CONFIG: dict[str, str | bool | int | float | list[str]] = {
@@ -135,16 +135,24 @@ class StoreWriter:
         }
         if "first_started_at" not in have:
             meta["first_started_at"] = now
+        meta[source_complete_key(self.cfg.run.worker)] = False  # a restarted run reads on
         self.write_meta(meta)
 
     def checkpoints(self) -> dict[tuple[str, int], int]:
         return {k: p.next_offset for k, p in self.positions.items()}
 
-    def quota_state(self, quotas: Sequence[str]) -> dict[str, tuple[int, list[int]]]:
+    def quota_state(self, quotas: Sequence[str], every_value_of: Sequence[str] = ()) -> dict[str, tuple[int, list[int]]]:
         """Per quota 'field=value': the rate samples of that segment stored, and the hashes of its
-        quota samples, smallest first (a restart resumes the bottom-k where it was)."""
+        quota samples, smallest first (a restart resumes the bottom-k where it was). Quotas of
+        the fields `every_value_of` (`min_per_segment`) are those of every value stored."""
+        names = list(quotas)
+        for field in every_value_of:
+            rows = self.con.execute(
+                f"SELECT DISTINCT segments.{_ident(field)} FROM requests WHERE segments.{_ident(field)} IS NOT NULL ORDER BY 1"
+            ).fetchall()
+            names += [q for (v,) in rows if (q := f"{field}={v}") not in names]
         out: dict[str, tuple[int, list[int]]] = {}
-        for q in quotas:
+        for q in names:
             field, _, value = q.partition("=")
             (n,) = self.con.execute(
                 f"SELECT count(*) FROM requests WHERE sampled_reason = 'rate' AND segments.{_ident(field)} = ?", [value]

@@ -145,6 +145,15 @@ class SamplingSpec(_Frozen):
     key: Annotated[str, Field(pattern=r"^(request_id|kafka_key|header:.+|field:.+)$")] = "request_id"
     salt: str = "shadowdiff"
     quotas: dict[str, Annotated[int, Field(ge=1)]] = {}  # "field=value" -> minimum samples
+    # every value of every segment field (the hour bucket included) sampled at least this many
+    # times, by the same bottom-k quotas: "policy" takes the policy's min_samples, so that each
+    # segment the traffic has can reach its minimum; 0 = off. With it on, every message is
+    # decoded to learn its segments (a segment's value is unknown until then).
+    min_per_segment: Annotated[int, Field(ge=0)] | Literal["policy"] = 0
+
+    def per_segment_k(self, policy_min_samples: int) -> int:
+        """The bottom-k size every segment value gets (0: none)."""
+        return policy_min_samples if self.min_per_segment == "policy" else self.min_per_segment
 
 
 class OutputSpec(_Frozen):

@@ -33,6 +33,15 @@ class ErrorClass(StrEnum):
     MISSING = "missing"  # live baseline output absent from the envelope
 
 
+# run_meta key of a worker's store, true once its source was read to the end (a file, a Kafka
+# window) or the run was stopped: no more pairs will come from it
+SOURCE_COMPLETE = "source_complete:"
+
+
+def source_complete_key(worker: str) -> str:
+    return SOURCE_COMPLETE + worker
+
+
 # event times stored are within [1970, 2200): outside it a number is another unit (a nanosecond
 # epoch) or garbage, and such values overflow Arrow's timestamps or print as "(BC)" strings
 EVENT_TIME_MAX_US = 7_258_118_400_000_000  # 2200-01-01T00:00:00Z

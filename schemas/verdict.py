@@ -148,6 +148,11 @@ class SegmentStatus(_Open):
         description="below policy.min_segment_share of the traffic: judged once it has min_samples, "
         "never holds the verdict PENDING",
     )
+    exhausted: bool = Field(
+        False,
+        description="the run is complete and every request of the segment was stored (its quota never filled), "
+        "fewer than min_samples: it cannot hold the verdict PENDING",
+    )
 
 
 class CheckResult(_Open):

@@ -227,7 +227,7 @@ def run_demo(
             cfg_path = workdir / f"run-{s.name}.toml"
             cfg_path.write_text(_config(s, home, source, urls["baseline"], urls[s.name], rows_per_call), encoding="utf-8")
             cfg = load_config(cfg_path)
-            start_run(cfg, policy)  # the run owns its policy: `shadowdiff judge` and `gate` use it later
+            cfg, _ = start_run(cfg, policy)  # the run owns its policy: `shadowdiff judge` and `gate` use it later
             t1 = time.monotonic()
             stats = run_replay(cfg)
             t2 = time.monotonic()

@@ -45,7 +45,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # a bad config, or a source or model that cannot be reached, leaves nothing behind
     validate_targets(cfg)
     preflight(cfg)
-    policy = start_run(cfg, given)
+    cfg, policy = start_run(cfg, given)
     stop = _stop_on_signals()
     hook = judge_hook(cfg.run.home, cfg.run.id, policy, cfg.run.worker) if not args.no_judge else None
     stats = run_replay(cfg, stop, on_checkpoint=hook, checkpoint_every_s=args.judge_every, checked=True)

@@ -46,10 +46,11 @@ def run_policy(home: Path, run_id: str) -> Policy | None:
     return parse_policy(orjson.loads(path.read_bytes()), origin=str(path))
 
 
-def start_run(cfg: RunConfig, policy: Policy | None) -> Policy:
+def start_run(cfg: RunConfig, policy: Policy | None) -> tuple[RunConfig, Policy]:
     """Record the run's candidates and the policy it owns before anything is consumed, and
-    return the policy in force. A restarted run keeps its policy: a different one given again
-    is refused (re-judge under it with `shadowdiff judge --policy` instead)."""
+    return the config to replay (`sampling.min_per_segment = "policy"` resolved to the policy's
+    min_samples) and the policy in force. A restarted run keeps its policy: a different one
+    given again is refused (re-judge under it with `shadowdiff judge --policy` instead)."""
     from diff.judge import policy_digest
 
     layout = RunLayout(cfg.run.home, cfg.run.id)
@@ -66,7 +67,10 @@ def start_run(cfg: RunConfig, policy: Policy | None) -> Policy:
     if stored is None:
         _write_atomic(layout.policy, in_force.model_dump_json(indent=2).encode())
     _write_atomic(layout.run_file, orjson.dumps({"run_id": cfg.run.id, "candidates": [c.name for c in cfg.candidates]}))
-    return in_force
+    if cfg.sampling.min_per_segment == "policy":
+        sampling = cfg.sampling.model_copy(update={"min_per_segment": in_force.min_samples})
+        cfg = cfg.model_copy(update={"sampling": sampling})
+    return cfg, in_force
 
 
 def judge_and_publish(
