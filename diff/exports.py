@@ -7,6 +7,7 @@ once, the copy in the first folder by worker and number, so every look picks the
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import duckdb
 import orjson
 
 from diff.sql import literal
-from schemas.errors import StoreError
+from schemas.errors import JudgeCacheBusy, StoreError
 from schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,8 @@ def open_cache(home: Path, run_id: str, memory_limit: str = "2GB") -> duckdb.Duc
     try:
         con = _connect(layout, memory_limit)
     except duckdb.Error as err:
-        if "lock" in str(err).lower():
-            raise StoreError(f"run {run_id!r}: another judge holds {layout.judge_cache} (one watch per run)") from err
+        if _locked_by_another_process(layout.judge_cache):
+            raise JudgeCacheBusy(f"run {run_id!r}: another judge holds {layout.judge_cache} (one watch per run)") from err
         # a damaged cache: it only ever holds copies of the exports, so it is rebuilt
         log.warning("run %s: judge cache unusable (%s); rebuilding it from the exports", run_id, err)
         for p in (layout.judge_cache, layout.judge_cache.with_name(layout.judge_cache.name + ".wal")):
@@ -125,6 +126,27 @@ def open_cache(home: Path, run_id: str, memory_limit: str = "2GB") -> duckdb.Duc
     except BaseException:
         con.close()
         raise
+
+
+def _locked_by_another_process(path: Path) -> bool:
+    """Whether another process holds the POSIX lock DuckDB takes on a database file it has open
+    (probed with a lock of our own, released at once: DuckDB's error says so only in its text)."""
+    import errno
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        return err.errno in (errno.EACCES, errno.EAGAIN)
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _connect(layout: RunLayout, memory_limit: str) -> duckdb.DuckDBPyConnection:

@@ -33,6 +33,7 @@ from diff.pairs import Pooling, build_pairs
 from diff.quality import feature_checks, run_level_checks, threshold_for
 from diff.segments import ALL, SegmentSets
 from schemas import VERDICT_SCHEMA_VERSION
+from schemas.errors import UnknownCandidate
 from schemas.policy import Policy
 from schemas.records import Status
 
@@ -57,7 +58,7 @@ def judge(
     names = [c["name"] for c in info.candidates]
     cand = candidate or names[0]
     if cand not in names:
-        raise KeyError(f"candidate {cand!r} not in run (has {names})")
+        raise UnknownCandidate(f"run {info.run_id!r} has no candidate {cand!r} (has {names})")
     spec = next(c for c in info.candidates if c["name"] == cand)
     fields = [f for f in (policy.segments or info.segment_fields) if f in info.segment_fields]
     sets = SegmentSets(fields, info.combinations)

@@ -3,6 +3,7 @@
 ShadowdiffError
 ├── ConfigError      a run config or gate policy is invalid (says which key, what was expected)
 ├── StoreError       a DuckDB store cannot be opened or has the wrong schema
+│   └── JudgeCacheBusy another process holds the run's judge cache (one watch per run)
 ├── RunNotFound      no run with that id
 └── UnknownCandidate the run has no candidate of that name
 """
@@ -25,6 +26,10 @@ class ConfigError(ShadowdiffError):
 
 class StoreError(ShadowdiffError):
     """A store cannot be opened, or was written by an incompatible version."""
+
+
+class JudgeCacheBusy(StoreError):
+    """Another process holds the run's judge cache open: one watch per run."""
 
 
 class RunNotFound(ShadowdiffError):

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from schemas.errors import ConfigError, StoreError
+from schemas.errors import ConfigError, JudgeCacheBusy, StoreError
 from schemas.layout import RunLayout
 
 
@@ -139,7 +139,7 @@ def watch_run(
                 # nothing: the served verdict ages into PENDING at the gate, and the next look
                 # tries again; once every worker has finished, a few failures end the watch
                 last_look, failures = time.monotonic(), failures + 1
-                if (done and failures >= 3) or "another judge holds" in str(err):
+                if (done and failures >= 3) or isinstance(err, JudgeCacheBusy):
                     raise  # a second watch of the run stops at once
                 print(f"shadowdiff: run {run_id}: this look failed, trying again: {err}", file=sys.stderr, flush=True)
                 if stop.wait(every_s):

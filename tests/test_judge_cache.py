@@ -17,7 +17,7 @@ from replays import Replay
 from diff.exports import open_cache, open_exports
 from diff.judge import judge
 from diff.testing import Scenario, write_synthetic_store
-from schemas.errors import StoreError
+from schemas.errors import JudgeCacheBusy
 from schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
 from schemas.policy import Policy
 
@@ -189,7 +189,7 @@ def test_a_second_judge_is_refused_and_does_not_touch_the_cache(tmp_path):
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(StoreError, match="another judge holds"):
+        with pytest.raises(JudgeCacheBusy):
             open_cache(home, "run")
     finally:
         holder.communicate("", timeout=30)

@@ -145,6 +145,15 @@ output = {{ score_path = "1" }}
         # 3,000 pairs, so latency keeps the lenient rule here
         policy = parse_policy({"min_samples": 200, "checks": [{"id": "latency_p95", "require_proof": False}]})
         doc = judge(con, policy, "mlserver")
+        # under the default rule the same A/A at MLServer's default batching (a few calls of
+        # many rows a side) is never NO_GO, and latency waits for calls instead of reading
+        # blocks cut from a handful of them as "never within"
+        strict = judge(con, parse_policy({"min_samples": 200}), "mlserver")
     finally:
         con.close()
     assert doc["verdict"] == "go", doc["reasons"]
+    assert strict["verdict"] != "no_go", strict["reasons"]
+    assert not any("never within" in r for r in strict["reasons"]), strict["reasons"]
+    latency = next(c for c in strict["checks"] if c["check"] == "latency_p95" and c["segment"] == "all")
+    assert latency["status"] == "undecided"
+    assert "not yet tested" in latency["detail"]

@@ -28,6 +28,8 @@ from schemas.config import ModelSpec
 from schemas.paths import lookup
 from schemas.records import ErrorClass as E
 
+_ABSENT = object()  # `response_path` not in an answer
+
 
 class WrongShape(Exception):
     pass
@@ -102,10 +104,9 @@ def decode(spec: ModelSpec, answer: Any, n: int) -> list[Any]:
         if not isinstance(preds, list) or len(preds) != n:
             raise WrongShape(f"expected {n} predictions")
         return preds
-    try:
-        out = lookup(answer, spec.response_path)
-    except KeyError as err:
-        raise WrongShape(f"no `{spec.response_path}` in the answer") from err
+    out = lookup(answer, spec.response_path, _ABSENT)
+    if out is _ABSENT:
+        raise WrongShape(f"no `{spec.response_path}` in the answer")
     if spec.rows_per_call == 1:
         return [out]
     if not isinstance(out, list) or len(out) != n:
