@@ -23,11 +23,12 @@ from typing import Any
 
 import orjson
 
-from replay.store import StoreWriter
+from replay.store import WRITER_MEMORY, StoreWriter
 from schemas.layout import EXPORT_TABLES, RunLayout
 from schemas.objectstore import RUN_FILES, SharedRun
 
 _STATE = "export_state"
+EXPORT_MEMORY = "256MB"  # a COPY of one checkpoint's rows to Parquet, while it runs
 log = logging.getLogger(__name__)
 
 
@@ -97,11 +98,17 @@ class Exporter:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         rows: dict[str, int] = {}
-        for t in EXPORT_TABLES:
-            where = f"rowid > {self.exported[t]} AND rowid <= {tops[t]}"
-            target = str(tmp / f"{t}.parquet").replace("'", "''")
-            copied = con.execute(f"COPY (SELECT * FROM {t} WHERE {where}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
-            rows[t] = int(copied.fetchone()[0])  # type: ignore[index]
+        # the writer's buffer budget is small (its inserts are); a Parquet COPY of a checkpoint's
+        # rows needs more, and ran out of it on a loaded machine: the budget is raised for the copy
+        con.execute(f"SET memory_limit = '{EXPORT_MEMORY}'")
+        try:
+            for t in EXPORT_TABLES:
+                where = f"rowid > {self.exported[t]} AND rowid <= {tops[t]}"
+                target = str(tmp / f"{t}.parquet").replace("'", "''")
+                copied = con.execute(f"COPY (SELECT * FROM {t} WHERE {where}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
+                rows[t] = int(copied.fetchone()[0])  # type: ignore[index]
+        finally:
+            con.execute(f"SET memory_limit = '{WRITER_MEMORY}'")
         manifest = {
             "worker": self.writer.cfg.run.worker,
             "seq": seq,
