@@ -15,7 +15,10 @@ test warn only. Latency intervals come from the spread across stretches of wall-
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import duckdb
@@ -27,9 +30,9 @@ from diff.decide import Family, decide
 from diff.explain import data_section, examples, excess, localise, offered_load
 from diff.kept import RATE
 from diff.kinds import RUN_LEVEL_KINDS, SEGMENT_KINDS, Evidence
-from diff.load import run_info, source_complete
+from diff.load import RunInfo, run_info, source_complete
 from diff.outputs import compare_outputs
-from diff.pairs import Pooling, build_pairs
+from diff.pairs import BuiltPairs, Pooling, build_pairs
 from diff.quality import feature_checks, run_level_checks, threshold_for
 from diff.segments import ALL, SegmentSets
 from schemas import VERDICT_SCHEMA_VERSION
@@ -53,19 +56,119 @@ def judge(
     """The verdict document (schemas/verdict.v1.schema.json) for one candidate of the run whose
     tables `con` sees. Deterministic: the same stored pairs and policy give the same document,
     `generated_at` aside. Candidates judged together over the same tables pass one `shared`
-    dict: what does not depend on the candidate (the features' statistics) is computed once."""
+    dict: what does not depend on the candidate (the features' statistics) is computed once.
+
+    Four steps: gather the evidence (pairs and their aggregates per segment), run the checks,
+    decide (diff/decide.py), and write the verdict with its reasons."""
     info = run_info(con)
     names = [c["name"] for c in info.candidates]
     cand = candidate or names[0]
     if cand not in names:
         raise UnknownCandidate(f"run {info.run_id!r} has no candidate {cand!r} (has {names})")
+    ev = gather_evidence(con, policy, info, cand)
+    complete = source_complete(con)
+    segments, judged = segment_status(ev, policy, complete)
+    results = run_checks(con, ev, policy, judged, shared)
+    family = decide(results, policy, ev.n_run, declared_family(policy, ev.sets, ev.output, len(names)))
+    verdict, reasons = verdict_and_reasons(ev, policy, results, segments, complete)
+    warnings = [f"{_what(r)} in {r.segment}: {r.detail}" for r in results if r.status == ck.WARN]
+    doc: dict[str, Any] = {
+        "schema_version": VERDICT_SCHEMA_VERSION,
+        "run_id": info.run_id,
+        "candidate": cand,
+        "verdict": verdict.value,
+        "reasons": reasons,
+        "warnings": warnings[:50],
+        "failing_segments": sorted({r.segment for r in results if r.status == ck.FAIL}),
+        "data": data_section(con, info, ev.t_min, ev.t_max),
+        "load": offered_load(con, info, cand),
+        "versions": {
+            "candidate_model": ev.spec.get("model_version"),
+            "candidate_feature_version": ev.spec.get("feature_version"),
+            "baseline": info.config.get("baseline", {}),
+            "software": info.meta.get("versions", {}),
+            "config_digest": info.meta.get("config_digest"),
+        },
+        "policy": policy_summary(policy),
+        "statistics": _statistics(policy, len(family), ev),
+        "segments": segments,
+        "pooled_segment_values": ev.built.pooled,
+        "checks": [r.as_dict() for r in results],
+        "comparisons": {seg: st.as_dict() for seg, st in sorted(ev.comparisons.items())},
+        "flips": {seg: dict(sorted(v["moves"].items())) for seg, v in sorted(ev.labels.items()) if v["moves"]},
+        "examples": examples(con, ev.sets, policy.examples, cand),
+    }
+    doc = _stable(doc)
+    doc["digest"] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+    doc["generated_at"] = datetime.now(UTC).isoformat()
+    return doc
+
+
+@dataclass
+class RunEvidence:
+    """What the checks of one candidate read: the run's pairs and their aggregates per segment."""
+
+    info: RunInfo
+    cand: str
+    spec: dict[str, Any]
+    sets: SegmentSets
+    built: BuiltPairs
+    pstats: dict[str, Any]
+    windows: dict[float, dict[str, Any]]
+    dists: dict[str, Any]
+    labels: dict[str, Any]
+    blocks: dict[str, Any]
+    comparisons: dict[str, Any]
+    lat_qs: list[float]
+    grid: list[float]
+    abs_grid: list[float]
+    abs_thresholds: list[float]
+    live: bool
+    hour_bucket: str | None
+
+    @property
+    def output(self) -> dict[str, Any]:
+        return dict(self.info.config.get("output", {}))
+
+    @property
+    def n_run(self) -> int:
+        return int(self.pstats[ALL]["n_req"]) if ALL in self.pstats else 0
+
+    @property
+    def t_min(self) -> Any:
+        return self.pstats[ALL]["t_min"] if ALL in self.pstats else None
+
+    @property
+    def t_max(self) -> Any:
+        return self.pstats[ALL]["t_max"] if ALL in self.pstats else None
+
+    def for_segment(self, seg: str) -> Evidence:
+        # latency is compared over wall-clock blocks; in a replay an event-time segment (the hour
+        # bucket) is a stretch of wall-clock time with its own load, so it gets no latency verdict
+        event_time_fields = {self.hour_bucket} if self.hour_bucket and not self.live else set()
+        return Evidence(
+            segment=seg,
+            pairs=self.pstats.get(seg, {}),
+            windows={wd: by_seg[seg] for wd, by_seg in self.windows.items() if seg in by_seg},
+            distribution=self.dists.get(seg),
+            labels=self.labels.get(seg),
+            blocks=self.blocks.get(seg),
+            comparison=self.comparisons.get(seg),
+            event_time_segment=seg != ALL and any(p.split("=", 1)[0] in event_time_fields for p in seg.split("&")),
+            lat_quantiles=self.lat_qs,
+            lat_grid=self.grid,
+            abs_grid=self.abs_grid,
+            abs_thresholds=self.abs_thresholds,
+        )
+
+
+def gather_evidence(con: duckdb.DuckDBPyConnection, policy: Policy, info: RunInfo, cand: str) -> RunEvidence:
+    """Build the candidate's pairs and every aggregate the policy's checks need."""
     spec = next(c for c in info.candidates if c["name"] == cand)
     fields = [f for f in (policy.segments or info.segment_fields) if f in info.segment_fields]
     sets = SegmentSets(fields, info.combinations)
     built = build_pairs(con, info, cand, fields, Pooling(policy.max_segment_values, policy.min_segment_share))
-
-    lat_checks = [c for c in policy.checks if c.kind == "latency"]
-    lat_qs = sorted({0.5, 0.95, 0.99, *(c.quantile for c in lat_checks)})
+    lat_qs = sorted({0.5, 0.95, 0.99, *(c.quantile for c in policy.checks if c.kind == "latency")})
     grid = agg.latency_grid(lat_qs)
     tol = next((c.tolerance for c in policy.checks if c.kind == "score_diff"), 0.05)
     abs_q_checks = [c for c in policy.checks if c.kind == "abs_diff_quantile"]
@@ -75,9 +178,54 @@ def judge(
         {t for c in abs_q_checks for t in (c.threshold, *(o.threshold for o in c.overrides)) if t is not None}
     )
     widths = sorted({c.for_minutes for c in policy.checks if c.kind in ("latency", "error_rate") and c.for_minutes > 0})
+    by_sampling = _by_sampling(con, info, built)
+    needs = set().union(*(SEGMENT_KINDS[c.kind].needs for c in policy.checks if c.kind in SEGMENT_KINDS))
+    baseline_model = info.config.get("baseline", {}).get("model") or {}
+    return RunEvidence(
+        info=info,
+        cand=cand,
+        spec=spec,
+        sets=sets,
+        built=built,
+        pstats=by_sampling(lambda w, kept: agg.pair_stats(con, sets, tol, grid, w, abs_grid, abs_thresholds, kept)),
+        windows={wd: by_sampling(partial(_per_window, con, sets, lat_qs, wd)) for wd in widths} if "windows" in needs else {},
+        dists=by_sampling(lambda w, _: agg.score_distributions(con, sets, w)) if "distributions" in needs else {},
+        labels=by_sampling(lambda w, _: agg.label_counts(con, sets, w)),  # the verdict's flips table reads them too
+        blocks=by_sampling(lambda w, kept: agg.latency_blocks(con, sets, lat_qs, w, kept)) if "latency_blocks" in needs else {},
+        comparisons=compare_outputs(
+            con,
+            sets,
+            cand,
+            info.config.get("output", {}),
+            candidate_spec=spec.get("output"),
+            baseline_spec=baseline_model.get("output"),
+        ),
+        lat_qs=lat_qs,
+        grid=grid,
+        abs_grid=abs_grid,
+        abs_thresholds=abs_thresholds,
+        live=info.config.get("source", {}).get("kind") == "kafka-live",
+        hour_bucket=(info.config.get("segments", {}).get("hour_buckets") or {}).get("name"),
+    )
+
+
+Aggregate = Callable[[str, Any], dict[str, Any]]
+
+
+def _per_window(
+    con: duckdb.DuckDBPyConnection, sets: SegmentSets, lat_qs: list[float], width: float, where: str, kept: Any
+) -> dict[str, Any]:
+    return dict(agg.per_window(con, sets, lat_qs, width, where, kept))
+
+
+def _by_sampling(con: duckdb.DuckDBPyConnection, info: RunInfo, built: BuiltPairs) -> Callable[[Aggregate], dict[str, Any]]:
+    """Per-segment minimum quotas oversample small segments on purpose: a segment that mixes
+    them with other traffic is judged on rate samples only (unbiased), a segment whose own quota
+    took samples, and its sub-segments, on all their samples (that is what the quota is for).
+    `aggregate(where, kept)` may keep its partials between looks (`kept`) when `where` holds
+    rate samples only."""
     (n_quota,) = con.execute("SELECT count(*) FROM pairs WHERE sampled_reason = 'quota'").fetchone() or (0,)
-    # the segments whose own quota took samples the rate did not: a quota that the rate samples
-    # filled took none, and its segment stays a uniform sample of rate samples only
+    # a quota that the rate samples filled took none, and its segment stays a uniform sample
     quota_segments: set[str] = set()
     if n_quota:
         has_kept = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'quota_kept'").fetchone()
@@ -86,11 +234,7 @@ def judge(
         else:  # quota samples stored without their hashes: every named quota
             quota_segments = set(info.config.get("sampling", {}).get("quotas", {}))
 
-    def by_sampling(aggregate: Any) -> dict[str, Any]:
-        """Per-segment minimum quotas oversample rare segments on purpose: a segment that mixes
-        them with other traffic is judged on rate samples only (unbiased), a quota segment and
-        its sub-segments on all their samples (that is what the quota is for). `aggregate(where,
-        kept)` may keep its partials between looks (`kept`) when `where` holds rate samples only."""
+    def by_sampling(aggregate: Aggregate) -> dict[str, Any]:
         if not n_quota:
             return dict(aggregate("TRUE", built.kept))
         out = dict(aggregate(RATE, built.kept))
@@ -99,53 +243,11 @@ def judge(
                 out[seg] = value
         return out
 
-    needs = set().union(*(SEGMENT_KINDS[c.kind].needs for c in policy.checks if c.kind in SEGMENT_KINDS))
-    pstats = by_sampling(lambda w, kept: agg.pair_stats(con, sets, tol, grid, w, abs_grid, abs_thresholds, kept))
-    windows = (
-        {wd: by_sampling(lambda w, kept, wd=wd: agg.per_window(con, sets, lat_qs, wd, w, kept)) for wd in widths}
-        if "windows" in needs
-        else {}
-    )
-    dists = by_sampling(lambda w, _: agg.score_distributions(con, sets, w)) if "distributions" in needs else {}
-    labels = by_sampling(lambda w, _: agg.label_counts(con, sets, w))  # the verdict's flips table reads them too
-    blocks = by_sampling(lambda w, kept: agg.latency_blocks(con, sets, lat_qs, w, kept)) if "latency_blocks" in needs else {}
-    baseline_model = info.config.get("baseline", {}).get("model") or {}
-    comparisons = compare_outputs(
-        con,
-        sets,
-        cand,
-        info.config.get("output", {}),
-        candidate_spec=spec.get("output"),
-        baseline_spec=baseline_model.get("output"),
-    )
+    return by_sampling
 
-    # latency is compared over wall-clock blocks; in a replay an event-time segment (the hour
-    # bucket) is a stretch of wall-clock time with its own load, so it gets no latency verdict
-    live = info.config.get("source", {}).get("kind") == "kafka-live"
-    hour_bucket = (info.config.get("segments", {}).get("hour_buckets") or {}).get("name")
-    event_time_fields = {hour_bucket} if hour_bucket and not live else set()
 
-    def evidence(seg: str) -> Evidence:
-        return Evidence(
-            segment=seg,
-            pairs=pstats.get(seg, {}),
-            windows={wd: by_seg[seg] for wd, by_seg in windows.items() if seg in by_seg},
-            distribution=dists.get(seg),
-            labels=labels.get(seg),
-            blocks=blocks.get(seg),
-            comparison=comparisons.get(seg),
-            event_time_segment=seg != ALL and any(p.split("=", 1)[0] in event_time_fields for p in seg.split("&")),
-            lat_quantiles=lat_qs,
-            lat_grid=grid,
-            abs_grid=abs_grid,
-            abs_thresholds=abs_thresholds,
-        )
-
-    segments: list[dict[str, Any]] = []
-    output: dict[str, Any] = info.config.get("output", {})
-    judged: set[str] = set()
-    n_run = int(pstats[ALL]["n_req"]) if ALL in pstats else 0
-    complete = source_complete(con)
+def segment_status(ev: RunEvidence, policy: Policy, complete: bool) -> tuple[list[dict[str, Any]], set[str]]:
+    """Each segment's pairs and standing before its checks, and the segments with min_samples."""
 
     def exhausted(seg: str, n: int) -> bool:
         """No more pairs will come, and every request the segment had was stored: a quota of at
@@ -153,24 +255,26 @@ def judge(
         if not complete or seg == ALL or n >= policy.min_samples:
             return False
         for part in seg.split("&"):
-            k = info.quota_k(part)
-            if k is not None and k >= policy.min_samples and part in pstats and int(pstats[part]["n_req"]) < k:
+            k = ev.info.quota_k(part)
+            if k is not None and k >= policy.min_samples and part in ev.pstats and int(ev.pstats[part]["n_req"]) < k:
                 return True
         return False
 
-    for seg in sorted(pstats, key=lambda s: (s != ALL, s)):
-        n = int(pstats[seg]["n_req"])
+    segments: list[dict[str, Any]] = []
+    judged: set[str] = set()
+    for seg in sorted(ev.pstats, key=lambda s: (s != ALL, s)):
+        n = int(ev.pstats[seg]["n_req"])
         ok = n >= policy.min_samples
         segments.append(
             {
                 "segment": seg,
                 "n": n,
-                "n_pairs": int(pstats[seg]["n_pair"]),
+                "n_pairs": int(ev.pstats[seg]["n_pair"]),
                 "status": Status.GO.value if ok else Status.PENDING.value,
                 "needed": max(0, policy.min_samples - n),
                 # too small a share of the traffic to wait for: judged once it has min_samples,
                 # never holding the verdict PENDING (its pairs count in `all` and in its fields' other segments)
-                "rare": seg != ALL and n < policy.min_segment_share * n_run,
+                "rare": seg != ALL and n < policy.min_segment_share * ev.n_run,
                 # all of its traffic is in, and it is short of min_samples: it cannot hold the
                 # verdict either (its pairs count in `all` and in its fields' other segments)
                 "exhausted": exhausted(seg, n),
@@ -178,38 +282,53 @@ def judge(
         )
         if ok:
             judged.add(seg)
+    return segments, judged
 
+
+def run_checks(
+    con: duckdb.DuckDBPyConnection, ev: RunEvidence, policy: Policy, judged: set[str], shared: dict[str, Any] | None
+) -> list[ck.CheckResult]:
+    """Every check of the policy in every segment, in the policy's order; a short segment's
+    pair and feature checks wait for pairs (PENDING), whole-run ones do not."""
     results: list[ck.CheckResult] = []
     for chk in policy.checks:
         kind = SEGMENT_KINDS.get(chk.kind)
-        over = pstats if kind is None or kind.over == "pairs" else comparisons
+        over = ev.pstats if kind is None or kind.over == "pairs" else ev.comparisons
         for seg in over:
             thr, sev = threshold_for(chk, seg)
             if sev == "off":
                 continue
             if seg not in judged:
-                # a short segment's pair and feature checks wait for pairs; whole-run ones do not
                 if (kind.over == "pairs") if kind is not None else chk.kind not in RUN_LEVEL_KINDS:
-                    n_seg = int(pstats[seg]["n_req"])
+                    n_seg = int(ev.pstats[seg]["n_req"])
                     detail = f"{n_seg} of {policy.min_samples} pairs needed"
                     results.append(ck.CheckResult(chk.id, chk.kind, seg, sev, thr, n_seg, status=ck.PENDING, detail=detail))
                 continue
             if kind is None:
                 continue
-            if (r := kind.evaluate(chk, evidence(seg), thr, sev)) is not None:
+            if (r := kind.evaluate(chk, ev.for_segment(seg), thr, sev)) is not None:
                 results.append(r)
-            elif seg == ALL and sev == "critical" and kind.expects_evidence(output):
+            elif seg == ALL and sev == "critical" and kind.expects_evidence(ev.output):
                 # missing evidence is never a pass: the whole run gave this check nothing to test
                 detail = f"no {kind.evidence} in the stored pairs"
                 results.append(ck.CheckResult(chk.id, chk.kind, seg, sev, thr, 0, status=ck.NA, detail=detail))
-    results += feature_checks(con, info, sets, policy, judged, built.seg_exprs, shared)
-    results += run_level_checks(con, info, spec, sets, policy, judged, built.duplicates)
-
+    results += feature_checks(con, ev.info, ev.sets, policy, judged, ev.built.seg_exprs, shared)
+    results += run_level_checks(con, ev.info, ev.spec, ev.sets, policy, judged, ev.built.duplicates)
     order = {c.id: i for i, c in enumerate(policy.checks)}
     results.sort(key=lambda r: (order[r.check_id], r.segment != ALL, r.segment, r.feature or ""))
-    family = decide(results, policy, n_run, declared_family(policy, sets, output, len(names)))
+    return results
 
-    failing = sorted({r.segment for r in results if r.status == ck.FAIL})
+
+def _what(r: ck.CheckResult) -> str:
+    return f"{r.check_id}{'[' + r.feature + ']' if r.feature else ''}"
+
+
+def verdict_and_reasons(
+    ev: RunEvidence, policy: Policy, results: list[ck.CheckResult], segments: list[dict[str, Any]], complete: bool
+) -> tuple[Status, list[str]]:
+    """The verdict of decided results, and its reasons: what failed, or what it waits for. Sets
+    each segment's final status."""
+    failing = {r.segment for r in results if r.status == ck.FAIL}
     rare = {s["segment"] for s in segments if s["rare"]}
     # critical checks neither shown worse nor shown within hold the verdict, in `all` and in
     # every segment but the rare ones (there, within the segment margin)
@@ -219,37 +338,26 @@ def judge(
             s["status"] = Status.NO_GO.value
         elif any(r.segment == s["segment"] for r in undecided):
             s["status"] = Status.PENDING.value
-    overall = pstats.get(ALL)
-    n_all = int(overall["n_req"]) if overall else 0
-    t_min = overall["t_min"] if overall else None
-    t_max = overall["t_max"] if overall else None
-    span_min = ((t_max - t_min).total_seconds() / 60) if t_min and t_max else 0.0
-    reasons: list[str] = []
+    span_min = ((ev.t_max - ev.t_min).total_seconds() / 60) if ev.t_min and ev.t_max else 0.0
     pending_segments = [s for s in segments if s["n"] < policy.min_samples and not s["rare"] and not s["exhausted"]]
     # a critical check whose evidence is missing is never a pass: it holds the verdict
     not_assessed = [r for r in results if r.status == ck.NA and r.severity == "critical"]
+    reasons: list[str] = []
     if failing:
         verdict = Status.NO_GO
-        worst_first = sorted(
-            (r for r in results if r.status == ck.FAIL),
-            key=lambda r: (order[r.check_id], -excess(r), r.segment),
-        )
-        reasons += localise(results, sets)
-        for r in worst_first:
-            if r.status == ck.FAIL:
-                what = f"{r.check_id}{'[' + r.feature + ']' if r.feature else ''}"
-                reasons.append(
-                    f"{what} failed in {r.segment}: {r.detail}"
-                    + (f" (p_adj={r.p_adjusted:.2g})" if r.p_adjusted is not None else "")
-                )
-    elif n_all == 0:
+        order = {c.id: i for i, c in enumerate(policy.checks)}
+        reasons += localise(results, ev.sets)
+        for r in sorted((r for r in results if r.status == ck.FAIL), key=lambda r: (order[r.check_id], -excess(r), r.segment)):
+            p_adj = f" (p_adj={r.p_adjusted:.2g})" if r.p_adjusted is not None else ""
+            reasons.append(f"{_what(r)} failed in {r.segment}: {r.detail}{p_adj}")
+    elif ev.n_run == 0:
         verdict = Status.PENDING
         reasons.append("no data: no stored pairs for this candidate yet")
-    elif n_all < policy.min_samples or (policy.require_all_segments and pending_segments):
+    elif ev.n_run < policy.min_samples or (policy.require_all_segments and pending_segments):
         verdict = Status.PENDING
         for s in pending_segments:
             reasons.append(f"{s['segment']}: {s['n']} pairs, needs {s['needed']} more (min_samples {policy.min_samples})")
-        if complete and pending_segments and not info.per_segment_k:
+        if complete and pending_segments and not ev.info.per_segment_k:
             reasons.append(
                 'the run is complete: with sampling.min_per_segment = "policy" each segment is sampled up to min_samples'
             )
@@ -262,94 +370,69 @@ def judge(
     elif undecided:
         verdict = Status.PENDING
         for r in sorted(undecided, key=lambda r: (r.pairs_needed is not None, -(r.pairs_needed or 0)))[:10]:
-            what = f"{r.check_id}{'[' + r.feature + ']' if r.feature else ''}"
-            reasons.append(f"{what} in {r.segment}: {r.detail}")
+            reasons.append(f"{_what(r)} in {r.segment}: {r.detail}")
         if len(undecided) > 10:
             reasons.append(f"... and {len(undecided) - 10} more checks not yet shown within their thresholds")
     else:
         verdict = Status.GO
-        reasons.append(f"all {len([r for r in results if r.status == ck.PASS])} checks passed in {len(judged)} segments")
+        passed = len([r for r in results if r.status == ck.PASS])
+        reasons.append(f"all {passed} checks passed in {len([s for s in segments if s['n'] >= policy.min_samples])} segments")
     reasons += [
         f"{s['segment']}: the run's whole traffic held {s['n']} requests of it, fewer than min_samples "
         f"{policy.min_samples}: judged within `all` and its fields' other segments, not on its own"
         for s in segments
         if s["exhausted"]
     ]
-    warnings = [
-        f"{r.check_id}{'[' + r.feature + ']' if r.feature else ''} in {r.segment}: {r.detail}"
-        for r in results
-        if r.status == ck.WARN
-    ]
+    return verdict, reasons
 
-    doc: dict[str, Any] = {
-        "schema_version": VERDICT_SCHEMA_VERSION,
-        "run_id": info.run_id,
-        "candidate": cand,
-        "verdict": verdict.value,
-        "reasons": reasons,
-        "warnings": warnings[:50],
-        "failing_segments": failing,
-        "data": data_section(con, info, t_min, t_max),
-        "load": offered_load(con, info, cand),
-        "versions": {
-            "candidate_model": spec.get("model_version"),
-            "candidate_feature_version": spec.get("feature_version"),
-            "baseline": info.config.get("baseline", {}),
-            "software": info.meta.get("versions", {}),
-            "config_digest": info.meta.get("config_digest"),
-        },
-        "policy": {
-            "digest": policy_digest(policy),
-            "min_samples": policy.min_samples,
-            "min_duration_minutes": policy.min_duration_minutes,
-            "alpha": policy.alpha,
-            "correction": policy.correction,
-            "require_all_segments": policy.require_all_segments,
-            "prove_in_segments": policy.prove_in_segments,
-            "segment_margin": policy.segment_margin,
-            "latency_min_span_minutes": policy.latency_min_span_minutes,
-            "decision": policy.decision,
-            "anytime_horizon": policy.anytime_horizon,
-            "min_segment_share": policy.min_segment_share,
-            "checks": [
-                {"id": c.id, "kind": c.kind, "severity": c.severity, "threshold": c.threshold, "require_proof": c.require_proof}
-                for c in policy.checks
-            ],
-        },
-        "statistics": {
-            "correction": "holm (family-wise error rate)"
-            if policy.correction == "holm"
-            else "benjamini-hochberg (false discovery rate)",
-            "alpha": policy.alpha,
-            "tests_in_family": len(family),
-            "latency_axis": (
-                _CLOCK
-                if not hour_bucket
-                else f"{_CLOCK}; the event-time segments ({hour_bucket}) too (live: event time is wall-clock time)"
-                if live
-                else f"{_CLOCK}; the event-time segments ({hour_bucket}) of a replay are not judged on latency"
-            ),
-            "decision": "anytime-valid (exact Bernoulli e-processes for rates, Gaussian-mixture ones for means "
-            "and latency ratios): valid however often the run is judged, and the first GO or NO_GO is final; "
-            "a critical check passes only once shown within its threshold (in a segment, within "
-            f"{policy.segment_margin:g} times the threshold's distance from the ideal)"
-            if policy.decision == "anytime"
-            else "fixed-sample tests read at this look; a check passes unless shown worse",
-            "note": "the critical tests form one family declared from the first look (half of alpha to the whole "
-            "run's, half to the segments' slots, split over the run's candidates); warnings are corrected apart; "
-            "distance checks (Wasserstein, Jensen-Shannon) are effect-size thresholds",
-        },
-        "segments": segments,
-        "pooled_segment_values": built.pooled,
-        "checks": [r.as_dict() for r in results],
-        "comparisons": {seg: st.as_dict() for seg, st in sorted(comparisons.items())},
-        "flips": {seg: dict(sorted(v["moves"].items())) for seg, v in sorted(labels.items()) if v["moves"]},
-        "examples": examples(con, sets, policy.examples, cand),
+
+def policy_summary(policy: Policy) -> dict[str, Any]:
+    """The policy the verdict was judged under (schemas/verdict.PolicySummary)."""
+    return {
+        "digest": policy_digest(policy),
+        "min_samples": policy.min_samples,
+        "min_duration_minutes": policy.min_duration_minutes,
+        "alpha": policy.alpha,
+        "correction": policy.correction,
+        "require_all_segments": policy.require_all_segments,
+        "prove_in_segments": policy.prove_in_segments,
+        "segment_margin": policy.segment_margin,
+        "latency_min_span_minutes": policy.latency_min_span_minutes,
+        "decision": policy.decision,
+        "anytime_horizon": policy.anytime_horizon,
+        "min_segment_share": policy.min_segment_share,
+        "checks": [
+            {"id": c.id, "kind": c.kind, "severity": c.severity, "threshold": c.threshold, "require_proof": c.require_proof}
+            for c in policy.checks
+        ],
     }
-    doc = _stable(doc)
-    doc["digest"] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
-    doc["generated_at"] = datetime.now(UTC).isoformat()
-    return doc
+
+
+def _statistics(policy: Policy, tests_in_family: int, ev: RunEvidence) -> dict[str, Any]:
+    hour_bucket = ev.hour_bucket
+    return {
+        "correction": "holm (family-wise error rate)"
+        if policy.correction == "holm"
+        else "benjamini-hochberg (false discovery rate)",
+        "alpha": policy.alpha,
+        "tests_in_family": tests_in_family,
+        "latency_axis": (
+            _CLOCK
+            if not hour_bucket
+            else f"{_CLOCK}; the event-time segments ({hour_bucket}) too (live: event time is wall-clock time)"
+            if ev.live
+            else f"{_CLOCK}; the event-time segments ({hour_bucket}) of a replay are not judged on latency"
+        ),
+        "decision": "anytime-valid (exact Bernoulli e-processes for rates, Gaussian-mixture ones for means "
+        "and latency ratios): valid however often the run is judged, and the first GO or NO_GO is final; "
+        "a critical check passes only once shown within its threshold (in a segment, within "
+        f"{policy.segment_margin:g} times the threshold's distance from the ideal)"
+        if policy.decision == "anytime"
+        else "fixed-sample tests read at this look; a check passes unless shown worse",
+        "note": "the critical tests form one family declared from the first look (half of alpha to the whole "
+        "run's, half to the segments' slots, split over the run's candidates); warnings are corrected apart; "
+        "distance checks (Wasserstein, Jensen-Shannon) are effect-size thresholds",
+    }
 
 
 def declared_family(policy: Policy, sets: SegmentSets, output: dict[str, Any], candidates: int) -> Family:
