@@ -134,10 +134,13 @@ def main() -> None:
             f"max {a.max():.2f} (target p99 <= 20 ms); non-200 or failed: {errors}"
         )
     finally:
+        # a stopped replay stores its batch in hand, exports and judges once more before it exits
+        t_stop = time.monotonic()
         writer.terminate()
         gate.terminate()
-        writer.wait(30)
+        writer.wait(120)
         gate.wait(10)
+        print(f"the replay stopped {time.monotonic() - t_stop:.1f} s after SIGTERM (final store, export and verdict)")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from schemas.layout import EXPORT_TABLES, RunLayout
 from schemas.objectstore import RUN_FILES, SharedRun
 
 _STATE = "export_state"
-EXPORT_MEMORY = "256MB"  # a COPY of one checkpoint's rows to Parquet, while it runs
+EXPORT_MEMORY = "128MB"  # a COPY of one checkpoint's rows to Parquet, while it runs
 log = logging.getLogger(__name__)
 
 
@@ -99,8 +99,10 @@ class Exporter:
         tmp.mkdir(parents=True)
         rows: dict[str, int] = {}
         # the writer's buffer budget is small (its inserts are); a Parquet COPY of a checkpoint's
-        # rows needs more, and ran out of it on a loaded machine: the budget is raised for the copy
+        # rows needs more, and ran out of it on a loaded machine: the budget is raised for the
+        # copy, which need not keep the rows' order (readers key them) and so buffers less
         con.execute(f"SET memory_limit = '{EXPORT_MEMORY}'")
+        con.execute("SET preserve_insertion_order = false")
         try:
             for t in EXPORT_TABLES:
                 where = f"rowid > {self.exported[t]} AND rowid <= {tops[t]}"
@@ -108,6 +110,7 @@ class Exporter:
                 copied = con.execute(f"COPY (SELECT * FROM {t} WHERE {where}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
                 rows[t] = int(copied.fetchone()[0])  # type: ignore[index]
         finally:
+            con.execute("RESET preserve_insertion_order")
             con.execute(f"SET memory_limit = '{WRITER_MEMORY}'")
         manifest = {
             "worker": self.writer.cfg.run.worker,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -133,13 +134,18 @@ def scorer(
 
 
 _MODELS: dict[str, Callable[[list[dict[str, Any]]], list[Any]]] = {}
+_TRAINING = threading.Lock()
 
 
 def _model(name: str) -> Callable[[list[dict[str, Any]]], list[Any]]:
-    # trained once per process on first use: the compose worker's in-process models
-    if name not in _MODELS:
-        _MODELS["baseline"] = scorer(train(seed=1), seed=11)
-        _MODELS["candidate"] = scorer(train(seed=2), seed=14)
+    # trained once per process on first use: the compose worker's in-process models. Training
+    # takes about 10 s, longer than a call's timeout: the calls that timed out meanwhile wait
+    # for the one training under the lock (without it each trained its own, and a stopped
+    # replay waited minutes for those threads to end)
+    with _TRAINING:
+        if name not in _MODELS:
+            _MODELS["baseline"] = scorer(train(seed=1), seed=11)
+            _MODELS["candidate"] = scorer(train(seed=2), seed=14)
     return _MODELS[name]
 
 
