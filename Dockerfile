@@ -5,7 +5,7 @@ COPY replay replay
 COPY diff diff
 COPY reports reports
 COPY schemas schemas
-COPY shadowdiff_cli shadowdiff_cli
+COPY shadowdiff shadowdiff
 COPY deploy deploy
 # the production image carries no demo; docker-compose.yml builds with EXTRAS="[demo]", since
 # its worker scores with the demo's scikit-learn models

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from burst_noise import latency_pairs
 
-from diff.aggregate import block_size, last_block
-from diff.checks import batch_means_error
+from shadowdiff.diff.aggregate import block_size, last_block
+from shadowdiff.diff.checks import batch_means_error
 
 
 def interpolated(x: np.ndarray, q: float) -> float:

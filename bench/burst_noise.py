@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diff.aggregate import CALL_ORDER
+from shadowdiff.diff.aggregate import CALL_ORDER
 
 SLICE = 100  # pairs per slice, as bench/decision_bench.py simulates the load
 

@@ -35,10 +35,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diff import aggregate as agg
-from diff import checks as ck
-from diff.decide import Family, decide
-from schemas.policy import Check, Policy
+from shadowdiff.diff import aggregate as agg
+from shadowdiff.diff import checks as ck
+from shadowdiff.diff.decide import Family, decide
+from shadowdiff.schemas.policy import Check, Policy
 
 MAX_PAIRS = 100_000
 SLICE = 100  # pairs per slice of load

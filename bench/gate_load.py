@@ -31,7 +31,7 @@ def free_port() -> int:
 
 
 def recording(path: Path, n: int) -> None:
-    from shadowdiff_cli.demo_traffic import generate
+    from shadowdiff.cli.demo_traffic import generate
 
     with path.open("wb") as fh:
         for i in range(0, n, 5000):
@@ -54,14 +54,14 @@ categorical = ["plan"]
 fields = ["region", "device"]
 [baseline]
 kind = "model"
-model = {{ name = "b", kind = "python", target = "shadowdiff_cli.demo_traffic:baseline_batch" }}
+model = {{ name = "b", kind = "python", target = "shadowdiff.cli.demo_traffic:baseline_batch" }}
 [output]
 score_path = "score"
 label_path = "label"
 [[candidates]]
 name = "c"
 kind = "python"
-target = "shadowdiff_cli.demo_traffic:candidate_batch"
+target = "shadowdiff.cli.demo_traffic:candidate_batch"
 """
 
 
@@ -106,12 +106,12 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     port = free_port()
     gate = subprocess.Popen(
-        [sys.executable, "-m", "shadowdiff_cli.main", "serve", "--home", str(home / "runs"), "--port", str(port)],
+        [sys.executable, "-m", "shadowdiff.cli.main", "serve", "--home", str(home / "runs"), "--port", str(port)],
         env=env,
         stderr=subprocess.DEVNULL,
     )
     writer = subprocess.Popen(
-        [sys.executable, "-m", "shadowdiff_cli.main", "replay", "--config", str(home / "run.toml"), "--judge-every", "10"],
+        [sys.executable, "-m", "shadowdiff.cli.main", "replay", "--config", str(home / "run.toml"), "--judge-every", "10"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import peak_rss_mb
 from synth import big_store
 
-from diff.features import FeatureTables
-from diff.judge import judge
-from diff.load import RunInfo, open_run
-from diff.segments import SegmentSets
-from schemas.policy import Policy, Reference
+from shadowdiff.diff.features import FeatureTables
+from shadowdiff.diff.judge import judge
+from shadowdiff.diff.load import RunInfo, open_run
+from shadowdiff.diff.segments import SegmentSets
+from shadowdiff.schemas.policy import Policy, Reference
 
 
 def drift_frame(n: int, cols: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:

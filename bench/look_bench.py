@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synth import big_store
 
-from diff.exports import open_cache, open_exports
-from diff.judge import judge
-from schemas.layout import EXPORT_TABLES, RunLayout
-from schemas.policy import Policy, Reference
+from shadowdiff.diff.exports import open_cache, open_exports
+from shadowdiff.diff.judge import judge
+from shadowdiff.schemas.layout import EXPORT_TABLES, RunLayout
+from shadowdiff.schemas.policy import Policy, Reference
 
 
 def publish(store: Path, layout: RunLayout, seq: int, lo: int, hi: int) -> None:
@@ -59,8 +59,8 @@ PHASES: dict[str, float] = {}
 
 def time_phases() -> None:
     """Add each part of a judge's time into PHASES (the parts the judge calls by name)."""
-    import diff.aggregate as agg
-    import diff.judge as judge_module
+    import shadowdiff.diff.aggregate as agg
+    import shadowdiff.diff.judge as judge_module
 
     def wrap(module: Any, name: str) -> None:
         inner = getattr(module, name)

@@ -34,7 +34,7 @@ def serve(conn, latency_ms: float) -> None:  # type: ignore[no-untyped-def]
     model server (MLflow's answers a 2,000-row batch in ~80 ms here)."""
     from bench_models import score_batch
 
-    from replay.testing import ModelServer, ServerBehaviour
+    from shadowdiff.replay.testing import ModelServer, ServerBehaviour
 
     srv = ModelServer(score_batch, ServerBehaviour(latency_ms=latency_ms, latency_sigma=0.1))
     conn.send(srv.start())
@@ -58,9 +58,9 @@ def child(cfg_path: str, baseline_only: bool) -> None:
 
     from measure import peak_rss_mb
 
-    from replay.job import run_replay
-    from replay.store import StoreWriter
-    from schemas.config import load_config
+    from shadowdiff.replay.job import run_replay
+    from shadowdiff.replay.store import StoreWriter
+    from shadowdiff.schemas.config import load_config
 
     cfg = load_config(Path(cfg_path))
     if baseline_only:

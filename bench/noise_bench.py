@@ -60,7 +60,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "shadowdiff_cli.main",
+                    "shadowdiff.cli.main",
                     "demo",
                     "--dir",
                     d,

@@ -147,8 +147,8 @@ def timed_replay(cfg_path: Path) -> tuple[float, int]:
     """Seconds of the replay loop (from the first poll to the last commit, like the raw
     reference's timing) and pairs stored. Setup (opening the store, offsets for times) is a
     fixed ~0.3 s that would otherwise dominate a 2-second measurement."""
-    from replay.job import run_replay
-    from schemas.config import load_config
+    from shadowdiff.replay.job import run_replay
+    from shadowdiff.schemas.config import load_config
 
     stats = run_replay(load_config(cfg_path))
     return float(stats.summary()["seconds"]), stats.sampled
@@ -157,7 +157,7 @@ def timed_replay(cfg_path: Path) -> tuple[float, int]:
 def _serve(conn) -> None:  # type: ignore[no-untyped-def]
     from bench_models import score_batch
 
-    from replay.testing import ModelServer
+    from shadowdiff.replay.testing import ModelServer
 
     srv = ModelServer(score_batch)
     conn.send(srv.start())
@@ -183,8 +183,8 @@ async def bare_client(url: str, bodies: list[bytes], in_flight: int) -> float:
 async def http_model_alone(url: str, inputs: list[dict[str, object]]) -> float:
     """shadowdiff's HTTP client on its own (no Kafka, no store): how much of the replay's ratio
     is the client itself."""
-    from replay.models.http import HttpModel
-    from schemas.config import ModelSpec
+    from shadowdiff.replay.models.http import HttpModel
+    from shadowdiff.schemas.config import ModelSpec
 
     model = HttpModel(ModelSpec(name="alone", kind="http", url=url, concurrency=32))
     try:
@@ -198,8 +198,8 @@ async def http_model_alone(url: str, inputs: list[dict[str, object]]) -> float:
 def rss_child(cfg_path: str) -> None:
     from measure import peak_rss_mb
 
-    from replay.job import run_replay
-    from schemas.config import load_config
+    from shadowdiff.replay.job import run_replay
+    from shadowdiff.schemas.config import load_config
 
     stats = run_replay(load_config(Path(cfg_path)))
     print(f"{stats.consumed} {peak_rss_mb():.0f}")

@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synth import big_store
 
-from diff.judge import judge
-from diff.load import open_run
-from reports.html import write_report
-from schemas.policy import Policy
+from shadowdiff.diff.judge import judge
+from shadowdiff.diff.load import open_run
+from shadowdiff.reports.html import write_report
+from shadowdiff.schemas.policy import Policy
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import real_servers  # noqa: E402
 from helpers import envelope, jsonl  # noqa: E402
 
-from replay.job import run_replay  # noqa: E402
-from schemas.config import load_config  # noqa: E402
+from shadowdiff.replay.job import run_replay  # noqa: E402
+from shadowdiff.schemas.config import load_config  # noqa: E402
 
 SWEEP_BATCH = [16, 64, 256, 1024]
 SWEEP_CONCURRENCY = [1, 2, 4, 8, 16]

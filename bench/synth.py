@@ -9,8 +9,8 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diff.testing import Scenario, config_for, write_run_meta
-from schemas import store_ddl
+from shadowdiff.diff.testing import Scenario, config_for, write_run_meta
+from shadowdiff.schemas import store_ddl
 
 
 def big_store(

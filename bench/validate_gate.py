@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diff.judge import judge
-from diff.load import open_run
-from diff.testing import Scenario, write_synthetic_store
-from schemas.policy import Policy
+from shadowdiff.diff.judge import judge
+from shadowdiff.diff.load import open_run
+from shadowdiff.diff.testing import Scenario, write_synthetic_store
+from shadowdiff.schemas.policy import Policy
 
 
 def one(home: Path, run_id: str, scenario: Scenario, policy: Policy) -> dict:  # type: ignore[type-arg]

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from helpers import committed_offsets, envelope, start_s3_server  # noqa: E402
 from replay_bench import bootstrap  # noqa: E402
 
-from diff.exports import open_exports  # noqa: E402
+from shadowdiff.diff.exports import open_exports  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
 
@@ -91,7 +91,7 @@ target = "models_for_tests:logistic"
 
 def start(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "shadowdiff_cli.main", *args],
+        [sys.executable, "-m", "shadowdiff.cli.main", *args],
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -162,7 +162,7 @@ def main() -> None:
             print(f"consumption with the judge watching / without: {watched / alone:.2f} (target >= 0.9)", flush=True)
 
         subprocess.run(
-            [sys.executable, "-m", "shadowdiff_cli.main", "judge", "--run", "alone", "--home", str(tmp / "runs")],
+            [sys.executable, "-m", "shadowdiff.cli.main", "judge", "--run", "alone", "--home", str(tmp / "runs")],
             env=ENV,
             stdout=subprocess.DEVNULL,
             check=False,

@@ -10,9 +10,9 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from diff.kept import RATE, maintained
-from diff.pairs import KeptPairs
-from diff.segments import ALL, SegmentSets
+from shadowdiff.diff.kept import RATE, maintained
+from shadowdiff.diff.pairs import KeptPairs
+from shadowdiff.diff.segments import ALL, SegmentSets
 
 
 def latency_grid(quantiles: Sequence[float]) -> list[float]:

@@ -12,10 +12,10 @@ from typing import Any
 from scipy.stats import norm
 from scipy.stats import t as t_dist
 
-from diff import stats
-from diff.aggregate import interp
-from diff.drift import categorical_drift, psi_from_hist, wasserstein_from_hist
-from schemas.policy import Check
+from shadowdiff.diff import stats
+from shadowdiff.diff.aggregate import interp
+from shadowdiff.diff.drift import categorical_drift, psi_from_hist, wasserstein_from_hist
+from shadowdiff.schemas.policy import Check
 
 PASS, FAIL, WARN, PENDING, NA = "pass", "fail", "warn", "pending", "n/a"
 UNDECIDED = "undecided"  # enough pairs to judge, but neither shown worse nor shown within

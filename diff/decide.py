@@ -24,11 +24,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from diff import checks as ck
-from diff import sequential
-from diff.segments import ALL
-from diff.stats import adjust
-from schemas.policy import Policy
+from shadowdiff.diff import checks as ck
+from shadowdiff.diff import sequential
+from shadowdiff.diff.segments import ALL
+from shadowdiff.diff.stats import adjust
+from shadowdiff.schemas.policy import Policy
 
 
 @dataclass(frozen=True)

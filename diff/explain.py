@@ -9,12 +9,12 @@ from typing import Any
 import duckdb
 import orjson
 
-from diff import checks as ck
-from diff.comparators import json_diff
-from diff.load import RunInfo
-from diff.segments import ALL, SegmentSets
-from schemas.config import default_rows_per_call
-from schemas.records import BASELINE, candidate_variant
+from shadowdiff.diff import checks as ck
+from shadowdiff.diff.comparators import json_diff
+from shadowdiff.diff.load import RunInfo
+from shadowdiff.diff.segments import ALL, SegmentSets
+from shadowdiff.schemas.config import default_rows_per_call
+from shadowdiff.schemas.records import BASELINE, candidate_variant
 
 
 def localise(results: list[ck.CheckResult], sets: SegmentSets) -> list[str]:

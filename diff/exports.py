@@ -15,9 +15,9 @@ from typing import Any
 import duckdb
 import orjson
 
-from diff.sql import literal
-from schemas.errors import JudgeCacheBusy, StoreError
-from schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
+from shadowdiff.diff.sql import literal
+from shadowdiff.schemas.errors import JudgeCacheBusy, StoreError
+from shadowdiff.schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
 
 log = logging.getLogger(__name__)
 

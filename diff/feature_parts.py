@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import duckdb
 
-from diff.aggregate import _by_segment, power_of_two_level
-from diff.exports import changed_since, replaced_since
-from diff.kept import kept_since
-from diff.segments import ALL, SegmentSets
-from diff.sql import ident, literal
+from shadowdiff.diff.aggregate import _by_segment, power_of_two_level
+from shadowdiff.diff.exports import changed_since, replaced_since
+from shadowdiff.diff.kept import kept_since
+from shadowdiff.diff.segments import ALL, SegmentSets
+from shadowdiff.diff.sql import ident, literal
 
 SIDES = ("cur", "ref")
 _HASH = 'hash(part, "offset")'

@@ -15,17 +15,17 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from diff.aggregate import _rows, histograms
-from diff.drift import SMALL, DriftResult, categorical_drift, numeric_drift_hist
-from diff.exports import cache_generation
-from diff.feature_parts import SIDES, FeatureParts
-from diff.load import RunInfo
-from diff.segments import ALL, SegmentSets
-from diff.sql import ident
-from schemas.config import EnvelopeMapping, FeatureSpec, SegmentSpec
-from schemas.envelope import Decoder, recording
-from schemas.policy import Reference
-from schemas.records import DeadLetter
+from shadowdiff.diff.aggregate import _rows, histograms
+from shadowdiff.diff.drift import SMALL, DriftResult, categorical_drift, numeric_drift_hist
+from shadowdiff.diff.exports import cache_generation
+from shadowdiff.diff.feature_parts import SIDES, FeatureParts
+from shadowdiff.diff.load import RunInfo
+from shadowdiff.diff.segments import ALL, SegmentSets
+from shadowdiff.diff.sql import ident
+from shadowdiff.schemas.config import EnvelopeMapping, FeatureSpec, SegmentSpec
+from shadowdiff.schemas.envelope import Decoder, recording
+from shadowdiff.schemas.policy import Reference
+from shadowdiff.schemas.records import DeadLetter
 
 
 @dataclass(frozen=True)

@@ -24,21 +24,21 @@ from typing import Any
 import duckdb
 import orjson
 
-from diff import aggregate as agg
-from diff import checks as ck
-from diff.decide import Family, decide
-from diff.explain import data_section, examples, excess, localise, offered_load
-from diff.kept import RATE
-from diff.kinds import RUN_LEVEL_KINDS, SEGMENT_KINDS, Evidence
-from diff.load import RunInfo, run_info, source_complete
-from diff.outputs import compare_outputs
-from diff.pairs import BuiltPairs, Pooling, build_pairs
-from diff.quality import feature_checks, run_level_checks, threshold_for
-from diff.segments import ALL, SegmentSets
-from schemas import VERDICT_SCHEMA_VERSION
-from schemas.errors import UnknownCandidate
-from schemas.policy import Policy
-from schemas.records import Status
+from shadowdiff.diff import aggregate as agg
+from shadowdiff.diff import checks as ck
+from shadowdiff.diff.decide import Family, decide
+from shadowdiff.diff.explain import data_section, examples, excess, localise, offered_load
+from shadowdiff.diff.kept import RATE
+from shadowdiff.diff.kinds import RUN_LEVEL_KINDS, SEGMENT_KINDS, Evidence
+from shadowdiff.diff.load import RunInfo, run_info, source_complete
+from shadowdiff.diff.outputs import compare_outputs
+from shadowdiff.diff.pairs import BuiltPairs, Pooling, build_pairs
+from shadowdiff.diff.quality import feature_checks, run_level_checks, threshold_for
+from shadowdiff.diff.segments import ALL, SegmentSets
+from shadowdiff.schemas import VERDICT_SCHEMA_VERSION
+from shadowdiff.schemas.errors import UnknownCandidate
+from shadowdiff.schemas.policy import Policy
+from shadowdiff.schemas.records import Status
 
 _CLOCK = "blocks of the wall-clock time the calls were made (answers recorded in production: their event time)"
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import duckdb
 
-from diff.exports import table_exists
-from diff.pairs import KeptPairs
+from shadowdiff.diff.exports import table_exists
+from shadowdiff.diff.pairs import KeptPairs
 
 # rate samples only: quota samples move in and out of `pairs` as the bottom-k changes
 # (diff/pairs.keep_bottom_k), which no delta of the kept pairs records

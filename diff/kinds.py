@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from diff import checks as ck
-from schemas.policy import Check
+from shadowdiff.diff import checks as ck
+from shadowdiff.schemas.policy import Check
 
 # aggregates a kind may read beside the segment's pair statistics (always there)
 Aggregate = Literal["windows", "distributions", "labels", "latency_blocks"]

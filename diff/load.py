@@ -14,12 +14,12 @@ from typing import Any, Literal
 import duckdb
 import orjson
 
-from diff.exports import open_exports
-from diff.sql import literal
-from schemas.errors import RunNotFound, StoreError
-from schemas.layout import EXPORT_KEYS, RunLayout
-from schemas.policy import Policy
-from schemas.records import SOURCE_COMPLETE
+from shadowdiff.diff.exports import open_exports
+from shadowdiff.diff.sql import literal
+from shadowdiff.schemas.errors import RunNotFound, StoreError
+from shadowdiff.schemas.layout import EXPORT_KEYS, RunLayout
+from shadowdiff.schemas.policy import Policy
+from shadowdiff.schemas.records import SOURCE_COMPLETE
 
 TABLES = ("requests", "outputs", "dead_letters", "checkpoints", "run_meta", "quota_samples")
 _KEYS = {

@@ -14,10 +14,10 @@ from typing import Any
 import duckdb
 import orjson
 
-from diff.comparators import json_diff, overlap_at_k, probability_distance, rank_correlation
-from diff.segments import ALL, SegmentSets
-from schemas.paths import lookup
-from schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
+from shadowdiff.diff.comparators import json_diff, overlap_at_k, probability_distance, rank_correlation
+from shadowdiff.diff.segments import ALL, SegmentSets
+from shadowdiff.schemas.paths import lookup
+from shadowdiff.schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 
 
 @dataclass

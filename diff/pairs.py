@@ -15,10 +15,10 @@ from typing import Any
 
 import duckdb
 
-from diff.exports import cache_generation, changed_since, table_exists
-from diff.load import RunInfo
-from diff.sql import ident, literal
-from schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
+from shadowdiff.diff.exports import cache_generation, changed_since, table_exists
+from shadowdiff.diff.load import RunInfo
+from shadowdiff.diff.sql import ident, literal
+from shadowdiff.schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 
 OTHER = "(other)"
 

@@ -8,13 +8,13 @@ from typing import Any
 
 import duckdb
 
-from diff import aggregate as agg
-from diff import checks as ck
-from diff.features import FeatureStats, FeatureTables
-from diff.load import RunInfo
-from diff.segments import ALL, SegmentSets
-from diff.stats import p_diff_above, wilson
-from schemas.policy import Check, Policy
+from shadowdiff.diff import aggregate as agg
+from shadowdiff.diff import checks as ck
+from shadowdiff.diff.features import FeatureStats, FeatureTables
+from shadowdiff.diff.load import RunInfo
+from shadowdiff.diff.segments import ALL, SegmentSets
+from shadowdiff.diff.stats import p_diff_above, wilson
+from shadowdiff.schemas.policy import Check, Policy
 
 
 def threshold_for(chk: Check, seg: str) -> tuple[float, str]:

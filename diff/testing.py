@@ -13,8 +13,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from schemas import STORE_SCHEMA_VERSION, store_ddl
-from schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
+from shadowdiff.schemas import STORE_SCHEMA_VERSION, store_ddl
+from shadowdiff.schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 
 T0 = datetime(2026, 11, 25, tzinfo=UTC)
 

@@ -32,8 +32,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from schemas.config import RunConfig
-from schemas.records import EVENT_TIME_MAX_US, MAX_INPUT_DEPTH
+from shadowdiff.schemas.config import RunConfig
+from shadowdiff.schemas.records import EVENT_TIME_MAX_US, MAX_INPUT_DEPTH
 
 _INTS = "('BIGINT', 'UBIGINT')"
 _NUMBERS = "('BIGINT', 'UBIGINT', 'DOUBLE')"

@@ -23,9 +23,9 @@ from typing import Any
 
 import orjson
 
-from replay.store import WRITER_MEMORY, StoreWriter
-from schemas.layout import EXPORT_TABLES, RunLayout
-from schemas.objectstore import RUN_FILES, SharedRun
+from shadowdiff.replay.objectstore import RUN_FILES, SharedRun
+from shadowdiff.replay.store import WRITER_MEMORY, StoreWriter
+from shadowdiff.schemas.layout import EXPORT_TABLES, RunLayout
 
 _STATE = "export_state"
 EXPORT_MEMORY = "128MB"  # a COPY of one checkpoint's rows to Parquet, while it runs

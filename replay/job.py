@@ -9,17 +9,17 @@ from importlib import metadata
 
 import duckdb
 
-from replay.exports import Exporter
-from replay.models.base import ModelClient
-from replay.models.call_process import ProcessHttpModel
-from replay.models.http import HttpModel
-from replay.models.inprocess import PythonModel, load_callable
-from replay.preflight import preflight
-from replay.runner import CheckpointHook, Replayer, RunStats
-from replay.sources import KafkaWindow, open_source
-from replay.store import StoreWriter
-from schemas.config import ModelSpec, RunConfig
-from schemas.records import source_complete_key
+from shadowdiff.replay.exports import Exporter
+from shadowdiff.replay.models.base import ModelClient
+from shadowdiff.replay.models.call_process import ProcessHttpModel
+from shadowdiff.replay.models.http import HttpModel
+from shadowdiff.replay.models.inprocess import PythonModel, load_callable
+from shadowdiff.replay.preflight import preflight
+from shadowdiff.replay.runner import CheckpointHook, Replayer, RunStats
+from shadowdiff.replay.sources import KafkaWindow, open_source
+from shadowdiff.replay.store import StoreWriter
+from shadowdiff.schemas.config import ModelSpec, RunConfig
+from shadowdiff.schemas.records import source_complete_key
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replay.models.base import CallResult, OutputReader
-from schemas.records import ErrorClass
+from shadowdiff.replay.models.base import CallResult, OutputReader
+from shadowdiff.schemas.records import ErrorClass
 
 _WRONG_SHAPE = str(ErrorClass.WRONG_SHAPE)
 Versions = str | list[str | None] | None  # one model version for the batch, or one per row

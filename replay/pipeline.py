@@ -21,17 +21,17 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replay.columnar import MISSING_LIVE, BatchDecoder, RawColumns
-from replay.messages import Position
-from replay.models.base import CallResult, ModelClient, OutputReader
-from replay.models.call_process import ProcessHttpModel
-from replay.models.inprocess import PythonModel
-from replay.outputs import OutputColumns
-from replay.sampling import RATE
-from replay.store import EVENT_TIME, StoreWriter
-from schemas.config import RunConfig
-from schemas.envelope import Decoder, Row
-from schemas.records import BASELINE, BASELINE_REPEAT, DeadLetter, ErrorClass, candidate_variant
+from shadowdiff.replay.columnar import MISSING_LIVE, BatchDecoder, RawColumns
+from shadowdiff.replay.messages import Position
+from shadowdiff.replay.models.base import CallResult, ModelClient, OutputReader
+from shadowdiff.replay.models.call_process import ProcessHttpModel
+from shadowdiff.replay.models.inprocess import PythonModel
+from shadowdiff.replay.outputs import OutputColumns
+from shadowdiff.replay.sampling import RATE
+from shadowdiff.replay.store import EVENT_TIME, StoreWriter
+from shadowdiff.schemas.config import RunConfig
+from shadowdiff.schemas.envelope import Decoder, Row
+from shadowdiff.schemas.records import BASELINE, BASELINE_REPEAT, DeadLetter, ErrorClass, candidate_variant
 
 
 @dataclass

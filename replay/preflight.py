@@ -10,8 +10,8 @@ import logging
 
 import aiohttp
 
-from schemas.config import FileSource, KafkaSource, ModelSpec, RunConfig, redact_url
-from schemas.errors import ConfigError
+from shadowdiff.schemas.config import FileSource, KafkaSource, ModelSpec, RunConfig, redact_url
+from shadowdiff.schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from schemas.envelope import BadMessage, event_time_us, recording
-from schemas.paths import lookup
+from shadowdiff.schemas.envelope import BadMessage, event_time_us, recording
+from shadowdiff.schemas.paths import lookup
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def produce_recording(
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
-    from schemas.errors import ShadowdiffError
+    from shadowdiff.schemas.errors import ShadowdiffError
 
     if not path.exists():
         raise ShadowdiffError(f"recording not found: {path}")

@@ -39,19 +39,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from replay import columnar
-from replay.columnar import BatchDecoder
-from replay.messages import PartitionBatch, Position
-from replay.models.base import ModelClient
-from replay.pipeline import BatchPipeline, PendingBatch
-from replay.sampling import QUOTA, RATE, Sampler
-from replay.sources import Source
-from replay.store import StoreWriter
-from schemas.config import RunConfig
-from schemas.envelope import Decoder
-from schemas.paths import getter
-from schemas.policy import Policy
-from schemas.records import DeadLetter, DeadLetterReason, RawMessage
+from shadowdiff.replay import columnar
+from shadowdiff.replay.columnar import BatchDecoder
+from shadowdiff.replay.messages import PartitionBatch, Position
+from shadowdiff.replay.models.base import ModelClient
+from shadowdiff.replay.pipeline import BatchPipeline, PendingBatch
+from shadowdiff.replay.sampling import QUOTA, RATE, Sampler
+from shadowdiff.replay.sources import Source
+from shadowdiff.replay.store import StoreWriter
+from shadowdiff.schemas.config import RunConfig
+from shadowdiff.schemas.envelope import Decoder
+from shadowdiff.schemas.paths import getter
+from shadowdiff.schemas.policy import Policy
+from shadowdiff.schemas.records import DeadLetter, DeadLetterReason, RawMessage
 
 log = logging.getLogger(__name__)
 

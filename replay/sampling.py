@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from schemas.config import SamplingSpec
+from shadowdiff.schemas.config import SamplingSpec
 
 RATE = "rate"
 QUOTA = "quota"

@@ -8,9 +8,9 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
-from replay.messages import FileRecord, PartitionBatch
-from schemas.config import FileSource, KafkaSource
-from schemas.envelope import recording
+from shadowdiff.replay.messages import FileRecord, PartitionBatch
+from shadowdiff.schemas.config import FileSource, KafkaSource
+from shadowdiff.schemas.envelope import recording
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from replay.messages import Position
-from schemas import STORE_SCHEMA_VERSION, store_ddl
-from schemas.config import RunConfig
-from schemas.envelope import EVENT_TIME_US, OFFSET, PART, REQUEST_ID, SAMPLED_REASON, SOURCE, Row, RowLayout
-from schemas.errors import StoreError
-from schemas.records import DeadLetter, source_complete_key
+from shadowdiff.replay.messages import Position
+from shadowdiff.schemas import STORE_SCHEMA_VERSION, store_ddl
+from shadowdiff.schemas.config import RunConfig
+from shadowdiff.schemas.envelope import EVENT_TIME_US, OFFSET, PART, REQUEST_ID, SAMPLED_REASON, SOURCE, Row, RowLayout
+from shadowdiff.schemas.errors import StoreError
+from shadowdiff.schemas.records import DeadLetter, source_complete_key
 
 WRITER_MEMORY = "64MB"  # DuckDB buffer budget of a replay writer: a 1M-message replay peaks ~340 MB RSS
 WRITER_CONFIG: dict[str, str | bool | int | float | list[str]] = {

@@ -10,8 +10,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from diff.load import run_info
-from diff.pairs import Pooling, build_pairs
+from shadowdiff.diff.load import run_info
+from shadowdiff.diff.pairs import Pooling, build_pairs
 
 
 @dataclass

@@ -11,8 +11,8 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from diff.load import RunInfo
-from diff.sql import ident
+from shadowdiff.diff.load import RunInfo
+from shadowdiff.diff.sql import ident
 
 log = logging.getLogger(__name__)
 SAMPLE_ROWS = 5_000

@@ -10,10 +10,10 @@ from typing import Any
 
 import orjson
 
-from diff.judge import judge
-from diff.load import open_run, run_info
-from reports.html import write_report
-from schemas.errors import ShadowdiffError
+from shadowdiff.diff.judge import judge
+from shadowdiff.diff.load import open_run, run_info
+from shadowdiff.reports.html import write_report
+from shadowdiff.schemas.errors import ShadowdiffError
 
 RANDOM_SAMPLE = 200
 

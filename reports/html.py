@@ -13,16 +13,16 @@ import orjson
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from diff.load import open_run, run_info
-from reports import svg
-from reports.charts import ChartData, collect
-from schemas.errors import ShadowdiffError
-from schemas.gate import Waiver
+from shadowdiff.diff.load import open_run, run_info
+from shadowdiff.reports import svg
+from shadowdiff.reports.charts import ChartData, collect
+from shadowdiff.schemas.errors import ShadowdiffError
+from shadowdiff.schemas.gate import Waiver
 
 log = logging.getLogger(__name__)
 
 _env = Environment(
-    loader=PackageLoader("reports", "templates"),
+    loader=PackageLoader("shadowdiff.reports", "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
     trim_blocks=True,
     lstrip_blocks=True,
@@ -109,7 +109,7 @@ def write_report(
             info = run_info(con)
             charts = collect(con, doc["candidate"], info.segment_fields)
             if with_evidently:
-                from reports.drilldown import evidently_drift
+                from shadowdiff.reports.drilldown import evidently_drift
 
                 page = evidently_drift(con, info, out.with_name(out.stem + "-evidently.html"))
                 href = page.name if page else None
@@ -122,7 +122,7 @@ def write_report(
 
 
 def _waivers(home: Path, run_id: str) -> list[Waiver]:
-    from reports.verdicts import VerdictStore
+    from shadowdiff.reports.verdicts import VerdictStore
 
     try:
         return VerdictStore(home, refresh_s=0.0).waivers(run_id)

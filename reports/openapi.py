@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.gate import GateAnswer, WaiverRequest
-from schemas.verdict import Verdict
+from shadowdiff.schemas.gate import GateAnswer, WaiverRequest
+from shadowdiff.schemas.verdict import Verdict
 
 
 def _answer_schema() -> dict[str, Any]:

@@ -26,10 +26,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from reports.openapi import OPENAPI
-from reports.verdicts import VerdictStore
-from schemas.errors import RunNotFound, UnknownCandidate
-from schemas.gate import DEFAULT_MAX_WAIVER, GateAnswer, Waiver, WaiverRequest
+from shadowdiff.reports.openapi import OPENAPI
+from shadowdiff.reports.verdicts import VerdictStore
+from shadowdiff.schemas.errors import RunNotFound, UnknownCandidate
+from shadowdiff.schemas.gate import DEFAULT_MAX_WAIVER, GateAnswer, Waiver, WaiverRequest
 
 REPORT_PAGE = re.compile(r"report-[A-Za-z0-9._-]{1,64}(-evidently)?\.html")
 

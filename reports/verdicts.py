@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from schemas.errors import RunNotFound, ShadowdiffError, UnknownCandidate
-from schemas.gate import GateAnswer, Waiver, WaiverFile
-from schemas.layout import RunLayout, valid_name
+from shadowdiff.schemas.errors import RunNotFound, ShadowdiffError, UnknownCandidate
+from shadowdiff.schemas.gate import GateAnswer, Waiver, WaiverFile
+from shadowdiff.schemas.layout import RunLayout, valid_name
 
 
 @dataclass

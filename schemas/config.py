@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.errors import ConfigError
+from shadowdiff.schemas.errors import ConfigError
 
 
 class _Frozen(BaseModel):

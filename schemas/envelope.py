@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
-from schemas.config import EnvelopeMapping, FeatureSpec, RunConfig, SegmentSpec
-from schemas.records import EVENT_TIME_MAX_US, MAX_INPUT_DEPTH, DeadLetter, RawMessage
-from schemas.records import DeadLetterReason as R
+from shadowdiff.schemas.config import EnvelopeMapping, FeatureSpec, RunConfig, SegmentSpec
+from shadowdiff.schemas.records import EVENT_TIME_MAX_US, MAX_INPUT_DEPTH, DeadLetter, RawMessage
+from shadowdiff.schemas.records import DeadLetterReason as R
 
 _DEAD_RAW_LIMIT = 64 * 1024  # keep this much of an oversized message: enough to diagnose it
 _HOUR_US = 3_600_000_000

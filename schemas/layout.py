@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.errors import RunNotFound
+from shadowdiff.schemas.errors import RunNotFound
 
 # the store tables a writer exports at each checkpoint, with the columns that key their rows
 EXPORT_TABLES = ("requests", "outputs", "dead_letters", "quota_samples")

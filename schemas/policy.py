@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from schemas.config import format_validation_error, read_toml
-from schemas.errors import ConfigError
+from shadowdiff.schemas.config import format_validation_error, read_toml
+from shadowdiff.schemas.errors import ConfigError
 
 Severity = Literal["critical", "warning"]
 

@@ -1,6 +1,6 @@
 """The verdict document, a public contract: what `shadowdiff judge` publishes as
 `verdict-<candidate>.json`, the gate reads and `?full=1` returns. `verdict.v1.schema.json` is
-generated from these models (`python -m schemas.verdict`; a test keeps the file equal to them).
+generated from these models (`python -m shadowdiff.schemas.verdict`; a test keeps the file equal to them).
 
 Within a major version fields are only added, never renamed or removed, so every object admits
 properties it does not name: a client validating with an older schema still accepts a newer

@@ -183,9 +183,9 @@ def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int]:
 
 def judge_run(home: Path, run: str, policy: Any = None) -> dict[str, Any]:
     """The verdict of a stored run under `policy` (built-in if None), its connection closed."""
-    from diff.judge import judge
-    from diff.load import open_run
-    from schemas.policy import Policy
+    from shadowdiff.diff.judge import judge
+    from shadowdiff.diff.load import open_run
+    from shadowdiff.schemas.policy import Policy
 
     con = open_run(home, run)
     try:
@@ -196,7 +196,7 @@ def judge_run(home: Path, run: str, policy: Any = None) -> dict[str, Any]:
 
 def verdict_of(home: Path, scenario: Any, policy: Any = None, run: str = "r") -> dict[str, Any]:
     """The verdict of a synthetic run store (diff.testing) under `policy` (built-in if None)."""
-    from diff.testing import write_synthetic_store
+    from shadowdiff.diff.testing import write_synthetic_store
 
     write_synthetic_store(home / run / "store-w0.duckdb", scenario, run)
     return judge_run(home, run, policy)
@@ -204,7 +204,7 @@ def verdict_of(home: Path, scenario: Any, policy: Any = None, run: str = "r") ->
 
 def make_run(home: Path, run: str, scenario: Any, publish_it: bool = True, active: bool = False) -> dict[str, Any]:
     """A synthetic run judged under the built-in policy; its verdict published unless told."""
-    from shadowdiff_cli.wiring import publish
+    from shadowdiff.cli.wiring import publish
 
     doc = verdict_of(home, scenario, run=run)
     doc["run_active"] = active

@@ -26,7 +26,7 @@ class Replay:
     def __init__(self, cfg: Path | None = None, args: list[str] | None = None) -> None:
         """`shadowdiff replay --config cfg --no-judge`, or `shadowdiff <args>`."""
         argv = args if args is not None else ["replay", "--config", str(cfg), "--no-judge"]
-        cmd = [sys.executable, "-m", "shadowdiff_cli.main", *argv]
+        cmd = [sys.executable, "-m", "shadowdiff.cli.main", *argv]
         env = {**os.environ, "PYTHONPATH": PYTHONPATH}  # read now: a fixture may have set credentials
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         STARTED.append(self.proc)

@@ -17,7 +17,7 @@ import pytest
 from helpers import committed_offsets, envelope, produce, wait_until, write_config
 from models_for_tests import logistic
 
-from replay.testing import ModelServer
+from shadowdiff.replay.testing import ModelServer
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
@@ -25,7 +25,7 @@ ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
 
 def replay(cfg: Path, **kw) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "shadowdiff_cli.main", "replay", "--config", str(cfg), "--no-judge"],
+        [sys.executable, "-m", "shadowdiff.cli.main", "replay", "--config", str(cfg), "--no-judge"],
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

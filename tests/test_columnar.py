@@ -11,12 +11,12 @@ from typing import Any
 import orjson
 from helpers import POISON_TIMES
 
-from replay.columnar import BatchDecoder, RawColumns, reads_live_scores, supports
-from replay.messages import FileRecord
-from replay.models.base import OutputReader
-from schemas.config import RunConfig, parse_config
-from schemas.envelope import EVENT_TIME_US, REQUEST_ID, Decoder
-from schemas.records import DeadLetter
+from shadowdiff.replay.columnar import BatchDecoder, RawColumns, reads_live_scores, supports
+from shadowdiff.replay.messages import FileRecord
+from shadowdiff.replay.models.base import OutputReader
+from shadowdiff.schemas.config import RunConfig, parse_config
+from shadowdiff.schemas.envelope import EVENT_TIME_US, REQUEST_ID, Decoder
+from shadowdiff.schemas.records import DeadLetter
 
 TS_MS = 1_795_000_000_000  # the Kafka timestamp, used when the envelope has no event time
 

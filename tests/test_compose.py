@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemas.config import load_config
-from schemas.policy import load_policy
-from shadowdiff_cli.main import build_parser
+from shadowdiff.cli.main import build_parser
+from shadowdiff.schemas.config import load_config
+from shadowdiff.schemas.policy import load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,7 @@ SCENARIOS = ("night-encoder", "slow", "retrained")
 def run_demo(tmp_path: Path, timeout_s: float) -> tuple[subprocess.CompletedProcess[str], dict[str, dict]]:
     """`shadowdiff demo` in a fresh directory: its output, and each scenario's verdict."""
     out = subprocess.run(
-        [sys.executable, "-m", "shadowdiff_cli.main", "demo", "--dir", "demo"],
+        [sys.executable, "-m", "shadowdiff.cli.main", "demo", "--dir", "demo"],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

@@ -56,7 +56,7 @@ kind = "python"
 target = "models_for_tests:logistic"
 """,
     )
-    cmd = [sys.executable, "-m", "shadowdiff_cli.main", "replay", "--config", str(cfg), "--no-judge"]
+    cmd = [sys.executable, "-m", "shadowdiff.cli.main", "replay", "--config", str(cfg), "--no-judge"]
     first = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert first.returncode == 3, first.stderr[-2000:]
     last = first.stderr.strip().splitlines()[-1]

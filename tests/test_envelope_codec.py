@@ -27,8 +27,8 @@ ENVELOPES = [
 
 
 def replay(tmp_path: Path) -> Path:
-    from replay.job import run_replay
-    from schemas.config import load_config
+    from shadowdiff.replay.job import run_replay
+    from shadowdiff.schemas.config import load_config
 
     recording = tmp_path / "t.jsonl"
     recording.write_bytes(b"\n".join(ENVELOPES) + b"\n")
@@ -60,9 +60,9 @@ target = "models_for_tests:logistic"
 
 
 def test_the_replay_the_reference_sample_and_produce_decode_envelopes_alike(tmp_path):
-    from diff.features import load_reference_file
-    from diff.load import run_info
-    from replay.produce import ProduceStats, key_and_time
+    from shadowdiff.diff.features import load_reference_file
+    from shadowdiff.diff.load import run_info
+    from shadowdiff.replay.produce import ProduceStats, key_and_time
 
     recording = replay(tmp_path)
     (store,) = (tmp_path / "runs" / "codec").glob("store-*.duckdb")

@@ -19,7 +19,7 @@ from helpers import committed_offsets, envelope, produce, wait_until, write_conf
 from models_for_tests import logistic
 from replays import Replay
 
-from replay.testing import ModelServer
+from shadowdiff.replay.testing import ModelServer
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from helpers import POISON_TIMES, envelope, jsonl, write_config
 
-from replay.job import run_replay
-from schemas.config import load_config
+from shadowdiff.replay.job import run_replay
+from shadowdiff.schemas.config import load_config
 
 
 def config(tmp: Path, run: str, path: str) -> Path:
@@ -77,8 +77,8 @@ def test_a_file_replay_resumes_after_its_checkpoint(tmp_path):
 def test_generated_traffic_follows_the_envelope_schema():
     import jsonschema
 
-    from schemas import envelope_schema
-    from shadowdiff_cli.demo_traffic import generate
+    from shadowdiff.cli.demo_traffic import generate
+    from shadowdiff.schemas import envelope_schema
 
     validator = jsonschema.Draft202012Validator(envelope_schema())
     for env in generate(50, seed=1) + [envelope(i, random.Random(1)) for i in range(50)]:
@@ -186,10 +186,10 @@ def test_poison_event_times_are_dead_lettered_and_cost_nothing_around_them(tmp_p
     assert not ids & poisoned
     assert ids == {e["request_id"] for e in envs} - poisoned  # every good message around them was stored
     # and the run still judges and reports
-    from diff.judge import judge
-    from diff.load import open_run
-    from reports.html import write_report
-    from schemas.policy import Policy
+    from shadowdiff.diff.judge import judge
+    from shadowdiff.diff.load import open_run
+    from shadowdiff.reports.html import write_report
+    from shadowdiff.schemas.policy import Policy
 
     con = open_run(tmp_path / "runs", "poison")
     try:
@@ -208,9 +208,9 @@ def test_a_request_sent_twice_counts_once_and_is_reported(tmp_path):
     cfg = load_config(config(tmp_path, "dups", "t.jsonl"))
     cfg = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"rate": 1.0})})
     run_replay(cfg)
-    from diff.judge import judge
-    from diff.load import open_run
-    from schemas.policy import Policy
+    from shadowdiff.diff.judge import judge
+    from shadowdiff.diff.load import open_run
+    from shadowdiff.schemas.policy import Policy
 
     con = open_run(tmp_path / "runs", "dups")
     try:

@@ -14,13 +14,13 @@ import duckdb
 import httpx
 from helpers import serving
 
-from diff.testing import Scenario, write_synthetic_store
-from reports.service import GateSettings, create_app
-from reports.verdicts import VerdictStore
-from schemas.gate import Waiver, WaiverFile
-from schemas.layout import RunLayout
-from schemas.policy import Policy
-from shadowdiff_cli.wiring import judge_and_publish
+from shadowdiff.cli.wiring import judge_and_publish
+from shadowdiff.diff.testing import Scenario, write_synthetic_store
+from shadowdiff.reports.service import GateSettings, create_app
+from shadowdiff.reports.verdicts import VerdictStore
+from shadowdiff.schemas.gate import Waiver, WaiverFile
+from shadowdiff.schemas.layout import RunLayout
+from shadowdiff.schemas.policy import Policy
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -80,7 +80,7 @@ def test_pending_looks_do_not_latch(tmp_path):
 def test_a_usage_error_exits_with_no_verdicts_code():
     def run(*args: str) -> int:
         return subprocess.run(
-            [sys.executable, "-m", "shadowdiff_cli.main", *args], env=ENV, capture_output=True, timeout=60
+            [sys.executable, "-m", "shadowdiff.cli.main", *args], env=ENV, capture_output=True, timeout=60
         ).returncode
 
     assert run("gate", "--run", "x", "--bogus") == 64

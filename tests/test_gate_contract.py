@@ -19,9 +19,9 @@ import orjson
 import pytest
 from helpers import make_run, serving
 
-from diff.testing import Scenario
-from reports.service import GateSettings, create_app
-from schemas.gate import EXIT_UNKNOWN, FLAGGER_STATUS, Waiver, WaiverFile
+from shadowdiff.diff.testing import Scenario
+from shadowdiff.reports.service import GateSettings, create_app
+from shadowdiff.schemas.gate import EXIT_UNKNOWN, FLAGGER_STATUS, Waiver, WaiverFile
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -30,7 +30,7 @@ FLAGGER = {"name": "podinfo", "namespace": "test", "phase": "Progressing", "chec
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "shadowdiff_cli.main", *args], env=ENV, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "shadowdiff.cli.main", *args], env=ENV, capture_output=True, text=True, timeout=120
     )
 
 
@@ -232,7 +232,7 @@ def test_no_request_makes_the_gate_answer_5xx_and_it_still_answers_right_after(g
 
 
 def test_the_report_shows_the_waivers_and_whether_each_still_applies(home, tmp_path):
-    from reports.html import write_report
+    from shadowdiff.reports.html import write_report
 
     shutil.copytree(home / "bad", home / "both-waivers")
     write_waivers(home / "both-waivers", waiver(2), waiver(-1, "label_flip"))

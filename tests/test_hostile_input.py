@@ -14,12 +14,12 @@ import orjson
 from helpers import POISON_TIMES, write_config
 from test_columnar import raw_values
 
-from diff.judge import judge
-from diff.load import open_run
-from replay.job import run_replay
-from reports.html import write_report
-from schemas.config import load_config
-from schemas.policy import Policy
+from shadowdiff.diff.judge import judge
+from shadowdiff.diff.load import open_run
+from shadowdiff.replay.job import run_replay
+from shadowdiff.reports.html import write_report
+from shadowdiff.schemas.config import load_config
+from shadowdiff.schemas.policy import Policy
 
 SCRIPT = "</script><script>alert(1)</script>"
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from helpers import chromium_page, envelope, jsonl, serving, write_config
 
-from diff.judge import judge
-from diff.load import open_run
-from replay.job import run_replay
-from reports.html import write_report
-from reports.service import GateSettings, create_app
-from schemas.config import load_config
-from shadowdiff_cli.wiring import publish
+from shadowdiff.cli.wiring import publish
+from shadowdiff.diff.judge import judge
+from shadowdiff.diff.load import open_run
+from shadowdiff.replay.job import run_replay
+from shadowdiff.reports.html import write_report
+from shadowdiff.reports.service import GateSettings, create_app
+from shadowdiff.schemas.config import load_config
 
 PAYLOADS = [
     "</script><script>alert(1)</script>",
@@ -79,7 +79,7 @@ target = "models_for_tests:hostile"
 
 
 def _policy():  # type: ignore[no-untyped-def]
-    from schemas.policy import Policy
+    from shadowdiff.schemas.policy import Policy
 
     return Policy(min_samples=50)
 

@@ -7,14 +7,14 @@ import json
 import pytest
 from helpers import judge_run, verdict_of
 
-from diff.judge import judge
-from diff.load import open_run
-from diff.stats import benjamini_hochberg, holm, wilson
-from diff.testing import Scenario, write_synthetic_store
-from schemas import verdict_schema
-from schemas.errors import ConfigError, RunNotFound
-from schemas.policy import Policy, load_policy, parse_policy
-from schemas.verdict import SCHEMA_FILE, Verdict, schema_text, undeclared
+from shadowdiff.diff.judge import judge
+from shadowdiff.diff.load import open_run
+from shadowdiff.diff.stats import benjamini_hochberg, holm, wilson
+from shadowdiff.diff.testing import Scenario, write_synthetic_store
+from shadowdiff.schemas import verdict_schema
+from shadowdiff.schemas.errors import ConfigError, RunNotFound
+from shadowdiff.schemas.policy import Policy, load_policy, parse_policy
+from shadowdiff.schemas.verdict import SCHEMA_FILE, Verdict, schema_text, undeclared
 
 
 def failing(doc: dict, check: str) -> set[str]:
@@ -158,7 +158,7 @@ def test_verdict_follows_its_json_schema(tmp_path):
 
 
 def test_the_published_schema_is_the_one_the_models_generate():
-    # `python -m schemas.verdict` regenerates it; a model changed without it fails here
+    # `python -m shadowdiff.schemas.verdict` regenerates it; a model changed without it fails here
     assert SCHEMA_FILE.read_text(encoding="utf-8") == schema_text()
     assert verdict_schema()["$id"].endswith("verdict.v1.schema.json")
 
@@ -242,8 +242,8 @@ def replay_file_run(tmp_path, run_id: str, rows: list, candidates: list[str], ex
     """Replay envelopes `rows` from a file to python candidates (models_for_tests:logistic)."""
     from helpers import jsonl, write_config
 
-    from replay.job import run_replay
-    from schemas.config import load_config
+    from shadowdiff.replay.job import run_replay
+    from shadowdiff.schemas.config import load_config
 
     models = "".join(f'[[candidates]]\nname = "{c}"\nkind = "python"\ntarget = "models_for_tests:logistic"\n' for c in candidates)
     cfg = write_config(
@@ -287,7 +287,7 @@ def test_quantiles_from_log_histograms_follow_quantile_cont_within_a_bin():
     import duckdb
     import numpy as np
 
-    from diff.aggregate import _log_bin, hist_quantiles
+    from shadowdiff.diff.aggregate import _log_bin, hist_quantiles
 
     rng = np.random.default_rng(7)
     fractions = [0.0005, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.9995]
@@ -318,9 +318,9 @@ def test_candidates_judged_together_collect_the_features_once(tmp_path, monkeypa
 
     from helpers import T0, envelope
 
-    from diff import features
-    from diff.judge import judge_all
-    from schemas.policy import Reference
+    from shadowdiff.diff import features
+    from shadowdiff.diff.judge import judge_all
+    from shadowdiff.schemas.policy import Reference
 
     rng = random.Random(5)
     features_declared = '[features]\nnumeric = ["x", "y"]\ncategorical = ["plan"]'

@@ -14,12 +14,12 @@ import orjson
 import pytest
 from replays import Replay
 
-from diff.exports import open_cache, open_exports
-from diff.judge import judge
-from diff.testing import Scenario, write_synthetic_store
-from schemas.errors import JudgeCacheBusy
-from schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
-from schemas.policy import Policy
+from shadowdiff.diff.exports import open_cache, open_exports
+from shadowdiff.diff.judge import judge
+from shadowdiff.diff.testing import Scenario, write_synthetic_store
+from shadowdiff.schemas.errors import JudgeCacheBusy
+from shadowdiff.schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
+from shadowdiff.schemas.policy import Policy
 
 
 def export_rows(store: Path, layout: RunLayout, worker: str, seq: int, lo: float, hi: float) -> Path:
@@ -237,7 +237,7 @@ def test_pairs_kept_between_looks_equal_pairs_built_whole_after_every_look(tmp_p
         lambda: resent_copy(export_rows(store, layout, "w1", 3, 0.1, 0.2)),
         lambda: export_rows(store, layout, "w0", 3, 0.9, 1.0),
     ]
-    caplog.set_level(logging.DEBUG, logger="diff.kept")
+    caplog.set_level(logging.DEBUG, logger="shadowdiff.diff.kept")
     for look in range(1 + len(steps)):
         if look:
             steps[look - 1]()
@@ -259,7 +259,7 @@ def test_pairs_kept_between_looks_equal_pairs_built_whole_after_every_look(tmp_p
         assert kept == whole, f"look {look + 1}: kept pairs differ from a whole build"
         assert looked["digest"] == rejudged["digest"]
         # the checks' aggregates followed the pairs: built whole at the first look only
-        kept_aggregates = [r.getMessage() for r in caplog.records if r.name == "diff.kept"]
+        kept_aggregates = [r.getMessage() for r in caplog.records if r.name == "shadowdiff.diff.kept"]
         how = "built whole" if look == 0 else "updated"
         # built again, and why, at look 2: an earlier folder's copy replaced 600 stored requests
         # (the features' min and max cannot take a row back), and the run's growth doubles the
@@ -287,9 +287,9 @@ def test_feature_statistics_kept_between_looks_equal_a_full_rejudge(tmp_path, ca
     # sample rate while the looks go on: the kept features give the verdict a full re-judge gives
     from datetime import timedelta
 
-    from diff import features
-    from diff.testing import T0
-    from schemas.policy import Reference
+    from shadowdiff.diff import features
+    from shadowdiff.diff.testing import T0
+    from shadowdiff.schemas.policy import Reference
 
     monkeypatch.setattr(features.FeatureTables.collect, "__defaults__", (1_000,))
     scenario = Scenario(n=8_000, segments=3, null_spike={"f1": 0.3}, null_spike_after=0.7, seed=12)
@@ -297,7 +297,7 @@ def test_feature_statistics_kept_between_looks_equal_a_full_rejudge(tmp_path, ca
     home, layout = tmp_path / "runs", RunLayout(tmp_path / "runs", "run")
     window = Reference(start=T0.isoformat(), end=(T0 + timedelta(minutes=30)).isoformat())
     policy = Policy(min_samples=200, reference=window)
-    caplog.set_level(logging.DEBUG, logger="diff.kept")
+    caplog.set_level(logging.DEBUG, logger="shadowdiff.diff.kept")
     for look, (lo, hi) in enumerate([(0.0, 0.15), (0.15, 0.4), (0.4, 0.7), (0.7, 0.85), (0.85, 1.0)]):
         export_rows(store, layout, "w0", look + 1, lo, hi)
         caplog.clear()
@@ -312,7 +312,9 @@ def test_feature_statistics_kept_between_looks_equal_a_full_rejudge(tmp_path, ca
         finally:
             full_con.close()
         assert looked["digest"] == rejudged["digest"], f"look {look + 1}"
-        logged = [r.getMessage() for r in caplog.records if r.name == "diff.kept" and r.getMessage().startswith("features")]
+        logged = [
+            r.getMessage() for r in caplog.records if r.name == "shadowdiff.diff.kept" and r.getMessage().startswith("features")
+        ]
         if look:
             # every look adds its rows; the out-of-range counts start again while the reference's
             # range still moves (its window fills at looks 1-2)
@@ -328,7 +330,7 @@ def test_feature_statistics_kept_between_looks_equal_a_full_rejudge(tmp_path, ca
 def test_a_worker_that_never_exported_is_covered_and_named_silent(tmp_path):
     # w0 started (its first heartbeat) and then published nothing: the verdict holds none of its
     # data, so coverage must name it, not list w1 alone as if it were the whole run
-    from diff.exports import coverage
+    from shadowdiff.diff.exports import coverage
 
     home, store, layout = small_run(tmp_path, 1_000, 4)
     done = export_rows(store, layout, "w1", 1, 0.0, 1.0).parent

@@ -12,12 +12,12 @@ import pyarrow as pa
 import pytest
 from models_for_tests import logistic, logistic_of_tensor, refuses_negative
 
-from replay.models.call_process import ProcessHttpModel
-from replay.models.http import HttpModel, decode, encode
-from replay.models.inprocess import PythonModel
-from replay.testing import ModelServer, ServerBehaviour
-from schemas.config import ModelSpec
-from schemas.records import ErrorClass
+from shadowdiff.replay.models.call_process import ProcessHttpModel
+from shadowdiff.replay.models.http import HttpModel, decode, encode
+from shadowdiff.replay.models.inprocess import PythonModel
+from shadowdiff.replay.testing import ModelServer, ServerBehaviour
+from shadowdiff.schemas.config import ModelSpec
+from shadowdiff.schemas.records import ErrorClass
 
 ROWS = [{"x": float(i) / 10, "plan": "pro"} for i in range(40)]
 
@@ -186,7 +186,7 @@ def test_a_triton_request_names_its_tensors_as_the_models_config_does():
     # input__0 TYPE_FP32 [k], output__0); no Triton server runs on this machine
     import orjson
 
-    from replay.models.http import encode
+    from shadowdiff.replay.models.http import encode
 
     spec = ModelSpec(
         name="m",
@@ -219,7 +219,7 @@ def test_one_bad_row_costs_its_own_output_not_its_batch():
 
 def test_answers_that_cannot_be_read_open_the_breaker():
     # the server answers 200 with JSON, but never with a score where the mapping says
-    from schemas.config import OutputSpec
+    from shadowdiff.schemas.config import OutputSpec
 
     with ModelServer(logistic) as url:
         spec = ModelSpec(
@@ -253,12 +253,12 @@ def test_a_model_outage_is_one_line_when_it_starts_and_one_when_it_ends(caplog: 
         finally:
             await client.close()
 
-    with caplog.at_level("WARNING", logger="replay.models.resilience"):
+    with caplog.at_level("WARNING", logger="shadowdiff.replay.models.resilience"):
         down, up = asyncio.run(go())
     server.stop()
     assert {str(r.error_class) for r in down} == {"connection", "circuit_open"}
     assert all(r.error_class is None for r in up)
-    lines = [r.getMessage() for r in caplog.records if r.name == "replay.models.resilience"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "shadowdiff.replay.models.resilience"]
     assert len(lines) == 2, lines
     assert lines[0].startswith("model v2: circuit open after 3 failures in a row (connection: ")
     assert lines[1].startswith("model v2: recovered after ")

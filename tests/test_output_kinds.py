@@ -8,9 +8,9 @@ from pathlib import Path
 
 from helpers import envelope, jsonl, judge_run, write_config
 
-from replay.job import run_replay
-from schemas.config import load_config
-from schemas.policy import parse_policy
+from shadowdiff.replay.job import run_replay
+from shadowdiff.schemas.config import load_config
+from shadowdiff.schemas.policy import parse_policy
 
 
 def run(tmp: Path, kind: str) -> dict:

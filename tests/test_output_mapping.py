@@ -12,13 +12,13 @@ import pytest
 from helpers import envelope, jsonl, write_config
 from models_for_tests import delay_probability, predict_proba
 
-from diff.judge import judge
-from diff.load import open_run
-from replay.job import run_replay
-from replay.testing import ModelServer, ServerBehaviour
-from schemas.config import ModelSpec, load_config
-from schemas.errors import ConfigError
-from schemas.policy import parse_policy
+from shadowdiff.diff.judge import judge
+from shadowdiff.diff.load import open_run
+from shadowdiff.replay.job import run_replay
+from shadowdiff.replay.testing import ModelServer, ServerBehaviour
+from shadowdiff.schemas.config import ModelSpec, load_config
+from shadowdiff.schemas.errors import ConfigError
+from shadowdiff.schemas.policy import parse_policy
 
 
 def test_a_dict_baseline_and_a_probability_tensor_candidate_each_read_by_their_own_mapping(tmp_path):

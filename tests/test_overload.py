@@ -16,11 +16,11 @@ import orjson
 from helpers import envelope, jsonl, judge_run, write_config
 from models_for_tests import logistic
 
-from replay.job import run_replay
-from replay.models.resilience import AdaptiveLimit, RateCap
-from replay.testing import ModelServer, ServerBehaviour
-from schemas.config import load_config
-from schemas.policy import Policy
+from shadowdiff.replay.job import run_replay
+from shadowdiff.replay.models.resilience import AdaptiveLimit, RateCap
+from shadowdiff.replay.testing import ModelServer, ServerBehaviour
+from shadowdiff.schemas.config import load_config
+from shadowdiff.schemas.policy import Policy
 
 
 def run(tmp: Path, name: str, url: str, adaptive: bool, recording: Path, route: str = "/predict") -> Path:
@@ -150,7 +150,7 @@ def test_a_rate_cap_spaces_the_calls():
 def test_the_adaptive_limit_can_be_used_from_one_event_loop_after_another():
     import asyncio
 
-    from replay.models.resilience import AdaptiveLimit
+    from shadowdiff.replay.models.resilience import AdaptiveLimit
 
     limit = AdaptiveLimit("m", max_limit=1, initial=1)
 

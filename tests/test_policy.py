@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from helpers import verdict_of
 
-from diff.testing import Scenario
-from schemas.errors import ConfigError
-from schemas.policy import KINDS, Policy, default_checks, load_policy, parse_policy
+from shadowdiff.diff.testing import Scenario
+from shadowdiff.schemas.errors import ConfigError
+from shadowdiff.schemas.policy import KINDS, Policy, default_checks, load_policy, parse_policy
 
 
 def ids(policy: Policy) -> list[str]:
@@ -146,8 +146,8 @@ def test_a_per_segment_override_of_an_abs_quantile_threshold_is_counted_at_its_o
 def test_every_check_kind_a_policy_can_name_is_judged_somewhere():
     from typing import get_args
 
-    from diff.kinds import QUALITY_KINDS, SEGMENT_KINDS
-    from schemas.policy import KINDS, CheckKind
+    from shadowdiff.diff.kinds import QUALITY_KINDS, SEGMENT_KINDS
+    from shadowdiff.schemas.policy import KINDS, CheckKind
 
     assert set(get_args(CheckKind)) == set(KINDS)
     assert set(KINDS) == set(SEGMENT_KINDS) | QUALITY_KINDS

@@ -19,7 +19,7 @@ ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
 
 
 def replay(cfg: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "shadowdiff_cli.main", "replay", "--config", str(cfg)]
+    cmd = [sys.executable, "-m", "shadowdiff.cli.main", "replay", "--config", str(cfg)]
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
 
 
@@ -90,9 +90,9 @@ target = "models_for_tests:logistic"
 
 
 def test_numbers_given_as_text_are_config_errors_not_conversions(tmp_path):
-    from schemas.config import load_config
-    from schemas.errors import ConfigError
-    from schemas.policy import parse_policy
+    from shadowdiff.schemas.config import load_config
+    from shadowdiff.schemas.errors import ConfigError
+    from shadowdiff.schemas.policy import parse_policy
 
     cfg = write_config(
         tmp_path / "run.toml",
@@ -120,8 +120,8 @@ target = "models_for_tests:logistic"
 
 
 def test_credentials_in_the_url_and_an_authorization_header_are_refused_at_start():
-    from schemas.config import parse_config
-    from schemas.errors import ConfigError
+    from shadowdiff.schemas.config import parse_config
+    from shadowdiff.schemas.errors import ConfigError
 
     model = {"name": "c", "kind": "http", "url": "http://u:p@127.0.0.1:1/predict", "headers": {"Authorization": "Bearer t"}}
     with pytest.raises(ConfigError, match="either in the URL or in an Authorization header"):

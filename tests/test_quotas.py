@@ -13,11 +13,11 @@ from pathlib import Path
 import duckdb
 from helpers import T0, jsonl, write_config
 
-from diff.judge import judge
-from diff.load import open_run
-from replay.job import run_replay
-from schemas.config import load_config
-from schemas.policy import Policy
+from shadowdiff.diff.judge import judge
+from shadowdiff.diff.load import open_run
+from shadowdiff.replay.job import run_replay
+from shadowdiff.schemas.config import load_config
+from shadowdiff.schemas.policy import Policy
 
 N = 40_000
 K = 600

@@ -17,11 +17,11 @@ import pytest
 import real_servers
 from helpers import envelope, jsonl, write_config
 
-from diff.judge import judge
-from diff.load import open_run
-from replay.job import run_replay
-from schemas.config import load_config
-from schemas.policy import parse_policy
+from shadowdiff.diff.judge import judge
+from shadowdiff.diff.load import open_run
+from shadowdiff.replay.job import run_replay
+from shadowdiff.schemas.config import load_config
+from shadowdiff.schemas.policy import parse_policy
 
 pytestmark = pytest.mark.slow
 

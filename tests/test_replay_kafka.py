@@ -18,9 +18,9 @@ import pytest
 from helpers import T0, committed_offsets, envelope, jsonl, produce, sampled, wait_until, write_config
 from models_for_tests import logistic
 
-from replay.job import run_replay
-from replay.testing import ModelServer
-from schemas.config import load_config
+from shadowdiff.replay.job import run_replay
+from shadowdiff.replay.testing import ModelServer
+from shadowdiff.schemas.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.kafka]
@@ -141,7 +141,7 @@ batch_size = 100
         group=group,
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    cmd = [sys.executable, "-m", "shadowdiff_cli.main", "replay", "--config", str(cfg), "--no-judge"]
+    cmd = [sys.executable, "-m", "shadowdiff.cli.main", "replay", "--config", str(cfg), "--no-judge"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     store = tmp_path / "runs" / "kill" / "store-w0.duckdb"
     # kill only once batches are stored and committed (else the restart is a plain replay)
@@ -329,7 +329,7 @@ target = "models_for_tests:logistic"
         f'[run]\nid = "from-file"\nhome = "{tmp_path / "runs"}"\n[source]\nkind = "file"\npath = "{recording}"\n' + common,
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    cli = [sys.executable, "-m", "shadowdiff_cli.main", "produce", "--bootstrap", kafka_bootstrap, "--topic", topic]
+    cli = [sys.executable, "-m", "shadowdiff.cli.main", "produce", "--bootstrap", kafka_bootstrap, "--topic", topic]
     sent = subprocess.run(
         [*cli, "--file", str(recording)],
         env=env,

@@ -16,14 +16,14 @@ import orjson
 import pytest
 from helpers import chromium_page, make_run, serving
 
-from diff.judge import judge
-from diff.load import open_run
-from diff.testing import Scenario, write_synthetic_store
-from reports.evidence import verify_bundle, write_bundle
-from reports.html import render, write_report
-from reports.service import GateSettings, create_app
-from schemas import verdict_schema
-from schemas.policy import Policy, parse_policy
+from shadowdiff.diff.judge import judge
+from shadowdiff.diff.load import open_run
+from shadowdiff.diff.testing import Scenario, write_synthetic_store
+from shadowdiff.reports.evidence import verify_bundle, write_bundle
+from shadowdiff.reports.html import render, write_report
+from shadowdiff.reports.service import GateSettings, create_app
+from shadowdiff.schemas import verdict_schema
+from shadowdiff.schemas.policy import Policy, parse_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,7 +145,7 @@ def test_gate_cli_exit_codes(home):
 
     def gate_cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "shadowdiff_cli.main", "gate", "--home", str(home), *args],
+            [sys.executable, "-m", "shadowdiff.cli.main", "gate", "--home", str(home), *args],
             env=env,
             capture_output=True,
             text=True,
@@ -224,7 +224,7 @@ def test_evidence_bundle_is_checksummed(home, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def verify_cli(bundle: Path) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "shadowdiff_cli.main", "evidence", "verify", str(bundle)]
+        cmd = [sys.executable, "-m", "shadowdiff.cli.main", "evidence", "verify", str(bundle)]
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
     intact = verify_cli(path)

@@ -15,7 +15,7 @@ import duckdb
 from helpers import envelope, jsonl, write_config
 from models_for_tests import logistic
 
-from replay.testing import ModelServer, ServerBehaviour
+from shadowdiff.replay.testing import ModelServer, ServerBehaviour
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
@@ -24,7 +24,7 @@ PASSWORD = "PLANTED-PASSWORD-77e0"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shadowdiff_cli.main", *args], env=ENV, capture_output=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "shadowdiff.cli.main", *args], env=ENV, capture_output=True, timeout=300)
 
 
 def test_a_planted_token_reaches_the_model_and_no_artifact(tmp_path):

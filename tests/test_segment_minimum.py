@@ -38,9 +38,9 @@ def envelopes(n: int = 12_000) -> list[dict[str, Any]]:
 
 
 def replay(tmp_path: Path, run_id: str, min_per_segment: str) -> None:
-    from replay.job import run_replay
-    from schemas.config import load_config
-    from shadowdiff_cli.wiring import start_run
+    from shadowdiff.cli.wiring import start_run
+    from shadowdiff.replay.job import run_replay
+    from shadowdiff.schemas.config import load_config
 
     rows = envelopes()
     cfg_path = write_config(
@@ -71,7 +71,7 @@ target = "models_for_tests:logistic"
 
 
 def policy() -> Any:
-    from schemas.policy import parse_policy
+    from shadowdiff.schemas.policy import parse_policy
 
     # latency a warning: the live answers' recorded latency is not comparable with an in-process
     # call; the anytime tests tightest near the size of these segments, as in the demo (0 flips

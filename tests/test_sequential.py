@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from helpers import verdict_of
 
-from diff import checks as ck
-from diff import sequential
-from diff.decide import decide
-from diff.testing import Scenario
-from schemas.policy import Policy, parse_policy
+from shadowdiff.diff import checks as ck
+from shadowdiff.diff import sequential
+from shadowdiff.diff.decide import decide
+from shadowdiff.diff.testing import Scenario
+from shadowdiff.schemas.policy import Policy, parse_policy
 
 ALPHA = 0.01
 
@@ -131,7 +131,7 @@ def test_a_sound_candidate_is_shown_within_every_margin_with_enough_pairs(tmp_pa
 def test_an_estimate_far_on_the_good_side_is_never_read_as_worse():
     # found by the multi-worker drill: a mean difference of ~1e-12 with a standard error of
     # ~1e-18 gave z = -1e16, and the mixture's two huge terms cancelled into garbage ("worse")
-    from diff.sequential import log_e_one_sided, p_value
+    from shadowdiff.diff.sequential import log_e_one_sided, p_value
 
     last = math.inf
     for z in (-5.0, -19.0, -21.0, -1e3, -1e9, -1e16, -1e200):
@@ -212,7 +212,7 @@ def test_the_exact_rate_test_decides_when_the_rate_is_clearly_on_one_side():
 
 
 def test_each_tests_share_of_alpha_is_fixed_before_segments_qualify_and_split_over_candidates():
-    from diff.decide import Family
+    from shadowdiff.diff.decide import Family
 
     policy = Policy()
     family = Family.declared([(), ("region",)], policy, ["label_flip", "latency_p95"], candidates=1)

@@ -15,8 +15,8 @@ from helpers import committed_offsets, produce, write_config
 from replays import Replay
 from test_fault_drills import all_committed, messages
 
-from diff.exports import open_exports
-from schemas.verdict import Verdict, undeclared
+from shadowdiff.diff.exports import open_exports
+from shadowdiff.schemas.verdict import Verdict, undeclared
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from schemas.config import OutputSpec
-from schemas.paths import lookup
-from schemas.records import ErrorClass
+from shadowdiff.schemas.config import OutputSpec
+from shadowdiff.schemas.paths import lookup
+from shadowdiff.schemas.records import ErrorClass
 
 
 class CallResult(NamedTuple):

@@ -38,9 +38,9 @@ from typing import Any
 
 import orjson
 
-from replay.models.base import CallResult
-from replay.models.http import HttpModel
-from schemas.config import REVEAL_SECRETS, ModelSpec
+from shadowdiff.replay.models.base import CallResult
+from shadowdiff.replay.models.http import HttpModel
+from shadowdiff.schemas.config import REVEAL_SECRETS, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class ProcessHttpModel:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
         try:
             self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-                [sys.executable, "-m", "replay.models.call_process", str(theirs.fileno())],
+                [sys.executable, "-m", "shadowdiff.replay.models.call_process", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env=env,

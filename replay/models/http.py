@@ -22,11 +22,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from replay.models.base import CallResult, OutputReader
-from replay.models.resilience import TRANSIENT, TRANSIENT_STATUS, AdaptiveLimit, CircuitBreaker, RateCap
-from schemas.config import ModelSpec
-from schemas.paths import lookup
-from schemas.records import ErrorClass as E
+from shadowdiff.replay.models.base import CallResult, OutputReader
+from shadowdiff.replay.models.resilience import TRANSIENT, TRANSIENT_STATUS, AdaptiveLimit, CircuitBreaker, RateCap
+from shadowdiff.schemas.config import ModelSpec
+from shadowdiff.schemas.paths import lookup
+from shadowdiff.schemas.records import ErrorClass as E
 
 _ABSENT = object()  # `response_path` not in an answer
 

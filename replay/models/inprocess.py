@@ -17,11 +17,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from replay.models.base import CallResult
-from replay.models.resilience import CircuitBreaker
-from schemas.config import ModelSpec
-from schemas.errors import ConfigError
-from schemas.records import ErrorClass as E
+from shadowdiff.replay.models.base import CallResult
+from shadowdiff.replay.models.resilience import CircuitBreaker
+from shadowdiff.schemas.config import ModelSpec
+from shadowdiff.schemas.errors import ConfigError
+from shadowdiff.schemas.records import ErrorClass as E
 
 BatchFn = Callable[[Any], Any]  # a list of input dicts, or a pyarrow Table of features -> outputs
 

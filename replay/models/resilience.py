@@ -10,7 +10,7 @@ import logging
 import statistics
 import time
 
-from schemas.records import ErrorClass
+from shadowdiff.schemas.records import ErrorClass
 
 log = logging.getLogger(__name__)
 

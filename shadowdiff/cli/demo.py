@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
-from replay.testing import ModelServer, ServerBehaviour
-from schemas.errors import ConfigError
-from shadowdiff_cli import demo_traffic as traffic
+from shadowdiff.cli import demo_traffic as traffic
+from shadowdiff.replay.testing import ModelServer, ServerBehaviour
+from shadowdiff.schemas.errors import ConfigError
 
 N_REQUESTS = 20_000
 LATENCY_MS = 30.0  # a typical online model: sleep dominates the loopback overhead
@@ -175,12 +175,12 @@ def run_demo(
     server latency as a multiple of the baseline's. Latency is measured per call, so
     `rows_per_call` and `requests` set how many latency samples the run has. `scenarios`: the
     names of those to run (all three by default)."""
-    from diff.load import open_run
-    from replay.job import run_replay
-    from reports.html import write_report
-    from schemas.config import load_config
-    from schemas.policy import load_policy
-    from shadowdiff_cli.wiring import judge_and_publish, start_run
+    from shadowdiff.cli.wiring import judge_and_publish, start_run
+    from shadowdiff.diff.load import open_run
+    from shadowdiff.replay.job import run_replay
+    from shadowdiff.reports.html import write_report
+    from shadowdiff.schemas.config import load_config
+    from shadowdiff.schemas.policy import load_policy
 
     names = ", ".join(s.name for s in SCENARIOS)
     problems = [

@@ -150,10 +150,10 @@ def _model(name: str) -> Callable[[list[dict[str, Any]]], list[Any]]:
 
 
 def baseline_batch(rows: list[dict[str, Any]]) -> list[Any]:
-    """`shadowdiff_cli.demo_traffic:baseline_batch`, an in-process baseline for docker compose."""
+    """`shadowdiff.cli.demo_traffic:baseline_batch`, an in-process baseline for docker compose."""
     return _model("baseline")(rows)
 
 
 def candidate_batch(rows: list[dict[str, Any]]) -> list[Any]:
-    """`shadowdiff_cli.demo_traffic:candidate_batch`, the retrained candidate."""
+    """`shadowdiff.cli.demo_traffic:candidate_batch`, the retrained candidate."""
     return _model("candidate")(rows)

@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from schemas.errors import ShadowdiffError
+from shadowdiff.schemas.errors import ShadowdiffError
 
 log = logging.getLogger("shadowdiff")
 
@@ -34,11 +34,11 @@ def _stop_on_signals() -> threading.Event:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from replay.job import run_replay, validate_targets
-    from replay.preflight import preflight
-    from schemas.config import load_config
-    from schemas.policy import load_policy
-    from shadowdiff_cli.wiring import judge_hook, start_run
+    from shadowdiff.cli.wiring import judge_hook, start_run
+    from shadowdiff.replay.job import run_replay, validate_targets
+    from shadowdiff.replay.preflight import preflight
+    from shadowdiff.schemas.config import load_config
+    from shadowdiff.schemas.policy import load_policy
 
     cfg = load_config(Path(args.config))
     given = load_policy(Path(args.policy)) if args.policy else None
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-judge", action="store_true", help="store only; judge later")
     r.set_defaults(func=cmd_replay)
 
-    from shadowdiff_cli import commands
+    from shadowdiff.cli import commands
 
     commands.register(sub)
     return p

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from schemas.errors import ConfigError, JudgeCacheBusy, StoreError
-from schemas.layout import RunLayout
+from shadowdiff.schemas.errors import ConfigError, JudgeCacheBusy, StoreError
+from shadowdiff.schemas.layout import RunLayout
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -24,10 +24,10 @@ def _home(args: argparse.Namespace) -> Path:
 def policy_in_force(home: Path, run_id: str, path: str | None) -> tuple[Any, bool]:
     """The policy to judge by, and whether it is the run's own: the run's stored policy (the
     built-in one for a run that stored none) unless `path` names another."""
-    from diff.judge import policy_digest
-    from schemas.layout import RunLayout
-    from schemas.policy import Policy, load_policy
-    from shadowdiff_cli.wiring import run_policy
+    from shadowdiff.cli.wiring import run_policy
+    from shadowdiff.diff.judge import policy_digest
+    from shadowdiff.schemas.layout import RunLayout
+    from shadowdiff.schemas.policy import Policy, load_policy
 
     RunLayout.existing(home, run_id)  # RunNotFound first
     own = run_policy(home, run_id) or Policy()
@@ -39,8 +39,8 @@ def policy_in_force(home: Path, run_id: str, path: str | None) -> tuple[Any, boo
 
 def judge_stored(home: Path, run_id: str, policy: Any, label: str | None = None) -> list[dict[str, Any]]:
     """Judge from the stores (read-only) and publish the verdicts (labelled: kept, not served)."""
-    from diff.load import open_run
-    from shadowdiff_cli.wiring import judge_and_publish
+    from shadowdiff.cli.wiring import judge_and_publish
+    from shadowdiff.diff.load import open_run
 
     con = open_run(home, run_id)
     try:
@@ -55,9 +55,9 @@ def _shared(args: argparse.Namespace) -> Any:
         return None
     from pydantic import ValidationError
 
-    from schemas.config import SharedSpec
-    from schemas.layout import RUN_ID
-    from schemas.objectstore import SharedRun
+    from shadowdiff.replay.objectstore import SharedRun
+    from shadowdiff.schemas.config import SharedSpec
+    from shadowdiff.schemas.layout import RUN_ID
 
     if not RUN_ID.fullmatch(args.run):
         raise ConfigError("--run", [f"{args.run[:80]!r} is not a valid run id"])
@@ -70,8 +70,8 @@ def _shared(args: argparse.Namespace) -> Any:
 
 def _wait_for_run(home: Path, run_id: str, every_s: float, shared: Any = None) -> None:
     """A judge started before its workers waits for the run's first store or export."""
-    from schemas.errors import RunNotFound
-    from schemas.layout import RUN_ID
+    from shadowdiff.schemas.errors import RunNotFound
+    from shadowdiff.schemas.layout import RUN_ID
 
     while True:
         if shared is not None and RUN_ID.fullmatch(run_id):
@@ -97,8 +97,8 @@ def watch_run(
 
     import duckdb
 
-    from diff.exports import open_cache
-    from shadowdiff_cli.wiring import judge_and_publish
+    from shadowdiff.cli.wiring import judge_and_publish
+    from shadowdiff.diff.exports import open_cache
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -185,8 +185,8 @@ def summary(doc: dict[str, Any]) -> str:
 def cmd_judge(args: argparse.Namespace) -> int:
     """Judge under the run's own policy and publish; under another policy (`--policy`), keep
     the verdict beside the served one under a label, and serve it only with `--publish`."""
-    from schemas.gate import EXIT_CODES
-    from schemas.layout import valid_name
+    from shadowdiff.schemas.gate import EXIT_CODES
+    from shadowdiff.schemas.layout import valid_name
 
     home = _home(args)
     shared = _shared(args)
@@ -207,7 +207,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
         return max(EXIT_CODES[d["verdict"]] for d in docs) if docs else EXIT_CODES["pending"]
     docs = judge_stored(home, args.run, policy, label=label)
     if label is not None and args.publish:
-        from shadowdiff_cli.wiring import publish
+        from shadowdiff.cli.wiring import publish
 
         for doc in docs:
             doc["policy"]["published_over_the_run_policy"] = True
@@ -231,7 +231,7 @@ def parse_duration(text: str) -> float:
 def cmd_gate(args: argparse.Namespace) -> int:
     """The gate's answer as an exit code: the same answer the Argo and Flagger endpoints give
     (waivers, staleness, pending, unknown). Reads published verdicts only; never writes."""
-    from reports.verdicts import VerdictStore
+    from shadowdiff.reports.verdicts import VerdictStore
 
     store = VerdictStore(_home(args), stale_after_s=parse_duration(args.stale_after), refresh_s=0.0)
     deadline = time.monotonic() + parse_duration(args.timeout)
@@ -251,8 +251,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from reports.html import write_report
-    from reports.verdicts import VerdictStore
+    from shadowdiff.reports.html import write_report
+    from shadowdiff.reports.verdicts import VerdictStore
 
     home = _home(args)
     if args.rejudge:
@@ -273,7 +273,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from reports.service import GateSettings, create_app
+    from shadowdiff.reports.service import GateSettings, create_app
 
     settings = GateSettings(
         home=_home(args),
@@ -290,7 +290,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_evidence(args: argparse.Namespace) -> int:
     """`evidence --run R -o bundle.zip` writes a bundle; `evidence verify bundle.zip` checks one
     (exit 0 intact, 1 tampered)."""
-    from reports.evidence import verify_bundle, write_bundle
+    from shadowdiff.reports.evidence import verify_bundle, write_bundle
 
     if args.action == "verify":
         if not args.bundle:
@@ -315,7 +315,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         import sklearn  # noqa: F401
     except ImportError as err:
         raise ConfigError("demo", ['the demo trains its models with scikit-learn: pip install "shadowdiff[demo]"']) from err
-    from shadowdiff_cli.demo import run_demo
+    from shadowdiff.cli.demo import run_demo
 
     return run_demo(
         Path(args.dir),
@@ -330,7 +330,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_produce(args: argparse.Namespace) -> int:
     """Send a recording to a topic (`--file`), or generated demo traffic at a steady rate."""
     if args.file:
-        from replay.produce import produce_recording
+        from shadowdiff.replay.produce import produce_recording
 
         stats = produce_recording(Path(args.file), args.bootstrap, args.topic, args.key_field, args.time_field, args.rate)
         print(orjson.dumps({"topic": args.topic, **stats.summary()}, option=orjson.OPT_INDENT_2).decode())
@@ -343,7 +343,7 @@ def _produce_generated(args: argparse.Namespace) -> int:
 
     from kafka import KafkaProducer
 
-    from shadowdiff_cli.demo_traffic import generate
+    from shadowdiff.cli.demo_traffic import generate
 
     rate = args.rate or 200.0
     producer = KafkaProducer(bootstrap_servers=args.bootstrap.split(","), linger_ms=20, acks="all")

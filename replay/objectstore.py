@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from schemas.config import SharedSpec
-from schemas.layout import RunLayout
+from shadowdiff.schemas.config import SharedSpec
+from shadowdiff.schemas.layout import RunLayout
 
 MANIFEST = "manifest.json"
 RUN_FILES = ("policy.json", "run.json")

@@ -13,11 +13,11 @@ from typing import Any
 
 import orjson
 
-from replay.store import WRITER_MEMORY
-from schemas.config import RunConfig
-from schemas.errors import ConfigError
-from schemas.layout import RunLayout
-from schemas.policy import Policy, parse_policy
+from shadowdiff.replay.store import WRITER_MEMORY
+from shadowdiff.schemas.config import RunConfig
+from shadowdiff.schemas.errors import ConfigError
+from shadowdiff.schemas.layout import RunLayout
+from shadowdiff.schemas.policy import Policy, parse_policy
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def start_run(cfg: RunConfig, policy: Policy | None) -> tuple[RunConfig, Policy]
     return the config to replay (`sampling.min_per_segment = "policy"` resolved to the policy's
     min_samples) and the policy in force. A restarted run keeps its policy: a different one
     given again is refused (re-judge under it with `shadowdiff judge --policy` instead)."""
-    from diff.judge import policy_digest
+    from shadowdiff.diff.judge import policy_digest
 
     layout = RunLayout(cfg.run.home, cfg.run.id)
     stored = run_policy(cfg.run.home, cfg.run.id)
@@ -82,9 +82,9 @@ def judge_and_publish(
     label: str | None = None,
     silent_after_s: float = 120.0,
 ) -> list[dict[str, Any]]:
-    from diff.exports import coverage
-    from diff.finality import latch
-    from diff.judge import judge_all
+    from shadowdiff.diff.exports import coverage
+    from shadowdiff.diff.finality import latch
+    from shadowdiff.diff.judge import judge_all
 
     docs = judge_all(con, policy)
     covered = coverage(con, silent_after_s)
