@@ -94,7 +94,7 @@ def judge_child(home: Path) -> None:
     wall = time.perf_counter() - t0
     print(
         f"judge: {wall:.1f} s wall (target <= 30 s), peak RSS {peak_rss_mb():,.0f} MB (target <= 4096 MB); verdict "
-        f"{doc['verdict']}, {len(doc['checks'])} check results, {doc['statistics']['tests_in_family']} tests"
+        f"{doc.verdict}, {len(doc.checks)} check results, {doc.statistics.tests_in_family} tests"
     )
 
 

@@ -34,6 +34,7 @@ from shadowdiff.diff.exports import open_cache, open_exports
 from shadowdiff.diff.judge import judge
 from shadowdiff.schemas.layout import EXPORT_TABLES, RunLayout
 from shadowdiff.schemas.policy import Policy, Reference
+from shadowdiff.schemas.verdict import Verdict
 
 
 def publish(store: Path, layout: RunLayout, seq: int, lo: int, hi: int) -> None:
@@ -86,7 +87,7 @@ def phases() -> str:
     return out
 
 
-def timed(open_run: Callable[[], duckdb.DuckDBPyConnection], policy: Policy) -> tuple[float, float, dict[str, Any]]:
+def timed(open_run: Callable[[], duckdb.DuckDBPyConnection], policy: Policy) -> tuple[float, float, Verdict]:
     """Seconds to open the run, seconds to judge it, and the verdict."""
     t0 = time.perf_counter()
     con = open_run()
@@ -134,8 +135,7 @@ def main() -> None:
         print(f"look's judge, s: {look_phases}\nfull judge, s:   {full_phases}")
     print(f"look / full: {look / whole:.3f}  (reading alone: {look_read / full_read:.3f}; target <= 0.05)")
     print(
-        f"verdicts: {looked['verdict']} / {full['verdict']}, pairs {looked['data']['pairs']:,}, "
-        f"digest equal: {looked['digest'] == full['digest']}"
+        f"verdicts: {looked.verdict} / {full.verdict}, pairs {looked.data.pairs:,}, digest equal: {looked.digest == full.digest}"
     )
 
 

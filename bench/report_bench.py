@@ -40,7 +40,7 @@ def main() -> None:
     out2 = write_report(home, doc, home / "report-ev.html", with_evidently=True)
     t_ev = time.perf_counter() - t0
     ev = out2.with_name(out2.stem + "-evidently.html")
-    print(f"{args.pairs:,} pairs, verdict {doc['verdict']} (judged in {t_judge:.1f} s)")
+    print(f"{args.pairs:,} pairs, verdict {doc.verdict} (judged in {t_judge:.1f} s)")
     print(f"report: rendered in {t_report:.2f} s, {out.stat().st_size / 1e6:.2f} MB (targets <= 10 s, <= 10 MB)")
     print(f"report + evidently drill-down page: {t_ev:.2f} s; drill-down page {ev.stat().st_size / 1e6:.1f} MB (separate file)")
 

@@ -23,9 +23,10 @@ from shadowdiff.diff.judge import judge
 from shadowdiff.diff.load import open_run
 from shadowdiff.diff.testing import Scenario, write_synthetic_store
 from shadowdiff.schemas.policy import Policy
+from shadowdiff.schemas.verdict import Verdict
 
 
-def one(home: Path, run_id: str, scenario: Scenario, policy: Policy) -> dict:  # type: ignore[type-arg]
+def one(home: Path, run_id: str, scenario: Scenario, policy: Policy) -> Verdict:
     write_synthetic_store(home / run_id / "store-w0.duckdb", scenario, run_id)
     con = open_run(home, run_id)
     try:
@@ -46,10 +47,10 @@ def main() -> None:
     false_no_go = pending = 0
     for i in range(args.runs):
         doc = one(home, f"aa{i}", Scenario(n=args.pairs, segments=30, seed=10_000 + i), policy)
-        false_no_go += doc["verdict"] == "no_go"
-        pending += doc["verdict"] == "pending"
-        if doc["verdict"] == "no_go":
-            print(f"  A/A run {i}: false NO_GO: {doc['reasons'][:2]}")
+        false_no_go += doc.verdict == "no_go"
+        pending += doc.verdict == "pending"
+        if doc.verdict == "no_go":
+            print(f"  A/A run {i}: false NO_GO: {doc.reasons[:2]}")
     print(
         f"A/A: {args.runs} runs x 30 segments x {args.pairs} pairs, policy {policy.correction} alpha={policy.alpha}: "
         f"false NO_GO rate {false_no_go / args.runs:.2%} (target <= 1%), pending {pending}"
@@ -63,7 +64,7 @@ def main() -> None:
             Scenario(n=args.pairs, segments=30, weights=weights, flip_extra={0: 0.05}, seed=20_000 + i),
             policy,
         )
-        caught += doc["verdict"] == "no_go" and "seg=s00" in doc["failing_segments"]
+        caught += doc.verdict == "no_go" and "seg=s00" in doc.failing_segments
     print(
         f"planted +5pp label flips in a 3% segment: caught (NO_GO naming seg=s00) in {caught / args.runs:.1%} "
         f"of {args.runs} runs (target >= 95%)"

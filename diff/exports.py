@@ -18,6 +18,7 @@ import orjson
 from shadowdiff.diff.sql import literal
 from shadowdiff.schemas.errors import JudgeCacheBusy, StoreError
 from shadowdiff.schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
+from shadowdiff.schemas.verdict import Coverage, WorkerCoverage
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Pat
         raise
 
 
-def coverage(con: duckdb.DuckDBPyConnection, silent_after_s: float) -> dict[str, Any] | None:
+def coverage(con: duckdb.DuckDBPyConnection, silent_after_s: float) -> Coverage | None:
     """Which workers' exports a verdict covers, and which of them stopped reporting (no
     heartbeat for `silent_after_s` and no final export); None for a run read from its stores."""
     if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'coverage'").fetchone()[0]:  # type: ignore[index]
@@ -280,14 +281,14 @@ def coverage(con: duckdb.DuckDBPyConnection, silent_after_s: float) -> dict[str,
         last = datetime.fromisoformat(heartbeat_at or exported_at)
         silent_s = (now - last).total_seconds()
         workers.append(
-            {
-                "worker": worker,
-                "exports": seq,
-                "last_export_at": exported_at,
-                "heartbeat_at": heartbeat_at,
-                "final": final,
-                "silent": not final and silent_s > silent_after_s,
-                "silent_for_s": round(silent_s, 1),
-            }
+            WorkerCoverage(
+                worker=worker,
+                exports=seq,
+                last_export_at=exported_at,
+                heartbeat_at=heartbeat_at,
+                final=final,
+                silent=not final and silent_s > silent_after_s,
+                silent_for_s=round(silent_s, 1),
+            )
         )
-    return {"source": "exports", "workers": workers, "silent_workers": [w["worker"] for w in workers if w["silent"]]}
+    return Coverage(source="exports", workers=workers, silent_workers=[w.worker for w in workers if w.silent])

@@ -4,63 +4,61 @@ would say something else must not change what the gate answers: the stopping rul
 the decision. The tests behind it are anytime-valid, which is what makes stopping at the first
 terminal answer sound.
 
-`latch(previous, current)` takes the document last published for a candidate and the one just
+`latch(previous, current)` takes the verdict last published for a candidate and the one just
 judged, and returns the one to publish: the current look in full (checks, segments, report), with
 the verdict, reasons and failing segments of the first terminal look, that look kept under
 `terminal` and the current look's own verdict under `latest`."""
 
 from __future__ import annotations
 
-from typing import Any
+from shadowdiff.schemas.verdict import FailingCheck, Latest, Terminal, Verdict
 
 TERMINAL = ("go", "no_go")
 
 
-def terminal_record(doc: dict[str, Any]) -> dict[str, Any]:
-    """What the gate keeps answering once `doc` (a GO or NO_GO) was published."""
-    return {
-        "verdict": doc["verdict"],
-        "published_at": doc.get("generated_at"),
-        "pairs": doc.get("data", {}).get("pairs"),
-        "digest": doc.get("digest"),
-        "policy_digest": doc.get("policy", {}).get("digest"),
-        "reasons": list(doc.get("reasons", [])),
-        "failing_segments": list(doc.get("failing_segments", [])),
+def terminal_record(verdict: Verdict) -> Terminal:
+    """What the gate keeps answering once `verdict` (a GO or NO_GO) was published."""
+    assert verdict.verdict != "pending"
+    return Terminal(
+        verdict=verdict.verdict,
+        published_at=verdict.generated_at,
+        pairs=verdict.data.pairs,
+        digest=verdict.digest,
+        policy_digest=verdict.policy.digest,
+        reasons=list(verdict.reasons),
+        failing_segments=list(verdict.failing_segments),
         # waivers are matched against the failures of the look that was acted on
-        "failing_checks": [
-            {"check": c["check"], "segment": c["segment"]} for c in doc.get("checks", []) if c.get("status") == "fail"
-        ],
-    }
+        failing_checks=[FailingCheck(check=c.check, segment=c.segment) for c in verdict.checks if c.status == "fail"],
+    )
 
 
-def latch(previous: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, Any]:
-    """The document to publish after `previous` (None: nothing published yet). A terminal verdict
+def _shown(verdict: str) -> str:
+    return verdict.upper().replace("_", "-")
+
+
+def latch(previous: Verdict | None, current: Verdict) -> Verdict:
+    """The verdict to publish after `previous` (None: nothing published yet). A terminal verdict
     published under the same policy stays the verdict; a policy change (only a labelled judgment
     or `--publish` can bring one) starts afresh, since its tests are other tests."""
-    first = (previous or {}).get("terminal")
-    same_policy = first is not None and first.get("policy_digest") == current.get("policy", {}).get("digest")
-    latest = {
-        "verdict": current["verdict"],
-        "reasons": list(current["reasons"]),
-        "failing_segments": list(current["failing_segments"]),
-    }
-    if first is None or not same_policy:
-        if current["verdict"] not in TERMINAL:
+    first = previous.terminal if previous is not None else None
+    latest = Latest(verdict=current.verdict, reasons=list(current.reasons), failing_segments=list(current.failing_segments))
+    if first is None or first.policy_digest != current.policy.digest:
+        if current.verdict not in TERMINAL:
             return current
-        return {**current, "terminal": terminal_record(current), "latest": latest}
-    shown = f"{first['verdict'].upper().replace('_', '-')}"
+        return current.model_copy(update={"terminal": terminal_record(current), "latest": latest})
     note = (
-        f"final: {shown} was first published at {first['published_at']} with {first['pairs']} pairs; "
-        f"a terminal verdict is never changed (this look alone: {current['verdict'].upper().replace('_', '-')})"
+        f"final: {_shown(first.verdict)} was first published at {first.published_at} with {first.pairs} pairs; "
+        f"a terminal verdict is never changed (this look alone: {_shown(current.verdict)})"
     )
-    return {
-        **current,
-        "verdict": first["verdict"],
-        "reasons": [note, *first["reasons"]],
-        "failing_segments": first["failing_segments"],
-        "terminal": first,
-        "latest": latest,
-    }
+    return current.model_copy(
+        update={
+            "verdict": first.verdict,
+            "reasons": [note, *first.reasons],
+            "failing_segments": list(first.failing_segments),
+            "terminal": first,
+            "latest": latest,
+        }
+    )
 
 
 __all__ = ["TERMINAL", "latch", "terminal_record"]

@@ -39,6 +39,7 @@ from shadowdiff.schemas import VERDICT_SCHEMA_VERSION
 from shadowdiff.schemas.errors import UnknownCandidate
 from shadowdiff.schemas.policy import Policy
 from shadowdiff.schemas.records import Status
+from shadowdiff.schemas.verdict import Verdict, emitted
 
 _CLOCK = "blocks of the wall-clock time the calls were made (answers recorded in production: their event time)"
 
@@ -52,7 +53,7 @@ def judge(
     policy: Policy,
     candidate: str | None = None,
     shared: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Verdict:
     """The verdict document (schemas/verdict.v1.schema.json) for one candidate of the run whose
     tables `con` sees. Deterministic: the same stored pairs and policy give the same document,
     `generated_at` aside. Candidates judged together over the same tables pass one `shared`
@@ -101,7 +102,7 @@ def judge(
     doc = _stable(doc)
     doc["digest"] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     doc["generated_at"] = datetime.now(UTC).isoformat()
-    return doc
+    return emitted(doc)
 
 
 @dataclass
@@ -468,7 +469,7 @@ def _stable(obj: Any) -> Any:
     return obj
 
 
-def judge_all(con: duckdb.DuckDBPyConnection, policy: Policy) -> list[dict[str, Any]]:
+def judge_all(con: duckdb.DuckDBPyConnection, policy: Policy) -> list[Verdict]:
     """A verdict per candidate of the run."""
     info = run_info(con)
     shared: dict[str, Any] = {}

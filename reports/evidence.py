@@ -14,6 +14,7 @@ from shadowdiff.diff.judge import judge
 from shadowdiff.diff.load import open_run, run_info
 from shadowdiff.reports.html import write_report
 from shadowdiff.schemas.errors import ShadowdiffError
+from shadowdiff.schemas.verdict import verdict_dict
 
 RANDOM_SAMPLE = 200
 
@@ -29,7 +30,7 @@ def write_bundle(home: Path, run_id: str, out: Path, policy: Any, candidate: str
     try:
         info = run_info(con)
         doc = judge(con, policy, candidate)
-        cand = doc["candidate"]
+        cand = doc.candidate
         sample = con.execute(
             """SELECT r.request_id, r.source, r.part, r."offset", r.event_time, r.segments, r.model_input,
                       b.output AS baseline, b.latency_ms AS baseline_ms, c.output AS candidate,
@@ -62,8 +63,9 @@ def write_bundle(home: Path, run_id: str, out: Path, policy: Any, candidate: str
         report = write_report(home, doc, out.with_suffix(".report.html"), with_evidently=False, con=con)
     finally:
         con.close()
+    published = verdict_dict(doc)
     files: dict[str, bytes] = {
-        "verdict.json": _dump(doc),
+        "verdict.json": _dump(published),
         "config.json": _dump(info.config),
         "run_meta.json": _dump({k: v for k, v in info.meta.items() if k != "config"}),
         "versions.json": _dump(
@@ -72,11 +74,11 @@ def write_bundle(home: Path, run_id: str, out: Path, policy: Any, candidate: str
                 "baseline": info.config.get("baseline"),
                 "software": info.meta.get("versions"),
                 "config_digest": info.meta.get("config_digest"),
-                "policy_digest": doc["policy"]["digest"],
+                "policy_digest": doc.policy.digest,
             }
         ),
-        "kafka_window.json": _dump({"window": doc["data"]["window"], "offsets": doc["data"]["offsets"]}),
-        "most_different_pairs.json": _dump(doc["examples"]),
+        "kafka_window.json": _dump({"window": published["data"]["window"], "offsets": published["data"]["offsets"]}),
+        "most_different_pairs.json": _dump(published["examples"]),
         "random_pairs.jsonl": b"\n".join(
             orjson.dumps(
                 dict(zip(cols, [orjson.loads(v) if isinstance(v, str) and v[:1] in "{[" else v for v in row], strict=True)),

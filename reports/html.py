@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import orjson
@@ -18,6 +17,7 @@ from shadowdiff.reports import svg
 from shadowdiff.reports.charts import ChartData, collect
 from shadowdiff.schemas.errors import ShadowdiffError
 from shadowdiff.schemas.gate import Waiver
+from shadowdiff.schemas.verdict import CheckResult, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -41,36 +41,34 @@ def _charts_markup(cd: ChartData) -> dict[str, Markup]:
     }
 
 
-def drift_matrix(doc: dict[str, Any]) -> tuple[list[str], list[str], dict[tuple[str, str], dict[str, Any]]]:
-    rows = [c for c in doc["checks"] if c["kind"] == "feature_drift" and c["feature"]]
-    feats = sorted({c["feature"] for c in rows})
-    segs = sorted({c["segment"] for c in rows}, key=lambda s: (s != "all", s))
-    return feats, segs, {(c["feature"], c["segment"]): c for c in rows}
+def drift_matrix(doc: Verdict) -> tuple[list[str], list[str], dict[tuple[str, str], CheckResult]]:
+    rows = [c for c in doc.checks if c.kind == "feature_drift" and c.feature]
+    feats = sorted({c.feature for c in rows if c.feature})
+    segs = sorted({c.segment for c in rows}, key=lambda s: (s != "all", s))
+    return feats, segs, {(c.feature or "", c.segment): c for c in rows}
 
 
 _STATUS_RANK = {"fail": 0, "warn": 1, "undecided": 2, "pending": 3, "n/a": 4, "pass": 5}
 
 
-def segment_matrix(doc: dict[str, Any]) -> tuple[list[str], dict[tuple[str, str], dict[str, Any]]]:
+def segment_matrix(doc: Verdict) -> tuple[list[str], dict[tuple[str, str], CheckResult]]:
     """The segment table's columns, one per check of the policy in force (in its order), and the
     cell of each check and segment: the worst result there (a feature check has one per
     feature; the failing feature is the one to show)."""
-    declared = [c["id"] for c in doc.get("policy", {}).get("checks", [])]
-    seen = list(dict.fromkeys(c["check"] for c in doc["checks"]))
+    declared = [c.id for c in doc.policy.checks]
+    seen = list(dict.fromkeys(c.check for c in doc.checks))
     columns = declared or seen
     columns += [c for c in seen if c not in columns]
-    cells: dict[tuple[str, str], dict[str, Any]] = {}
-    for c in doc["checks"]:
-        key = (c["check"], c["segment"])
+    cells: dict[tuple[str, str], CheckResult] = {}
+    for c in doc.checks:
+        key = (c.check, c.segment)
         have = cells.get(key)
-        if have is None or _STATUS_RANK.get(c["status"], 5) < _STATUS_RANK.get(have["status"], 5):
+        if have is None or _STATUS_RANK.get(c.status, 5) < _STATUS_RANK.get(have.status, 5):
             cells[key] = c
     return columns, cells
 
 
-def render(
-    doc: dict[str, Any], charts: ChartData | None, evidently_href: str | None = None, waivers: list[Waiver] | None = None
-) -> str:
+def render(doc: Verdict, charts: ChartData | None, evidently_href: str | None = None, waivers: list[Waiver] | None = None) -> str:
     """The report as one HTML string; `waivers`: those recorded for the run (shown with whether
     each still applies)."""
     now = datetime.now(UTC)
@@ -86,13 +84,13 @@ def render(
         seg_columns=columns,
         seg_cells=seg_cells,
         evidently_href=evidently_href,
-        waivers=[(w, w.active(now)) for w in waivers or [] if w.candidate in (None, doc["candidate"])],
-        failing={(c["check"], c["segment"]) for c in doc["checks"] if c["status"] == "fail"},
+        waivers=[(w, w.active(now)) for w in waivers or [] if w.candidate in (None, doc.candidate)],
+        failing={(c.check, c.segment) for c in doc.checks if c.status == "fail"},
     )
 
 
 def write_report(
-    home: Path, doc: dict[str, Any], out: Path, with_evidently: bool = True, con: duckdb.DuckDBPyConnection | None = None
+    home: Path, doc: Verdict, out: Path, with_evidently: bool = True, con: duckdb.DuckDBPyConnection | None = None
 ) -> Path:
     """Render the report of a judged run to `out`. Charts read the stores read-only, through
     `con` when the caller still has the judge's connection (its pairs are then reused)."""
@@ -101,13 +99,13 @@ def write_report(
     own = con is None
     if con is None:
         try:
-            con = open_run(home, doc["run_id"])
+            con = open_run(home, doc.run_id)
         except Exception as err:  # a writer holds the store: report the verdict without charts
             log.warning("report without charts: %s", err)
     if con is not None:
         try:
             info = run_info(con)
-            charts = collect(con, doc["candidate"], info.segment_fields)
+            charts = collect(con, doc.candidate, info.segment_fields)
             if with_evidently:
                 from shadowdiff.reports.drilldown import evidently_drift
 
@@ -117,7 +115,7 @@ def write_report(
             if own:
                 con.close()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(doc, charts, href, _waivers(home, doc["run_id"])), encoding="utf-8")
+    out.write_text(render(doc, charts, href, _waivers(home, doc.run_id)), encoding="utf-8")
     return out
 
 

@@ -30,6 +30,7 @@ from shadowdiff.reports.openapi import OPENAPI
 from shadowdiff.reports.verdicts import VerdictStore
 from shadowdiff.schemas.errors import RunNotFound, UnknownCandidate
 from shadowdiff.schemas.gate import DEFAULT_MAX_WAIVER, GateAnswer, Waiver, WaiverRequest
+from shadowdiff.schemas.verdict import verdict_dict
 
 REPORT_PAGE = re.compile(r"report-[A-Za-z0-9._-]{1,64}(-evidently)?\.html")
 
@@ -84,7 +85,7 @@ def create_app(settings: GateSettings) -> Any:
             return not_found(err)
         body = public(answer)
         if request.query_params.get("full") == "1":
-            body["document"] = doc
+            body["document"] = verdict_dict(doc) if doc is not None else None
         return FastJSON(body)
 
     async def flagger(request: Request) -> Response:

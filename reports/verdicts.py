@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,12 +21,20 @@ from pydantic import ValidationError
 from shadowdiff.schemas.errors import RunNotFound, ShadowdiffError, UnknownCandidate
 from shadowdiff.schemas.gate import GateAnswer, Waiver, WaiverFile
 from shadowdiff.schemas.layout import RunLayout, valid_name
+from shadowdiff.schemas.verdict import Verdict, VerdictValue, read_verdict
 
 
 @dataclass
 class _Entry:
     mtime_ns: int
     doc: Any
+
+
+class _NotAVerdict:
+    """A verdict file that does not parse as one: the gate says so, and answers pending."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
 
 
 class VerdictStore:
@@ -36,7 +45,7 @@ class VerdictStore:
         self._cache: dict[Path, _Entry] = {}
         # answers are recomputed at most every `refresh_s`: a request is then a dict lookup,
         # which keeps the gate's tail latency low while a replay and its judge share the CPU
-        self._answers: dict[tuple[str, str | None], tuple[float, GateAnswer, dict[str, Any] | None]] = {}
+        self._answers: dict[tuple[str, str | None], tuple[float, GateAnswer, Verdict | None]] = {}
 
     def runs(self) -> list[str]:
         if not self.home.exists():
@@ -52,14 +61,14 @@ class VerdictStore:
     def layout(self, run_id: str) -> RunLayout:
         return RunLayout.existing(self.home, run_id)
 
-    def _load(self, path: Path) -> Any:
+    def _load(self, path: Path, parse: Callable[[bytes], Any] = orjson.loads) -> Any:
         try:
             st = os.stat(path)
         except FileNotFoundError:
             return None
         hit = self._cache.get(path)
         if hit is None or hit.mtime_ns != st.st_mtime_ns:
-            hit = _Entry(st.st_mtime_ns, orjson.loads(path.read_bytes()))
+            hit = _Entry(st.st_mtime_ns, parse(path.read_bytes()))
             self._cache[path] = hit
         return hit.doc
 
@@ -99,7 +108,7 @@ class VerdictStore:
         for key in [k for k in self._answers if k[0] == run_id]:
             del self._answers[key]
 
-    def answer(self, run_id: str, candidate: str | None = None) -> tuple[GateAnswer, dict[str, Any] | None]:
+    def answer(self, run_id: str, candidate: str | None = None) -> tuple[GateAnswer, Verdict | None]:
         """The gate's answer and the verdict document behind it (None before any verdict),
         at most `refresh_s` old. Raises RunNotFound / UnknownCandidate."""
         key = (run_id, candidate)
@@ -111,7 +120,7 @@ class VerdictStore:
         self._answers[key] = (now, answer, doc)
         return answer, doc
 
-    def _answer(self, run_id: str, candidate: str | None) -> tuple[GateAnswer, dict[str, Any] | None]:
+    def _answer(self, run_id: str, candidate: str | None) -> tuple[GateAnswer, Verdict | None]:
         layout = self.layout(run_id)
         names = self.candidates(run_id)
         if candidate is not None and candidate not in names:
@@ -119,16 +128,15 @@ class VerdictStore:
             raise UnknownCandidate(f"run {run_id!r} has no candidate {shown!r} (has {names})")
         name = candidate or (names[0] if names else None)
         path = layout.verdict(name) if name else None
-        doc = self._load(path) if path else None
-        if not isinstance(doc, dict):
-            reasons = ["no data: no verdict published for this run yet"]
+        doc = self._load(path, _parse_verdict) if path else None
+        if not isinstance(doc, Verdict):
+            reasons = [doc.problem if isinstance(doc, _NotAVerdict) else "no data: no verdict published for this run yet"]
             return GateAnswer(run_id=run_id, candidate=name, verdict="pending", reasons=reasons), None
-        verdict = doc["verdict"]
-        reasons = list(doc["reasons"])
+        verdict: VerdictValue = doc.verdict
+        reasons = list(doc.reasons)
         stale = False
         age = time.time() - os.stat(path).st_mtime if path else 0.0
-        terminal = doc.get("terminal")
-        if doc.get("run_active") and age > self.stale_after_s and not terminal:
+        if doc.run_active and age > self.stale_after_s and not doc.terminal:
             # a terminal verdict was decided and acted on; a writer gone quiet since changes nothing
             verdict, stale = "pending", True
             reasons = [f"stale: the replay last published a verdict {age:.0f} s ago and has not finished", *reasons]
@@ -145,25 +153,32 @@ class VerdictStore:
             candidate=name,
             verdict=verdict,
             reasons=reasons,
-            failing_segments=doc.get("failing_segments", []),
+            failing_segments=doc.failing_segments,
             waivers_applied=applied,
             stale=stale,
-            pairs=doc.get("data", {}).get("pairs", 0),
-            digest=doc.get("digest"),
-            generated_at=doc.get("generated_at"),
-            policy_digest=doc.get("policy", {}).get("digest"),
+            pairs=doc.data.pairs,
+            digest=doc.digest,
+            generated_at=doc.generated_at,
+            policy_digest=doc.policy.digest,
         )
         return answer, doc
 
 
-def _waive(doc: dict[str, Any], waivers: list[Waiver], candidate: str, now: datetime) -> tuple[str, list[Waiver]]:
+def _parse_verdict(data: bytes) -> Verdict | _NotAVerdict:
+    try:
+        return read_verdict(data)
+    except ValidationError as err:
+        where = ".".join(str(x) for x in err.errors()[0]["loc"])
+        return _NotAVerdict(f"no valid verdict: the published file is not a verdict document ({where}: {err.errors()[0]['msg']})")
+
+
+def _waive(doc: Verdict, waivers: list[Waiver], candidate: str, now: datetime) -> tuple[VerdictValue, list[Waiver]]:
     """GO when every failing check and segment is covered by an unexpired waiver for this
     candidate; the waivers that did it."""
-    terminal = doc.get("terminal")
-    if terminal:  # the failures of the look that made the NO_GO final
-        fails = {(c["check"], c["segment"]) for c in terminal["failing_checks"]}
+    if doc.terminal:  # the failures of the look that made the NO_GO final
+        fails = {(c.check, c.segment) for c in doc.terminal.failing_checks}
     else:
-        fails = {(c["check"], c["segment"]) for c in doc["checks"] if c["status"] == "fail"}
+        fails = {(c.check, c.segment) for c in doc.checks if c.status == "fail"}
     live = [w for w in waivers if w.active(now) and w.candidate in (None, candidate)]
     used = [w for w in live if any(w.covers(c, s, candidate) for c, s in fails)]
     if fails and all(any(w.covers(c, s, candidate) for w in live) for c, s in fails):

@@ -38,3 +38,8 @@ class RunNotFound(ShadowdiffError):
 
 class UnknownCandidate(ShadowdiffError):
     """The run has no candidate of the requested name."""
+
+
+class VerdictOutsideContract(ShadowdiffError):
+    """A verdict about to be published names properties its models do not declare: the judge
+    emits only the contract's fields (schemas/verdict.py), so this is a bug, never a verdict."""

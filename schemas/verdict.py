@@ -2,10 +2,13 @@
 `verdict-<candidate>.json`, the gate reads and `?full=1` returns. `verdict.v1.schema.json` is
 generated from these models (`python -m shadowdiff.schemas.verdict`; a test keeps the file equal to them).
 
+`Verdict` is also what the judge returns and what the publisher, the gate, the report and the
+evidence bundle read: `emitted` builds one from the judge's fields and refuses any the models do
+not declare, `verdict_bytes` writes it, `read_verdict` reads a published one.
+
 Within a major version fields are only added, never renamed or removed, so every object admits
 properties it does not name: a client validating with an older schema still accepts a newer
-document. The judge itself emits only what the models name (a test checks a judged document
-has no property they do not)."""
+document. The judge itself emits only what the models name."""
 
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
+
+from shadowdiff.schemas.errors import VerdictOutsideContract
 
 SCHEMA_ID = "https://shadowdiff.dev/schemas/verdict.v1.schema.json"
 SCHEMA_FILE = Path(__file__).with_name("verdict.v1.schema.json")
@@ -302,6 +308,28 @@ def undeclared(doc: Verdict) -> list[str]:
 
     walk(doc, "")
     return out
+
+
+def emitted(doc: dict[str, Any]) -> Verdict:
+    """The verdict of the judge's fields; a field the models do not declare is a bug."""
+    verdict = Verdict.model_validate(doc)
+    if extra := undeclared(verdict):
+        raise VerdictOutsideContract(f"the judge wrote properties the verdict models do not declare: {extra[:10]}")
+    return verdict
+
+
+def verdict_dict(verdict: Verdict) -> dict[str, Any]:
+    """The document as JSON values, with the properties it was given (no defaults filled in)."""
+    return verdict.model_dump(mode="json", exclude_unset=True)
+
+
+def verdict_bytes(verdict: Verdict, indent: bool = True) -> bytes:
+    return orjson.dumps(verdict_dict(verdict), option=orjson.OPT_INDENT_2 if indent else 0)
+
+
+def read_verdict(data: bytes) -> Verdict:
+    """A published verdict (pydantic.ValidationError when it is not one)."""
+    return Verdict.model_validate_json(data)
 
 
 def json_schema() -> dict[str, Any]:

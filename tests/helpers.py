@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from shadowdiff.schemas.verdict import Verdict, verdict_dict
+
 T0 = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
 
 # event times no run may store: a nanosecond epoch, beyond 64 bits, huge, before 1970, year 1
@@ -181,7 +183,7 @@ def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int]:
     return {p: o for p, o in got.items() if o is not None}
 
 
-def judge_run(home: Path, run: str, policy: Any = None) -> dict[str, Any]:
+def judged(home: Path, run: str, policy: Any = None) -> Verdict:
     """The verdict of a stored run under `policy` (built-in if None), its connection closed."""
     from shadowdiff.diff.judge import judge
     from shadowdiff.diff.load import open_run
@@ -194,6 +196,11 @@ def judge_run(home: Path, run: str, policy: Any = None) -> dict[str, Any]:
         con.close()
 
 
+def judge_run(home: Path, run: str, policy: Any = None) -> dict[str, Any]:
+    """The verdict document of a stored run, as it is published."""
+    return verdict_dict(judged(home, run, policy))
+
+
 def verdict_of(home: Path, scenario: Any, policy: Any = None, run: str = "r") -> dict[str, Any]:
     """The verdict of a synthetic run store (diff.testing) under `policy` (built-in if None)."""
     from shadowdiff.diff.testing import write_synthetic_store
@@ -202,15 +209,17 @@ def verdict_of(home: Path, scenario: Any, policy: Any = None, run: str = "r") ->
     return judge_run(home, run, policy)
 
 
-def make_run(home: Path, run: str, scenario: Any, publish_it: bool = True, active: bool = False) -> dict[str, Any]:
+def make_run(home: Path, run: str, scenario: Any, publish_it: bool = True, active: bool = False) -> Verdict:
     """A synthetic run judged under the built-in policy; its verdict published unless told."""
     from shadowdiff.cli.wiring import publish
+    from shadowdiff.diff.testing import write_synthetic_store
 
-    doc = verdict_of(home, scenario, run=run)
-    doc["run_active"] = active
+    write_synthetic_store(home / run / "store-w0.duckdb", scenario, run)
+    verdict = judged(home, run)
+    verdict.run_active = active
     if publish_it:
-        publish(home, run, doc)
-    return doc
+        publish(home, run, verdict)
+    return verdict
 
 
 CHROMIUM_ARGS = [
@@ -272,3 +281,10 @@ def serving(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(5)
         sock.close()
+
+
+def judged_document(con: Any, policy: Any, candidate: str | None = None) -> dict[str, Any]:
+    """The judge's verdict on `con` as the document it publishes (JSON values)."""
+    from shadowdiff.diff.judge import judge
+
+    return verdict_dict(judge(con, policy, candidate))

@@ -211,11 +211,12 @@ def test_a_request_sent_twice_counts_once_and_is_reported(tmp_path):
     from shadowdiff.diff.judge import judge
     from shadowdiff.diff.load import open_run
     from shadowdiff.schemas.policy import Policy
+    from shadowdiff.schemas.verdict import verdict_dict
 
     con = open_run(tmp_path / "runs", "dups")
     try:
         (stored,) = con.execute("SELECT count(*) FROM requests").fetchone()
-        doc = judge(con, Policy(min_samples=100))
+        doc = verdict_dict(judge(con, Policy(min_samples=100)))
     finally:
         con.close()
     assert stored == 1040  # both copies are stored, by their own coordinates

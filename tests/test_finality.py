@@ -21,6 +21,7 @@ from shadowdiff.reports.verdicts import VerdictStore
 from shadowdiff.schemas.gate import Waiver, WaiverFile
 from shadowdiff.schemas.layout import RunLayout
 from shadowdiff.schemas.policy import Policy
+from shadowdiff.schemas.verdict import verdict_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -32,7 +33,7 @@ def look(home: Path, run: str, scenario: Scenario, final: bool = False) -> dict:
     store.unlink(missing_ok=True)
     write_synthetic_store(store, scenario, run)
     with duckdb.connect(str(store)) as con:
-        return judge_and_publish(con, home, run, Policy(), final=final)[0]
+        return verdict_dict(judge_and_publish(con, home, run, Policy(), final=final)[0])
 
 
 def test_a_go_stays_go_when_a_later_look_is_worse_and_the_report_shows_the_later_look(tmp_path):

@@ -233,11 +233,12 @@ def test_no_request_makes_the_gate_answer_5xx_and_it_still_answers_right_after(g
 
 def test_the_report_shows_the_waivers_and_whether_each_still_applies(home, tmp_path):
     from shadowdiff.reports.html import write_report
+    from shadowdiff.schemas.verdict import read_verdict
 
     shutil.copytree(home / "bad", home / "both-waivers")
     write_waivers(home / "both-waivers", waiver(2), waiver(-1, "label_flip"))
-    doc = orjson.loads((home / "both-waivers" / "verdict-cand.json").read_bytes())
-    doc["run_id"] = "both-waivers"  # the verdict was copied from run "bad"
+    doc = read_verdict((home / "both-waivers" / "verdict-cand.json").read_bytes())
+    doc.run_id = "both-waivers"  # the verdict was copied from run "bad"
     html = write_report(home, doc, tmp_path / "r.html", with_evidently=False).read_text(encoding="utf-8")
     table = html[html.index('id="waivers"') : html.index("</table>", html.index('id="waivers"'))]
     assert table.count("<tr>") == 3  # a header and the two waivers

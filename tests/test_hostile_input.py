@@ -113,6 +113,6 @@ def test_hostile_messages_are_stored_or_dead_lettered_the_same_way_by_both_paths
             html = write_report(tmp_path / "runs", doc, tmp_path / f"{run}.html", con=con).read_text(encoding="utf-8")
         finally:
             con.close()
-        assert doc["verdict"] in ("go", "no_go", "pending")
+        assert doc.verdict in ("go", "no_go", "pending")
         assert SCRIPT not in html
     assert stored["python-path"] == stored["duckdb-path"]

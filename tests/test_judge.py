@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import judge_run, verdict_of
+from helpers import judge_run, judged, judged_document, verdict_of
 
-from shadowdiff.diff.judge import judge
 from shadowdiff.diff.load import open_run
 from shadowdiff.diff.stats import benjamini_hochberg, holm, wilson
 from shadowdiff.diff.testing import Scenario, write_synthetic_store
 from shadowdiff.schemas import verdict_schema
-from shadowdiff.schemas.errors import ConfigError, RunNotFound
+from shadowdiff.schemas.errors import ConfigError, RunNotFound, VerdictOutsideContract
 from shadowdiff.schemas.policy import Policy, load_policy, parse_policy
-from shadowdiff.schemas.verdict import SCHEMA_FILE, Verdict, schema_text, undeclared
+from shadowdiff.schemas.verdict import SCHEMA_FILE, Verdict, emitted, schema_text, undeclared, verdict_dict
 
 
 def failing(doc: dict, check: str) -> set[str]:
@@ -144,7 +143,7 @@ def test_rejudging_gives_the_same_verdict(tmp_path):
     digests = set()
     for _ in range(3):
         con = open_run(tmp_path, "r")
-        digests.add(judge(con, Policy())["digest"])
+        digests.add(judged_document(con, Policy())["digest"])
         con.close()
     assert len(digests) == 1
 
@@ -155,6 +154,15 @@ def test_verdict_follows_its_json_schema(tmp_path):
     jsonschema.validate(json.loads(json.dumps(doc, default=str)), verdict_schema())
     # the judge emits only what the typed models name: a new field is added to the contract first
     assert undeclared(Verdict.model_validate(json.loads(json.dumps(doc, default=str)))) == []
+
+
+def test_the_judge_cannot_publish_a_field_the_models_do_not_declare(tmp_path):
+    write_synthetic_store(tmp_path / "r" / "store-w0.duckdb", Scenario(n=2_000, segments=2, seed=14), "r")
+    published = verdict_dict(judged(tmp_path, "r"))
+    assert emitted(published).digest == published["digest"]
+    published["checks"][0]["confidence"] = 0.9  # a field added to the judge without the contract
+    with pytest.raises(VerdictOutsideContract, match=r"checks\[0\]\.confidence"):
+        emitted(published)
 
 
 def test_the_published_schema_is_the_one_the_models_generate():
@@ -336,9 +344,9 @@ def test_candidates_judged_together_collect_the_features_once(tmp_path, monkeypa
     monkeypatch.setattr(features.FeatureTables, "collect", counted)
     con = open_run(tmp_path / "runs", "three")
     try:
-        together = judge_all(con, policy)
+        together = [verdict_dict(v) for v in judge_all(con, policy)]
         assert len(collected) == 1
-        alone = [judge(con, policy, name) for name in ("a", "b", "c")]
+        alone = [judged_document(con, policy, name) for name in ("a", "b", "c")]
     finally:
         con.close()
     assert len(collected) == 4

@@ -12,10 +12,10 @@ from pathlib import Path
 import duckdb
 import orjson
 import pytest
+from helpers import judged_document
 from replays import Replay
 
 from shadowdiff.diff.exports import open_cache, open_exports
-from shadowdiff.diff.judge import judge
 from shadowdiff.diff.testing import Scenario, write_synthetic_store
 from shadowdiff.schemas.errors import JudgeCacheBusy
 from shadowdiff.schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
@@ -77,7 +77,7 @@ def test_each_look_reads_only_new_exports_and_equals_a_full_reread(tmp_path):
         shutil.move(str(f), hidden / f.name)
 
     con = open_cache(home, "run")
-    first = judge(con, policy)
+    first = judged_document(con, policy)
     (ingested,) = con.execute("SELECT count(*) FROM ingested").fetchone()  # type: ignore[misc]
     con.close()
     assert ingested == 3
@@ -88,13 +88,13 @@ def test_each_look_reads_only_new_exports_and_equals_a_full_reread(tmp_path):
     con = open_cache(home, "run")
     try:
         (ingested,) = con.execute("SELECT count(*) FROM ingested").fetchone()  # type: ignore[misc]
-        cached, looked = contents(con), judge(con, policy)
+        cached, looked = contents(con), judged_document(con, policy)
         (latency_sum,) = con.execute("SELECT sum(latency_ms) FROM outputs").fetchone()  # type: ignore[misc]
     finally:
         con.close()
     full_con = open_exports(home, "run")
     try:
-        full, rejudged = contents(full_con), judge(full_con, policy)
+        full, rejudged = contents(full_con), judged_document(full_con, policy)
     finally:
         full_con.close()
     assert ingested == 5  # the second look read the two new folders only
@@ -215,7 +215,7 @@ def resent_copy(folder: Path) -> None:
 
 def judged_pairs(con: duckdb.DuckDBPyConnection, policy: Policy) -> tuple[dict, list[tuple]]:
     """The verdict, then the pairs and the count of stored requests that repeat a request id."""
-    doc = judge(con, policy)
+    doc = judged_document(con, policy)
     (duplicates,) = con.execute("SELECT duplicates FROM pairs_key").fetchone()  # type: ignore[misc]
     return doc, [*con.execute('SELECT * FROM pairs ORDER BY source, part, "offset"').fetchall(), ("duplicates", duplicates)]
 
@@ -303,12 +303,12 @@ def test_feature_statistics_kept_between_looks_equal_a_full_rejudge(tmp_path, ca
         caplog.clear()
         con = open_cache(home, "run")
         try:
-            looked = judge(con, policy)
+            looked = judged_document(con, policy)
         finally:
             con.close()
         full_con = open_exports(home, "run")
         try:
-            rejudged = judge(full_con, policy)
+            rejudged = judged_document(full_con, policy)
         finally:
             full_con.close()
         assert looked["digest"] == rejudged["digest"], f"look {look + 1}"
@@ -347,6 +347,6 @@ def test_a_worker_that_never_exported_is_covered_and_named_silent(tmp_path):
         finally:
             con.close()
         assert covered is not None
-        workers = [(w["worker"], w["exports"], w["last_export_at"], w["final"]) for w in covered["workers"]]
+        workers = [(w.worker, w.exports, w.last_export_at, w.final) for w in covered.workers]
         assert workers == [("w0", 0, None, False), ("w1", 1, "2026-12-01T00:00:01+00:00", True)]
-        assert covered["silent_workers"] == ["w0"]
+        assert covered.silent_workers == ["w0"]

@@ -9,10 +9,9 @@ import random
 
 import duckdb
 import pytest
-from helpers import envelope, jsonl, write_config
+from helpers import envelope, jsonl, judged_document, write_config
 from models_for_tests import delay_probability, predict_proba
 
-from shadowdiff.diff.judge import judge
 from shadowdiff.diff.load import open_run
 from shadowdiff.replay.job import run_replay
 from shadowdiff.replay.testing import ModelServer, ServerBehaviour
@@ -66,7 +65,7 @@ output = {{ score_path = "1", threshold = 0.5 }}   # column 1 of the [n, 2] prob
         # their latencies are compared, but 3,000 pairs of two different protocols' timings
         # need not show them within ×1.3, so that check keeps the lenient rule here
         policy = parse_policy({"min_samples": 200, "checks": [{"id": "latency_p95", "require_proof": False}]})
-        doc = judge(con, policy)
+        doc = judged_document(con, policy)
     finally:
         con.close()
     assert doc["verdict"] == "go", doc["reasons"]

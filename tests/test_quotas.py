@@ -11,9 +11,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import duckdb
-from helpers import T0, jsonl, write_config
+from helpers import T0, jsonl, judged_document, write_config
 
-from shadowdiff.diff.judge import judge
 from shadowdiff.diff.load import open_run
 from shadowdiff.replay.job import run_replay
 from shadowdiff.schemas.config import load_config
@@ -73,7 +72,7 @@ def night_pairs(tmp: Path, run: str) -> list[int]:
     """The request numbers of the night pairs the judge uses."""
     con = open_run(tmp / "runs", run)
     try:
-        doc = judge(con, Policy(min_samples=200))
+        doc = judged_document(con, Policy(min_samples=200))
         rows = con.execute("SELECT request_id FROM pairs WHERE seg_daypart = 'night'").fetchall()
     finally:
         con.close()

@@ -15,9 +15,8 @@ import duckdb
 import httpx
 import pytest
 import real_servers
-from helpers import envelope, jsonl, write_config
+from helpers import envelope, jsonl, judged_document, write_config
 
-from shadowdiff.diff.judge import judge
 from shadowdiff.diff.load import open_run
 from shadowdiff.replay.job import run_replay
 from shadowdiff.schemas.config import load_config
@@ -144,11 +143,11 @@ output = {{ score_path = "1" }}
         # outputs must agree (the A/A GO); two stacks' timings need not be shown within x1.3 in
         # 3,000 pairs, so latency keeps the lenient rule here
         policy = parse_policy({"min_samples": 200, "checks": [{"id": "latency_p95", "require_proof": False}]})
-        doc = judge(con, policy, "mlserver")
+        doc = judged_document(con, policy, "mlserver")
         # under the default rule the same A/A at MLServer's default batching (a few calls of
         # many rows a side) is never NO_GO, and latency waits for calls instead of reading
         # blocks cut from a handful of them as "never within"
-        strict = judge(con, parse_policy({"min_samples": 200}), "mlserver")
+        strict = judged_document(con, parse_policy({"min_samples": 200}), "mlserver")
     finally:
         con.close()
     assert doc["verdict"] == "go", doc["reasons"]

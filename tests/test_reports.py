@@ -24,6 +24,7 @@ from shadowdiff.reports.html import render, write_report
 from shadowdiff.reports.service import GateSettings, create_app
 from shadowdiff.schemas import verdict_schema
 from shadowdiff.schemas.policy import Policy, parse_policy
+from shadowdiff.schemas.verdict import Verdict, read_verdict, verdict_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,7 +172,7 @@ def test_report_escapes_traffic_and_is_self_contained(home, tmp_path):
     doc["examples"][0]["input"] = {"q": evil}
     doc["examples"][0]["segments"] = {"seg": evil}
     doc["reasons"].append(f"segment {evil}")
-    html = render(doc, None)
+    html = render(Verdict.model_validate(doc), None)
     assert evil not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<script" not in html.lower()
@@ -180,7 +181,7 @@ def test_report_escapes_traffic_and_is_self_contained(home, tmp_path):
 
 
 def test_report_of_a_run_renders_within_budget(home, tmp_path):
-    doc = orjson.loads((home / "bad" / "verdict-cand.json").read_bytes())
+    doc = read_verdict((home / "bad" / "verdict-cand.json").read_bytes())
     out = write_report(home, doc, tmp_path / "r.html", with_evidently=False)
     size = out.stat().st_size
     assert 20_000 < size < 10_000_000
@@ -239,7 +240,7 @@ def test_evidence_bundle_is_checksummed(home, tmp_path):
 
 @pytest.mark.browser
 def test_report_opens_in_headless_chromium_without_console_errors(home, tmp_path):
-    doc = orjson.loads((home / "bad" / "verdict-cand.json").read_bytes())
+    doc = read_verdict((home / "bad" / "verdict-cand.json").read_bytes())
     out = write_report(home, doc, tmp_path / "report.html", with_evidently=False)
     errors: list[str] = []
     requests: list[str] = []
@@ -269,10 +270,11 @@ def test_report_columns_follow_the_policy_and_the_failing_cell_is_red_with_its_v
     )
     con = open_run(tmp_path, "own")
     try:
-        doc = judge(con, policy)
-        out = write_report(tmp_path, doc, tmp_path / "own.html", with_evidently=False, con=con)
+        verdict = judge(con, policy)
+        out = write_report(tmp_path, verdict, tmp_path / "own.html", with_evidently=False, con=con)
     finally:
         con.close()
+    doc = verdict_dict(verdict)
     assert doc["verdict"] == "no_go"
     failed = next(c for c in doc["checks"] if c["check"] == "p95_abs_diff" and c["segment"] == "seg=s01")
     assert failed["status"] == "fail"

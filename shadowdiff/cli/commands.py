@@ -15,6 +15,7 @@ import orjson
 
 from shadowdiff.schemas.errors import ConfigError, JudgeCacheBusy, StoreError
 from shadowdiff.schemas.layout import RunLayout
+from shadowdiff.schemas.verdict import Verdict, verdict_bytes
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -37,7 +38,7 @@ def policy_in_force(home: Path, run_id: str, path: str | None) -> tuple[Any, boo
     return given, policy_digest(given) == policy_digest(own)
 
 
-def judge_stored(home: Path, run_id: str, policy: Any, label: str | None = None) -> list[dict[str, Any]]:
+def judge_stored(home: Path, run_id: str, policy: Any, label: str | None = None) -> list[Verdict]:
     """Judge from the stores (read-only) and publish the verdicts (labelled: kept, not served)."""
     from shadowdiff.cli.wiring import judge_and_publish
     from shadowdiff.diff.load import open_run
@@ -87,7 +88,7 @@ def _wait_for_run(home: Path, run_id: str, every_s: float, shared: Any = None) -
 
 def watch_run(
     home: Path, run_id: str, policy: Any, every_s: float, silent_after_s: float, shared: Any = None, nice: int = 10
-) -> list[dict[str, Any]]:
+) -> list[Verdict]:
     """The run's one judge: at every new export of any worker, judge the run from all of them and
     publish its verdicts; return the last ones once every worker has published its final export
     (or at SIGTERM / Ctrl-C). Workers run with `replay --no-judge` or judge nothing themselves
@@ -108,7 +109,7 @@ def watch_run(
     os.nice(nice)
     layout = RunLayout(home, run_id)
     seen: tuple[Any, ...] | None = None
-    docs: list[dict[str, Any]] = []
+    docs: list[Verdict] = []
     last_look, failures = 0.0, 0
     while True:
         if shared is not None:
@@ -147,12 +148,10 @@ def watch_run(
                 continue
             last_look, failures = time.monotonic(), 0
             for doc in docs:
-                covered = doc.get("coverage", {})
-                print(
-                    f"{doc['candidate']}: {doc['verdict'].upper()} ({doc['data']['pairs']} pairs, "
-                    f"{len(covered.get('workers', []))} workers, silent: {covered.get('silent_workers') or 'none'}; {cost})",
-                    flush=True,
-                )
+                workers = len(doc.coverage.workers) if doc.coverage else 0
+                silent = (doc.coverage.silent_workers if doc.coverage else None) or "none"
+                print(f"{doc.candidate}: {doc.verdict.upper()} ({doc.data.pairs} pairs, {workers} workers, ", end="")
+                print(f"silent: {silent}; {cost})", flush=True)
             seen = now
         if done and now == seen:
             return docs
@@ -160,25 +159,23 @@ def watch_run(
             return docs
 
 
-def summary(doc: dict[str, Any]) -> str:
+def summary(doc: Verdict) -> str:
     """One screen: verdict, reasons, segments, the deciding checks."""
-    lines = [f"run {doc['run_id']} candidate {doc['candidate']}: {doc['verdict'].upper()}"]
-    d = doc["data"]
+    lines = [f"run {doc.run_id} candidate {doc.candidate}: {doc.verdict.upper()}"]
+    d = doc.data
     lines.append(
-        f"  pairs {d['pairs']}  consumed {d['consumed']}  dead letters {d['dead_letters']}  "
-        f"window {d['window']['first_event']} .. {d['window']['last_event']}"
+        f"  pairs {d.pairs}  consumed {d.consumed}  dead letters {d.dead_letters}  "
+        f"window {d.window.first_event} .. {d.window.last_event}"
     )
-    lines += [f"  - {r}" for r in doc["reasons"][:12]]
-    if len(doc["reasons"]) > 12:
-        lines.append(f"  ... {len(doc['reasons']) - 12} more reasons")
-    for w in doc.get("warnings", [])[:5]:
+    lines += [f"  - {r}" for r in doc.reasons[:12]]
+    if len(doc.reasons) > 12:
+        lines.append(f"  ... {len(doc.reasons) - 12} more reasons")
+    for w in doc.warnings[:5]:
         lines.append(f"  warning: {w}")
-    lines.append(
-        f"  statistics: {doc['statistics']['correction']}, alpha {doc['statistics']['alpha']}, "
-        f"{doc['statistics']['tests_in_family']} tests"
-    )
-    if doc.get("report_url"):
-        lines.append(f"  report: {doc['report_url']}")
+    st = doc.statistics
+    lines.append(f"  statistics: {st.correction}, alpha {st.alpha}, {st.tests_in_family} tests")
+    if doc.report_url:
+        lines.append(f"  report: {doc.report_url}")
     return "\n".join(lines)
 
 
@@ -204,21 +201,21 @@ def cmd_judge(args: argparse.Namespace) -> int:
         if label is not None:
             raise ConfigError("--watch", ["the run's one judge judges under the run's own policy: drop --policy"])
         docs = watch_run(home, args.run, policy, args.every, parse_duration(args.silent_after), shared, args.nice)
-        return max(EXIT_CODES[d["verdict"]] for d in docs) if docs else EXIT_CODES["pending"]
+        return max(EXIT_CODES[d.verdict] for d in docs) if docs else EXIT_CODES["pending"]
     docs = judge_stored(home, args.run, policy, label=label)
     if label is not None and args.publish:
         from shadowdiff.cli.wiring import publish
 
         for doc in docs:
-            doc["policy"]["published_over_the_run_policy"] = True
+            doc.policy.published_over_the_run_policy = True
             publish(home, args.run, doc)
-    docs = [d for d in docs if not args.candidate or d["candidate"] == args.candidate]
+    docs = [d for d in docs if not args.candidate or d.candidate == args.candidate]
     for doc in docs:
-        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str).decode() if args.json else summary(doc))
+        print(verdict_bytes(doc).decode() if args.json else summary(doc))
         if label is not None:
             served = "now served by the gate" if args.publish else "not served by the gate (add --publish to serve it)"
             print(f"  judged under policy {args.policy} (label {label}): {served}", file=sys.stderr)
-    return max(EXIT_CODES[d["verdict"]] for d in docs) if docs else EXIT_CODES["pending"]
+    return max(EXIT_CODES[d.verdict] for d in docs) if docs else EXIT_CODES["pending"]
 
 
 def parse_duration(text: str) -> float:
@@ -243,7 +240,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     print(f"run {answer.run_id} candidate {answer.candidate}: {answer.verdict.upper()}")
     for reason in answer.reasons[:12]:
         print(f"  - {reason}")
-    if doc is not None and answer.verdict == doc["verdict"]:
+    if doc is not None and answer.verdict == doc.verdict:
         print("\n".join(summary(doc).splitlines()[1:2]))
     if args.wait and answer.verdict == "pending":
         print("  timed out waiting for a decision", file=sys.stderr)
@@ -264,7 +261,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise ConfigError("report", [f"no verdict published for run {args.run} yet: add --rejudge"])
         docs = [doc]
     for doc in docs:
-        out = Path(args.output) if args.output else home / args.run / f"report-{doc['candidate']}.html"
+        out = Path(args.output) if args.output else home / args.run / f"report-{doc.candidate}.html"
         write_report(home, doc, out)
         print(out)
     return 0

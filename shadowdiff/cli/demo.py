@@ -239,19 +239,19 @@ def run_demo(
             finally:
                 con.close()
             t4 = time.monotonic()
-            ok = doc["verdict"] == s.expect and any(s.expect_in_reasons in r for r in doc["reasons"])
+            ok = doc.verdict == s.expect and any(s.expect_in_reasons in r for r in doc.reasons)
             failures += not ok
             title = f"{s.title} ({slow_factor:g}x its latency)" if s.name == "slow" else s.title
             print(f"\n[{s.name}] {title}")
             print(
-                f"  replayed {stats.consumed} requests, sampled {stats.sampled}, {doc['data']['pairs']} pairs "
+                f"  replayed {stats.consumed} requests, sampled {stats.sampled}, {doc.data.pairs} pairs "
                 f"(replay {t2 - t1:.1f} s, judge {t3 - t2:.1f} s, report {t4 - t3:.1f} s)"
             )
-            print(f"  verdict: {doc['verdict'].upper()}{'' if ok else f'  (expected {s.expect.upper()})'}")
-            for r in doc["reasons"][:6]:
+            print(f"  verdict: {doc.verdict.upper()}{'' if ok else f'  (expected {s.expect.upper()})'}")
+            for r in doc.reasons[:6]:
                 print(f"    - {r}")
-            if len(doc["reasons"]) > 6:
-                print(f"    ... {len(doc['reasons']) - 6} more")
+            if len(doc.reasons) > 6:
+                print(f"    ... {len(doc.reasons) - 6} more")
             print(f"  report: {report}")
     finally:
         parent.send("stop")

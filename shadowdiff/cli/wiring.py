@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from shadowdiff.replay.store import WRITER_MEMORY
 from shadowdiff.schemas.config import RunConfig
 from shadowdiff.schemas.errors import ConfigError
 from shadowdiff.schemas.layout import RunLayout
 from shadowdiff.schemas.policy import Policy, parse_policy
+from shadowdiff.schemas.verdict import Verdict, read_verdict, verdict_bytes
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +33,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def publish(home: Path, run_id: str, doc: dict[str, Any], label: str | None = None) -> Path:
+def publish(home: Path, run_id: str, verdict: Verdict, label: str | None = None) -> Path:
     """The verdict the gate serves; with `label`, one kept beside it that the gate does not serve."""
-    path = RunLayout(home, run_id).verdict(doc["candidate"], label)
-    _write_atomic(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str))
+    path = RunLayout(home, run_id).verdict(verdict.candidate, label)
+    _write_atomic(path, verdict_bytes(verdict))
     return path
 
 
@@ -81,42 +83,42 @@ def judge_and_publish(
     final: bool = False,
     label: str | None = None,
     silent_after_s: float = 120.0,
-) -> list[dict[str, Any]]:
+) -> list[Verdict]:
     from shadowdiff.diff.exports import coverage
     from shadowdiff.diff.finality import latch
     from shadowdiff.diff.judge import judge_all
 
-    docs = judge_all(con, policy)
     covered = coverage(con, silent_after_s)
-    for doc in docs:
-        doc["run_active"] = not final
+    out: list[Verdict] = []
+    for verdict in judge_all(con, policy):
+        verdict.run_active = not final
         if covered is not None:
             # outside the digest: which exports a look read is not what was judged
-            doc["coverage"] = covered
-            for w in covered["workers"]:
-                if w["silent"]:
-                    last = f"last export {w['exports']} at {w['last_export_at']}" if w["exports"] else "no export yet"
-                    doc["reasons"].append(
-                        f"worker {w['worker']} has not reported for {w['silent_for_s']:.0f} s ({last}): "
+            verdict.coverage = covered
+            for w in covered.workers:
+                if w.silent:
+                    last = f"last export {w.exports} at {w.last_export_at}" if w.exports else "no export yet"
+                    verdict.reasons.append(
+                        f"worker {w.worker} has not reported for {w.silent_for_s or 0:.0f} s ({last}): "
                         "its later data is not in this verdict"
                     )
         if label is not None:
-            doc["policy"]["label"] = label
+            verdict.policy.label = label
         else:
             # the served verdict: its first GO or NO_GO is the one a pipeline acted on
-            doc.update(latch(published(home, run_id, doc["candidate"]), doc))
-        publish(home, run_id, doc, label)
-    return docs
+            verdict = latch(published(home, run_id, verdict.candidate), verdict)
+        publish(home, run_id, verdict, label)
+        out.append(verdict)
+    return out
 
 
-def published(home: Path, run_id: str, candidate: str) -> dict[str, Any] | None:
-    """The verdict the gate serves now for a candidate, if any."""
+def published(home: Path, run_id: str, candidate: str) -> Verdict | None:
+    """The verdict the gate serves now for a candidate, if any (None for a file that is not one)."""
     path = RunLayout(home, run_id).verdict(candidate)
     try:
-        doc = orjson.loads(path.read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
+        return read_verdict(path.read_bytes())
+    except (FileNotFoundError, ValidationError):
         return None
-    return doc if isinstance(doc, dict) else None
 
 
 def other_writers(home: Path, run_id: str, worker: str) -> list[str]:
