@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from shadowdiff.diff.kept import RATE, maintained
+from shadowdiff.diff.kept import RATE, PairAggregate, maintained, rate_pairs
 from shadowdiff.diff.pairs import KeptPairs
 from shadowdiff.diff.segments import ALL, SegmentSets
 
@@ -158,26 +158,35 @@ def _pair_hist_sql(sets: SegmentSets, source: str) -> str:
     return " UNION ALL ".join(parts)
 
 
-class _PairPartials:
-    """Builds and updates the two tables `pair_stats` reads: sums per segment and histograms."""
+class _PairPartials(PairAggregate):
+    """The two tables `pair_stats` reads: sums per segment (`<table>`) and histograms (`<table>_h`)."""
 
-    def __init__(self, sets: SegmentSets, tolerance: float, abs_thresholds: Sequence[float]) -> None:
+    name = "pair_stats"
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, sets: SegmentSets, tolerance: float, abs_thresholds: Sequence[float]
+    ) -> None:
+        self.con = con
         self.sets = sets
         self.sums = _pair_sums(tolerance, abs_thresholds)
         self.spec = repr((sets.sets, float(tolerance), [float(t) for t in abs_thresholds], LOG_BINS_PER_E))
 
-    def build(self, con: duckdb.DuckDBPyConnection, table: str, source: str, kind: str = "") -> None:
-        con.execute(f"CREATE OR REPLACE {kind} TABLE {table} AS {_by_segment(self.sets, self.sums, source)}")
-        con.execute(f"CREATE OR REPLACE {kind} TABLE {table}_h AS {_pair_hist_sql(self.sets, source)}")
+    def build(self, table: str, source: str, kind: str = "") -> None:
+        self.con.execute(f"CREATE OR REPLACE {kind} TABLE {table} AS {_by_segment(self.sets, self.sums, source)}")
+        self.con.execute(f"CREATE OR REPLACE {kind} TABLE {table}_h AS {_pair_hist_sql(self.sets, source)}")
 
-    def update(self, con: duckdb.DuckDBPyConnection, table: str, delta: str) -> None:
-        self.build(con, "pair_delta", delta, "TEMP")
-        merged = ", ".join(f"{'fsum' if self.sums[c].startswith('coalesce(fsum') else 'sum'}({c}) AS {c}" for c in self.sums)
-        con.execute(f"""CREATE OR REPLACE TABLE {table} AS SELECT segment, {merged} FROM (
+    def apply(self, table: str, delta: str) -> None:
+        self.build("pair_delta", delta, "TEMP")
+        con = self.con
+        con.execute(f"""CREATE OR REPLACE TABLE {table} AS SELECT segment, {self.merged()} FROM (
                         SELECT * FROM {table} UNION ALL BY NAME SELECT * FROM pair_delta) GROUP BY segment""")
         con.execute(f"""CREATE OR REPLACE TABLE {table}_h AS SELECT segment, h, bin, sum(k)::BIGINT AS k FROM (
                         SELECT * FROM {table}_h UNION ALL SELECT * FROM pair_delta_h)
                         GROUP BY segment, h, bin HAVING sum(k) <> 0""")
+
+    def merged(self) -> str:
+        """The sums of partial rows of the same segment."""
+        return ", ".join(f"{'fsum' if self.sums[c].startswith('coalesce(fsum') else 'sum'}({c}) AS {c}" for c in self.sums)
 
 
 def pair_stats(
@@ -195,21 +204,19 @@ def pair_stats(
     `abs_thresholds[i]`. With `kept` (a judge's cache), the rate samples' partials are kept
     between looks and only the pairs that changed are added; `where` is then either every
     pair or the rate samples."""
-    partials = _PairPartials(sets, tolerance, abs_thresholds)
+    partials = _PairPartials(con, sets, tolerance, abs_thresholds)
     tables: list[str] = []
     if kept is not None:
-        build = lambda table, source: partials.build(con, table, source)  # noqa: E731
-        update = lambda table, delta: partials.update(con, table, delta)  # noqa: E731
-        tables.append(maintained(con, kept, "pair_stats", partials.spec, build, update))
+        tables.append(maintained(con, kept, partials))
         if where != RATE:
             # quota samples are few: added afresh at every look
-            partials.build(con, "pair_rest", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE NOT ({RATE}))", "TEMP")
+            partials.build("pair_rest", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE NOT ({RATE}))", "TEMP")
             tables.append("pair_rest")
     else:
-        partials.build(con, "pair_whole", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE {where})", "TEMP")
+        partials.build("pair_whole", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE {where})", "TEMP")
         tables.append("pair_whole")
     sums = " UNION ALL BY NAME ".join(f"SELECT * FROM {t}" for t in tables)
-    merged = ", ".join(f"{'fsum' if partials.sums[c].startswith('coalesce(fsum') else 'sum'}({c}) AS {c}" for c in partials.sums)
+    merged = partials.merged()
     out = {r["segment"]: r for r in _rows(con, f"SELECT segment, {merged} FROM ({sums}) GROUP BY segment HAVING sum(n_req) > 0")}
     hists = " UNION ALL ".join(f"SELECT * FROM {t}_h" for t in tables)
     # fetched as columns: segments x bins rows would cost seconds as Python rows
@@ -309,6 +316,38 @@ def label_counts(con: duckdb.DuckDBPyConnection, sets: SegmentSets, where: str =
     return out
 
 
+class _Windows(PairAggregate):
+    """Per segment, the counts and latency quantiles of tumbling event-time windows."""
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, sets: SegmentSets, columns: dict[str, str], qs: str, width_s: int, kept_table: str
+    ) -> None:
+        self.con, self.sets, self.columns, self.width_s = con, sets, columns, width_s
+        self.bucket = f"time_bucket(INTERVAL '{width_s} seconds', event_time)"
+        self.name = f"windows_{width_s}"
+        self.spec = repr((sets.sets, qs, width_s))
+        self.kept_table = kept_table  # the kept pairs, which a delta's windows are computed again from
+
+    def sql(self, source: str) -> str:
+        return _by_segment(self.sets, self.columns, f"(SELECT *, {self.bucket} AS window_start FROM {source})", ["window_start"])
+
+    def build(self, table: str, source: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TABLE {table} AS {self.sql(source)}")
+
+    def apply(self, table: str, delta: str) -> None:
+        con, bucket = self.con, self.bucket
+        con.execute(f"CREATE OR REPLACE TEMP TABLE touched_windows AS SELECT DISTINCT {bucket} AS w FROM {delta}")
+        lo, hi = con.execute("SELECT min(w), max(w) FROM touched_windows").fetchone() or (None, None)
+        if lo is None:
+            return
+        con.execute(f"DELETE FROM {table} WHERE window_start IN (SELECT w FROM touched_windows)")
+        # the range lets DuckDB skip the row groups of other times before bucketing
+        source = f"""(SELECT * FROM {self.kept_table} WHERE {RATE}
+                      AND event_time >= $lo AND event_time < $hi + INTERVAL '{self.width_s} seconds'
+                      AND {bucket} IN (SELECT w FROM touched_windows))"""
+        con.execute(f"INSERT INTO {table} {self.sql(source)}", {"lo": lo, "hi": hi})
+
+
 def per_window(
     con: duckdb.DuckDBPyConnection,
     sets: SegmentSets,
@@ -323,7 +362,6 @@ def per_window(
     the windows its changed pairs fall in: the same rows give the same quantiles."""
     qs = "[" + ", ".join(str(q) for q in sorted(set(quantiles))) + "]"
     width_s = max(1, round(width_minutes * 60))
-    bucket = f"time_bucket(INTERVAL '{width_s} seconds', event_time)"
     columns = {
         "n": "count(*)",
         "n_called": "count(*) FILTER (WHERE c_err IS DISTINCT FROM 'throttled')",
@@ -333,32 +371,11 @@ def per_window(
         "c_q": f"quantile_cont(c_lat, {qs}) FILTER (WHERE c_err IS NULL)",
     }
 
-    def windows(source: str) -> str:
-        return _by_segment(sets, columns, f"(SELECT *, {bucket} AS window_start FROM {source})", ["window_start"])
-
+    windows = _Windows(con, sets, columns, qs, width_s, kept.table if kept is not None else "")
     if kept is None:
-        rows = _rows(con, windows(f"(SELECT * FROM pairs WHERE {where})"))
+        rows = _rows(con, windows.sql(f"(SELECT * FROM pairs WHERE {where})"))
     else:
-        kept_table = kept.table
-
-        def build(table: str, source: str) -> None:
-            con.execute(f"CREATE OR REPLACE TABLE {table} AS {windows(source)}")
-
-        def update(table: str, delta: str) -> None:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE touched_windows AS SELECT DISTINCT {bucket} AS w FROM {delta}")
-            lo, hi = con.execute("SELECT min(w), max(w) FROM touched_windows").fetchone() or (None, None)
-            if lo is None:
-                return
-            con.execute(f"DELETE FROM {table} WHERE window_start IN (SELECT w FROM touched_windows)")
-            # the range lets DuckDB skip the row groups of other times before bucketing
-            source = f"""(SELECT * FROM {kept_table} WHERE {RATE}
-                          AND event_time >= $lo AND event_time < $hi + INTERVAL '{width_s} seconds'
-                          AND {bucket} IN (SELECT w FROM touched_windows))"""
-            con.execute(f"INSERT INTO {table} {windows(source)}", {"lo": lo, "hi": hi})
-
-        spec = repr((sets.sets, qs, width_s))
-        table = maintained(con, kept, f"windows_{width_s}", spec, build, update)
-        rows = _rows(con, f"SELECT * FROM {table}")
+        rows = _rows(con, f"SELECT * FROM {maintained(con, kept, windows)}")
     out: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         out.setdefault(r["segment"], []).append(r)
@@ -432,6 +449,55 @@ def _blocks_sql(sets: SegmentSets, quantiles: str, source: str, first_rank: int,
     return _by_segment(sets, columns, blocks, ["blk"])
 
 
+class _LatencyBlocks(PairAggregate):
+    """Per segment, latency quantiles of consecutive blocks of calls (see `latency_blocks`)."""
+
+    name = "latency_blocks"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, sets: SegmentSets, qs: str, kept_table: str) -> None:
+        self.con, self.sets, self.qs, self.kept_table = con, sets, qs, kept_table
+        self.spec = repr((sets.sets, qs, LATENCY_BLOCKS, "calls"))
+
+    def build(self, table: str, source: str) -> None:
+        con, sets, qs = self.con, self.sets, self.qs
+        ok = f"(SELECT * FROM {source} WHERE {_LATENCY_OK})"
+        (n,) = con.execute(f"SELECT count(*) FROM {ok}").fetchone() or (0,)
+        con.execute(f"CREATE OR REPLACE TABLE {table} AS {_blocks_sql(sets, qs, ok, 0, block_size(int(n)), int(n))}")
+
+    def apply(self, table: str, delta: str) -> str | None:
+        con, sets, qs, kept_table = self.con, self.sets, self.qs, self.kept_table
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE blocks_changed AS SELECT count(*) AS k,
+                coalesce(sum(sign), 0) AS n, min({_CALL_KEY}) AS call_key FROM {delta} WHERE {_LATENCY_OK}"""
+        )
+        (k, dn) = con.execute("SELECT k, n FROM blocks_changed").fetchone() or (0, 0)
+        if not k:
+            return None
+        (n_old,) = con.execute(f"SELECT coalesce(sum(n), 0) FROM {table} WHERE segment = '{ALL}'").fetchone() or (0,)
+        n_old, n_new = int(n_old), int(n_old) + int(dn)
+        size = block_size(n_new)
+        # the block the earliest changed call falls in, or an earlier one: the last block
+        # of before may now merge with, or split from, the pairs after it
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE blocks_from AS SELECT blk, first_call FROM {table}
+                WHERE segment = '{ALL}' AND blk <= {last_block(n_old, size)}
+                  AND first_call <= (SELECT call_key FROM blocks_changed)
+                ORDER BY blk DESC LIMIT 1"""
+        )
+        start = con.execute("SELECT blk FROM blocks_from").fetchone()
+        if size != block_size(n_old) or start is None:  # the blocks change size: all of them again
+            self.build(table, rate_pairs(kept_table))
+            return f"block size {block_size(n_old)} -> {size}"
+        first = int(start[0])
+        con.execute(f"DELETE FROM {table} WHERE blk >= {first}")
+        # the pairs of the blocks from `first` on: those at or after its first call (the
+        # calls' time first, which DuckDB filters before building the keys)
+        tail = f"""(SELECT p.* FROM {kept_table} p, blocks_from f WHERE p.{RATE} AND {_LATENCY_OK}
+                    AND coalesce(p.called_at, p.event_time) >= f.first_call.k0 AND {_CALL_KEY} >= f.first_call)"""
+        con.execute(f"INSERT INTO {table} {_blocks_sql(sets, qs, tail, first * size, size, n_new)}")
+        return None
+
+
 def latency_blocks(
     con: duckdb.DuckDBPyConnection,
     sets: SegmentSets,
@@ -453,47 +519,7 @@ def latency_blocks(
         (n,) = con.execute(f"SELECT count(*) FROM {source}").fetchone() or (0,)
         rows = _rows(con, _blocks_sql(sets, qs, source, 0, block_size(int(n)), int(n)))
     else:
-        kept_table = kept.table
-
-        def build(table: str, source: str) -> None:
-            ok = f"(SELECT * FROM {source} WHERE {_LATENCY_OK})"
-            (n,) = con.execute(f"SELECT count(*) FROM {ok}").fetchone() or (0,)
-            con.execute(f"CREATE OR REPLACE TABLE {table} AS {_blocks_sql(sets, qs, ok, 0, block_size(int(n)), int(n))}")
-
-        def update(table: str, delta: str) -> str | None:
-            con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE blocks_changed AS SELECT count(*) AS k,
-                    coalesce(sum(sign), 0) AS n, min({_CALL_KEY}) AS call_key FROM {delta} WHERE {_LATENCY_OK}"""
-            )
-            (k, dn) = con.execute("SELECT k, n FROM blocks_changed").fetchone() or (0, 0)
-            if not k:
-                return None
-            (n_old,) = con.execute(f"SELECT coalesce(sum(n), 0) FROM {table} WHERE segment = '{ALL}'").fetchone() or (0,)
-            n_old, n_new = int(n_old), int(n_old) + int(dn)
-            size = block_size(n_new)
-            # the block the earliest changed call falls in, or an earlier one: the last block
-            # of before may now merge with, or split from, the pairs after it
-            con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE blocks_from AS SELECT blk, first_call FROM {table}
-                    WHERE segment = '{ALL}' AND blk <= {last_block(n_old, size)}
-                      AND first_call <= (SELECT call_key FROM blocks_changed)
-                    ORDER BY blk DESC LIMIT 1"""
-            )
-            start = con.execute("SELECT blk FROM blocks_from").fetchone()
-            if size != block_size(n_old) or start is None:  # the blocks change size: all of them again
-                build(table, f"(SELECT 1::TINYINT AS sign, * FROM {kept_table} WHERE {RATE})")
-                return f"block size {block_size(n_old)} -> {size}"
-            first = int(start[0])
-            con.execute(f"DELETE FROM {table} WHERE blk >= {first}")
-            # the pairs of the blocks from `first` on: those at or after its first call (the
-            # calls' time first, which DuckDB filters before building the keys)
-            tail = f"""(SELECT p.* FROM {kept_table} p, blocks_from f WHERE p.{RATE} AND {_LATENCY_OK}
-                        AND coalesce(p.called_at, p.event_time) >= f.first_call.k0 AND {_CALL_KEY} >= f.first_call)"""
-            con.execute(f"INSERT INTO {table} {_blocks_sql(sets, qs, tail, first * size, size, n_new)}")
-            return None
-
-        table = maintained(con, kept, "latency_blocks", repr((sets.sets, qs, LATENCY_BLOCKS, "calls")), build, update)
-        rows = _rows(con, f"SELECT * FROM {table}")
+        rows = _rows(con, f"SELECT * FROM {maintained(con, kept, _LatencyBlocks(con, sets, qs, kept.table))}")
     out: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         out.setdefault(r["segment"], []).append(r)

@@ -21,7 +21,7 @@ import duckdb
 
 from shadowdiff.diff.aggregate import _by_segment, power_of_two_level
 from shadowdiff.diff.exports import changed_since, replaced_since
-from shadowdiff.diff.kept import kept_since
+from shadowdiff.diff.kept import KeptAggregate, kept_table
 from shadowdiff.diff.segments import ALL, SegmentSets
 from shadowdiff.diff.sql import ident, literal
 
@@ -111,35 +111,7 @@ class FeatureParts:
         """The partials kept in a judge's cache as of look `gen`. `rows_of(relation)` is the rows
         relation over a relation of stored requests (`requests`, or the rows a look added);
         `shape` what else they depend on (segment pooling, the reference)."""
-        con = self.con
-
-        def build(table: str) -> None:
-            rows = rows_of("requests")
-            con.execute(f"CREATE OR REPLACE TABLE {table} AS {self._moments_sql(rows)}")
-            con.execute(f"CREATE OR REPLACE TABLE {table}_s AS {self._sample_sql(rows, self.levels(table))}")
-            con.execute(f"CREATE OR REPLACE TABLE {table}_c AS {self._cats_sql(rows)}")
-
-        def update(table: str, since: int) -> str | None:
-            if n := replaced_since(con, "requests", since):
-                build(table)  # a row taken back: min and max cannot follow it
-                return f"{n} stored requests replaced by an earlier folder's copy"
-            delta = rows_of(f"({changed_since('requests', since)})")
-            con.execute(f"CREATE OR REPLACE TEMP TABLE feat_delta AS {delta}")
-            before = self.levels(table)
-            self._merge_moments(table, "feat_delta")
-            after = self.levels(table)
-            for side in SIDES:
-                if after[side] > before[side]:  # the side outgrew its sample: keep a subset of it
-                    con.execute(f"DELETE FROM {table}_s WHERE side = '{side}' AND {_HASH} % {2 ** after[side]} <> 0")
-            con.execute(f"INSERT INTO {table}_s {self._sample_sql('feat_delta', after)}")
-            con.execute(
-                f"""CREATE OR REPLACE TABLE {table}_c AS SELECT segment, side, feature, v, sum(k)::BIGINT AS k FROM (
-                    SELECT * FROM {table}_c UNION ALL SELECT * FROM ({self._cats_sql("feat_delta")}))
-                    GROUP BY segment, side, feature, v HAVING sum(k) <> 0"""
-            )
-            return None
-
-        table = kept_since(con, "features", "features", f"{shape}|{self.spec}", gen, build, update)
+        table = kept_table(self.con, "features", _KeptParts(self, shape, rows_of), gen)
         return PartTables(table, table + "_s", table + "_c")
 
     def out_of_range(
@@ -164,25 +136,9 @@ class FeatureParts:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {counts(rows)}")
         else:
             gen, shape, rows_of = kept
-
-            def build(table: str) -> None:
-                con.execute(f"CREATE OR REPLACE TABLE {table} AS {counts(rows_of('requests'))}")
-
-            def update(table: str, since: int) -> str | None:
-                if n := replaced_since(con, "requests", since):
-                    build(table)
-                    return f"{n} stored requests replaced by an earlier folder's copy"
-                delta = counts(rows_of(f"({changed_since('requests', since)})"))
-                summed = ", ".join(f"sum({c})::BIGINT AS {c}" for c in cols)
-                con.execute(
-                    f"""CREATE OR REPLACE TABLE {table} AS SELECT segment, {summed} FROM (
-                        SELECT * FROM {table} UNION ALL BY NAME SELECT * FROM ({delta})) GROUP BY segment"""
-                )
-                return None
-
             # the reference's range is part of what the counts mean: another range, counted anew
             spec = f"{shape}|{self.spec}|{sorted(ranges.items())!r}"
-            table = kept_since(con, "features_out_of_range", "features_out_of_range", spec, gen, build, update)
+            table = kept_table(con, "features_out_of_range", _KeptOutOfRange(con, spec, cols, counts, rows_of), gen)
         out: dict[str, dict[str, int]] = {n: {} for n in ranges}
         cur = con.execute(f"SELECT * FROM {table}")
         names = [d[0] for d in cur.description]
@@ -191,6 +147,77 @@ class FeatureParts:
             for n in ranges:
                 out[n][str(r["segment"])] = int(r["k_" + n])
         return out
+
+
+class _KeptParts(KeptAggregate):
+    """The features' moments, sample and category counts, kept as of a look."""
+
+    name = "features"
+
+    def __init__(self, parts: FeatureParts, shape: str, rows_of: Callable[[str], str]) -> None:
+        self.parts = parts
+        self.rows_of = rows_of
+        self.spec = f"{shape}|{parts.spec}"
+
+    def build(self, table: str) -> None:
+        parts, con = self.parts, self.parts.con
+        rows = self.rows_of("requests")
+        con.execute(f"CREATE OR REPLACE TABLE {table} AS {parts._moments_sql(rows)}")
+        con.execute(f"CREATE OR REPLACE TABLE {table}_s AS {parts._sample_sql(rows, parts.levels(table))}")
+        con.execute(f"CREATE OR REPLACE TABLE {table}_c AS {parts._cats_sql(rows)}")
+
+    def update(self, table: str, since: int) -> str | None:
+        parts, con = self.parts, self.parts.con
+        if n := replaced_since(con, "requests", since):
+            self.build(table)  # a row taken back: min and max cannot follow it
+            return f"{n} stored requests replaced by an earlier folder's copy"
+        delta = self.rows_of(f"({changed_since('requests', since)})")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE feat_delta AS {delta}")
+        before = parts.levels(table)
+        parts._merge_moments(table, "feat_delta")
+        after = parts.levels(table)
+        for side in SIDES:
+            if after[side] > before[side]:  # the side outgrew its sample: keep a subset of it
+                con.execute(f"DELETE FROM {table}_s WHERE side = '{side}' AND {_HASH} % {2 ** after[side]} <> 0")
+        con.execute(f"INSERT INTO {table}_s {parts._sample_sql('feat_delta', after)}")
+        con.execute(
+            f"""CREATE OR REPLACE TABLE {table}_c AS SELECT segment, side, feature, v, sum(k)::BIGINT AS k FROM (
+                SELECT * FROM {table}_c UNION ALL SELECT * FROM ({parts._cats_sql("feat_delta")}))
+                GROUP BY segment, side, feature, v HAVING sum(k) <> 0"""
+        )
+        return None
+
+
+class _KeptOutOfRange(KeptAggregate):
+    """Per segment, the current values outside the reference's range, kept as of a look."""
+
+    name = "features_out_of_range"
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        spec: str,
+        cols: dict[str, str],
+        counts: Callable[[str], str],
+        rows_of: Callable[[str], str],
+    ) -> None:
+        self.con, self.spec, self.cols, self.counts, self.rows_of = con, spec, cols, counts, rows_of
+
+    def build(self, table: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TABLE {table} AS {self.counts(self.rows_of('requests'))}")
+
+    def update(self, table: str, since: int) -> str | None:
+        con = self.con
+        if n := replaced_since(con, "requests", since):
+            self.build(table)
+            return f"{n} stored requests replaced by an earlier folder's copy"
+        delta = self.counts(self.rows_of(f"({changed_since('requests', since)})"))
+        summed = ", ".join(f"sum({c})::BIGINT AS {c}" for c in self.cols)
+        con.execute(
+            f"""CREATE OR REPLACE TABLE {table} AS SELECT segment, {summed} FROM (
+                SELECT * FROM {table} UNION ALL BY NAME SELECT * FROM ({delta})) GROUP BY segment"""
+        )
+        return None
 
 
 __all__ = ["SIDES", "FeatureParts", "PartTables", "sample_level"]

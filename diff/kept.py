@@ -1,17 +1,18 @@
 """Aggregates kept in the judge's cache beside the kept pairs (diff/pairs.py), so that a look's
 cost grows with the pairs it changed, not with the run.
 
-An aggregate is a table of partial results keyed by segment (and whatever else it groups by).
-Each look either finds it current, or applies the kept pairs' delta to it (when it was current
-as of the look the delta starts from), or builds it whole from the kept pairs. The same
-functions build it whole from a relation outside any cache, so a full re-judge and a look read
-the same partials."""
+An aggregate is a table of partial results keyed by segment (and whatever else it groups by),
+and a class implementing one of two interfaces: `KeptAggregate` (built from the stored rows,
+brought up from the look it stood at) or `PairAggregate` (built from a relation of signed pairs,
+brought up by the kept pairs' delta). Each look either finds the table current, or brings it up,
+or builds it whole. The same classes build it whole from a relation outside any cache, so a full
+re-judge and a look read the same partials."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from abc import ABC, abstractmethod
 
 import duckdb
 
@@ -25,67 +26,60 @@ RATE = "sampled_reason = 'rate'"
 log = logging.getLogger(__name__)
 
 
-def maintained(
-    con: duckdb.DuckDBPyConnection,
-    kept: KeptPairs,
-    name: str,
-    spec: str,
-    build: Callable[[str, str], None],
-    update: Callable[[str, str], str | None],
-) -> str:
-    """The table of aggregate `name` as of the kept pairs' look. `spec` says what it was built
-    with (its parameters); another spec, a missing table or a delta that does not start where
-    the aggregate stands means building it whole: `build(table, source)` fills `table` from the
-    rate pairs of relation `source`; `update(table, delta)` applies the signed rows of `delta`,
-    or builds the table whole itself and says why."""
+class KeptAggregate(ABC):
+    """An aggregate the cache keeps as of a look: `spec` says what it was built with (another
+    spec means building it whole)."""
 
-    def update_from(table: str, since: int) -> str | None:
-        if since != kept.from_gen:  # the delta starts at another look: it cannot bring this one up
-            build(table, f"(SELECT 1::TINYINT AS sign, * FROM {kept.table} WHERE {RATE})")
-            return f"the pairs' delta starts at look {kept.from_gen}, the aggregate stood at {since}"
-        return update(table, f"(SELECT * FROM {kept.delta} WHERE {RATE})")
+    name: str
+    spec: str
 
-    return kept_since(
-        con,
-        f"{kept.table}:{name}",
-        name,
-        f"{kept.shape}|{spec}",
-        kept.gen,
-        lambda table: build(table, f"(SELECT 1::TINYINT AS sign, * FROM {kept.table} WHERE {RATE})"),
-        update_from,
-    )
+    @abstractmethod
+    def build(self, table: str) -> None:
+        """Fill `table` whole."""
+
+    @abstractmethod
+    def update(self, table: str, since: int) -> str | None:
+        """Bring `table` up from look `since`, or build it whole and say why."""
 
 
-def kept_since(
-    con: duckdb.DuckDBPyConnection,
-    key: str,
-    name: str,
-    spec: str,
-    gen: int,
-    build: Callable[[str], None],
-    update: Callable[[str, int], str | None],
-) -> str:
-    """The table of aggregate `key` (logged as `name`) as of look `gen`, in one transaction:
-    current; or brought up from the look it stood at by `update(table, since)`, which may build
-    it whole itself and say why; or, with another `spec` or none kept, `build(table)`."""
+class PairAggregate(ABC):
+    """An aggregate of the kept pairs' rate samples, whose rows carry a `sign` (+1 added, -1
+    taken back)."""
+
+    name: str
+    spec: str
+
+    @abstractmethod
+    def build(self, table: str, source: str) -> None:
+        """Fill `table` from the signed pairs of relation `source`."""
+
+    @abstractmethod
+    def apply(self, table: str, delta: str) -> str | None:
+        """Apply the signed pairs of relation `delta`, or build `table` whole and say why."""
+
+
+def kept_table(con: duckdb.DuckDBPyConnection, key: str, aggregate: KeptAggregate, gen: int) -> str:
+    """The table of `aggregate` (cached under `key`) as of look `gen`, in one transaction:
+    current; or brought up from the look it stood at; or, with another spec or none kept,
+    built whole."""
     table = "kept_agg_" + hashlib.sha256(key.encode()).hexdigest()[:16]
     con.execute("CREATE TABLE IF NOT EXISTS kept_aggregates (name VARCHAR PRIMARY KEY, spec VARCHAR, gen INTEGER)")
     row = con.execute("SELECT spec, gen FROM kept_aggregates WHERE name = ?", [table]).fetchone()
-    current = row is not None and row[0] == spec and table_exists(con, table)
+    current = row is not None and row[0] == aggregate.spec and table_exists(con, table)
     if current and row is not None and int(row[1]) == gen:
         return table
     con.execute("BEGIN")
     try:
         if current and row is not None and int(row[1]) < gen:
-            rebuilt = update(table, int(row[1]))
+            rebuilt = aggregate.update(table, int(row[1]))
             if rebuilt:
-                log.debug("%s: built whole at look %s (%s)", name, gen, rebuilt)
+                log.debug("%s: built whole at look %s (%s)", aggregate.name, gen, rebuilt)
             else:
-                log.debug("%s: updated from look %s to %s", name, row[1], gen)
+                log.debug("%s: updated from look %s to %s", aggregate.name, row[1], gen)
         else:
-            build(table)
-            log.debug("%s: built whole at look %s", name, gen)
-        con.execute("INSERT OR REPLACE INTO kept_aggregates VALUES (?, ?, ?)", [table, spec, gen])
+            aggregate.build(table)
+            log.debug("%s: built whole at look %s", aggregate.name, gen)
+        con.execute("INSERT OR REPLACE INTO kept_aggregates VALUES (?, ?, ?)", [table, aggregate.spec, gen])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -93,4 +87,33 @@ def kept_since(
     return table
 
 
-__all__ = ["RATE", "kept_since", "maintained"]
+class _OverKeptPairs(KeptAggregate):
+    """A pair aggregate kept as of the kept pairs' look."""
+
+    def __init__(self, kept: KeptPairs, aggregate: PairAggregate) -> None:
+        self.kept = kept
+        self.aggregate = aggregate
+        self.name = aggregate.name
+        self.spec = f"{kept.shape}|{aggregate.spec}"
+
+    def build(self, table: str) -> None:
+        self.aggregate.build(table, rate_pairs(self.kept.table))
+
+    def update(self, table: str, since: int) -> str | None:
+        if since != self.kept.from_gen:  # the delta starts at another look: it cannot bring this one up
+            self.build(table)
+            return f"the pairs' delta starts at look {self.kept.from_gen}, the aggregate stood at {since}"
+        return self.aggregate.apply(table, f"(SELECT * FROM {self.kept.delta} WHERE {RATE})")
+
+
+def rate_pairs(relation: str) -> str:
+    """The rate samples of `relation` as signed pairs (each added once)."""
+    return f"(SELECT 1::TINYINT AS sign, * FROM {relation} WHERE {RATE})"
+
+
+def maintained(con: duckdb.DuckDBPyConnection, kept: KeptPairs, aggregate: PairAggregate) -> str:
+    """The table of `aggregate` as of the kept pairs' look."""
+    return kept_table(con, f"{kept.table}:{aggregate.name}", _OverKeptPairs(kept, aggregate), kept.gen)
+
+
+__all__ = ["RATE", "KeptAggregate", "PairAggregate", "kept_table", "maintained", "rate_pairs"]
