@@ -314,7 +314,7 @@ def run_checks(
                 detail = f"no {kind.evidence} in the stored pairs"
                 results.append(ck.CheckResult(chk.id, chk.kind, seg, sev, thr, 0, status=ck.NA, detail=detail))
     results += feature_checks(con, ev.info, ev.sets, policy, judged, ev.built.seg_exprs, shared)
-    results += run_level_checks(con, ev.info, ev.spec, ev.sets, policy, judged, ev.built.duplicates)
+    results += run_level_checks(con, ev.spec, ev.sets, policy, judged, ev.built.duplicates)
     order = {c.id: i for i, c in enumerate(policy.checks)}
     results.sort(key=lambda r: (order[r.check_id], r.segment != ALL, r.segment, r.feature or ""))
     return results

@@ -4,9 +4,10 @@ diff/checks.py). The judge computes only the aggregates the policy's kinds need 
 kind in turn. A new kind is one entry here, its function in diff/checks.py and its name and
 defaults in schemas/policy.py.
 
-Feature and whole-run kinds (feature_drift, null_spike, out_of_range, new_category,
-dead_letters, duplicate_requests, version_pairing) read the features and the store rather than
-pairs: diff/quality.py judges them.
+Feature kinds (per segment and feature) and whole-run kinds read the features and the store
+rather than pairs: each is one function in diff/quality.py, registered there in FEATURE_KINDS
+and RUN_KINDS. `KINDS` below is every kind the policy may name, by how it is judged; a test
+keeps it equal to the policy's kinds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shadowdiff.diff import checks as ck
+from shadowdiff.diff.quality import FEATURE_KINDS, RUN_KINDS
 from shadowdiff.schemas.policy import Check
 
 # aggregates a kind may read beside the segment's pair statistics (always there)
@@ -126,6 +128,12 @@ SEGMENT_KINDS: dict[str, Kind] = {
 }
 
 # judged without pairs, so never "pending" for a short segment
-RUN_LEVEL_KINDS = frozenset({"dead_letters", "version_pairing"})
-# judged by diff/quality.py, on features or on the whole run
-QUALITY_KINDS = frozenset({"feature_drift", "null_spike", "out_of_range", "new_category", "duplicate_requests"}) | RUN_LEVEL_KINDS
+RUN_LEVEL_KINDS = frozenset(k for k, v in RUN_KINDS.items() if v.without_pairs)
+# every kind, by what it is judged on: pairs (or structured-output comparisons) per segment,
+# features per segment, or the whole run
+KINDS: dict[str, Literal["pairs", "features", "run"]] = {
+    **{k: "pairs" for k in SEGMENT_KINDS},
+    **{k: "features" for k in FEATURE_KINDS},
+    **{k: "run" for k in RUN_KINDS},
+}
+assert len(KINDS) == len(SEGMENT_KINDS) + len(FEATURE_KINDS) + len(RUN_KINDS), "a kind registered twice"
