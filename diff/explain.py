@@ -13,7 +13,7 @@ from shadowdiff.diff import checks as ck
 from shadowdiff.diff.comparators import json_diff
 from shadowdiff.diff.load import RunInfo
 from shadowdiff.diff.segments import ALL, SegmentSets
-from shadowdiff.schemas.config import default_rows_per_call
+from shadowdiff.schemas.config import ModelSpec, default_rows_per_call
 from shadowdiff.schemas.records import BASELINE, candidate_variant
 
 
@@ -102,27 +102,26 @@ def offered_load(con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str) 
     busy = float(stats.get("seconds", 0)) - float(stats.get("idle_seconds", 0))
     rate = round(float(stats.get("sampled", 0)) / busy, 1) if busy > 0 else None
 
-    def side(spec: dict[str, Any] | None, variant: str) -> dict[str, Any]:
+    def side(spec: ModelSpec | None, variant: str) -> dict[str, Any]:
         if spec is None:
             return {"called": False, "note": "live: answers recorded in production, not called by the shadow"}
         rows = int(sent.get(variant, 0))
-        per_call = int(spec.get("batch_size") or default_rows_per_call(str(spec.get("kind"))))
+        per_call = spec.batch_size or default_rows_per_call(spec.kind)
         return {
             "called": True,
-            "kind": spec.get("kind"),
+            "kind": spec.kind,
             "rows_per_call": per_call,
-            "calls_in_flight": f"adaptive, at most {spec.get('concurrency')}"
-            if spec.get("adaptive_concurrency", True) and spec.get("kind") != "python"
-            else f"{spec.get('concurrency')} fixed",
-            "max_rps": spec.get("max_rps"),
+            "calls_in_flight": f"adaptive, at most {spec.concurrency}"
+            if spec.adaptive_concurrency and spec.kind != "python"
+            else f"{spec.concurrency} fixed",
+            "max_rps": spec.max_rps,
             "rows_sent": rows,
             "rows_per_s_per_worker": rate,
         }
 
-    baseline = info.config.get("baseline", {})
-    model = baseline.get("model") if baseline.get("kind") == "model" else None
-    cand = next(c for c in info.candidates if c["name"] == candidate)
-    return {"baseline": side(model, "baseline"), "candidate": side(cand, f"candidate:{candidate}")}
+    baseline = info.run.baseline
+    model = baseline.model if baseline.kind == "model" else None
+    return {"baseline": side(model, "baseline"), "candidate": side(info.candidate(candidate), f"candidate:{candidate}")}
 
 
 def examples(con: duckdb.DuckDBPyConnection, sets: SegmentSets, k: int, candidate: str) -> list[dict[str, Any]]:

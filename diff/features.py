@@ -22,7 +22,6 @@ from shadowdiff.diff.feature_parts import SIDES, FeatureParts
 from shadowdiff.diff.load import RunInfo
 from shadowdiff.diff.segments import ALL, SegmentSets
 from shadowdiff.diff.sql import ident
-from shadowdiff.schemas.config import EnvelopeMapping, FeatureSpec, SegmentSpec
 from shadowdiff.schemas.envelope import Decoder, recording
 from shadowdiff.schemas.policy import Reference
 from shadowdiff.schemas.records import DeadLetter
@@ -48,11 +47,10 @@ def load_reference_file(path: Path, info: RunInfo) -> pl.DataFrame:
     decoded by the replay's own codec (`schemas.envelope`), so an offset timestamp lands in the
     same UTC hour bucket and a nested categorical is null, as in the traffic it is compared
     with. Envelopes the replay would dead-letter are left out of the sample as well."""
-    cfg = info.config
     decoder = Decoder(
-        EnvelopeMapping.model_validate(cfg.get("envelope", {})),
-        FeatureSpec.model_validate(cfg.get("features", {})),
-        SegmentSpec.model_validate(cfg.get("segments", {})),
+        info.run.envelope,
+        info.run.features,
+        info.run.segments,
         max_bytes=2**62,  # a reference sample is the user's own file: no size limit
         name=f"{info.run_id} reference",
     )

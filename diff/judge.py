@@ -36,6 +36,7 @@ from shadowdiff.diff.pairs import BuiltPairs, Pooling, build_pairs
 from shadowdiff.diff.quality import feature_checks, run_level_checks, threshold_for
 from shadowdiff.diff.segments import ALL, SegmentSets
 from shadowdiff.schemas import VERDICT_SCHEMA_VERSION
+from shadowdiff.schemas.config import ModelSpec, OutputSpec
 from shadowdiff.schemas.errors import UnknownCandidate
 from shadowdiff.schemas.policy import Policy
 from shadowdiff.schemas.records import Status
@@ -62,7 +63,7 @@ def judge(
     Four steps: gather the evidence (pairs and their aggregates per segment), run the checks,
     decide (diff/decide.py), and write the verdict with its reasons."""
     info = run_info(con)
-    names = [c["name"] for c in info.candidates]
+    names = [c.name for c in info.candidates]
     cand = candidate or names[0]
     if cand not in names:
         raise UnknownCandidate(f"run {info.run_id!r} has no candidate {cand!r} (has {names})")
@@ -84,9 +85,9 @@ def judge(
         "data": data_section(con, info, ev.t_min, ev.t_max),
         "load": offered_load(con, info, cand),
         "versions": {
-            "candidate_model": ev.spec.get("model_version"),
-            "candidate_feature_version": ev.spec.get("feature_version"),
-            "baseline": info.config.get("baseline", {}),
+            "candidate_model": ev.spec.model_version,
+            "candidate_feature_version": ev.spec.feature_version,
+            "baseline": info.run.baseline.model_dump(mode="json"),
             "software": info.meta.get("versions", {}),
             "config_digest": info.meta.get("config_digest"),
         },
@@ -111,7 +112,7 @@ class RunEvidence:
 
     info: RunInfo
     cand: str
-    spec: dict[str, Any]
+    spec: ModelSpec
     sets: SegmentSets
     built: BuiltPairs
     pstats: dict[str, Any]
@@ -128,8 +129,8 @@ class RunEvidence:
     hour_bucket: str | None
 
     @property
-    def output(self) -> dict[str, Any]:
-        return dict(self.info.config.get("output", {}))
+    def output(self) -> OutputSpec:
+        return self.info.run.output
 
     @property
     def n_run(self) -> int:
@@ -165,7 +166,7 @@ class RunEvidence:
 
 def gather_evidence(con: duckdb.DuckDBPyConnection, policy: Policy, info: RunInfo, cand: str) -> RunEvidence:
     """Build the candidate's pairs and every aggregate the policy's checks need."""
-    spec = next(c for c in info.candidates if c["name"] == cand)
+    spec = info.candidate(cand)
     fields = [f for f in (policy.segments or info.segment_fields) if f in info.segment_fields]
     sets = SegmentSets(fields, info.combinations)
     built = build_pairs(con, info, cand, fields, Pooling(policy.max_segment_values, policy.min_segment_share))
@@ -181,7 +182,7 @@ def gather_evidence(con: duckdb.DuckDBPyConnection, policy: Policy, info: RunInf
     widths = sorted({c.for_minutes for c in policy.checks if c.kind in ("latency", "error_rate") and c.for_minutes > 0})
     by_sampling = _by_sampling(con, info, built)
     needs = set().union(*(SEGMENT_KINDS[c.kind].needs for c in policy.checks if c.kind in SEGMENT_KINDS))
-    baseline_model = info.config.get("baseline", {}).get("model") or {}
+    baseline_model = info.run.baseline.model
     return RunEvidence(
         info=info,
         cand=cand,
@@ -197,16 +198,16 @@ def gather_evidence(con: duckdb.DuckDBPyConnection, policy: Policy, info: RunInf
             con,
             sets,
             cand,
-            info.config.get("output", {}),
-            candidate_spec=spec.get("output"),
-            baseline_spec=baseline_model.get("output"),
+            info.run.output,
+            candidate_spec=spec.output,
+            baseline_spec=baseline_model.output if baseline_model is not None else None,
         ),
         lat_qs=lat_qs,
         grid=grid,
         abs_grid=abs_grid,
         abs_thresholds=abs_thresholds,
-        live=info.config.get("source", {}).get("kind") == "kafka-live",
-        hour_bucket=(info.config.get("segments", {}).get("hour_buckets") or {}).get("name"),
+        live=info.run.source.kind == "kafka-live",
+        hour_bucket=info.run.segments.hour_buckets.name if info.run.segments.hour_buckets else None,
     )
 
 
@@ -233,7 +234,7 @@ def _by_sampling(con: duckdb.DuckDBPyConnection, info: RunInfo, built: BuiltPair
         if has_kept and has_kept[0]:
             quota_segments = {q for (q,) in con.execute("SELECT DISTINCT quota FROM quota_kept").fetchall()}
         else:  # quota samples stored without their hashes: every named quota
-            quota_segments = set(info.config.get("sampling", {}).get("quotas", {}))
+            quota_segments = set(info.run.sampling.quotas)
 
     def by_sampling(aggregate: Aggregate) -> dict[str, Any]:
         if not n_quota:
@@ -436,7 +437,7 @@ def _statistics(policy: Policy, tests_in_family: int, ev: RunEvidence) -> dict[s
     }
 
 
-def declared_family(policy: Policy, sets: SegmentSets, output: dict[str, Any], candidates: int) -> Family:
+def declared_family(policy: Policy, sets: SegmentSets, output: OutputSpec, candidates: int) -> Family:
     """The tests that may be corrected together, from the policy and the run's config alone:
     every grouping set of segments, the checks with a test that this output kind can feed, and
     the run's candidates."""
@@ -447,7 +448,7 @@ def declared_family(policy: Policy, sets: SegmentSets, output: dict[str, Any], c
             continue
         if kind is not None and kind.over == "pairs" and c.kind != "shadow_load" and not kind.expects_evidence(output):
             continue
-        if kind is not None and kind.over == "comparisons" and output.get("kind", "score") in ("score", "label"):
+        if kind is not None and kind.over == "comparisons" and output.kind in ("score", "label"):
             continue
         tested.append(c.id)
     return Family.declared(sets.sets, policy, tested, candidates)
@@ -473,7 +474,7 @@ def judge_all(con: duckdb.DuckDBPyConnection, policy: Policy) -> list[Verdict]:
     """A verdict per candidate of the run."""
     info = run_info(con)
     shared: dict[str, Any] = {}
-    return [judge(con, policy, c["name"], shared) for c in info.candidates]
+    return [judge(con, policy, c.name, shared) for c in info.candidates]
 
 
 __all__ = ["judge", "judge_all", "policy_digest"]

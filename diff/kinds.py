@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from shadowdiff.diff import checks as ck
 from shadowdiff.diff.quality import FEATURE_KINDS, RUN_KINDS
+from shadowdiff.schemas.config import OutputSpec
 from shadowdiff.schemas.policy import Check
 
 # aggregates a kind may read beside the segment's pair statistics (always there)
@@ -54,7 +55,7 @@ class Kind:
     # whether a run with this [output] mapping must give the check its evidence, and what that
     # evidence is: a critical check that finds none in the whole run is "not assessable" (the
     # verdict PENDING with that reason), never left out as if it had passed
-    expects_evidence: Callable[[dict[str, Any]], bool] = lambda output: False
+    expects_evidence: Callable[[OutputSpec], bool] = lambda output: False
     evidence: str = ""
 
 
@@ -81,17 +82,17 @@ def _on_comparison(fn: Callable[[Check, str, Any, float, str], ck.CheckResult | 
     return lambda chk, ev, thr, sev: fn(chk, ev.segment, ev.comparison, thr, sev)
 
 
-def _scores(output: dict[str, Any]) -> bool:
-    return output.get("kind", "score") == "score"
+def _scores(output: OutputSpec) -> bool:
+    return output.kind == "score"
 
 
-def _labels(output: dict[str, Any]) -> bool:
+def _labels(output: OutputSpec) -> bool:
     """Labels are expected from a label output, or from scores cut at a threshold; a score
     output without one has labels only if its answers carry them."""
-    return output.get("kind", "score") == "label" or (_scores(output) and output.get("threshold") is not None)
+    return output.kind == "label" or (_scores(output) and output.threshold is not None)
 
 
-def _any_output(output: dict[str, Any]) -> bool:
+def _any_output(output: OutputSpec) -> bool:
     return True
 
 

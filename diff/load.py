@@ -8,14 +8,17 @@ workers both stored during a consumer-group rebalance are deduplicated by their 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
 import orjson
+from pydantic import ValidationError
 
 from shadowdiff.diff.exports import open_exports
 from shadowdiff.diff.sql import literal
+from shadowdiff.schemas.config import ModelSpec, RunConfig
 from shadowdiff.schemas.errors import RunNotFound, StoreError
 from shadowdiff.schemas.layout import EXPORT_KEYS, RunLayout
 from shadowdiff.schemas.policy import Policy
@@ -89,54 +92,64 @@ def _in_every_store(con: duckdb.DuckDBPyConnection, table: str, stores: int) -> 
 
 @dataclass(frozen=True)
 class RunInfo:
+    """A stored run: its id, the run config it was replayed with (`config` as stored, `run`
+    as the model the replay validated) and its run_meta."""
+
     run_id: str
     config: dict[str, Any]
     meta: dict[str, Any]
 
+    @cached_property
+    def run(self) -> RunConfig:
+        try:
+            return RunConfig.model_validate(self.config)
+        except ValidationError as err:  # written by the replay, which validated it: a damaged store
+            raise StoreError(f"run {self.run_id}: the stored run config is not valid: {err.errors()[0]['msg']}") from err
+
     @property
-    def candidates(self) -> list[dict[str, Any]]:
-        return list(self.config.get("candidates", []))
+    def candidates(self) -> list[ModelSpec]:
+        return list(self.run.candidates)
+
+    def candidate(self, name: str) -> ModelSpec:
+        return next(c for c in self.run.candidates if c.name == name)
 
     @property
     def segment_fields(self) -> list[str]:
-        seg = self.config.get("segments", {})
-        out = list(seg.get("fields", []))
-        if seg.get("hour_buckets"):
-            out.append(seg["hour_buckets"].get("name", "daypart"))
-        return out
+        seg = self.run.segments
+        return [*seg.fields, seg.hour_buckets.name] if seg.hour_buckets else list(seg.fields)
 
     @property
     def per_segment_k(self) -> int:
         """`sampling.min_per_segment`: the quota every value of every segment field has (0: none).
         A run started by the CLI stored it resolved; "policy" left as it is means what the
         replay took, the default policy's min_samples."""
-        k = self.config.get("sampling", {}).get("min_per_segment", 0)
-        return Policy().min_samples if k == "policy" else int(k)
+        k = self.run.sampling.min_per_segment
+        return Policy().min_samples if k == "policy" else k
 
     def quota_k(self, quota: str) -> int | None:
         """The bottom-k size of quota 'field=value', None when the segment has no quota."""
-        named: dict[str, int] = self.config.get("sampling", {}).get("quotas", {})
+        named = self.run.sampling.quotas
         if quota in named:
-            return int(named[quota])
+            return named[quota]
         field, _, value = quota.partition("=")
         if value in ("(other)", "(missing)"):  # the judge's pool of rare values, and no value: no quota of their own
             return None
         return self.per_segment_k if self.per_segment_k and field in self.segment_fields else None
 
     def has_quotas(self) -> bool:
-        return bool(self.config.get("sampling", {}).get("quotas")) or self.per_segment_k > 0
+        return bool(self.run.sampling.quotas) or self.per_segment_k > 0
 
     @property
     def combinations(self) -> list[list[str]]:
-        return [list(c) for c in self.config.get("segments", {}).get("combinations", [])]
+        return [list(c) for c in self.run.segments.combinations]
 
     @property
     def numeric(self) -> list[str]:
-        return list(self.config.get("features", {}).get("numeric", []))
+        return list(self.run.features.numeric)
 
     @property
     def categorical(self) -> list[str]:
-        return list(self.config.get("features", {}).get("categorical", []))
+        return list(self.run.features.categorical)
 
 
 def source_complete(con: duckdb.DuckDBPyConnection) -> bool:

@@ -16,6 +16,7 @@ import orjson
 
 from shadowdiff.diff.comparators import json_diff, overlap_at_k, probability_distance, rank_correlation
 from shadowdiff.diff.segments import ALL, SegmentSets
+from shadowdiff.schemas.config import OutputSpec
 from shadowdiff.schemas.paths import lookup
 from shadowdiff.schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 
@@ -64,18 +65,18 @@ def compare_outputs(
     con: duckdb.DuckDBPyConnection,
     sets: SegmentSets,
     candidate: str,
-    output_spec: dict[str, Any],
+    output_spec: OutputSpec,
     max_pairs: int = 20_000,
-    candidate_spec: dict[str, Any] | None = None,
-    baseline_spec: dict[str, Any] | None = None,
+    candidate_spec: OutputSpec | None = None,
+    baseline_spec: OutputSpec | None = None,
 ) -> dict[str, OutputStats]:
     """Per-segment output comparisons on a deterministic hash sample of successful pairs. Each
     side's answers are read by its own output mapping (`candidate_spec`, `baseline_spec`; the
     run's `output_spec` where a model has none)."""
-    kind = output_spec.get("kind", "score")
+    kind = output_spec.kind
     b_spec, c_spec = baseline_spec or output_spec, candidate_spec or output_spec
-    prob_path = output_spec.get("probabilities_path") or ""
-    b_prob, c_prob = b_spec.get("probabilities_path") or prob_path, c_spec.get("probabilities_path") or prob_path
+    prob_path = output_spec.probabilities_path
+    b_prob, c_prob = b_spec.probabilities_path or prob_path, c_spec.probabilities_path or prob_path
     prob_path = b_prob or c_prob
     if kind not in ("json", "ranking") and not prob_path:
         return {}
@@ -100,10 +101,10 @@ def compare_outputs(
             ORDER BY s.source, s.part, s."offset\"""",
         {"base": BASELINE, "cand": candidate_variant(candidate), "rep": BASELINE_REPEAT},
     ).fetchall()
-    ignore = set(output_spec.get("ignore_fields") or [])
-    k = int(output_spec.get("top_k") or 10)
-    b_score_path = b_spec.get("score_path") or output_spec.get("score_path") or ""
-    c_score_path = c_spec.get("score_path") or output_spec.get("score_path") or ""
+    ignore = set(output_spec.ignore_fields)
+    k = output_spec.top_k or 10
+    b_score_path = b_spec.score_path or output_spec.score_path
+    c_score_path = c_spec.score_path or output_spec.score_path
     out: dict[str, OutputStats] = {}
     nf = len(sets.fields)
     for row in rows:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import duckdb
 
@@ -16,6 +15,7 @@ from shadowdiff.diff.features import FeatureStats, FeatureTables
 from shadowdiff.diff.load import RunInfo
 from shadowdiff.diff.segments import ALL, SegmentSets
 from shadowdiff.diff.stats import p_diff_above, wilson
+from shadowdiff.schemas.config import ModelSpec
 from shadowdiff.schemas.policy import Check, Policy
 
 
@@ -136,7 +136,7 @@ class RunFacts:
     """What whole-run checks read: the store, the candidate's spec and the judged segments."""
 
     con: duckdb.DuckDBPyConnection
-    spec: dict[str, Any]
+    spec: ModelSpec
     sets: SegmentSets
     judged: set[str]
     duplicates: int
@@ -144,7 +144,7 @@ class RunFacts:
 
 def run_level_checks(
     con: duckdb.DuckDBPyConnection,
-    spec: dict[str, Any],
+    spec: ModelSpec,
     sets: SegmentSets,
     policy: Policy,
     judged: set[str],
@@ -192,7 +192,7 @@ def _dead_letters(chk: Check, facts: RunFacts, thr: float, sev: str) -> list[ck.
 
 
 def _version_pairing(chk: Check, facts: RunFacts, thr: float, sev: str) -> list[ck.CheckResult]:
-    expected = facts.spec.get("feature_version")
+    expected = facts.spec.feature_version
     if not expected:
         return []
     out = []

@@ -59,7 +59,7 @@ def config_for(s: Scenario, run_id: str) -> dict[str, object]:
         "features": {"numeric": feats, "categorical": []},
         "segments": {"fields": ["seg"], "allowed": {}, "hour_buckets": None, "combinations": []},
         "sampling": {"rate": 1.0, "quotas": {} if s.quota_segment is None else {f"seg=s{s.quota_segment:02d}": 1}},
-        "baseline": {"kind": "model", "repeat": s.repeat},
+        "baseline": {"kind": "model", "model": {"name": "base", "kind": "python", "target": "m:f"}, "repeat": s.repeat},
         "candidates": [{"name": "cand", "kind": "python", "target": "m:f", "feature_version": s.candidate_feature_version}],
         "output": {"kind": "label"},
     }

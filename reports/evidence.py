@@ -70,8 +70,8 @@ def write_bundle(home: Path, run_id: str, out: Path, policy: Any, candidate: str
         "run_meta.json": _dump({k: v for k, v in info.meta.items() if k != "config"}),
         "versions.json": _dump(
             {
-                "candidate": next(c for c in info.candidates if c["name"] == cand),
-                "baseline": info.config.get("baseline"),
+                "candidate": info.candidate(cand).model_dump(mode="json"),
+                "baseline": info.run.baseline.model_dump(mode="json"),
                 "software": info.meta.get("versions"),
                 "config_digest": info.meta.get("config_digest"),
                 "policy_digest": doc.policy.digest,
