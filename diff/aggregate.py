@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import duckdb
 import numpy as np
@@ -89,6 +89,57 @@ def _by_segment(sets: SegmentSets, columns: dict[str, str], source: str, extra: 
     keys = "".join(f"{e}, " for e in extra)
     return f"""SELECT {sets.name_sql()} AS segment, {keys}{", ".join(columns)} FROM (
                SELECT {sets.select()}, {keys}{inner} FROM {source} {sets.group_by(list(extra))})"""
+
+
+class PairStats(TypedDict):
+    """One segment's pair statistics (`pair_stats`): the sums `_pair_sums` names, then what is
+    derived from them and from the histograms."""
+
+    segment: str
+    n_req: int  # requests
+    n_pair: int  # both sides answered
+    c_err_n: int  # candidate errors (throttled calls aside)
+    c_throttled_n: int
+    c_timeout_n: int
+    b_err_n: int
+    n_lab: int  # pairs with both labels
+    flips: int
+    n_lab_r: int  # ... and with the baseline's repeat call (the noise floor)
+    flips_r: int
+    n_s: int  # pairs with both scores
+    sum_d: float  # of Δscore = candidate - baseline
+    sum_d2: float
+    sum_abs_d: float
+    far: int  # |Δscore| above the tolerance
+    n_s_r: int
+    far_r: int
+    sum_dr: float  # of the repeat's Δscore
+    sum_dr2: float
+    sum_b: float
+    sum_c: float
+    sum_bb: float
+    sum_cc: float
+    sum_bc: float
+    n_rel: int
+    sum_rel: float  # of |Δscore| / |baseline score|
+    n_bl: int  # baseline latencies
+    n_cl: int  # candidate latencies
+    far_abs: list[int]  # |Δscore| above each of the abs_diff_quantile thresholds
+    b_lat_q: list[float] | None  # latency quantiles over the latency grid
+    c_lat_q: list[float] | None
+    abs_d_q: list[float] | None  # |Δscore| at 0.5, 0.9, 0.99
+    abs_d_grid: list[float] | None  # |Δscore| over the abs_diff_quantile grid
+    corr: float | None
+    mean_rel_d: float | None
+    t_min: Any  # event-time span (the whole run only)
+    t_max: Any
+
+
+def no_pairs(segment: str) -> PairStats:
+    """The statistics of a segment without pairs (one with structured-output comparisons only)."""
+    zeros: dict[str, Any] = {k: 0.0 if sql.startswith("coalesce(fsum") else 0 for k, sql in _pair_sums(0.0, ()).items()}
+    derived = dict.fromkeys(("b_lat_q", "c_lat_q", "abs_d_q", "abs_d_grid", "corr", "mean_rel_d", "t_min", "t_max"))
+    return cast(PairStats, {"segment": segment, **zeros, "far_abs": [], **derived})
 
 
 def _pair_sums(tolerance: float, abs_thresholds: Sequence[float]) -> dict[str, str]:
@@ -198,9 +249,9 @@ def pair_stats(
     abs_grid: Sequence[float] = (),
     abs_thresholds: Sequence[float] = (),
     kept: KeptPairs | None = None,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, PairStats]:
     """Counts, label flips, score differences, latency quantiles and errors per segment;
-    quantiles of |Δscore| over `abs_grid`, and `far_abs_<i>`: pairs with |Δscore| above
+    quantiles of |Δscore| over `abs_grid`, and `far_abs[i]`: pairs with |Δscore| above
     `abs_thresholds[i]`. With `kept` (a judge's cache), the rate samples' partials are kept
     between looks and only the pairs that changed are added; `where` is then either every
     pair or the rate samples."""
@@ -232,26 +283,29 @@ def pair_stats(
             h, _, seg = str(keys[a]).partition("|")
             found[(seg, int(h))] = (cols["bin"][a:b], cols["k"][a:b])
     (t_min, t_max) = con.execute(f"SELECT min(event_time), max(event_time) FROM pairs WHERE {where}").fetchone() or (None, None)
-    for seg, s in out.items():
+    stats: dict[str, PairStats] = {}
+    for seg, row in out.items():
         for c in partials.sums:
-            s[c] = int(s[c]) if not partials.sums[c].startswith("coalesce(fsum") else float(s[c])
+            row[c] = int(row[c]) if not partials.sums[c].startswith("coalesce(fsum") else float(row[c])
 
         def quantiles(h: int, fractions: Sequence[float], seg: str = seg) -> list[float] | None:
             got = found.get((seg, h))
             return hist_quantiles(*got, fractions) if got is not None else None
 
-        s["b_lat_q"] = quantiles(0, lat_grid)
-        s["c_lat_q"] = quantiles(1, lat_grid)
-        s["abs_d_q"] = quantiles(2, [0.5, 0.9, 0.99])
-        if abs_grid:
-            s["abs_d_grid"] = quantiles(2, abs_grid)
+        row["far_abs"] = [row.pop(f"far_abs_{i}") for i in range(len(abs_thresholds))]
+        row["b_lat_q"] = quantiles(0, lat_grid)
+        row["c_lat_q"] = quantiles(1, lat_grid)
+        row["abs_d_q"] = quantiles(2, [0.5, 0.9, 0.99])
+        row["abs_d_grid"] = quantiles(2, abs_grid) if abs_grid else None
+        row["mean_rel_d"] = row["sum_rel"] / row["n_rel"] if row["n_rel"] else None
+        row["t_min"], row["t_max"] = (t_min, t_max) if seg == ALL else (None, None)
+        s = cast(PairStats, row)
         s["corr"] = _correlation(s)
-        s["mean_rel_d"] = s["sum_rel"] / s["n_rel"] if s["n_rel"] else None
-        s["t_min"], s["t_max"] = (t_min, t_max) if seg == ALL else (None, None)
-    return out
+        stats[seg] = s
+    return stats
 
 
-def _correlation(s: dict[str, Any]) -> float | None:
+def _correlation(s: PairStats) -> float | None:
     n = s["n_s"]
     if n < 2:
         return None

@@ -7,13 +7,13 @@ import itertools
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from scipy.stats import norm
 from scipy.stats import t as t_dist
 
 from shadowdiff.diff import stats
-from shadowdiff.diff.aggregate import interp
+from shadowdiff.diff.aggregate import PairStats, interp
 from shadowdiff.diff.drift import categorical_drift, psi_from_hist, wasserstein_from_hist
 from shadowdiff.schemas.policy import Check
 
@@ -144,7 +144,7 @@ def against_threshold(res: CheckResult, k: int, n: int, thr: float) -> None:
     res.counts = (k, n)
 
 
-def label_flip(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -> CheckResult | None:
+def label_flip(chk: Check, seg: str, s: PairStats, thr: float, sev: str) -> CheckResult | None:
     n, k = int(s["n_lab"]), int(s["flips"])
     if n == 0:
         return None
@@ -162,13 +162,13 @@ def label_flip(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) ->
     return res
 
 
-def score_diff(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -> CheckResult | None:
+def score_diff(chk: Check, seg: str, s: PairStats, thr: float, sev: str) -> CheckResult | None:
     n, k = int(s["n_s"]), int(s["far"])
     if n == 0:
         return None
     share = k / n
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, n)
-    q = s.get("abs_d_q") or [None, None, None]
+    q: list[float | None] = [None, None, None] if s["abs_d_q"] is None else list(s["abs_d_q"])
     res.extra = {
         "share_beyond_tolerance": share,
         "tolerance": chk.tolerance,
@@ -189,7 +189,7 @@ def score_diff(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) ->
     return res
 
 
-def score_shift(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -> CheckResult | None:
+def score_shift(chk: Check, seg: str, s: PairStats, thr: float, sev: str) -> CheckResult | None:
     n = int(s["n_s"])
     if n < 2:
         return None
@@ -203,7 +203,7 @@ def score_shift(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -
     return res
 
 
-def abs_score_diff(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -> CheckResult | None:
+def abs_score_diff(chk: Check, seg: str, s: PairStats, thr: float, sev: str) -> CheckResult | None:
     """Mean |Δscore| ≤ threshold: unlike the signed mean, opposite errors do not cancel."""
     n = int(s["n_s"])
     if n < 2:
@@ -217,7 +217,7 @@ def abs_score_diff(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str
 
 
 def abs_diff_quantile(
-    chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str, grid: list[float], far: int
+    chk: Check, seg: str, s: PairStats, thr: float, sev: str, grid: list[float], far: int
 ) -> CheckResult | None:
     """The `quantile` of |Δscore| ≤ threshold. The q-quantile exceeds thr exactly when more than
     1-q of the pairs differ by more than thr, so the test is the binomial one on that share
@@ -241,17 +241,16 @@ def abs_diff_quantile(
     return res
 
 
-def _latency_quantile(s: dict[str, Any], grid: list[float], col: str, n_col: str, p: float) -> tuple[float, float, float]:
-    n = int(s[n_col])
+def _latency_quantile(s: PairStats, grid: list[float], side: Literal["b", "c"], p: float) -> tuple[float, float, float]:
+    n, vals = (s["n_bl"], s["b_lat_q"]) if side == "b" else (s["n_cl"], s["c_lat_q"])
     lo_f, hi_f = stats.quantile_rank_bounds(p, n)
-    vals = s[col]
     return interp(grid, vals, p), interp(grid, vals, lo_f), interp(grid, vals, hi_f)
 
 
 def latency(
     chk: Check,
     seg: str,
-    s: dict[str, Any],
+    s: PairStats,
     thr: float,
     sev: str,
     grid: list[float],
@@ -272,8 +271,8 @@ def latency(
         )
         return res
     p = chk.quantile
-    qb = _latency_quantile(s, grid, "b_lat_q", "n_bl", p)[0]
-    qc = _latency_quantile(s, grid, "c_lat_q", "n_cl", p)[0]
+    qb = _latency_quantile(s, grid, "b", p)[0]
+    qc = _latency_quantile(s, grid, "c", p)[0]
     if not (qb > 0 and qc > 0):
         return None
     pooled = qc / qb
@@ -431,7 +430,7 @@ def _sustained(windows: list[dict[str, Any]] | None, chk: Check, metric: Any, th
 
 
 def error_rate(
-    chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str, windows: list[dict[str, Any]] | None
+    chk: Check, seg: str, s: PairStats, thr: float, sev: str, windows: list[dict[str, Any]] | None
 ) -> CheckResult | None:
     # calls the candidate refused as too many are the shadow's load (shadow_load), not its errors
     throttled = int(s["c_throttled_n"])
@@ -460,7 +459,7 @@ def error_rate(
     return res
 
 
-def shadow_load(chk: Check, seg: str, s: dict[str, Any], thr: float, sev: str) -> CheckResult:
+def shadow_load(chk: Check, seg: str, s: PairStats, thr: float, sev: str) -> CheckResult:
     """The share of requests the candidate refused as too many calls (HTTP 429, or 503 with a
     Retry-After): the shadow's own load on the server, which says nothing about the model. It
     warns that the run left requests unjudged and that `max_rps` or `concurrency` should come

@@ -26,6 +26,7 @@ import orjson
 
 from shadowdiff.diff import aggregate as agg
 from shadowdiff.diff import checks as ck
+from shadowdiff.diff.aggregate import PairStats
 from shadowdiff.diff.decide import Family, decide
 from shadowdiff.diff.explain import data_section, examples, excess, localise, offered_load
 from shadowdiff.diff.kept import RATE
@@ -115,7 +116,7 @@ class RunEvidence:
     spec: ModelSpec
     sets: SegmentSets
     built: BuiltPairs
-    pstats: dict[str, Any]
+    pstats: dict[str, PairStats]
     windows: dict[float, dict[str, Any]]
     dists: dict[str, Any]
     labels: dict[str, Any]
@@ -150,7 +151,7 @@ class RunEvidence:
         event_time_fields = {self.hour_bucket} if self.hour_bucket and not self.live else set()
         return Evidence(
             segment=seg,
-            pairs=self.pstats.get(seg, {}),
+            pairs=self.pstats.get(seg) or agg.no_pairs(seg),
             windows={wd: by_seg[seg] for wd, by_seg in self.windows.items() if seg in by_seg},
             distribution=self.dists.get(seg),
             labels=self.labels.get(seg),

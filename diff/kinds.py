@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shadowdiff.diff import checks as ck
+from shadowdiff.diff.aggregate import PairStats
 from shadowdiff.diff.quality import FEATURE_KINDS, RUN_KINDS
 from shadowdiff.schemas.config import OutputSpec
 from shadowdiff.schemas.policy import Check
@@ -30,7 +31,7 @@ class Evidence:
     """What the aggregates say about one segment."""
 
     segment: str
-    pairs: dict[str, Any]
+    pairs: PairStats
     windows: dict[float, list[dict[str, Any]]] = field(default_factory=dict)  # by for_minutes
     distribution: dict[str, Any] | None = None
     labels: dict[str, Any] | None = None
@@ -70,11 +71,11 @@ def _latency(chk: Check, ev: Evidence, thr: float, sev: str) -> ck.CheckResult |
 
 
 def _abs_diff_quantile(chk: Check, ev: Evidence, thr: float, sev: str) -> ck.CheckResult | None:
-    far = int(ev.pairs[f"far_abs_{ev.abs_thresholds.index(thr)}"])
+    far = ev.pairs["far_abs"][ev.abs_thresholds.index(thr)]
     return ck.abs_diff_quantile(chk, ev.segment, ev.pairs, thr, sev, ev.abs_grid, far)
 
 
-def _on_pairs(fn: Callable[[Check, str, dict[str, Any], float, str], ck.CheckResult | None]) -> Evaluate:
+def _on_pairs(fn: Callable[[Check, str, PairStats, float, str], ck.CheckResult | None]) -> Evaluate:
     return lambda chk, ev, thr, sev: fn(chk, ev.segment, ev.pairs, thr, sev)
 
 
