@@ -15,9 +15,9 @@ from typing import Any
 import duckdb
 import orjson
 
-from shadowdiff.diff.sql import literal
 from shadowdiff.schemas.errors import JudgeCacheBusy, StoreError
 from shadowdiff.schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
+from shadowdiff.schemas.sql import literal
 from shadowdiff.schemas.verdict import Coverage, WorkerCoverage
 
 log = logging.getLogger(__name__)

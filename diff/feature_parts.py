@@ -23,7 +23,7 @@ from shadowdiff.diff.aggregate import _by_segment, power_of_two_level
 from shadowdiff.diff.exports import changed_since, replaced_since
 from shadowdiff.diff.kept import KeptAggregate, kept_table
 from shadowdiff.diff.segments import ALL, SegmentSets
-from shadowdiff.diff.sql import ident, literal
+from shadowdiff.schemas.sql import ident, literal
 
 SIDES = ("cur", "ref")
 _HASH = 'hash(part, "offset")'

@@ -21,10 +21,10 @@ from shadowdiff.diff.exports import cache_generation
 from shadowdiff.diff.feature_parts import SIDES, FeatureParts
 from shadowdiff.diff.load import RunInfo
 from shadowdiff.diff.segments import ALL, SegmentSets
-from shadowdiff.diff.sql import ident
 from shadowdiff.schemas.envelope import Decoder, recording
 from shadowdiff.schemas.policy import Reference
 from shadowdiff.schemas.records import DeadLetter
+from shadowdiff.schemas.sql import ident
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ import orjson
 from pydantic import ValidationError
 
 from shadowdiff.diff.exports import open_exports
-from shadowdiff.diff.sql import literal
 from shadowdiff.schemas.config import ModelSpec, RunConfig
 from shadowdiff.schemas.errors import RunNotFound, StoreError
 from shadowdiff.schemas.layout import EXPORT_KEYS, RunLayout
 from shadowdiff.schemas.policy import Policy
 from shadowdiff.schemas.records import SOURCE_COMPLETE
+from shadowdiff.schemas.sql import literal
 
 TABLES = ("requests", "outputs", "dead_letters", "checkpoints", "run_meta", "quota_samples")
 _KEYS = {

@@ -17,8 +17,8 @@ import duckdb
 
 from shadowdiff.diff.exports import cache_generation, changed_since, table_exists
 from shadowdiff.diff.load import RunInfo
-from shadowdiff.diff.sql import ident, literal
 from shadowdiff.schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
+from shadowdiff.schemas.sql import ident, literal
 
 OTHER = "(other)"
 

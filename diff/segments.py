@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from shadowdiff.diff.sql import ident, literal
+from shadowdiff.schemas.sql import ident, literal
 
 ALL = "all"
 

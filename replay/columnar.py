@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from shadowdiff.schemas.config import RunConfig
 from shadowdiff.schemas.records import EVENT_TIME_MAX_US, MAX_INPUT_DEPTH
+from shadowdiff.schemas.sql import ident, literal
 
 _INTS = "('BIGINT', 'UBIGINT')"
 _NUMBERS = "('BIGINT', 'UBIGINT', 'DOUBLE')"
@@ -50,14 +51,6 @@ _RFC3339 = r"""'\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]([01]\d
 _KEY_TOKENS = r"""'("(?:[^"\\]|\\.)*")\s*:|"(?:[^"\\]|\\.)*"'"""
 MISSING_LIVE = "no live output in the envelope"
 log = logging.getLogger(__name__)
-
-
-def _quote_sql(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _steps(path: str) -> list[str]:
@@ -221,7 +214,7 @@ class BatchDecoder:
         if hb is not None:
             hour = f"((t_us // {_HOUR_US}) % 24)"
             whens = " ".join(
-                f"WHEN {hour} IN ({', '.join(map(str, hours))}) THEN {_quote_sql(bucket)}"
+                f"WHEN {hour} IN ({', '.join(map(str, hours))}) THEN {literal(bucket)}"
                 for bucket, hours in hb.buckets.items()
                 if hours
             )
@@ -229,7 +222,7 @@ class BatchDecoder:
         for name, allowed in cfg.segments.allowed.items():
             expr = dict(segments).get(name)
             if expr is not None:
-                values = ", ".join(_quote_sql(a) for a in allowed) or "NULL"
+                values = ", ".join(literal(a) for a in allowed) or "NULL"
                 clean.append(f"({expr} IS NULL OR {expr} IN ({values}))")
         in_steps = _steps(env.input)
         features: list[tuple[str, str]] = []
@@ -246,11 +239,11 @@ class BatchDecoder:
         def struct(items: list[tuple[str, str]]) -> str:
             if not items:
                 return 'struct_pack("_" := NULL::VARCHAR)'
-            return "struct_pack(" + ", ".join(f"{_ident(n)} := {e}" for n, e in items) + ")"
+            return "struct_pack(" + ", ".join(f"{ident(n)} := {e}" for n, e in items) + ")"
 
         k = len(paths)
-        path_list = "[" + ", ".join(_quote_sql(p) for p in paths) + "]"
-        object_list = "[" + ", ".join(_quote_sql(_json_path(list(o))) for o in sorted(objects)) + "]"
+        path_list = "[" + ", ".join(literal(p) for p in paths) + "]"
+        object_list = "[" + ", ".join(literal(_json_path(list(o))) for o in sorted(objects)) + "]"
         # one test an object: a lambda over the list of lists is slower (see the commit)
         unique_keys = " AND ".join(
             f"coalesce(len(keys[{j}]) = len(list_distinct(keys[{j}])), true)" for j in range(1, len(objects) + 1)

@@ -26,6 +26,7 @@ import orjson
 from shadowdiff.replay.objectstore import RUN_FILES, SharedRun
 from shadowdiff.replay.store import WRITER_MEMORY, StoreWriter
 from shadowdiff.schemas.layout import EXPORT_TABLES, RunLayout
+from shadowdiff.schemas.sql import literal
 
 _STATE = "export_state"
 EXPORT_MEMORY = "128MB"  # a COPY of one checkpoint's rows to Parquet, while it runs
@@ -106,8 +107,8 @@ class Exporter:
         try:
             for t in EXPORT_TABLES:
                 where = f"rowid > {self.exported[t]} AND rowid <= {tops[t]}"
-                target = str(tmp / f"{t}.parquet").replace("'", "''")
-                copied = con.execute(f"COPY (SELECT * FROM {t} WHERE {where}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
+                target = literal(str(tmp / f"{t}.parquet"))
+                copied = con.execute(f"COPY (SELECT * FROM {t} WHERE {where}) TO {target} (FORMAT parquet, COMPRESSION zstd)")
                 rows[t] = int(copied.fetchone()[0])  # type: ignore[index]
         finally:
             con.execute("RESET preserve_insertion_order")

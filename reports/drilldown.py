@@ -12,7 +12,7 @@ import duckdb
 import pandas as pd
 
 from shadowdiff.diff.load import RunInfo
-from shadowdiff.diff.sql import ident
+from shadowdiff.schemas.sql import ident
 
 log = logging.getLogger(__name__)
 SAMPLE_ROWS = 5_000

@@ -1,5 +1,5 @@
-"""Quoting for the SQL the judge writes: names and values that come from configs and traffic
-go into DuckDB statements quoted, never as they are."""
+"""Quoting for the SQL the replay and the judge write: names and values that come from configs
+and traffic go into DuckDB statements quoted, never as they are."""
 
 from __future__ import annotations
 
