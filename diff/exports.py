@@ -229,12 +229,6 @@ def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Pat
             )
             cached = _cached(t)
             con.execute(f"CREATE TABLE IF NOT EXISTS {cached} AS SELECT * FROM incoming LIMIT 0")
-            # exports of a newer writer may carry a column the cache has not seen (outputs.called_at)
-            have = {c for (c, *_) in con.execute(f"DESCRIBE {cached}").fetchall()}
-            for name, kind, *_ in con.execute("DESCRIBE incoming").fetchall():
-                if name not in have:
-                    quoted = '"' + name.replace('"', '""') + '"'
-                    con.execute(f"ALTER TABLE {cached} ADD COLUMN {quoted} {kind}")
             cols = [k.strip() for k in keys.split(",")]
 
             def same(a: str, b: str, cols: list[str] = cols) -> str:

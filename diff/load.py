@@ -71,23 +71,12 @@ def _open_stores(home: Path, run_id: str, memory_limit: str) -> duckdb.DuckDBPyC
             con.close()
             raise StoreError(f"cannot read {f} (a writer may hold it): {err}") from err
     for t in TABLES:
-        if t == "quota_samples" and not _in_every_store(con, t, len(files)):
-            # stores written before quotas were bottom-k samples: no hashes, nothing to filter
-            con.execute(f'CREATE TABLE {t} (source VARCHAR, part INTEGER, "offset" BIGINT, quota VARCHAR, sample_hash UBIGINT)')
-            continue
         if len(files) == 1:
             con.execute(f"CREATE VIEW {t} AS SELECT * FROM s0.{t}")
         else:
             union = " UNION ALL BY NAME ".join(f"SELECT * FROM s{i}.{t}" for i in range(len(files)))
             con.execute(f"CREATE VIEW {t} AS SELECT DISTINCT ON ({_KEYS[t]}) * FROM ({union})")
     return con
-
-
-def _in_every_store(con: duckdb.DuckDBPyConnection, table: str, stores: int) -> bool:
-    (n,) = con.execute(
-        "SELECT count(DISTINCT database_name) FROM duckdb_tables() WHERE table_name = ? AND database_name LIKE 's%'", [table]
-    ).fetchone() or (0,)
-    return int(n) == stores
 
 
 @dataclass(frozen=True)

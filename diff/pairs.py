@@ -76,9 +76,7 @@ def build_pairs(
     else:
         duplicates = _kept_duplicates(con, gen)
     built = BuiltPairs(built.seg_exprs, built.pooled, duplicates)
-    # stores and exports written before calls were timed have no called_at
-    timed = "called_at" in {name for (name, *_) in con.execute("DESCRIBE outputs").fetchall()}
-    select = _PairsSelect(candidate, built.seg_exprs, timed, dedupe=built.duplicates > 0)
+    select = _PairsSelect(candidate, built.seg_exprs, dedupe=built.duplicates > 0)
     kept: KeptPairs | None = None
     if gen is None:
         con.execute(f"CREATE OR REPLACE TEMP TABLE pairs_all AS {select.sql('requests', 'outputs')}")
@@ -100,18 +98,16 @@ def build_pairs(
 class _PairsSelect:
     candidate: str
     seg_exprs: list[str]
-    timed: bool
     dedupe: bool  # some request id was stored twice: keep its first copy
 
     @property
     def shape(self) -> str:
         """What the kept pairs were built with: another shape means building them anew."""
-        return repr((self.seg_exprs, self.timed))
+        return repr(self.seg_exprs)
 
     def sql(self, requests: str, outputs: str) -> str:
         """The pairs of the requests in relation `requests`, with their answers in `outputs`."""
         segs = (", ".join(self.seg_exprs) + ",") if self.seg_exprs else ""
-        called_at = "called_at" if self.timed else "NULL::TIMESTAMPTZ"
         variants = {
             "base": literal(BASELINE),
             "cand": literal(candidate_variant(self.candidate)),
@@ -133,7 +129,7 @@ class _PairsSelect:
                  {pick("latency_ms", "base")} AS b_lat, {pick("error_class", "base")} AS b_err,
                  {pick("score", "cand")} AS c_score, {pick("label", "cand")} AS c_label,
                  {pick("latency_ms", "cand")} AS c_lat, {pick("error_class", "cand")} AS c_err,
-                 {pick(called_at, "cand")} AS called_at,
+                 {pick("called_at", "cand")} AS called_at,
                  {pick("score", "rep")} AS r_score, {pick("label", "rep")} AS r_label, {pick("error_class", "rep")} AS r_err,
                  bool_or(variant = {variants["rep"]}) AS has_repeat,
                  bool_or(variant = {variants["cand"]}) AS has_candidate
@@ -200,7 +196,7 @@ def _kept(con: duckdb.DuckDBPyConnection, candidate: str, select: _PairsSelect, 
             touched = f"FROM {table} WHERE request_id IN (SELECT request_id FROM touched)"
             con.execute(f"CREATE OR REPLACE TABLE {delta} AS SELECT -1::TINYINT AS sign, * {touched}")
             con.execute(f"DELETE {touched}")
-            again = _PairsSelect(candidate, select.seg_exprs, select.timed, dedupe=True)
+            again = _PairsSelect(candidate, select.seg_exprs, dedupe=True)
             con.execute(f"INSERT INTO {table} BY NAME {again.sql('touched_rows', outputs)}")
             con.execute(f"INSERT INTO {delta} SELECT 1::TINYINT AS sign, * {touched}")
         else:
@@ -261,7 +257,7 @@ def keep_bottom_k(con: duckdb.DuckDBPyConnection, info: RunInfo) -> str:
     if not info.has_quotas():
         return ""
     (hashes,) = con.execute("SELECT count(*) FROM quota_samples").fetchone() or (0,)
-    if not hashes:  # a store written before quotas were bottom-k samples
+    if not hashes:  # no quota sample stored yet: nothing to filter
         return ""
     con.execute('CREATE OR REPLACE TEMP TABLE quota_kept (source VARCHAR, part INTEGER, "offset" BIGINT, quota VARCHAR)')
     # the named quotas and those `min_per_segment` opened for each segment value seen

@@ -1,13 +1,12 @@
 """Decode a whole batch of raw messages in DuckDB instead of one message at a time in Python.
 
 Why: at 100% sampling the replay is bound by the GIL. Reading Kafka with kafka-python costs
-~9 µs a message of GIL time, and decoding, building the rows and reading the live output in
+GIL time for every message, and decoding, building the rows and reading the live output in
 Python cost about as much again. DuckDB parses the batch's JSON in C++ with the GIL released,
-on the decoder thread, while the main thread keeps polling Kafka: on two cores, with 20k-row
-batches, the replay at 100% went from ~28k to ~37-47k messages a second here
-(`bench/replay_bench.py`); the cheaper SQL below took the decode from 9.3 to 6.6 µs a message.
-A decode query costs ~15 ms to plan whatever its size and ~6.6 µs a row of CPU; its working
-memory follows its rows, which is why the runner cuts batches at exactly `batch_size`.
+on the decoder thread, while the main thread keeps polling Kafka (docs/performance.md has
+today's rates). A decode query has a fixed planning cost whatever its size, then a cost a row;
+its working memory follows its rows, which is why the runner cuts batches at exactly
+`batch_size`.
 
 The SQL decodes only rows it can decode exactly as the Python decoder (`schemas.envelope`, the
 reference) would: the common shapes (string or integer ids and segment values, numeric or
@@ -252,9 +251,9 @@ class BatchDecoder:
         # `parsed` keeps rows that are strict JSON within the size limit; `extracted`
         # reads every configured path's JSON type and text with one parse a row for each list
         # (json_type and json_extract_string take a list of paths). Typing and casting the text
-        # costs no further JSON parse: with json_extract fragments, each json_type, ->> and cast
-        # re-parsed its fragment (9.3 -> ~6 µs a message). The extraction is MATERIALIZED:
-        # inlined, DuckDB re-evaluated it at every reference of a field.
+        # costs no further JSON parse, where json_extract fragments would each be parsed again by
+        # every json_type, ->> and cast. The extraction is MATERIALIZED: inlined, DuckDB would
+        # evaluate it again at every reference of a field.
         return f"""
 WITH parsed AS (
     SELECT i, ts, txt FROM (

@@ -58,9 +58,9 @@ log = logging.getLogger(__name__)
 _MAX_INFLIGHT = 2  # batches between the main thread and the DuckDB commit: one calling, one writing
 # The DuckDB threads take the GIL briefly many times a query (Arrow scans of the registered
 # batch, the result's conversion), and with CPython's default 5 ms switch interval each of those
-# waits up to 5 ms behind the main thread's Kafka reads: a 20k-row decode took 0.39 s instead of
-# 0.20 s next to a busy thread. At 1 ms the replay at 100% went from 43.9k to 46.9k msg/s
-# (medians of 6 alternating rounds of bench/replay_bench.py's 100% case); 0.5 ms was no faster.
+# waits up to 5 ms behind the main thread's Kafka reads, which nearly doubles a batch's decode
+# next to a busy thread. 1 ms is measurably faster at 100% sampling (bench/replay_bench.py);
+# 0.5 ms is not faster than 1 ms.
 _SWITCH_INTERVAL_S = 0.001
 _RAMP_UP_BATCHES = 4  # smaller batches first, see Replayer._batch_rows
 # records per poll: kafka-python sends the next fetches when a poll returns, so short polls keep

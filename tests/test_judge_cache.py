@@ -152,25 +152,6 @@ def test_a_damaged_export_fails_the_look_and_leaves_the_cache_as_it_was(tmp_path
         assert con.execute("SELECT folder FROM ingested").fetchall() == [("w0/00000001",)]
 
 
-def test_exports_of_a_newer_writer_add_their_columns_to_the_cache(tmp_path, caplog):
-    # a cache filled from exports written before outputs.called_at, then an export with it
-    home, store, layout = small_run(tmp_path, 3_000, 7)
-    old = export_rows(store, layout, "w0", 1, 0.0, 0.5)
-    path = str(old / "outputs.parquet")
-    with duckdb.connect() as con:
-        con.execute(f"CREATE TABLE o AS SELECT * EXCLUDE (called_at) FROM '{path}'")
-        con.execute(f"COPY o TO '{path}' (FORMAT parquet)")
-    open_cache(home, "run").close()
-    export_rows(store, layout, "w0", 2, 0.5, 1.0)
-    con = open_cache(home, "run")
-    try:
-        timed = con.execute("SELECT count(called_at), count(*) FROM outputs").fetchone()
-    finally:
-        con.close()
-    assert timed == (3 * 1_500, 3 * 3_000)  # the new export's rows timed, the old ones not
-    assert "rebuilding" not in caplog.text  # the column was added, nothing read again
-
-
 def test_a_second_judge_is_refused_and_does_not_touch_the_cache(tmp_path):
     import subprocess
     import sys
