@@ -18,7 +18,7 @@ import polars as pl
 from shadowdiff.diff.aggregate import _rows, histograms
 from shadowdiff.diff.drift import SMALL, DriftResult, categorical_drift, numeric_drift_hist
 from shadowdiff.diff.exports import cache_generation
-from shadowdiff.diff.feature_parts import SIDES, FeatureParts
+from shadowdiff.diff.feature_parts import SIDES, FeatureParts, PartTables
 from shadowdiff.diff.load import RunInfo
 from shadowdiff.diff.segments import ALL, SegmentSets
 from shadowdiff.schemas.envelope import Decoder, recording
@@ -182,54 +182,22 @@ class FeatureTables:
         """Distribution grids and distinct counts on a hash sample of each side of at most about
         `max_rows` rows (a million rows pin a distance to ~0.001); counts of nulls, ranges and
         categories on every row."""
-        con, sets, info = self.con, self.sets, self.info
-        results: list[FeatureStats] = []
-        num = info.numeric
-        parts = FeatureParts(con, sets, num, info.categorical, max_rows)
+        parts = FeatureParts(self.con, self.sets, self.info.numeric, self.info.categorical, max_rows)
         tables = parts.whole(self._rows) if self._kept is None else parts.kept(*self._kept)
         moments = self._moments(tables.moments)
-        sides = {"cur_f": moments["cur"]}
-        if self.has_reference:
-            sides["ref_f"] = moments["ref"]
-        ref_all = sides.get("ref_f", {}).get(ALL)
-        cur_all = sides["cur_f"].get(ALL)
-        hists: dict[str, tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
-        ranges: dict[str, tuple[float, float]] = {}
-        for n in num:
-            if not ref_all or not cur_all or not ref_all["n_" + n] or not cur_all["n_" + n]:
-                continue
-            lo, hi = _bin_range(ref_all, cur_all, n)
-            width = (hi - lo) / BINS
-            hists[n] = (
-                width,
-                self._histograms(tables.sample, "ref", n, lo, width),
-                self._histograms(tables.sample, "cur", n, lo, width),
-            )
-            ranges[n] = (float(ref_all["min_" + n]), float(ref_all["max_" + n]))
-        oor = parts.out_of_range(ranges, self._rows, self._kept)
-        distinct = self._distinct(tables.sample) if hists else {}
+        cur_side, ref_side = moments["cur"], (moments["ref"] if self.has_reference else {})
+        grids = self._grids(tables, ref_side.get(ALL), cur_side.get(ALL))
+        oor = parts.out_of_range(grids.ranges, self._rows, self._kept)
+        distinct = self._distinct(tables.sample) if grids.hists else {}
         cats: dict[tuple[str, str, str], dict[str | None, int]] = {}
-        for seg, side, feature, v, k in con.execute(f"SELECT segment, side, feature, v, k FROM {tables.cats}").fetchall():
+        for seg, side, feature, v, k in self.con.execute(f"SELECT segment, side, feature, v, k FROM {tables.cats}").fetchall():
             cats.setdefault((f"{side}_f", feature, seg), {})[v] = int(k)
-        for seg, cur in sides["cur_f"].items():
-            ref = sides.get("ref_f", {}).get(seg)
-            for n in num:
-                n_cur = int(cur["n_" + n])
-                n_ref = int(ref["n_" + n]) if ref else 0
-                drift = None
-                if ref and n_ref and n_cur and n in hists:
-                    width, rh, ch = hists[n]
-                    values = distinct.get(seg, {}).get(n)
-                    if values is not None and values <= 5:
-                        drift = categorical_drift(
-                            cats_from(con, tables.sample, n, sets, seg, "ref"), cats_from(con, tables.sample, n, sets, seg, "cur")
-                        )
-                    elif seg in rh and seg in ch:
-                        raw_ref = raw_cur = None
-                        if n_ref <= SMALL:
-                            raw_ref = self._raw("ref_f", n, seg, "TRUE")
-                            raw_cur = self._raw(tables.sample, n, seg, "side = 'cur'")
-                        drift = numeric_drift_hist(width, rh[seg], ch[seg], float(ref["sd_" + n] or 0), raw_ref, raw_cur)
+        results: list[FeatureStats] = []
+        for seg, cur in cur_side.items():
+            ref = ref_side.get(seg)
+            for n in self.info.numeric:
+                drift = self._numeric_drift(tables, grids, seg, n, cur, ref, distinct.get(seg, {}).get(n))
+                n_cur, n_ref = int(cur["n_" + n]), int(ref["n_" + n]) if ref else 0
                 results.append(
                     FeatureStats(
                         seg,
@@ -245,30 +213,92 @@ class FeatureTables:
                         drift,
                     )
                 )
-            for n in info.categorical:
-                cc_all = cats.get(("cur_f", n, seg), {})
-                rc_all = cats.get(("ref_f", n, seg), {})
-                nulls_c, nulls_r = cc_all.get(None, 0), rc_all.get(None, 0)
-                cc = {k: v for k, v in cc_all.items() if k is not None}
-                rc = {k: v for k, v in rc_all.items() if k is not None}
-                new_vals = sorted(v for v in cc if v not in rc) if ref else []
-                drift = categorical_drift(rc, cc) if ref and rc and cc else None
+            for n in self.info.categorical:
                 results.append(
-                    FeatureStats(
-                        seg,
-                        n,
-                        "categorical",
-                        int(cur["n_all"]),
-                        nulls_c,
-                        int(ref["n_all"]) if ref else 0,
-                        nulls_r,
-                        0,
-                        sum(cc[v] for v in new_vals),
-                        new_vals[:20],
-                        drift,
-                    )
+                    _categorical_stats(seg, n, cur, ref, cats.get(("cur_f", n, seg), {}), cats.get(("ref_f", n, seg), {}))
                 )
         return results
+
+    def _grids(self, tables: PartTables, ref_all: dict[str, Any] | None, cur_all: dict[str, Any] | None) -> _Grids:
+        """Per numeric feature present on both sides: histograms of each side over one grid of
+        the whole run's range, and the reference's range."""
+        grids = _Grids({}, {})
+        for n in self.info.numeric:
+            if not ref_all or not cur_all or not ref_all["n_" + n] or not cur_all["n_" + n]:
+                continue
+            lo, hi = _bin_range(ref_all, cur_all, n)
+            width = (hi - lo) / BINS
+            grids.hists[n] = (
+                width,
+                self._histograms(tables.sample, "ref", n, lo, width),
+                self._histograms(tables.sample, "cur", n, lo, width),
+            )
+            grids.ranges[n] = (float(ref_all["min_" + n]), float(ref_all["max_" + n]))
+        return grids
+
+    def _numeric_drift(
+        self,
+        tables: PartTables,
+        grids: _Grids,
+        seg: str,
+        n: str,
+        cur: dict[str, Any],
+        ref: dict[str, Any] | None,
+        distinct: int | None,
+    ) -> DriftResult | None:
+        """A numeric feature's drift in a segment: as categories when it takes at most 5 values,
+        else from the histograms (and the raw values of a small reference)."""
+        n_cur, n_ref = int(cur["n_" + n]), int(ref["n_" + n]) if ref else 0
+        if not (ref and n_ref and n_cur and n in grids.hists):
+            return None
+        width, rh, ch = grids.hists[n]
+        if distinct is not None and distinct <= 5:
+            return categorical_drift(
+                cats_from(self.con, tables.sample, n, self.sets, seg, "ref"),
+                cats_from(self.con, tables.sample, n, self.sets, seg, "cur"),
+            )
+        if seg not in rh or seg not in ch:
+            return None
+        raw_ref = raw_cur = None
+        if n_ref <= SMALL:
+            raw_ref = self._raw("ref_f", n, seg, "TRUE")
+            raw_cur = self._raw(tables.sample, n, seg, "side = 'cur'")
+        return numeric_drift_hist(width, rh[seg], ch[seg], float(ref["sd_" + n] or 0), raw_ref, raw_cur)
+
+
+@dataclass
+class _Grids:
+    hists: dict[str, tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]]  # feature -> (bin width, ref, cur)
+    ranges: dict[str, tuple[float, float]]  # feature -> the reference's min and max
+
+
+def _categorical_stats(
+    seg: str,
+    n: str,
+    cur: dict[str, Any],
+    ref: dict[str, Any] | None,
+    cc_all: dict[str | None, int],
+    rc_all: dict[str | None, int],
+) -> FeatureStats:
+    """A categorical feature in a segment: nulls, categories the reference never had, drift."""
+    nulls_c, nulls_r = cc_all.get(None, 0), rc_all.get(None, 0)
+    cc = {k: v for k, v in cc_all.items() if k is not None}
+    rc = {k: v for k, v in rc_all.items() if k is not None}
+    new_vals = sorted(v for v in cc if v not in rc) if ref else []
+    drift = categorical_drift(rc, cc) if ref and rc and cc else None
+    return FeatureStats(
+        seg,
+        n,
+        "categorical",
+        int(cur["n_all"]),
+        nulls_c,
+        int(ref["n_all"]) if ref else 0,
+        nulls_r,
+        0,
+        sum(cc[v] for v in new_vals),
+        new_vals[:20],
+        drift,
+    )
 
 
 BINS = 1000
