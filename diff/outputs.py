@@ -37,6 +37,35 @@ class OutputStats:
     js_sq: float = 0.0
     js_n: int = 0
 
+    def add_json(self, b: Any, c: Any, repeat: Any, ignore: set[str]) -> None:
+        """Field differences of a pair of JSON answers (and of the baseline with its repeat)."""
+        diffs = _counted(json_diff(b, c), ignore)
+        self.with_diffs += bool(diffs)
+        for d in {f"{d['path']} ({d['kind']})" for d in diffs}:
+            self.fields[d] += 1
+        if repeat is not None:
+            self.noise_n += 1
+            self.noise_with_diffs += bool(_counted(json_diff(b, repeat), ignore))
+
+    def add_ranking(self, rb: Any, rc: Any, k: int) -> None:
+        if isinstance(rb, list) and isinstance(rc, list):
+            ov = overlap_at_k(rb, rc, k)
+            self.overlap_sum += ov
+            self.overlap_sq += ov * ov
+            self.overlap_n += 1
+            tau = rank_correlation(rb, rc)
+            if not math.isnan(tau):
+                self.tau_sum += tau
+                self.tau_n += 1
+
+    def add_probabilities(self, pb: list[float] | None, pc: list[float] | None) -> None:
+        if pb and pc:
+            js = probability_distance(pb, pc)
+            if not math.isnan(js):
+                self.js_sum += js
+                self.js_sq += js * js
+                self.js_n += 1
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "pairs_compared": self.n,
@@ -61,6 +90,32 @@ def _counted(diffs: list[dict[str, Any]], ignore: set[str]) -> list[dict[str, An
     return [d for d in diffs if d["path"].split("[")[0] not in ignore]
 
 
+def _sampled_answers(con: duckdb.DuckDBPyConnection, sets: SegmentSets, candidate: str, max_pairs: int) -> list[Any]:
+    """Segment values and the baseline's, the candidate's and the repeat's answers of a
+    deterministic hash sample of at most about `max_pairs` pairs that both sides answered."""
+    (n,) = con.execute("SELECT count(*) FROM pairs WHERE b_err IS NULL AND c_err IS NULL").fetchone() or (0,)
+    if not n:
+        return []
+    m = max(1, math.ceil(n / max_pairs))
+    segcols = ", ".join(f"p.{c}" for c in sets.columns)
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE sampled_pairs AS
+            SELECT p.source, p.part, p."offset"{", " + segcols if segcols else ""} FROM pairs p
+            WHERE p.b_err IS NULL AND p.c_err IS NULL AND hash(p.part, p."offset") % {m} = 0"""
+    )
+    return con.execute(
+        f"""SELECT {", ".join(f"s.{c}" for c in sets.columns) + "," if sets.columns else ""}
+                   b.output, c.output, q.output
+            FROM sampled_pairs s
+            JOIN outputs b ON b.source = s.source AND b.part = s.part AND b."offset" = s."offset" AND b.variant = $base
+            JOIN outputs c ON c.source = s.source AND c.part = s.part AND c."offset" = s."offset" AND c.variant = $cand
+            LEFT JOIN outputs q ON q.source = s.source AND q.part = s.part AND q."offset" = s."offset"
+                                AND q.variant = $rep AND q.error_class IS NULL
+            ORDER BY s.source, s.part, s."offset\"""",
+        {"base": BASELINE, "cand": candidate_variant(candidate), "rep": BASELINE_REPEAT},
+    ).fetchall()
+
+
 def compare_outputs(
     con: duckdb.DuckDBPyConnection,
     sets: SegmentSets,
@@ -80,27 +135,7 @@ def compare_outputs(
     prob_path = b_prob or c_prob
     if kind not in ("json", "ranking") and not prob_path:
         return {}
-    (n,) = con.execute("SELECT count(*) FROM pairs WHERE b_err IS NULL AND c_err IS NULL").fetchone() or (0,)
-    if not n:
-        return {}
-    m = max(1, math.ceil(n / max_pairs))
-    segcols = ", ".join(f"p.{c}" for c in sets.columns)
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE sampled_pairs AS
-            SELECT p.source, p.part, p."offset"{", " + segcols if segcols else ""} FROM pairs p
-            WHERE p.b_err IS NULL AND p.c_err IS NULL AND hash(p.part, p."offset") % {m} = 0"""
-    )
-    rows = con.execute(
-        f"""SELECT {", ".join(f"s.{c}" for c in sets.columns) + "," if sets.columns else ""}
-                   b.output, c.output, q.output
-            FROM sampled_pairs s
-            JOIN outputs b ON b.source = s.source AND b.part = s.part AND b."offset" = s."offset" AND b.variant = $base
-            JOIN outputs c ON c.source = s.source AND c.part = s.part AND c."offset" = s."offset" AND c.variant = $cand
-            LEFT JOIN outputs q ON q.source = s.source AND q.part = s.part AND q."offset" = s."offset"
-                                AND q.variant = $rep AND q.error_class IS NULL
-            ORDER BY s.source, s.part, s."offset\"""",
-        {"base": BASELINE, "cand": candidate_variant(candidate), "rep": BASELINE_REPEAT},
-    ).fetchall()
+    rows = _sampled_answers(con, sets, candidate, max_pairs)
     ignore = set(output_spec.ignore_fields)
     k = output_spec.top_k or 10
     b_score_path = b_spec.score_path or output_spec.score_path
@@ -117,30 +152,9 @@ def compare_outputs(
             st = out.setdefault(name, OutputStats())
             st.n += 1
             if kind == "json":
-                diffs = _counted(json_diff(b, c), ignore)
-                st.with_diffs += bool(diffs)
-                for d in {f"{d['path']} ({d['kind']})" for d in diffs}:
-                    st.fields[d] += 1
-                if q is not None:
-                    st.noise_n += 1
-                    st.noise_with_diffs += bool(_counted(json_diff(b, q), ignore))
+                st.add_json(b, c, q, ignore)
             if kind == "ranking":
-                rb, rc = lookup(b, b_score_path, None), lookup(c, c_score_path, None)
-                if isinstance(rb, list) and isinstance(rc, list):
-                    ov = overlap_at_k(rb, rc, k)
-                    st.overlap_sum += ov
-                    st.overlap_sq += ov * ov
-                    st.overlap_n += 1
-                    tau = rank_correlation(rb, rc)
-                    if not math.isnan(tau):
-                        st.tau_sum += tau
-                        st.tau_n += 1
+                st.add_ranking(lookup(b, b_score_path, None), lookup(c, c_score_path, None), k)
             if prob_path:
-                pb, pc = _probs(lookup(b, b_prob, None)), _probs(lookup(c, c_prob, None))
-                if pb and pc:
-                    js = probability_distance(pb, pc)
-                    if not math.isnan(js):
-                        st.js_sum += js
-                        st.js_sq += js * js
-                        st.js_n += 1
+                st.add_probabilities(_probs(lookup(b, b_prob, None)), _probs(lookup(c, c_prob, None)))
     return out

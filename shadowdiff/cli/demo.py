@@ -24,6 +24,11 @@ from shadowdiff.schemas.errors import ConfigError
 
 N_REQUESTS = 20_000
 LATENCY_MS = 30.0  # a typical online model: sleep dominates the loopback overhead
+# each call's service time varies (lognormal) as a steady online model's does. The demo's P95
+# interval comes from ~10 stretches of ~60 calls: with a wider spread (0.35) the sound
+# candidate's interval around a ratio of 1.0 reached past the policy's +30% in about a third of
+# the demo's runs, and the demo would have to replay several times longer to show it within
+LATENCY_SIGMA = 0.2
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ def _config(s: Scenario, home: Path, source: str, baseline_url: str, cand_url: s
 [run]
 id = "demo-{s.name}"
 home = "{home.as_posix()}"
-batch_size = 32   # latency is judged over the times calls were sent: small batches give the
+batch_size = 16   # latency is judged over the times calls were sent: small batches give the
                   # demo's seconds of replay enough of them (a real run keeps 2000)
 
 {source}
@@ -150,10 +155,18 @@ def _produce(bootstrap: str, topic: str, rows: list[dict[str, Any]]) -> None:
 def _serve_models(baseline: Any, retrained: Any, conn: Any, slow_factor: float = 3.0) -> None:
     """Child process: the four model servers on loopback until the parent says stop."""
     servers = {
-        "baseline": ModelServer(traffic.scorer(baseline, seed=11), ServerBehaviour(latency_ms=LATENCY_MS)),
-        "night-encoder": ModelServer(traffic.scorer(baseline, night_bug=True, seed=12), ServerBehaviour(latency_ms=LATENCY_MS)),
-        "slow": ModelServer(traffic.scorer(retrained, seed=13), ServerBehaviour(latency_ms=LATENCY_MS * slow_factor)),
-        "retrained": ModelServer(traffic.scorer(retrained, seed=14), ServerBehaviour(latency_ms=LATENCY_MS)),
+        "baseline": ModelServer(
+            traffic.scorer(baseline, seed=11), ServerBehaviour(latency_ms=LATENCY_MS, latency_sigma=LATENCY_SIGMA)
+        ),
+        "night-encoder": ModelServer(
+            traffic.scorer(baseline, night_bug=True, seed=12), ServerBehaviour(latency_ms=LATENCY_MS, latency_sigma=LATENCY_SIGMA)
+        ),
+        "slow": ModelServer(
+            traffic.scorer(retrained, seed=13), ServerBehaviour(latency_ms=LATENCY_MS * slow_factor, latency_sigma=LATENCY_SIGMA)
+        ),
+        "retrained": ModelServer(
+            traffic.scorer(retrained, seed=14), ServerBehaviour(latency_ms=LATENCY_MS, latency_sigma=LATENCY_SIGMA)
+        ),
     }
     conn.send({k: s.start() for k, s in servers.items()})
     with contextlib.suppress(EOFError):
