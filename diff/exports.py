@@ -77,18 +77,28 @@ def _run_tables(con: duckdb.DuckDBPyConnection, layout: RunLayout, manifests: li
         "INSERT INTO run_meta VALUES (?, ?)", [(k, orjson.dumps(v).decode()) for k, v in sorted(newest["run_meta"].items())]
     )
     con.execute(
-        f"""CREATE OR REPLACE {kind} TABLE coverage
-            (worker VARCHAR, seq INTEGER, exported_at VARCHAR, heartbeat_at VARCHAR, final BOOLEAN)"""
+        f"""CREATE OR REPLACE {kind} TABLE coverage (worker VARCHAR, seq INTEGER, exported_at VARCHAR,
+            heartbeat_at VARCHAR, final BOOLEAN, failed INTEGER, failing INTEGER, last_failure VARCHAR)"""
     )
     beats = {b["worker"]: b for b in (orjson.loads(p.read_bytes()) for p in layout.heartbeats())}
     # a worker that started (its first heartbeat) but never published an export is covered too:
     # with nothing of it in the verdict, it is the first worker the verdict must name
     none: dict[str, Any] = {"seq": 0, "created_at": None}
     con.executemany(
-        "INSERT INTO coverage VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO coverage VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (w, m["seq"], m["created_at"], beats.get(w, {}).get("at"), bool(beats.get(w, {}).get("final", False)))
+            (
+                w,
+                m["seq"],
+                m["created_at"],
+                beat.get("at"),
+                bool(beat.get("final", False)),
+                int(beat.get("failed_exports", 0)),
+                int(beat.get("failing_exports", 0)),
+                beat.get("last_failure"),
+            )
             for w, m in sorted((w, latest.get(w, none)) for w in set(latest) | set(beats))
+            for beat in [beats.get(w, {})]
         ],
     )
 
@@ -271,7 +281,8 @@ def coverage(con: duckdb.DuckDBPyConnection, silent_after_s: float) -> Coverage 
         return None
     now = datetime.now(UTC)
     workers = []
-    for worker, seq, exported_at, heartbeat_at, final in con.execute("SELECT * FROM coverage ORDER BY worker").fetchall():
+    rows = con.execute("SELECT * FROM coverage ORDER BY worker").fetchall()
+    for worker, seq, exported_at, heartbeat_at, final, failed, failing, last_failure in rows:
         last = datetime.fromisoformat(heartbeat_at or exported_at)
         silent_s = (now - last).total_seconds()
         workers.append(
@@ -283,6 +294,9 @@ def coverage(con: duckdb.DuckDBPyConnection, silent_after_s: float) -> Coverage 
                 final=final,
                 silent=not final and silent_s > silent_after_s,
                 silent_for_s=round(silent_s, 1),
+                failed_exports=failed,
+                failing_exports=failing,
+                last_export_failure=last_failure,
             )
         )
     return Coverage(source="exports", workers=workers, silent_workers=[w.worker for w in workers if w.silent])

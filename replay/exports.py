@@ -46,6 +46,11 @@ class Exporter:
         published = [int(p.name) for p in self.root.glob("[0-9]*") if p.name.isdigit()] if self.root.exists() else []
         self.seq = max([self.seq, *published])
         self.pushed = int(state.get("pushed", 0))
+        # exports that failed (all of this process's, and those since the last one published):
+        # readers see them in the heartbeat, the verdict's coverage and the gate's /metrics
+        self.failed = 0
+        self.failing = 0
+        self.last_failure: str | None = None
         self.shared = SharedRun(writer.cfg.run.shared, writer.cfg.run.id) if writer.cfg.run.shared else None
         # known to readers from its start: a judge must not take the run as finished while a
         # worker that has not exported yet is running
@@ -67,6 +72,7 @@ class Exporter:
         # last statistics and checkpoints
         if changed or final:
             folder = self._publish(tops)
+            self.failing = 0
         self._heartbeat(final)
         if self.shared is not None:
             self._push()
@@ -134,9 +140,28 @@ class Exporter:
         self.exported = dict(tops)
         return final_dir
 
+    def record_failure(self, err: Exception) -> None:
+        """An export that failed: its rows wait in the store for the next one, and readers are
+        told (the heartbeat), unless the disk refuses that too."""
+        self.failed += 1
+        self.failing += 1
+        self.last_failure = f"{type(err).__name__}: {err}"[:300]
+        try:
+            self._heartbeat(False)
+        except OSError as again:
+            log.warning("run %s: the heartbeat could not record the failed export: %s", self.writer.cfg.run.id, again)
+
     def _heartbeat(self, final: bool) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        beat = {"worker": self.writer.cfg.run.worker, "at": datetime.now(UTC).isoformat(), "seq": self.seq, "final": final}
+        beat = {
+            "worker": self.writer.cfg.run.worker,
+            "at": datetime.now(UTC).isoformat(),
+            "seq": self.seq,
+            "final": final,
+            "failed_exports": self.failed,
+            "failing_exports": self.failing,
+            "last_failure": self.last_failure,
+        }
         tmp = self.root / ".heartbeat.tmp"
         tmp.write_bytes(orjson.dumps(beat))
         os.replace(tmp, self.root / "heartbeat.json")

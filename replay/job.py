@@ -97,6 +97,7 @@ def run_replay(
                     exporter.export(final)
                 except (OSError, duckdb.Error) as err:  # the rows are safe in the store; the next checkpoint retries
                     log.warning("exporting run %s checkpoint failed, retried at the next one: %s", cfg.run.id, err)
+                    exporter.record_failure(err)
                 if on_checkpoint is not None:
                     on_checkpoint(writer, stats, final)
 

@@ -196,6 +196,7 @@ def create_app(settings: GateSettings) -> Any:
                     f'shadowdiff_run_verdict{{run="{r}",candidate="{st.candidate}",verdict="{v}"}} {int(st.verdict == v)}'
                 )
             lines.append(f'shadowdiff_run_pairs{{run="{r}"}} {st.pairs}')
+        lines += _coverage_metrics(store)
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     async def openapi(request: Request) -> Response:
@@ -236,3 +237,29 @@ def create_app(settings: GateSettings) -> Any:
         latency_sum[name] += time.perf_counter() - t0
 
     return counted
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: a worker's name comes from a file a reader does not control."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _coverage_metrics(store: VerdictStore) -> list[str]:
+    """Per worker of a run judged from exports, as its served verdict last saw them: failed
+    checkpoint exports (all, and since its last published one) and whether it went silent."""
+    lines = [
+        "# HELP shadowdiff_worker_failed_exports Checkpoint exports that failed, per worker (their rows wait in its store).",
+        "# TYPE shadowdiff_worker_failed_exports gauge",
+        "# HELP shadowdiff_worker_failing_exports Failed exports since the worker's last published one.",
+        "# TYPE shadowdiff_worker_failing_exports gauge",
+        "# HELP shadowdiff_worker_silent 1 when the worker has not reported within --silent-after.",
+        "# TYPE shadowdiff_worker_silent gauge",
+    ]
+    for r in store.runs():
+        _, doc = store.answer(r)
+        for w in doc.coverage.workers if doc is not None and doc.coverage is not None else []:
+            labels = f'run="{_label(r)}",worker="{_label(w.worker)}"'
+            lines.append(f"shadowdiff_worker_failed_exports{{{labels}}} {w.failed_exports}")
+            lines.append(f"shadowdiff_worker_failing_exports{{{labels}}} {w.failing_exports}")
+            lines.append(f"shadowdiff_worker_silent{{{labels}}} {int(w.silent)}")
+    return lines

@@ -92,6 +92,9 @@ class WorkerCoverage(_Open):
     final: bool
     silent: bool
     silent_for_s: float | None = None
+    failed_exports: int = Field(0, description="checkpoint exports of the worker that failed (their rows wait for the next)")
+    failing_exports: int = Field(0, description="of those, the ones since its last published export: its newer rows are not here")
+    last_export_failure: str | None = None
 
 
 class Coverage(_Open):

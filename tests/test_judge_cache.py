@@ -331,3 +331,72 @@ def test_a_worker_that_never_exported_is_covered_and_named_silent(tmp_path):
         workers = [(w.worker, w.exports, w.last_export_at, w.final) for w in covered.workers]
         assert workers == [("w0", 0, None, False), ("w1", 1, "2026-12-01T00:00:01+00:00", True)]
         assert covered.silent_workers == ["w0"]
+
+
+def test_a_failed_export_shows_in_the_verdict_coverage_and_the_gate_metrics(tmp_path, monkeypatch):
+    import random
+
+    import httpx
+    from helpers import envelope, jsonl, serving, write_config
+
+    from shadowdiff.cli.wiring import judge_and_publish
+    from shadowdiff.replay.exports import Exporter
+    from shadowdiff.replay.job import run_replay
+    from shadowdiff.reports.service import GateSettings, create_app
+    from shadowdiff.schemas.config import load_config
+
+    rng = random.Random(5)
+    jsonl(tmp_path / "t.jsonl", [envelope(i, rng) for i in range(800)])
+    cfg_path = write_config(
+        tmp_path / "run.toml",
+        f"""
+[run]
+id = "oom"
+home = "{(tmp_path / "runs").as_posix()}"
+batch_size = 100
+[source]
+kind = "file"
+path = "{(tmp_path / "t.jsonl").as_posix()}"
+[segments]
+fields = ["region"]
+[output]
+score_path = "score"
+[[candidates]]
+name = "c"
+kind = "python"
+target = "models_for_tests:logistic"
+""",
+    )
+    # the second and third checkpoint exports fail as a COPY out of its memory budget does
+    publish, calls = Exporter._publish, []
+
+    def out_of_memory_twice(self: Exporter, tops: dict[str, int]) -> Path:
+        calls.append(1)
+        if len(calls) in (2, 3):
+            raise duckdb.OutOfMemoryException("failed to allocate data of size 32.0 MiB (37.4 MiB/61.0 MiB used)")
+        return publish(self, tops)
+
+    monkeypatch.setattr(Exporter, "_publish", out_of_memory_twice)
+    home, seen = tmp_path / "runs", []
+
+    def look(writer, stats, final) -> None:  # what a judge of the exports publishes meanwhile
+        if len(calls) == 3 and not seen:
+            with open_exports(home, "oom") as con:
+                seen.append(judge_and_publish(con, home, "oom", Policy(min_samples=50))[0])
+
+    run_replay(load_config(cfg_path), on_checkpoint=look, checkpoint_every_s=0)
+    (failing,) = seen[0].coverage.workers
+    assert (failing.failed_exports, failing.failing_exports) == (2, 2)
+    assert "OutOfMemoryException" in (failing.last_export_failure or "")
+    assert any("its last 2 checkpoint exports failed" in r for r in seen[0].reasons)
+    # later exports carried the rows: nothing is missing, and the failures stay counted
+    with open_exports(home, "oom") as con:
+        (pairs,) = con.execute("SELECT count(*) FROM requests").fetchone()  # type: ignore[misc]
+        (final,) = judge_and_publish(con, home, "oom", Policy(min_samples=50), final=True)
+    assert pairs == 800
+    (worker,) = final.coverage.workers
+    assert (worker.failed_exports, worker.failing_exports) == (2, 0)
+    with serving(create_app(GateSettings(home=home, token="t"))) as url:
+        metrics = httpx.get(f"{url}/metrics").text
+    assert 'shadowdiff_worker_failed_exports{run="oom",worker="w0"} 2' in metrics
+    assert 'shadowdiff_worker_failing_exports{run="oom",worker="w0"} 0' in metrics

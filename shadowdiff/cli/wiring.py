@@ -102,6 +102,11 @@ def judge_and_publish(
                         f"worker {w.worker} has not reported for {w.silent_for_s or 0:.0f} s ({last}): "
                         "its later data is not in this verdict"
                     )
+                elif w.failing_exports:
+                    verdict.reasons.append(
+                        f"worker {w.worker}: its last {w.failing_exports} checkpoint exports failed ({w.last_export_failure}): "
+                        f"its rows since its export {w.exports} are not in this verdict yet"
+                    )
         if label is not None:
             verdict.policy.label = label
         else:
