@@ -82,6 +82,8 @@ def supports(cfg: RunConfig) -> bool:
     """True when every configured path has a JSON-path twin that means the same thing, and no
     path is empty where the Python decoder would read the whole envelope."""
     env = cfg.envelope
+    if env.format != "json":  # DuckDB parses JSON only
+        return False
     required = [env.request_id, env.event_time, env.input, env.live_latency_ms, env.model_version, env.feature_version]
     if any(not p for p in required):
         return False

@@ -41,6 +41,7 @@ from typing import Any
 
 from shadowdiff.replay import columnar
 from shadowdiff.replay.columnar import BatchDecoder
+from shadowdiff.replay.formats import payload_reader
 from shadowdiff.replay.messages import PartitionBatch, Position
 from shadowdiff.replay.models.base import ModelClient
 from shadowdiff.replay.pipeline import BatchPipeline, PendingBatch
@@ -135,7 +136,7 @@ class Replayer:
         self.source = source
         self.baseline = baseline
         self.candidates = dict(candidates)
-        self.decoder = Decoder.for_run(cfg)
+        self.decoder = Decoder.for_run(cfg, payload_reader(cfg.envelope))
         self.layout = self.decoder.layout
         # whole batches are decoded in DuckDB when every configured path has a JSON-path twin
         self.batch_decoder = BatchDecoder(cfg) if columnar.supports(cfg) else None

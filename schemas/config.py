@@ -95,9 +95,31 @@ class KafkaSource(_Frozen):
         return self
 
 
+class SchemaRegistrySpec(_Frozen):
+    """A Confluent-compatible schema registry (Confluent, Apicurio's ccompat API, Karapace) that
+    the writers' serializers registered the schemas with. Credentials never go here: the names
+    of the environment variables that hold them do."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    username_env: str | None = None  # e.g. "SCHEMA_REGISTRY_USER"
+    password_env: str | None = None
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> SchemaRegistrySpec:
+        if urlsplit(self.url).password is not None or urlsplit(self.url).username is not None:
+            raise ValueError("no credentials in the config: name the environment variables that hold them")
+        return self
+
+
 class EnvelopeMapping(_Frozen):
-    """Where each envelope field lives in the message (dotted paths), so existing topics are
-    read as they are."""
+    """How messages are encoded and where each envelope field lives in them (dotted paths), so
+    existing topics are read as they are. `format`: "json"; or "avro" with either a schema
+    registry (the Confluent wire format: a zero byte, a 4-byte schema id, the Avro binary) or a
+    writer schema file kept with the config (each message is the Avro binary alone)."""
+
+    format: Literal["json", "avro"] = "json"
+    schema_registry: SchemaRegistrySpec | None = None
+    schema_file: Annotated[Path | None, Text] = None
 
     request_id: str = "request_id"
     event_time: str = "event_time"
@@ -107,6 +129,15 @@ class EnvelopeMapping(_Frozen):
     live_latency_ms: str = "latency_ms"
     model_version: str = "model_version"
     feature_version: str = "feature_version"
+
+    @model_validator(mode="after")
+    def _one_schema_source(self) -> EnvelopeMapping:
+        given = (self.schema_registry is not None) + (self.schema_file is not None)
+        if self.format == "avro" and given != 1:
+            raise ValueError("format 'avro' needs one of schema_registry (Confluent wire format) or schema_file")
+        if self.format == "json" and given:
+            raise ValueError("schema_registry and schema_file are for format 'avro'")
+        return self
 
 
 class FeatureSpec(_Frozen):
@@ -372,4 +403,6 @@ def load_config(path: Path) -> RunConfig:
         updates["run"] = cfg.run.model_copy(update={"home": base / cfg.run.home})
     if isinstance(cfg.source, FileSource) and not cfg.source.path.is_absolute():
         updates["source"] = cfg.source.model_copy(update={"path": base / cfg.source.path})
+    if cfg.envelope.schema_file is not None and not cfg.envelope.schema_file.is_absolute():
+        updates["envelope"] = cfg.envelope.model_copy(update={"schema_file": base / cfg.envelope.schema_file})
     return cfg.model_copy(update=updates) if updates else cfg

@@ -233,15 +233,30 @@ def compile_row_decoder(
     return layout, ns["decode_row"]
 
 
+Payload = Callable[[bytes], Any]  # a message's bytes to its envelope object; raises BadMessage
+
+
 class Decoder:
-    def __init__(self, env: EnvelopeMapping, feats: FeatureSpec, segs: SegmentSpec, max_bytes: int, name: str = "run") -> None:
+    """`payload`: how a message's bytes become the envelope object, for formats other than JSON
+    (replay/formats.py); the field mapping after it is the same for every format."""
+
+    def __init__(
+        self,
+        env: EnvelopeMapping,
+        feats: FeatureSpec,
+        segs: SegmentSpec,
+        max_bytes: int,
+        name: str = "run",
+        payload: Payload | None = None,
+    ) -> None:
         self.env = env
         self.max_bytes = max_bytes
+        self.payload = payload
         self.layout, self._decode_row = compile_row_decoder(env, feats, segs, name)
 
     @classmethod
-    def for_run(cls, cfg: RunConfig) -> Decoder:
-        return cls(cfg.envelope, cfg.features, cfg.segments, cfg.source.max_message_bytes, cfg.run.id)
+    def for_run(cls, cfg: RunConfig, payload: Payload | None = None) -> Decoder:
+        return cls(cfg.envelope, cfg.features, cfg.segments, cfg.source.max_message_bytes, cfg.run.id, payload)
 
     def check_size(self, msg: RawMessage) -> DeadLetter | None:
         size = len(msg.value or b"")
@@ -255,11 +270,13 @@ class Decoder:
 
     def parse(self, msg: RawMessage) -> dict[str, Any] | DeadLetter:
         if msg.value is None:
-            return self.dead(msg, R.MALFORMED_JSON, "empty value (tombstone)")
+            return self.dead(msg, R.MALFORMED_JSON if self.payload is None else R.MALFORMED_PAYLOAD, "empty value (tombstone)")
         try:
-            obj = orjson.loads(msg.value)
+            obj = orjson.loads(msg.value) if self.payload is None else self.payload(msg.value)
         except orjson.JSONDecodeError as err:
             return self.dead(msg, R.MALFORMED_JSON, str(err)[:300])
+        except BadMessage as bad:
+            return self.dead(msg, bad.reason, bad.detail)
         if type(obj) is not dict:
             return self.dead(msg, R.NOT_AN_OBJECT, f"top level is {type(obj).__name__}")
         return obj
@@ -275,6 +292,12 @@ class Decoder:
     ) -> Row | DeadLetter:
         """Size check, parse and decode in one call: the fast path's whole work a message. A
         RawMessage is built only for a dead letter."""
+        if self.payload is not None:
+            msg = RawMessage(source, part, offset, key, value, timestamp_ms)
+            parsed = self.check_size(msg) or self.parse(msg)
+            if isinstance(parsed, DeadLetter):
+                return parsed
+            return self.decode(msg, parsed, reason)
         if value is not None and len(value) <= self.max_bytes:
             try:
                 obj = orjson.loads(value)

@@ -61,6 +61,8 @@ class DeadLetterReason(StrEnum):
     TOO_DEEP = "too_deep"  # a model input nested deeper than MAX_INPUT_DEPTH
     OVERSIZED = "oversized"
     UNKNOWN_SEGMENT = "unknown_segment"
+    UNKNOWN_SCHEMA = "unknown_schema"  # a schema id the registry does not have
+    MALFORMED_PAYLOAD = "malformed_payload"  # not the wire format, truncated, or not its schema's encoding
 
 
 class Status(StrEnum):

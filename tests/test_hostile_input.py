@@ -116,3 +116,52 @@ def test_hostile_messages_are_stored_or_dead_lettered_the_same_way_by_both_paths
         assert doc.verdict in ("go", "no_go", "pending")
         assert SCRIPT not in html
     assert stored["python-path"] == stored["duckdb-path"]
+
+
+def test_hostile_avro_payloads_are_bad_messages_never_crashes(tmp_path):
+    import io
+
+    from fastavro import parse_schema, schemaless_writer
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from shadowdiff.replay.formats import payload_reader
+    from shadowdiff.schemas.config import EnvelopeMapping
+    from shadowdiff.schemas.envelope import BadMessage
+
+    schema = {
+        "type": "record",
+        "name": "R",
+        "fields": [
+            {"name": "request_id", "type": "string"},
+            {"name": "event_time", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+            {"name": "input", "type": {"type": "map", "values": ["null", "double", "string", "bytes"]}},
+            {"name": "tags", "type": {"type": "array", "items": "string"}},
+        ],
+    }
+    path = tmp_path / "r.avsc"
+    path.write_text(orjson.dumps(schema).decode(), encoding="utf-8")
+    read = payload_reader(EnvelopeMapping(format="avro", schema_file=path))
+    assert read is not None
+    buf = io.BytesIO()
+    schemaless_writer(
+        buf,
+        parse_schema(schema),
+        {"request_id": "r1", "event_time": 1764028800000, "input": {"x": 1.5, "b": b"\x00"}, "tags": ["a"]},
+    )
+    valid = buf.getvalue()
+    assert read(valid)["event_time"].startswith("2025-11-25T00:00:00")  # logical types as a JSON envelope carries them
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.one_of(st.binary(max_size=200), st.tuples(st.integers(0, len(valid)), st.binary(max_size=8))))
+    def never_crashes(data: bytes | tuple[int, bytes]) -> None:
+        # random bytes, or the valid record with bytes spliced in at a random place (lengths and
+        # varints turned huge or negative, strings cut, unions out of range)
+        value = data if isinstance(data, bytes) else valid[: data[0]] + data[1] + valid[data[0] + len(data[1]) :]
+        try:
+            out = read(value)
+        except BadMessage:
+            return
+        assert isinstance(out, dict)
+
+    never_crashes()

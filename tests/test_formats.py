@@ -1,0 +1,280 @@
+"""Avro envelopes, written by the ecosystem's own serializer (confluent-kafka's AvroSerializer,
+Confluent wire format, a schema registry) or as bare Avro with a schema file, through the real
+broker: the same pairs, checks and dead letters as the same traffic in JSON, and each poison
+record dead-lettered with its reason.
+
+No schema registry server runs here (Apicurio's app needs a Quarkus build, Karapace is not on
+PyPI), so the registry is a loopback server of the Confluent REST API as the serializer and the
+client call it: register a schema under a subject, fetch a schema by id."""
+
+from __future__ import annotations
+
+import io
+import random
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from helpers import T0, envelope, judged_document, produce, serving, write_config
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from shadowdiff.diff.load import open_run
+from shadowdiff.replay.job import run_replay
+from shadowdiff.schemas.config import load_config
+from shadowdiff.schemas.policy import Policy
+
+pytestmark = pytest.mark.kafka
+
+SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "InferenceRequest",
+    "namespace": "shop.scoring",
+    "fields": [
+        {"name": "request_id", "type": "string"},
+        {"name": "event_time", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {
+            "name": "segments",
+            "type": {
+                "type": "record",
+                "name": "Segments",
+                "fields": [{"name": "region", "type": "string"}, {"name": "device", "type": "string"}],
+            },
+        },
+        {
+            "name": "input",
+            "type": {
+                "type": "record",
+                "name": "Features",
+                "fields": [
+                    {"name": "x", "type": "double"},
+                    {"name": "y", "type": "double"},
+                    {"name": "plan", "type": ["null", "string"], "default": None},
+                ],
+            },
+        },
+        {"name": "output", "type": {"type": "record", "name": "Answer", "fields": [{"name": "score", "type": "double"}]}},
+        {"name": "latency_ms", "type": "double"},
+        {"name": "model_version", "type": "string"},
+        {"name": "feature_version", "type": "string"},
+    ],
+}
+OTHER = {"type": "record", "name": "Click", "fields": [{"name": "page", "type": "string"}, {"name": "n", "type": "long"}]}
+
+
+def registry_app() -> Starlette:
+    """The Confluent schema registry's REST API, as far as the serializer and the client use it."""
+    ids: dict[str, int] = {}
+    schemas: dict[int, str] = {}
+
+    async def register(request: Request) -> JSONResponse:
+        text = (await request.json())["schema"]
+        if text not in ids:
+            ids[text] = len(ids) + 1
+            schemas[ids[text]] = text
+        return JSONResponse({"id": ids[text]})
+
+    async def by_id(request: Request) -> JSONResponse:
+        found = schemas.get(int(request.path_params["id"]))
+        if found is None:
+            return JSONResponse({"error_code": 40403, "message": "Schema not found"}, status_code=404)
+        return JSONResponse({"schema": found})
+
+    return Starlette(
+        routes=[
+            Route("/subjects/{subject}/versions", register, methods=["POST"]),
+            Route("/schemas/ids/{id:int}", by_id),
+        ]
+    )
+
+
+def traffic(n: int) -> list[dict[str, Any]]:
+    rng = random.Random(11)
+    out = []
+    for i in range(n):
+        env = envelope(i, rng)
+        # millisecond event times: what timestamp-millis can carry, and the JSON twin carries the same
+        env["event_time"] = (T0 + timedelta(seconds=i)).isoformat()
+        out.append(env)
+    return out
+
+
+def avro_record(env: dict[str, Any]) -> dict[str, Any]:
+    from datetime import datetime
+
+    return {**env, "event_time": datetime.fromisoformat(env["event_time"])}
+
+
+def config(tmp: Path, bootstrap: str, topic: str, run: str, envelope_section: str) -> Path:
+    return write_config(
+        tmp / f"{run}.toml",
+        f"""
+[run]
+id = "{run}"
+home = "{tmp / "runs"}"
+batch_size = 300
+batch_timeout_ms = 200
+[source]
+kind = "kafka-window"
+bootstrap = "{bootstrap}"
+topic = "{topic}"
+start = "{T0.isoformat()}"
+end = "{(T0 + timedelta(days=1)).isoformat()}"
+progress = false
+{envelope_section}
+[features]
+numeric = ["x", "y"]
+categorical = ["plan"]
+[segments]
+fields = ["region", "device"]
+[sampling]
+key = "kafka_key"
+[output]
+score_path = "score"
+threshold = 0.5
+[[candidates]]
+name = "c"
+kind = "python"
+target = "models_for_tests:logistic"
+""",
+    )
+
+
+def judged_alike(doc: dict[str, Any]) -> dict[str, Any]:
+    """The verdict without what names the run rather than judges its traffic (its id, topic,
+    config digest, when it was judged) and without what this machine measured while it ran: the
+    rate calls were sent at and the candidate's call latencies."""
+    drop = ("run_id", "digest", "generated_at", "versions", "run_active", "load")
+    out = {k: v for k, v in doc.items() if k not in drop}
+    out["data"] = {k: v for k, v in doc["data"].items() if k not in ("offsets", "pair_set_digest", "window")}
+    out["data"]["window"] = {k: v for k, v in doc["data"]["window"].items() if k != "configured"}
+    out["checks"] = [c for c in doc["checks"] if c["kind"] != "latency"]
+    out["reasons"] = [r for r in doc["reasons"] if not r.startswith("latency")]
+    out["examples"] = [{k: v for k, v in e.items() if k != "coordinates"} for e in doc["examples"]]
+    return out
+
+
+def run_and_judge(cfg: Path, run: str) -> tuple[dict[str, Any], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    run_replay(load_config(cfg))
+    con = open_run(cfg.parent / "runs", run)
+    try:
+        rows = con.execute(
+            """SELECT r."offset", r.request_id, r.event_time, r.segments, r.model_input, o.variant, o.score, o.label
+               FROM requests r JOIN outputs o USING (source, part, "offset") ORDER BY 1, 6"""
+        ).fetchall()
+        dead = con.execute('SELECT "offset", reason FROM dead_letters ORDER BY 1').fetchall()
+        return judged_document(con, Policy(min_samples=100)), rows, dead
+    finally:
+        con.close()
+
+
+def test_avro_through_a_registry_and_from_a_schema_file_judges_as_the_same_traffic_in_json(tmp_path, kafka_bootstrap, make_topic):
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+    from fastavro import parse_schema, schemaless_writer
+
+    envs = traffic(1200)
+    stamps = [int((T0 + timedelta(seconds=i)).timestamp() * 1000) for i in range(len(envs))]
+    keys = [e["request_id"].encode() for e in envs]
+    json_topic, wire_topic, file_topic, poison_topic = make_topic(1), make_topic(1), make_topic(1), make_topic(1)
+    produce(kafka_bootstrap, json_topic, list(zip(keys, [orjson.dumps(e) for e in envs], strict=True)), stamps)
+    (tmp_path / "request.avsc").write_text(orjson.dumps(SCHEMA).decode(), encoding="utf-8")
+
+    parsed = parse_schema(SCHEMA)
+
+    def bare(record: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        schemaless_writer(buf, parsed, record)
+        return buf.getvalue()
+
+    produce(kafka_bootstrap, file_topic, [(k, bare(avro_record(e))) for k, e in zip(keys, envs, strict=True)], stamps)
+    with serving(registry_app()) as registry:
+        serializer = AvroSerializer(SchemaRegistryClient({"url": registry}), orjson.dumps(SCHEMA).decode())
+        ctx = SerializationContext(wire_topic, MessageField.VALUE)
+        wire = [serializer(avro_record(e), ctx) for e in envs]
+        (schema_id,) = {int.from_bytes(w[1:5], "big") for w in wire}
+        other_id = SchemaRegistryClient({"url": registry}).register_schema("clicks-value", _schema(OTHER))
+        poison = [
+            b"\x00" + (9999).to_bytes(4, "big") + wire[0][5:],  # a schema id the registry does not have
+            wire[1][: len(wire[1]) // 2],  # truncated
+            b"\x00"
+            + other_id.to_bytes(4, "big")
+            + bare({"request_id": "x"} | avro_record(envs[2])),  # another record, read as a click
+            orjson.dumps(envs[3]),  # JSON on an Avro topic: not the wire format
+        ]
+        produce(kafka_bootstrap, wire_topic, list(zip(keys, wire, strict=True)), stamps)
+        produce(
+            kafka_bootstrap,
+            poison_topic,
+            list(zip(keys[:20], wire[:20], strict=True)) + [(b"p%d" % i, p) for i, p in enumerate(poison)],
+            stamps[:24],
+        )
+        from_json = run_and_judge(config(tmp_path, kafka_bootstrap, json_topic, "json", ""), "json")
+        registry_section = f'[envelope]\nformat = "avro"\nschema_registry = {{ url = "{registry}" }}'
+        from_wire = run_and_judge(config(tmp_path, kafka_bootstrap, wire_topic, "wire", registry_section), "wire")
+        poisoned = run_and_judge(config(tmp_path, kafka_bootstrap, poison_topic, "poison", registry_section), "poison")
+    from_file = run_and_judge(
+        config(tmp_path, kafka_bootstrap, file_topic, "file", '[envelope]\nformat = "avro"\nschema_file = "request.avsc"'), "file"
+    )
+
+    assert len(from_json[1]) == 2 * 1200  # baseline (live) and candidate answers of every request
+    for other in (from_wire, from_file):
+        assert other[1] == from_json[1]  # the same requests, inputs, times, segments and answers
+        assert judged_alike(other[0]) == judged_alike(from_json[0])
+    assert from_file[2] == from_wire[2] == from_json[2] == []
+    # each poison record is a dead letter with its reason, and the good records around it are stored
+    assert poisoned[2] == [
+        (20, "unknown_schema"),
+        (21, "malformed_payload"),
+        (22, "malformed_payload"),
+        (23, "malformed_payload"),
+    ]
+    assert poisoned[1] == from_json[1][:40]
+    assert schema_id != other_id
+
+
+def _schema(schema: dict[str, Any]) -> Any:
+    from confluent_kafka.schema_registry import Schema
+
+    return Schema(orjson.dumps(schema).decode(), "AVRO")
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again: nothing listens there
+
+
+def test_an_unreachable_registry_stops_the_run_before_anything_is_committed(tmp_path, kafka_bootstrap, make_topic):
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from shadowdiff.replay.formats import SchemaRegistryUnavailable
+
+    envs = traffic(300)
+    topic = make_topic(1)
+    with serving(registry_app()) as registry:
+        serializer = AvroSerializer(SchemaRegistryClient({"url": registry}), orjson.dumps(SCHEMA).decode())
+        ctx = SerializationContext(topic, MessageField.VALUE)
+        messages = [(e["request_id"].encode(), serializer(avro_record(e), ctx)) for e in envs]
+        produce(kafka_bootstrap, topic, messages, [int((T0 + timedelta(seconds=i)).timestamp() * 1000) for i in range(300)])
+        down = f'[envelope]\nformat = "avro"\nschema_registry = {{ url = "http://127.0.0.1:{closed_port()}" }}'
+        with pytest.raises(SchemaRegistryUnavailable):
+            run_replay(load_config(config(tmp_path, kafka_bootstrap, topic, "down", down)))
+        con = open_run(tmp_path / "runs", "down")
+        try:
+            assert con.execute("SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM dead_letters)").fetchone() == (0, 0)
+        finally:
+            con.close()
+        # the same run, once its registry answers, reads every message: none was lost or dead-lettered
+        up = f'[envelope]\nformat = "avro"\nschema_registry = {{ url = "{registry}" }}'
+        _, rows, dead = run_and_judge(config(tmp_path, kafka_bootstrap, topic, "down", up), "down")
+    assert (len(rows), dead) == (600, [])
