@@ -62,7 +62,13 @@ def our_drift(ref: pd.DataFrame, cur: pd.DataFrame) -> tuple[dict[str, bool], fl
     con.register("cur_df", cur.rename(columns=ren))
     con.execute('CREATE TEMP VIEW ref_f AS SELECT *, 0 AS part, row_number() OVER () AS "offset" FROM ref_df')
     con.execute('CREATE TEMP VIEW cur_f AS SELECT *, 0 AS part, row_number() OVER () AS "offset" FROM cur_df')
-    info = RunInfo("bench", {"features": {"numeric": num, "categorical": cat}}, {})
+    config = {
+        "run": {"id": "bench"},
+        "source": {"kind": "file", "path": "none"},
+        "features": {"numeric": num, "categorical": cat},
+        "candidates": [{"name": "c", "kind": "python", "target": "m:f"}],
+    }
+    info = RunInfo("bench", config, {})
     stats = FeatureTables.from_views(con, info, SegmentSets([], [])).collect(max_rows=1_000_000)
     flags = {s.feature: bool(s.drift and s.drift.drifted) for s in stats}
     return flags, time.perf_counter() - t0

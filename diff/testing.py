@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from shadowdiff.schemas import STORE_SCHEMA_VERSION, store_ddl
 from shadowdiff.schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
+from shadowdiff.schemas.rows import EVENT_TIME, requests_arrow
 
 T0 = datetime(2026, 11, 25, tzinfo=UTC)
 
@@ -121,19 +122,17 @@ def write_synthetic_store(path: Path, s: Scenario, run_id: str = "sim") -> Path:
             mask = (rng.random(n) < s.null_spike[f]) & (np.arange(n) >= int(s.null_spike_after * n))
             arr = pa.array(np.where(mask, np.nan, v), pa.float64(), from_pandas=True)
         fvals.append(arr)
-    req = pa.table(
-        {
-            "source": pa.array(np.full(n, "sim"), pa.string()),
-            "part": pa.array(np.zeros(n, np.int32)),
-            "offset": pa.array(offsets),
-            "request_id": pa.array([f"r{i}" for i in range(n)], pa.string()),
-            "event_time": pa.array(times, pa.timestamp("us", tz="UTC")),
-            "sampled_reason": pa.array(_reasons(s, seg, rng), pa.string()),
-            "segments": pa.StructArray.from_arrays([pa.array(seg_str, pa.string())], names=["seg"]),
-            "features": pa.StructArray.from_arrays(fvals, names=feats),
-            "model_input": pa.array(np.full(n, "{}"), pa.string()),
-            "feature_version": pa.array(_feature_versions(s, seg), pa.string()),
-        }
+    req = requests_arrow(
+        source=pa.array(np.full(n, "sim"), pa.string()),
+        part=pa.array(np.zeros(n, np.int32)),
+        offset=pa.array(offsets),
+        request_id=[f"r{i}" for i in range(n)],
+        event_time=pa.array(times, EVENT_TIME),
+        sampled_reason=_reasons(s, seg, rng),
+        segments=pa.StructArray.from_arrays([pa.array(seg_str, pa.string())], names=["seg"]),
+        features=pa.StructArray.from_arrays(fvals, names=feats),
+        model_input=pa.array(np.full(n, "{}"), pa.string()),
+        feature_version=_feature_versions(s, seg),
     )
     con.register("req", req)
     con.execute("INSERT INTO requests BY NAME SELECT * FROM req")

@@ -28,10 +28,11 @@ from shadowdiff.replay.models.call_process import ProcessHttpModel
 from shadowdiff.replay.models.inprocess import PythonModel
 from shadowdiff.replay.outputs import OutputColumns
 from shadowdiff.replay.sampling import RATE
-from shadowdiff.replay.store import EVENT_TIME, StoreWriter
+from shadowdiff.replay.store import StoreWriter
 from shadowdiff.schemas.config import RunConfig
 from shadowdiff.schemas.envelope import Decoder, Row
 from shadowdiff.schemas.records import BASELINE, BASELINE_REPEAT, DeadLetter, ErrorClass, candidate_variant
+from shadowdiff.schemas.rows import requests_arrow
 
 
 @dataclass
@@ -139,19 +140,17 @@ class BatchPipeline:
                 decoded = result.table
                 idx = decoded.column("i")
                 tables.append(
-                    pa.table(
-                        {
-                            "source": pa.array(raw.source, pa.string()).take(idx),
-                            "part": pa.array(raw.part, pa.int32()).take(idx),
-                            "offset": pa.array(raw.offset, pa.int64()).take(idx),
-                            "request_id": decoded.column("request_id"),
-                            "event_time": decoded.column("event_time_us").cast(pa.int64()).cast(EVENT_TIME),
-                            "sampled_reason": pa.array([RATE] * decoded.num_rows, pa.string()),
-                            "segments": decoded.column("segments"),
-                            "features": decoded.column("features"),
-                            "model_input": decoded.column("model_input"),
-                            "feature_version": decoded.column("feature_version"),
-                        }
+                    requests_arrow(
+                        source=pa.array(raw.source, pa.string()).take(idx),
+                        part=pa.array(raw.part, pa.int32()).take(idx),
+                        offset=pa.array(raw.offset, pa.int64()).take(idx),
+                        request_id=decoded.column("request_id"),
+                        event_time=decoded.column("event_time_us"),
+                        sampled_reason=[RATE] * decoded.num_rows,
+                        segments=decoded.column("segments"),
+                        features=decoded.column("features"),
+                        model_input=decoded.column("model_input"),
+                        feature_version=decoded.column("feature_version"),
                     ).cast(self._request_schema)
                 )
         if p.reqs or not tables:

@@ -21,6 +21,7 @@ from shadowdiff.schemas.config import RunConfig
 from shadowdiff.schemas.envelope import EVENT_TIME_US, OFFSET, PART, REQUEST_ID, SAMPLED_REASON, SOURCE, Row, RowLayout
 from shadowdiff.schemas.errors import StoreError
 from shadowdiff.schemas.records import DeadLetter, source_complete_key
+from shadowdiff.schemas.rows import requests_arrow
 
 WRITER_MEMORY = "64MB"  # DuckDB buffer budget of a replay writer: a 1M-message replay peaks ~340 MB RSS
 WRITER_CONFIG: dict[str, str | bool | int | float | list[str]] = {
@@ -32,7 +33,6 @@ WRITER_CONFIG: dict[str, str | bool | int | float | list[str]] = {
     "threads": 1,
 }
 _EMPTY_STRUCT = 'STRUCT("_" VARCHAR)'  # DuckDB has no empty STRUCT
-EVENT_TIME = pa.timestamp("us", tz="UTC")
 
 
 def _ident(name: str) -> str:
@@ -179,19 +179,17 @@ class StoreWriter:
         if not feat_names:
             feat_arrays, feat_names = [pa.nulls(len(rows), pa.string())], ["_"]
         dumps = orjson.dumps
-        return pa.table(
-            {
-                "source": pa.array(cols[SOURCE], pa.string()),
-                "part": pa.array(cols[PART], pa.int32()),
-                "offset": pa.array(cols[OFFSET], pa.int64()),
-                "request_id": pa.array(cols[REQUEST_ID], pa.string()),
-                "event_time": pa.array(cols[EVENT_TIME_US], pa.int64()).cast(EVENT_TIME),
-                "sampled_reason": pa.array(cols[SAMPLED_REASON], pa.string()),
-                "segments": segs,
-                "features": pa.StructArray.from_arrays(feat_arrays, names=feat_names),
-                "model_input": pa.array([dumps(m).decode() for m in cols[L.model_input]], pa.string()),
-                "feature_version": pa.array(cols[L.feature_version], pa.string()),
-            }
+        return requests_arrow(
+            source=cols[SOURCE],
+            part=cols[PART],
+            offset=cols[OFFSET],
+            request_id=cols[REQUEST_ID],
+            event_time=pa.array(cols[EVENT_TIME_US], pa.int64()),
+            sampled_reason=cols[SAMPLED_REASON],
+            segments=segs,
+            features=pa.StructArray.from_arrays(feat_arrays, names=feat_names),
+            model_input=[dumps(m).decode() for m in cols[L.model_input]],
+            feature_version=cols[L.feature_version],
         )
 
     @staticmethod
