@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from replay_bench import PY_TABLE_CAND, T0, bootstrap, config, envelope, timed_replay
+from replay_bench import PY_TABLE_CAND, T0, bootstrap, config, envelope, raw_consume, timed_replay
 
 SCHEMA: dict[str, Any] = {
     "type": "record",
@@ -73,24 +73,9 @@ def produce_avro(bs: str, topic: str, n: int) -> int:
 def raw_avro(bs: str, topic: str, n: int) -> float:
     """The reference: kafka-python consume + fastavro decode of every message."""
     from fastavro import parse_schema, schemaless_reader
-    from kafka import KafkaConsumer
-    from kafka.structs import TopicPartition
 
     schema = parse_schema(SCHEMA)
-    c = KafkaConsumer(bootstrap_servers=bs, enable_auto_commit=False, max_partition_fetch_bytes=2 << 20, fetch_max_bytes=64 << 20)
-    tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic)]
-    c.assign(tps)
-    c.seek_to_beginning()
-    seen = 0
-    t0 = time.perf_counter()
-    while seen < n:
-        for recs in c.poll(timeout_ms=1000, max_records=2000).values():
-            for r in recs:
-                schemaless_reader(io.BytesIO(r.value), schema, None)
-                seen += 1
-    dt = time.perf_counter() - t0
-    c.close()
-    return seen / dt
+    return raw_consume(bs, topic, n, lambda value: schemaless_reader(io.BytesIO(value), schema, None))
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -76,8 +77,8 @@ def produce(bs: str, topic: str, n: int) -> None:
     p.close()
 
 
-def raw_consume(bs: str, topic: str, n: int) -> float:
-    """The reference: kafka-python (crc32c) consume + orjson decode of every message."""
+def raw_consume(bs: str, topic: str, n: int, decode: Callable[[bytes], object] = orjson.loads) -> float:
+    """The reference: kafka-python (crc32c) consume + `decode` (orjson) of every message."""
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 
@@ -90,7 +91,7 @@ def raw_consume(bs: str, topic: str, n: int) -> float:
     while seen < n:
         for recs in c.poll(timeout_ms=1000, max_records=2000).values():
             for r in recs:
-                orjson.loads(r.value)
+                decode(r.value)
                 seen += 1
     dt = time.perf_counter() - t0
     c.close()

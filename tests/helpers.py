@@ -288,3 +288,79 @@ def judged_document(con: Any, policy: Any, candidate: str | None = None) -> dict
     from shadowdiff.diff.judge import judge
 
     return verdict_dict(judge(con, policy, candidate))
+
+
+def window_config(
+    tmp: Path,
+    bootstrap: str,
+    topic: str,
+    run: str,
+    candidates: str,
+    rate: float = 1.0,
+    extra: str = "",
+    batch: int = 500,
+    group: str = "",
+) -> Path:
+    """A kafka-window run over the test traffic of `envelope` (a day from T0), its candidates
+    and any `extra` TOML (an [envelope] table, a policy of the run)."""
+    return write_config(
+        tmp / f"{run}.toml",
+        f"""
+[run]
+id = "{run}"
+home = "{tmp / "runs"}"
+batch_size = {batch}
+batch_timeout_ms = 200
+[source]
+kind = "kafka-window"
+bootstrap = "{bootstrap}"
+topic = "{topic}"
+start = "{T0.isoformat()}"
+end = "{(T0 + timedelta(days=1)).isoformat()}"
+progress = false
+{f'group = "{group}"' if group else ""}
+[features]
+numeric = ["x", "y"]
+categorical = ["plan"]
+[segments]
+fields = ["region", "device"]
+[sampling]
+rate = {rate}
+key = "kafka_key"
+[output]
+score_path = "score"
+threshold = 0.5
+{extra}
+{candidates}
+""",
+    )
+
+
+def file_config(tmp: Path, run: str, path: str, rate: float = 1.0, batch: int = 100) -> Path:
+    """A replay of a recording of `envelope` traffic (relative to `tmp`) with the in-process
+    logistic candidate; the run's home is `tmp / "runs"`."""
+    return write_config(
+        tmp / f"{run}.toml",
+        f"""
+[run]
+id = "{run}"
+home = "runs"
+batch_size = {batch}
+[source]
+kind = "file"
+path = "{path}"
+[features]
+numeric = ["x", "y"]
+categorical = ["plan"]
+[segments]
+fields = ["region", "device"]
+[sampling]
+rate = {rate}
+[output]
+score_path = "score"
+[[candidates]]
+name = "c"
+kind = "python"
+target = "models_for_tests:logistic"
+""",
+    )

@@ -9,38 +9,14 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from helpers import POISON_TIMES, envelope, jsonl, write_config
+from helpers import POISON_TIMES, envelope, file_config, jsonl
 
 from shadowdiff.replay.job import run_replay
 from shadowdiff.schemas.config import load_config
 
 
 def config(tmp: Path, run: str, path: str) -> Path:
-    return write_config(
-        tmp / f"{run}.toml",
-        f"""
-[run]
-id = "{run}"
-home = "runs"
-batch_size = 100
-[source]
-kind = "file"
-path = "{path}"
-[features]
-numeric = ["x", "y"]
-categorical = ["plan"]
-[segments]
-fields = ["region", "device"]
-[sampling]
-rate = 0.5
-[output]
-score_path = "score"
-[[candidates]]
-name = "c"
-kind = "python"
-target = "models_for_tests:logistic"
-""",
-    )
+    return file_config(tmp, run, path, rate=0.5)
 
 
 def stored(tmp: Path, run: str) -> list[tuple]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import T0, envelope, judged_document, produce, serving, write_config
+from helpers import T0, envelope, judged_document, produce, serving, window_config
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -109,39 +109,15 @@ def avro_record(env: dict[str, Any]) -> dict[str, Any]:
     return {**env, "event_time": datetime.fromisoformat(env["event_time"])}
 
 
-def config(tmp: Path, bootstrap: str, topic: str, run: str, envelope_section: str) -> Path:
-    return write_config(
-        tmp / f"{run}.toml",
-        f"""
-[run]
-id = "{run}"
-home = "{tmp / "runs"}"
-batch_size = 300
-batch_timeout_ms = 200
-[source]
-kind = "kafka-window"
-bootstrap = "{bootstrap}"
-topic = "{topic}"
-start = "{T0.isoformat()}"
-end = "{(T0 + timedelta(days=1)).isoformat()}"
-progress = false
-{envelope_section}
-[features]
-numeric = ["x", "y"]
-categorical = ["plan"]
-[segments]
-fields = ["region", "device"]
-[sampling]
-key = "kafka_key"
-[output]
-score_path = "score"
-threshold = 0.5
-[[candidates]]
+CANDIDATE = """[[candidates]]
 name = "c"
 kind = "python"
 target = "models_for_tests:logistic"
-""",
-    )
+"""
+
+
+def config(tmp: Path, bootstrap: str, topic: str, run: str, envelope_section: str) -> Path:
+    return window_config(tmp, bootstrap, topic, run, CANDIDATE, extra=envelope_section, batch=300)
 
 
 def judged_alike(doc: dict[str, Any]) -> dict[str, Any]:

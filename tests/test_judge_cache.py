@@ -337,7 +337,7 @@ def test_a_failed_export_shows_in_the_verdict_coverage_and_the_gate_metrics(tmp_
     import random
 
     import httpx
-    from helpers import envelope, jsonl, serving, write_config
+    from helpers import envelope, file_config, jsonl, serving
 
     from shadowdiff.cli.wiring import judge_and_publish
     from shadowdiff.replay.exports import Exporter
@@ -347,26 +347,7 @@ def test_a_failed_export_shows_in_the_verdict_coverage_and_the_gate_metrics(tmp_
 
     rng = random.Random(5)
     jsonl(tmp_path / "t.jsonl", [envelope(i, rng) for i in range(800)])
-    cfg_path = write_config(
-        tmp_path / "run.toml",
-        f"""
-[run]
-id = "oom"
-home = "{(tmp_path / "runs").as_posix()}"
-batch_size = 100
-[source]
-kind = "file"
-path = "{(tmp_path / "t.jsonl").as_posix()}"
-[segments]
-fields = ["region"]
-[output]
-score_path = "score"
-[[candidates]]
-name = "c"
-kind = "python"
-target = "models_for_tests:logistic"
-""",
-    )
+    cfg_path = file_config(tmp_path, "oom", "t.jsonl")
     # the second and third checkpoint exports fail as a COPY out of its memory budget does
     publish, calls = Exporter._publish, []
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import orjson
 import pytest
-from helpers import T0, committed_offsets, envelope, jsonl, produce, sampled, wait_until, write_config
+from helpers import T0, committed_offsets, envelope, jsonl, produce, sampled, wait_until, window_config, write_config
 from models_for_tests import logistic
 
 from shadowdiff.replay.job import run_replay
@@ -24,50 +24,6 @@ from shadowdiff.schemas.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.kafka]
-
-
-def window_config(
-    tmp: Path,
-    bootstrap: str,
-    topic: str,
-    run: str,
-    candidates: str,
-    rate: float = 1.0,
-    extra: str = "",
-    batch: int = 500,
-    group: str = "",
-) -> Path:
-    return write_config(
-        tmp / f"{run}.toml",
-        f"""
-[run]
-id = "{run}"
-home = "{tmp / "runs"}"
-batch_size = {batch}
-batch_timeout_ms = 200
-[source]
-kind = "kafka-window"
-bootstrap = "{bootstrap}"
-topic = "{topic}"
-start = "{T0.isoformat()}"
-end = "{(T0 + timedelta(days=1)).isoformat()}"
-progress = false
-{f'group = "{group}"' if group else ""}
-[features]
-numeric = ["x", "y"]
-categorical = ["plan"]
-[segments]
-fields = ["region", "device"]
-[sampling]
-rate = {rate}
-key = "kafka_key"
-[output]
-score_path = "score"
-threshold = 0.5
-{extra}
-{candidates}
-""",
-    )
 
 
 def produce_envelopes(bootstrap: str, topic: str, n: int, seed: int = 0) -> list[str]:
