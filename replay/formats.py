@@ -49,6 +49,21 @@ def payload_reader(env: EnvelopeMapping) -> Payload | None:
     return _RegistryReader(env.schema_registry)
 
 
+def format_problems(env: EnvelopeMapping) -> list[str]:
+    """Why the envelope's format cannot be read, as preflight lines: a schema file that does not
+    parse, credentials missing from the environment, a registry that does not answer."""
+    try:
+        reader = payload_reader(env)
+    except ConfigError as err:
+        return [f"envelope: {p}" for p in err.problems]
+    if isinstance(reader, _RegistryReader):
+        try:
+            reader.client.get_subjects()
+        except Exception as err:  # refused, unknown host, 401: the client raises each its own way
+            return [f"envelope.schema_registry: {reader.url} did not answer: {type(err).__name__}: {err}"[:300]]
+    return []
+
+
 def _parse_schema(text: str, origin: str) -> Any:
     import fastavro
 

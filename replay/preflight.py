@@ -1,5 +1,6 @@
 """Checks before anything is consumed: the source can be read (the recording exists; the broker
-answers and has the topic) and every HTTP model can be connected to. A run that could only fill
+answers and has the topic; an Avro schema file parses, a schema registry answers with the given
+credentials) and every HTTP model can be connected to. A run that could only fill
 its store with connection errors is refused at start, with one line per problem, instead of
 after the whole topic was read."""
 
@@ -10,6 +11,7 @@ import logging
 
 import aiohttp
 
+from shadowdiff.replay.formats import format_problems
 from shadowdiff.schemas.config import FileSource, KafkaSource, ModelSpec, RunConfig, redact_url
 from shadowdiff.schemas.errors import ConfigError
 
@@ -20,7 +22,7 @@ PROBE_TIMEOUT_S = 5.0
 
 def preflight(cfg: RunConfig, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Raises ConfigError naming every unreachable part; returns when all answer."""
-    problems = _source_problems(cfg.source, timeout_s)
+    problems = _source_problems(cfg.source, timeout_s) + format_problems(cfg.envelope)
     models = [*cfg.candidates, *([cfg.baseline.model] if cfg.baseline.model and cfg.baseline.kind == "model" else [])]
     http = [m for m in models if m.kind != "python"]
     if http:

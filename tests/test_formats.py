@@ -70,8 +70,10 @@ def registry_app() -> Starlette:
     """The Confluent schema registry's REST API, as far as the serializer and the client use it."""
     ids: dict[str, int] = {}
     schemas: dict[int, str] = {}
+    names: set[str] = set()
 
     async def register(request: Request) -> JSONResponse:
+        names.add(request.path_params["subject"])
         text = (await request.json())["schema"]
         if text not in ids:
             ids[text] = len(ids) + 1
@@ -84,8 +86,12 @@ def registry_app() -> Starlette:
             return JSONResponse({"error_code": 40403, "message": "Schema not found"}, status_code=404)
         return JSONResponse({"schema": found})
 
+    async def subjects(request: Request) -> JSONResponse:
+        return JSONResponse(sorted(names))
+
     return Starlette(
         routes=[
+            Route("/subjects", subjects),
             Route("/subjects/{subject}/versions", register, methods=["POST"]),
             Route("/schemas/ids/{id:int}", by_id),
         ]

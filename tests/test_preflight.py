@@ -126,3 +126,40 @@ def test_credentials_in_the_url_and_an_authorization_header_are_refused_at_start
     model = {"name": "c", "kind": "http", "url": "http://u:p@127.0.0.1:1/predict", "headers": {"Authorization": "Bearer t"}}
     with pytest.raises(ConfigError, match="either in the URL or in an Authorization header"):
         parse_config({"run": {"id": "x"}, "source": {"kind": "file", "path": "t.jsonl"}, "candidates": [model]})
+
+
+def test_an_avro_run_whose_registry_or_schema_cannot_be_read_is_refused_before_anything_is_consumed(tmp_path):
+    recording = jsonl(tmp_path / "t.jsonl", [envelope(i, random.Random(1)) for i in range(20)])
+    (tmp_path / "broken.avsc").write_text('{"type": "record", "name": "R"', encoding="utf-8")
+
+    def config(run: str, envelope_section: str) -> Path:
+        return write_config(
+            tmp_path / f"{run}.toml",
+            f"""
+[run]
+id = "{run}"
+home = "{tmp_path / "runs"}"
+[source]
+kind = "file"
+path = "{recording}"
+{envelope_section}
+[[candidates]]
+name = "c"
+kind = "python"
+target = "models_for_tests:logistic"
+""",
+        )
+
+    port = closed_port()
+    down = replay(config("down", f'[envelope]\nformat = "avro"\nschema_registry = {{ url = "http://127.0.0.1:{port}" }}'))
+    assert down.returncode == 3, down.stderr
+    assert "Traceback" not in down.stderr
+    assert f"envelope.schema_registry: http://127.0.0.1:{port} did not answer" in down.stderr
+    creds = '{ url = "http://127.0.0.1:1", username_env = "NO_SUCH_USER_VAR", password_env = "NO_SUCH_PASSWORD_VAR" }'
+    missing = replay(config("creds", f'[envelope]\nformat = "avro"\nschema_registry = {creds}'))
+    assert missing.returncode == 3
+    assert "set NO_SUCH_USER_VAR and NO_SUCH_PASSWORD_VAR in the environment" in missing.stderr
+    broken = replay(config("broken", '[envelope]\nformat = "avro"\nschema_file = "broken.avsc"'))
+    assert broken.returncode == 3
+    assert "not an Avro schema" in broken.stderr
+    assert not (tmp_path / "runs").exists()
