@@ -249,8 +249,10 @@ def test_an_unreachable_registry_stops_the_run_before_anything_is_committed(tmp_
         messages = [(e["request_id"].encode(), serializer(avro_record(e), ctx)) for e in envs]
         produce(kafka_bootstrap, topic, messages, [int((T0 + timedelta(seconds=i)).timestamp() * 1000) for i in range(300)])
         down = f'[envelope]\nformat = "avro"\nschema_registry = {{ url = "http://127.0.0.1:{closed_port()}" }}'
+        # past preflight (which refuses a registry that is down at the start): one that stops
+        # answering mid-run
         with pytest.raises(SchemaRegistryUnavailable):
-            run_replay(load_config(config(tmp_path, kafka_bootstrap, topic, "down", down)))
+            run_replay(load_config(config(tmp_path, kafka_bootstrap, topic, "down", down)), checked=True)
         con = open_run(tmp_path / "runs", "down")
         try:
             assert con.execute("SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM dead_letters)").fetchone() == (0, 0)
