@@ -30,7 +30,7 @@ from shadowdiff.reports.openapi import OPENAPI
 from shadowdiff.reports.verdicts import VerdictStore
 from shadowdiff.schemas.errors import RunNotFound, UnknownCandidate
 from shadowdiff.schemas.gate import DEFAULT_MAX_WAIVER, GateAnswer, Waiver, WaiverRequest
-from shadowdiff.schemas.verdict import verdict_dict
+from shadowdiff.schemas.verdict import Verdict, verdict_dict
 
 REPORT_PAGE = re.compile(r"report-[A-Za-z0-9._-]{1,64}(-evidently)?\.html")
 
@@ -189,14 +189,16 @@ def create_app(settings: GateSettings) -> Any:
             "# HELP shadowdiff_run_verdict Current verdict per run (1 for the verdict it has).",
             "# TYPE shadowdiff_run_verdict gauge",
         ]
+        served = []
         for r in store.runs():
-            st, _ = store.answer(r)
+            st, doc = store.answer(r)
+            served.append((r, doc))
             for v in ("go", "no_go", "pending"):
                 lines.append(
                     f'shadowdiff_run_verdict{{run="{r}",candidate="{st.candidate}",verdict="{v}"}} {int(st.verdict == v)}'
                 )
             lines.append(f'shadowdiff_run_pairs{{run="{r}"}} {st.pairs}')
-        lines += _coverage_metrics(store)
+        lines += _coverage_metrics(served)
         return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     async def openapi(request: Request) -> Response:
@@ -244,7 +246,7 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _coverage_metrics(store: VerdictStore) -> list[str]:
+def _coverage_metrics(served: list[tuple[str, Verdict | None]]) -> list[str]:
     """Per worker of a run judged from exports, as its served verdict last saw them: failed
     checkpoint exports (all, and since its last published one) and whether it went silent."""
     lines = [
@@ -255,8 +257,7 @@ def _coverage_metrics(store: VerdictStore) -> list[str]:
         "# HELP shadowdiff_worker_silent 1 when the worker has not reported within --silent-after.",
         "# TYPE shadowdiff_worker_silent gauge",
     ]
-    for r in store.runs():
-        _, doc = store.answer(r)
+    for r, doc in served:
         for w in doc.coverage.workers if doc is not None and doc.coverage is not None else []:
             labels = f'run="{_label(r)}",worker="{_label(w.worker)}"'
             lines.append(f"shadowdiff_worker_failed_exports{{{labels}}} {w.failed_exports}")

@@ -290,6 +290,14 @@ def judged_document(con: Any, policy: Any, candidate: str | None = None) -> dict
     return verdict_dict(judge(con, policy, candidate))
 
 
+# the features and segment fields of `envelope` traffic, as a run config names them
+TRAFFIC_FIELDS = """[features]
+numeric = ["x", "y"]
+categorical = ["plan"]
+[segments]
+fields = ["region", "device"]"""
+
+
 def window_config(
     tmp: Path,
     bootstrap: str,
@@ -319,11 +327,7 @@ start = "{T0.isoformat()}"
 end = "{(T0 + timedelta(days=1)).isoformat()}"
 progress = false
 {f'group = "{group}"' if group else ""}
-[features]
-numeric = ["x", "y"]
-categorical = ["plan"]
-[segments]
-fields = ["region", "device"]
+{TRAFFIC_FIELDS}
 [sampling]
 rate = {rate}
 key = "kafka_key"
@@ -349,11 +353,7 @@ batch_size = {batch}
 [source]
 kind = "file"
 path = "{path}"
-[features]
-numeric = ["x", "y"]
-categorical = ["plan"]
-[segments]
-fields = ["region", "device"]
+{TRAFFIC_FIELDS}
 [sampling]
 rate = {rate}
 [output]

@@ -15,7 +15,18 @@ from pathlib import Path
 import duckdb
 import orjson
 import pytest
-from helpers import T0, committed_offsets, envelope, jsonl, produce, sampled, wait_until, window_config, write_config
+from helpers import (
+    T0,
+    TRAFFIC_FIELDS,
+    committed_offsets,
+    envelope,
+    jsonl,
+    produce,
+    sampled,
+    wait_until,
+    window_config,
+    write_config,
+)
 from models_for_tests import logistic
 
 from shadowdiff.replay.job import run_replay
@@ -263,12 +274,8 @@ def test_a_recording_produced_to_a_topic_replays_as_the_same_pairs_as_the_file(t
     envs = [envelope(i, rng) for i in range(1200)]
     envs[7]["event_time"] = int((T0 + timedelta(seconds=7)).timestamp() * 1000)  # epoch ms works too
     recording = jsonl(tmp_path / "traffic.jsonl", envs)
-    common = """
-[features]
-numeric = ["x", "y"]
-categorical = ["plan"]
-[segments]
-fields = ["region", "device"]
+    common = f"""
+{TRAFFIC_FIELDS}
 [sampling]
 rate = 0.5
 key = "request_id"
