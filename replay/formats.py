@@ -1,12 +1,16 @@
 """Message formats other than JSON: a message's bytes to the envelope object the codec maps
 (schemas/envelope.py), so every path of the run config means the same on every format.
 
-Avro, with the writer's schema either from a Confluent-compatible schema registry (the wire
-format: a zero byte, the schema id in 4 bytes big-endian, the Avro binary; schemas fetched once
-per id with confluent-kafka's registry client) or from a schema file (the Avro binary alone).
-fastavro decodes. A message that is not the wire format, names a schema id the registry does not
-have, is truncated, or does not use all of its bytes is a BadMessage with the reason, which the
-replay stores as a dead letter. A registry that cannot be reached is not the message's fault:
+Avro (fastavro decodes) and Protobuf (the protobuf package parses, replay/protobuf_payload.py
+maps), with the writer's schema either from a Confluent-compatible schema registry or from a
+schema file. The registry's wire format is a zero byte, the schema id in 4 bytes big-endian,
+for Protobuf the indexes of the message in its file (zigzag varints; a lone zero for the first
+message), then the binary; schemas are fetched once per id with confluent-kafka's registry
+client. With a schema file each message is the binary alone.
+
+A message that is not the wire format, names a schema id the registry does not have, is
+truncated, or does not fit its schema is a BadMessage with the reason, which the replay stores
+as a dead letter. A registry that cannot be reached is not the message's fault:
 `SchemaRegistryUnavailable` stops the run before its batch is committed, so nothing is lost.
 """
 
@@ -17,9 +21,11 @@ import io
 import os
 import time
 import uuid
+from collections.abc import Callable
 from datetime import date, datetime
 from datetime import time as clock_time
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +50,12 @@ def payload_reader(env: EnvelopeMapping) -> Payload | None:
     if env.format == "json":
         return None
     if env.schema_file is not None:
+        if env.format == "protobuf":
+            assert env.message_type is not None
+            return _DescriptorSetReader(env.schema_file, env.message_type)
         return _SchemaFileReader(env.schema_file)
     assert env.schema_registry is not None
-    return _RegistryReader(env.schema_registry)
+    return _RegistryReader(env.schema_registry, protobuf=env.format == "protobuf")
 
 
 def format_problems(env: EnvelopeMapping) -> list[str]:
@@ -123,18 +132,118 @@ class _Avro:
 
 class _SchemaFileReader:
     def __init__(self, path: Path) -> None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigError("envelope.schema_file", [f"{path}: {err}"]) from err
+        text = _read_text(path)
         self.avro = _Avro(_parse_schema(text, str(path)), _needs_conversion(text))
 
     def __call__(self, value: bytes) -> dict[str, Any]:
         return self.avro.read(value, "avro")
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError("envelope.schema_file", [f"{path}: {err}"]) from err
+
+
+class _DescriptorSetReader:
+    """Bare Protobuf payloads of one message type from a descriptor set file (`protoc
+    --include_imports --descriptor_set_out`): a compiled schema, so the run needs no compiler."""
+
+    def __init__(self, path: Path, message_type: str) -> None:
+        from google.protobuf import descriptor_pb2
+        from google.protobuf.message import DecodeError
+
+        from shadowdiff.replay.protobuf_payload import MessageReader, add_file, well_known_pool
+
+        try:
+            files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
+        except OSError as err:
+            raise ConfigError("envelope.schema_file", [f"{path}: {err}"]) from err
+        except DecodeError as err:
+            raise ConfigError(
+                "envelope.schema_file", [f"{path}: not a Protobuf descriptor set (protoc --descriptor_set_out): {err}"]
+            ) from err
+        pool = well_known_pool()
+        try:
+            for proto in files.file:  # protoc writes each file after the files it imports
+                add_file(pool, proto)
+            descriptor = pool.FindMessageTypeByName(message_type)
+        except KeyError:
+            declared = sorted(f"{p.package}.{m.name}".lstrip(".") for p in files.file for m in p.message_type)
+            raise ConfigError(
+                "envelope.message_type", [f"{message_type!r} is not in {path}; it declares {declared[:20]}"]
+            ) from None
+        except (TypeError, ValueError) as err:  # an import missing from the set, a duplicate name
+            raise ConfigError("envelope.schema_file", [f"{path}: {err} (compile it with --include_imports)"[:300]]) from err
+        self.reader = MessageReader(descriptor)
+
+    def __call__(self, value: bytes) -> dict[str, Any]:
+        return self.reader.read(value, "protobuf")
+
+
+def _wire_header(value: bytes, protobuf: bool) -> tuple[int, list[int], int]:
+    """The schema id, the message indexes (Protobuf) and where the payload starts. The client's
+    own parser of this header is not part of its public API, so the few lines are here."""
+    if len(value) < 5 or value[0] != _MAGIC:
+        raise BadMessage(R.MALFORMED_PAYLOAD, "not the Confluent wire format (magic byte 0, then a 4-byte schema id)")
+    schema_id = int.from_bytes(value[1:5], "big")
+    if not protobuf:
+        return schema_id, [], 5
+    at = 5
+
+    def varint() -> int:
+        nonlocal at
+        result = shift = 0
+        while True:
+            if at >= len(value) or shift > 63:
+                raise BadMessage(R.MALFORMED_PAYLOAD, f"schema id {schema_id}: the message indexes are cut short")
+            byte = value[at]
+            at += 1
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return (result >> 1) ^ -(result & 1)  # zigzag
+
+    count = varint()
+    if count < 0 or count > 100:
+        raise BadMessage(R.MALFORMED_PAYLOAD, f"schema id {schema_id}: {count} message indexes")
+    indexes = [varint() for _ in range(count)] or [0]
+    return schema_id, indexes, at
+
+
+class _ProtobufFile:
+    """A registered Protobuf schema: one file, whose message the wire format names by index."""
+
+    def __init__(self, pool: Any, file: Any) -> None:
+        self.pool = pool
+        self.file = file
+        self.readers: dict[tuple[int, ...], Any] = {}
+
+    def reader(self, indexes: list[int], where: str) -> Any:
+        key = tuple(indexes)
+        found = self.readers.get(key)
+        if found is not None:
+            return found
+        from shadowdiff.replay.protobuf_payload import MessageReader
+
+        types = list(self.file.message_types_by_name.values())
+        descriptor = None
+        for index in indexes:
+            if not 0 <= index < len(types):
+                raise BadMessage(R.UNKNOWN_SCHEMA, f"{where}: no message at index {indexes} of its schema")
+            descriptor = types[index]
+            types = list(descriptor.nested_types)
+        assert descriptor is not None
+        found = self.readers[key] = MessageReader(descriptor)
+        return found
+
+    def read_framed(self, data: bytes, indexes: list[int], start: int, where: str) -> dict[str, Any]:
+        return self.reader(indexes, where).read(memoryview(data)[start:], where)
+
+
 class _RegistryReader:
-    def __init__(self, spec: SchemaRegistrySpec) -> None:
+    def __init__(self, spec: SchemaRegistrySpec, protobuf: bool = False) -> None:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         conf: dict[str, Any] = {"url": spec.url}
@@ -147,38 +256,97 @@ class _RegistryReader:
             conf["basic.auth.user.info"] = f"{user}:{password}"
         self.client = SchemaRegistryClient(conf)
         self.url = spec.url
-        self.schemas: dict[int, _Avro] = {}
+        self.protobuf = protobuf
+        self.schemas: dict[int, Any] = {}
         self.unknown: dict[int, float] = {}
 
     def __call__(self, value: bytes) -> dict[str, Any]:
-        if len(value) < 5 or value[0] != _MAGIC:
-            raise BadMessage(R.MALFORMED_PAYLOAD, "not the Confluent wire format (magic byte 0, then a 4-byte schema id)")
-        schema_id = int.from_bytes(value[1:5], "big")
-        avro = self.schemas.get(schema_id) or self._fetch(schema_id)
-        return avro.read(memoryview(value)[5:], f"schema id {schema_id}")
+        schema_id, indexes, start = _wire_header(value, self.protobuf)
+        schema = self.schemas.get(schema_id) or self._fetch(schema_id)
+        where = f"schema id {schema_id}"
+        if self.protobuf:
+            return schema.read_framed(value, indexes, start, where)
+        return schema.read(memoryview(value)[start:], where)
 
-    def _fetch(self, schema_id: int) -> _Avro:
+    def _get(self, fetch: Callable[[], Any], what: str) -> Any:
+        """One registry call; a 404 is the message's (an id or reference the registry lacks),
+        anything else is the registry's."""
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-        if time.monotonic() < self.unknown.get(schema_id, 0.0):
-            raise BadMessage(R.UNKNOWN_SCHEMA, f"schema id {schema_id} is not in the registry")
         try:
-            schema = self.client.get_schema(schema_id)
+            return fetch()
         except SchemaRegistryError as err:
             if err.http_status_code == 404:
-                self.unknown[schema_id] = time.monotonic() + _UNKNOWN_ID_TTL_S
-                raise BadMessage(R.UNKNOWN_SCHEMA, f"schema id {schema_id} is not in the registry") from None
+                raise BadMessage(R.UNKNOWN_SCHEMA, f"{what} is not in the registry") from None
             raise SchemaRegistryUnavailable(f"schema registry {self.url}: {err}") from err
         except Exception as err:  # the client's transport errors (httpx) are not typed for us
             raise SchemaRegistryUnavailable(f"schema registry {self.url} did not answer: {type(err).__name__}: {err}") from err
-        if (schema.schema_type or "AVRO") != "AVRO":
-            raise BadMessage(R.MALFORMED_PAYLOAD, f"schema id {schema_id} is a {schema.schema_type} schema, the run reads Avro")
+
+    def _fetch(self, schema_id: int) -> Any:
+        if time.monotonic() < self.unknown.get(schema_id, 0.0):
+            raise BadMessage(R.UNKNOWN_SCHEMA, f"schema id {schema_id} is not in the registry")
+        expected = "PROTOBUF" if self.protobuf else "AVRO"
+        fmt = "serialized" if self.protobuf else None  # Protobuf as a compiled file, not .proto text
+        try:
+            schema = self._get(lambda: self.client.get_schema(schema_id, fmt=fmt), f"schema id {schema_id}")
+        except BadMessage:
+            self.unknown[schema_id] = time.monotonic() + _UNKNOWN_ID_TTL_S
+            raise
+        if (schema.schema_type or "AVRO") != expected:
+            raise BadMessage(
+                R.MALFORMED_PAYLOAD, f"schema id {schema_id} is a {schema.schema_type} schema, the run reads {expected}"
+            )
+        decoder: Any = self._protobuf_file(schema, schema_id) if self.protobuf else self._avro(schema, schema_id)
+        self.schemas[schema_id] = decoder
+        return decoder
+
+    def _avro(self, schema: Any, schema_id: int) -> _Avro:
         text = schema.schema_str or ""
         try:
-            avro = self.schemas[schema_id] = _Avro(_parse_schema(text, f"schema id {schema_id}"), _needs_conversion(text))
+            return _Avro(_parse_schema(text, f"schema id {schema_id}"), _needs_conversion(text))
         except ConfigError as err:
             raise BadMessage(R.MALFORMED_PAYLOAD, f"schema id {schema_id} is not an Avro schema: {err}"[:300]) from None
-        return avro
+
+    def _protobuf_file(self, schema: Any, schema_id: int) -> _ProtobufFile:
+        from shadowdiff.replay.protobuf_payload import add_file, well_known_pool
+
+        pool = well_known_pool()
+        try:
+            self._add_references(schema, pool, set())
+            file = add_file(pool, _file_proto(f"schema-{schema_id}.proto", schema.schema_str or ""))
+        except (TypeError, ValueError) as err:  # not a descriptor, an import it did not reference
+            raise BadMessage(R.MALFORMED_PAYLOAD, f"schema id {schema_id} is not a usable Protobuf schema: {err}"[:300]) from None
+        return _ProtobufFile(pool, file)
+
+    def _add_references(self, schema: Any, pool: Any, seen: set[str]) -> None:
+        """The files a schema imports, registered under their own subjects, added before it."""
+        from shadowdiff.replay.protobuf_payload import add_file
+
+        for ref in schema.references or []:
+            if ref.name in seen or ref.name.startswith("google/protobuf/"):
+                continue
+            seen.add(ref.name)
+            found = self._get(
+                partial(self.client.get_version, ref.subject, ref.version, True, "serialized"),
+                f"reference {ref.name} ({ref.subject} v{ref.version})",
+            )
+            self._add_references(found.schema, pool, seen)
+            add_file(pool, _file_proto(ref.name, found.schema.schema_str or ""))
+
+
+def _file_proto(name: str, text: str) -> Any:
+    """A registered Protobuf schema, fetched as `serialized`: a base64 FileDescriptorProto."""
+    import binascii
+
+    from google.protobuf import descriptor_pb2
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = descriptor_pb2.FileDescriptorProto.FromString(base64.b64decode(text, validate=True))
+    except (binascii.Error, DecodeError) as err:
+        raise ValueError(f"not a serialized file descriptor: {err}") from None
+    proto.name = name  # the name its importers use, or a name of its own
+    return proto
 
 
 __all__ = ["SchemaRegistryUnavailable", "payload_reader"]

@@ -113,13 +113,17 @@ class SchemaRegistrySpec(_Frozen):
 
 class EnvelopeMapping(_Frozen):
     """How messages are encoded and where each envelope field lives in them (dotted paths), so
-    existing topics are read as they are. `format`: "json"; or "avro" with either a schema
-    registry (the Confluent wire format: a zero byte, a 4-byte schema id, the Avro binary) or a
-    writer schema file kept with the config (each message is the Avro binary alone)."""
+    existing topics are read as they are. `format`: "json"; or "avro" / "protobuf" with either a
+    schema registry (the Confluent wire format: a zero byte, a 4-byte schema id, for Protobuf the
+    message indexes, then the binary) or a schema file kept with the config, each message then
+    being the binary alone: an Avro writer schema (.avsc), or for Protobuf a descriptor set
+    (`protoc --include_imports --descriptor_set_out=FILE`) and `message_type`, the full name of
+    the message every record is."""
 
-    format: Literal["json", "avro"] = "json"
+    format: Literal["json", "avro", "protobuf"] = "json"
     schema_registry: SchemaRegistrySpec | None = None
     schema_file: Annotated[Path | None, Text] = None
+    message_type: str | None = None
 
     request_id: str = "request_id"
     event_time: str = "event_time"
@@ -133,10 +137,15 @@ class EnvelopeMapping(_Frozen):
     @model_validator(mode="after")
     def _one_schema_source(self) -> EnvelopeMapping:
         given = (self.schema_registry is not None) + (self.schema_file is not None)
-        if self.format == "avro" and given != 1:
-            raise ValueError("format 'avro' needs one of schema_registry (Confluent wire format) or schema_file")
+        if self.format != "json" and given != 1:
+            raise ValueError(f"format {self.format!r} needs one of schema_registry (Confluent wire format) or schema_file")
         if self.format == "json" and given:
-            raise ValueError("schema_registry and schema_file are for format 'avro'")
+            raise ValueError("schema_registry and schema_file are for format 'avro' or 'protobuf'")
+        if self.format == "protobuf" and self.schema_file is not None and not self.message_type:
+            raise ValueError("a Protobuf schema_file needs message_type, the full name of the record's message")
+        if self.message_type is not None and (self.format != "protobuf" or self.schema_file is None):
+            # the wire format's message indexes name the message; a second name could disagree
+            raise ValueError("message_type is for format 'protobuf' with a schema_file")
         return self
 
 

@@ -1,32 +1,23 @@
 """Avro envelopes, written by the ecosystem's own serializer (confluent-kafka's AvroSerializer,
 Confluent wire format, a schema registry) or as bare Avro with a schema file, through the real
 broker: the same pairs, checks and dead letters as the same traffic in JSON, and each poison
-record dead-lettered with its reason.
-
-No schema registry server runs here (Apicurio's app needs a Quarkus build, Karapace is not on
-PyPI), so the registry is a loopback server of the Confluent REST API as the serializer and the
-client call it: register a schema under a subject, fetch a schema by id."""
+record dead-lettered with its reason. The registry is tests/registry.py's loopback server of the
+Confluent REST API."""
 
 from __future__ import annotations
 
 import io
-import random
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from helpers import T0, envelope, judged_document, produce, serving, window_config
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from helpers import T0, produce, serving
+from registry import config, judged_alike, registry_app, run_and_judge, traffic
 
 from shadowdiff.diff.load import open_run
 from shadowdiff.replay.job import run_replay
 from shadowdiff.schemas.config import load_config
-from shadowdiff.schemas.policy import Policy
 
 pytestmark = pytest.mark.kafka
 
@@ -66,92 +57,10 @@ SCHEMA: dict[str, Any] = {
 OTHER = {"type": "record", "name": "Click", "fields": [{"name": "page", "type": "string"}, {"name": "n", "type": "long"}]}
 
 
-def registry_app() -> Starlette:
-    """The Confluent schema registry's REST API, as far as the serializer and the client use it."""
-    ids: dict[str, int] = {}
-    schemas: dict[int, str] = {}
-    names: set[str] = set()
-
-    async def register(request: Request) -> JSONResponse:
-        names.add(request.path_params["subject"])
-        text = (await request.json())["schema"]
-        if text not in ids:
-            ids[text] = len(ids) + 1
-            schemas[ids[text]] = text
-        return JSONResponse({"id": ids[text]})
-
-    async def by_id(request: Request) -> JSONResponse:
-        found = schemas.get(int(request.path_params["id"]))
-        if found is None:
-            return JSONResponse({"error_code": 40403, "message": "Schema not found"}, status_code=404)
-        return JSONResponse({"schema": found})
-
-    async def subjects(request: Request) -> JSONResponse:
-        return JSONResponse(sorted(names))
-
-    return Starlette(
-        routes=[
-            Route("/subjects", subjects),
-            Route("/subjects/{subject}/versions", register, methods=["POST"]),
-            Route("/schemas/ids/{id:int}", by_id),
-        ]
-    )
-
-
-def traffic(n: int) -> list[dict[str, Any]]:
-    rng = random.Random(11)
-    out = []
-    for i in range(n):
-        env = envelope(i, rng)
-        # millisecond event times: what timestamp-millis can carry, and the JSON twin carries the same
-        env["event_time"] = (T0 + timedelta(seconds=i)).isoformat()
-        out.append(env)
-    return out
-
-
 def avro_record(env: dict[str, Any]) -> dict[str, Any]:
     from datetime import datetime
 
     return {**env, "event_time": datetime.fromisoformat(env["event_time"])}
-
-
-CANDIDATE = """[[candidates]]
-name = "c"
-kind = "python"
-target = "models_for_tests:logistic"
-"""
-
-
-def config(tmp: Path, bootstrap: str, topic: str, run: str, envelope_section: str) -> Path:
-    return window_config(tmp, bootstrap, topic, run, CANDIDATE, extra=envelope_section, batch=300)
-
-
-def judged_alike(doc: dict[str, Any]) -> dict[str, Any]:
-    """The verdict without what names the run rather than judges its traffic (its id, topic,
-    config digest, when it was judged) and without what this machine measured while it ran: the
-    rate calls were sent at and the candidate's call latencies."""
-    drop = ("run_id", "digest", "generated_at", "versions", "run_active", "load")
-    out = {k: v for k, v in doc.items() if k not in drop}
-    out["data"] = {k: v for k, v in doc["data"].items() if k not in ("offsets", "pair_set_digest", "window")}
-    out["data"]["window"] = {k: v for k, v in doc["data"]["window"].items() if k != "configured"}
-    out["checks"] = [c for c in doc["checks"] if c["kind"] != "latency"]
-    out["reasons"] = [r for r in doc["reasons"] if not r.startswith("latency")]
-    out["examples"] = [{k: v for k, v in e.items() if k != "coordinates"} for e in doc["examples"]]
-    return out
-
-
-def run_and_judge(cfg: Path, run: str) -> tuple[dict[str, Any], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    run_replay(load_config(cfg))
-    con = open_run(cfg.parent / "runs", run)
-    try:
-        rows = con.execute(
-            """SELECT r."offset", r.request_id, r.event_time, r.segments, r.model_input, o.variant, o.score, o.label
-               FROM requests r JOIN outputs o USING (source, part, "offset") ORDER BY 1, 6"""
-        ).fetchall()
-        dead = con.execute('SELECT "offset", reason FROM dead_letters ORDER BY 1').fetchall()
-        return judged_document(con, Policy(min_samples=100)), rows, dead
-    finally:
-        con.close()
 
 
 def test_avro_through_a_registry_and_from_a_schema_file_judges_as_the_same_traffic_in_json(tmp_path, kafka_bootstrap, make_topic):

@@ -1,0 +1,135 @@
+"""Protobuf payloads to the JSON-like objects the envelope codec maps.
+
+The `protobuf` package parses (its upb implementation); this module only turns a parsed message
+into the values a JSON envelope of the same traffic would carry, so that every envelope path
+means the same on every format:
+
+- field names are the .proto names (`request_id`, not the JSON mapping's `requestId`);
+- a proto3 field without presence is always there (a zero is a zero, as JSON writes it); a field
+  with presence (a message, `optional`, a oneof member) that is not set is null, as Avro's
+  nullable fields are;
+- 64-bit integers stay numbers (the proto3 JSON mapping makes them strings, which a numeric
+  feature would then read as text); enums are their names; bytes are base64, as in the Avro
+  reader; `google.protobuf.Timestamp` and `Duration` are their RFC 3339 text; wrappers are their
+  value; `Struct`, `Value` and `ListValue` are the JSON they stand for.
+
+A payload that does not parse, or that carries fields its schema does not declare (bytes
+written with another message), is the message's problem, never the run's.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from google.protobuf import descriptor_pb2, json_format, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
+from google.protobuf.descriptor_pool import DescriptorPool
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.unknown_fields import UnknownFieldSet
+
+from shadowdiff.schemas.envelope import BadMessage
+from shadowdiff.schemas.records import DeadLetterReason as R
+
+_WRAPPERS = frozenset(
+    f"google.protobuf.{n}Value" for n in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
+)
+_AS_JSON = frozenset({"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"})
+_AS_TEXT = frozenset({"google.protobuf.Timestamp", "google.protobuf.Duration"})
+
+
+def well_known_pool() -> DescriptorPool:
+    """A descriptor pool holding the well-known types, which schemas import without sending."""
+    from google.protobuf import (
+        any_pb2,
+        duration_pb2,
+        empty_pb2,
+        field_mask_pb2,
+        struct_pb2,
+        timestamp_pb2,
+        wrappers_pb2,
+    )
+
+    pool = DescriptorPool()
+    for module in (any_pb2, duration_pb2, empty_pb2, field_mask_pb2, struct_pb2, timestamp_pb2, wrappers_pb2):
+        pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return pool
+
+
+def add_file(pool: DescriptorPool, proto: descriptor_pb2.FileDescriptorProto) -> FileDescriptor:
+    """Adds a file to the pool, or returns the one already there under its name."""
+    try:
+        return pool.FindFileByName(proto.name)
+    except KeyError:
+        pool.Add(proto)
+        return pool.FindFileByName(proto.name)
+
+
+class MessageReader:
+    """Parses one message type, all of it, into a dict."""
+
+    def __init__(self, descriptor: Descriptor) -> None:
+        self.descriptor = descriptor
+        self.message_class = message_factory.GetMessageClass(descriptor)
+
+    def read(self, data: bytes | memoryview, where: str) -> dict[str, Any]:
+        message = self.message_class()
+        try:
+            message.ParseFromString(bytes(data))
+        except DecodeError as err:
+            raise BadMessage(
+                R.MALFORMED_PAYLOAD, f"{where}: not a Protobuf encoding of {self.descriptor.full_name} ({err})"[:300]
+            ) from None
+        return _record(message, where)
+
+
+def _record(message: Message, where: str) -> dict[str, Any]:
+    unknown = UnknownFieldSet(message)
+    if len(unknown):
+        numbers = sorted({f.field_number for f in unknown})[:5]
+        raise BadMessage(
+            R.MALFORMED_PAYLOAD,
+            f"{where}: fields {numbers} are not in {message.DESCRIPTOR.full_name}: written with another schema",
+        )
+    out: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        if field.has_presence and not message.HasField(field.name):
+            out[field.name] = None
+            continue
+        value = getattr(message, field.name)
+        if _is_map(field):
+            value_field = field.message_type.fields_by_name["value"]
+            out[field.name] = {str(k): _value(value_field, v, where) for k, v in value.items()}
+        elif field.is_repeated:
+            out[field.name] = [_value(field, v, where) for v in value]
+        else:
+            out[field.name] = _value(field, value, where)
+    return out
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.is_repeated and field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
+
+
+def _value(field: FieldDescriptor, value: Any, where: str) -> Any:
+    kind = field.type
+    if kind == FieldDescriptor.TYPE_MESSAGE or kind == FieldDescriptor.TYPE_GROUP:
+        name = field.message_type.full_name
+        if name in _WRAPPERS:
+            inner = value.value
+            return base64.b64encode(inner).decode() if isinstance(inner, bytes) else inner
+        if name in _AS_TEXT or name in _AS_JSON:
+            try:
+                return json_format.MessageToDict(value)
+            except (ValueError, TypeError) as err:  # e.g. a Timestamp out of RFC 3339's range
+                raise BadMessage(R.MALFORMED_PAYLOAD, f"{where}: {field.name}: {err}"[:300]) from None
+        return _record(value, where)
+    if kind == FieldDescriptor.TYPE_ENUM:
+        known = field.enum_type.values_by_number.get(value)
+        return known.name if known is not None else value
+    if kind == FieldDescriptor.TYPE_BYTES:
+        return base64.b64encode(value).decode()
+    return value
+
+
+__all__ = ["MessageReader", "add_file", "well_known_pool"]
