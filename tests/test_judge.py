@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from helpers import judge_run, judged, judged_document, verdict_of
@@ -353,3 +354,28 @@ def test_candidates_judged_together_collect_the_features_once(tmp_path, monkeypa
     assert [d["digest"] for d in together] == [d["digest"] for d in alone]
     drift = [c for c in together[2]["checks"] if c["check"] == "feature_drift"]
     assert {c["feature"] for c in drift} >= {"x", "y"}  # the shared statistics reached the last candidate
+
+
+def test_sustained_windows_computed_a_stretch_of_time_at_a_time_equal_one_query(tmp_path, monkeypatch):
+    # the judge of a large run computes its windows' exact quantiles over a few windows at a
+    # time, to stay inside its memory limit: the rows must be those of one query over all pairs
+    from shadowdiff.diff import aggregate
+    from shadowdiff.diff.judge import gather_evidence
+    from shadowdiff.diff.load import run_info
+
+    write_synthetic_store(tmp_path / "run" / "store-w0.duckdb", Scenario(n=6_000, segments=3, seed=5), "run")
+    policy = Policy(min_samples=200)
+
+    def windows(at_most: int) -> dict[float, Any]:
+        monkeypatch.setattr(aggregate, "WINDOW_PAIRS_PER_QUERY", at_most)
+        con = open_run(tmp_path, "run")
+        try:
+            info = run_info(con)
+            return gather_evidence(con, policy, info, info.candidates[0].name).windows
+        finally:
+            con.close()
+
+    whole, stretches = windows(10**9), windows(700)
+    assert set(whole) == {3.0, 5.0}
+    assert all(len(by_segment["all"]) >= 10 for by_segment in whole.values())
+    assert stretches == whole
