@@ -356,9 +356,10 @@ def test_candidates_judged_together_collect_the_features_once(tmp_path, monkeypa
     assert {c["feature"] for c in drift} >= {"x", "y"}  # the shared statistics reached the last candidate
 
 
-def test_sustained_windows_computed_a_stretch_of_time_at_a_time_equal_one_query(tmp_path, monkeypatch):
-    # the judge of a large run computes its windows' exact quantiles over a few windows at a
-    # time, to stay inside its memory limit: the rows must be those of one query over all pairs
+def test_windows_and_latency_blocks_computed_a_few_at_a_time_equal_one_query(tmp_path, monkeypatch):
+    # the judge of a large run computes the exact quantiles of its windows and latency blocks
+    # over a few of them at a time, to stay inside its memory limit: the rows must be those of
+    # one query over all pairs
     from shadowdiff.diff import aggregate
     from shadowdiff.diff.judge import gather_evidence
     from shadowdiff.diff.load import run_info
@@ -366,16 +367,19 @@ def test_sustained_windows_computed_a_stretch_of_time_at_a_time_equal_one_query(
     write_synthetic_store(tmp_path / "run" / "store-w0.duckdb", Scenario(n=6_000, segments=3, seed=5), "run")
     policy = Policy(min_samples=200)
 
-    def windows(at_most: int) -> dict[float, Any]:
-        monkeypatch.setattr(aggregate, "WINDOW_PAIRS_PER_QUERY", at_most)
+    def aggregates(at_most: int) -> tuple[dict[float, Any], dict[str, Any]]:
+        monkeypatch.setattr(aggregate, "QUANTILE_PAIRS_PER_QUERY", at_most)
         con = open_run(tmp_path, "run")
         try:
             info = run_info(con)
-            return gather_evidence(con, policy, info, info.candidates[0].name).windows
+            evidence = gather_evidence(con, policy, info, info.candidates[0].name)
+            return evidence.windows, evidence.blocks
         finally:
             con.close()
 
-    whole, stretches = windows(10**9), windows(700)
-    assert set(whole) == {3.0, 5.0}
-    assert all(len(by_segment["all"]) >= 10 for by_segment in whole.values())
-    assert stretches == whole
+    (whole_windows, whole_blocks), (windows, blocks) = aggregates(10**9), aggregates(700)
+    assert set(whole_windows) == {3.0, 5.0}
+    assert all(len(by_segment["all"]) >= 10 for by_segment in whole_windows.values())
+    assert windows == whole_windows
+    assert len(whole_blocks["all"]) == 94  # 6,000 pairs, 64 a block
+    assert blocks == whole_blocks
