@@ -520,22 +520,24 @@ def _blocks_sql(sets: SegmentSets, quantiles: str, source: str, first_rank: int,
     """Per segment and block, over the pairs of `source` in call order, the first of them at
     rank `first_rank`: consecutive runs of `size` pairs, the last run of fewer than size/2
     merged into the block before (`last_block`)."""
-    last = last_block(n, size)
     cols = "".join(c + ", " for c in sets.columns)  # the window sorts what it carries: only these
     rank = f"{first_rank} + row_number() OVER (ORDER BY {', '.join(CALL_ORDER)}) - 1"
-    columns = {
+    blocks = (
+        f"(SELECT {cols}b_lat, c_lat, {CALL_ORDER[0]} AS call_time, {_CALL_KEY} AS call_key, "
+        f"least(({rank}) // {size}, {last_block(n, size)}) AS blk FROM {source})"
+    )
+    return _by_segment(sets, _block_columns(quantiles), blocks, ["blk"])
+
+
+def _block_columns(quantiles: str) -> dict[str, str]:
+    return {
         "n": "count(*)",
         # the rows of one batched call share its time and its latency: one measurement
-        "calls": f"count(DISTINCT {CALL_ORDER[0]})",
+        "calls": "count(DISTINCT call_time)",
         "b_q": f"quantile_cont(b_lat, {quantiles})",
         "c_q": f"quantile_cont(c_lat, {quantiles})",
         "first_call": "min(call_key)",  # where the block starts (read in the row of `all`)
     }
-    blocks = (
-        f"(SELECT {cols}b_lat, c_lat, called_at, event_time, {_CALL_KEY} AS call_key, "
-        f"least(({rank}) // {size}, {last}) AS blk FROM {source})"
-    )
-    return _by_segment(sets, columns, blocks, ["blk"])
 
 
 class _LatencyBlocks(PairAggregate):
@@ -549,33 +551,33 @@ class _LatencyBlocks(PairAggregate):
 
     def build(self, table: str, source: str, temp: bool = False) -> None:
         """The blocks of `source`, a few blocks a query (as the windows, see `_Windows.build`):
-        each query starts at the first call of a block and numbers its pairs from that block's
-        rank, so the rows are the same as one query's."""
+        the pairs sorted once into call order, each query reads the ranks of its blocks, so the
+        rows are the same as one query's."""
         con, sets, qs = self.con, self.sets, self.qs
         ok = f"(SELECT * FROM {source} WHERE {_LATENCY_OK})"
         (n,) = con.execute(f"SELECT count(*) FROM {ok}").fetchone() or (0,)
         n, size = int(n), block_size(int(n))
         empty = _blocks_sql(sets, qs, f"(SELECT * FROM {ok} WHERE FALSE)", 0, size, n)
         con.execute(f"CREATE OR REPLACE {'TEMP ' if temp else ''}TABLE {table} AS {empty}")
-        step = size * max(1, QUANTILE_PAIRS_PER_QUERY // size)
-        if n <= step:
+        per_query = max(1, QUANTILE_PAIRS_PER_QUERY // size)  # blocks
+        if n <= per_query * size:
             con.execute(f"INSERT INTO {table} {_blocks_sql(sets, qs, ok, 0, size, n)}")
             return
-        # where each query starts: every `step`-th call, up to the last block's first (the
-        # last block takes the pairs after it, so it cannot be split)
+        # one sort of the pairs into call order, kept in a table whose row ids are then the
+        # ranks: each query reads the row groups of its blocks only
+        cols = "".join(c + ", " for c in sets.columns)
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE block_starts AS
-                SELECT rank, call_key, lead(call_key) OVER (ORDER BY rank) AS next_key FROM (
-                    SELECT {_CALL_KEY} AS call_key, row_number() OVER (ORDER BY {", ".join(CALL_ORDER)}) - 1 AS rank
-                    FROM {ok}) WHERE rank % {step} = 0 AND rank // {size} <= {last_block(n, size)}"""
+            f"""CREATE OR REPLACE TEMP TABLE blocks_ranked AS
+                SELECT {cols}b_lat, c_lat, {CALL_ORDER[0]} AS call_time, {_CALL_KEY} AS call_key
+                FROM {ok} ORDER BY {", ".join(CALL_ORDER)}"""
         )
-        for (rank,) in con.execute("SELECT rank FROM block_starts ORDER BY rank").fetchall():
-            # the calls' time first, which DuckDB filters before building the keys
-            part = f"""(SELECT p.* FROM {ok} p, block_starts s WHERE s.rank = {int(rank)}
-                        AND coalesce(p.called_at, p.event_time) >= s.call_key.k0 AND {_CALL_KEY} >= s.call_key
-                        AND (s.next_key IS NULL OR (coalesce(p.called_at, p.event_time) <= s.next_key.k0
-                                                    AND {_CALL_KEY} < s.next_key)))"""
-            con.execute(f"INSERT INTO {table} {_blocks_sql(sets, qs, part, int(rank), size, n)}")
+        last = last_block(n, size)
+        for first in range(0, last + 1, per_query):
+            # the last block takes the pairs after it, so it is never split
+            until = "" if first + per_query > last else f"AND rowid < {(first + per_query) * size}"
+            part = f"(SELECT *, least(rowid // {size}, {last}) AS blk FROM blocks_ranked WHERE rowid >= {first * size} {until})"
+            con.execute(f"INSERT INTO {table} {_by_segment(sets, _block_columns(qs), part, ['blk'])}")
+        con.execute("DROP TABLE blocks_ranked")
 
     def apply(self, table: str, delta: str) -> str | None:
         con, sets, qs, kept_table = self.con, self.sets, self.qs, self.kept_table
