@@ -2,12 +2,16 @@
 drift vs a reference window, quality), wall time and peak memory; then drift on a 1M-row frame
 vs evidently's DataDriftPreset on the same frame: speed ratio and per-column flag agreement.
 
-    python bench/judge_bench.py [--pairs 10000000] [--skip-evidently]
+    python bench/judge_bench.py [--pairs 10000000] [--skip-evidently] [--scale-from 10000000]
+
+With --scale-from N, a store of N pairs is judged too, in the same session, and the ratio of
+the two judges' times is printed (issue target at 50M from 10M: <= 5x).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -104,19 +108,33 @@ def judge_child(home: Path) -> None:
     )
 
 
+def judged_store(pairs: int) -> float:
+    """Generate a store of `pairs` pairs, judge it in a fresh process (so that the peak RSS is
+    the judge's alone), print what the judge printed, and return the judge's seconds."""
+    home = Path(tempfile.mkdtemp(prefix="shadowdiff-judge-bench-"))
+    try:
+        t0 = time.perf_counter()
+        big_store(home / "big" / "store-w0.duckdb", pairs, segments=20, features=15)
+        print(f"generated {pairs:,} pairs x 20 segments x 15 features in {time.perf_counter() - t0:.1f} s", flush=True)
+        out = subprocess.run([sys.executable, __file__, "--judge-child", str(home)], capture_output=True, text=True, check=True)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    print(out.stdout.strip(), flush=True)
+    return float(out.stdout.split("judge: ", 1)[1].split(" s wall", 1)[0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=10_000_000)
     ap.add_argument("--drift-rows", type=int, default=1_000_000)
     ap.add_argument("--skip-evidently", action="store_true")
+    ap.add_argument("--scale-from", type=int, default=0, help="also judge a store of this many pairs; print the time ratio")
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="shadowdiff-judge-bench-"))
-    t0 = time.perf_counter()
-    big_store(home / "big" / "store-w0.duckdb", args.pairs, segments=20, features=15)
-    print(f"generated {args.pairs:,} pairs x 20 segments x 15 features in {time.perf_counter() - t0:.1f} s")
-    # judged in a fresh process, so the peak RSS is the judge's alone
-    out = subprocess.run([sys.executable, __file__, "--judge-child", str(home)], capture_output=True, text=True, check=True)
-    print(out.stdout.strip())
+    seconds = {n: judged_store(n) for n in ([args.scale_from] if args.scale_from else []) + [args.pairs]}
+    if args.scale_from:
+        ratio = seconds[args.pairs] / seconds[args.scale_from]
+        scale = args.pairs / args.scale_from
+        print(f"judge time {args.pairs:,} / {args.scale_from:,} pairs: {ratio:.2f}x for {scale:.0f}x the pairs (target <= 5x)")
     ref, cur = drift_frame(args.drift_rows, 20)
     ours, t_ours = our_drift(ref, cur)
     print(
