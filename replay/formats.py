@@ -37,7 +37,7 @@ from shadowdiff.schemas.errors import ConfigError, ShadowdiffError
 from shadowdiff.schemas.records import DeadLetterReason as R
 
 _MAGIC = 0
-_UNKNOWN_ID_TTL_S = 30.0  # an id the registry lacked is asked again after this (it may be registered since)
+_REFUSED_ID_TTL_S = 30.0  # an id the registry lacked is asked again after this (it may be registered since)
 
 
 class SchemaRegistryUnavailable(ShadowdiffError):
@@ -216,7 +216,7 @@ class _ProtobufFile:
     """A registered Protobuf schema: one file, whose message the wire format names by index."""
 
     def __init__(self, pool: Any, file: Any) -> None:
-        self.pool = pool
+        self.pool = pool  # the descriptors live as long as their pool
         self.file = file
         self.readers: dict[tuple[int, ...], Any] = {}
 
@@ -258,7 +258,7 @@ class _RegistryReader:
         self.url = spec.url
         self.protobuf = protobuf
         self.schemas: dict[int, Any] = {}
-        self.unknown: dict[int, float] = {}
+        self.refused: dict[int, tuple[float, BadMessage]] = {}  # id -> until when, and why
 
     def __call__(self, value: bytes) -> dict[str, Any]:
         schema_id, indexes, start = _wire_header(value, self.protobuf)
@@ -283,22 +283,26 @@ class _RegistryReader:
             raise SchemaRegistryUnavailable(f"schema registry {self.url} did not answer: {type(err).__name__}: {err}") from err
 
     def _fetch(self, schema_id: int) -> Any:
-        if time.monotonic() < self.unknown.get(schema_id, 0.0):
-            raise BadMessage(R.UNKNOWN_SCHEMA, f"schema id {schema_id} is not in the registry")
+        refused = self.refused.get(schema_id)
+        if refused is not None and time.monotonic() < refused[0]:
+            raise BadMessage(refused[1].reason, refused[1].detail)
+        try:
+            decoder = self._decoder(schema_id)
+        except BadMessage as err:  # every message of this id gets the same answer for a while
+            self.refused[schema_id] = (time.monotonic() + _REFUSED_ID_TTL_S, err)
+            raise
+        self.schemas[schema_id] = decoder
+        return decoder
+
+    def _decoder(self, schema_id: int) -> Any:
         expected = "PROTOBUF" if self.protobuf else "AVRO"
         fmt = "serialized" if self.protobuf else None  # Protobuf as a compiled file, not .proto text
-        try:
-            schema = self._get(lambda: self.client.get_schema(schema_id, fmt=fmt), f"schema id {schema_id}")
-        except BadMessage:
-            self.unknown[schema_id] = time.monotonic() + _UNKNOWN_ID_TTL_S
-            raise
+        schema = self._get(lambda: self.client.get_schema(schema_id, fmt=fmt), f"schema id {schema_id}")
         if (schema.schema_type or "AVRO") != expected:
             raise BadMessage(
                 R.MALFORMED_PAYLOAD, f"schema id {schema_id} is a {schema.schema_type} schema, the run reads {expected}"
             )
-        decoder: Any = self._protobuf_file(schema, schema_id) if self.protobuf else self._avro(schema, schema_id)
-        self.schemas[schema_id] = decoder
-        return decoder
+        return self._protobuf_file(schema, schema_id) if self.protobuf else self._avro(schema, schema_id)
 
     def _avro(self, schema: Any, schema_id: int) -> _Avro:
         text = schema.schema_str or ""
