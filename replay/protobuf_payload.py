@@ -20,6 +20,8 @@ written with another message), is the message's problem, never the run's.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from google.protobuf import descriptor_pb2, json_format, message_factory
@@ -71,6 +73,7 @@ class MessageReader:
     def __init__(self, descriptor: Descriptor) -> None:
         self.descriptor = descriptor
         self.message_class = message_factory.GetMessageClass(descriptor)
+        self.plans: dict[str, _Plan] = {}
 
     def read(self, data: bytes | memoryview, where: str) -> dict[str, Any]:
         message = self.message_class()
@@ -80,56 +83,111 @@ class MessageReader:
             raise BadMessage(
                 R.MALFORMED_PAYLOAD, f"{where}: not a Protobuf encoding of {self.descriptor.full_name} ({err})"[:300]
             ) from None
-        return _record(message, where)
+        return self._record(message, where)
+
+    def _plan(self, descriptor: Descriptor) -> _Plan:
+        plan = self.plans.get(descriptor.full_name)
+        if plan is None:
+            plan = self.plans[descriptor.full_name] = _Plan(descriptor, self)
+        return plan
+
+    def _record(self, message: Message, where: str) -> dict[str, Any]:
+        unknown = UnknownFieldSet(message)
+        if len(unknown):
+            numbers = sorted({f.field_number for f in unknown})[:5]
+            raise BadMessage(
+                R.MALFORMED_PAYLOAD,
+                f"{where}: fields {numbers} are not in {message.DESCRIPTOR.full_name}: written with another schema",
+            )
+        plan = self._plan(message.DESCRIPTOR)
+        out = dict(plan.unset)
+        # ListFields (the C parser's) gives the fields that are set; the others keep `unset`
+        for field, value in message.ListFields():
+            convert = plan.convert[field.number]
+            out[field.name] = value if convert is None else convert(value, where)
+        for name, empty in plan.containers:
+            if name not in out:
+                out[name] = empty()
+        return out
 
 
-def _record(message: Message, where: str) -> dict[str, Any]:
-    unknown = UnknownFieldSet(message)
-    if len(unknown):
-        numbers = sorted({f.field_number for f in unknown})[:5]
-        raise BadMessage(
-            R.MALFORMED_PAYLOAD,
-            f"{where}: fields {numbers} are not in {message.DESCRIPTOR.full_name}: written with another schema",
-        )
-    out: dict[str, Any] = {}
-    for field in message.DESCRIPTOR.fields:
-        if field.has_presence and not message.HasField(field.name):
-            out[field.name] = None
-            continue
-        value = getattr(message, field.name)
-        if _is_map(field):
-            value_field = field.message_type.fields_by_name["value"]
-            out[field.name] = {str(k): _value(value_field, v, where) for k, v in value.items()}
-        elif field.is_repeated:
-            out[field.name] = [_value(field, v, where) for v in value]
-        else:
-            out[field.name] = _value(field, value, where)
-    return out
+class _Plan:
+    """How one message type becomes a dict, worked out once: each field's value when it is not
+    set, and the conversion of each field's value when it is (None: as it is)."""
+
+    def __init__(self, descriptor: Descriptor, reader: MessageReader) -> None:
+        self.unset: dict[str, Any] = {}
+        self.containers: list[tuple[str, Callable[[], Any]]] = []  # repeated and map fields: a fresh [] or {}
+        self.convert: dict[int, Callable[[Any, str], Any] | None] = {}
+        for field in descriptor.fields:
+            if _is_map(field):
+                value_field = field.message_type.fields_by_name["value"]
+                one = _converter(value_field, reader)
+                self.containers.append((field.name, dict))
+                self.convert[field.number] = _map_of(one)
+            elif field.is_repeated:
+                one = _converter(field, reader)
+                self.containers.append((field.name, list))
+                self.convert[field.number] = _list_of(one)
+            else:
+                # set when present; proto3 leaves a zero out, which JSON would carry as a zero
+                self.unset[field.name] = None if field.has_presence else _zero(field)
+                self.convert[field.number] = _converter(field, reader)
+
+
+def _zero(field: FieldDescriptor) -> Any:
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return field.enum_type.values_by_number[0].name if 0 in field.enum_type.values_by_number else 0
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return ""
+    return field.default_value
+
+
+def _list_of(one: Callable[[Any, str], Any] | None) -> Callable[[Any, str], Any]:
+    if one is None:
+        return lambda values, where: list(values)
+    return lambda values, where: [one(v, where) for v in values]
+
+
+def _map_of(one: Callable[[Any, str], Any] | None) -> Callable[[Any, str], Any]:
+    if one is None:
+        return lambda values, where: {str(k): v for k, v in values.items()}
+    return lambda values, where: {str(k): one(v, where) for k, v in values.items()}
 
 
 def _is_map(field: FieldDescriptor) -> bool:
     return field.is_repeated and field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
 
 
-def _value(field: FieldDescriptor, value: Any, where: str) -> Any:
+def _converter(field: FieldDescriptor, reader: MessageReader) -> Callable[[Any, str], Any] | None:
+    """The conversion of one value of `field`; None when the parsed value is already what JSON
+    would carry (numbers, strings, booleans)."""
     kind = field.type
     if kind == FieldDescriptor.TYPE_MESSAGE or kind == FieldDescriptor.TYPE_GROUP:
         name = field.message_type.full_name
         if name in _WRAPPERS:
-            inner = value.value
-            return base64.b64encode(inner).decode() if isinstance(inner, bytes) else inner
+            return _wrapper
         if name in _AS_TEXT or name in _AS_JSON:
-            try:
-                return json_format.MessageToDict(value)
-            except (ValueError, TypeError) as err:  # e.g. a Timestamp out of RFC 3339's range
-                raise BadMessage(R.MALFORMED_PAYLOAD, f"{where}: {field.name}: {err}"[:300]) from None
-        return _record(value, where)
+            return partial(_as_json, field.name)
+        return reader._record
     if kind == FieldDescriptor.TYPE_ENUM:
-        known = field.enum_type.values_by_number.get(value)
-        return known.name if known is not None else value
+        names = {v.number: v.name for v in field.enum_type.values}
+        return lambda value, where: names.get(value, value)
     if kind == FieldDescriptor.TYPE_BYTES:
-        return base64.b64encode(value).decode()
-    return value
+        return lambda value, where: base64.b64encode(value).decode()
+    return None
+
+
+def _wrapper(value: Any, where: str) -> Any:
+    inner = value.value
+    return base64.b64encode(inner).decode() if isinstance(inner, bytes) else inner
+
+
+def _as_json(name: str, value: Message, where: str) -> Any:
+    try:
+        return json_format.MessageToDict(value)
+    except (ValueError, TypeError) as err:  # e.g. a Timestamp out of RFC 3339's range
+        raise BadMessage(R.MALFORMED_PAYLOAD, f"{where}: {name}: {err}"[:300]) from None
 
 
 __all__ = ["MessageReader", "add_file", "well_known_pool"]

@@ -221,3 +221,75 @@ def test_a_descriptor_set_that_does_not_parse_or_lacks_the_message_is_a_config_e
     assert "not a Protobuf descriptor set (protoc --descriptor_set_out)" in source
     with pytest.raises(ValueError, match="needs message_type"):
         EnvelopeMapping(format="protobuf", schema_file=path)
+
+
+KINDS = """
+name: "kinds.proto" package: "k" syntax: "proto3"
+dependency: "google/protobuf/wrappers.proto" dependency: "google/protobuf/struct.proto"
+message_type { name: "Kinds"
+  field { name: "big" number: 1 label: LABEL_OPTIONAL type: TYPE_INT64 }
+  field { name: "flag" number: 2 label: LABEL_OPTIONAL type: TYPE_BOOL }
+  field { name: "plan" number: 3 label: LABEL_OPTIONAL type: TYPE_ENUM type_name: ".k.Plan" }
+  field { name: "xs" number: 4 label: LABEL_REPEATED type: TYPE_DOUBLE }
+  field { name: "weights" number: 5 label: LABEL_REPEATED type: TYPE_MESSAGE type_name: ".k.Kinds.WeightsEntry" }
+  field { name: "blob" number: 6 label: LABEL_OPTIONAL type: TYPE_BYTES }
+  field { name: "maybe" number: 7 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.DoubleValue" }
+  field { name: "extra" number: 8 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".google.protobuf.Struct" }
+  field { name: "child" number: 9 label: LABEL_OPTIONAL type: TYPE_MESSAGE type_name: ".k.Kinds" }
+  nested_type { name: "WeightsEntry" options { map_entry: true }
+    field { name: "key" number: 1 label: LABEL_OPTIONAL type: TYPE_STRING }
+    field { name: "value" number: 2 label: LABEL_OPTIONAL type: TYPE_DOUBLE } } }
+enum_type { name: "Plan" value { name: "FREE" number: 0 } value { name: "PRO" number: 1 } }
+"""
+
+
+def test_protobuf_values_read_as_a_json_envelope_carries_them(tmp_path):
+    from google.protobuf import descriptor_pb2, struct_pb2, text_format, wrappers_pb2
+
+    from shadowdiff.replay.formats import payload_reader
+    from shadowdiff.schemas.config import EnvelopeMapping
+
+    pool, _ = compiled()
+    files = [descriptor_pb2.FileDescriptorProto.FromString(m.DESCRIPTOR.serialized_pb) for m in (wrappers_pb2, struct_pb2)]
+    files.append(text_format.Parse(KINDS, descriptor_pb2.FileDescriptorProto()))
+    for proto in files:
+        pool.Add(proto)
+    path = tmp_path / "kinds.desc"
+    path.write_bytes(descriptor_pb2.FileDescriptorSet(file=files).SerializeToString())
+    read = payload_reader(EnvelopeMapping(format="protobuf", schema_file=path, message_type="k.Kinds"))
+    assert read is not None
+    kinds = message_class(pool, "k.Kinds")
+    extra = struct_pb2.Struct()
+    extra.update({"a": 1, "b": [True, None]})
+    full = kinds(
+        big=2**62, flag=True, plan=1, xs=[1.5, -2.0], weights={"eu": 0.25}, blob=b"\x00\xff", extra=extra, child=kinds(big=7)
+    )
+    full.maybe.value = 0.0
+    unset = {
+        "big": 0,
+        "flag": False,
+        "plan": "FREE",
+        "xs": [],
+        "weights": {},
+        "blob": "",
+        "maybe": None,
+        "extra": None,
+        "child": None,
+    }
+    assert read(full.SerializeToString()) == {
+        "big": 2**62,  # a number, not the JSON mapping's string
+        "flag": True,
+        "plan": "PRO",
+        "xs": [1.5, -2.0],
+        "weights": {"eu": 0.25},
+        "blob": "AP8=",
+        "maybe": 0.0,  # a wrapper set to zero is there
+        "extra": {"a": 1.0, "b": [True, None]},
+        "child": unset | {"big": 7},
+    }
+    # proto3 writes no zeros: they read as zeros (and empty lists), as JSON carries them;
+    # what has presence and is not set reads as null
+    assert read(b"") == unset
+    first, second = read(b""), read(b"")
+    first["xs"].append(1.0)
+    assert second["xs"] == []  # each record its own lists
