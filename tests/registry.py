@@ -134,3 +134,62 @@ def run_and_judge(cfg: Path, run: str) -> tuple[dict[str, Any], list[tuple[Any, 
         return judged_document(con, Policy(min_samples=100)), rows, dead
     finally:
         con.close()
+
+
+def judged_topics(
+    tmp: Path,
+    bootstrap: str,
+    topics: tuple[str, str, str],
+    framed: tuple[list[bytes], list[bytes], list[int], list[bytes]],
+    registry_section: str,
+) -> tuple[Any, Any, Any]:
+    """The JSON twin, the wire-format topic and the poison topic (20 good records, then the
+    poison ones) produced and each judged: (from_json, from_wire, poisoned). `framed` is the
+    records' keys, wire-format values, timestamps and poison values."""
+    from helpers import produce
+
+    json_topic, wire_topic, poison_topic = topics
+    keys, wire, stamps, poison = framed
+    produce(bootstrap, wire_topic, list(zip(keys, wire, strict=True)), stamps)
+    poisoned_records = list(zip(keys[:20], wire[:20], strict=True)) + [(b"p%d" % i, p) for i, p in enumerate(poison)]
+    produce(bootstrap, poison_topic, poisoned_records, stamps[: len(poisoned_records)])
+    from_json = run_and_judge(config(tmp, bootstrap, json_topic, "json", ""), "json")
+    from_wire = run_and_judge(config(tmp, bootstrap, wire_topic, "wire", registry_section), "wire")
+    poisoned = run_and_judge(config(tmp, bootstrap, poison_topic, "poison", registry_section), "poison")
+    return from_json, from_wire, poisoned
+
+
+def assert_never_crashes(read: Any, valid: bytes) -> None:
+    """Hostile bytes are BadMessages, never crashes: random bytes, or the valid record with
+    bytes spliced in at a random place (lengths and varints turned huge or negative, tags and
+    wire types changed, strings cut or made invalid UTF-8, unions out of range)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from shadowdiff.schemas.envelope import BadMessage
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.one_of(st.binary(max_size=200), st.tuples(st.integers(0, len(valid)), st.binary(max_size=8))))
+    def never_crashes(data: bytes | tuple[int, bytes]) -> None:
+        value = data if isinstance(data, bytes) else valid[: data[0]] + data[1] + valid[data[0] + len(data[1]) :]
+        try:
+            out = read(value)
+        except BadMessage:
+            return
+        assert isinstance(out, dict)
+
+    never_crashes()
+
+
+def assert_judged_as_json(judged: tuple[Any, Any, Any], from_file: Any, reasons: list[str]) -> None:
+    """The wire-format and schema-file runs stored and judged as the JSON twin (1,200 requests),
+    no dead letters; the poison run's 20 good records stored and each poison record
+    dead-lettered with its reason, in order."""
+    from_json, from_wire, poisoned = judged
+    assert len(from_json[1]) == 2 * 1200  # baseline (live) and candidate answers of every request
+    for other in (from_wire, from_file):
+        assert other[1] == from_json[1]  # the same requests, inputs, times, segments and answers
+        assert judged_alike(other[0]) == judged_alike(from_json[0])
+    assert from_file[2] == from_wire[2] == from_json[2] == []
+    assert poisoned[2] == [(20 + i, reason) for i, reason in enumerate(reasons)]
+    assert poisoned[1] == from_json[1][:40]

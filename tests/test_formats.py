@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from helpers import T0, produce, serving
-from registry import config, judged_alike, registry_app, run_and_judge, traffic
+from registry import assert_judged_as_json, config, judged_topics, registry_app, run_and_judge, traffic
 
 from shadowdiff.diff.load import open_run
 from shadowdiff.replay.job import run_replay
@@ -98,34 +98,20 @@ def test_avro_through_a_registry_and_from_a_schema_file_judges_as_the_same_traff
             + bare({"request_id": "x"} | avro_record(envs[2])),  # another record, read as a click
             orjson.dumps(envs[3]),  # JSON on an Avro topic: not the wire format
         ]
-        produce(kafka_bootstrap, wire_topic, list(zip(keys, wire, strict=True)), stamps)
-        produce(
-            kafka_bootstrap,
-            poison_topic,
-            list(zip(keys[:20], wire[:20], strict=True)) + [(b"p%d" % i, p) for i, p in enumerate(poison)],
-            stamps[:24],
-        )
-        from_json = run_and_judge(config(tmp_path, kafka_bootstrap, json_topic, "json", ""), "json")
         registry_section = f'[envelope]\nformat = "avro"\nschema_registry = {{ url = "{registry}" }}'
-        from_wire = run_and_judge(config(tmp_path, kafka_bootstrap, wire_topic, "wire", registry_section), "wire")
-        poisoned = run_and_judge(config(tmp_path, kafka_bootstrap, poison_topic, "poison", registry_section), "poison")
+        from_json, from_wire, poisoned = judged_topics(
+            tmp_path, kafka_bootstrap, (json_topic, wire_topic, poison_topic), (keys, wire, stamps, poison), registry_section
+        )
     from_file = run_and_judge(
         config(tmp_path, kafka_bootstrap, file_topic, "file", '[envelope]\nformat = "avro"\nschema_file = "request.avsc"'), "file"
     )
 
-    assert len(from_json[1]) == 2 * 1200  # baseline (live) and candidate answers of every request
-    for other in (from_wire, from_file):
-        assert other[1] == from_json[1]  # the same requests, inputs, times, segments and answers
-        assert judged_alike(other[0]) == judged_alike(from_json[0])
-    assert from_file[2] == from_wire[2] == from_json[2] == []
     # each poison record is a dead letter with its reason, and the good records around it are stored
-    assert poisoned[2] == [
-        (20, "unknown_schema"),
-        (21, "malformed_payload"),
-        (22, "malformed_payload"),
-        (23, "malformed_payload"),
-    ]
-    assert poisoned[1] == from_json[1][:40]
+    assert_judged_as_json(
+        (from_json, from_wire, poisoned),
+        from_file,
+        ["unknown_schema", "malformed_payload", "malformed_payload", "malformed_payload"],
+    )
     assert schema_id != other_id
 
 

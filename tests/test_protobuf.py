@@ -17,7 +17,15 @@ from typing import Any
 import orjson
 import pytest
 from helpers import produce, serving
-from registry import config, judged_alike, registry_app, run_and_judge, traffic
+from registry import (
+    assert_judged_as_json,
+    assert_never_crashes,
+    config,
+    judged_topics,
+    registry_app,
+    run_and_judge,
+    traffic,
+)
 
 COMMON = """
 name: "shop/common.proto" package: "shop.common" syntax: "proto3"
@@ -129,35 +137,27 @@ def test_protobuf_through_a_registry_and_from_a_descriptor_set_judges_as_the_sam
             b"\x00" + avro_id.to_bytes(4, "big") + b"\x00",  # an Avro schema's id
             wire[6][:5] + b"\x06",  # three message indexes announced, none there
         ]
-        produce(kafka_bootstrap, wire_topic, list(zip(keys, wire, strict=True)), stamps)
-        produce(
-            kafka_bootstrap,
-            poison_topic,
-            list(zip(keys[:20], wire[:20], strict=True)) + [(b"p%d" % i, p) for i, p in enumerate(poison)],
-            stamps[:27],
-        )
-        from_json = run_and_judge(config(tmp_path, kafka_bootstrap, json_topic, "json", ""), "json")
         registry_section = f'[envelope]\nformat = "protobuf"\nschema_registry = {{ url = "{registry}" }}'
-        from_wire = run_and_judge(config(tmp_path, kafka_bootstrap, wire_topic, "wire", registry_section), "wire")
-        poisoned = run_and_judge(config(tmp_path, kafka_bootstrap, poison_topic, "poison", registry_section), "poison")
+        from_json, from_wire, poisoned = judged_topics(
+            tmp_path, kafka_bootstrap, (json_topic, wire_topic, poison_topic), (keys, wire, stamps, poison), registry_section
+        )
     file_section = '[envelope]\nformat = "protobuf"\nschema_file = "request.desc"\nmessage_type = "shop.scoring.InferenceRequest"'
     from_file = run_and_judge(config(tmp_path, kafka_bootstrap, file_topic, "file", file_section), "file")
 
-    assert len(from_json[1]) == 2 * 1200  # baseline (live) and candidate answers of every request
-    for other in (from_wire, from_file):
-        assert other[1] == from_json[1]  # the same requests, inputs, times, segments and answers
-        assert judged_alike(other[0]) == judged_alike(from_json[0])
-    assert from_file[2] == from_wire[2] == from_json[2] == []
-    assert poisoned[2] == [
-        (20, "unknown_schema"),
-        (21, "malformed_payload"),
-        (22, "malformed_payload"),
-        (23, "malformed_payload"),
-        (24, "unknown_schema"),
-        (25, "malformed_payload"),
-        (26, "malformed_payload"),
-    ]
-    assert poisoned[1] == from_json[1][:40]
+    # each poison record is a dead letter with its reason, and the good records around it are stored
+    assert_judged_as_json(
+        (from_json, from_wire, poisoned),
+        from_file,
+        [
+            "unknown_schema",
+            "malformed_payload",
+            "malformed_payload",
+            "malformed_payload",
+            "unknown_schema",
+            "malformed_payload",
+            "malformed_payload",
+        ],
+    )
     assert len({schema_id, click_id, avro_id}) == 3
 
 
@@ -171,12 +171,8 @@ def descriptor_set(tmp_path: Path) -> tuple[Path, Any]:
 
 
 def test_hostile_protobuf_payloads_are_bad_messages_never_crashes(tmp_path):
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
-
     from shadowdiff.replay.formats import payload_reader
     from shadowdiff.schemas.config import EnvelopeMapping
-    from shadowdiff.schemas.envelope import BadMessage
 
     path, request_class = descriptor_set(tmp_path)
     read = payload_reader(EnvelopeMapping(format="protobuf", schema_file=path, message_type="shop.scoring.InferenceRequest"))
@@ -187,19 +183,7 @@ def test_hostile_protobuf_payloads_are_bad_messages_never_crashes(tmp_path):
     assert record["input"]["plan"] == "free"
     assert read(request_class(request_id="r").SerializeToString())["input"] is None  # unset: null, as in Avro
 
-    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(st.one_of(st.binary(max_size=200), st.tuples(st.integers(0, len(valid)), st.binary(max_size=8))))
-    def never_crashes(data: bytes | tuple[int, bytes]) -> None:
-        # random bytes, or the valid record with bytes spliced in (tags, lengths and varints
-        # turned huge, wire types changed, strings cut or made invalid UTF-8)
-        value = data if isinstance(data, bytes) else valid[: data[0]] + data[1] + valid[data[0] + len(data[1]) :]
-        try:
-            out = read(value)
-        except BadMessage:
-            return
-        assert isinstance(out, dict)
-
-    never_crashes()
+    assert_never_crashes(read, valid)
 
 
 def test_a_descriptor_set_that_does_not_parse_or_lacks_the_message_is_a_config_error(tmp_path):
