@@ -565,17 +565,20 @@ class _LatencyBlocks(PairAggregate):
             return
         # one sort of the pairs into call order, kept in a table whose row ids are then the
         # ranks: each query reads the row groups of its blocks only
+        # (the call order's keys are carried as they are: the key struct is built per stretch)
         cols = "".join(c + ", " for c in sets.columns)
+        keys = ", ".join(f"{e} AS k{i}" for i, e in enumerate(CALL_ORDER))
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE blocks_ranked AS
-                SELECT {cols}b_lat, c_lat, {CALL_ORDER[0]} AS call_time, {_CALL_KEY} AS call_key
-                FROM {ok} ORDER BY {", ".join(CALL_ORDER)}"""
+                SELECT {cols}b_lat, c_lat, {keys} FROM {ok} ORDER BY {", ".join(CALL_ORDER)}"""
         )
+        call_key = "struct_pack(" + ", ".join(f"k{i} := k{i}" for i in range(len(CALL_ORDER))) + ")"
         last = last_block(n, size)
         for first in range(0, last + 1, per_query):
             # the last block takes the pairs after it, so it is never split
             until = "" if first + per_query > last else f"AND rowid < {(first + per_query) * size}"
-            part = f"(SELECT *, least(rowid // {size}, {last}) AS blk FROM blocks_ranked WHERE rowid >= {first * size} {until})"
+            part = f"""(SELECT {cols}b_lat, c_lat, k0 AS call_time, {call_key} AS call_key,
+                        least(rowid // {size}, {last}) AS blk FROM blocks_ranked WHERE rowid >= {first * size} {until})"""
             con.execute(f"INSERT INTO {table} {_by_segment(sets, _block_columns(qs), part, ['blk'])}")
         con.execute("DROP TABLE blocks_ranked")
 
