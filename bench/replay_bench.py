@@ -152,7 +152,20 @@ def timed_replay(cfg_path: Path) -> tuple[float, int]:
     from shadowdiff.schemas.config import load_config
 
     stats = run_replay(load_config(cfg_path))
+    _record_failed_exports(cfg_path)
     return float(stats.summary()["seconds"]), stats.sampled
+
+
+FAILED_EXPORTS: list[int] = []  # per replay of this process, from its worker's heartbeat
+
+
+def _record_failed_exports(cfg_path: Path) -> None:
+    from shadowdiff.schemas.config import load_config
+    from shadowdiff.schemas.layout import RunLayout
+
+    cfg = load_config(cfg_path)
+    beat = RunLayout(cfg.run.home, cfg.run.id).worker_exports(cfg.run.worker) / "heartbeat.json"
+    FAILED_EXPORTS.append(int(orjson.loads(beat.read_bytes())["failed_exports"]))
 
 
 def _serve(conn) -> None:  # type: ignore[no-untyped-def]
@@ -249,6 +262,8 @@ def main() -> None:
         f"replay 5% sampling: {med['five']:,.0f} msg/s, ratio {med['five_ratio']:.2f} "
         f"(rounds {', '.join(f'{r:.2f}' for r in rounds['five_ratio'])}; target >= 0.9)"
     )
+
+    print(f"failed checkpoint exports per replay: {FAILED_EXPORTS} (target: 0 in every round)")
 
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
