@@ -564,14 +564,20 @@ class _LatencyBlocks(PairAggregate):
             con.execute(f"INSERT INTO {table} {_blocks_sql(sets, qs, ok, 0, size, n)}")
             return
         # one sort of the pairs into call order, kept in a table whose row ids are then the
-        # ranks: each query reads the row groups of its blocks only
-        # (the call order's keys are carried as they are: the key struct is built per stretch)
+        # ranks (DuckDB stores an ordered result in its order while it preserves insertion
+        # order, its default): each query reads the row groups of its blocks only. The call
+        # order's keys are carried as they are; the key struct is built per stretch.
         cols = "".join(c + ", " for c in sets.columns)
         keys = ", ".join(f"{e} AS k{i}" for i, e in enumerate(CALL_ORDER))
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE blocks_ranked AS
-                SELECT {cols}b_lat, c_lat, {keys} FROM {ok} ORDER BY {", ".join(CALL_ORDER)}"""
-        )
+        (preserved,) = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() or (True,)
+        con.execute("SET preserve_insertion_order = true")
+        try:
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE blocks_ranked AS
+                    SELECT {cols}b_lat, c_lat, {keys} FROM {ok} ORDER BY {", ".join(CALL_ORDER)}"""
+            )
+        finally:
+            con.execute(f"SET preserve_insertion_order = {'true' if preserved else 'false'}")
         call_key = "struct_pack(" + ", ".join(f"k{i} := k{i}" for i in range(len(CALL_ORDER))) + ")"
         last = last_block(n, size)
         for first in range(0, last + 1, per_query):

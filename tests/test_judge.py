@@ -367,10 +367,12 @@ def test_windows_and_latency_blocks_computed_a_few_at_a_time_equal_one_query(tmp
     write_synthetic_store(tmp_path / "run" / "store-w0.duckdb", Scenario(n=6_000, segments=3, seed=5), "run")
     policy = Policy(min_samples=200)
 
-    def aggregates(at_most: int) -> tuple[dict[float, Any], dict[str, Any]]:
+    def aggregates(at_most: int, preserve_order: bool = True) -> tuple[dict[float, Any], dict[str, Any]]:
         monkeypatch.setattr(aggregate, "QUANTILE_PAIRS_PER_QUERY", at_most)
         con = open_run(tmp_path, "run")
         try:
+            # the blocks' ranks are the row ids of a sorted table whatever the connection's setting
+            con.execute(f"SET preserve_insertion_order = {str(preserve_order).lower()}")
             info = run_info(con)
             evidence = gather_evidence(con, policy, info, info.candidates[0].name)
             return evidence.windows, evidence.blocks
@@ -383,3 +385,4 @@ def test_windows_and_latency_blocks_computed_a_few_at_a_time_equal_one_query(tmp
     assert windows == whole_windows
     assert len(whole_blocks["all"]) == 94  # 6,000 pairs, 64 a block
     assert blocks == whole_blocks
+    assert aggregates(700, preserve_order=False) == (whole_windows, whole_blocks)
