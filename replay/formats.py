@@ -73,11 +73,12 @@ def format_problems(env: EnvelopeMapping) -> list[str]:
     return []
 
 
-def _parse_schema(text: str, origin: str) -> Any:
+def _parse_schema(text: str, origin: str, named: dict[str, Any] | None = None) -> Any:
+    """A parsed Avro schema; `named` holds the named types it may use and receives its own."""
     import fastavro
 
     try:
-        return fastavro.parse_schema(orjson.loads(text))
+        return fastavro.parse_schema(orjson.loads(text), named_schemas=named)
     except (orjson.JSONDecodeError, fastavro.schema.SchemaParseException, ValueError, TypeError, KeyError) as err:
         raise ConfigError(origin, [f"not an Avro schema: {err}"]) from err
 
@@ -305,11 +306,33 @@ class _RegistryReader:
         return self._protobuf_file(schema, schema_id) if self.protobuf else self._avro(schema, schema_id)
 
     def _avro(self, schema: Any, schema_id: int) -> _Avro:
-        text = schema.schema_str or ""
+        named: dict[str, Any] = {}  # the named types of the schemas it references, by full name
+        texts = [*self._avro_references(schema, named, set()), schema.schema_str or ""]
         try:
-            return _Avro(_parse_schema(text, f"schema id {schema_id}"), _needs_conversion(text))
+            return _Avro(_parse_schema(texts[-1], f"schema id {schema_id}", named), any(map(_needs_conversion, texts)))
         except ConfigError as err:
             raise BadMessage(R.MALFORMED_PAYLOAD, f"schema id {schema_id} is not an Avro schema: {err}"[:300]) from None
+
+    def _avro_references(self, schema: Any, named: dict[str, Any], seen: set[str]) -> list[str]:
+        """The texts of the schemas `schema` references (registered under their own subjects,
+        as the serializers register shared records), each parsed into `named` after its own."""
+        texts: list[str] = []
+        for ref in schema.references or []:
+            if ref.name in seen:
+                continue
+            seen.add(ref.name)
+            found = self._get(
+                partial(self.client.get_version, ref.subject, ref.version, True),
+                f"reference {ref.name} ({ref.subject} v{ref.version})",
+            )
+            texts += self._avro_references(found.schema, named, seen)
+            text = found.schema.schema_str or ""
+            try:
+                _parse_schema(text, f"reference {ref.name}", named)
+            except ConfigError as err:
+                raise BadMessage(R.MALFORMED_PAYLOAD, f"reference {ref.name} is not an Avro schema: {err}"[:300]) from None
+            texts.append(text)
+        return texts
 
     def _protobuf_file(self, schema: Any, schema_id: int) -> _ProtobufFile:
         from shadowdiff.replay.protobuf_payload import add_file, well_known_pool

@@ -157,3 +157,39 @@ def test_an_unreachable_registry_stops_the_run_before_anything_is_committed(tmp_
         up = f'[envelope]\nformat = "avro"\nschema_registry = {{ url = "{registry}" }}'
         _, rows, dead = run_and_judge(config(tmp_path, kafka_bootstrap, topic, "down", up), "down")
     assert (len(rows), dead) == (600, [])
+
+
+def test_an_avro_schema_that_references_a_shared_record_is_read_through_its_reference():
+    # a record type shared between topics is registered under a subject of its own, and the
+    # request's schema names it with a reference (as confluent-kafka's serializers resolve it)
+    from confluent_kafka.schema_registry import Schema, SchemaReference, SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from shadowdiff.replay.formats import payload_reader
+    from shadowdiff.schemas.config import EnvelopeMapping, SchemaRegistrySpec
+    from shadowdiff.schemas.envelope import BadMessage
+
+    segments = next(f["type"] for f in SCHEMA["fields"] if f["name"] == "segments") | {"namespace": "shop.scoring"}
+    request = {
+        **SCHEMA,
+        "fields": [f | {"type": "shop.scoring.Segments"} if f["name"] == "segments" else f for f in SCHEMA["fields"]],
+    }
+    with serving(registry_app()) as registry:
+        client = SchemaRegistryClient({"url": registry})
+        client.register_schema("shop.scoring.Segments", Schema(orjson.dumps(segments).decode(), "AVRO"))
+        reference = SchemaReference("shop.scoring.Segments", "shop.scoring.Segments", 1)
+        schema = Schema(orjson.dumps(request).decode(), "AVRO", [reference])
+        serializer = AvroSerializer(client, schema)
+        env = traffic(1)[0]
+        value = serializer(avro_record(env), SerializationContext("requests", MessageField.VALUE))
+        read = payload_reader(EnvelopeMapping(format="avro", schema_registry=SchemaRegistrySpec(url=registry)))
+        assert read is not None
+        assert read(value) == env
+        # a reference the registry no longer has (its subject hard-deleted): the message's,
+        # never the run's
+        orphan = Schema(orjson.dumps(request | {"name": "Orphan"}).decode(), "AVRO", [SchemaReference("x.Gone", "gone", 1)])
+        orphan_id = client.register_schema("orphan", orphan)
+        with pytest.raises(BadMessage) as refused:
+            read(b"\x00" + orphan_id.to_bytes(4, "big") + value[5:])
+        assert refused.value.reason == "unknown_schema"
