@@ -217,61 +217,94 @@ def replaced_since(con: duckdb.DuckDBPyConnection, table: str, gen: int) -> int:
     return int(n)
 
 
+# Rows of a table read from the exports in one step of a look (several folders a step): the
+# first look of a long run reads every folder, and one DISTINCT ON over all of them (200M rows
+# at 50M pairs) sorted more than the disk held.
+INGEST_ROWS_PER_STEP = 4_000_000
+
+
 def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Path]) -> None:
-    """Add the rows of `folders` to the cache in one transaction. A row whose coordinates the
-    cache already holds keeps the copy of the earlier folder: rare (a crash between publishing
-    and recording an export, or a message two workers stored during a rebalance), and the only
-    case that touches old rows."""
-    prefix = len(str(layout.exports)) + 1
+    """Add the rows of `folders` to the cache in one transaction, a stretch of folders at a
+    time in folder order. A row whose coordinates the cache already holds keeps the copy of the
+    earlier folder: rare (a crash between publishing and recording an export, or a message two
+    workers stored during a rebalance), and the only case that touches old rows. In folder
+    order, a stretch's rows never come before those of the stretches before it, so the rows
+    kept are those of one step over every folder."""
+    folders = sorted(folders, key=lambda f: _origin(layout, f))
+    manifests = {f: (f / "manifest.json").read_text(encoding="utf-8") for f in folders}
     con.execute("BEGIN")
     try:
         (gen,) = con.execute("SELECT coalesce(max(gen), 0) + 1 FROM ingested").fetchone() or (1,)
         for t in EXPORT_TABLES:
-            keys = EXPORT_KEYS[t]
-            files = "[" + ", ".join(literal(str(f / f"{t}.parquet")) for f in folders) + "]"
-            # the folder a row came from, as `<worker>/<seq>`, from the file's path
-            origin = f"regexp_replace(substr(filename, {prefix + 1}), '/[^/]*$', '')"
-            con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE incoming AS SELECT * FROM (
-                      SELECT DISTINCT ON ({keys}) * EXCLUDE (filename), {origin} AS origin, {int(gen)} AS gen
-                      FROM read_parquet({files}, union_by_name = true, filename = true)
-                      ORDER BY {keys}, filename)"""
-            )
-            cached = _cached(t)
-            con.execute(f"CREATE TABLE IF NOT EXISTS {cached} AS SELECT * FROM incoming LIMIT 0")
-            cols = [k.strip() for k in keys.split(",")]
-
-            def same(a: str, b: str, cols: list[str] = cols) -> str:
-                return " AND ".join(f"{a}.{k} = {b}.{k}" for k in cols)
-
-            # the one join with the cached rows: the incoming keys (few) probe the cached ones
-            con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE clashes AS SELECT {", ".join(f"i.{k}" for k in cols)},
-                    i.origin < c.origin AS incoming_first FROM incoming i JOIN {cached} c ON {same("c", "i")}"""
-            )
-            (n_clash,) = con.execute("SELECT count(*) FROM clashes").fetchone() or (0,)
-            if n_clash:
-                # aggregates kept from the rows alone (diff/features.py) cannot take a row back:
-                # they are built whole after a look that replaced cached rows
-                con.execute(
-                    "INSERT INTO replaced_rows SELECT ?, ?, count(*) FROM clashes WHERE incoming_first HAVING count(*) > 0",
-                    [gen, t],
-                )
-                # the copy of the earlier folder stays, on whichever side it is
-                for side, alias, first in ((cached, "c", ""), ("incoming", "i", "NOT ")):
-                    con.execute(
-                        f"""DELETE FROM {side} {alias} WHERE EXISTS
-                            (SELECT 1 FROM clashes x WHERE {first}x.incoming_first AND {same("x", alias)})"""
-                    )
-            con.execute(f"INSERT INTO {cached} BY NAME SELECT * FROM incoming")
+            files = [str(f / f"{t}.parquet") for f in folders]
+            # the files' row counts, from their footers
+            counts = dict(con.execute("SELECT file_name, num_rows FROM parquet_file_metadata(?)", [files]).fetchall())
+            sizes = [int(counts.get(file, 0)) for file in files]
+            for stretch in _stretches(folders, sizes, INGEST_ROWS_PER_STEP):
+                _ingest_table(con, layout, t, stretch, int(gen))
         con.executemany(
             "INSERT INTO ingested (folder, manifest, gen) VALUES (?, ?, ?)",
-            [(_origin(layout, f), (f / "manifest.json").read_text(encoding="utf-8"), gen) for f in folders],
+            [(_origin(layout, f), manifests[f], gen) for f in folders],
         )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def _stretches(folders: list[Path], sizes: list[int], at_most: int) -> list[list[Path]]:
+    """Consecutive folders of at most `at_most` rows together (a larger folder alone)."""
+    out: list[list[Path]] = []
+    total = 0
+    for folder, n in zip(folders, sizes, strict=True):
+        if out and total + n <= at_most:
+            out[-1].append(folder)
+            total += n
+        else:
+            out.append([folder])
+            total = n
+    return out
+
+
+def _ingest_table(con: duckdb.DuckDBPyConnection, layout: RunLayout, t: str, folders: list[Path], gen: int) -> None:
+    prefix = len(str(layout.exports)) + 1
+    keys = EXPORT_KEYS[t]
+    files = "[" + ", ".join(literal(str(f / f"{t}.parquet")) for f in folders) + "]"
+    # the folder a row came from, as `<worker>/<seq>`, from the file's path
+    origin = f"regexp_replace(substr(filename, {prefix + 1}), '/[^/]*$', '')"
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE incoming AS SELECT * FROM (
+              SELECT DISTINCT ON ({keys}) * EXCLUDE (filename), {origin} AS origin, {gen} AS gen
+              FROM read_parquet({files}, union_by_name = true, filename = true)
+              ORDER BY {keys}, filename)"""
+    )
+    cached = _cached(t)
+    con.execute(f"CREATE TABLE IF NOT EXISTS {cached} AS SELECT * FROM incoming LIMIT 0")
+    cols = [k.strip() for k in keys.split(",")]
+
+    def same(a: str, b: str, cols: list[str] = cols) -> str:
+        return " AND ".join(f"{a}.{k} = {b}.{k}" for k in cols)
+
+    # the one join with the cached rows: the incoming keys (few) probe the cached ones
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE clashes AS SELECT {", ".join(f"i.{k}" for k in cols)},
+            i.origin < c.origin AS incoming_first FROM incoming i JOIN {cached} c ON {same("c", "i")}"""
+    )
+    (n_clash,) = con.execute("SELECT count(*) FROM clashes").fetchone() or (0,)
+    if n_clash:
+        # aggregates kept from the rows alone (diff/features.py) cannot take a row back:
+        # they are built whole after a look that replaced cached rows
+        con.execute(
+            "INSERT INTO replaced_rows SELECT ?, ?, count(*) FROM clashes WHERE incoming_first HAVING count(*) > 0",
+            [gen, t],
+        )
+        # the copy of the earlier folder stays, on whichever side it is
+        for side, alias, first in ((cached, "c", ""), ("incoming", "i", "NOT ")):
+            con.execute(
+                f"""DELETE FROM {side} {alias} WHERE EXISTS
+                    (SELECT 1 FROM clashes x WHERE {first}x.incoming_first AND {same("x", alias)})"""
+            )
+    con.execute(f"INSERT INTO {cached} BY NAME SELECT * FROM incoming")
 
 
 def coverage(con: duckdb.DuckDBPyConnection, silent_after_s: float) -> Coverage | None:

@@ -15,6 +15,7 @@ import pytest
 from helpers import judged_document
 from replays import Replay
 
+from shadowdiff.diff import exports
 from shadowdiff.diff.exports import open_cache, open_exports
 from shadowdiff.diff.testing import Scenario, write_synthetic_store
 from shadowdiff.schemas.errors import JudgeCacheBusy
@@ -60,7 +61,11 @@ def contents(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
     return {t: con.execute(f"SELECT * FROM {t} ORDER BY {EXPORT_KEYS[t]}").fetchall() for t in EXPORT_TABLES}
 
 
-def test_each_look_reads_only_new_exports_and_equals_a_full_reread(tmp_path):
+@pytest.mark.parametrize("rows_per_step", [4_000_000, 1], ids=["one-step", "a-folder-a-step"])
+def test_each_look_reads_only_new_exports_and_equals_a_full_reread(tmp_path, monkeypatch, rows_per_step):
+    # a look reads its folders a stretch at a time (of at most INGEST_ROWS_PER_STEP rows, or
+    # a folder): the cache holds the same rows whatever the stretches
+    monkeypatch.setattr(exports, "INGEST_ROWS_PER_STEP", rows_per_step)
     home, store, layout = small_run(tmp_path, 12_000, 3)
     policy = Policy(min_samples=200)
     hidden = tmp_path / "not-yet-published"
