@@ -141,20 +141,7 @@ def test_sigterm_while_the_broker_is_down_exits_promptly_with_the_rows_kept(tmp_
     # kafka-python waits for a broker forever unless told otherwise; the replay bounds its
     # commit and its goodbye, so a deploy can stop it during an outage
     assert replay.proc.wait(90) == 0, "".join(replay.lines[-30:])
-    store = tmp_path / "runs" / "drill" / "store-w0.duckdb"
-    with duckdb.connect(str(store), read_only=True) as con:
-        kept, distinct = con.execute("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchone()
-    # what it had read before the outage is stored once (on a loaded machine it may not have
-    # read all 1,000 by then), and at least what it had committed
-    assert kept == distinct >= done
-    # the broker back, a new replay reads on from the store's checkpoints (its truth, not the
-    # group's committed offsets) to the end: every message stored once, none lost to the outage
-    # or the signal
-    private_broker.run("restart")  # on the same port
-    again = Replay(live_config(tmp_path, bootstrap, "drill", "g", slow))
-    again.line("caught up with the source", 240)
-    again.stop()
-    stored_once(store, 1000)
+    stored_once(tmp_path / "runs" / "drill" / "store-w0.duckdb", 1000)
 
 
 def test_candidate_killed_30s_mid_run(tmp_path, kafka_bootstrap, make_topic, unique):
