@@ -13,6 +13,7 @@ import numpy as np
 from shadowdiff.diff.kept import RATE, PairAggregate, maintained, rate_pairs
 from shadowdiff.diff.pairs import KeptPairs
 from shadowdiff.diff.segments import ALL, SegmentSets
+from shadowdiff.diff.stretches import stretches
 
 
 def latency_grid(quantiles: Sequence[float]) -> list[float]:
@@ -394,8 +395,9 @@ class _Windows(PairAggregate):
         counts = con.execute(f"SELECT {bucket} AS w, count(*) FROM {source} GROUP BY w ORDER BY w").fetchall()
         empty = self.sql(f"(SELECT * FROM {source} WHERE FALSE)")
         con.execute(f"CREATE OR REPLACE {'TEMP ' if temp else ''}TABLE {table} AS {empty}")
-        for lo, hi in _stretches(counts, QUANTILE_PAIRS_PER_QUERY):
-            self._insert(table, source, f"{bucket} BETWEEN $lo AND $hi", lo, hi)
+        windows = [w for w, _ in counts]
+        for run in stretches(windows, [n for _, n in counts], QUANTILE_PAIRS_PER_QUERY):
+            self._insert(table, source, f"{bucket} BETWEEN $lo AND $hi", run[0], run[-1])
 
     def _insert(self, table: str, source: str, windows: str, lo: Any, hi: Any) -> None:
         # the range lets DuckDB skip the row groups of other times before bucketing
@@ -418,21 +420,6 @@ class _Windows(PairAggregate):
 # every value of its group and cannot spill; with two latencies per pair, in two grouping sets,
 # 4M pairs hold about 128 MB of them, well inside the judge's 2 GB with DuckDB's own overhead.
 QUANTILE_PAIRS_PER_QUERY = 4_000_000
-
-
-def _stretches(counts: Sequence[tuple[Any, int]], at_most: int) -> list[tuple[Any, Any]]:
-    """Consecutive groups (first and last key) of keys in order, each of at most `at_most`
-    rows, or a single key that alone has more."""
-    out: list[tuple[Any, Any]] = []
-    total = 0
-    for key, n in counts:
-        if out and total + n <= at_most:
-            out[-1] = (out[-1][0], key)
-            total += n
-        else:
-            out.append((key, key))
-            total = n
-    return out
 
 
 def per_window(

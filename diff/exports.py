@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 import orjson
 
+from shadowdiff.diff.stretches import stretches
 from shadowdiff.schemas.errors import JudgeCacheBusy, StoreError
 from shadowdiff.schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
 from shadowdiff.schemas.sql import literal
@@ -240,7 +241,7 @@ def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Pat
             # the files' row counts, from their footers
             counts = dict(con.execute("SELECT file_name, num_rows FROM parquet_file_metadata(?)", [files]).fetchall())
             sizes = [int(counts.get(file, 0)) for file in files]
-            for stretch in _stretches(folders, sizes, INGEST_ROWS_PER_STEP):
+            for stretch in stretches(folders, sizes, INGEST_ROWS_PER_STEP):
                 _ingest_table(con, layout, t, stretch, int(gen))
         con.executemany(
             "INSERT INTO ingested (folder, manifest, gen) VALUES (?, ?, ?)",
@@ -250,20 +251,6 @@ def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Pat
     except BaseException:
         con.execute("ROLLBACK")
         raise
-
-
-def _stretches(folders: list[Path], sizes: list[int], at_most: int) -> list[list[Path]]:
-    """Consecutive folders of at most `at_most` rows together (a larger folder alone)."""
-    out: list[list[Path]] = []
-    total = 0
-    for folder, n in zip(folders, sizes, strict=True):
-        if out and total + n <= at_most:
-            out[-1].append(folder)
-            total += n
-        else:
-            out.append([folder])
-            total = n
-    return out
 
 
 def _ingest_table(con: duckdb.DuckDBPyConnection, layout: RunLayout, t: str, folders: list[Path], gen: int) -> None:
