@@ -60,6 +60,13 @@ class CheckResult:
     df: float | None = None  # a t statistic's degrees of freedom: z is read through the t distribution
     span_s: float | None = None  # latency: the wall-clock time its calls cover
     waiting: str | None = None  # why it cannot be decided either way yet (too few calls to test)
+    # what its n counts: "pairs", or "outcomes" (pairs whose outcome arrived: they grow at their
+    # own pace, so what is missing is said in outcomes of the segment, not pairs of the run)
+    unit: str = "pairs"
+    # whether a segment is shown within the looser segment margin (diff/decide.py); outcome
+    # checks hold every segment to the run's margin: a loss of accuracy confined to a segment
+    # is the regression they exist to catch
+    segment_margin: bool = True
 
     def set_test(self, est: float, se: float, threshold: float, lower_is_worse: bool = False) -> None:
         self.est, self.se, self.test_threshold, self.lower_is_worse = est, se, threshold, lower_is_worse

@@ -85,7 +85,7 @@ def within_threshold(r: ck.CheckResult, policy: Policy) -> float | None:
     segment, `segment_margin` times as far from the ideal (a ratio's log, an overlap's shortfall
     from 1, a rate, a share, a mean)."""
     t = r.test_threshold
-    if t is None or r.segment == ALL:
+    if t is None or r.segment == ALL or not r.segment_margin:
         return t
     margin = 1.0 if policy.prove_in_segments else policy.segment_margin
     return 1 - (1 - t) * margin if r.lower_is_worse else t * margin
@@ -211,6 +211,17 @@ def _say_what_is_missing(r: ck.CheckResult, policy: Policy, n_all: int) -> None:
         return _as_normal(z, r.df)
 
     needed = sequential.pairs_needed(gap, se, r.n, horizon, policy.alpha, as_normal=as_normal)
+    if r.unit != "pairs":
+        # outcomes arrive at their own pace: say how many this segment needs, in outcomes
+        r.extra[f"{r.unit}_needed"] = needed
+        where = "the run" if r.segment == ALL else "this segment"
+        more = (
+            f"about {needed:,} {r.unit} in {where} would show it at the current variance"
+            if needed is not None
+            else "the estimate is on the wrong side of the threshold: more may show it worse, never within"
+        )
+        r.detail += f"; not yet shown within the threshold ({more})"
+        return
     # a segment's pairs (or latency's calls) grow with the run's pairs: say it in those
     scale = n_all / r.n if 0 < r.n < n_all else 1.0
 

@@ -32,6 +32,8 @@ from shadowdiff.diff.explain import data_section, examples, excess, localise, of
 from shadowdiff.diff.kept import RATE
 from shadowdiff.diff.kinds import RUN_LEVEL_KINDS, SEGMENT_KINDS, Evidence
 from shadowdiff.diff.load import RunInfo, run_info, source_complete
+from shadowdiff.diff.outcome_checks import say_better
+from shadowdiff.diff.outcomes import has_outcomes, no_outcomes, outcome_stats, outcome_summary
 from shadowdiff.diff.outputs import compare_outputs
 from shadowdiff.diff.pairs import BuiltPairs, Pooling, build_pairs
 from shadowdiff.diff.quality import feature_checks, run_level_checks, threshold_for
@@ -73,6 +75,7 @@ def judge(
     segments, judged = segment_status(ev, policy, complete)
     results = run_checks(con, ev, policy, judged, shared)
     family = decide(results, policy, ev.n_run, declared_family(policy, ev.sets, ev.output, len(names)))
+    say_better(results)
     verdict, reasons = verdict_and_reasons(ev, policy, results, segments, complete)
     warnings = [f"{_what(r)} in {r.segment}: {r.detail}" for r in results if r.status == ck.WARN]
     doc: dict[str, Any] = {
@@ -101,6 +104,9 @@ def judge(
         "flips": {seg: dict(sorted(v["moves"].items())) for seg, v in sorted(ev.labels.items()) if v["moves"]},
         "examples": examples(con, ev.sets, policy.examples, cand),
     }
+    if ev.outcomes is not None:
+        whole = ev.outcomes.get(ALL) or {}
+        doc["outcomes"] = outcome_summary(con, ev.n_run, int(whole.get("n_out") or 0))
     doc = _stable(doc)
     doc["digest"] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     doc["generated_at"] = datetime.now(UTC).isoformat()
@@ -128,6 +134,8 @@ class RunEvidence:
     abs_thresholds: list[float]
     live: bool
     hour_bucket: str | None
+    outcomes: dict[str, Any] | None = None  # per segment (diff/outcomes.py), when outcomes are judged
+    min_outcomes: int = 0
 
     @property
     def output(self) -> OutputSpec:
@@ -162,6 +170,8 @@ class RunEvidence:
             lat_grid=self.grid,
             abs_grid=self.abs_grid,
             abs_thresholds=self.abs_thresholds,
+            outcomes=None if self.outcomes is None else self.outcomes.get(seg),
+            min_outcomes=self.min_outcomes,
         )
 
 
@@ -184,6 +194,12 @@ def gather_evidence(con: duckdb.DuckDBPyConnection, policy: Policy, info: RunInf
     by_sampling = _by_sampling(con, info, built)
     needs = set().union(*(SEGMENT_KINDS[c.kind].needs for c in policy.checks if c.kind in SEGMENT_KINDS))
     baseline_model = info.run.baseline.model
+    # outcomes are joined when the policy tests them, or when outcome workers exported some
+    # (the verdict then reports them, and the report draws them)
+    with_outcomes = "outcomes" in needs or has_outcomes(con)
+    if with_outcomes and not has_outcomes(con):
+        no_outcomes(con)  # judged without the run folder (a bare connection): none arrived
+    positive = info.run.outcomes.positive_label if info.run.outcomes is not None else "1"
     return RunEvidence(
         info=info,
         cand=cand,
@@ -209,6 +225,8 @@ def gather_evidence(con: duckdb.DuckDBPyConnection, policy: Policy, info: RunInf
         abs_thresholds=abs_thresholds,
         live=info.run.source.kind == "kafka-live",
         hour_bucket=info.run.segments.hour_buckets.name if info.run.segments.hour_buckets else None,
+        outcomes=by_sampling(lambda w, _: outcome_stats(con, sets, positive, w)) if with_outcomes else None,
+        min_outcomes=policy.min_outcomes,
     )
 
 
@@ -403,6 +421,7 @@ def policy_summary(policy: Policy) -> dict[str, Any]:
         "latency_min_span_minutes": policy.latency_min_span_minutes,
         "decision": policy.decision,
         "anytime_horizon": policy.anytime_horizon,
+        "min_outcomes": policy.min_outcomes,
         "min_segment_share": policy.min_segment_share,
         "checks": [
             {"id": c.id, "kind": c.kind, "severity": c.severity, "threshold": c.threshold, "require_proof": c.require_proof}

@@ -18,12 +18,13 @@ from typing import Any, Literal
 
 from shadowdiff.diff import checks as ck
 from shadowdiff.diff.aggregate import PairStats
+from shadowdiff.diff.outcome_checks import outcome_check
 from shadowdiff.diff.quality import FEATURE_KINDS, RUN_KINDS
 from shadowdiff.schemas.config import OutputSpec
-from shadowdiff.schemas.policy import Check
+from shadowdiff.schemas.policy import OUTCOME_KINDS, Check
 
 # aggregates a kind may read beside the segment's pair statistics (always there)
-Aggregate = Literal["windows", "distributions", "labels", "latency_blocks"]
+Aggregate = Literal["windows", "distributions", "labels", "latency_blocks", "outcomes"]
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Evidence:
     lat_grid: list[float] = field(default_factory=list)
     abs_grid: list[float] = field(default_factory=list)
     abs_thresholds: list[float] = field(default_factory=list)
+    outcomes: dict[str, Any] | None = None  # outcome sums (diff/outcomes.py), when the policy has outcome checks
+    min_outcomes: int = 0
 
 
 Evaluate = Callable[[Check, Evidence, float, str], "ck.CheckResult | None"]
@@ -99,6 +102,15 @@ def _any_output(output: OutputSpec) -> bool:
 
 _PAIRED_SCORES = "paired baseline and candidate scores"
 
+
+def _outcome(chk: Check, ev: Evidence, thr: float, sev: str) -> ck.CheckResult | None:
+    return outcome_check(chk, ev.segment, ev.outcomes, thr, sev, ev.min_outcomes)
+
+
+# declared in the family of every run (any output may be joined to outcomes); a check without
+# the outcomes it needs waits for them or says it is not assessable (diff/outcome_checks.py)
+_OUTCOME_KIND = Kind(_outcome, frozenset({"outcomes"}), expects_evidence=_any_output, evidence="outcomes joined to the pairs")
+
 SEGMENT_KINDS: dict[str, Kind] = {
     "label_flip": Kind(_on_pairs(ck.label_flip), expects_evidence=_labels, evidence="paired baseline and candidate labels"),
     "score_diff": Kind(_on_pairs(ck.score_diff), expects_evidence=_scores, evidence=_PAIRED_SCORES),
@@ -127,6 +139,7 @@ SEGMENT_KINDS: dict[str, Kind] = {
     "field_diff": Kind(_on_comparison(ck.field_diff), over="comparisons"),
     "ranking_overlap": Kind(_on_comparison(ck.ranking_overlap), over="comparisons"),
     "probability_distance": Kind(_on_comparison(ck.probability_distance), over="comparisons"),
+    **dict.fromkeys(OUTCOME_KINDS, _OUTCOME_KIND),
 }
 
 # judged without pairs, so never "pending" for a short segment

@@ -19,12 +19,14 @@ import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import duckdb
 import orjson
 
 from shadowdiff.replay.objectstore import RUN_FILES, SharedRun
-from shadowdiff.replay.store import WRITER_MEMORY, StoreWriter
+from shadowdiff.replay.store import WRITER_MEMORY
+from shadowdiff.schemas.config import RunConfig
 from shadowdiff.schemas.layout import EXPORT_TABLES, RunLayout
 from shadowdiff.schemas.sql import literal
 
@@ -33,15 +35,30 @@ EXPORT_MEMORY = "128MB"  # a COPY of one checkpoint's rows to Parquet, while it 
 log = logging.getLogger(__name__)
 
 
+class ExportedStore(Protocol):
+    """A writer whose tables are exported: its connection holds them, a `checkpoints` table and
+    a `run_meta` table, where the export state is kept."""
+
+    cfg: RunConfig
+    con: duckdb.DuckDBPyConnection
+
+    def write_meta(self, items: dict[str, Any]) -> None: ...
+
+
 class Exporter:
-    def __init__(self, writer: StoreWriter) -> None:
+    """Publishes a writer's `tables` under `<run>/<folder>/<worker>/`: the replay's stores under
+    `exports` (the default), the outcome stores under `outcome-exports`."""
+
+    def __init__(self, writer: ExportedStore, tables: tuple[str, ...] = EXPORT_TABLES, folder: str = "exports") -> None:
         self.writer = writer
+        self.tables = tables
+        self.folder = folder
         layout = RunLayout(writer.cfg.run.home, writer.cfg.run.id)
-        self.root = layout.worker_exports(writer.cfg.run.worker)
+        self.root = layout.dir / folder / writer.cfg.run.worker
         row = writer.con.execute("SELECT value FROM run_meta WHERE key = ?", [_STATE]).fetchone()
         state: dict[str, Any] = orjson.loads(row[0]) if row else {}
         self.seq = int(state.get("seq", 0))
-        self.exported = {t: int(state.get("rowids", {}).get(t, -1)) for t in EXPORT_TABLES}
+        self.exported = {t: int(state.get("rowids", {}).get(t, -1)) for t in tables}
         # a folder published before a crash, not yet recorded in the store: numbered past it
         published = [int(p.name) for p in self.root.glob("[0-9]*") if p.name.isdigit()] if self.root.exists() else []
         self.seq = max([self.seq, *published])
@@ -57,7 +74,7 @@ class Exporter:
         self._heartbeat(False)
         if self.shared is not None:
             try:
-                self.shared.push_file(self.root / "heartbeat.json", f"exports/{writer.cfg.run.worker}/heartbeat.json")
+                self.shared.push_file(self.root / "heartbeat.json", f"{folder}/{writer.cfg.run.worker}/heartbeat.json")
             except OSError as err:  # pushed again at the first checkpoint
                 log.warning("run %s: %s", writer.cfg.run.id, err)
 
@@ -65,8 +82,8 @@ class Exporter:
         """Publish the rows committed since the last export; None when there were none and the
         run goes on (the heartbeat still says the worker is alive)."""
         con = self.writer.con
-        tops = {t: int(con.execute(f"SELECT coalesce(max(rowid), -1) FROM {t}").fetchone()[0]) for t in EXPORT_TABLES}  # type: ignore[index]
-        changed = any(tops[t] > self.exported[t] for t in EXPORT_TABLES)
+        tops = {t: int(con.execute(f"SELECT coalesce(max(rowid), -1) FROM {t}").fetchone()[0]) for t in self.tables}  # type: ignore[index]
+        changed = any(tops[t] > self.exported[t] for t in self.tables)
         folder = None
         # the final export is published even without new rows: its manifest carries the run's
         # last statistics and checkpoints
@@ -92,10 +109,10 @@ class Exporter:
         for seq in range(self.pushed + 1, self.seq + 1):
             folder = self.root / f"{seq:08d}"
             if folder.is_dir():
-                self.shared.push_folder(folder, f"exports/{worker}/{folder.name}")
+                self.shared.push_folder(folder, f"{self.folder}/{worker}/{folder.name}")
             self.pushed = seq
             self.writer.write_meta({_STATE: {"seq": self.seq, "rowids": self.exported, "pushed": self.pushed}})
-        self.shared.push_file(self.root / "heartbeat.json", f"exports/{worker}/heartbeat.json")
+        self.shared.push_file(self.root / "heartbeat.json", f"{self.folder}/{worker}/heartbeat.json")
 
     def _publish(self, tops: dict[str, int]) -> Path:
         con = self.writer.con
@@ -111,7 +128,7 @@ class Exporter:
         con.execute(f"SET memory_limit = '{EXPORT_MEMORY}'")
         con.execute("SET preserve_insertion_order = false")
         try:
-            for t in EXPORT_TABLES:
+            for t in self.tables:
                 where = f"rowid > {self.exported[t]} AND rowid <= {tops[t]}"
                 target = literal(str(tmp / f"{t}.parquet"))
                 copied = con.execute(f"COPY (SELECT * FROM {t} WHERE {where}) TO {target} (FORMAT parquet, COMPRESSION zstd)")

@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from shadowdiff.schemas.config import EnvelopeMapping, SchemaRegistrySpec
+from shadowdiff.schemas.config import MessageFormat, SchemaRegistrySpec
 from shadowdiff.schemas.envelope import BadMessage, Payload
 from shadowdiff.schemas.errors import ConfigError, ShadowdiffError
 from shadowdiff.schemas.records import DeadLetterReason as R
@@ -45,7 +45,7 @@ class SchemaRegistryUnavailable(ShadowdiffError):
     not committed, and a restarted run reads it again."""
 
 
-def payload_reader(env: EnvelopeMapping) -> Payload | None:
+def payload_reader(env: MessageFormat) -> Payload | None:
     """The payload reader of the envelope's format; None for JSON (the codec's own)."""
     if env.format == "json":
         return None
@@ -58,18 +58,18 @@ def payload_reader(env: EnvelopeMapping) -> Payload | None:
     return _RegistryReader(env.schema_registry, protobuf=env.format == "protobuf")
 
 
-def format_problems(env: EnvelopeMapping) -> list[str]:
+def format_problems(env: MessageFormat, key: str = "envelope") -> list[str]:
     """Why the envelope's format cannot be read, as preflight lines: a schema file that does not
     parse, credentials missing from the environment, a registry that does not answer."""
     try:
         reader = payload_reader(env)
     except ConfigError as err:
-        return [f"envelope: {p}" for p in err.problems]
+        return [f"{key}: {p}" for p in err.problems]
     if isinstance(reader, _RegistryReader):
         try:
             reader.client.get_subjects()
         except Exception as err:  # refused, unknown host, 401: the client raises each its own way
-            return [f"envelope.schema_registry: {reader.url} did not answer: {type(err).__name__}: {err}"[:300]]
+            return [f"{key}.schema_registry: {reader.url} did not answer: {type(err).__name__}: {err}"[:300]]
     return []
 
 

@@ -12,7 +12,7 @@ import logging
 import aiohttp
 
 from shadowdiff.replay.formats import format_problems
-from shadowdiff.schemas.config import FileSource, KafkaSource, ModelSpec, RunConfig, redact_url
+from shadowdiff.schemas.config import FileSource, KafkaSource, ModelSpec, OutcomeSpec, RunConfig, redact_url
 from shadowdiff.schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,16 @@ def preflight(cfg: RunConfig, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         raise ConfigError("run (preflight: nothing was consumed)", problems)
 
 
-def _source_problems(spec: FileSource | KafkaSource, timeout_s: float) -> list[str]:
+def outcome_preflight(spec: OutcomeSpec, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """The outcome worker's: its source can be read and its format's schema found."""
+    problems = _source_problems(spec.source, timeout_s, "outcomes.source") + format_problems(spec, "outcomes")
+    if problems:
+        raise ConfigError("outcomes (preflight: nothing was consumed)", problems)
+
+
+def _source_problems(spec: FileSource | KafkaSource, timeout_s: float, key: str = "source") -> list[str]:
     if isinstance(spec, FileSource):
-        return [] if spec.path.exists() else [f"source.path: recording not found: {spec.path}"]
+        return [] if spec.path.exists() else [f"{key}.path: recording not found: {spec.path}"]
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
@@ -41,15 +48,15 @@ def _source_problems(spec: FileSource | KafkaSource, timeout_s: float) -> list[s
         # a broker that answers at all answers the version probe at once
         consumer = KafkaConsumer(bootstrap_servers=spec.bootstrap.split(","), bootstrap_timeout_ms=int(timeout_s * 1000))
     except KafkaError as err:
-        return [f"source.bootstrap: no Kafka broker answers at {spec.bootstrap} ({type(err).__name__})"]
+        return [f"{key}.bootstrap: no Kafka broker answers at {spec.bootstrap} ({type(err).__name__})"]
     try:
         topics = consumer.topics()
     except KafkaError as err:
-        return [f"source.bootstrap: the broker at {spec.bootstrap} did not list its topics ({type(err).__name__})"]
+        return [f"{key}.bootstrap: the broker at {spec.bootstrap} did not list its topics ({type(err).__name__})"]
     finally:
         consumer.close()
     if spec.topic not in topics:
-        return [f"source.topic: the broker at {spec.bootstrap} has no topic {spec.topic!r}"]
+        return [f"{key}.topic: the broker at {spec.bootstrap} has no topic {spec.topic!r}"]
     return []
 
 

@@ -13,8 +13,10 @@ import orjson
 
 from shadowdiff.diff.judge import judge
 from shadowdiff.diff.load import RunInfo, open_run, run_info
+from shadowdiff.diff.outcomes import load_outcomes
 from shadowdiff.reports.html import write_report
 from shadowdiff.schemas.errors import ShadowdiffError
+from shadowdiff.schemas.layout import RunLayout
 from shadowdiff.schemas.verdict import Verdict, verdict_dict
 
 RANDOM_SAMPLE = 200
@@ -35,6 +37,7 @@ def write_bundle(home: Path, run_id: str, out: Path, policy: Any, candidate: str
     lists each file's sha256; BUNDLE.sha256 is the digest of the manifest itself."""
     con = open_run(home, run_id)
     try:
+        load_outcomes(con, RunLayout(home, run_id))
         info = run_info(con)
         verdict = judge(con, policy, candidate)
         files = _evidence(con, info, verdict)

@@ -11,6 +11,7 @@ from typing import Any
 ENVELOPE_SCHEMA_VERSION = 1
 VERDICT_SCHEMA_VERSION = 1
 STORE_SCHEMA_VERSION = 1
+OUTCOME_STORE_SCHEMA_VERSION = 1
 
 
 def _text(name: str) -> str:
@@ -32,3 +33,8 @@ def verdict_schema() -> dict[str, Any]:
 def store_ddl(segments_type: str, features_type: str) -> str:
     """The store DDL with the run's STRUCT types filled in."""
     return _text("store.sql").replace("{segments_type}", segments_type).replace("{features_type}", features_type)
+
+
+def outcome_store_ddl() -> str:
+    """The outcome store's DDL (schemas/outcomes.sql)."""
+    return _text("outcomes.sql")

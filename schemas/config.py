@@ -111,31 +111,21 @@ class SchemaRegistrySpec(_Frozen):
         return self
 
 
-class EnvelopeMapping(_Frozen):
-    """How messages are encoded and where each envelope field lives in them (dotted paths), so
-    existing topics are read as they are. `format`: "json"; or "avro" / "protobuf" with either a
-    schema registry (the Confluent wire format: a zero byte, a 4-byte schema id, for Protobuf the
+class MessageFormat(_Frozen):
+    """How a topic's messages are encoded: "json"; or "avro" / "protobuf" with either a schema
+    registry (the Confluent wire format: a zero byte, a 4-byte schema id, for Protobuf the
     message indexes, then the binary) or a schema file kept with the config, each message then
     being the binary alone: an Avro writer schema (.avsc), or for Protobuf a descriptor set
     (`protoc --include_imports --descriptor_set_out=FILE`) and `message_type`, the full name of
-    the message every record is."""
+    the message every record is. One codec reads every topic the run reads (replay/formats.py)."""
 
     format: Literal["json", "avro", "protobuf"] = "json"
     schema_registry: SchemaRegistrySpec | None = None
     schema_file: Annotated[Path | None, Text] = None
     message_type: str | None = None
 
-    request_id: str = "request_id"
-    event_time: str = "event_time"
-    segments: str = "segments"  # an object of segment fields; '' = top level
-    input: str = "input"
-    live_output: str = "output"
-    live_latency_ms: str = "latency_ms"
-    model_version: str = "model_version"
-    feature_version: str = "feature_version"
-
     @model_validator(mode="after")
-    def _one_schema_source(self) -> EnvelopeMapping:
+    def _one_schema_source(self) -> MessageFormat:
         given = (self.schema_registry is not None) + (self.schema_file is not None)
         if self.format != "json" and given != 1:
             raise ValueError(f"format {self.format!r} needs one of schema_registry (Confluent wire format) or schema_file")
@@ -146,6 +136,42 @@ class EnvelopeMapping(_Frozen):
         if self.message_type is not None and (self.format != "protobuf" or self.schema_file is None):
             # the wire format's message indexes name the message; a second name could disagree
             raise ValueError("message_type is for format 'protobuf' with a schema_file")
+        return self
+
+
+class EnvelopeMapping(MessageFormat):
+    """How request messages are encoded (`MessageFormat`) and where each envelope field lives in
+    them (dotted paths), so existing topics are read as they are."""
+
+    request_id: str = "request_id"
+    event_time: str = "event_time"
+    segments: str = "segments"  # an object of segment fields; '' = top level
+    input: str = "input"
+    live_output: str = "output"
+    live_latency_ms: str = "latency_ms"
+    model_version: str = "model_version"
+    feature_version: str = "feature_version"
+
+
+class OutcomeSpec(MessageFormat):
+    """Where the truth arrives: outcome records (a topic, a window or a recording), each naming
+    the request it resolves and what was observed. `label`: the observed class (compared with
+    the models' labels); `value`: the observed number (regression; or 0/1 for a probability
+    score); at least one of the two. `positive_label`: the class a probability score is the
+    probability of, when the outcome is a label. `observed_at`: when the outcome happened; ''
+    takes the message's timestamp."""
+
+    source: Annotated[FileSource | KafkaSource, Field(discriminator="kind")]
+    request_id: str = "request_id"
+    label: str = ""
+    value: str = ""
+    observed_at: str = "observed_at"
+    positive_label: str = "1"
+
+    @model_validator(mode="after")
+    def _something_observed(self) -> OutcomeSpec:
+        if not self.label and not self.value:
+            raise ValueError("outcomes need `label` (the observed class) or `value` (the observed number), or both")
         return self
 
 
@@ -340,6 +366,7 @@ class RunConfig(_Frozen):
     baseline: BaselineSpec = BaselineSpec()
     candidates: Annotated[list[ModelSpec], Field(min_length=1)]
     output: OutputSpec = OutputSpec()
+    outcomes: OutcomeSpec | None = None  # the truth that arrives later (`shadowdiff outcomes`)
 
     @model_validator(mode="after")
     def _model_outputs(self) -> RunConfig:
@@ -414,4 +441,12 @@ def load_config(path: Path) -> RunConfig:
         updates["source"] = cfg.source.model_copy(update={"path": base / cfg.source.path})
     if cfg.envelope.schema_file is not None and not cfg.envelope.schema_file.is_absolute():
         updates["envelope"] = cfg.envelope.model_copy(update={"schema_file": base / cfg.envelope.schema_file})
+    if cfg.outcomes is not None:
+        outcome_updates: dict[str, Any] = {}
+        if isinstance(cfg.outcomes.source, FileSource) and not cfg.outcomes.source.path.is_absolute():
+            outcome_updates["source"] = cfg.outcomes.source.model_copy(update={"path": base / cfg.outcomes.source.path})
+        if cfg.outcomes.schema_file is not None and not cfg.outcomes.schema_file.is_absolute():
+            outcome_updates["schema_file"] = base / cfg.outcomes.schema_file
+        if outcome_updates:
+            updates["outcomes"] = cfg.outcomes.model_copy(update=outcome_updates)
     return cfg.model_copy(update=updates) if updates else cfg

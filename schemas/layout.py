@@ -5,6 +5,10 @@ that writes it, the judge that publishes into it and the gate that reads it.
         store-<worker>.duckdb         pairs, one file per writer (replay)
         exports/<worker>/<seq>/       the rows a writer committed since its previous export, as
                                       Parquet, for readers while it writes (replay/exports.py)
+        outcomes-<worker>.duckdb      outcomes joined to the pairs when judging, one file per
+                                      outcome worker (replay/outcomes.py)
+        outcome-exports/<worker>/<seq>/  the outcome rows a worker committed since its previous
+                                      export, as Parquet (what every judge reads)
         judge-cache.duckdb            the watching judge's copy of every export it has read
         run.json                      the run's candidates, written when the replay starts
         policy.json                   the policy in force, stored with the run when it starts
@@ -30,6 +34,10 @@ EXPORT_KEYS = {
     "dead_letters": 'source, part, "offset"',
     "quota_samples": 'source, part, "offset", quota',
 }
+
+# the outcome store's tables exported at each of its checkpoints, keyed as above
+OUTCOME_EXPORT_TABLES = ("outcomes", "dead_letters")
+OUTCOME_EXPORT_KEYS = {"outcomes": 'source, part, "offset"', "dead_letters": 'source, part, "offset"'}
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # candidate names, policy labels
@@ -71,6 +79,17 @@ class RunLayout:
     def export_folders(self) -> list[Path]:
         """Every published export (a folder with its manifest), in worker then number order."""
         return sorted(m.parent for m in self.exports.glob("*/[0-9]*/manifest.json"))
+
+    def outcome_store(self, worker: str) -> Path:
+        return self.dir / f"outcomes-{worker}.duckdb"
+
+    @property
+    def outcome_exports(self) -> Path:
+        return self.dir / "outcome-exports"
+
+    def outcome_export_folders(self) -> list[Path]:
+        """Every published outcome export, in worker then number order."""
+        return sorted(m.parent for m in self.outcome_exports.glob("*/[0-9]*/manifest.json"))
 
     @property
     def judge_cache(self) -> Path:

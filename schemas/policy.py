@@ -50,6 +50,15 @@ KINDS: dict[str, KindDefaults] = {
     "field_diff": KindDefaults(0.02, "critical", "structured outputs: share of pairs with field differences (above noise)"),
     "ranking_overlap": KindDefaults(0.8, "critical", "rankings: mean overlap@k with the baseline (fails when below)"),
     "probability_distance": KindDefaults(0.05, "critical", "mean Jensen-Shannon distance of class probabilities"),
+    # outcome checks: the candidate is no worse than the baseline by more than the threshold on
+    # the requests whose outcome arrived (paired differences, candidate minus baseline)
+    "outcome_error": KindDefaults(0.01, "critical", "error-rate difference on the same requests (discordant pairs, McNemar's)"),
+    "outcome_brier": KindDefaults(0.005, "critical", "Brier score difference of probability scores on the same requests"),
+    "outcome_log_loss": KindDefaults(0.02, "critical", "log-loss difference of probability scores on the same requests"),
+    "outcome_abs_error": KindDefaults(0.05, "critical", "mean absolute error difference (outcome units) on the same requests"),
+    "outcome_sq_error": KindDefaults(
+        0.05, "critical", "mean squared error difference (outcome units squared) on the same requests"
+    ),
 }
 
 CheckKind = Literal[
@@ -72,7 +81,13 @@ CheckKind = Literal[
     "field_diff",
     "ranking_overlap",
     "probability_distance",
+    "outcome_error",
+    "outcome_brier",
+    "outcome_log_loss",
+    "outcome_abs_error",
+    "outcome_sq_error",
 ]
+OUTCOME_KINDS = frozenset(k for k in KINDS if k.startswith("outcome_"))
 
 
 class _Frozen(BaseModel):
@@ -228,6 +243,9 @@ class Policy(_Frozen):
     # combination still rarer is judged once it has min_samples, but never holds the verdict PENDING
     min_segment_share: Annotated[float, Field(ge=0, lt=1)] = 0.01
     examples: Annotated[int, Field(ge=0, le=100)] = 10
+    # outcome checks are tested in a segment once this many of its pairs have their outcome
+    # (the plug-in variance of a paired difference is poor on fewer)
+    min_outcomes: Annotated[int, Field(ge=20)] = 200
     reference: Reference | None = None
     checks: list[Check] = Field(default_factory=default_checks)
 

@@ -106,6 +106,34 @@ class Coverage(_Open):
     silent_workers: list[str]
 
 
+class OutcomeDelay(_Open):
+    p50_s: float | None = None
+    p90_s: float | None = None
+    p99_s: float | None = None
+
+
+class Outcomes(_Open):
+    """The truth joined to the pairs (diff/outcomes.py): how much of it has arrived, how long it
+    takes, and what could not be joined."""
+
+    records: int = Field(ge=0, description="outcome records stored by the outcome workers, duplicates included")
+    pairs: int = Field(ge=0, description="the candidate's judged pairs")
+    with_outcome: int = Field(ge=0, description="pairs whose request has an outcome")
+    waiting: int = Field(ge=0, description="pairs still without an outcome (reported, never dropped)")
+    waiting_share: float | None = None
+    duplicates: int = Field(0, ge=0, description="records for a request already resolved: the first observed counts")
+    conflicting: int = Field(0, ge=0, description="duplicates whose outcome differs from the first one's")
+    unknown_requests: int = Field(
+        0, ge=0, description="resolved request ids with no stored pair: not sampled, not yet replayed, or unknown"
+    )
+    dead_letters: dict[str, int] = Field({}, description="outcome records that could not be read, by reason")
+    delay: OutcomeDelay = Field(
+        default_factory=OutcomeDelay, description="observed_at minus the request's event time, over the joined pairs"
+    )
+    workers: list[str] = []
+    complete: bool = Field(False, description="every outcome worker read its whole source (a recording or window)")
+
+
 class PolicyCheck(_Open):
     id: str
     kind: str
@@ -132,6 +160,7 @@ class PolicySummary(_Open):
     decision: Literal["anytime", "fixed"] | None = None
     anytime_horizon: int | None = None
     min_segment_share: float | None = None
+    min_outcomes: int | None = None
     checks: list[PolicyCheck] = []
     label: str | None = None
     published_over_the_run_policy: bool | None = None
@@ -283,6 +312,7 @@ class Verdict(_Open):
     comparisons: dict[str, dict[str, Any]] = {}
     flips: dict[str, dict[str, int]] = {}
     examples: list[Example]
+    outcomes: Outcomes | None = Field(None, description="present when the run has outcomes or its policy outcome checks")
     digest: str = Field(
         description="sha256 of the document without generated_at: equal digests mean the same verdict on the same evidence"
     )

@@ -53,6 +53,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outcomes(args: argparse.Namespace) -> int:
+    from shadowdiff.replay.outcomes import outcome_spec, run_outcomes
+    from shadowdiff.replay.preflight import outcome_preflight
+    from shadowdiff.schemas.config import load_config
+
+    cfg = load_config(Path(args.config))
+    outcome_preflight(outcome_spec(cfg))  # a bad [outcomes] section, or a source that cannot be reached, reads nothing
+    stats = run_outcomes(cfg, _stop_on_signals(), checkpoint_every_s=args.export_every)
+    print(_json(stats.summary()))
+    return 0
+
+
 def _json(obj: object) -> str:
     import orjson
 
@@ -70,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--judge-every", type=float, default=15.0, help="seconds between verdict updates")
     r.add_argument("--no-judge", action="store_true", help="store only; judge later")
     r.set_defaults(func=cmd_replay)
+
+    o = sub.add_parser("outcomes", help="read the run's outcome records ([outcomes] of the run config) for the judge")
+    o.add_argument("--config", required=True, help="run config (TOML) with an [outcomes] section")
+    o.add_argument("--export-every", type=float, default=15.0, help="seconds between exports the judge reads")
+    o.set_defaults(func=cmd_outcomes)
 
     from shadowdiff.cli import commands
 

@@ -87,7 +87,9 @@ def judge_and_publish(
     from shadowdiff.diff.exports import coverage
     from shadowdiff.diff.finality import latch
     from shadowdiff.diff.judge import judge_all
+    from shadowdiff.diff.outcomes import load_outcomes
 
+    load_outcomes(con, RunLayout(home, run_id))  # the truth that arrived so far, from the outcome workers' exports
     covered = coverage(con, silent_after_s)
     out: list[Verdict] = []
     for verdict in judge_all(con, policy):
