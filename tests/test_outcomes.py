@@ -63,7 +63,8 @@ def test_the_codec_reads_each_outcome_and_dead_letters_what_it_cannot() -> None:
         assert (dead.reason, dead.offset, dead.raw_key) == (reason, 7, b"k"), (value, dead.detail)
     # a binary format can carry a NaN: not an outcome
     nan = OutcomeCodec(spec, lambda _: {"request_id": "a", "truth": {"hours": math.nan}}).decode("t", 0, 1, None, b"\0", 0)
-    assert isinstance(nan, DeadLetter) and nan.reason == "out_of_range"
+    assert isinstance(nan, DeadLetter)
+    assert nan.reason == "out_of_range"
 
 
 def test_the_config_needs_a_label_or_a_value_and_a_format_its_schema() -> None:
@@ -72,12 +73,13 @@ def test_the_config_needs_a_label_or_a_value_and_a_format_its_schema() -> None:
         "source": {"kind": "file", "path": "t.jsonl"},
         "candidates": [{"name": "c", "kind": "python", "target": "m:f"}],
     }
-    with pytest.raises(ConfigError, match="outcomes: .*`label`.*`value`"):
+    with pytest.raises(ConfigError, match=r"outcomes: .*`label`.*`value`"):
         parse_config({**base, "outcomes": {"source": {"kind": "file", "path": "o.jsonl"}}})
     with pytest.raises(ConfigError, match="format 'avro' needs one of schema_registry"):
         parse_config({**base, "outcomes": {"source": {"kind": "file", "path": "o.jsonl"}, "label": "y", "format": "avro"}})
     cfg = parse_config({**base, "outcomes": {"source": {"kind": "file", "path": "o.jsonl"}, "value": "y"}})
-    assert cfg.outcomes is not None and cfg.outcomes.value == "y"
+    assert cfg.outcomes is not None
+    assert cfg.outcomes.value == "y"
 
 
 def _traffic(tmp: Path, n: int = 3000, seed: int = 1) -> list[dict[str, Any]]:
@@ -180,15 +182,18 @@ def test_outcomes_join_their_pairs_once_whatever_arrives_first(tmp_path: Path) -
         "unknown_requests": 20,
     }
     assert out["dead_letters"] == {"malformed_json": 1, "not_an_object": 1, "missing_field": 1}
-    assert out["complete"] and out["workers"] == ["w0"]
+    assert out["complete"]
+    assert out["workers"] == ["w0"]
     delays = [out["delay"][k] for k in ("p50_s", "p90_s", "p99_s")]
-    assert all(d is not None and d > 0 for d in delays) and delays == sorted(delays)
+    assert all(d is not None and d > 0 for d in delays)
+    assert delays == sorted(delays)
     # the first delivery counts: the accuracy is the truth's, computed here independently
     whole = next(c for c in doc["checks"] if c["check"] == "accuracy" and c["segment"] == "all")
     scores = {e["request_id"]: 1 / (1 + math.exp(-e["input"]["x"])) for e in envs}
     wrong = sum(("1" if scores[o["request_id"]] >= 0.5 else "0") != o["label"] for o in resolved)
     assert whole["extra"]["candidate_error_rate"] == pytest.approx(wrong / 2000)
-    assert whole["n"] == 2000 and whole["value"] == 0.0  # the same model on both sides
+    assert whole["n"] == 2000
+    assert whole["value"] == 0.0
 
 
 def _stats(n: int, c_only: int, b_only: int, both: int = 0, n_pairs: int | None = None) -> dict[str, Any]:
@@ -230,18 +235,23 @@ def test_outcomes_too_few_or_missing_wait_and_say_how_many() -> None:
     assert "150 of 200 outcomes needed (150 of 9000 pairs have their outcome so far)" in got["all"].detail
     got = _decided({"all": _stats(5_000, 150, 150)})
     assert got["all"].status == ck.UNDECIDED
-    assert "outcomes in the run would show it" in got["all"].detail and got["all"].extra["outcomes_needed"] > 5_000
+    assert "outcomes in the run would show it" in got["all"].detail
+    assert got["all"].extra["outcomes_needed"] > 5_000
     # outcomes the check cannot use (no labels on either side) are not a pass
     unusable = {**_stats(0, 0, 0, n_pairs=900), "n_out": 900}
     r = outcome_check(CHECK, "all", unusable, 0.01, "critical", 200)
-    assert r is not None and r.status == ck.NA and "none with baseline and candidate labels" in r.detail
+    assert r is not None
+    assert r.status == ck.NA
+    assert "none with baseline and candidate labels" in r.detail
 
 
 def test_a_better_candidate_is_said_better_with_its_interval() -> None:
     got = _decided({"all": _stats(50_000, 1_000, 2_000)})
     r = got["all"]
-    assert r.status == ck.PASS and r.extra["candidate_better"]
-    assert r.ci is not None and r.ci[1] < 0 < -r.ci[0]
+    assert r.status == ck.PASS
+    assert r.extra["candidate_better"]
+    assert r.ci is not None
+    assert r.ci[1] < 0 < -r.ci[0]
     assert f"interval [{r.ci[0]:+.4g}, {r.ci[1]:+.4g}]" in r.detail
     equal = _decided({"all": _stats(50_000, 1_500, 1_500)})["all"]
     assert "candidate_better" not in equal.extra
