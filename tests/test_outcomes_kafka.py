@@ -60,8 +60,13 @@ name = "c"
 kind = "python"
 target = "models_for_tests:logistic"
 [outcomes]
-source = {{ kind = "kafka-live", bootstrap = "{kafka_bootstrap}", topic = "{topic}", group = "outcomes-{topic}", progress = false }}
 label = "label"
+[outcomes.source]
+kind = "kafka-live"
+bootstrap = "{kafka_bootstrap}"
+topic = "{topic}"
+group = "outcomes-{topic}"
+progress = false
 """,
     )
     cfg = load_config(cfg_path)
