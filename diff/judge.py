@@ -105,8 +105,7 @@ def judge(
         "examples": examples(con, ev.sets, policy.examples, cand),
     }
     if ev.outcomes is not None:
-        whole = ev.outcomes.get(ALL) or {}
-        doc["outcomes"] = outcome_summary(con, ev.n_run, int(whole.get("n_out") or 0))
+        doc["outcomes"] = outcome_summary(con, ev.sets, ev.outcomes, policy.examples)
     doc = _stable(doc)
     doc["digest"] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     doc["generated_at"] = datetime.now(UTC).isoformat()

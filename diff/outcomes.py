@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from shadowdiff.diff.segments import SegmentSets
+from shadowdiff.diff.segments import ALL, SegmentSets
 from shadowdiff.schemas.layout import OUTCOME_EXPORT_KEYS, OUTCOME_EXPORT_TABLES, RunLayout
 from shadowdiff.schemas.sql import literal
 
@@ -203,8 +203,12 @@ def expected_calibration_error(bins: list[list[float]]) -> float | None:
     return sum(abs(b[0] - b[1]) * b[2] for b in bins) / n if n else None
 
 
-def outcome_summary(con: duckdb.DuckDBPyConnection, n_pairs: int, n_out: int) -> dict[str, Any]:
-    """The verdict's `outcomes` section (schemas/verdict.Outcomes); `outcome_stats` ran first."""
+def outcome_summary(
+    con: duckdb.DuckDBPyConnection, sets: SegmentSets, per_segment: dict[str, dict[str, Any]], examples: int
+) -> dict[str, Any]:
+    """The verdict's `outcomes` section (schemas/verdict.Outcomes) from `outcome_stats`."""
+    whole = per_segment.get(ALL) or {}
+    n_pairs, n_out = int(whole.get("n_pairs") or 0), int(whole.get("n_out") or 0)
     (records,) = con.execute("SELECT count(*) FROM outcome_records").fetchone() or (0,)
     dup, conflicting = con.execute(
         "SELECT coalesce(sum(records - 1), 0), coalesce(sum(records - 1) FILTER (WHERE versions > 1), 0) FROM outcome_first"
@@ -236,4 +240,47 @@ def outcome_summary(con: duckdb.DuckDBPyConnection, n_pairs: int, n_out: int) ->
         },
         "workers": [w for w, _ in workers],
         "complete": bool(workers) and all(c for _, c in workers),
+        "calibration": {seg: st["calibration"] for seg, st in sorted(per_segment.items()) if st.get("calibration")},
+        "discordant": discordant_examples(con, sets, examples),
     }
+
+
+def discordant_examples(con: duckdb.DuckDBPyConnection, sets: SegmentSets, limit: int) -> list[dict[str, Any]]:
+    """Where the two models disagree and the outcome says who was right: up to `limit` pairs
+    with an outcome, those the candidate got wrong first; for numeric outcomes, the pairs
+    whose candidate error exceeds the baseline's the most. A deterministic pick (by the pairs'
+    coordinate hash), so a re-judge shows the same ones."""
+    if limit <= 0:
+        return []
+    segs = ", ".join(f"{c} AS {c}" for c in sets.columns)
+    labelled = "b_label IS NOT NULL AND c_label IS NOT NULL AND y_label IS NOT NULL AND b_label <> c_label"
+    numeric = "b_score IS NOT NULL AND c_score IS NOT NULL AND y_value IS NOT NULL"
+    rows = con.execute(
+        f"""SELECT request_id, {segs + "," if segs else ""} b_label, c_label, b_score, c_score, y_label, y_value,
+                   CASE WHEN {labelled} THEN (CASE WHEN c_label = y_label THEN 'candidate'
+                                                   WHEN b_label = y_label THEN 'baseline' ELSE 'neither' END)
+                        ELSE (CASE WHEN abs(c_score - y_value) < abs(b_score - y_value) THEN 'candidate'
+                                   WHEN abs(c_score - y_value) > abs(b_score - y_value) THEN 'baseline' ELSE 'both' END)
+                   END AS closer,
+                   CASE WHEN {labelled} THEN 0 ELSE abs(b_score - y_value) - abs(c_score - y_value) END AS edge
+            FROM {_joined("TRUE")}
+            WHERE has_outcome AND (({labelled}) OR (NOT ({labelled}) AND {numeric} AND b_score <> c_score))
+            ORDER BY ({labelled}) DESC, closer = 'candidate', edge, pair_hi, pair_lo
+            LIMIT {int(limit)}"""
+    ).fetchall()
+    out = []
+    for r in rows:
+        rid, *rest = r
+        seg_values = dict(zip(sets.fields, rest[: len(sets.fields)], strict=True))
+        b_label, c_label, b_score, c_score, y_label, y_value, closer, _ = rest[len(sets.fields) :]
+        out.append(
+            {
+                "request_id": rid,
+                "segments": {k: v for k, v in seg_values.items() if v is not None},
+                "baseline": {"label": b_label, "score": b_score},
+                "candidate": {"label": c_label, "score": c_score},
+                "outcome": {"label": y_label, "value": y_value},
+                "right": closer,
+            }
+        )
+    return out

@@ -86,7 +86,15 @@ def render(doc: Verdict, charts: ChartData | None, evidently_href: str | None = 
         evidently_href=evidently_href,
         waivers=[(w, w.active(now)) for w in waivers or [] if w.candidate in (None, doc.candidate)],
         failing={(c.check, c.segment) for c in doc.checks if c.status == "fail"},
+        reliability=_reliability(doc),
     )
+
+
+def _reliability(doc: Verdict) -> dict[str, Markup]:
+    """A reliability plot of both models per segment whose probability scores have outcomes."""
+    if doc.outcomes is None:
+        return {}
+    return {seg: svg.reliability(f"Calibration in {seg}", sides) for seg, sides in doc.outcomes.calibration.items()}
 
 
 def write_report(

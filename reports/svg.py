@@ -99,3 +99,33 @@ def lines(title: str, xs: Sequence[str], series: Mapping[str, Sequence[float | N
     return Markup(
         str(frame).replace(">0</text>", f">{escape(xs[0])}</text>", 1).replace(">0</text>", f">{escape(xs[-1])}</text>", 1)
     )
+
+
+def reliability(title: str, sides: Mapping[str, Sequence[Sequence[float]]]) -> Markup:
+    """A reliability (calibration) plot: per side, each bin's mean score (x) against the rate
+    observed in it (y), on [0, 1] both ways; the diagonal is perfect calibration. A point's
+    size grows with its bin's pairs."""
+    if not any(sides.values()):
+        return Markup(f"<p class=muted>{escape(title)}: no probability scores with outcomes</p>")
+    most = max(b[2] for bins in sides.values() for b in bins) or 1.0
+
+    def px(v: float) -> float:
+        return PAD + (W - PAD - 10) * v
+
+    def py(v: float) -> float:
+        return H - PAD - (H - PAD - 10) * v
+
+    body = [f'<line x1="{px(0):.1f}" y1="{py(0):.1f}" x2="{px(1):.1f}" y2="{py(1):.1f}" stroke="#999" stroke-dasharray="4"/>']
+    for name, bins in sides.items():
+        color = COLORS.get(name, "#59a14f")
+        pts = " ".join(f"{px(b[0]):.1f},{py(b[1]):.1f}" for b in bins)
+        body.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
+        for b in bins:
+            radius = 2 + 3 * math.sqrt(b[2] / most)
+            tip = f"{escape(name)}: mean score {_fmt(b[0])}, observed {_fmt(b[1])}, {int(b[2])} pairs"
+            body.append(
+                f'<circle cx="{px(b[0]):.1f}" cy="{py(b[1]):.1f}" r="{radius:.1f}" fill="{color}" opacity="0.8">'
+                f"<title>{tip}</title></circle>"
+            )
+    legend = [(n, COLORS.get(n, "#59a14f")) for n in sides]
+    return _frame(title + " (x: mean score, y: observed rate)", "".join(body), 0.0, 1.0, 1.0, legend)

@@ -132,6 +132,12 @@ class Outcomes(_Open):
     )
     workers: list[str] = []
     complete: bool = Field(False, description="every outcome worker read its whole source (a recording or window)")
+    calibration: dict[str, dict[str, list[list[float]]]] = Field(
+        {}, description="per segment and side (baseline, candidate): reliability bins [mean score, observed rate, pairs]"
+    )
+    discordant: list[dict[str, Any]] = Field(
+        [], description="pairs the models disagree on, with their outcome and which model was right (`right`)"
+    )
 
 
 class PolicyCheck(_Open):

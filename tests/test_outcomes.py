@@ -255,3 +255,29 @@ def test_a_better_candidate_is_said_better_with_its_interval() -> None:
     assert f"interval [{r.ci[0]:+.4g}, {r.ci[1]:+.4g}]" in r.detail
     equal = _decided({"all": _stats(50_000, 1_500, 1_500)})["all"]
     assert "candidate_better" not in equal.extra
+
+
+def test_the_report_shows_outcomes_calibration_and_who_was_right(tmp_path: Path) -> None:
+    from shadowdiff.reports.html import write_report
+
+    envs = _traffic(tmp_path, n=2000)
+    _write_outcomes(tmp_path / "o.jsonl", _truth(envs))
+    text = _config(tmp_path).read_text(encoding="utf-8").replace("models_for_tests:logistic", "models_for_tests:shifted_logistic")
+    cfg = load_config(write_config(tmp_path / "r.toml", text))
+    run_replay(cfg)
+    run_outcomes(cfg)
+    doc = _judge(tmp_path)
+    shown = doc["outcomes"]["discordant"]
+    assert len(shown) == 10
+    for d in shown:  # each says who the outcome proves right
+        assert d["baseline"]["label"] != d["candidate"]["label"]
+        assert d["right"] == ("candidate" if d["candidate"]["label"] == d["outcome"]["label"] else "baseline")
+    from shadowdiff.schemas.verdict import read_verdict
+
+    verdict = read_verdict((tmp_path / "runs" / "r" / "verdict-c.json").read_bytes())
+    html = write_report(tmp_path / "runs", verdict, tmp_path / "report.html", with_evidently=False).read_text(encoding="utf-8")
+    assert 'id="outcomes"' in html
+    assert html.count("Calibration in ") >= 2  # all, and the segments
+    assert 'aria-label="Calibration in all (x: mean score, y: observed rate)"' in html
+    assert 'id="discordant"' in html
+    assert shown[0]["request_id"] in html
