@@ -46,6 +46,16 @@ def test_demo_gives_the_three_verdicts_and_reports(tmp_path):
     assert any(r.startswith("latency_p95 failed") for r in slow["reasons"])
     assert {c["check"] for c in slow["checks"] if c["status"] == "fail"} == {"latency_p95"}
     assert verdicts["retrained"]["verdict"] == "go"
+    # the truth that arrived: the night encoder shown worse on outcomes at night, the retrained
+    # candidate nowhere
+    worse = {
+        n: {c["segment"] for c in v["checks"] if c["kind"].startswith("outcome_") and c["status"] == "warn"}
+        for n, v in verdicts.items()
+    }
+    assert "daypart=night" in worse["night-encoder"]
+    assert worse["retrained"] == set()
+    assert verdicts["retrained"]["outcomes"]["with_outcome"] > 0
+    assert "shown worse on outcomes in: " in text
     for n in verdicts:
         report = runs / f"demo-{n}" / f"report-{n}.html"
         html = report.read_text(encoding="utf-8")

@@ -74,6 +74,21 @@ enabled = false           # a retrained model may move its mean score; flips and
 id = "latency_p95"
 threshold = 1.3           # P95 latency +30% ...
 for_minutes = 5           # ... over a 5-minute window
+
+# The truth arrives later (whether the customer churned): each model's errors on the same
+# requests, compared pairwise. Warnings here: the demo's 48 hours resolve a few thousand
+# requests a segment, fewer than a critical check needs to show a segment within 1 point
+[[checks]]
+id = "accuracy"
+kind = "outcome_error"
+severity = "warning"
+threshold = 0.01          # the candidate's error rate at most 1 point above the baseline's
+
+[[checks]]
+id = "brier"
+kind = "outcome_brier"
+severity = "warning"
+threshold = 0.005
 """
 
 
@@ -118,6 +133,12 @@ kind = "score"
 score_path = "score"
 label_path = "label"
 
+[outcomes]   # whether each customer churned, known hours after the request (outcomes.jsonl)
+source = {{ kind = "file", path = "outcomes.jsonl" }}
+request_id = "request_id"
+label = "churned"
+observed_at = "observed_at"
+
 [[candidates]]
 name = "{s.name}"
 kind = "mlflow"
@@ -127,6 +148,26 @@ batch_size = {rows_per_call}        # rows per call: MLflow's server scores a ba
 concurrency = 8
 timeout_s = 2.0
 """
+
+
+def _outcome_lines(doc: Any) -> list[str]:
+    """What the outcomes say: the accuracy of both models on the same requests, and where the
+    candidate was shown worse."""
+    if doc.outcomes is None:
+        return []
+    o = doc.outcomes
+    lines = [f"outcomes: {o.with_outcome} of {o.pairs} pairs resolved (median delay {(o.delay.p50_s or 0) / 3600:.1f} h)"]
+    for c in doc.checks:
+        if c.kind == "outcome_error" and c.segment == "all":
+            # the check's difference is in error rate; said here in accuracy (the other sign)
+            ci = f", interval [{-c.ci[1] * 100:+.1f}, {-c.ci[0] * 100:+.1f}] points" if c.ci else ""
+            lines.append(
+                f"  accuracy: candidate {c.extra['candidate_accuracy']:.1%} vs baseline {c.extra['baseline_accuracy']:.1%} "
+                f"on the same requests (difference {-(c.value or 0) * 100:+.1f} points{ci})"
+            )
+    worse = sorted({c.segment for c in doc.checks if c.kind.startswith("outcome_") and c.status in ("fail", "warn")})
+    lines.append(f"  shown worse on outcomes in: {', '.join(worse)}" if worse else "  not shown worse on outcomes anywhere")
+    return lines
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -191,6 +232,7 @@ def run_demo(
     from shadowdiff.cli.wiring import judge_and_publish, start_run
     from shadowdiff.diff.load import open_run
     from shadowdiff.replay.job import run_replay
+    from shadowdiff.replay.outcomes import run_outcomes
     from shadowdiff.reports.html import write_report
     from shadowdiff.schemas.config import load_config
     from shadowdiff.schemas.policy import load_policy
@@ -213,6 +255,7 @@ def run_demo(
     rows = traffic.generate(requests, seed=7)
     _write_jsonl(workdir / "traffic.jsonl", rows)
     _write_jsonl(workdir / "reference.jsonl", traffic.generate(4000, seed=3))
+    _write_jsonl(workdir / "outcomes.jsonl", traffic.outcomes(rows, seed=9))
     (workdir / "policy.toml").write_text(POLICY, encoding="utf-8")
     print(f"  generated {len(rows)} requests over 48 h (traffic.jsonl) and a reference sample; training models ...")
     baseline, retrained = traffic.train(seed=1), traffic.train(seed=2)
@@ -243,6 +286,7 @@ def run_demo(
             cfg, _ = start_run(cfg, policy)  # the run owns its policy: `shadowdiff judge` and `gate` use it later
             t1 = time.monotonic()
             stats = run_replay(cfg)
+            run_outcomes(cfg)  # the truth known since: joined to the pairs when judging
             t2 = time.monotonic()
             con = open_run(home, cfg.run.id)
             try:
@@ -265,6 +309,8 @@ def run_demo(
                 print(f"    - {r}")
             if len(doc.reasons) > 6:
                 print(f"    ... {len(doc.reasons) - 6} more")
+            for line in _outcome_lines(doc):
+                print(f"  {line}")
             print(f"  report: {report}")
     finally:
         parent.send("stop")

@@ -72,6 +72,20 @@ def generate(n: int, seed: int, t0: datetime = T0, hours: float = 48.0) -> list[
     return out
 
 
+def outcomes(rows: list[dict[str, Any]], seed: int, mean_delay_h: float = 6.0) -> list[dict[str, Any]]:
+    """Whether each request's customer churned, drawn from the true model the traffic follows,
+    observed an exponential delay after the request (a tenth of the requests never resolve)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in rows:
+        if rng.random() < 0.1:
+            continue
+        churned = rng.random() < 1 / (1 + math.exp(-true_logit(r["input"])))
+        seen = datetime.fromisoformat(r["event_time"]) + timedelta(hours=float(rng.exponential(mean_delay_h)))
+        out.append({"request_id": r["request_id"], "churned": int(churned), "observed_at": seen.isoformat()})
+    return out
+
+
 def true_logit(f: dict[str, Any]) -> float:
     return (
         -1.0
