@@ -45,11 +45,16 @@ def load_outcomes(con: duckdb.DuckDBPyConnection, layout: RunLayout) -> bool:
             continue
         files = "[" + ", ".join(literal(str(f / f"{t}.parquet")) for f in folders) + "]"
         keys = OUTCOME_EXPORT_KEYS[t]
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE {target} AS SELECT * EXCLUDE (filename) FROM (
-                  SELECT DISTINCT ON ({keys}) * FROM read_parquet({files}, union_by_name = true, filename = true)
-                  ORDER BY {keys}, filename)"""
-        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {target} AS SELECT * FROM read_parquet({files}, union_by_name = true)")
+        # a record in two folders (a crash between publishing an export and recording it) is
+        # rare: counted by a hash aggregate first, and only then sorted out
+        (rows, distinct) = con.execute(f"SELECT count(*), count(DISTINCT ({keys})) FROM {target}").fetchone() or (0, 0)
+        if rows != distinct:
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE {target} AS SELECT * EXCLUDE (filename) FROM (
+                      SELECT DISTINCT ON ({keys}) * FROM read_parquet({files}, union_by_name = true, filename = true)
+                      ORDER BY {keys}, filename)"""
+            )
     beats = [orjson.loads(p.read_bytes()) for p in sorted(layout.outcome_exports.glob("*/heartbeat.json"))]
     latest: dict[str, dict[str, Any]] = {}
     for f in folders:
@@ -65,9 +70,11 @@ def load_outcomes(con: duckdb.DuckDBPyConnection, layout: RunLayout) -> bool:
 
 
 def has_outcomes(con: duckdb.DuckDBPyConnection) -> bool:
-    (n,) = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'outcome_records' AND temporary").fetchone() or (
-        0,
-    )
+    return _temp_table(con, "outcome_records")
+
+
+def _temp_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    (n,) = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND temporary", [name]).fetchone() or (0,)
     return bool(n)
 
 
@@ -140,10 +147,18 @@ def _outcome_columns(positive: str) -> dict[str, str]:
     }
 
 
-def _joined(where: str) -> str:
-    """The pairs (those `where` selects) with their first outcome, if any."""
-    return f"""(SELECT p.*, f.y_label, f.y_value, f.observed_at, f.request_id IS NOT NULL AS has_outcome
-               FROM (SELECT * FROM pairs WHERE {where}) p LEFT JOIN outcome_first f ON f.request_id = p.request_id)"""
+def _join(con: duckdb.DuckDBPyConnection, sets: SegmentSets, where: str) -> None:
+    """`outcome_pairs`: the pairs (those `where` selects) with their first outcome, if any, and
+    only the columns the outcome aggregates read: built once, read by every one of them. The
+    judge's last call covers every pair (diff/judge.py's `by_sampling` ends with "TRUE"), which
+    is what the verdict's summary and examples read."""
+    segs = "".join(f"{c}, " for c in sets.columns)
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE outcome_pairs AS
+            SELECT p.request_id, {segs}p.event_time, p.b_label, p.c_label, p.b_score, p.c_score, p.pair_hi, p.pair_lo,
+                   f.y_label, f.y_value, f.observed_at, f.request_id IS NOT NULL AS has_outcome
+            FROM (SELECT * FROM pairs WHERE {where}) p LEFT JOIN outcome_first f ON f.request_id = p.request_id"""
+    )
 
 
 def no_outcomes(con: duckdb.DuckDBPyConnection) -> None:
@@ -153,6 +168,7 @@ def no_outcomes(con: duckdb.DuckDBPyConnection) -> None:
         target = f"outcome_{t}" if t != "outcomes" else "outcome_records"
         con.execute(f"CREATE OR REPLACE TEMP TABLE {target} ({_EMPTY[t]})")
     con.execute("CREATE OR REPLACE TEMP TABLE outcome_workers (worker VARCHAR, final BOOLEAN, complete BOOLEAN)")
+    con.execute("DROP TABLE IF EXISTS outcome_first")  # of the outcomes loaded before
 
 
 def outcome_stats(
@@ -160,26 +176,27 @@ def outcome_stats(
 ) -> dict[str, dict[str, Any]]:
     """Per segment: the outcome checks' sums over the pairs (`n_pairs`), those with an outcome
     (`n_out`), and each side's reliability bins (probability scores)."""
-    _first_outcomes(con)
+    if not _temp_table(con, "outcome_first"):  # built once per load, for every candidate
+        _first_outcomes(con)
+    _join(con, sets, where)
     columns = _outcome_columns(positive)
     inner = ", ".join(f"{sql} AS {name}" for name, sql in columns.items())
     rows = con.execute(
         f"""SELECT {sets.name_sql()} AS segment, {", ".join(columns)} FROM (
-              SELECT {sets.select()}, {inner} FROM {_joined(where)} {sets.group_by()})"""
+              SELECT {sets.select()}, {inner} FROM outcome_pairs {sets.group_by()})"""
     ).fetchall()
     names = ["segment", *columns]
     out = {r[0]: dict(zip(names, r, strict=True)) for r in rows}
-    for seg, bins in calibration(con, sets, positive, where).items():
+    for seg, bins in calibration(con, sets, positive).items():
         if seg in out:
             out[seg]["calibration"] = bins
     return out
 
 
-def calibration(
-    con: duckdb.DuckDBPyConnection, sets: SegmentSets, positive: str, where: str = "TRUE"
-) -> dict[str, dict[str, list[list[float]]]]:
+def calibration(con: duckdb.DuckDBPyConnection, sets: SegmentSets, positive: str) -> dict[str, dict[str, list[list[float]]]]:
     """Per segment and side ("baseline", "candidate"): reliability bins [mean score, observed
-    rate, pairs] over CALIBRATION_BINS equal-width bins of the probability score."""
+    rate, pairs] over CALIBRATION_BINS equal-width bins of the probability score, over
+    `outcome_pairs`."""
     pos = literal(positive)
     y01 = f"(CASE WHEN y_value IN (0, 1) THEN y_value WHEN y_label IS NOT NULL THEN (y_label = {pos})::DOUBLE END)"
     out: dict[str, dict[str, list[list[float]]]] = {}
@@ -188,7 +205,7 @@ def calibration(
         rows = con.execute(
             f"""SELECT {sets.name_sql()} AS segment, bin, mean_score, observed, n FROM (
                   SELECT {sets.select()}, {b} AS bin, avg({col}) AS mean_score, avg({y01}) AS observed, count(*) AS n
-                  FROM {_joined(where)} WHERE has_outcome AND {col} BETWEEN 0 AND 1 AND {y01} IS NOT NULL
+                  FROM outcome_pairs WHERE has_outcome AND {col} BETWEEN 0 AND 1 AND {y01} IS NOT NULL
                   {sets.group_by([b])})
                 ORDER BY segment, bin"""
         ).fetchall()
@@ -218,8 +235,7 @@ def outcome_summary(
     ).fetchone() or (0,)
     delay = con.execute(
         """SELECT quantile_cont(s, 0.5), quantile_cont(s, 0.9), quantile_cont(s, 0.99) FROM (
-             SELECT epoch(f.observed_at) - epoch(p.event_time) AS s
-             FROM pairs p JOIN outcome_first f ON f.request_id = p.request_id)"""
+             SELECT epoch(observed_at) - epoch(event_time) AS s FROM outcome_pairs WHERE has_outcome)"""
     ).fetchone() or (None, None, None)
     dead = dict(con.execute("SELECT reason, count(*) FROM outcome_dead_letters GROUP BY ALL ORDER BY 1").fetchall())
     workers = con.execute("SELECT worker, complete FROM outcome_workers ORDER BY 1").fetchall()
@@ -263,7 +279,7 @@ def discordant_examples(con: duckdb.DuckDBPyConnection, sets: SegmentSets, limit
                                    WHEN abs(c_score - y_value) > abs(b_score - y_value) THEN 'baseline' ELSE 'both' END)
                    END AS closer,
                    CASE WHEN {labelled} THEN 0 ELSE abs(b_score - y_value) - abs(c_score - y_value) END AS edge
-            FROM {_joined("TRUE")}
+            FROM outcome_pairs
             WHERE has_outcome AND (({labelled}) OR (NOT ({labelled}) AND {numeric} AND b_score <> c_score))
             ORDER BY ({labelled}) DESC, closer = 'candidate', edge, pair_hi, pair_lo
             LIMIT {int(limit)}"""

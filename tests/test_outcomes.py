@@ -281,3 +281,23 @@ def test_the_report_shows_outcomes_calibration_and_who_was_right(tmp_path: Path)
     assert 'aria-label="Calibration in all (x: mean score, y: observed rate)"' in html
     assert 'id="discordant"' in html
     assert shown[0]["request_id"] in html
+
+
+def test_an_outcome_export_published_twice_counts_once(tmp_path: Path) -> None:
+    import shutil
+
+    from shadowdiff.schemas.layout import RunLayout
+
+    envs = _traffic(tmp_path, n=600)
+    _write_outcomes(tmp_path / "o.jsonl", _truth(envs)[:400])
+    cfg = load_config(_config(tmp_path))
+    run_replay(cfg)
+    run_outcomes(cfg)
+    before = _judge(tmp_path)["outcomes"]
+    # a worker that crashed after publishing its export and before recording it publishes the
+    # same rows again under the next number
+    folders = RunLayout(tmp_path / "runs", "r").outcome_export_folders()
+    shutil.copytree(folders[0], folders[0].parent / f"{len(folders) + 1:08d}")
+    after = _judge(tmp_path)["outcomes"]
+    assert (after["records"], after["with_outcome"], after["duplicates"]) == (400, 400, 0)
+    assert after == before
