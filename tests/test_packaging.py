@@ -42,6 +42,7 @@ def test_the_wheel_installs_one_namespace_with_its_data(wheel: Path) -> None:
     for data in (
         "shadowdiff/schemas/verdict.v1.schema.json",
         "shadowdiff/schemas/store.sql",
+        "shadowdiff/schemas/outcomes.sql",
         "shadowdiff/reports/templates/report.html.j2",
     ):
         assert data in names
