@@ -12,7 +12,6 @@ the pair is there, one for a request the run never stored is reported by the jud
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -29,7 +28,7 @@ from shadowdiff.replay.exports import Exporter
 from shadowdiff.replay.formats import payload_reader
 from shadowdiff.replay.messages import Position
 from shadowdiff.replay.sources import open_source
-from shadowdiff.replay.store import WRITER_CONFIG, StoreWriter
+from shadowdiff.replay.store import WRITER_CONFIG, store_dead_and_checkpoints, transaction
 from shadowdiff.schemas import OUTCOME_STORE_SCHEMA_VERSION, outcome_store_ddl
 from shadowdiff.schemas.config import OutcomeSpec, RunConfig
 from shadowdiff.schemas.errors import ConfigError, StoreError
@@ -81,10 +80,8 @@ class OutcomeWriter:
         """Store one batch with its checkpoints atomically; returns the outcome rows newly stored
         (a re-read batch stores none)."""
         now = datetime.now(UTC)
-        cur = self.con.cursor()
-        try:
-            cur.execute("BEGIN")
-            stored = 0
+        stored = 0
+        with transaction(self.con, "a batch of outcomes") as cur:
             if rows:
                 cols = list(zip(*rows, strict=True))
                 table = pa.table(
@@ -100,27 +97,9 @@ class OutcomeWriter:
                     }
                 )
                 cur.register("outcome_tbl", table)
-                inserted = cur.execute(
-                    'INSERT OR IGNORE INTO outcomes BY NAME SELECT * FROM outcome_tbl RETURNING "offset"'
-                ).fetchall()
-                stored = len(inserted)
-            if dead:
-                cur.register("dead_tbl", StoreWriter._dead_table(dead))
-                cur.execute("INSERT OR IGNORE INTO dead_letters BY NAME SELECT * FROM dead_tbl")
-            for (src, part), pos in positions.items():
-                cur.execute(
-                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
-                    [src, part, pos.next_offset, pos.consumed, pos.sampled],
-                )
-            cur.execute("COMMIT")
-        except BaseException as err:
-            with contextlib.suppress(duckdb.Error):
-                cur.execute("ROLLBACK")
-            if isinstance(err, duckdb.Error):
-                raise StoreError(f"storing a batch of outcomes failed, nothing of it was committed: {err}") from err
-            raise
-        finally:
-            cur.close()
+                inserted = cur.execute('INSERT OR IGNORE INTO outcomes BY NAME SELECT * FROM outcome_tbl RETURNING "offset"')
+                stored = len(inserted.fetchall())
+            store_dead_and_checkpoints(cur, dead, positions)
         self.positions.update(positions)
         return stored
 

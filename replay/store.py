@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,56 @@ def _offset_spans(requests: pa.Table) -> dict[tuple[str, int], tuple[int, int]]:
             *(spans.column(c).to_pylist() for c in ("source", "part", "offset_min", "offset_max")), strict=True
         )
     }
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection, what: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A cursor inside one transaction, committed when the block ends; on any error rolled
+    back, and a DuckDB error raised as StoreError ("storing `what` failed")."""
+    cur = con.cursor()
+    try:
+        cur.execute("BEGIN")
+        yield cur
+        cur.execute("COMMIT")
+    except BaseException as err:
+        # a failed COMMIT (a full disk) has already ended the transaction: a ROLLBACK then
+        # fails too, and its error must not hide the cause
+        with contextlib.suppress(duckdb.Error):
+            cur.execute("ROLLBACK")
+        if isinstance(err, duckdb.Error):
+            raise StoreError(f"storing {what} failed, nothing of it was committed: {err}") from err
+        raise
+    finally:
+        cur.close()
+
+
+def store_dead_and_checkpoints(
+    cur: duckdb.DuckDBPyConnection, dead: Sequence[DeadLetter], positions: Mapping[tuple[str, int], Position]
+) -> None:
+    """A batch's dead letters and the partition checkpoints after it, in the caller's transaction."""
+    if dead:
+        cur.register("dead_tbl", dead_letters_table(dead))
+        cur.execute("INSERT OR IGNORE INTO dead_letters BY NAME SELECT * FROM dead_tbl")
+    for (src, part), pos in positions.items():
+        cur.execute(
+            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)", [src, part, pos.next_offset, pos.consumed, pos.sampled]
+        )
+
+
+def dead_letters_table(dead: Sequence[DeadLetter]) -> pa.Table:
+    now = datetime.now(UTC)
+    return pa.table(
+        {
+            "source": pa.array([d.source for d in dead], pa.string()),
+            "part": pa.array([d.part for d in dead], pa.int32()),
+            "offset": pa.array([d.offset for d in dead], pa.int64()),
+            "reason": pa.array([d.reason for d in dead], pa.string()),
+            "detail": pa.array([d.detail for d in dead], pa.string()),
+            "raw_key": pa.array([d.raw_key for d in dead], pa.binary()),
+            "raw_value": pa.array([d.raw_value for d in dead], pa.binary()),
+            "received_at": pa.array([now] * len(dead), pa.timestamp("us", tz="UTC")),
+        }
+    )
 
 
 class StoreWriter:
@@ -192,22 +242,6 @@ class StoreWriter:
             feature_version=cols[L.feature_version],
         )
 
-    @staticmethod
-    def _dead_table(dead: Sequence[DeadLetter]) -> pa.Table:
-        now = datetime.now(UTC)
-        return pa.table(
-            {
-                "source": pa.array([d.source for d in dead], pa.string()),
-                "part": pa.array([d.part for d in dead], pa.int32()),
-                "offset": pa.array([d.offset for d in dead], pa.int64()),
-                "reason": pa.array([d.reason for d in dead], pa.string()),
-                "detail": pa.array([d.detail for d in dead], pa.string()),
-                "raw_key": pa.array([d.raw_key for d in dead], pa.binary()),
-                "raw_value": pa.array([d.raw_value for d in dead], pa.binary()),
-                "received_at": pa.array([now] * len(dead), pa.timestamp("us", tz="UTC")),
-            }
-        )
-
     def write_batch(
         self,
         requests: pa.Table,
@@ -221,9 +255,7 @@ class StoreWriter:
         columns; `outputs` the outputs table's, keyed by the same coordinates."""
         spans = _offset_spans(requests)
         all_new = all(low > self._stored_max.get(k, -1) for k, (low, _) in spans.items())
-        cur = self.con.cursor()
-        try:
-            cur.execute("BEGIN")
+        with transaction(self.con, "a batch") as cur:
             if requests.num_rows and all_new:
                 # the primary key still guards: a duplicate here would fail the batch, not pass
                 cur.register("req_tbl", requests)
@@ -256,25 +288,7 @@ class StoreWriter:
                 types = [pa.string(), pa.int32(), pa.int64(), pa.string(), pa.uint64()]
                 cur.register("quota_tbl", pa.table([pa.array(c, t) for c, t in zip(cols, types, strict=True)], names=names))
                 cur.execute("INSERT OR IGNORE INTO quota_samples BY NAME SELECT * FROM quota_tbl")
-            if dead:
-                cur.register("dead_tbl", self._dead_table(dead))
-                cur.execute("INSERT OR IGNORE INTO dead_letters BY NAME SELECT * FROM dead_tbl")
-            for (src, part), pos in positions.items():
-                cur.execute(
-                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
-                    [src, part, pos.next_offset, pos.consumed, pos.sampled],
-                )
-            cur.execute("COMMIT")
-        except BaseException as err:
-            # a failed COMMIT (a full disk) has already ended the transaction: a ROLLBACK then
-            # fails too, and its error must not hide the cause
-            with contextlib.suppress(duckdb.Error):
-                cur.execute("ROLLBACK")
-            if isinstance(err, duckdb.Error):
-                raise StoreError(f"storing a batch failed, nothing of it was committed: {err}") from err
-            raise
-        finally:
-            cur.close()
+            store_dead_and_checkpoints(cur, dead, positions)
         self.positions.update(positions)
         for k, (_, high) in spans.items():
             self._stored_max[k] = max(high, self._stored_max.get(k, -1))

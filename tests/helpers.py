@@ -364,3 +364,34 @@ kind = "python"
 target = "models_for_tests:logistic"
 """,
     )
+
+
+def outcome_run_config(tmp: Path, outcome_source: str, model: str = "logistic", batch: int = 500) -> Path:
+    """A file replay of `envelope` traffic (`t.jsonl` in `tmp`) with an in-process candidate and
+    scores cut at 0.5 into labels, whose labelled outcomes come from `outcome_source` (the TOML
+    lines of an [outcomes.source] table)."""
+    return write_config(
+        tmp / "r.toml",
+        f"""
+[run]
+id = "r"
+home = "runs"
+batch_size = {batch}
+batch_timeout_ms = 100
+[source]
+kind = "file"
+path = "t.jsonl"
+{TRAFFIC_FIELDS}
+[output]
+score_path = "score"
+threshold = 0.5
+[[candidates]]
+name = "c"
+kind = "python"
+target = "models_for_tests:{model}"
+[outcomes]
+label = "label"
+[outcomes.source]
+{outcome_source}
+""",
+    )

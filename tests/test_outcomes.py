@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import TRAFFIC_FIELDS, envelope, jsonl, write_config
+from helpers import envelope, jsonl, outcome_run_config
 
 from shadowdiff.cli.wiring import judge_and_publish
 from shadowdiff.diff import checks as ck
@@ -98,30 +98,8 @@ def _truth(envs: list[dict[str, Any]], seed: int = 2) -> list[dict[str, Any]]:
     ]
 
 
-def _config(tmp: Path) -> Path:
-    return write_config(
-        tmp / "r.toml",
-        f"""
-[run]
-id = "r"
-home = "runs"
-batch_size = 500
-[source]
-kind = "file"
-path = "t.jsonl"
-{TRAFFIC_FIELDS}
-[output]
-score_path = "score"
-threshold = 0.5
-[[candidates]]
-name = "c"
-kind = "python"
-target = "models_for_tests:logistic"
-[outcomes]
-source = {{ kind = "file", path = "o.jsonl" }}
-label = "label"
-""",
-    )
+def _config(tmp: Path, model: str = "logistic") -> Path:
+    return outcome_run_config(tmp, 'kind = "file"\npath = "o.jsonl"', model)
 
 
 POLICY = parse_policy(
@@ -262,8 +240,7 @@ def test_the_report_shows_outcomes_calibration_and_who_was_right(tmp_path: Path)
 
     envs = _traffic(tmp_path, n=2000)
     _write_outcomes(tmp_path / "o.jsonl", _truth(envs))
-    text = _config(tmp_path).read_text(encoding="utf-8").replace("models_for_tests:logistic", "models_for_tests:shifted_logistic")
-    cfg = load_config(write_config(tmp_path / "r.toml", text))
+    cfg = load_config(_config(tmp_path, "shifted_logistic"))
     run_replay(cfg)
     run_outcomes(cfg)
     doc = _judge(tmp_path)

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import orjson
 import pytest
-from helpers import TRAFFIC_FIELDS, envelope, jsonl, produce, write_config
+from helpers import envelope, jsonl, outcome_run_config, produce
 from replays import Replay
 
 from shadowdiff.cli.wiring import judge_and_publish
@@ -40,35 +40,10 @@ def test_each_outcome_counts_once_across_sigkills(tmp_path: Path, kafka_bootstra
     rng = random.Random(5)
     envs = [envelope(i, rng) for i in range(2000)]
     jsonl(tmp_path / "t.jsonl", envs)
-    cfg_path = write_config(
-        tmp_path / "r.toml",
-        f"""
-[run]
-id = "r"
-home = "runs"
-batch_size = 250
-batch_timeout_ms = 100
-[source]
-kind = "file"
-path = "t.jsonl"
-{TRAFFIC_FIELDS}
-[output]
-score_path = "score"
-threshold = 0.5
-[[candidates]]
-name = "c"
-kind = "python"
-target = "models_for_tests:logistic"
-[outcomes]
-label = "label"
-[outcomes.source]
-kind = "kafka-live"
-bootstrap = "{kafka_bootstrap}"
-topic = "{topic}"
-group = "outcomes-{topic}"
-progress = false
-""",
+    source = (
+        f'kind = "kafka-live"\nbootstrap = "{kafka_bootstrap}"\ntopic = "{topic}"\ngroup = "outcomes-{topic}"\nprogress = false'
     )
+    cfg_path = outcome_run_config(tmp_path, source, batch=250)
     cfg = load_config(cfg_path)
     home = tmp_path / "runs"
 
