@@ -33,7 +33,7 @@ from shadowdiff.diff.kept import RATE
 from shadowdiff.diff.kinds import RUN_LEVEL_KINDS, SEGMENT_KINDS, Evidence
 from shadowdiff.diff.load import RunInfo, run_info, source_complete
 from shadowdiff.diff.outcome_checks import say_better
-from shadowdiff.diff.outcomes import has_outcomes, no_outcomes, outcome_stats, outcome_summary
+from shadowdiff.diff.outcomes import has_outcomes, no_outcomes, outcome_pace, outcome_stats, outcome_summary
 from shadowdiff.diff.outputs import compare_outputs
 from shadowdiff.diff.pairs import BuiltPairs, Pooling, build_pairs
 from shadowdiff.diff.quality import feature_checks, run_level_checks, threshold_for
@@ -106,6 +106,8 @@ def judge(
     }
     if ev.outcomes is not None:
         doc["outcomes"] = outcome_summary(con, ev.sets, ev.outcomes, policy.examples)
+        if verdict == Status.PENDING and any(r.unit == "outcomes" and r.status == ck.UNDECIDED for r in results):
+            doc["reasons"].append(outcome_pace(doc["outcomes"]))
     doc = _stable(doc)
     doc["digest"] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     doc["generated_at"] = datetime.now(UTC).isoformat()

@@ -261,6 +261,19 @@ def outcome_summary(
     }
 
 
+def outcome_pace(summary: dict[str, Any]) -> str:
+    """How far the outcomes have come and how long they take, for a verdict that waits on them."""
+    delay = summary["delay"]
+    pace = (
+        f"; they arrive a median {delay['p50_s'] / 3600:.1f} h after the request (p90 {delay['p90_s'] / 3600:.1f} h)"
+        if delay["p50_s"] is not None and delay["p90_s"] is not None
+        else ""
+    )
+    share = summary["waiting_share"]
+    waiting = f" ({share:.0%} still waiting)" if share is not None else ""
+    return f"outcomes: {summary['with_outcome']:,} of {summary['pairs']:,} pairs resolved{waiting}{pace}"
+
+
 def discordant_examples(con: duckdb.DuckDBPyConnection, sets: SegmentSets, limit: int) -> list[dict[str, Any]]:
     """Where the two models disagree and the outcome says who was right: up to `limit` pairs
     with an outcome, those the candidate got wrong first; for numeric outcomes, the pairs

@@ -278,3 +278,17 @@ def test_an_outcome_export_published_twice_counts_once(tmp_path: Path) -> None:
     after = _judge(tmp_path)["outcomes"]
     assert (after["records"], after["with_outcome"], after["duplicates"]) == (400, 400, 0)
     assert after == before
+
+
+def test_a_run_waiting_for_outcomes_says_how_far_they_have_come(tmp_path: Path) -> None:
+    envs = _traffic(tmp_path, n=1500)
+    _write_outcomes(tmp_path / "o.jsonl", _truth(envs)[:150])  # fewer than min_outcomes (200)
+    cfg = load_config(_config(tmp_path))
+    run_replay(cfg)
+    run_outcomes(cfg)
+    doc = _judge(tmp_path)
+    assert doc["verdict"] == "pending"
+    assert any("accuracy in all: 150 usable outcomes" in r and "150 of 200 outcomes needed" in r for r in doc["reasons"])
+    assert any(
+        r.startswith("outcomes: 150 of 1,500 pairs resolved (90% still waiting); they arrive a median ") for r in doc["reasons"]
+    )
