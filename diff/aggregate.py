@@ -45,7 +45,8 @@ TOP_BIN = 1_000_000_000  # +inf
 _HISTOGRAMS = ("b_lat", "c_lat", "abs_d")
 
 
-def _log_bin(x: str) -> str:
+def log_bin(x: str) -> str:
+    """SQL: the log-spaced bin of a value (ZERO_BIN for zero and below, TOP_BIN for +inf)."""
     return (
         f"CASE WHEN {x} > 0 AND isfinite({x}) THEN floor(ln({x}) * {LOG_BINS_PER_E})::INTEGER "
         f"WHEN {x} > 0 THEN {TOP_BIN} ELSE {ZERO_BIN} END"
@@ -203,7 +204,7 @@ def _pair_hist_sql(sets: SegmentSets, source: str) -> str:
     }
     parts = [
         f"SELECT segment, {h}::TINYINT AS h, bin, k FROM ("
-        + _by_segment(sets, {"k": "sum(sign)::BIGINT"}, f"(SELECT *, {_log_bin(x)} AS bin FROM {source} WHERE {cond})", ["bin"])
+        + _by_segment(sets, {"k": "sum(sign)::BIGINT"}, f"(SELECT *, {log_bin(x)} AS bin FROM {source} WHERE {cond})", ["bin"])
         + ")"
         for h, (x, cond) in values.items()
     ]

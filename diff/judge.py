@@ -32,8 +32,9 @@ from shadowdiff.diff.explain import data_section, examples, excess, localise, of
 from shadowdiff.diff.kept import RATE
 from shadowdiff.diff.kinds import RUN_LEVEL_KINDS, SEGMENT_KINDS, Evidence
 from shadowdiff.diff.load import RunInfo, run_info, source_complete
+from shadowdiff.diff.outcome_aggregates import outcome_stats
 from shadowdiff.diff.outcome_checks import say_better
-from shadowdiff.diff.outcomes import has_outcomes, no_outcomes, outcome_pace, outcome_stats, outcome_summary
+from shadowdiff.diff.outcomes import has_outcomes, no_outcomes, outcome_pace, outcome_sequence, outcome_summary
 from shadowdiff.diff.outputs import compare_outputs
 from shadowdiff.diff.pairs import BuiltPairs, Pooling, build_pairs
 from shadowdiff.diff.quality import feature_checks, run_level_checks, threshold_for
@@ -105,7 +106,7 @@ def judge(
         "examples": examples(con, ev.sets, policy.examples, cand),
     }
     if ev.outcomes is not None:
-        doc["outcomes"] = outcome_summary(con, ev.sets, ev.outcomes, policy.examples)
+        doc["outcomes"] = outcome_summary(con, ev.outcomes)
         if verdict == Status.PENDING and any(r.unit == "outcomes" and r.status == ck.UNDECIDED for r in results):
             doc["reasons"].append(outcome_pace(doc["outcomes"]))
     doc = _stable(doc)
@@ -201,6 +202,7 @@ def gather_evidence(con: duckdb.DuckDBPyConnection, policy: Policy, info: RunInf
     if with_outcomes and not has_outcomes(con):
         no_outcomes(con)  # judged without the run folder (a bare connection): none arrived
     positive = info.run.outcomes.positive_label if info.run.outcomes is not None else "1"
+    outcome_seq = outcome_sequence(con) if with_outcomes else None
     return RunEvidence(
         info=info,
         cand=cand,
@@ -226,7 +228,9 @@ def gather_evidence(con: duckdb.DuckDBPyConnection, policy: Policy, info: RunInf
         abs_thresholds=abs_thresholds,
         live=info.run.source.kind == "kafka-live",
         hour_bucket=info.run.segments.hour_buckets.name if info.run.segments.hour_buckets else None,
-        outcomes=by_sampling(lambda w, _: outcome_stats(con, sets, positive, w)) if with_outcomes else None,
+        outcomes=by_sampling(lambda w, kept: outcome_stats(con, sets, positive, w, kept, policy.examples, outcome_seq))
+        if with_outcomes
+        else None,
         min_outcomes=policy.min_outcomes,
     )
 

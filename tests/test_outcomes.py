@@ -292,3 +292,66 @@ def test_a_run_waiting_for_outcomes_says_how_far_they_have_come(tmp_path: Path) 
     assert any(
         r.startswith("outcomes: 150 of 1,500 pairs resolved (90% still waiting); they arrive a median ") for r in doc["reasons"]
     )
+
+
+def test_outcomes_kept_between_looks_equal_a_full_rejudge_after_every_look(tmp_path: Path, caplog: Any) -> None:
+    import logging
+
+    from helpers import judged_document
+
+    from shadowdiff.diff.exports import open_cache, open_exports
+    from shadowdiff.diff.outcomes import load_outcomes
+    from shadowdiff.schemas.layout import RunLayout
+
+    envs = _traffic(tmp_path, n=3000)
+    truth = _truth(envs)
+    cfg = load_config(_config(tmp_path, "shifted_logistic"))
+    layout = RunLayout(tmp_path / "runs", "r")
+    policy = POLICY.model_copy(update={"examples": 3})  # 12 kept: the looks take some out
+
+    def conflicting(o: dict[str, Any]) -> dict[str, Any]:
+        return {**o, "label": "0" if o["label"] == "1" else "1", "observed_at": "2026-12-02T00:00:00Z"}
+
+    steps = [
+        # pairs of the first 1,000 requests; outcomes of 1,500 (500 before their pairs)
+        lambda: (run_replay(cfg, max_batches=2), _write_outcomes(tmp_path / "o.jsonl", truth[:1500])),
+        # the rest of the pairs, no new outcome
+        lambda: run_replay(cfg),
+        # more outcomes, some twice and disagreeing, some for no stored request
+        lambda: _write_outcomes(
+            tmp_path / "o.jsonl",
+            [*truth[1500:2500], *[conflicting(o) for o in truth[100:160]], {"request_id": "nobody", "label": "1"}],
+            mode="a",
+        ),
+        lambda: _write_outcomes(tmp_path / "o.jsonl", truth[2500:], mode="a"),
+    ]
+    caplog.set_level(logging.DEBUG, logger="shadowdiff.diff.outcome_aggregates")
+    for look, step in enumerate(steps, 1):
+        step()
+        run_outcomes(cfg)
+        caplog.clear()
+        con = open_cache(layout.home, "r")
+        try:
+            load_outcomes(con, layout)
+            looked = judged_document(con, policy)
+        finally:
+            con.close()
+        full = open_exports(layout.home, "r")
+        try:
+            load_outcomes(full, layout)
+            whole = judged_document(full, policy)
+        finally:
+            full.close()
+        assert looked["outcomes"] == whole["outcomes"], f"look {look}"
+        outcome_checks = [c for c in whole["checks"] if c["kind"].startswith("outcome_")]
+        assert [c for c in looked["checks"] if c["kind"].startswith("outcome_")] == outcome_checks, f"look {look}"
+        assert looked["digest"] == whole["digest"], f"look {look}"
+        how = [r.getMessage().split(" at ")[0].split(" from ")[0] for r in caplog.records]
+        assert how == (["outcomes: built whole"] if look == 1 else ["outcomes: updated"]), f"look {look}: {how}"
+    assert whole["outcomes"]["with_outcome"] == 3000
+    assert (whole["outcomes"]["duplicates"], whole["outcomes"]["conflicting"], whole["outcomes"]["unknown_requests"]) == (
+        60,
+        60,
+        1,
+    )
+    assert len(whole["outcomes"]["discordant"]) == 3
