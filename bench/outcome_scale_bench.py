@@ -1,8 +1,10 @@
-"""Outcomes at volume: N stored pairs (bench/synth.py's store: 20 segments x 15 features) with an
-outcome for each of M requests, published as an outcome worker's export, judged with the
-default checks plus outcome_error and outcome_brier; peak RSS and wall time, against the same
-judge without outcomes in the same session. Then a look after 50k more outcomes, against the
-full re-judge.
+"""Outcomes at volume: N stored pairs (bench/synth.py's store: 20 segments x 15 features) in
+export folders, with an outcome for each of M requests published as an outcome worker's export,
+judged with the default checks plus outcome_error and outcome_brier. Prints, in one session:
+the full judge without outcome checks, the watch's first look (its cache reads every pair and
+outcome), then after one more outcome export of `--new` outcomes a look (open_cache) and a full
+re-judge (open_exports), their ratio (issue target <= 0.05), and whether both verdicts have the
+same digest; the peak RSS of the process (target <= 4 GB).
 
     python bench/outcome_scale_bench.py [--pairs 10000000] [--outcomes 10000000] [--new 50000]
 """
@@ -11,17 +13,19 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from look_bench import publish
 from measure import peak_rss_mb
 from synth import big_store
 
@@ -33,16 +37,15 @@ _EMPTY_DEAD = """SELECT ''::VARCHAR AS source, 0::INTEGER AS part, 0::BIGINT AS 
                  LIMIT 0"""
 
 
-def publish_outcomes(home: Path, seq: int, first: int, count: int) -> None:
+def publish_outcomes(store: Path, layout: RunLayout, seq: int, first: int, count: int) -> None:
     """An outcome worker's export of `count` outcomes for the store's requests from `first` on
     (by offset), as replay/outcomes.py writes it."""
     import duckdb
 
-    layout = RunLayout(home, "big")
     folder = layout.outcome_exports / "w0" / f"{seq:08d}"
     folder.mkdir(parents=True)
-    con = duckdb.connect(config={"memory_limit": "2GB", "temp_directory": str(home / ".tmp")})
-    con.execute(f"ATTACH {literal(str(layout.store('w0')))} AS s (READ_ONLY)")
+    con = duckdb.connect(config={"memory_limit": "2GB", "temp_directory": str(layout.dir / ".tmp")})
+    con.execute(f"ATTACH {literal(str(store))} AS s (READ_ONLY)")
     con.execute(
         f"""COPY (SELECT 'outcomes' AS source, 0::INTEGER AS part, "offset", request_id,
                          CASE WHEN hash(request_id) % 10 < 3 THEN '1' ELSE '0' END AS label, NULL::DOUBLE AS value,
@@ -57,63 +60,58 @@ def publish_outcomes(home: Path, seq: int, first: int, count: int) -> None:
     (folder.parent / "heartbeat.json").write_bytes(orjson.dumps({"worker": "w0", "final": True}))
 
 
-def judge_child(home: Path, with_outcomes: bool) -> None:
+def timed(open_run: Callable[[], Any], layout: RunLayout, policy: Any) -> tuple[float, Any]:
+    """Seconds to open the run, read its outcomes and judge it, and the verdict."""
     from shadowdiff.diff.judge import judge
-    from shadowdiff.diff.load import open_run
     from shadowdiff.diff.outcomes import load_outcomes
-    from shadowdiff.schemas.policy import parse_policy
 
-    checks = [{"id": "accuracy", "kind": "outcome_error"}, {"id": "brier", "kind": "outcome_brier"}] if with_outcomes else []
-    policy = parse_policy({"checks": checks})
     t0 = time.perf_counter()
-    con = open_run(home, "big")
-    if with_outcomes:
-        load_outcomes(con, RunLayout(home, "big"))
-    t1 = time.perf_counter()
-    doc = judge(con, policy)
-    con.close()
-    wall = time.perf_counter() - t0
-    o = doc.outcomes
-    joined = f", {o.with_outcome:,} pairs with an outcome of {o.records:,} records" if o is not None else ""
-    print(
-        f"judge{' with outcomes' if with_outcomes else ''}: {wall:.1f} s wall (reading outcomes {t1 - t0:.1f} s), "
-        f"peak RSS {peak_rss_mb():,.0f} MB{joined}"
-    )
-
-
-def timed_child(home: Path, with_outcomes: bool) -> float:
-    cmd = [sys.executable, __file__, "--judge-child", str(home)] + (["--with-outcomes"] if with_outcomes else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    print("  " + out.stdout.strip(), flush=True)
-    return float(out.stdout.split(": ", 1)[1].split(" s wall", 1)[0])
+    con = open_run()
+    try:
+        load_outcomes(con, layout)
+        doc = judge(con, policy)
+    finally:
+        con.close()
+    return time.perf_counter() - t0, doc
 
 
 def main() -> None:
+    from shadowdiff.diff.exports import open_cache, open_exports
+    from shadowdiff.schemas.policy import parse_policy
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=10_000_000)
     ap.add_argument("--outcomes", type=int, default=10_000_000)
     ap.add_argument("--new", type=int, default=50_000)
-    ap.add_argument("--judge-child")
-    ap.add_argument("--with-outcomes", action="store_true")
-    args = ap.parse_args()
-    if args.judge_child:
-        judge_child(Path(args.judge_child), args.with_outcomes)
-        return
+    ap.add_argument("--exports", type=int, default=20)
+    a = ap.parse_args()
+    checks = [{"id": "accuracy", "kind": "outcome_error"}, {"id": "brier", "kind": "outcome_brier"}]
+    plain, with_outcomes = parse_policy({}), parse_policy({"checks": checks})
     home = Path(tempfile.mkdtemp(prefix="shadowdiff-outcome-bench-"))
     try:
         t0 = time.perf_counter()
-        big_store(home / "big" / "store-w0.duckdb", args.pairs, segments=20, features=15)
-        first = min(args.outcomes, args.pairs - args.new)
-        publish_outcomes(home, 1, 0, first)
-        print(f"generated {args.pairs:,} pairs and {first:,} outcomes in {time.perf_counter() - t0:.1f} s", flush=True)
-        plain = timed_child(home, False)
-        full = timed_child(home, True)
-        publish_outcomes(home, 2, first, args.new)
-        look = timed_child(home, True)
-        print(f"outcomes add {full / plain:.2f}x to the judge's time; a look after {args.new:,} new outcomes: {look:.1f} s")
+        store = big_store(home / "src" / "store-w0.duckdb", a.pairs, segments=20, features=15, run_id="big")
+        layout = RunLayout(home / "runs", "big")
+        for i in range(a.exports):
+            publish(store, layout, i + 1, a.pairs * i // a.exports, a.pairs * (i + 1) // a.exports)
+        first = min(a.outcomes, a.pairs) - a.new
+        publish_outcomes(store, layout, 1, 0, first)
+        print(f"{a.pairs:,} pairs in {a.exports} exports and {first:,} outcomes, generated in {time.perf_counter() - t0:.1f} s")
+        alone, _ = timed(lambda: open_exports(layout.home, "big"), layout, plain)
+        print(f"  full judge without outcome checks: {alone:.1f} s", flush=True)
+        # the watch's earlier looks: the cache has read every export and kept pairs and outcomes
+        first_look, _ = timed(lambda: open_cache(layout.home, "big"), layout, with_outcomes)
         print(
-            f"  (outcomes are read and joined whole at every look: the look costs {look / full:.0%} of a full re-judge; "
-            "issue target <= 5 %)"
+            f"  the watch's first look (every pair and outcome): {first_look:.1f} s, peak RSS {peak_rss_mb():,.0f} MB", flush=True
+        )
+        publish_outcomes(store, layout, 2, first, a.new)
+        look, looked = timed(lambda: open_cache(layout.home, "big"), layout, with_outcomes)
+        full, whole = timed(lambda: open_exports(layout.home, "big"), layout, with_outcomes)
+        print(f"  a look after {a.new:,} new outcomes: {look:.1f} s; full re-judge with outcomes: {full:.1f} s")
+        print(f"outcome checks add {full / alone:.2f}x to a full judge; look / full re-judge: {look / full:.3f} (target <= 0.05)")
+        print(
+            f"verdicts {looked.verdict} / {whole.verdict}, {whole.outcomes.with_outcome:,} pairs with an outcome, "
+            f"digest equal: {looked.digest == whole.digest}; peak RSS of this process {peak_rss_mb():,.0f} MB (target <= 4096 MB)"
         )
     finally:
         shutil.rmtree(home, ignore_errors=True)
