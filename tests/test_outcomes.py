@@ -278,6 +278,19 @@ def test_an_outcome_export_published_twice_counts_once(tmp_path: Path) -> None:
     after = _judge(tmp_path)["outcomes"]
     assert (after["records"], after["with_outcome"], after["duplicates"]) == (400, 400, 0)
     assert after == before
+    # the watching judge's cache reads both folders in one look, and keeps one copy too
+    from helpers import judged_document
+
+    from shadowdiff.diff.exports import open_cache
+    from shadowdiff.diff.outcomes import load_outcomes
+
+    con = open_cache(tmp_path / "runs", "r")
+    try:
+        load_outcomes(con, RunLayout(tmp_path / "runs", "r"))
+        looked = judged_document(con, POLICY)["outcomes"]
+    finally:
+        con.close()
+    assert looked == after
 
 
 def test_a_run_waiting_for_outcomes_says_how_far_they_have_come(tmp_path: Path) -> None:
