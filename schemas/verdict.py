@@ -128,7 +128,9 @@ class Outcomes(_Open):
     )
     dead_letters: dict[str, int] = Field({}, description="outcome records that could not be read, by reason")
     delay: OutcomeDelay = Field(
-        default_factory=OutcomeDelay, description="observed_at minus the request's event time, over the joined pairs"
+        default_factory=OutcomeDelay,
+        description="observed_at minus the request's event time over the judged pairs of `all` with an outcome, "
+        "read from log-spaced bins (within 0.1 %); an outcome observed before its request counts as no delay",
     )
     workers: list[str] = []
     complete: bool = Field(False, description="every outcome worker read its whole source (a recording or window)")
