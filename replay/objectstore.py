@@ -69,7 +69,9 @@ class SharedRun:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + "/"):
                 names |= {o["Key"][len(self.prefix) + 1 :] for o in page.get("Contents", [])}
         new = 0
-        for name in sorted(n for n in names if n.startswith("exports/") and n.endswith("/" + MANIFEST)):
+        # the replay's exports and the outcome workers' (replay/outcomes.py)
+        published = ("exports/", "outcome-exports/")
+        for name in sorted(n for n in names if n.startswith(published) and n.endswith("/" + MANIFEST)):
             folder = name[: -len(MANIFEST) - 1]
             target = layout.dir / folder
             if (target / MANIFEST).exists():

@@ -368,3 +368,32 @@ def test_outcomes_kept_between_looks_equal_a_full_rejudge_after_every_look(tmp_p
         1,
     )
     assert len(whole["outcomes"]["discordant"]) == 3
+
+
+def test_outcomes_reach_a_judge_on_another_machine_through_s3(tmp_path: Path, s3_endpoint: str) -> None:
+    import boto3
+
+    from shadowdiff.replay.objectstore import SharedRun
+    from shadowdiff.schemas.config import SharedSpec
+    from shadowdiff.schemas.layout import RunLayout
+
+    bucket = "outcome-runs"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    envs = _traffic(tmp_path, n=500)
+    _write_outcomes(tmp_path / "o.jsonl", _truth(envs)[:300])
+    text = _config(tmp_path).read_text(encoding="utf-8")
+    shared = f'shared = {{ url = "s3://{bucket}/shadow", endpoint_url = "{s3_endpoint}" }}\n'
+    (tmp_path / "r.toml").write_text(text.replace("[source]", shared + "[source]", 1), encoding="utf-8")
+    cfg = load_config(tmp_path / "r.toml")
+    run_replay(cfg)
+    run_outcomes(cfg)
+    judge_home = tmp_path / "judge"
+    SharedRun(SharedSpec(url=f"s3://{bucket}/shadow", endpoint_url=s3_endpoint), "r").pull(RunLayout(judge_home, "r"))
+    pulled = RunLayout(judge_home, "r").outcome_export_folders()
+    assert len(pulled) == 1
+    con = open_run(judge_home, "r", source="exports")
+    try:
+        doc = judge_and_publish(con, judge_home, "r", POLICY, final=True)[0].model_dump()
+    finally:
+        con.close()
+    assert (doc["outcomes"]["records"], doc["outcomes"]["with_outcome"], doc["outcomes"]["workers"]) == (300, 300, ["w0"])
