@@ -279,18 +279,11 @@ def test_an_outcome_export_published_twice_counts_once(tmp_path: Path) -> None:
     assert (after["records"], after["with_outcome"], after["duplicates"]) == (400, 400, 0)
     assert after == before
     # the watching judge's cache reads both folders in one look, and keeps one copy too
-    from helpers import judged_document
 
     from shadowdiff.diff.exports import open_cache
-    from shadowdiff.diff.outcomes import load_outcomes
 
-    con = open_cache(tmp_path / "runs", "r")
-    try:
-        load_outcomes(con, RunLayout(tmp_path / "runs", "r"))
-        looked = judged_document(con, POLICY)["outcomes"]
-    finally:
-        con.close()
-    assert looked == after
+    looked = _judged_with_outcomes(open_cache(tmp_path / "runs", "r"), RunLayout(tmp_path / "runs", "r"), POLICY)
+    assert looked["outcomes"] == after
 
 
 def test_a_run_waiting_for_outcomes_says_how_far_they_have_come(tmp_path: Path) -> None:
@@ -307,13 +300,23 @@ def test_a_run_waiting_for_outcomes_says_how_far_they_have_come(tmp_path: Path) 
     )
 
 
+def _judged_with_outcomes(con: Any, layout: Any, policy: Policy) -> dict[str, Any]:
+    """The verdict document of the run `con` reads, its outcomes read from `layout`; closes `con`."""
+    from helpers import judged_document
+
+    from shadowdiff.diff.outcomes import load_outcomes
+
+    try:
+        load_outcomes(con, layout)
+        return judged_document(con, policy)
+    finally:
+        con.close()
+
+
 def test_outcomes_kept_between_looks_equal_a_full_rejudge_after_every_look(tmp_path: Path, caplog: Any) -> None:
     import logging
 
-    from helpers import judged_document
-
     from shadowdiff.diff.exports import open_cache, open_exports
-    from shadowdiff.diff.outcomes import load_outcomes
     from shadowdiff.schemas.layout import RunLayout
 
     envs = _traffic(tmp_path, n=3000)
@@ -343,18 +346,8 @@ def test_outcomes_kept_between_looks_equal_a_full_rejudge_after_every_look(tmp_p
         step()
         run_outcomes(cfg)
         caplog.clear()
-        con = open_cache(layout.home, "r")
-        try:
-            load_outcomes(con, layout)
-            looked = judged_document(con, policy)
-        finally:
-            con.close()
-        full = open_exports(layout.home, "r")
-        try:
-            load_outcomes(full, layout)
-            whole = judged_document(full, policy)
-        finally:
-            full.close()
+        looked = _judged_with_outcomes(open_cache(layout.home, "r"), layout, policy)
+        whole = _judged_with_outcomes(open_exports(layout.home, "r"), layout, policy)
         assert looked["outcomes"] == whole["outcomes"], f"look {look}"
         outcome_checks = [c for c in whole["checks"] if c["kind"].startswith("outcome_")]
         assert [c for c in looked["checks"] if c["kind"].startswith("outcome_")] == outcome_checks, f"look {look}"
