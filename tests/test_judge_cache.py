@@ -386,3 +386,30 @@ def test_a_failed_export_shows_in_the_verdict_coverage_and_the_gate_metrics(tmp_
         metrics = httpx.get(f"{url}/metrics").text
     assert 'shadowdiff_worker_failed_exports{run="oom",worker="w0"} 2' in metrics
     assert 'shadowdiff_worker_failing_exports{run="oom",worker="w0"} 0' in metrics
+
+
+def test_latency_blocks_kept_in_stretches_equal_a_full_rejudge(tmp_path, monkeypatch):
+    # at scale the latency blocks are computed a few blocks a query, the pairs ranked once in a
+    # table's row ids; on the cache that happens inside the aggregates' transaction, where a new
+    # table's row ids start at 2**62: every pair once fell into one block, and a 5M-pair watch
+    # said "1 stretch of time" where a full re-judge said 10
+    from shadowdiff.diff import aggregate
+
+    monkeypatch.setattr(aggregate, "QUANTILE_PAIRS_PER_QUERY", 700)
+    home, store, layout = small_run(tmp_path, 6_000, 5)
+    export_rows(store, layout, "w0", 1, 0.0, 0.5)
+    export_rows(store, layout, "w0", 2, 0.5, 1.0)
+    policy = Policy(min_samples=200)
+    con = open_cache(home, "run")
+    try:
+        looked = judged_document(con, policy)
+    finally:
+        con.close()
+    full = open_exports(home, "run")
+    try:
+        whole = judged_document(full, policy)
+    finally:
+        full.close()
+    latency = next(c for c in looked["checks"] if c["kind"] == "latency" and c["segment"] == "all")
+    assert latency["extra"]["blocks"] == 10, latency["detail"]
+    assert looked["digest"] == whole["digest"]
