@@ -296,7 +296,7 @@ def test_quantiles_from_log_histograms_follow_quantile_cont_within_a_bin():
     import duckdb
     import numpy as np
 
-    from shadowdiff.diff.aggregate import _log_bin, hist_quantiles
+    from shadowdiff.diff.aggregate import hist_quantiles, log_bin
 
     rng = np.random.default_rng(7)
     fractions = [0.0005, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.9995]
@@ -310,7 +310,7 @@ def test_quantiles_from_log_histograms_follow_quantile_cont_within_a_bin():
     for name, values in samples.items():
         con.register("v", {"x": values})
         exact = con.execute(f"SELECT quantile_cont(x, {fractions}) FROM v").fetchone()[0]
-        got = con.execute(f"SELECT {_log_bin('x')} AS bin, count(*) AS k FROM v GROUP BY bin").fetchnumpy()
+        got = con.execute(f"SELECT {log_bin('x')} AS bin, count(*) AS k FROM v GROUP BY bin").fetchnumpy()
         binned = hist_quantiles(got["bin"], got["k"], fractions)
         assert binned is not None
         for f, e, b in zip(fractions, exact, binned, strict=True):
