@@ -136,7 +136,7 @@ class RunEvidence:
     abs_thresholds: list[float]
     live: bool
     hour_bucket: str | None
-    outcomes: dict[str, Any] | None = None  # per segment (diff/outcomes.py), when outcomes are judged
+    outcomes: dict[str, Any] | None = None  # per segment (diff/outcome_aggregates.py), when outcomes are judged
     min_outcomes: int = 0
 
     @property

@@ -127,6 +127,11 @@ def outcome_sequence(con: duckdb.DuckDBPyConnection) -> int | None:
     None elsewhere."""
     if not table_exists(con, "outcome_ingested"):
         return None
+    (kept,) = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'outcome_records' AND temporary").fetchone() or (
+        0,
+    )
+    if not kept:  # this connection read its outcomes whole, or none: the kept parts would not match them
+        return None
     (seq,) = con.execute("SELECT coalesce(max(outcome_seq), 0) FROM outcome_ingested").fetchone() or (0,)
     return int(seq)
 

@@ -355,6 +355,17 @@ def test_outcomes_kept_between_looks_equal_a_full_rejudge_after_every_look(tmp_p
         how = [r.getMessage().split(" at ")[0].split(" from ")[0] for r in caplog.records]
         assert how == (["outcomes: built whole"] if look == 1 else ["outcomes: updated"]), f"look {look}: {how}"
     assert whole["outcomes"]["with_outcome"] == 3000
+    # a judge on the cache that did not read the outcomes (a bare look) sees none, and leaves
+    # the kept outcome parts as they were for the next look that does
+    from helpers import judged_document
+
+    con = open_cache(layout.home, "r")
+    try:
+        bare = judged_document(con, policy)
+    finally:
+        con.close()
+    assert bare["outcomes"]["records"] == 0
+    assert _judged_with_outcomes(open_cache(layout.home, "r"), layout, policy)["digest"] == whole["digest"]
     assert (whole["outcomes"]["duplicates"], whole["outcomes"]["conflicting"], whole["outcomes"]["unknown_requests"]) == (
         60,
         60,
