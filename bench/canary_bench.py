@@ -33,6 +33,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import share
 
 from shadowdiff.diff import aggregate as agg
 from shadowdiff.diff import checks as ck
@@ -172,11 +175,6 @@ def run_once(args: tuple[str, float, int, int]) -> dict[str, Any]:
         if len(res) == len(CHECKS) and all(r.status == ck.PASS for r in res):
             return {"verdict": "go", "records": canary.n, "minutes": minutes, "failed": []}
     return {"verdict": "pending", "records": canary.n, "minutes": slices * SLICE_S / 60, "failed": []}
-
-
-def share(hits: int, runs: int) -> str:
-    p = hits / runs
-    return f"{p:6.1%} ± {math.sqrt(max(p * (1 - p), 1e-9) / runs):.1%}"
 
 
 def main() -> None:

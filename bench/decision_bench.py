@@ -34,6 +34,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import share
 
 from shadowdiff.diff import aggregate as agg
 from shadowdiff.diff import checks as ck
@@ -288,11 +291,6 @@ def multi_run(args: tuple[str, int, int]) -> list[dict[str, Any]]:
                 break
         out.append(first)
     return out
-
-
-def share(hits: int, runs: int) -> str:
-    p = hits / runs
-    return f"{p:6.2%} ± {math.sqrt(max(p * (1 - p), 1 / runs) / runs):.2%}"
 
 
 def main() -> None:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+
+def share(hits: int, runs: int) -> str:
+    """A share of simulated runs with its binomial standard error (never shown as exactly 0)."""
+    p = hits / runs
+    return f"{p:6.2%} ± {math.sqrt(max(p * (1 - p), 1 / runs) / runs):.2%}"
 
 
 def peak_rss_mb() -> float:

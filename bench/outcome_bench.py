@@ -33,6 +33,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import share
 
 from shadowdiff.diff import checks as ck
 from shadowdiff.diff.decide import Family, decide
@@ -136,11 +139,6 @@ def unpaired_needed(seed: int, max_outcomes: int) -> int | None:
         if p_within < POLICY.alpha:
             return n
     return None
-
-
-def share(hits: int, runs: int) -> str:
-    p = hits / runs
-    return f"{p:6.1%} ± {math.sqrt(max(p * (1 - p), 1e-9) / runs):.1%}"
 
 
 def main() -> None:

@@ -57,6 +57,18 @@ def slower_copy(folder: Path, factor: float) -> None:
         con.execute(f"COPY o TO '{path}' (FORMAT parquet)")
 
 
+def look_and_rejudge(home: Path, policy: Policy) -> tuple[dict, dict]:
+    """The verdict documents of a watch's look (the cache) and of a full re-read of the exports."""
+    docs = []
+    for opened in (open_cache, open_exports):
+        con = opened(home, "run")
+        try:
+            docs.append(judged_document(con, policy))
+        finally:
+            con.close()
+    return docs[0], docs[1]
+
+
 def contents(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
     return {t: con.execute(f"SELECT * FROM {t} ORDER BY {EXPORT_KEYS[t]}").fetchall() for t in EXPORT_TABLES}
 
@@ -287,16 +299,7 @@ def test_feature_statistics_kept_between_looks_equal_a_full_rejudge(tmp_path, ca
     for look, (lo, hi) in enumerate([(0.0, 0.15), (0.15, 0.4), (0.4, 0.7), (0.7, 0.85), (0.85, 1.0)]):
         export_rows(store, layout, "w0", look + 1, lo, hi)
         caplog.clear()
-        con = open_cache(home, "run")
-        try:
-            looked = judged_document(con, policy)
-        finally:
-            con.close()
-        full_con = open_exports(home, "run")
-        try:
-            rejudged = judged_document(full_con, policy)
-        finally:
-            full_con.close()
+        looked, rejudged = look_and_rejudge(home, policy)
         assert looked["digest"] == rejudged["digest"], f"look {look + 1}"
         logged = [
             r.getMessage() for r in caplog.records if r.name == "shadowdiff.diff.kept" and r.getMessage().startswith("features")
@@ -400,16 +403,7 @@ def test_latency_blocks_kept_in_stretches_equal_a_full_rejudge(tmp_path, monkeyp
     export_rows(store, layout, "w0", 1, 0.0, 0.5)
     export_rows(store, layout, "w0", 2, 0.5, 1.0)
     policy = Policy(min_samples=200)
-    con = open_cache(home, "run")
-    try:
-        looked = judged_document(con, policy)
-    finally:
-        con.close()
-    full = open_exports(home, "run")
-    try:
-        whole = judged_document(full, policy)
-    finally:
-        full.close()
+    looked, whole = look_and_rejudge(home, policy)
     latency = next(c for c in looked["checks"] if c["kind"] == "latency" and c["segment"] == "all")
     assert latency["extra"]["blocks"] == 10, latency["detail"]
     assert looked["digest"] == whole["digest"]
