@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from decision_bench import ar1_load
 from measure import share
 
 from shadowdiff.diff import aggregate as agg
@@ -74,15 +75,6 @@ CANARIES: dict[str, tuple[float, float, float, float]] = {
     "latency variance doubled, same median": (1.0, math.sqrt(2), STABLE_ERRORS, STABLE_ERRORS),
     "mostly-zero errors rising to 2 %": (1.0, 1.0, 0.0005, 0.02),
 }
-
-
-def ar1(rng: np.random.Generator, steps: int, sigma: float, phi: float) -> np.ndarray:
-    x = np.empty(steps)
-    x[0] = rng.normal(0, sigma)
-    eps = rng.normal(0, sigma * math.sqrt(1 - phi * phi), steps)
-    for t in range(1, steps):
-        x[t] = phi * x[t - 1] + eps[t]
-    return x
 
 
 class Side:
@@ -151,7 +143,7 @@ def run_once(args: tuple[str, float, int, int]) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     per_slice = RATE_PER_S * SLICE_S
     slices = int(max_looks * LOOK / (per_slice * weight)) + 2
-    load_s, load_c = ar1(rng, slices, *BURSTS), ar1(rng, slices, *BURSTS)
+    load_s, load_c = ar1_load(rng, slices, *BURSTS), ar1_load(rng, slices, *BURSTS)
     stable, canary = Side(), Side()
     next_look = LOOK
     for t in range(slices):
