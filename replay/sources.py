@@ -151,6 +151,10 @@ class KafkaLive:
             def on_partitions_assigned(self, assigned: list) -> None:
                 outer._newly_assigned.update(assigned)
 
+        # the group's leader assigns partitions from its own metadata: fetched before joining,
+        # so the join does not race it (an outcome worker that logged "No partition metadata
+        # for topic" at its join was assigned nothing and sat idle for minutes)
+        self.consumer.partitions_for_topic(spec.topic)
         self.consumer.subscribe([spec.topic], listener=_Resume())
 
     def _resume_targets(self) -> dict[tuple[str, int], int]:
