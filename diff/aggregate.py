@@ -569,8 +569,7 @@ class _LatencyBlocks(PairAggregate):
         call_key = "struct_pack(" + ", ".join(f"k{i} := k{i}" for i in range(len(CALL_ORDER))) + ")"
         last = last_block(n, size)
         # the ranks count from the table's first row id: inside a transaction (the judge's
-        # cache keeps its aggregates in one) a new table's rows have row ids from 2**62 on,
-        # and every pair fell into the last block
+        # cache keeps its aggregates in one) a new table's rows have row ids from 2**62 on
         (base,) = con.execute("SELECT min(rowid) FROM blocks_ranked").fetchone() or (0,)
         base = int(base or 0)
         for first in range(0, last + 1, per_query):

@@ -132,7 +132,7 @@ class Partials:
         self.sums = _sums(positive)
         self.spec = repr((sets.sets, positive, CALIBRATION_BINS, keep, 1))
 
-    def build(self, table: str, source: str, kind: str = "") -> None:
+    def build(self, table: str, source: str, kind: str = "", examples: bool = True) -> None:
         sets, con = self.sets, self.con
         inner = ", ".join(f"{sql} AS {name}" for name, sql in self.sums.items())
         con.execute(
@@ -157,7 +157,8 @@ class Partials:
             f"""CREATE OR REPLACE {kind} TABLE {table}_delay AS SELECT {delay} AS bin, sum(sign)::BIGINT AS k
                 FROM {source} WHERE has_outcome GROUP BY ALL"""
         )
-        con.execute(f"CREATE OR REPLACE {kind} TABLE {table}_ex AS {self.first_examples(source, self.keep)}")
+        if examples:  # a delta's examples are merged row by row (`apply`)
+            con.execute(f"CREATE OR REPLACE {kind} TABLE {table}_ex AS {self.first_examples(source, self.keep)}")
 
     @staticmethod
     def first_examples(source: str, limit: int) -> str:
@@ -169,7 +170,7 @@ class Partials:
         """Add the signed rows of `delta` (those taken back as they were, -1; those of now, +1)
         to the kept parts; returns whether the kept examples are every example there is."""
         con = self.con
-        self.build("outcome_delta", delta, "TEMP")
+        self.build("outcome_delta", delta, "TEMP", examples=False)
         merged = ", ".join(f"{'fsum' if 'fsum' in sql else 'sum'}({c}) AS {c}" for c, sql in self.sums.items())
         con.execute(f"""CREATE OR REPLACE TABLE {table} AS SELECT segment, {merged} FROM (
                         SELECT * FROM {table} UNION ALL BY NAME SELECT * FROM outcome_delta) GROUP BY segment""")

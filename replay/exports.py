@@ -157,6 +157,15 @@ class Exporter:
         self.exported = dict(tops)
         return final_dir
 
+    def export_or_record(self, final: bool = False) -> None:
+        """`export`, and a failure recorded instead of raised: the rows are safe in the store
+        and the next checkpoint exports them."""
+        try:
+            self.export(final)
+        except (OSError, duckdb.Error) as err:
+            log.warning("exporting run %s checkpoint failed, retried at the next one: %s", self.writer.cfg.run.id, err)
+            self.record_failure(err)
+
     def record_failure(self, err: Exception) -> None:
         """An export that failed: its rows wait in the store for the next one, and readers are
         told (the heartbeat), unless the disk refuses that too."""

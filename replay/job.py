@@ -7,8 +7,6 @@ import platform
 import threading
 from importlib import metadata
 
-import duckdb
-
 from shadowdiff.replay.exports import Exporter
 from shadowdiff.replay.models.base import ModelClient
 from shadowdiff.replay.models.call_process import ProcessHttpModel
@@ -93,11 +91,7 @@ def run_replay(
             def checkpoint(writer: StoreWriter, stats: RunStats, final: bool) -> None:
                 if final:  # before the final export, so its manifest has them too
                     writer.write_meta({"last_stats": stats.summary(), source_complete_key(cfg.run.worker): True})
-                try:
-                    exporter.export(final)
-                except (OSError, duckdb.Error) as err:  # the rows are safe in the store; the next checkpoint retries
-                    log.warning("exporting run %s checkpoint failed, retried at the next one: %s", cfg.run.id, err)
-                    exporter.record_failure(err)
+                exporter.export_or_record(final)
                 if on_checkpoint is not None:
                     on_checkpoint(writer, stats, final)
 

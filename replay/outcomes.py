@@ -169,13 +169,13 @@ def run_outcomes(
                     stats.complete = True
                     break
                 if time.monotonic() - last_export >= checkpoint_every_s:
-                    _export(exporter, cfg, final=False)
+                    exporter.export_or_record(final=False)
                     last_export = time.monotonic()
         finally:
             source.close()
         stats.finished = time.monotonic()
         writer.write_meta({"last_stats": stats.summary(), OUTCOMES_COMPLETE: stats.complete})
-        _export(exporter, cfg, final=True)
+        exporter.export_or_record(final=True)
         return stats
     finally:
         writer.close()
@@ -201,11 +201,3 @@ def _store(writer: OutcomeWriter, codec: OutcomeCodec, batches: list[Any], stats
         stats.consumed += len(b.records)
     stats.stored += writer.write_batch(rows, dead, positions)
     stats.batches += 1
-
-
-def _export(exporter: Exporter, cfg: RunConfig, final: bool) -> None:
-    try:
-        exporter.export(final)
-    except (OSError, duckdb.Error) as err:  # the rows are safe in the store; the next checkpoint retries
-        log.warning("exporting run %s outcomes failed, retried at the next checkpoint: %s", cfg.run.id, err)
-        exporter.record_failure(err)

@@ -83,9 +83,8 @@ class MessageReader:
                 R.MALFORMED_PAYLOAD, f"{where}: not a Protobuf encoding of {self.descriptor.full_name} ({err})"[:300]
             ) from None
         # fields the schema does not declare (bytes of another message, which protobuf parses
-        # without complaint), at any depth: discarding them shrinks the message. upb's
-        # UnknownFieldSet of a nested message crashed the process now and then (a segfault
-        # under a concurrent decoder thread), so the sizes are compared instead
+        # without complaint), at any depth: discarding them shrinks the message. Sizes rather
+        # than upb's UnknownFieldSet, which is not safe on a nested message
         size = message.ByteSize()
         message.DiscardUnknownFields()
         if message.ByteSize() != size:

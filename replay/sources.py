@@ -152,8 +152,8 @@ class KafkaLive:
                 outer._newly_assigned.update(assigned)
 
         # the group's leader assigns partitions from its own metadata: fetched before joining,
-        # so the join does not race it (an outcome worker that logged "No partition metadata
-        # for topic" at its join was assigned nothing and sat idle for minutes)
+        # so the join does not race it (a leader without the topic's partitions assigns
+        # nothing, and a static member is not assigned again when the metadata comes)
         self.consumer.partitions_for_topic(spec.topic)
         self.consumer.subscribe([spec.topic], listener=_Resume())
 
