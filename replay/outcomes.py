@@ -28,7 +28,7 @@ from shadowdiff.replay.exports import Exporter
 from shadowdiff.replay.formats import payload_reader
 from shadowdiff.replay.messages import Position
 from shadowdiff.replay.sources import open_source
-from shadowdiff.replay.store import WRITER_CONFIG, store_dead_and_checkpoints, transaction
+from shadowdiff.replay.store import WRITER_CONFIG, store_dead_and_checkpoints, stored_positions, transaction, write_meta
 from shadowdiff.schemas import OUTCOME_STORE_SCHEMA_VERSION, outcome_store_ddl
 from shadowdiff.schemas.config import OutcomeSpec, RunConfig
 from shadowdiff.schemas.errors import ConfigError, StoreError
@@ -59,19 +59,10 @@ class OutcomeWriter:
             raise StoreError(
                 f"{self.path} has outcome store schema {row[0]}, this shadowdiff writes {OUTCOME_STORE_SCHEMA_VERSION}"
             )
-        self.positions: dict[tuple[str, int], Position] = {
-            (s, p): Position(o, c, n)
-            for s, p, o, c, n in self.con.execute(
-                "SELECT source, part, next_offset, consumed, sampled FROM checkpoints"
-            ).fetchall()
-        }
+        self.positions = stored_positions(self.con)
 
     def write_meta(self, items: dict[str, Any]) -> None:
-        with self.con.cursor() as cur:
-            cur.execute("BEGIN")
-            for k, v in items.items():
-                cur.execute("INSERT OR REPLACE INTO run_meta VALUES (?, ?)", [k, orjson.dumps(v, default=str).decode()])
-            cur.execute("COMMIT")
+        write_meta(self.con, items)
 
     def checkpoints(self) -> dict[tuple[str, int], int]:
         return {k: p.next_offset for k, p in self.positions.items()}

@@ -103,6 +103,21 @@ def store_dead_and_checkpoints(
         )
 
 
+def stored_positions(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, int], Position]:
+    """Each partition's checkpoint as the store recorded it."""
+    rows = con.execute("SELECT source, part, next_offset, consumed, sampled FROM checkpoints").fetchall()
+    return {(s, p): Position(o, c, n) for s, p, o, c, n in rows}
+
+
+def write_meta(con: duckdb.DuckDBPyConnection, items: Mapping[str, Any]) -> None:
+    """`run_meta` entries (JSON values), in one transaction."""
+    with con.cursor() as cur:
+        cur.execute("BEGIN")
+        for k, v in items.items():
+            cur.execute("INSERT OR REPLACE INTO run_meta VALUES (?, ?)", [k, orjson.dumps(v, default=str).decode()])
+        cur.execute("COMMIT")
+
+
 def dead_letters_table(dead: Sequence[DeadLetter]) -> pa.Table:
     now = datetime.now(UTC)
     return pa.table(
@@ -142,12 +157,7 @@ class StoreWriter:
             (src, part): int(top)
             for src, part, top in self.con.execute('SELECT source, part, max("offset") FROM requests GROUP BY ALL').fetchall()
         }
-        self.positions: dict[tuple[str, int], Position] = {
-            (s, p): Position(o, c, n)
-            for s, p, o, c, n in self.con.execute(
-                "SELECT source, part, next_offset, consumed, sampled FROM checkpoints"
-            ).fetchall()
-        }
+        self.positions = stored_positions(self.con)
 
     def _check_compatible(self) -> None:
         row = self.con.execute("SELECT value FROM run_meta WHERE key = 'store_schema_version'").fetchone()
@@ -163,11 +173,7 @@ class StoreWriter:
                 raise StoreError(f"{self.path} was written with other features/segments; use a new run id")
 
     def write_meta(self, items: Mapping[str, Any]) -> None:
-        with self.con.cursor() as cur:
-            cur.execute("BEGIN")
-            for k, v in items.items():
-                cur.execute("INSERT OR REPLACE INTO run_meta VALUES (?, ?)", [k, orjson.dumps(v, default=str).decode()])
-            cur.execute("COMMIT")
+        write_meta(self.con, items)
 
     def start_meta(self, versions: Mapping[str, Any]) -> None:
         now = datetime.now(UTC).isoformat()
