@@ -127,7 +127,7 @@ def results(stable: Side, canary: Side) -> list[ck.CheckResult]:
     out: list[ck.CheckResult] = []
     err = CHECKS[0]
     r = ck.CheckResult(err.id, err.kind, "all", err.severity, err.threshold, canary.n)
-    ck._against_noise(r, canary.errors, canary.n, stable.errors, stable.n, err.threshold)
+    ck.against_noise(r, canary.errors, canary.n, stable.errors, stable.n, err.threshold)
     out.append(r)
     s, blocks = latency_inputs(stable, canary)
     for chk in CHECKS[1:]:

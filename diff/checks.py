@@ -131,7 +131,7 @@ def excess_se(k: int, n: int, kr: int, nr: int, thr: float) -> float:
     return math.sqrt(p_c * (1 - p_c) / n + p_r * (1 - p_r) / nr)
 
 
-def _against_noise(res: CheckResult, k: int, n: int, kr: int, nr: int, thr: float) -> None:
+def against_noise(res: CheckResult, k: int, n: int, kr: int, nr: int, thr: float) -> None:
     """Candidate rate k/n vs the noise floor kr/nr: the excess, its interval (a conservative
     difference of Wilson bounds) and the one-sided p-value for "excess > thr"."""
     lo, hi = stats.wilson(k, n)
@@ -159,7 +159,7 @@ def label_flip(chk: Check, seg: str, s: PairStats, thr: float, sev: str) -> Chec
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, n)
     if int(s["n_lab_r"]) > 0:
         nr, kr = int(s["n_lab_r"]), int(s["flips_r"])
-        _against_noise(res, k, n, kr, nr, thr)
+        against_noise(res, k, n, kr, nr, thr)
         res.detail = f"flip rate {rate:.2%} vs noise floor {kr / nr:.2%} (excess, threshold +{thr:.2%})"
         res.extra = {"flip_rate": rate, "noise_flip_rate": kr / nr, "n_noise": nr}
     else:
@@ -187,7 +187,7 @@ def score_diff(chk: Check, seg: str, s: PairStats, thr: float, sev: str) -> Chec
     }
     if int(s["n_s_r"]) > 0:
         nr, kr = int(s["n_s_r"]), int(s["far_r"])
-        _against_noise(res, k, n, kr, nr, thr)
+        against_noise(res, k, n, kr, nr, thr)
         res.extra["noise_share_beyond_tolerance"] = kr / nr
         res.detail = f"{share:.2%} of pairs differ by > {chk.tolerance} vs noise {kr / nr:.2%} (threshold +{thr:.2%})"
     else:
@@ -503,7 +503,7 @@ def field_diff(chk: Check, seg: str, st: Any, thr: float, sev: str) -> CheckResu
         return None
     res = CheckResult(chk.id, chk.kind, seg, sev, thr, st.n)
     if st.noise_n:
-        _against_noise(res, st.with_diffs, st.n, st.noise_with_diffs, st.noise_n, thr)
+        against_noise(res, st.with_diffs, st.n, st.noise_with_diffs, st.noise_n, thr)
         res.detail = (
             f"{st.with_diffs / st.n:.2%} of sampled pairs differ in some field vs noise "
             f"{st.noise_with_diffs / st.noise_n:.2%} (threshold +{thr:.2%})"

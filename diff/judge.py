@@ -109,7 +109,7 @@ def judge(
         doc["outcomes"] = outcome_summary(con, ev.outcomes)
         if verdict == Status.PENDING and any(r.unit == "outcomes" and r.status == ck.UNDECIDED for r in results):
             doc["reasons"].append(outcome_pace(doc["outcomes"]))
-    doc = _stable(doc)
+    doc = stable_numbers(doc)
     doc["digest"] = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     doc["generated_at"] = datetime.now(UTC).isoformat()
     return emitted(doc)
@@ -483,15 +483,15 @@ def declared_family(policy: Policy, sets: SegmentSets, output: OutputSpec, candi
 UNTESTED_KINDS = frozenset({"prediction_drift", "version_pairing"})
 
 
-def _stable(obj: Any) -> Any:
+def stable_numbers(obj: Any) -> Any:
     """Round floats to 10 significant digits: DuckDB's parallel sums may differ in the last bits
     from one scan to the next, and a re-judged verdict must be byte-identical."""
     if isinstance(obj, float):
         return float(f"{obj:.10g}") if obj == obj else None
     if isinstance(obj, dict):
-        return {k: _stable(v) for k, v in obj.items()}
+        return {k: stable_numbers(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_stable(v) for v in obj]
+        return [stable_numbers(v) for v in obj]
     return obj
 
 

@@ -26,7 +26,7 @@ import orjson
 
 from shadowdiff.replay.objectstore import RUN_FILES, SharedRun
 from shadowdiff.replay.store import WRITER_MEMORY
-from shadowdiff.schemas.config import RunConfig
+from shadowdiff.schemas.config import RunSection
 from shadowdiff.schemas.layout import EXPORT_TABLES, RunLayout
 from shadowdiff.schemas.sql import literal
 
@@ -35,11 +35,18 @@ EXPORT_MEMORY = "128MB"  # a COPY of one checkpoint's rows to Parquet, while it 
 log = logging.getLogger(__name__)
 
 
+class _HasRun(Protocol):
+    @property
+    def run(self) -> RunSection: ...
+
+
 class ExportedStore(Protocol):
     """A writer whose tables are exported: its connection holds them, a `checkpoints` table and
-    a `run_meta` table, where the export state is kept."""
+    a `run_meta` table, where the export state is kept; its config names the run and worker."""
 
-    cfg: RunConfig
+    @property
+    def cfg(self) -> _HasRun: ...
+
     con: duckdb.DuckDBPyConnection
 
     def write_meta(self, items: dict[str, Any]) -> None: ...

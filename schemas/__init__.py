@@ -12,6 +12,8 @@ ENVELOPE_SCHEMA_VERSION = 1
 VERDICT_SCHEMA_VERSION = 1
 STORE_SCHEMA_VERSION = 1
 OUTCOME_STORE_SCHEMA_VERSION = 1
+SERVED_STORE_SCHEMA_VERSION = 1
+SERVED_RECORD_SCHEMA_VERSION = 1
 
 
 def _text(name: str) -> str:
@@ -38,3 +40,14 @@ def store_ddl(segments_type: str, features_type: str) -> str:
 def outcome_store_ddl() -> str:
     """The outcome store's DDL (schemas/outcomes.sql)."""
     return _text("outcomes.sql")
+
+
+def served_store_ddl() -> str:
+    """The served-traffic store's DDL (schemas/served.sql)."""
+    return _text("served.sql")
+
+
+@cache
+def served_record_schema() -> dict[str, Any]:
+    """The inference-log record JSON Schema (version 1), for the default JSON layout."""
+    return dict(json.loads(_text("served.v1.schema.json")))

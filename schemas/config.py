@@ -6,6 +6,7 @@ Errors name the key and what was expected, e.g. `source.topic: field required`.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from datetime import datetime
 from pathlib import Path
@@ -173,6 +174,76 @@ class OutcomeSpec(MessageFormat):
         if not self.label and not self.value:
             raise ValueError("outcomes need `label` (the observed class) or `value` (the observed number), or both")
         return self
+
+
+class ServedSpec(MessageFormat):
+    """Where the served traffic is logged: inference-log records, one per request a serving
+    instance answered (stable and canary alike; schemas/served.py documents the record), on a
+    topic, a window of it or a recording. Each field is a dotted path in the record; `version`
+    may instead be `header:<name>`, a Kafka header the serving proxy sets. `ok_status`: the
+    statuses that count as answered without error (anything else is an error)."""
+
+    source: Annotated[FileSource | KafkaSource, Field(discriminator="kind")]
+    request_id: str = "request_id"
+    version: str = "model_version"
+    event_time: str = "event_time"
+    latency_ms: str = "latency_ms"
+    status: str = "status"
+    ok_status: Annotated[list[str], Field(min_length=1)] = ["ok"]
+    segments: str = "segments"  # an object of segment fields; '' = top level
+    input: str = "input"
+    output: str = "output"
+
+
+class SideSpec(_Frozen):
+    """One side of a comparison of served traffic: a model version, and for a rollback's
+    last-known-good its time window (`start` inclusive, `end` exclusive)."""
+
+    version: Annotated[str, Field(min_length=1, max_length=200)]
+    start: Annotated[datetime | None, Text] = None
+    end: Annotated[datetime | None, Text] = None
+
+    @model_validator(mode="after")
+    def _window(self) -> SideSpec:
+        for name, t in (("start", self.start), ("end", self.end)):
+            if t is not None and t.tzinfo is None:
+                raise ValueError(f"`{name}` needs a timezone, e.g. 2026-11-25T00:00:00Z")
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ValueError("`end` must be after `start`")
+        return self
+
+
+class CompareSpec(_Frozen):
+    """What a run of served traffic compares, unpaired: `mode = "canary"` the canary's traffic
+    (`subject`) with the stable's (`reference`) over the same time; `mode = "rollback"` the
+    service's traffic since the rollback (`subject`) with a last-known-good window of the same
+    version (`reference`, e.g. the same hours a week before), to answer whether it is restored.
+    `name`: what the gate calls the answer (default: the subject's version)."""
+
+    mode: Literal["canary", "rollback"]
+    reference: SideSpec
+    subject: SideSpec
+    name: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = None
+
+    @model_validator(mode="after")
+    def _sides(self) -> CompareSpec:
+        if self.mode == "canary" and self.reference.version == self.subject.version:
+            raise ValueError("a canary compares two versions: `reference.version` and `subject.version` are the same")
+        if self.mode == "rollback":
+            if self.reference.start is None or self.reference.end is None:
+                raise ValueError("a rollback's last-known-good (`reference`) needs its window: `start` and `end`")
+            if self.subject.start is None:
+                raise ValueError("a rollback's current traffic (`subject`) needs `start`: when the rollback completed")
+            if self.subject.start < self.reference.end:
+                raise ValueError("the current window (`subject.start`) must begin after the last-known-good one ends")
+        return self
+
+    def answer_name(self) -> str:
+        """The name the verdict and the gate give this comparison."""
+        if self.name:
+            return self.name
+        cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", self.subject.version)[:64]
+        return cleaned if self.mode == "canary" else f"restored-{cleaned}"[:64]
 
 
 class FeatureSpec(_Frozen):
@@ -403,6 +474,28 @@ class RunConfig(_Frozen):
         return self
 
 
+class ServedRunConfig(_Frozen):
+    """A run over served traffic (`shadowdiff canary`): a canary analysis or a rollback
+    verification. No models are called: the answers are those the serving instances logged."""
+
+    run: RunSection
+    served: ServedSpec
+    compare: CompareSpec
+    features: FeatureSpec = FeatureSpec()
+    segments: SegmentSpec = SegmentSpec()
+    output: OutputSpec = OutputSpec()
+
+    @model_validator(mode="after")
+    def _supported(self) -> ServedRunConfig:
+        if self.output.kind not in ("score", "label"):
+            raise ValueError(f"output.kind {self.output.kind!r}: served traffic is compared on scores and labels")
+        if self.segments.hour_buckets is not None or self.segments.combinations:
+            raise ValueError(
+                "served traffic is segmented by `segments.fields` (hour buckets and combinations are for shadow runs)"
+            )
+        return self
+
+
 def format_validation_error(err: ValidationError) -> list[str]:
     """`key.path: message` lines, one per problem."""
     lines = []
@@ -449,4 +542,25 @@ def load_config(path: Path) -> RunConfig:
             outcome_updates["schema_file"] = base / cfg.outcomes.schema_file
         if outcome_updates:
             updates["outcomes"] = cfg.outcomes.model_copy(update=outcome_updates)
+    return cfg.model_copy(update=updates) if updates else cfg
+
+
+def load_served_config(path: Path) -> ServedRunConfig:
+    """Read and validate a served-traffic run config (`shadowdiff canary`); relative paths are
+    resolved against its folder."""
+    try:
+        cfg = ServedRunConfig.model_validate(read_toml(path))
+    except ValidationError as err:
+        raise ConfigError(str(path), format_validation_error(err)) from err
+    base = path.parent.resolve()
+    updates: dict[str, Any] = {}
+    if not cfg.run.home.is_absolute():
+        updates["run"] = cfg.run.model_copy(update={"home": base / cfg.run.home})
+    served: dict[str, Any] = {}
+    if isinstance(cfg.served.source, FileSource) and not cfg.served.source.path.is_absolute():
+        served["source"] = cfg.served.source.model_copy(update={"path": base / cfg.served.source.path})
+    if cfg.served.schema_file is not None and not cfg.served.schema_file.is_absolute():
+        served["schema_file"] = base / cfg.served.schema_file
+    if served:
+        updates["served"] = cfg.served.model_copy(update=served)
     return cfg.model_copy(update=updates) if updates else cfg

@@ -67,6 +67,27 @@ class RowLayout:
         return dict(zip(self.segment_names, row[self.segments], strict=True))
 
 
+def decode_object(value: bytes | None, payload: Payload | None, max_bytes: int) -> dict[str, Any]:
+    """One record's top-level object, decoded by `payload` (None: JSON); BadMessage for a
+    tombstone, an oversized value, bytes that do not decode, or a top level that is not an
+    object. For the records read beside the envelopes (outcomes, served traffic); the envelope
+    codec has its own inlined copy on the replay's hot path."""
+    if value is None:
+        raise BadMessage(R.MALFORMED_JSON if payload is None else R.MALFORMED_PAYLOAD, "empty value (tombstone)")
+    if len(value) > max_bytes:
+        raise BadMessage(R.OVERSIZED, f"{len(value)} bytes > max_message_bytes {max_bytes}")
+    if payload is None:
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError as err:
+            raise BadMessage(R.MALFORMED_JSON, str(err)[:300]) from err
+    else:
+        obj = payload(value)  # raises BadMessage itself
+    if type(obj) is not dict:
+        raise BadMessage(R.NOT_AN_OBJECT, f"top level is {type(obj).__name__}")
+    return obj
+
+
 def event_time_us(raw: Any, timestamp_ms: int, path: str) -> int:
     """Microseconds since the epoch from a number (milliseconds) or an RFC 3339 string; the
     record's timestamp when the envelope has none. Raises BadMessage for other types and for

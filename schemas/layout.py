@@ -9,6 +9,9 @@ that writes it, the judge that publishes into it and the gate that reads it.
                                       outcome worker (replay/outcomes.py)
         outcome-exports/<worker>/<seq>/  the outcome rows a worker committed since its previous
                                       export, as Parquet (what every judge reads)
+        served-<worker>.duckdb        served traffic (inference logs) of a canary analysis or a
+                                      rollback verification, one file per worker (replay/served.py)
+        served-exports/<worker>/<seq>/   the served rows a worker committed since its previous export
         judge-cache.duckdb            the watching judge's copy of every export it has read
         run.json                      the run's candidates, written when the replay starts
         policy.json                   the policy in force, stored with the run when it starts
@@ -39,6 +42,10 @@ EXPORT_KEYS = {
 OUTCOME_EXPORT_TABLES = ("outcomes", "dead_letters")
 OUTCOME_EXPORT_KEYS = {"outcomes": 'source, part, "offset"', "dead_letters": 'source, part, "offset"'}
 
+# the served-traffic store's tables exported at each of its checkpoints, keyed as above
+SERVED_EXPORT_TABLES = ("served", "dead_letters")
+SERVED_EXPORT_KEYS = {"served": 'source, part, "offset"', "dead_letters": 'source, part, "offset"'}
+
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # candidate names, policy labels
 
@@ -55,7 +62,9 @@ class RunLayout:
         if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
             raise RunNotFound(f"run {run_id[:80]!r} not found (not a valid run id)")
         layout = cls(home, run_id)
-        if not layout.dir.is_dir() or not (layout.stores() or layout.export_folders()):
+        if not layout.dir.is_dir() or not (
+            layout.stores() or layout.export_folders() or layout.served_stores() or layout.served_export_folders()
+        ):
             raise RunNotFound(f"run {run_id!r} not found under {home} (no store-*.duckdb, no exports)")
         return layout
 
@@ -90,6 +99,20 @@ class RunLayout:
     def outcome_export_folders(self) -> list[Path]:
         """Every published outcome export, in worker then number order."""
         return sorted(m.parent for m in self.outcome_exports.glob("*/[0-9]*/manifest.json"))
+
+    def served_store(self, worker: str) -> Path:
+        return self.dir / f"served-{worker}.duckdb"
+
+    def served_stores(self) -> list[Path]:
+        return sorted(self.dir.glob("served-*.duckdb"))
+
+    @property
+    def served_exports(self) -> Path:
+        return self.dir / "served-exports"
+
+    def served_export_folders(self) -> list[Path]:
+        """Every published served-traffic export, in worker then number order."""
+        return sorted(m.parent for m in self.served_exports.glob("*/[0-9]*/manifest.json"))
 
     @property
     def judge_cache(self) -> Path:

@@ -15,10 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-import orjson
-
 from shadowdiff.schemas.config import OutcomeSpec
-from shadowdiff.schemas.envelope import BadMessage, Payload, event_time_us
+from shadowdiff.schemas.envelope import BadMessage, Payload, decode_object, event_time_us
 from shadowdiff.schemas.paths import getter
 from shadowdiff.schemas.records import DeadLetter
 from shadowdiff.schemas.records import DeadLetterReason as R
@@ -49,30 +47,18 @@ class OutcomeCodec:
         self._value = getter(spec.value) if spec.value else None
         self._observed = getter(spec.observed_at) if spec.observed_at else None
 
+    def decode_record(self, source: str, part: int, rec: Any) -> OutcomeRow | DeadLetter:
+        """A source record (kafka-python's ConsumerRecord, a recording's FileRecord)."""
+        return self.decode(source, part, rec.offset, rec.key, rec.value, rec.timestamp)
+
     def decode(
         self, source: str, part: int, offset: int, key: bytes | None, value: bytes | None, timestamp_ms: int
     ) -> OutcomeRow | DeadLetter:
         try:
-            return self._row(source, part, offset, self._parse(value), timestamp_ms)
+            return self._row(source, part, offset, decode_object(value, self.payload, self.max_bytes), timestamp_ms)
         except BadMessage as bad:
             raw = value[:_DEAD_RAW_LIMIT] if value is not None else None
             return DeadLetter(source, part, offset, bad.reason.value, bad.detail, key, raw)
-
-    def _parse(self, value: bytes | None) -> dict[str, Any]:
-        if value is None:
-            raise BadMessage(R.MALFORMED_JSON if self.payload is None else R.MALFORMED_PAYLOAD, "empty value (tombstone)")
-        if len(value) > self.max_bytes:
-            raise BadMessage(R.OVERSIZED, f"{len(value)} bytes > max_message_bytes {self.max_bytes}")
-        if self.payload is None:
-            try:
-                obj = orjson.loads(value)
-            except orjson.JSONDecodeError as err:
-                raise BadMessage(R.MALFORMED_JSON, str(err)[:300]) from err
-        else:
-            obj = self.payload(value)  # raises BadMessage itself
-        if type(obj) is not dict:
-            raise BadMessage(R.NOT_AN_OBJECT, f"top level is {type(obj).__name__}")
-        return obj
 
     def _row(self, source: str, part: int, offset: int, obj: dict[str, Any], timestamp_ms: int) -> OutcomeRow:
         spec = self.spec

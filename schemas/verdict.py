@@ -142,6 +142,36 @@ class Outcomes(_Open):
     )
 
 
+class ServedSide(_Open):
+    name: str = Field(description="stable / canary, or last-known-good / current")
+    version: str
+    start: str | None = None
+    end: str | None = None
+    records: int = Field(ge=0)
+    errors: int = Field(ge=0)
+
+
+class TrafficShare(_Open):
+    segment: str
+    reference_share: float
+    subject_share: float
+    moved: bool = Field(description="the segment's share of the traffic changed beyond chance (not counted against the model)")
+    note: str
+
+
+class Served(_Open):
+    """A run over served traffic (canary analysis or rollback verification): the two sides
+    compared, unpaired, and how each segment's share of the traffic moved between them."""
+
+    mode: Literal["canary", "rollback"]
+    reference: ServedSide
+    subject: ServedSide
+    traffic_mix: list[TrafficShare] = []
+    not_applicable: list[str] = Field([], description="the policy's checks that compare pairs of answers to one request")
+    complete: bool | None = None
+    restored: bool | None = Field(None, description="rollback verification: GO, every critical check shown within against the last-known-good")
+
+
 class PolicyCheck(_Open):
     id: str
     kind: str
@@ -321,6 +351,7 @@ class Verdict(_Open):
     flips: dict[str, dict[str, int]] = {}
     examples: list[Example]
     outcomes: Outcomes | None = Field(None, description="present when the run has outcomes or its policy outcome checks")
+    served: Served | None = Field(None, description="present for a canary analysis or a rollback verification")
     digest: str = Field(
         description="sha256 of the document without generated_at: equal digests mean the same verdict on the same evidence"
     )
