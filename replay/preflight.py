@@ -12,7 +12,7 @@ import logging
 import aiohttp
 
 from shadowdiff.replay.formats import format_problems
-from shadowdiff.schemas.config import FileSource, KafkaSource, ModelSpec, OutcomeSpec, RunConfig, redact_url
+from shadowdiff.schemas.config import FileSource, KafkaSource, ModelSpec, OutcomeSpec, RunConfig, ServedRunConfig, redact_url
 from shadowdiff.schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,13 @@ def outcome_preflight(spec: OutcomeSpec, timeout_s: float = PROBE_TIMEOUT_S) -> 
     problems = _source_problems(spec.source, timeout_s, "outcomes.source") + format_problems(spec, "outcomes")
     if problems:
         raise ConfigError("outcomes (preflight: nothing was consumed)", problems)
+
+
+def served_preflight(cfg: ServedRunConfig, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """The inference logs' source answers and their format can be read, before anything is stored."""
+    problems = _source_problems(cfg.served.source, timeout_s, "served.source") + format_problems(cfg.served, "served")
+    if problems:
+        raise ConfigError("served (preflight: nothing was consumed)", problems)
 
 
 def _source_problems(spec: FileSource | KafkaSource, timeout_s: float, key: str = "source") -> list[str]:

@@ -14,6 +14,7 @@ that writes it, the judge that publishes into it and the gate that reads it.
         served-exports/<worker>/<seq>/   the served rows a worker committed since its previous export
         judge-cache.duckdb            the watching judge's copy of every export it has read
         run.json                      the run's candidates, written when the replay starts
+        served-run.json               a served-traffic run's config: what its judge compares
         policy.json                   the policy in force, stored with the run when it starts
         verdict-<candidate>.json      the published verdict the gate serves
         verdicts/<label>/verdict-<candidate>.json   re-judged under another policy (not served)
@@ -124,6 +125,10 @@ class RunLayout:
     @property
     def run_file(self) -> Path:
         return self.dir / "run.json"
+
+    @property
+    def served_config(self) -> Path:
+        return self.dir / "served-run.json"
 
     @property
     def policy(self) -> Path:

@@ -169,7 +169,9 @@ class Served(_Open):
     traffic_mix: list[TrafficShare] = []
     not_applicable: list[str] = Field([], description="the policy's checks that compare pairs of answers to one request")
     complete: bool | None = None
-    restored: bool | None = Field(None, description="rollback verification: GO, every critical check shown within against the last-known-good")
+    restored: bool | None = Field(
+        None, description="rollback verification: GO, every critical check shown within against the last-known-good"
+    )
 
 
 class PolicyCheck(_Open):

@@ -159,6 +159,39 @@ def watch_run(
             return docs
 
 
+def judge_served_run(cfg: Any, policy: Any, label: str | None, watch: bool, every_s: float, shared: Any = None) -> list[Verdict]:
+    """Judge a canary analysis or rollback verification from its workers' exports and publish;
+    with `watch`, at every new export until every worker has published its final one."""
+    import duckdb
+
+    from shadowdiff.cli.wiring import judge_served_and_publish
+
+    layout = RunLayout(cfg.run.home, cfg.run.id)
+    seen: tuple[Any, ...] | None = None
+    while True:
+        if shared is not None:
+            shared.pull(layout)
+        folders = layout.served_export_folders()
+        beats = [orjson.loads(b.read_bytes()) for b in sorted(layout.served_exports.glob("*/heartbeat.json"))]
+        done = bool(beats) and all(b.get("final") for b in beats)
+        now = (len(folders), tuple(sorted((b["worker"], b["final"]) for b in beats)))
+        if now != seen:
+            con = duckdb.connect()
+            try:
+                doc = judge_served_and_publish(con, cfg, policy, from_exports=True, final=done or not watch, label=label)
+            finally:
+                con.close()
+            seen = now
+            if watch:
+                print(
+                    f"{doc.candidate}: {doc.verdict.upper()} ({doc.data.pairs} records of {cfg.compare.subject.version})",
+                    flush=True,
+                )
+        if not watch or done:
+            return [doc]
+        time.sleep(every_s)  # polling the workers' export folders: nothing to wake us sooner
+
+
 def summary(doc: Verdict) -> str:
     """One screen: verdict, reasons, segments, the deciding checks."""
     lines = [f"run {doc.run_id} candidate {doc.candidate}: {doc.verdict.upper()}"]
@@ -197,12 +230,18 @@ def cmd_judge(args: argparse.Namespace) -> int:
         label = args.label or Path(args.policy).stem
         if not valid_name(label):
             raise ConfigError("--label", [f"{label!r}: use letters, digits, '.', '_' or '-'"])
-    if args.watch:
-        if label is not None:
-            raise ConfigError("--watch", ["the run's one judge judges under the run's own policy: drop --policy"])
+    from shadowdiff.cli.wiring import served_config
+
+    if args.watch and label is not None:
+        raise ConfigError("--watch", ["the run's one judge judges under the run's own policy: drop --policy"])
+    served_run = served_config(home, args.run)
+    if served_run is not None:
+        docs = judge_served_run(served_run, policy, label, args.watch, args.every, shared)
+    elif args.watch:
         docs = watch_run(home, args.run, policy, args.every, parse_duration(args.silent_after), shared, args.nice)
         return max(EXIT_CODES[d.verdict] for d in docs) if docs else EXIT_CODES["pending"]
-    docs = judge_stored(home, args.run, policy, label=label)
+    else:
+        docs = judge_stored(home, args.run, policy, label=label)
     if label is not None and args.publish:
         from shadowdiff.cli.wiring import publish
 

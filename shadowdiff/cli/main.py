@@ -65,6 +65,24 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_canary(args: argparse.Namespace) -> int:
+    """A canary analysis or a rollback verification over the serving instances' inference logs."""
+    from shadowdiff.cli.wiring import served_judge_hook, start_served_run
+    from shadowdiff.replay.preflight import served_preflight
+    from shadowdiff.replay.served import run_served
+    from shadowdiff.schemas.config import load_served_config
+    from shadowdiff.schemas.policy import load_policy
+
+    cfg = load_served_config(Path(args.config))
+    given = load_policy(Path(args.policy)) if args.policy else None
+    served_preflight(cfg)  # a source that cannot be reached, or a format that cannot be read, leaves nothing behind
+    policy = start_served_run(cfg, given)
+    hook = None if args.no_judge else served_judge_hook(cfg, policy)
+    stats = run_served(cfg, _stop_on_signals(), checkpoint_every_s=args.judge_every, after_checkpoint=hook)
+    print(_json(stats.summary()))
+    return 0
+
+
 def _json(obj: object) -> str:
     import orjson
 
@@ -87,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--config", required=True, help="run config (TOML) with an [outcomes] section")
     o.add_argument("--export-every", type=float, default=15.0, help="seconds between exports the judge reads")
     o.set_defaults(func=cmd_outcomes)
+
+    c = sub.add_parser(
+        "canary", help="compare served traffic: a canary with the stable, or the service after a rollback with last-known-good"
+    )
+    c.add_argument("--config", required=True, help="served-traffic run config (TOML: [run], [served], [compare])")
+    c.add_argument("--policy", help="gate policy (TOML); default policy if omitted")
+    c.add_argument("--judge-every", type=float, default=15.0, help="seconds between verdict updates")
+    c.add_argument("--no-judge", action="store_true", help="store only; judge with `shadowdiff judge --run ... --watch`")
+    c.set_defaults(func=cmd_canary)
 
     from shadowdiff.cli import commands
 

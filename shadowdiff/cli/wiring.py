@@ -15,7 +15,7 @@ import orjson
 from pydantic import ValidationError
 
 from shadowdiff.replay.store import WRITER_MEMORY
-from shadowdiff.schemas.config import RunConfig
+from shadowdiff.schemas.config import RunConfig, ServedRunConfig
 from shadowdiff.schemas.errors import ConfigError
 from shadowdiff.schemas.layout import RunLayout
 from shadowdiff.schemas.policy import Policy, parse_policy
@@ -53,26 +53,99 @@ def start_run(cfg: RunConfig, policy: Policy | None) -> tuple[RunConfig, Policy]
     return the config to replay (`sampling.min_per_segment = "policy"` resolved to the policy's
     min_samples) and the policy in force. A restarted run keeps its policy: a different one
     given again is refused (re-judge under it with `shadowdiff judge --policy` instead)."""
-    from shadowdiff.diff.judge import policy_digest
-
     layout = RunLayout(cfg.run.home, cfg.run.id)
-    stored = run_policy(cfg.run.home, cfg.run.id)
-    if stored is not None and policy is not None and policy_digest(policy) != policy_digest(stored):
-        raise ConfigError(
-            "--policy",
-            [
-                f"run {cfg.run.id} was started with another policy (digest {policy_digest(stored)[:12]}); "
-                "a run keeps its policy: judge it under this one with `shadowdiff judge --policy ... --label ...`"
-            ],
-        )
-    in_force = stored or policy or Policy()
-    if stored is None:
-        _write_atomic(layout.policy, in_force.model_dump_json(indent=2).encode())
+    in_force = _own_policy(cfg.run.home, cfg.run.id, policy)
     _write_atomic(layout.run_file, orjson.dumps({"run_id": cfg.run.id, "candidates": [c.name for c in cfg.candidates]}))
     if cfg.sampling.min_per_segment == "policy":
         sampling = cfg.sampling.model_copy(update={"min_per_segment": in_force.min_samples})
         cfg = cfg.model_copy(update={"sampling": sampling})
     return cfg, in_force
+
+
+def _own_policy(home: Path, run_id: str, policy: Policy | None) -> Policy:
+    """The policy a starting run keeps: the one it stored, else the one given (stored now)."""
+    from shadowdiff.diff.judge import policy_digest
+
+    stored = run_policy(home, run_id)
+    if stored is not None and policy is not None and policy_digest(policy) != policy_digest(stored):
+        raise ConfigError(
+            "--policy",
+            [
+                f"run {run_id} was started with another policy (digest {policy_digest(stored)[:12]}); "
+                "a run keeps its policy: judge it under this one with `shadowdiff judge --policy ... --label ...`"
+            ],
+        )
+    in_force = stored or policy or Policy()
+    if stored is None:
+        _write_atomic(RunLayout(home, run_id).policy, in_force.model_dump_json(indent=2).encode())
+    return in_force
+
+
+def start_served_run(cfg: ServedRunConfig, policy: Policy | None) -> Policy:
+    """A canary analysis or rollback verification starting: its policy, its one answer's name
+    (run.json) and its config (what any later judge of its exports compares)."""
+    layout = RunLayout(cfg.run.home, cfg.run.id)
+    in_force = _own_policy(cfg.run.home, cfg.run.id, policy)
+    _write_atomic(layout.run_file, orjson.dumps({"run_id": cfg.run.id, "candidates": [cfg.compare.answer_name()]}))
+    _write_atomic(layout.served_config, cfg.model_dump_json(indent=2).encode())
+    return in_force
+
+
+def served_config(home: Path, run_id: str) -> ServedRunConfig | None:
+    """The config a served-traffic run was started with; None for a shadow run."""
+    path = RunLayout(home, run_id).served_config
+    if not path.exists():
+        return None
+    try:
+        cfg = ServedRunConfig.model_validate_json(path.read_bytes())
+    except ValidationError as err:
+        raise ConfigError(str(path), [e["msg"] for e in err.errors()]) from err
+    # judged where the run folder is now (another machine's copy, a moved home)
+    return cfg.model_copy(update={"run": cfg.run.model_copy(update={"home": home})})
+
+
+def judge_served_and_publish(
+    con: Any, cfg: ServedRunConfig, policy: Policy, from_exports: bool, final: bool = False, label: str | None = None
+) -> Verdict:
+    """Judge a served-traffic run (from the workers' exports, or the writer's own `served`
+    table) and publish: the served verdict latched at its first GO or NO_GO."""
+    from shadowdiff.diff.finality import latch
+    from shadowdiff.diff.served import judge_served
+    from shadowdiff.diff.served_evidence import load_served
+
+    home, run_id = cfg.run.home, cfg.run.id
+    manifests = load_served(con, RunLayout(home, run_id) if from_exports else None)
+    verdict = judge_served(con, cfg, policy, manifests)
+    verdict.run_active = not final
+    if label is not None:
+        verdict.policy.label = label
+    else:
+        verdict = latch(published(home, run_id, verdict.candidate), verdict)
+    publish(home, run_id, verdict, label)
+    return verdict
+
+
+def served_judge_hook(cfg: ServedRunConfig, policy: Policy):  # type: ignore[no-untyped-def]
+    """After each checkpoint of a served worker: judge on its own connection (DuckDB's one
+    writer) and publish, unless other workers write the run (then `shadowdiff judge --watch`)."""
+    warned: list[str] = []
+
+    def hook(writer: Any, stats: Any, final: bool) -> None:
+        others = sorted({p.name for p in RunLayout(cfg.run.home, cfg.run.id).served_exports.glob("*")} - {cfg.run.worker})
+        if others:
+            if not warned:
+                log.warning("run %s is also written by %s: this worker does not judge it", cfg.run.id, ", ".join(others))
+                warned.append(cfg.run.id)
+            return
+        writer.con.execute("SET memory_limit = '2GB'")
+        try:
+            judge_served_and_publish(writer.con, cfg, policy, from_exports=False, final=final)
+        except Exception:  # the verdict is advisory while writing; never kill the worker for it
+            log.exception("judging run %s failed; the worker goes on", cfg.run.id)
+        finally:
+            writer.con.execute(f"SET memory_limit = '{WRITER_MEMORY}'")
+
+    return hook
 
 
 def judge_and_publish(
