@@ -123,13 +123,17 @@ def test_a_good_record_reads_every_field_and_the_version_may_come_from_a_header(
     )
     assert row.event_us == 1_700_000_000_000_000  # no event time: the message's timestamp
     failed = _codec(tmp_path).decode_record("t", 0, FileRecord(2, None, orjson.dumps({**GOOD, "status": "timeout"}), 0))
-    assert isinstance(failed, ServedRow) and not failed.ok and failed.score is None  # an error's answer is not read
+    assert isinstance(failed, ServedRow)
+    assert not failed.ok
+    assert failed.score is None
     by_header = _codec(tmp_path, version="header:x-model-version")
     rec = FileRecord(3, None, orjson.dumps({**GOOD, "model_version": "ignored"}), 0, (("x-model-version", b"v8"),))
     row = by_header.decode_record("t", 0, rec)
-    assert isinstance(row, ServedRow) and row.version == "v8"
+    assert isinstance(row, ServedRow)
+    assert row.version == "v8"
     missing = by_header.decode_record("t", 0, FileRecord(4, None, orjson.dumps(GOOD), 0))
-    assert isinstance(missing, DeadLetter) and missing.reason == "missing_field"
+    assert isinstance(missing, DeadLetter)
+    assert missing.reason == "missing_field"
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
@@ -169,7 +173,8 @@ def test_every_record_is_stored_once_across_a_restart_and_a_re_read(tmp_path: Pa
     cfg = config(tmp_path, log, CANARY).model_copy()
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"batch_size": 1000})})
     first = run_served(cfg, max_batches=3)  # stopped part way: a restart resumes from its checkpoints
-    assert not first.complete and first.consumed == 3000
+    assert not first.complete
+    assert first.consumed == 3000
     second = run_served(cfg)
     assert second.complete
     layout = RunLayout(cfg.run.home, cfg.run.id)
@@ -193,8 +198,11 @@ def test_every_record_is_stored_once_across_a_restart_and_a_re_read(tmp_path: Pa
 def test_a_sound_canary_is_go_and_its_verdict_says_it_is_unpaired(tmp_path: Path) -> None:
     doc = canary_verdict(tmp_path, Version("v7"))
     assert doc.verdict == "go", doc.reasons
-    assert doc.served.mode == "canary" and doc.served.subject.version == "v7" and doc.served.reference.name == "stable"
-    assert "label_flip" in doc.served.not_applicable and "unpaired" in (doc.statistics.note or "")
+    assert doc.served.mode == "canary"
+    assert doc.served.subject.version == "v7"
+    assert doc.served.reference.name == "stable"
+    assert "label_flip" in doc.served.not_applicable
+    assert "unpaired" in (doc.statistics.note or "")
     assert doc.terminal is not None
 
 
@@ -217,7 +225,8 @@ def test_a_regression_in_one_segment_is_no_go_naming_that_segment(tmp_path: Path
     broken = Version("v7", in_segment={"region=apac": Version("v7", score_shift=0.1)})  # +0.015 overall: within
     doc = canary_verdict(tmp_path, broken, minutes=25)
     assert doc.verdict == "no_go", doc.reasons
-    assert "region=apac" in doc.failing_segments and "all" not in doc.failing_segments
+    assert "region=apac" in doc.failing_segments
+    assert "all" not in doc.failing_segments
 
 
 def test_a_canary_without_traffic_in_a_segment_is_pending_with_that_reason(tmp_path: Path) -> None:
@@ -289,15 +298,18 @@ def _rollback(tmp_path: Path, current: Version, region_share: tuple[float, ...] 
 def test_an_exact_restore_is_shown_restored(tmp_path: Path) -> None:
     doc = _rollback(tmp_path, Version("v6"))
     assert doc.verdict == "go", doc.reasons
-    assert doc.served.restored is True and doc.reasons[0].startswith("restored")
-    assert doc.candidate == "restored-v6" and doc.served.reference.name == "last-known-good"
+    assert doc.served.restored is True
+    assert doc.reasons[0].startswith("restored")
+    assert doc.candidate == "restored-v6"
+    assert doc.served.reference.name == "last-known-good"
 
 
 def test_a_rollback_that_left_one_region_different_is_not_restored_and_names_it(tmp_path: Path) -> None:
     stale = Version("v6", in_segment={"region=eu": Version("v6", score_shift=0.08)})
     doc = _rollback(tmp_path, stale)
     assert doc.verdict == "no_go", doc.reasons
-    assert doc.served.restored is False and doc.reasons[0].startswith("not restored")
+    assert doc.served.restored is False
+    assert doc.reasons[0].startswith("not restored")
     assert "region=eu" in doc.failing_segments
 
 
