@@ -1,10 +1,12 @@
 """Canary decisions as a rollout sees them (issue: canary analysis): the FIRST terminal verdict of
-each simulated canary, judged every 1,000 canary records, with the tests the shadow run uses read
-on unpaired traffic: the canary's error rate against the stable's (an excess over it, each side's
-standard error at the boundary: diff/checks.excess_se) and the P95 / P99 latency ratio per stretch
-of wall-clock time (diff/checks.latency's batch means), decided by diff/decide.py.
+each simulated canary, judged every 1,000 canary records, with the served judge's own tests
+(diff/served.py): the canary's error rate against the stable's (`error_excess`: an excess over it,
+each side's standard error at the boundary) and the P95 / P99 latency ratio per block of
+wall-clock time holding BLOCK_MIN canary records (diff/checks.latency's batch means), decided by
+diff/decide.py. The checks are fed the aggregates directly (no DuckDB per look) so that thousands
+of runs fit in minutes; tests/test_served.py runs the same decisions through the whole path.
 
-    python bench/canary_bench.py [--runs 200] [--max-looks 60]
+    python bench/canary_bench.py [--runs 200] [--max-looks 240]
 
 Traffic: 100 requests a second split by the canary weight (5 %, 20 %, 50 %); each version's
 latency is lognormal (median 50 ms, log sd 0.4) times its own server's bursts of load (AR(1) on
@@ -40,13 +42,16 @@ from measure import share
 
 from shadowdiff.diff import aggregate as agg
 from shadowdiff.diff import checks as ck
+from shadowdiff.diff import served_evidence
 from shadowdiff.diff.decide import Family, decide
+from shadowdiff.diff.segments import ALL
+from shadowdiff.diff.served import error_excess
 from shadowdiff.schemas.policy import parse_policy
 
 RATE_PER_S = 100.0
 SLICE_S = 3.0
 LOOK = 1_000  # canary records between looks
-BLOCK_MIN = 200  # canary records a latency block holds at least
+BLOCK_MIN = served_evidence.BLOCK_MIN  # canary records a latency block holds at least
 MEDIAN_MS, LOG_SD = 50.0, 0.4
 BURSTS = (0.085, 0.6)
 STABLE_ERRORS = 0.01
@@ -125,10 +130,8 @@ def latency_inputs(stable: Side, canary: Side) -> tuple[dict[str, Any], list[dic
 
 def results(stable: Side, canary: Side) -> list[ck.CheckResult]:
     out: list[ck.CheckResult] = []
-    err = CHECKS[0]
-    r = ck.CheckResult(err.id, err.kind, "all", err.severity, err.threshold, canary.n)
-    ck.against_noise(r, canary.errors, canary.n, stable.errors, stable.n, err.threshold)
-    out.append(r)
+    sides = served_evidence.SideStats(stable.n, stable.errors), served_evidence.SideStats(canary.n, canary.errors)
+    out.append(error_excess(CHECKS[0], served_evidence.SegmentEvidence(ALL, None, None, *sides)))
     s, blocks = latency_inputs(stable, canary)
     for chk in CHECKS[1:]:
         lr = ck.latency(chk, "all", s, chk.threshold, chk.severity, LAT_GRID, None, blocks, LAT_QS.index(chk.quantile))
@@ -172,7 +175,7 @@ def run_once(args: tuple[str, float, int, int]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=200)
-    ap.add_argument("--max-looks", type=int, default=60)
+    ap.add_argument("--max-looks", type=int, default=240)
     ap.add_argument("--weights", default="0.05,0.2,0.5")
     a = ap.parse_args()
     weights = [float(w) for w in a.weights.split(",")]

@@ -258,10 +258,10 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def parse_duration(text: str) -> float:
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", text.strip())
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
     if not m:
-        raise ConfigError("--timeout", [f"{text!r}: expected e.g. 90s, 30m, 1h"])
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+        raise ConfigError("--timeout", [f"{text!r}: expected e.g. 90s, 30m, 1h, 7d"])
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 def cmd_gate(args: argparse.Namespace) -> int:

@@ -66,21 +66,41 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
 
 
 def cmd_canary(args: argparse.Namespace) -> int:
-    """A canary analysis or a rollback verification over the serving instances' inference logs."""
-    from shadowdiff.cli.wiring import served_judge_hook, start_served_run
+    """A canary analysis or a rollback verification over the serving instances' inference logs.
+    With `--until-decided` the worker stops once its published verdict is GO or NO_GO and exits
+    with the gate's code (an Argo Rollouts job metric, a pipeline step)."""
+    from shadowdiff.cli.commands import parse_duration
+    from shadowdiff.cli.wiring import served_judge_hook, start_served_run, step_config
     from shadowdiff.replay.preflight import served_preflight
     from shadowdiff.replay.served import run_served
     from shadowdiff.schemas.config import load_served_config
+    from shadowdiff.schemas.gate import EXIT_CODES
     from shadowdiff.schemas.policy import load_policy
 
-    cfg = load_served_config(Path(args.config))
+    cfg = step_config(
+        load_served_config(Path(args.config)),
+        run_id=args.run_id,
+        since=args.since,
+        lkg_offset_s=parse_duration(args.lkg_offset) if args.lkg_offset else None,
+        lkg_length_s=parse_duration(args.lkg_length) if args.lkg_length else None,
+    )
     given = load_policy(Path(args.policy)) if args.policy else None
     served_preflight(cfg)  # a source that cannot be reached, or a format that cannot be read, leaves nothing behind
     policy = start_served_run(cfg, given)
-    hook = None if args.no_judge else served_judge_hook(cfg, policy)
-    stats = run_served(cfg, _stop_on_signals(), checkpoint_every_s=args.judge_every, after_checkpoint=hook)
+    stop = _stop_on_signals()
+    hook = None if args.no_judge else served_judge_hook(cfg, policy, stop if args.until_decided else None)
+    stats = run_served(cfg, stop, checkpoint_every_s=args.judge_every, after_checkpoint=hook)
     print(_json(stats.summary()))
-    return 0
+    if not args.until_decided:
+        return 0
+    from shadowdiff.cli.wiring import published
+
+    doc = published(cfg.run.home, cfg.run.id, cfg.compare.answer_name())
+    verdict = doc.verdict if doc is not None else "pending"
+    print(f"run {cfg.run.id} {cfg.compare.answer_name()}: {verdict.upper()}")
+    for reason in (doc.reasons if doc is not None else [])[:8]:
+        print(f"  - {reason}")
+    return EXIT_CODES[verdict]
 
 
 def _json(obj: object) -> str:
@@ -113,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--policy", help="gate policy (TOML); default policy if omitted")
     c.add_argument("--judge-every", type=float, default=15.0, help="seconds between verdict updates")
     c.add_argument("--no-judge", action="store_true", help="store only; judge with `shadowdiff judge --run ... --watch`")
+    c.add_argument("--run-id", help="the run's id instead of the config's (one run per rollout step)")
+    c.add_argument("--since", help="the subject's traffic from this time (RFC 3339, or 'now'); a canary's stable side too")
+    c.add_argument("--lkg-offset", help="rollback: the last-known-good window starts this long before --since (e.g. 7d)")
+    c.add_argument("--lkg-length", help="rollback: the last-known-good window's length (e.g. 1h)")
+    c.add_argument("--until-decided", action="store_true", help="stop at the first GO or NO_GO and exit with the gate's code")
     c.set_defaults(func=cmd_canary)
 
     from shadowdiff.cli import commands

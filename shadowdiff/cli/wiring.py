@@ -125,9 +125,45 @@ def judge_served_and_publish(
     return verdict
 
 
-def served_judge_hook(cfg: ServedRunConfig, policy: Policy):  # type: ignore[no-untyped-def]
+def step_config(
+    cfg: ServedRunConfig,
+    run_id: str | None = None,
+    since: str | None = None,
+    lkg_offset_s: float | None = None,
+    lkg_length_s: float | None = None,
+) -> ServedRunConfig:
+    """The config of one rollout step or one rollback from a shared one: its own run id, the
+    subject's traffic since `since` (a canary's stable side over the same time), and for a
+    rollback the last-known-good window `lkg_offset_s` before it, `lkg_length_s` long."""
+    from datetime import UTC, datetime, timedelta
+
+    data = cfg.model_dump()
+    if run_id is not None:
+        data["run"]["id"] = run_id
+    if since is not None:
+        try:
+            start = datetime.now(UTC) if since == "now" else datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError as err:
+            raise ConfigError("--since", [f"{since!r}: expected an RFC 3339 time or 'now'"]) from err
+        data["compare"]["subject"]["start"] = start
+        if cfg.compare.mode == "canary":
+            data["compare"]["reference"]["start"] = start
+        elif lkg_offset_s is not None:
+            lkg = start - timedelta(seconds=lkg_offset_s)
+            length = timedelta(seconds=lkg_length_s or lkg_offset_s)
+            data["compare"]["reference"]["start"], data["compare"]["reference"]["end"] = lkg, min(lkg + length, start)
+    try:
+        return ServedRunConfig.model_validate(data)
+    except ValidationError as err:
+        from shadowdiff.schemas.config import format_validation_error
+
+        raise ConfigError("canary", format_validation_error(err)) from err
+
+
+def served_judge_hook(cfg: ServedRunConfig, policy: Policy, stop_when_decided: Any = None):  # type: ignore[no-untyped-def]
     """After each checkpoint of a served worker: judge on its own connection (DuckDB's one
-    writer) and publish, unless other workers write the run (then `shadowdiff judge --watch`)."""
+    writer) and publish, unless other workers write the run (then `shadowdiff judge --watch`).
+    `stop_when_decided`: an Event set once the published verdict is terminal."""
     warned: list[str] = []
 
     def hook(writer: Any, stats: Any, final: bool) -> None:
@@ -139,7 +175,9 @@ def served_judge_hook(cfg: ServedRunConfig, policy: Policy):  # type: ignore[no-
             return
         writer.con.execute("SET memory_limit = '2GB'")
         try:
-            judge_served_and_publish(writer.con, cfg, policy, from_exports=False, final=final)
+            doc = judge_served_and_publish(writer.con, cfg, policy, from_exports=False, final=final)
+            if stop_when_decided is not None and doc.terminal is not None:
+                stop_when_decided.set()
         except Exception:  # the verdict is advisory while writing; never kill the worker for it
             log.exception("judging run %s failed; the worker goes on", cfg.run.id)
         finally:
