@@ -39,6 +39,7 @@ from shadowdiff.diff import stats
 from shadowdiff.diff.decide import Family, decide
 from shadowdiff.diff.drift import categorical_drift, psi_from_hist
 from shadowdiff.diff.judge import policy_summary, stable_numbers
+from shadowdiff.diff.quality import threshold_for
 from shadowdiff.diff.segments import ALL
 from shadowdiff.diff.served_evidence import LAT_QS, SegmentEvidence, ServedEvidence, feature_columns, gather, source_complete
 from shadowdiff.schemas import VERDICT_SCHEMA_VERSION
@@ -190,13 +191,15 @@ def _run_checks(
                 results += _feature_checks(con, chk, cfg)
             continue
         for seg, e in ev.segments.items():
-            thr, sev = chk.threshold, chk.severity
+            thr, sev = threshold_for(chk, seg)
+            if sev == "off":
+                continue
             if seg not in judged:
                 if sev == "critical":
                     detail = f"{e.c.n} subject and {e.b.n} reference records of {policy.min_samples} needed on each side"
                     results.append(ck.CheckResult(chk.id, chk.kind, seg, sev, thr, e.c.n, status=ck.PENDING, detail=detail))
                 continue
-            r = _check(chk, e, ev.quantiles, ev.grid)
+            r = _check(chk, thr, sev, e, ev.quantiles, ev.grid)
             if r is not None:
                 results.append(r)
             elif seg == ALL and sev == "critical":
@@ -209,10 +212,11 @@ def _run_checks(
     return results
 
 
-def _check(chk: Check, e: SegmentEvidence, quantiles: list[float], grid: list[float]) -> ck.CheckResult | None:
-    thr, sev = chk.threshold, chk.severity
+def _check(
+    chk: Check, thr: float, sev: str, e: SegmentEvidence, quantiles: list[float], grid: list[float]
+) -> ck.CheckResult | None:
     if chk.kind == "error_rate":
-        return error_excess(chk, e)
+        return error_excess(chk, e, thr, sev)
     if chk.kind == "latency":
         if e.b.n_lat == 0 or e.c.n_lat == 0:
             return None
@@ -231,17 +235,17 @@ def _check(chk: Check, e: SegmentEvidence, quantiles: list[float], grid: list[fl
         ]
         return ck.latency(chk, e.segment, s, thr, sev, grid, windows or None, e.blocks, qi)
     if chk.kind == "score_shift":
-        return mean_shift(chk, e)
+        return mean_shift(chk, e, thr, sev)
     if chk.kind == "prediction_drift":
         labels = {"b": e.b.labels, "c": e.c.labels} if e.b.labels and e.c.labels else None
         return ck.prediction_drift(chk, e.segment, e.score_hist, labels, thr, sev)
     return None
 
 
-def error_excess(chk: Check, e: SegmentEvidence) -> ck.CheckResult:
+def error_excess(chk: Check, e: SegmentEvidence, thr: float | None = None, sev: str | None = None) -> ck.CheckResult:
     """The subject's error rate over the reference's: at most the threshold, sustained."""
-    thr = chk.threshold
-    res = ck.CheckResult(chk.id, chk.kind, e.segment, chk.severity, thr, e.c.n)
+    thr = chk.threshold if thr is None else thr
+    res = ck.CheckResult(chk.id, chk.kind, e.segment, sev or chk.severity, thr, e.c.n)
     ck.against_noise(res, e.c.errors, e.c.n, e.b.errors, e.b.n, thr)
     windows = [w for w in e.windows if w["minutes"] == chk.for_minutes]
 
@@ -259,7 +263,7 @@ def error_excess(chk: Check, e: SegmentEvidence) -> ck.CheckResult:
     return res
 
 
-def mean_shift(chk: Check, e: SegmentEvidence) -> ck.CheckResult | None:
+def mean_shift(chk: Check, e: SegmentEvidence, thr: float, sev: str) -> ck.CheckResult | None:
     """The difference of the two sides' mean scores (Welch's standard error)."""
     b, c = e.b, e.c
     if b.n_score < 2 or c.n_score < 2:

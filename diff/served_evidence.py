@@ -28,6 +28,7 @@ LAT_QS = [0.5, 0.95, 0.99]
 SLICE_S = 5  # latency blocks and windows are built from slices of this many seconds of clock
 BLOCK_MIN = 200  # subject records a latency block holds at least (its quantiles are read per block)
 SCORE_BINS = 50
+_ACTIVE_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # where a segment's active clock starts (only differences are read)
 
 _COLUMNS = (
     'source VARCHAR, part INTEGER, "offset" BIGINT, request_id VARCHAR, version VARCHAR, event_time TIMESTAMPTZ, '
@@ -221,14 +222,22 @@ def _blocks(
             FROM sided_clock WHERE latency_ms IS NOT NULL GROUP BY ALL ORDER BY 1, 2"""
     ).fetchall()
     assign: list[tuple[Any, int, int]] = []
+    # a block's time is the segment's own active clock: the seconds of the slices that held its
+    # records before it. Stretches of equal time then hold equal shares of the segment's traffic,
+    # also for a segment that comes and goes (night traffic of a recording spanning days), and
+    # on live traffic the active clock is the wall clock
+    active: dict[tuple[Any, int], float] = {}
     block = 0
     current: Any = object()
     acc = 0
+    seen = 0
     for v, s, n_c in counts:
         if v != current:
-            current, acc = v, 0
+            current, acc, seen = v, 0, 0
             block += 1
         assign.append((v, int(s), block))
+        active.setdefault((v, block), seen * SLICE_S)
+        seen += 1
         acc += int(n_c)
         if acc >= BLOCK_MIN:
             block, acc = block + 1, 0
@@ -251,12 +260,12 @@ def _blocks(
     ).fetchall()
     con.unregister("slice_blocks")
     per: dict[tuple[Any, int], dict[str, Any]] = {}
-    for v, blk, side, n, first, q in rows:
-        m = per.setdefault((v, blk), {"n": 0, "calls": 0, "b_q": None, "c_q": None, "first_call": {"k0": first}})
+    for v, blk, side, n, _first, q in rows:
+        k0 = _ACTIVE_EPOCH + timedelta(seconds=active[(v, blk)])
+        m = per.setdefault((v, blk), {"n": 0, "calls": 0, "b_q": None, "c_q": None, "first_call": {"k0": k0}})
         m[f"{side}_q"] = list(q)
         if side == "c":
             m["n"] = m["calls"] = int(n)
-        m["first_call"]["k0"] = min(m["first_call"]["k0"], first)
     for (v, _), m in sorted(per.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
         seg = segments.get(_seg_name(f, v))
         if seg is not None and m["b_q"] and m["c_q"] and m["n"] > 0:

@@ -360,6 +360,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         requests=args.requests,
         rows_per_call=args.rows_per_call,
         scenarios=args.scenarios,
+        rollout=not args.no_rollout,
     )
 
 
@@ -479,6 +480,7 @@ def register(sub: Any) -> None:
     d.add_argument("--slow-factor", type=float, default=3.0, help="the slow candidate's server latency, x the baseline's")
     d.add_argument("--requests", type=int, default=20_000, help="requests in the generated traffic")
     d.add_argument("--rows-per-call", type=int, default=25, help="rows per model call (latency is measured per call)")
+    d.add_argument("--no-rollout", action="store_true", help="the shadow runs only, without the canary and rollback steps")
     d.add_argument(
         "--scenarios",
         type=lambda v: [x for x in v.split(",") if x],

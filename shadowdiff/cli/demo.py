@@ -4,7 +4,8 @@ Generates realistic traffic, trains a baseline and candidates (scikit-learn), se
 from a real HTTP server on loopback (MLflow /invocations format, with production-like latency),
 records the traffic to a JSONL file, and runs the real pipeline three times: file source (or a
 Kafka topic with --kafka) → sampling → baseline, repeat and candidate calls → DuckDB → diff,
-drift and quality → verdict → HTML report."""
+drift and quality → verdict → HTML report. Then the rest of the rollout on the same servers: two
+canaries of served traffic and a rollback's verification (shadowdiff/cli/demo_rollout.py)."""
 
 from __future__ import annotations
 
@@ -223,12 +224,14 @@ def run_demo(
     requests: int = N_REQUESTS,
     rows_per_call: int = 25,
     scenarios: list[str] | None = None,
+    rollout: bool = True,
 ) -> int:
     """Run the three scenarios; print each verdict, its reasons and the report path. Exit 0
     when every verdict is the one the scenario should get. `slow_factor`: the slow candidate's
     server latency as a multiple of the baseline's. Latency is measured per call, so
     `rows_per_call` and `requests` set how many latency samples the run has. `scenarios`: the
-    names of those to run (all three by default)."""
+    names of those to run (all three by default). `rollout`: then the canary steps and the
+    rollback verification on the same servers (shadowdiff/cli/demo_rollout.py)."""
     from shadowdiff.cli.wiring import judge_and_publish, start_run
     from shadowdiff.diff.load import open_run
     from shadowdiff.replay.job import run_replay
@@ -312,6 +315,10 @@ def run_demo(
             for line in _outcome_lines(doc):
                 print(f"  {line}")
             print(f"  report: {report}")
+        if rollout:
+            from shadowdiff.cli.demo_rollout import run_rollout
+
+            failures += run_rollout(workdir, home, rows, urls)
     finally:
         parent.send("stop")
         proc.join(10)
