@@ -1,11 +1,11 @@
 """Rollback verification as a pipeline sees it (issue: canary analysis and rollback verification):
 the FIRST terminal verdict of each simulated rollback, judged by the product's own served judge
 (diff/served.py over the records decoded by replay/served.py's codec) every `--look-minutes` of
-traffic since the rollback, against a last-known-good hour of the same version a week before.
+traffic since the rollback, against a last-known-good window (40 minutes) of the same version a week before.
 
-    python bench/rollback_bench.py [--runs 100] [--minutes 40] [--look-minutes 2]
+    python bench/rollback_bench.py [--runs 100] [--minutes 40] [--look-minutes 4]
 
-Traffic: shadowdiff/cli/served_traffic.py (100 requests a second, regions eu 45 %, us 40 %, apac
+Traffic: shadowdiff/cli/served_traffic.py (50 requests a second, regions eu 45 %, us 40 %, apac
 15 %, each side's latency with its own bursts of load). Policy: alpha 0.01, error rate at most
 +1 point over the last-known-good's, P95 and P99 ratios at most x1.3 (decided once latency spans
 10 minutes), mean score within 0.02 (x3 in a segment).
@@ -57,7 +57,8 @@ CASES: dict[str, Version] = {
     "apac left different (scores +0.05)": Version("v6", in_segment={"region=apac": Version("v6", score_shift=0.05)}),
     "eu left different (scores +0.05)": Version("v6", in_segment={"region=eu": Version("v6", score_shift=0.05)}),
 }
-LKG_MINUTES = 60
+LKG_MINUTES = 40
+RATE_PER_S = 50.0
 
 
 def run_once(args: tuple[str, int, float, float]) -> dict[str, Any]:
@@ -85,8 +86,8 @@ def run_once(args: tuple[str, int, float, float]) -> dict[str, Any]:
     )
     codec = ServedCodec(cfg)
     recs = [
-        *served_records([(Version("v6"), 1.0)], LKG_MINUTES, start=lkg, seed=seed * 2),
-        *served_records([(CASES[name], 1.0)], minutes, start=t0, seed=seed * 2 + 1),
+        *served_records([(Version("v6"), 1.0)], LKG_MINUTES, RATE_PER_S, start=lkg, seed=seed * 2),
+        *served_records([(CASES[name], 1.0)], minutes, RATE_PER_S, start=t0, seed=seed * 2 + 1),
     ]
     rows = [codec.decode_record("log", 0, FileRecord(i, None, orjson.dumps(r), 0)) for i, r in enumerate(recs)]
     con = duckdb.connect()
@@ -118,7 +119,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--minutes", type=float, default=40)
-    ap.add_argument("--look-minutes", type=float, default=2)
+    ap.add_argument("--look-minutes", type=float, default=4)
     a = ap.parse_args()
     with multiprocessing.Pool() as pool:
         for name in CASES:

@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("night-encoder", "slow", "retrained")
 
 
-def run_demo(tmp_path: Path, timeout_s: float) -> tuple[subprocess.CompletedProcess[str], dict[str, dict]]:
+def run_demo(tmp_path: Path, timeout_s: float, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, dict]]:
     """`shadowdiff demo` in a fresh directory: its output, and each scenario's verdict."""
     out = subprocess.run(
-        [sys.executable, "-m", "shadowdiff.cli.main", "demo", "--dir", "demo"],
+        [sys.executable, "-m", "shadowdiff.cli.main", "demo", "--dir", "demo", *extra],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -32,7 +32,7 @@ def run_demo(tmp_path: Path, timeout_s: float) -> tuple[subprocess.CompletedProc
 
 @pytest.mark.slow
 def test_demo_gives_the_three_verdicts_and_reports(tmp_path):
-    out, verdicts = run_demo(tmp_path, 300)
+    out, verdicts = run_demo(tmp_path, 900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     assert "[night-encoder]" in text
@@ -63,6 +63,23 @@ def test_demo_gives_the_three_verdicts_and_reports(tmp_path):
         assert html.rstrip().endswith("</html>")
         assert f"report: {report}" in text
     assert (runs / "demo-night-encoder" / "report-night-encoder-evidently.html").exists()
+    # then the rest of the rollout on served traffic: the sound canary GO, the night encoder's
+    # canary NO_GO in its segment, the rollback shown restored; each served by the gate
+    served = {
+        n: orjson.loads((runs / f"demo-{n}" / f"verdict-{c}.json").read_bytes())
+        for n, c in (
+            ("canary-retrained", "churn-retrained"),
+            ("canary-night-encoder", "churn-night-encoder"),
+            ("rollback", "restored-churn-v4"),
+        )
+    }
+    assert served["canary-retrained"]["verdict"] == "go", served["canary-retrained"]["reasons"]
+    assert served["canary-night-encoder"]["verdict"] == "no_go"
+    assert "daypart=night" in served["canary-night-encoder"]["failing_segments"]
+    assert any(r.startswith("score_shift failed in daypart=night") for r in served["canary-night-encoder"]["reasons"])
+    assert served["rollback"]["verdict"] == "go"
+    assert served["rollback"]["served"]["restored"] is True
+    assert "[rollback]" in text
 
 
 @pytest.mark.slow
@@ -74,7 +91,7 @@ def test_the_demo_under_cpu_noise_that_comes_and_goes(tmp_path):
     from helpers import CpuBurners
 
     with CpuBurners(2, seed=3, every=(0.5, 4.0)) as burners:
-        _, verdicts = run_demo(tmp_path, 600)
+        _, verdicts = run_demo(tmp_path, 600, "--no-rollout")
     assert burners.switches > 0
     assert verdicts["retrained"]["verdict"] != "no_go", verdicts["retrained"]["reasons"]
     assert verdicts["slow"]["verdict"] == "no_go"
