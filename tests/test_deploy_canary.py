@@ -47,7 +47,8 @@ def argo_result(url: str, metric: dict[str, Any]) -> str:
         value = value[step]
     ok = re.fullmatch(r'result == "(\w+)"', metric["successCondition"])
     bad = re.fullmatch(r'result == "(\w+)"', metric["failureCondition"])
-    assert ok is not None and bad is not None
+    assert ok is not None
+    assert bad is not None
     return "Successful" if value == ok.group(1) else "Failed" if value == bad.group(1) else "Inconclusive"
 
 
