@@ -108,7 +108,10 @@ def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Appl
         return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
     async def mlflow(request: web.Request) -> web.Response:
+        b.calls += 1
         await delay()
+        if b.flaky_every and b.calls % b.flaky_every == 0:
+            return web.Response(status=503, text="try again")
         body = orjson.loads(await request.read())
         if not isinstance(body, dict) or not isinstance(body.get("dataframe_records"), list):
             # as MLflow's server answers a body it cannot read (a preflight probe sends {})
