@@ -105,7 +105,7 @@ def write_report(
     charts: ChartData | None = None
     href = None
     own = con is None
-    if con is None:
+    if con is None and doc.served is None:  # a served-traffic run has no pairs to chart
         try:
             con = open_run(home, doc.run_id)
         except Exception as err:  # a writer holds the store: report the verdict without charts

@@ -330,3 +330,24 @@ def test_the_served_judge_is_deterministic(tmp_path: Path) -> None:
         con = duckdb.connect()
         digests.add(judge_served(con, cfg, POLICY, load_served(con, RunLayout(cfg.run.home, cfg.run.id))).digest)
     assert len(digests) == 1
+
+
+def test_the_report_of_a_served_run_escapes_what_came_from_traffic(tmp_path: Path) -> None:
+    from shadowdiff.reports.html import write_report
+
+    hostile = "<img src=x onerror=alert(1)>"
+    records = []
+    for r in served_records([(Version("v6"), 0.7), (Version("v7"), 0.3)], 6, seed=11):
+        if r["segments"]["region"] == "apac":
+            r["segments"]["region"] = hostile
+        records.append(r)
+    cfg = config(tmp_path, write_log(tmp_path / "log.jsonl", records), CANARY)
+    policy = start_served_run(cfg, POLICY)
+    run_served(cfg, after_checkpoint=served_judge_hook(cfg, policy))
+    doc = VerdictStore(cfg.run.home, refresh_s=0).answer(cfg.run.id)[1]
+    assert any(s.segment == f"region={hostile}" for s in doc.segments)
+    html = write_report(cfg.run.home, doc, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert hostile not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert 'id="served"' in html
+    assert 'id="traffic-mix"' in html
