@@ -19,7 +19,7 @@ from shadowdiff.schemas.config import SharedSpec
 from shadowdiff.schemas.layout import RunLayout
 
 MANIFEST = "manifest.json"
-RUN_FILES = ("policy.json", "run.json")
+RUN_FILES = ("policy.json", "run.json", "served-run.json")  # served-run.json: a served-traffic run's config
 
 
 @contextmanager
@@ -69,8 +69,8 @@ class SharedRun:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + "/"):
                 names |= {o["Key"][len(self.prefix) + 1 :] for o in page.get("Contents", [])}
         new = 0
-        # the replay's exports and the outcome workers' (replay/outcomes.py)
-        published = ("exports/", "outcome-exports/")
+        # the replay's exports, the outcome workers' (replay/outcomes.py) and the served-traffic workers'
+        published = ("exports/", "outcome-exports/", "served-exports/")
         for name in sorted(n for n in names if n.startswith(published) and n.endswith("/" + MANIFEST)):
             folder = name[: -len(MANIFEST) - 1]
             target = layout.dir / folder

@@ -351,3 +351,37 @@ def test_the_report_of_a_served_run_escapes_what_came_from_traffic(tmp_path: Pat
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
     assert 'id="served"' in html
     assert 'id="traffic-mix"' in html
+
+
+def test_two_workers_share_a_run_through_s3_and_a_judge_elsewhere_reads_both(tmp_path: Path, s3_endpoint: str) -> None:
+    import boto3
+
+    from shadowdiff.cli.commands import judge_served_run
+    from shadowdiff.cli.wiring import served_config
+    from shadowdiff.replay.objectstore import SharedRun
+    from shadowdiff.schemas.config import SharedSpec
+
+    bucket = "served-runs"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    shared = {"url": f"s3://{bucket}/canary", "endpoint_url": s3_endpoint}
+    counts = []
+    for worker, seed in (("w0", 21), ("w1", 22)):  # each worker read its own partitions' records
+        records = list(served_records([(Version("v6"), 0.7), (Version("v7"), 0.3)], 8, seed=seed))
+        counts.append(len(records))
+        cfg = config(tmp_path / worker, write_log(tmp_path / f"{worker}.jsonl", records), CANARY, run_id="shared")
+        cfg = cfg.model_copy(
+            update={"run": cfg.run.model_copy(update={"worker": worker, "shared": SharedSpec.model_validate(shared)})}
+        )
+        start_served_run(cfg, POLICY)
+        run_served(cfg)
+    judge_home = tmp_path / "judge"
+    spec = SharedSpec.model_validate(shared)
+    SharedRun(spec, "shared").pull(RunLayout(judge_home, "shared"))
+    assert {p.parent.name for p in RunLayout(judge_home, "shared").served_export_folders()} == {"w0", "w1"}
+    cfg_there = served_config(judge_home, "shared")
+    assert cfg_there is not None
+    assert cfg_there.run.home == judge_home
+    (doc,) = judge_served_run(cfg_there, POLICY, None, watch=False, every_s=1)
+    assert doc.data.sampled == sum(counts)
+    assert {o.source for o in doc.data.offsets} == {str(tmp_path / "w0.jsonl"), str(tmp_path / "w1.jsonl")}
+    assert RunLayout(judge_home, "shared").verdict(doc.candidate).exists()
