@@ -17,8 +17,10 @@ decided once its calls span 10 minutes.
 
 Canaries: sound; P95 +40 % (every latency x1.4); error rate +3 points; latency variance doubled
 with the same median (log sd x sqrt 2); a mostly-zero error rate (0.05 %) that rises to 2 %.
+At the margins (every latency x1.3, the error rate +1 point): a first terminal GO is a wrong GO.
 Targets: a bad canary's first terminal verdict NO_GO in >= 95 % of runs; a sound one NO_GO in
-<= 1 % and GO in >= 90 %; the median records and minutes of traffic needed.
+<= 1 % and GO in >= 90 %; at the margins GO in <= alpha (1 %); the median records and minutes
+of traffic needed.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ CANARIES: dict[str, tuple[float, float, float, float]] = {
     "error rate +3 points": (1.0, 1.0, STABLE_ERRORS, STABLE_ERRORS + 0.03),
     "latency variance doubled, same median": (1.0, math.sqrt(2), STABLE_ERRORS, STABLE_ERRORS),
     "mostly-zero errors rising to 2 %": (1.0, 1.0, 0.0005, 0.02),
+    # exactly at the policy's margins: a first terminal GO here is a wrong GO, at most alpha
+    "at the margin: every latency x1.3": (1.3, 1.0, STABLE_ERRORS, STABLE_ERRORS),
+    "at the margin: error rate +1 point": (1.0, 1.0, STABLE_ERRORS, STABLE_ERRORS + 0.01),
 }
 
 

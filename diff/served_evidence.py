@@ -137,6 +137,14 @@ def gather(
                {", " + seg_cols if seg_cols else ""}
         FROM served_rows WHERE ({subject}) OR ({reference})"""
     )
+    if cmp.mode == "canary":
+        # over the same time: the stable's traffic before the canary's first answer or after its
+        # last (a topic read from its start, a canary stopped) would compare other hours' traffic
+        con.execute(
+            """DELETE FROM sided WHERE side = 'b' AND (
+                   event_time < (SELECT min(event_time) FROM sided WHERE side = 'c')
+                   OR event_time > (SELECT max(event_time) FROM sided WHERE side = 'c'))"""
+        )
     origins = _origins(con, cmp)
     case = " ".join(
         f"WHEN '{s}' THEN epoch_us(event_time) - {int(t.timestamp() * 1_000_000) if t else 0}" for s, t in origins.items()

@@ -385,3 +385,19 @@ def test_two_workers_share_a_run_through_s3_and_a_judge_elsewhere_reads_both(tmp
     assert doc.data.sampled == sum(counts)
     assert {o.source for o in doc.data.offsets} == {str(tmp_path / "w0.jsonl"), str(tmp_path / "w1.jsonl")}
     assert RunLayout(judge_home, "shared").verdict(doc.candidate).exists()
+
+
+def test_a_canary_is_compared_with_the_stables_traffic_over_the_same_time(tmp_path: Path) -> None:
+    # the topic holds an hour of the stable alone before the canary started: that hour is not compared
+    before = list(served_records([(Version("v6"), 1.0)], 10, start=T0 - timedelta(minutes=10), seed=31))
+    during = list(served_records([(Version("v6"), 0.8), (Version("v7"), 0.2)], 10, start=T0, seed=32))
+    cfg = config(tmp_path, write_log(tmp_path / "log.jsonl", [*before, *during]), CANARY)
+    run_served(cfg)
+    con = duckdb.connect()
+    doc = judge_served(con, cfg, POLICY, load_served(con, RunLayout(cfg.run.home, cfg.run.id)))
+    first_canary = min(r["event_time"] for r in during if r["model_version"] == "v7")
+    last_canary = max(r["event_time"] for r in during if r["model_version"] == "v7")
+    stable_during = sum(1 for r in during if r["model_version"] == "v6" and first_canary <= r["event_time"] <= last_canary)
+    assert doc.served is not None
+    assert doc.served.reference.records == stable_during
+    assert doc.served.subject.records == sum(1 for r in during if r["model_version"] == "v7")
