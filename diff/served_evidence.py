@@ -17,12 +17,14 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import orjson
 
 from shadowdiff.diff.aggregate import latency_grid
 from shadowdiff.diff.segments import ALL
 from shadowdiff.schemas.config import CompareSpec, ServedRunConfig, SideSpec
 from shadowdiff.schemas.layout import RunLayout
 from shadowdiff.schemas.sql import literal
+from shadowdiff.schemas.verdict import Coverage, WorkerCoverage
 
 LAT_QS = [0.5, 0.95, 0.99]
 SLICE_S = 5  # latency blocks and windows are built from slices of this many seconds of clock
@@ -49,8 +51,6 @@ def load_served(con: duckdb.DuckDBPyConnection, layout: RunLayout | None) -> lis
         con.execute("CREATE OR REPLACE TEMP VIEW served_rows AS SELECT * FROM served")
         con.execute("CREATE OR REPLACE TEMP VIEW served_dead AS SELECT * FROM dead_letters")
         return manifests
-    import orjson
-
     folders = layout.served_export_folders()
     manifests = [orjson.loads((f / "manifest.json").read_bytes()) for f in folders]
     for table, view in (("served", "served_rows"), ("dead_letters", "served_dead")):
@@ -65,6 +65,35 @@ def load_served(con: duckdb.DuckDBPyConnection, layout: RunLayout | None) -> lis
         else:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {view} ({cols})")
     return manifests
+
+
+def served_coverage(layout: RunLayout, manifests: list[dict[str, Any]], silent_after_s: float) -> Coverage | None:
+    """Which served workers' exports a verdict covers, from their heartbeats: a worker silent
+    for `silent_after_s` without its final export, or whose exports fail, is named."""
+    beats = [orjson.loads(b.read_bytes()) for b in sorted(layout.served_exports.glob("*/heartbeat.json"))]
+    if not beats:
+        return None
+    last = {m["worker"]: m for m in manifests}
+    now = datetime.now(UTC)
+    workers = []
+    for b in beats:
+        m = last.get(b["worker"], {})
+        silent_s = (now - datetime.fromisoformat(b["at"])).total_seconds()
+        workers.append(
+            WorkerCoverage(
+                worker=b["worker"],
+                exports=int(m.get("seq", 0)),
+                last_export_at=m.get("created_at"),
+                heartbeat_at=b["at"],
+                final=bool(b.get("final")),
+                silent=not b.get("final") and silent_s > silent_after_s,
+                silent_for_s=round(silent_s, 1),
+                failed_exports=int(b.get("failed_exports", 0)),
+                failing_exports=int(b.get("failing_exports", 0)),
+                last_export_failure=b.get("last_failure"),
+            )
+        )
+    return Coverage(source="exports", workers=workers, silent_workers=[w.worker for w in workers if w.silent])
 
 
 def _side_sql(side: SideSpec) -> str:

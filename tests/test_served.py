@@ -401,3 +401,24 @@ def test_a_canary_is_compared_with_the_stables_traffic_over_the_same_time(tmp_pa
     assert doc.served is not None
     assert doc.served.reference.records == stable_during
     assert doc.served.subject.records == sum(1 for r in during if r["model_version"] == "v7")
+
+
+def test_a_judge_of_the_exports_names_a_silent_worker(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from shadowdiff.cli.wiring import judge_served_and_publish
+
+    log = write_log(tmp_path / "log.jsonl", served_records([(Version("v6"), 0.7), (Version("v7"), 0.3)], 4, seed=41))
+    cfg = config(tmp_path, log, CANARY)
+    run_served(cfg, max_batches=2)
+    beat = RunLayout(cfg.run.home, cfg.run.id).served_exports / "w0" / "heartbeat.json"
+    old = time.time() - 3600
+    data = orjson.loads(beat.read_bytes())
+    data["at"], data["final"] = datetime.fromtimestamp(old, UTC).isoformat(), False  # as a worker killed an hour ago left it
+    beat.write_bytes(orjson.dumps(data))
+    os.utime(beat, (old, old))
+    doc = judge_served_and_publish(duckdb.connect(), cfg, POLICY, from_exports=True, label="look")
+    assert doc.coverage is not None
+    assert doc.coverage.silent_workers == ["w0"]
+    assert any(r.startswith("worker w0 has not reported for") for r in doc.reasons)

@@ -105,18 +105,28 @@ def served_config(home: Path, run_id: str) -> ServedRunConfig | None:
 
 
 def judge_served_and_publish(
-    con: Any, cfg: ServedRunConfig, policy: Policy, from_exports: bool, final: bool = False, label: str | None = None
+    con: Any,
+    cfg: ServedRunConfig,
+    policy: Policy,
+    from_exports: bool,
+    final: bool = False,
+    label: str | None = None,
+    silent_after_s: float = 120.0,
 ) -> Verdict:
     """Judge a served-traffic run (from the workers' exports, or the writer's own `served`
     table) and publish: the served verdict latched at its first GO or NO_GO."""
     from shadowdiff.diff.finality import latch
     from shadowdiff.diff.served import judge_served
-    from shadowdiff.diff.served_evidence import load_served
+    from shadowdiff.diff.served_evidence import load_served, served_coverage
 
     home, run_id = cfg.run.home, cfg.run.id
-    manifests = load_served(con, RunLayout(home, run_id) if from_exports else None)
+    layout = RunLayout(home, run_id)
+    manifests = load_served(con, layout if from_exports else None)
     verdict = judge_served(con, cfg, policy, manifests)
     verdict.run_active = not final
+    covered = served_coverage(layout, manifests, silent_after_s) if from_exports else None
+    if covered is not None:
+        add_coverage(verdict, covered)
     if label is not None:
         verdict.policy.label = label
     else:
@@ -206,20 +216,7 @@ def judge_and_publish(
     for verdict in judge_all(con, policy):
         verdict.run_active = not final
         if covered is not None:
-            # outside the digest: which exports a look read is not what was judged
-            verdict.coverage = covered
-            for w in covered.workers:
-                if w.silent:
-                    last = f"last export {w.exports} at {w.last_export_at}" if w.exports else "no export yet"
-                    verdict.reasons.append(
-                        f"worker {w.worker} has not reported for {w.silent_for_s or 0:.0f} s ({last}): "
-                        "its later data is not in this verdict"
-                    )
-                elif w.failing_exports:
-                    verdict.reasons.append(
-                        f"worker {w.worker}: its last {w.failing_exports} checkpoint exports failed ({w.last_export_failure}): "
-                        f"its rows since its export {w.exports} are not in this verdict yet"
-                    )
+            add_coverage(verdict, covered)
         if label is not None:
             verdict.policy.label = label
         else:
@@ -228,6 +225,24 @@ def judge_and_publish(
         publish(home, run_id, verdict, label)
         out.append(verdict)
     return out
+
+
+def add_coverage(verdict: Verdict, covered: Any) -> None:
+    """The workers and exports a verdict read, and the reasons a silent or failing one gives;
+    outside the digest: which exports a look read is not what was judged."""
+    verdict.coverage = covered
+    for w in covered.workers:
+        if w.silent:
+            last = f"last export {w.exports} at {w.last_export_at}" if w.exports else "no export yet"
+            verdict.reasons.append(
+                f"worker {w.worker} has not reported for {w.silent_for_s or 0:.0f} s ({last}): "
+                "its later data is not in this verdict"
+            )
+        elif w.failing_exports:
+            verdict.reasons.append(
+                f"worker {w.worker}: its last {w.failing_exports} checkpoint exports failed ({w.last_export_failure}): "
+                f"its rows since its export {w.exports} are not in this verdict yet"
+            )
 
 
 def published(home: Path, run_id: str, candidate: str) -> Verdict | None:
