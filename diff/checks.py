@@ -63,6 +63,9 @@ class CheckResult:
     # what its n counts: "pairs", or "outcomes" (pairs whose outcome arrived: they grow at their
     # own pace, so what is missing is said in outcomes of the segment, not pairs of the run)
     unit: str = "pairs"
+    # what the run's count is said in when a check says how many more it needs: the shadow's
+    # pairs, a canary's records ("canary records")
+    noun: str = "pairs"
     # whether a segment is shown within the looser segment margin (diff/decide.py); outcome
     # checks hold every segment to the run's margin: a loss of accuracy confined to a segment
     # is the regression they exist to catch

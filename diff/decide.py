@@ -230,16 +230,16 @@ def _say_what_is_missing(r: ck.CheckResult, policy: Policy, n_all: int) -> None:
 
     if needed is not None and r.n:
         r.pairs_needed = in_the_run(needed)
-        more = f"about {r.pairs_needed:,} pairs in the run would show it at the current variance"
+        more = f"about {r.pairs_needed:,} {r.noun} in the run would show it at the current variance"
     else:
-        more = "the estimate is on the wrong side of the threshold: more pairs may show it worse, never within"
+        more = f"the estimate is on the wrong side of the threshold: more {r.noun} may show it worse, never within"
         worse = (
             sequential.pairs_needed(-gap, se, r.n, horizon, r.fail_level, as_normal=as_normal)
             if gap < 0 and r.fail_level and r.may_fail
             else None
         )
         if worse is not None:
-            more += f"; about {in_the_run(worse):,} pairs in the run would show it worse at the current variance"
+            more += f"; about {in_the_run(worse):,} {r.noun} in the run would show it worse at the current variance"
     what = "the threshold" if r.segment == ALL else "the segment margin"
     r.detail += f"; not yet shown within {what} ({more})"
 

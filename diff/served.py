@@ -68,6 +68,8 @@ def judge_served(
     total = ev.all.b.n + ev.all.c.n
     segments, judged = _segment_status(ev, policy, total)
     results = _run_checks(con, ev, cfg, policy, judged)
+    for r in results:
+        r.noun = f"{sub_name} records"
     fields = [[f] for f in ev.fields]
     critical = [c.id for c in policy.checks if c.kind in SERVED_KINDS and c.severity == "critical"]
     family = decide(results, policy, ev.all.c.n, Family.declared(fields, policy, critical, 1))
@@ -424,7 +426,7 @@ def _verdict(
             reasons.append(f"{r.check_id} in {r.segment}: {r.detail}")
         needed = [r.pairs_needed for r in undecided if r.pairs_needed]
         if needed:
-            reasons.append(f"about {max(needed):,} {sub_name} records in all would decide it at the current spread")
+            reasons.append(f"about {max(needed):,} {sub_name} records in all would show every check within at the current spread")
     else:
         verdict = Status.GO
         passed = len([r for r in results if r.status == ck.PASS])
