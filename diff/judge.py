@@ -349,11 +349,9 @@ def _what(r: ck.CheckResult) -> str:
     return f"{r.check_id}{'[' + r.feature + ']' if r.feature else ''}"
 
 
-def verdict_and_reasons(
-    ev: RunEvidence, policy: Policy, results: list[ck.CheckResult], segments: list[dict[str, Any]], complete: bool
-) -> tuple[Status, list[str]]:
-    """The verdict of decided results, and its reasons: what failed, or what it waits for. Sets
-    each segment's final status."""
+def mark_segments(results: list[ck.CheckResult], segments: list[dict[str, Any]]) -> tuple[set[str], list[ck.CheckResult]]:
+    """Each segment's final status from its decided checks; returns the failing segments and the
+    undecided checks that hold the verdict."""
     failing = {r.segment for r in results if r.status == ck.FAIL}
     rare = {s["segment"] for s in segments if s["rare"]}
     # critical checks neither shown worse nor shown within hold the verdict, in `all` and in
@@ -364,6 +362,15 @@ def verdict_and_reasons(
             s["status"] = Status.NO_GO.value
         elif any(r.segment == s["segment"] for r in undecided):
             s["status"] = Status.PENDING.value
+    return failing, undecided
+
+
+def verdict_and_reasons(
+    ev: RunEvidence, policy: Policy, results: list[ck.CheckResult], segments: list[dict[str, Any]], complete: bool
+) -> tuple[Status, list[str]]:
+    """The verdict of decided results, and its reasons: what failed, or what it waits for. Sets
+    each segment's final status."""
+    failing, undecided = mark_segments(results, segments)
     span_min = ((ev.t_max - ev.t_min).total_seconds() / 60) if ev.t_min and ev.t_max else 0.0
     pending_segments = [s for s in segments if s["n"] < policy.min_samples and not s["rare"] and not s["exhausted"]]
     # a critical check whose evidence is missing is never a pass: it holds the verdict

@@ -38,7 +38,7 @@ from shadowdiff.diff import checks as ck
 from shadowdiff.diff import stats
 from shadowdiff.diff.decide import Family, decide
 from shadowdiff.diff.drift import categorical_drift, psi_from_hist
-from shadowdiff.diff.judge import policy_summary, stable_numbers
+from shadowdiff.diff.judge import mark_segments, policy_summary, stable_numbers
 from shadowdiff.diff.quality import threshold_for
 from shadowdiff.diff.segments import ALL
 from shadowdiff.diff.served_evidence import LAT_QS, SegmentEvidence, ServedEvidence, feature_columns, gather, source_complete
@@ -381,14 +381,7 @@ def _verdict(
     ref_name: str,
     sub_name: str,
 ) -> tuple[Status, list[str]]:
-    failing = {r.segment for r in results if r.status == ck.FAIL}
-    rare = {s["segment"] for s in segments if s["rare"]}
-    undecided = [r for r in results if r.status == ck.UNDECIDED and r.segment not in rare]
-    for s in segments:
-        if s["segment"] in failing:
-            s["status"] = Status.NO_GO.value
-        elif any(r.segment == s["segment"] for r in undecided):
-            s["status"] = Status.PENDING.value
+    failing, undecided = mark_segments(results, segments)
     short = [s for s in segments if s["needed"] > 0 and not s["rare"]]
     not_assessed = [r for r in results if r.status == ck.NA and r.severity == "critical"]
     span_min = (ev.t_max - ev.t_min).total_seconds() / 60 if ev.t_min and ev.t_max else 0.0

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from shadowdiff.replay.formats import payload_reader
-from shadowdiff.replay.records import RecordKind, RecordStats, run_records
+from shadowdiff.replay.records import RecordKind, RecordStats, keyed_columns, run_records
 from shadowdiff.schemas import OUTCOME_STORE_SCHEMA_VERSION, outcome_store_ddl
 from shadowdiff.schemas.config import OutcomeSpec, RunConfig
 from shadowdiff.schemas.errors import ConfigError
@@ -35,9 +35,7 @@ def _outcome_table(rows: list[tuple[Any, ...]], now: datetime) -> pa.Table:
     cols = list(zip(*rows, strict=True))
     return pa.table(
         {
-            "source": pa.array(cols[0], pa.string()),
-            "part": pa.array(cols[1], pa.int32()),
-            "offset": pa.array(cols[2], pa.int64()),
+            **keyed_columns(cols),
             "request_id": pa.array(cols[3], pa.string()),
             "label": pa.array(cols[4], pa.string()),
             "value": pa.array(cols[5], pa.float64()),

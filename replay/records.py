@@ -52,6 +52,15 @@ class RecordKind:
     complete_key: str  # run_meta: the worker read its whole source
 
 
+def keyed_columns(cols: list[tuple[Any, ...]]) -> dict[str, pa.Array]:
+    """The source coordinates every stored record is keyed by, from a batch's columns."""
+    return {
+        "source": pa.array(cols[0], pa.string()),
+        "part": pa.array(cols[1], pa.int32()),
+        "offset": pa.array(cols[2], pa.int64()),
+    }
+
+
 class _Owner:
     """What the Exporter reads of a writer: the run section (home, id, worker, shared)."""
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from shadowdiff.replay.formats import payload_reader
 from shadowdiff.replay.models.base import read_output
-from shadowdiff.replay.records import AfterBatch, RecordKind, RecordStats, run_records
+from shadowdiff.replay.records import AfterBatch, RecordKind, RecordStats, keyed_columns, run_records
 from shadowdiff.schemas import SERVED_STORE_SCHEMA_VERSION, served_store_ddl
 from shadowdiff.schemas.config import ServedRunConfig
 from shadowdiff.schemas.envelope import BadMessage, Payload, decode_object, event_time_us
@@ -135,9 +135,7 @@ def _served_table(rows: list[tuple[Any, ...]], now: datetime) -> pa.Table:
     cols = list(zip(*rows, strict=True))
     return pa.table(
         {
-            "source": pa.array(cols[0], pa.string()),
-            "part": pa.array(cols[1], pa.int32()),
-            "offset": pa.array(cols[2], pa.int64()),
+            **keyed_columns(cols),
             "request_id": pa.array(cols[3], pa.string()),
             "version": pa.array(cols[4], pa.string()),
             "event_time": pa.array(cols[5], pa.int64()).cast(pa.timestamp("us", tz="UTC")),

@@ -535,14 +535,18 @@ def load_config(path: Path) -> RunConfig:
     if cfg.envelope.schema_file is not None and not cfg.envelope.schema_file.is_absolute():
         updates["envelope"] = cfg.envelope.model_copy(update={"schema_file": base / cfg.envelope.schema_file})
     if cfg.outcomes is not None:
-        outcome_updates: dict[str, Any] = {}
-        if isinstance(cfg.outcomes.source, FileSource) and not cfg.outcomes.source.path.is_absolute():
-            outcome_updates["source"] = cfg.outcomes.source.model_copy(update={"path": base / cfg.outcomes.source.path})
-        if cfg.outcomes.schema_file is not None and not cfg.outcomes.schema_file.is_absolute():
-            outcome_updates["schema_file"] = base / cfg.outcomes.schema_file
-        if outcome_updates:
-            updates["outcomes"] = cfg.outcomes.model_copy(update=outcome_updates)
+        updates["outcomes"] = _resolved(cfg.outcomes, base)
     return cfg.model_copy(update=updates) if updates else cfg
+
+
+def _resolved(spec: OutcomeSpec | ServedSpec, base: Path) -> Any:
+    """A topic section with its recording and schema file resolved against `base`."""
+    changes: dict[str, Any] = {}
+    if isinstance(spec.source, FileSource) and not spec.source.path.is_absolute():
+        changes["source"] = spec.source.model_copy(update={"path": base / spec.source.path})
+    if spec.schema_file is not None and not spec.schema_file.is_absolute():
+        changes["schema_file"] = base / spec.schema_file
+    return spec.model_copy(update=changes) if changes else spec
 
 
 def load_served_config(path: Path) -> ServedRunConfig:
@@ -556,11 +560,5 @@ def load_served_config(path: Path) -> ServedRunConfig:
     updates: dict[str, Any] = {}
     if not cfg.run.home.is_absolute():
         updates["run"] = cfg.run.model_copy(update={"home": base / cfg.run.home})
-    served: dict[str, Any] = {}
-    if isinstance(cfg.served.source, FileSource) and not cfg.served.source.path.is_absolute():
-        served["source"] = cfg.served.source.model_copy(update={"path": base / cfg.served.source.path})
-    if cfg.served.schema_file is not None and not cfg.served.schema_file.is_absolute():
-        served["schema_file"] = base / cfg.served.schema_file
-    if served:
-        updates["served"] = cfg.served.model_copy(update=served)
-    return cfg.model_copy(update=updates) if updates else cfg
+    updates["served"] = _resolved(cfg.served, base)
+    return cfg.model_copy(update=updates)
