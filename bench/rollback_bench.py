@@ -95,7 +95,7 @@ def run_once(args: tuple[str, int, float, float]) -> dict[str, Any]:
     con.register("all_rows", SERVED_KIND.arrow(rows, t0))  # type: ignore[arg-type]
     con.execute("CREATE TABLE every_row AS SELECT * FROM all_rows")
     con.execute('CREATE TABLE dead_letters (source VARCHAR, part INTEGER, "offset" BIGINT, reason VARCHAR, detail VARCHAR)')
-    con.execute("CREATE TABLE checkpoints (consumed BIGINT)")
+    con.execute("CREATE TABLE checkpoints (source VARCHAR, part INTEGER, next_offset BIGINT, consumed BIGINT, sampled BIGINT)")
     looks = int(minutes / look_minutes)
     for k in range(1, looks + 1):
         cutoff = t0 + timedelta(minutes=k * look_minutes)

@@ -91,7 +91,7 @@ def judge_served(
                 "first_event": ev.t_min.isoformat() if ev.t_min else None,
                 "last_event": ev.t_max.isoformat() if ev.t_max else None,
             },
-            "offsets": _offsets(manifests),
+            "offsets": _offsets(manifests) if manifests else _stored_offsets(con),
             "consumed": ev.consumed,
             "sampled": total,
             "dead_letters": ev.dead_letters,
@@ -151,6 +151,13 @@ def _offsets(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for m in last.values()
         for c in m.get("checkpoints", [])
     ]
+
+
+def _stored_offsets(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """The writer's own checkpoints (a worker judging on its connection)."""
+    rows = con.execute("SELECT source, part, next_offset, consumed, sampled FROM checkpoints ORDER BY 1, 2").fetchall()
+    keys = ("source", "partition", "next_offset", "consumed", "sampled")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
 def _segment_status(ev: ServedEvidence, policy: Policy, total: int) -> tuple[list[dict[str, Any]], set[str]]:
