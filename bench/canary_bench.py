@@ -6,7 +6,7 @@ wall-clock time holding BLOCK_MIN canary records (diff/checks.latency's batch me
 diff/decide.py. The checks are fed the aggregates directly (no DuckDB per look) so that thousands
 of runs fit in minutes; tests/test_served.py runs the same decisions through the whole path.
 
-    python bench/canary_bench.py [--runs 200] [--max-looks 240]
+    python bench/canary_bench.py [--runs 200] [--max-looks 240] [--canaries 'at the margin']
 
 Traffic: 100 requests a second split by the canary weight (5 %, 20 %, 50 %); each version's
 latency is lognormal (median 50 ms, log sd 0.4) times its own server's bursts of load (AR(1) on
@@ -119,6 +119,11 @@ def latency_inputs(stable: Side, canary: Side) -> tuple[dict[str, Any], list[dic
         if acc_c >= BLOCK_MIN:
             c = np.concatenate(canary.lat[start : i + 1])
             b = np.concatenate(stable.lat[start : i + 1])
+            # as diff/served_evidence.py: each side's quantile from as many records as the
+            # other's (a sample quantile's bias shrinks with its size); records of a slice are
+            # independent given its load, so the first m are a random m
+            m = min(len(b), len(c))
+            b, c = b[:m], c[:m]
             first = T0 + timedelta(seconds=start * SLICE_S)
             blocks.append(
                 {
@@ -182,10 +187,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--max-looks", type=int, default=240)
     ap.add_argument("--weights", default="0.05,0.2,0.5")
+    ap.add_argument("--canaries", default="", help="comma-separated names' starts (default: all), e.g. 'at the margin'")
     a = ap.parse_args()
     weights = [float(w) for w in a.weights.split(",")]
     with multiprocessing.Pool() as pool:
-        for name in CANARIES:
+        chosen = [n for n in CANARIES if not a.canaries or any(n.startswith(c) for c in a.canaries.split(","))]
+        for name in chosen:
             for w in weights:
                 out = pool.map(run_once, [(name, w, seed, a.max_looks) for seed in range(a.runs)])
                 go = [r for r in out if r["verdict"] == "go"]

@@ -3,7 +3,7 @@ the FIRST terminal verdict of each simulated rollback, judged by the product's o
 (diff/served.py over the records decoded by replay/served.py's codec) every `--look-minutes` of
 traffic since the rollback, against a last-known-good window (40 minutes) of the same version a week before.
 
-    python bench/rollback_bench.py [--runs 100] [--minutes 40] [--look-minutes 4]
+    python bench/rollback_bench.py [--runs 100] [--minutes 40] [--look-minutes 4] [--cases exact]
 
 Traffic: shadowdiff/cli/served_traffic.py (50 requests a second, regions eu 45 %, us 40 %, apac
 15 %, each side's latency with its own bursts of load). Policy: alpha 0.01, error rate at most
@@ -122,9 +122,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--minutes", type=float, default=40)
     ap.add_argument("--look-minutes", type=float, default=4)
+    ap.add_argument("--cases", default="", help="comma-separated names' starts (default: all)")
     a = ap.parse_args()
     with multiprocessing.Pool() as pool:
-        for name in CASES:
+        for name in [n for n in CASES if not a.cases or any(n.startswith(c) for c in a.cases.split(","))]:
             out = pool.map(run_once, [(name, seed, a.minutes, a.look_minutes) for seed in range(a.runs)])
             go = [r for r in out if r["verdict"] == "go"]
             no_go = [r for r in out if r["verdict"] == "no_go"]
