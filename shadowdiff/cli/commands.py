@@ -159,7 +159,9 @@ def watch_run(
             return docs
 
 
-def judge_served_run(cfg: Any, policy: Any, label: str | None, watch: bool, every_s: float, shared: Any = None) -> list[Verdict]:
+def judge_served_run(
+    cfg: Any, policy: Any, label: str | None, watch: bool, every_s: float, shared: Any = None, silent_after_s: float = 120.0
+) -> list[Verdict]:
     """Judge a canary analysis or rollback verification from its workers' exports and publish;
     with `watch`, at every new export until every worker has published its final one."""
     import duckdb
@@ -178,7 +180,8 @@ def judge_served_run(cfg: Any, policy: Any, label: str | None, watch: bool, ever
         if now != seen:
             con = duckdb.connect()
             try:
-                doc = judge_served_and_publish(con, cfg, policy, from_exports=True, final=done or not watch, label=label)
+                final = done or not watch
+                doc = judge_served_and_publish(con, cfg, policy, True, final, label, silent_after_s)
             finally:
                 con.close()
             seen = now
@@ -236,7 +239,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
         raise ConfigError("--watch", ["the run's one judge judges under the run's own policy: drop --policy"])
     served_run = served_config(home, args.run)
     if served_run is not None:
-        docs = judge_served_run(served_run, policy, label, args.watch, args.every, shared)
+        docs = judge_served_run(served_run, policy, label, args.watch, args.every, shared, parse_duration(args.silent_after))
     elif args.watch:
         docs = watch_run(home, args.run, policy, args.every, parse_duration(args.silent_after), shared, args.nice)
         return max(EXIT_CODES[d.verdict] for d in docs) if docs else EXIT_CODES["pending"]
