@@ -8,11 +8,11 @@ traffic since the rollback, against a last-known-good window (40 minutes) of the
 Traffic: shadowdiff/cli/served_traffic.py (50 requests a second, regions eu 45 %, us 40 %, apac
 15 %, each side's latency with its own bursts of load). Policy: alpha 0.01, error rate at most
 +1 point over the last-known-good's, P95 and P99 ratios at most x1.3 (decided once latency spans
-10 minutes), mean score within 0.02, in every segment too (restored means equivalent everywhere).
+10 minutes), mean score within 0.02 (a segment shown within x3, shown worse past x1).
 
 Cases: an exact restore (the same version, the same behaviour); a rollback that left one region
 different (a stale feature encoder: every apac score +0.05, or eu +0.05, or apac +0.03: half
-again the threshold, within the shadow run's segment margin, which a rollback does not use). Targets: the exact
+again the threshold, within the segment margin). Targets: the exact
 restore shown restored (first terminal GO) in >= 90 % of runs, with the traffic it took; a
 rollback that left a region different never shown restored in >= 99 % of runs.
 """

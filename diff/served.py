@@ -70,9 +70,6 @@ def judge_served(
     results = _run_checks(con, ev, cfg, policy, judged)
     for r in results:
         r.noun = f"{sub_name} records"
-        # restored means equivalent everywhere: a rollback that left one segment different (a
-        # stale encoder for one region) must not pass within the looser segment margin
-        r.segment_margin = cfg.compare.mode != "rollback"
     fields = [[f] for f in ev.fields]
     critical = [c.id for c in policy.checks if c.kind in SERVED_KINDS and c.severity == "critical"]
     family = decide(results, policy, ev.all.c.n, Family.declared(fields, policy, critical, 1))
