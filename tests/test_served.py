@@ -424,3 +424,17 @@ def test_a_judge_of_the_exports_names_a_silent_worker(tmp_path: Path) -> None:
     assert doc.coverage is not None
     assert doc.coverage.silent_workers == ["w0"]
     assert any(r.startswith("worker w0 has not reported for") for r in doc.reasons)
+
+
+def test_the_producers_records_follow_the_documented_schema() -> None:
+    import jsonschema
+
+    from shadowdiff.replay.served_log import served_record
+    from shadowdiff.schemas import SERVED_RECORD_SCHEMA_VERSION, served_record_schema
+
+    schema = served_record_schema()
+    assert schema["title"].endswith(f"version {SERVED_RECORD_SCHEMA_VERSION}")
+    record = served_record("r-1", "churn-v7", {"tenure": 3}, {"score": 0.4}, 12.5, segments={"region": "eu"})
+    jsonschema.validate(record, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({k: v for k, v in record.items() if k != "model_version"}, schema)
