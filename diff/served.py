@@ -41,7 +41,15 @@ from shadowdiff.diff.drift import categorical_drift, psi_from_hist
 from shadowdiff.diff.judge import mark_segments, policy_summary, stable_numbers
 from shadowdiff.diff.quality import threshold_for
 from shadowdiff.diff.segments import ALL
-from shadowdiff.diff.served_evidence import LAT_QS, SegmentEvidence, ServedEvidence, feature_columns, gather, source_complete
+from shadowdiff.diff.served_evidence import (
+    LAT_QS,
+    SegmentEvidence,
+    ServedEvidence,
+    feature_columns,
+    gather,
+    newest_manifests,
+    source_complete,
+)
 from shadowdiff.schemas import VERDICT_SCHEMA_VERSION
 from shadowdiff.schemas.config import ServedRunConfig
 from shadowdiff.schemas.policy import Check, Policy
@@ -137,9 +145,6 @@ def _side(name: str, spec: Any, n: int, errors: int) -> dict[str, Any]:
 
 
 def _offsets(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    last: dict[str, dict[str, Any]] = {}
-    for m in manifests:
-        last[m["worker"]] = m
     return [
         {
             "source": c["source"],
@@ -148,7 +153,7 @@ def _offsets(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "consumed": c["consumed"],
             "sampled": c["sampled"],
         }
-        for m in last.values()
+        for m in newest_manifests(manifests).values()
         for c in m.get("checkpoints", [])
     ]
 

@@ -67,13 +67,18 @@ def load_served(con: duckdb.DuckDBPyConnection, layout: RunLayout | None) -> lis
     return manifests
 
 
+def newest_manifests(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each worker's newest export manifest (manifests come in worker then number order)."""
+    return {m["worker"]: m for m in manifests}
+
+
 def served_coverage(layout: RunLayout, manifests: list[dict[str, Any]], silent_after_s: float) -> Coverage | None:
     """Which served workers' exports a verdict covers, from their heartbeats: a worker silent
     for `silent_after_s` without its final export, or whose exports fail, is named."""
     beats = [orjson.loads(b.read_bytes()) for b in sorted(layout.served_exports.glob("*/heartbeat.json"))]
     if not beats:
         return None
-    last = {m["worker"]: m for m in manifests}
+    last = newest_manifests(manifests)
     now = datetime.now(UTC)
     workers = []
     for b in beats:
@@ -204,9 +209,7 @@ def _json_key(name: str) -> str:
 
 def _consumed(manifests: list[dict[str, Any]]) -> int:
     """Records read, from each worker's newest manifest."""
-    last: dict[str, dict[str, Any]] = {}
-    for m in manifests:
-        last[m["worker"]] = m
+    last = newest_manifests(manifests)
     return sum(int(c["consumed"]) for m in last.values() for c in m.get("checkpoints", []))
 
 
@@ -384,7 +387,5 @@ def feature_columns(con: duckdb.DuckDBPyConnection, names: Sequence[str]) -> Non
 
 def source_complete(manifests: list[dict[str, Any]]) -> bool:
     """Every worker read its whole source (a recording or a window), by its newest manifest."""
-    last: dict[str, dict[str, Any]] = {}
-    for m in manifests:
-        last[m["worker"]] = m
+    last = newest_manifests(manifests)
     return bool(last) and all(m.get("run_meta", {}).get("served_complete") for m in last.values())
