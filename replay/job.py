@@ -14,7 +14,7 @@ from shadowdiff.replay.models.http import HttpModel
 from shadowdiff.replay.models.inprocess import PythonModel, load_callable
 from shadowdiff.replay.preflight import preflight
 from shadowdiff.replay.runner import CheckpointHook, Replayer, RunStats
-from shadowdiff.replay.sources import KafkaWindow, open_source
+from shadowdiff.replay.sources import WindowSource, open_source
 from shadowdiff.replay.store import StoreWriter
 from shadowdiff.schemas.config import ModelSpec, RunConfig
 from shadowdiff.schemas.records import source_complete_key
@@ -71,7 +71,7 @@ def run_replay(
         writer.start_meta(_versions())
         source = open_source(cfg.source, writer.checkpoints(), member=f"{cfg.run.id}.{cfg.run.worker}")
         try:
-            if isinstance(source, KafkaWindow):
+            if isinstance(source, WindowSource):
                 spec = source.spec
                 writer.write_meta(
                     {

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from shadowdiff.replay.messages import FileRecord, PartitionBatch
 from shadowdiff.schemas.config import FileSource, KafkaSource
@@ -27,6 +27,19 @@ class Source(Protocol):
     def commit(self, positions: Checkpoints) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class WindowSource(Protocol):
+    """A historical Kafka window: the offsets it starts and ends at, stored with the run."""
+
+    spec: KafkaSource
+
+    @property
+    def window_start(self) -> dict[str, int]: ...
+
+    @property
+    def window_end(self) -> dict[str, int]: ...
 
 
 class RecordedFile:
@@ -296,6 +309,12 @@ def open_source(spec: FileSource | KafkaSource, checkpoints: Checkpoints, member
     a live consumer's stable identity in its group (one per run and worker)."""
     if isinstance(spec, FileSource):
         return RecordedFile(spec, checkpoints)
+    if spec.client == "librdkafka":
+        from shadowdiff.replay.rdkafka_sources import RdKafkaLive, RdKafkaWindow
+
+        if spec.kind == "kafka-window":
+            return RdKafkaWindow(spec, checkpoints)
+        return RdKafkaLive(spec, checkpoints, member)
     if spec.kind == "kafka-window":
         return KafkaWindow(spec, checkpoints)
     return KafkaLive(spec, checkpoints, member)

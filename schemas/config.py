@@ -81,6 +81,9 @@ class KafkaSource(_Frozen):
     end: Annotated[datetime | None, Text] = None  # window end (exclusive)
     max_message_bytes: Annotated[int, Field(ge=64)] = 1 << 20
     progress: bool = True
+    # the consumer: kafka-python (pure Python) or librdkafka (confluent-kafka, C); the same
+    # behaviour, librdkafka leaves the replay's main thread free (docs/performance.md)
+    client: Literal["kafka-python", "librdkafka"] = "kafka-python"
 
     @model_validator(mode="after")
     def _window(self) -> KafkaSource:

@@ -65,6 +65,13 @@ def _broker_alive(state: Path) -> bool:
     return True
 
 
+@pytest.fixture(params=["kafka-python", "librdkafka"])
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """The consumer a Kafka test's replay runs on: the tests that read, resume and commit run
+    on both (`[source] client`)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def unique() -> Callable[[str], str]:
     """Unique topic / group / run names per test."""

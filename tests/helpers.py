@@ -308,6 +308,7 @@ def window_config(
     extra: str = "",
     batch: int = 500,
     group: str = "",
+    client: str = "kafka-python",
 ) -> Path:
     """A kafka-window run over the test traffic of `envelope` (a day from T0), its candidates
     and any `extra` TOML (an [envelope] table, a policy of the run)."""
@@ -326,6 +327,7 @@ topic = "{topic}"
 start = "{T0.isoformat()}"
 end = "{(T0 + timedelta(days=1)).isoformat()}"
 progress = false
+client = "{client}"
 {f'group = "{group}"' if group else ""}
 {TRAFFIC_FIELDS}
 [sampling]

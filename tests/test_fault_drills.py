@@ -28,7 +28,7 @@ KAFKA_SH = ["bash", str(ROOT / "scripts" / "kafka.sh")]
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
-def live_config(tmp: Path, bootstrap: str, topic: str, group: str, candidate: str) -> Path:
+def live_config(tmp: Path, bootstrap: str, topic: str, group: str, candidate: str, client: str = "kafka-python") -> Path:
     return write_config(
         tmp / "live.toml",
         f"""
@@ -42,6 +42,7 @@ kind = "kafka-live"
 bootstrap = "{bootstrap}"
 topic = "{topic}"
 group = "{group}"
+client = "{client}"
 [output]
 score_path = "score"
 {candidate}
@@ -110,11 +111,11 @@ def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
         broker.run("stop", check=False)
 
 
-def test_broker_stopped_20s_mid_run(tmp_path, private_broker):
+def test_broker_stopped_20s_mid_run(tmp_path, private_broker, kafka_client):
     bootstrap = private_broker.bootstrap
     produce(bootstrap, "drill", messages(0, 2000))
     python_candidate = '[[candidates]]\nname = "v2"\nkind = "python"\ntarget = "models_for_tests:logistic"'
-    cfg = live_config(tmp_path, bootstrap, "drill", "g", python_candidate)
+    cfg = live_config(tmp_path, bootstrap, "drill", "g", python_candidate, kafka_client)
     replay = Replay(cfg)
     replay.until(lambda: all_committed(bootstrap, "drill", "g", 2000), 180, "the first 2,000 committed")
 
@@ -137,13 +138,13 @@ def test_broker_stopped_20s_mid_run(tmp_path, private_broker):
     assert sum("broker unreachable since" in x for x in replay.lines) == 1  # one line per fault
 
 
-def test_sigterm_while_the_broker_is_down_exits_promptly_with_the_rows_kept(tmp_path, private_broker):
+def test_sigterm_while_the_broker_is_down_exits_promptly_with_the_rows_kept(tmp_path, private_broker, kafka_client):
     bootstrap = private_broker.bootstrap
     produce(bootstrap, "drill", messages(0, 1000))
     # a slow candidate (0.1 s a call of 10 rows): batches are still in flight when the broker
     # goes, and their offset commits meet the outage
     slow = '[[candidates]]\nname = "v2"\nkind = "python"\ntarget = "models_for_tests:slow_logistic"\nbatch_size = 10'
-    replay = Replay(live_config(tmp_path, bootstrap, "drill", "g", slow))
+    replay = Replay(live_config(tmp_path, bootstrap, "drill", "g", slow, kafka_client))
     done = replay.until(lambda: sum(committed_offsets(bootstrap, "drill", "g").values()), 180, "a first committed batch")
     assert done < 1000, "everything was committed before the outage; make the candidate slower"
     private_broker.run("stop")

@@ -53,7 +53,7 @@ def stored(run_home: Path, run: str) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(str(run_home / run / "store-w0.duckdb"), read_only=True)
 
 
-def test_window_replay_stores_exactly_the_sampled_set(tmp_path, kafka_bootstrap, make_topic):
+def test_window_replay_stores_exactly_the_sampled_set(tmp_path, kafka_bootstrap, make_topic, kafka_client):
     topic = make_topic(3)
     ids = produce_envelopes(kafka_bootstrap, topic, 3000)
     with ModelServer(logistic) as url:
@@ -70,6 +70,7 @@ url = "{url}/predict"
 response_path = ""
 """,
             rate=0.3,
+            client=kafka_client,
         )
         stats = run_replay(load_config(cfg))
     expected = {i for i in ids if sampled(i.encode(), 0.3)}
@@ -88,7 +89,7 @@ response_path = ""
     assert (tmp_path / "runs" / "win").exists()
 
 
-def test_sigkill_mid_run_then_restart_stores_every_request_once(tmp_path, kafka_bootstrap, make_topic, unique):
+def test_sigkill_mid_run_then_restart_stores_every_request_once(tmp_path, kafka_bootstrap, make_topic, unique, kafka_client):
     topic = make_topic(4)
     group = unique("g")
     ids = produce_envelopes(kafka_bootstrap, topic, 12_000, seed=1)
@@ -106,6 +107,7 @@ batch_size = 100
 """,
         batch=400,
         group=group,
+        client=kafka_client,
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
     cmd = [sys.executable, "-m", "shadowdiff.cli.main", "replay", "--config", str(cfg), "--no-judge"]
@@ -131,7 +133,7 @@ batch_size = 100
     assert outs == len(ids)
 
 
-def test_same_window_replayed_twice_stores_the_same_rows(tmp_path, kafka_bootstrap, make_topic):
+def test_same_window_replayed_twice_stores_the_same_rows(tmp_path, kafka_bootstrap, make_topic, kafka_client):
     topic = make_topic(2)
     produce_envelopes(kafka_bootstrap, topic, 1500, seed=2)
     cand = """
@@ -140,7 +142,7 @@ name = "v2"
 kind = "python"
 target = "models_for_tests:logistic"
 """
-    cfg = load_config(window_config(tmp_path, kafka_bootstrap, topic, "twice", cand, rate=0.5))
+    cfg = load_config(window_config(tmp_path, kafka_bootstrap, topic, "twice", cand, rate=0.5, client=kafka_client))
     run_replay(cfg)
     q = 'SELECT request_id, "offset", part FROM requests ORDER BY part, "offset"'
     with stored(tmp_path / "runs", "twice") as con:
@@ -156,7 +158,7 @@ target = "models_for_tests:logistic"
     assert first == second
     assert outs == 2 * len(first)
     # and into a fresh run: the same sampled set
-    run_replay(load_config(window_config(tmp_path, kafka_bootstrap, topic, "twice-b", cand, rate=0.5)))
+    run_replay(load_config(window_config(tmp_path, kafka_bootstrap, topic, "twice-b", cand, rate=0.5, client=kafka_client)))
     with stored(tmp_path / "runs", "twice-b") as con:
         assert con.execute(q).fetchall() == first
 

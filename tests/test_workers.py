@@ -30,7 +30,9 @@ require_proof = false
 """
 
 
-def worker_config(tmp: Path, run: str, worker: str, bootstrap: str, topic: str, group: str, shared: str = "") -> Path:
+def worker_config(
+    tmp: Path, run: str, worker: str, bootstrap: str, topic: str, group: str, shared: str = "", client: str = "kafka-python"
+) -> Path:
     return write_config(
         tmp / f"{run}-{worker}.toml",
         f"""
@@ -46,6 +48,7 @@ kind = "kafka-live"
 bootstrap = "{bootstrap}"
 topic = "{topic}"
 group = "{group}"
+client = "{client}"
 [segments]
 fields = ["region"]
 [output]
@@ -70,7 +73,7 @@ def exported_requests(home: Path, run: str) -> int:
         con.close()
 
 
-def test_three_workers_and_one_judge_give_the_single_workers_verdict(tmp_path, kafka_bootstrap, make_topic, unique):
+def test_three_workers_and_one_judge_give_the_single_workers_verdict(tmp_path, kafka_bootstrap, make_topic, unique, kafka_client):
     topic = make_topic(8)
     produce(kafka_bootstrap, topic, messages(0, N))
     home = tmp_path / "runs"
@@ -81,14 +84,16 @@ def test_three_workers_and_one_judge_give_the_single_workers_verdict(tmp_path, k
         args=[
             "replay",
             "--config",
-            str(worker_config(tmp_path, "single", "w0", kafka_bootstrap, topic, unique("g"))),
+            str(worker_config(tmp_path, "single", "w0", kafka_bootstrap, topic, unique("g"), client=kafka_client)),
             "--policy",
             str(policy),
             "--no-judge",
         ]
     )
     group = unique("g")
-    workers = {w: worker_config(tmp_path, "multi", w, kafka_bootstrap, topic, group) for w in ("w0", "w1", "w2")}
+    workers = {
+        w: worker_config(tmp_path, "multi", w, kafka_bootstrap, topic, group, client=kafka_client) for w in ("w0", "w1", "w2")
+    }
     w0 = Replay(args=["replay", "--config", str(workers["w0"]), "--policy", str(policy), "--no-judge"])
     w1 = Replay(args=["replay", "--config", str(workers["w1"]), "--policy", str(policy), "--no-judge", "--judge-every", "1"])
     judge = Replay(args=["judge", "--run", "multi", "--home", str(home), "--watch", "--every", "1"])
