@@ -2,13 +2,14 @@
 format's own library, measured in the same run (this machine is shared and noisy, so only the
 ratio means something).
 
-    python bench/formats_bench.py [--format avro|protobuf] [--messages 200000] [--rounds 3]
+    python bench/formats_bench.py [--format avro|protobuf] [--messages 200000] [--rounds 3] [--client librdkafka]
 
 Produces the replay bench's envelopes as bare Avro or Protobuf (a schema file: the registry only
 adds a header and one lookup per schema id), then per round: the reference (kafka-python consume
 + fastavro.schemaless_reader, or the protobuf message's ParseFromString, of every message) and
-the replay at 100% sampling with the in-process table model, the same pipeline as
-replay_bench.py's 100% case (issue target for Avro: >= 0.8).
+the replay at 100% sampling with the in-process table model on `--client`, the same pipeline as
+replay_bench.py's 100% case (issue target for Avro: >= 0.8). For comparison, the same loop on
+confluent-kafka (librdkafka).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from replay_bench import PY_TABLE_CAND, T0, bootstrap, config, envelope, raw_consume, timed_replay
+from replay_bench import PY_TABLE_CAND, T0, bootstrap, config, envelope, raw_consume, raw_consume_rdkafka, timed_replay
 
 SCHEMA: dict[str, Any] = {
     "type": "record",
@@ -128,15 +129,15 @@ def produce_encoded(bs: str, topic: str, n: int, fmt: str) -> int:
     return size
 
 
-def raw_decode(bs: str, topic: str, n: int, fmt: str) -> float:
-    """The reference: kafka-python consume + the format library's decode of every message."""
+def raw_decode(bs: str, topic: str, n: int, fmt: str, consume: Callable[..., float] = raw_consume) -> float:
+    """The reference: kafka-python consume (or `consume`) + the format library's decode of every message."""
     if fmt == "protobuf":
         cls = request_class()
-        return raw_consume(bs, topic, n, cls.FromString)
+        return consume(bs, topic, n, cls.FromString)
     from fastavro import parse_schema, schemaless_reader
 
     schema = parse_schema(SCHEMA)
-    return raw_consume(bs, topic, n, lambda value: schemaless_reader(io.BytesIO(value), schema, None))
+    return consume(bs, topic, n, lambda value: schemaless_reader(io.BytesIO(value), schema, None))
 
 
 def envelope_section(home: Path, fmt: str) -> str:
@@ -154,6 +155,7 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--format", choices=["avro", "protobuf"], default="avro")
+    ap.add_argument("--client", choices=["kafka-python", "librdkafka"], default="librdkafka", help="the replay's Kafka client")
     args = ap.parse_args()
     fmt = args.format
     bs = bootstrap()
@@ -163,10 +165,11 @@ def main() -> None:
     t0 = time.perf_counter()
     size = produce_encoded(bs, topic, args.messages, fmt)
     print(f"produced {args.messages:,} {fmt} messages (~{size} B) in {time.perf_counter() - t0:.1f} s")
-    raws, rates, ratios = [], [], []
+    raws, raws_rd, rates, ratios = [], [], [], []
     for i in range(args.rounds):
         raw = raw_decode(bs, topic, args.messages, fmt)
-        cfg = config(bs, topic, home, f"{fmt}{i}", 1.0, PY_TABLE_CAND, args.messages)
+        raws_rd.append(raw_decode(bs, topic, args.messages, fmt, raw_consume_rdkafka))
+        cfg = config(bs, topic, home, f"{fmt}{i}", 1.0, PY_TABLE_CAND, args.messages, client=args.client)
         cfg.write_text(cfg.read_text(encoding="utf-8").replace("[features]", section + "\n[features]"), encoding="utf-8")
         dt, _ = timed_replay(cfg)
         raws.append(raw)
@@ -174,8 +177,9 @@ def main() -> None:
         ratios.append(args.messages / dt / raw)
     library = "fastavro decode" if fmt == "avro" else "protobuf ParseFromString"
     print(f"reference: kafka-python consume + {library}: {statistics.median(raws):,.0f} msg/s (median of {args.rounds})")
+    print(f"  for comparison: confluent-kafka (librdkafka) consume + {library}: {statistics.median(raws_rd):,.0f} msg/s")
     print(
-        f"replay of {fmt} at 100% sampling, in-process table model: {statistics.median(rates):,.0f} msg/s, "
+        f"replay of {fmt} on {args.client} at 100% sampling, in-process table model: {statistics.median(rates):,.0f} msg/s, "
         f"ratio {statistics.median(ratios):.2f} (rounds {', '.join(f'{r:.2f}' for r in ratios)})"
     )
 
