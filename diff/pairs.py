@@ -21,6 +21,8 @@ from shadowdiff.schemas.records import BASELINE, BASELINE_REPEAT, candidate_vari
 from shadowdiff.schemas.sql import ident, literal
 
 OTHER = "(other)"
+# of the stored copies of a request id, the first stored
+FIRST_COPY = 'QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY source, part, "offset") = 1'
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def build_pairs(
     select = _PairsSelect(candidate, built.seg_exprs, dedupe=built.duplicates > 0)
     kept: KeptPairs | None = None
     if gen is None:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE pairs_all AS {select.sql('requests', 'outputs')}")
+        create_pairs(con, "pairs_all", select, temp=True)
         table = "pairs_all"
     else:
         kept = _kept(con, candidate, select, gen)
@@ -120,9 +122,8 @@ class _PairsSelect:
         # one pass over the outputs, pivoted to a row per request, then one join: three joins of
         # the outputs (one per variant) left DuckDB to guess their sizes, and on tables without a
         # key it built its hash tables on the wide side and ran out of memory at 5M pairs
-        first = 'QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY source, part, "offset") = 1'
         return f"""
-        WITH r AS (SELECT * FROM {requests} {first if self.dedupe else ""}),
+        WITH r AS (SELECT * FROM {requests} {FIRST_COPY if self.dedupe else ""}),
         o AS (
           SELECT source, part, "offset",
                  {pick("score", "base")} AS b_score, {pick("label", "base")} AS b_label,
@@ -146,6 +147,36 @@ class _PairsSelect:
                  md5_number(concat_ws(':', r.source, r.part, r."offset", r.request_id)) AS pair_md5
           FROM r JOIN o ON o.source = r.source AND o.part = r.part AND o."offset" = r."offset"
           WHERE o.has_candidate)"""
+
+
+# pairs built in one query at most: the pivot of the outputs is a hash aggregate of a group a
+# pair, which spills to disk past about this many (building 50M pairs in one query took 7.6x
+# the time of 10M; bench/judge_bench.py)
+PAIRS_PER_QUERY = 8_000_000
+
+
+def create_pairs(con: duckdb.DuckDBPyConnection, table: str, select: _PairsSelect, temp: bool) -> None:
+    """Create `table` with every pair of the stored requests, a share of the coordinates'
+    hashes at a time: each query pivots at most about PAIRS_PER_QUERY pairs' outputs. A
+    request and its outputs share their coordinates, so every pair is built whole in exactly
+    one share, as one query over all the rows would build it."""
+    (n,) = con.execute("SELECT count(*) FROM requests").fetchone() or (0,)
+    shares = max(1, -(-int(n) // PAIRS_PER_QUERY))
+    create = f"CREATE OR REPLACE {'TEMP ' if temp else ''}TABLE {table} AS"
+    if shares == 1:
+        con.execute(f"{create} {select.sql('requests', 'outputs')}")
+        return
+    requests = "requests"
+    if select.dedupe:
+        # the first copy of a request id is chosen among all the run's copies, never in a share
+        con.execute(f"CREATE OR REPLACE TEMP TABLE requests_first AS SELECT * FROM requests {FIRST_COPY}")
+        requests, select = "requests_first", _PairsSelect(select.candidate, select.seg_exprs, dedupe=False)
+    for share in range(shares):
+        where = f'WHERE hash(source, part, "offset") % {shares} = {share}'
+        sql = select.sql(f"(SELECT * FROM {requests} {where})", f"(SELECT * FROM outputs {where})")
+        con.execute(f"{create} {sql}" if share == 0 else f"INSERT INTO {table} {sql}")
+    if requests != "requests":
+        con.execute(f"DROP TABLE {requests}")
 
 
 def _kept_names(candidate: str) -> tuple[str, str]:
@@ -173,7 +204,7 @@ def _kept(con: duckdb.DuckDBPyConnection, candidate: str, select: _PairsSelect, 
     con.execute("BEGIN")
     try:
         if state is None or state[0] != select.shape or not table_exists(con, table):
-            con.execute(f"CREATE OR REPLACE TABLE {table} AS {select.sql('requests', 'outputs')}")
+            create_pairs(con, table, select, temp=False)
             con.execute(f"DROP TABLE IF EXISTS {delta}")
             from_gen: int | None = None
         elif int(state[1]) < gen:

@@ -356,6 +356,43 @@ def test_candidates_judged_together_collect_the_features_once(tmp_path, monkeypa
     assert {c["feature"] for c in drift} >= {"x", "y"}  # the shared statistics reached the last candidate
 
 
+def test_pairs_built_a_share_at_a_time_equal_one_query(tmp_path, monkeypatch):
+    # a large run's pairs are built a share of the coordinates at a time (the pivot of the
+    # outputs would spill past a few million pairs): the pairs and the verdict must be those of
+    # one query, also when request ids were stored twice (the first copy counts, run-wide)
+    import duckdb
+
+    from shadowdiff.diff import pairs
+    from shadowdiff.diff.judge import judge
+
+    store = tmp_path / "run" / "store-w0.duckdb"
+    write_synthetic_store(store, Scenario(n=6_000, segments=3, seed=6), "run")
+    with duckdb.connect(str(store)) as con:
+        # producer retries: 60 requests stored again at later offsets, with their answers
+        for table in ("requests", "outputs"):
+            con.execute(
+                f"""INSERT INTO {table} SELECT * REPLACE ("offset" + 1000000 AS "offset") FROM {table}
+                    WHERE "offset" IN (SELECT "offset" FROM requests WHERE "offset" % 100 = 7)"""
+            )
+    policy = Policy(min_samples=200)
+
+    def built(per_query: int) -> tuple[list[Any], str]:
+        monkeypatch.setattr(pairs, "PAIRS_PER_QUERY", per_query)
+        con = open_run(tmp_path, "run")
+        try:
+            doc = verdict_dict(judge(con, policy))
+            rows = con.execute('SELECT * FROM pairs ORDER BY source, part, "offset"').fetchall()
+            (shares,) = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'requests_first'").fetchone()
+            assert shares == 0  # the shares' deduplicated requests are dropped once used
+            return rows, doc["digest"]
+        finally:
+            con.close()
+
+    whole_rows, whole_digest = built(10**9)
+    assert len(whole_rows) == 6_000  # each retried request is one pair
+    assert built(700) == (whole_rows, whole_digest)
+
+
 def test_windows_and_latency_blocks_computed_a_few_at_a_time_equal_one_query(tmp_path, monkeypatch):
     # the judge of a large run computes the exact quantiles of its windows and latency blocks
     # over a few of them at a time, to stay inside its memory limit: the rows must be those of
