@@ -95,7 +95,11 @@ def evidently_drift(ref: pd.DataFrame, cur: pd.DataFrame) -> tuple[dict[str, boo
     return flags, elapsed
 
 
-def judge_child(home: Path) -> None:
+def judge_child(home: Path, phases: bool) -> None:
+    if phases:
+        from look_bench import time_phases
+
+        time_phases()
     policy = Policy(reference=Reference(start="2026-11-25T00:00:00+00:00", end="2026-11-25T04:00:00+00:00"))
     t0 = time.perf_counter()
     con = open_run(home, "big")
@@ -106,9 +110,13 @@ def judge_child(home: Path) -> None:
         f"judge: {wall:.1f} s wall (target <= 30 s), peak RSS {peak_rss_mb():,.0f} MB (target <= 4096 MB); verdict "
         f"{doc.verdict}, {len(doc.checks)} check results, {doc.statistics.tests_in_family} tests"
     )
+    if phases:
+        from look_bench import phases as timed_phases
+
+        print(f"  its parts, s: {timed_phases()}")
 
 
-def judged_store(pairs: int) -> float:
+def judged_store(pairs: int, phases: bool = False) -> float:
     """Generate a store of `pairs` pairs, judge it in a fresh process (so that the peak RSS is
     the judge's alone), print what the judge printed, and return the judge's seconds."""
     home = Path(tempfile.mkdtemp(prefix="shadowdiff-judge-bench-"))
@@ -116,7 +124,12 @@ def judged_store(pairs: int) -> float:
         t0 = time.perf_counter()
         big_store(home / "big" / "store-w0.duckdb", pairs, segments=20, features=15)
         print(f"generated {pairs:,} pairs x 20 segments x 15 features in {time.perf_counter() - t0:.1f} s", flush=True)
-        out = subprocess.run([sys.executable, __file__, "--judge-child", str(home)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--judge-child", str(home), *(["--phases"] if phases else [])],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     finally:
         shutil.rmtree(home, ignore_errors=True)
     print(out.stdout.strip(), flush=True)
@@ -129,8 +142,9 @@ def main() -> None:
     ap.add_argument("--drift-rows", type=int, default=1_000_000)
     ap.add_argument("--skip-evidently", action="store_true")
     ap.add_argument("--scale-from", type=int, default=0, help="also judge a store of this many pairs; print the time ratio")
+    ap.add_argument("--phases", action="store_true", help="print the seconds each part of a judge took")
     args = ap.parse_args()
-    seconds = {n: judged_store(n) for n in ([args.scale_from] if args.scale_from else []) + [args.pairs]}
+    seconds = {n: judged_store(n, args.phases) for n in ([args.scale_from] if args.scale_from else []) + [args.pairs]}
     if args.scale_from:
         ratio = seconds[args.pairs] / seconds[args.scale_from]
         scale = args.pairs / args.scale_from
@@ -148,7 +162,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--judge-child":
-        judge_child(Path(sys.argv[2]))
+    if len(sys.argv) >= 3 and sys.argv[1] == "--judge-child":
+        judge_child(Path(sys.argv[2]), "--phases" in sys.argv[3:])
     else:
         main()
