@@ -19,7 +19,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from shadowdiff.replay.messages import FileRecord, PartitionBatch
-from shadowdiff.replay.sources import Checkpoints
+from shadowdiff.replay.sources import Checkpoints, progress_bar, window_millis
 from shadowdiff.schemas.config import KafkaSource
 
 log = logging.getLogger(__name__)
@@ -198,8 +198,6 @@ class RdKafkaWindow:
     window's end offsets. Partitions are assigned, not subscribed: a window is a fixed job."""
 
     def __init__(self, spec: KafkaSource, checkpoints: Checkpoints) -> None:
-        assert spec.start is not None
-        assert spec.end is not None
         self.spec = spec
         self._client = _Consumer(_conf(spec, spec.group, **{"enable.partition.eof": True}))
         self.consumer = self._client.consumer
@@ -207,8 +205,7 @@ class RdKafkaWindow:
         if meta is None or meta.error is not None or not meta.partitions:
             raise LookupError(f"topic {spec.topic!r} not found on {spec.bootstrap}")
         parts = sorted(meta.partitions)
-        t1 = int(spec.start.timestamp() * 1000)
-        t2 = int(spec.end.timestamp() * 1000)
+        t1, t2 = window_millis(spec)
         starts = self.consumer.offsets_for_times([TopicPartition(spec.topic, p, t1) for p in parts], timeout=_TIMEOUT_S)
         ends = self.consumer.offsets_for_times([TopicPartition(spec.topic, p, t2) for p in parts], timeout=_TIMEOUT_S)
         self.end: dict[int, int] = {}
@@ -232,11 +229,7 @@ class RdKafkaWindow:
                 assign.append(TopicPartition(spec.topic, p, resume))
         if assign:
             self.consumer.assign(assign)
-        self.bar = None
-        if spec.progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="msg", desc=f"window {spec.topic}", mininterval=1.0)
+        self.bar = progress_bar(spec, total)
 
     @property
     def window_end(self) -> dict[str, int]:

@@ -42,6 +42,22 @@ class WindowSource(Protocol):
     def window_end(self) -> dict[str, int]: ...
 
 
+def window_millis(spec: KafkaSource) -> tuple[int, int]:
+    """A window's start and end as Kafka timestamps (ms)."""
+    assert spec.start is not None
+    assert spec.end is not None
+    return int(spec.start.timestamp() * 1000), int(spec.end.timestamp() * 1000)
+
+
+def progress_bar(spec: KafkaSource, total: int) -> Any:
+    """A window's progress bar when the config asks for one, else None."""
+    if not spec.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="msg", desc=f"window {spec.topic}", mininterval=1.0)
+
+
 class RecordedFile:
     """JSONL (one envelope per line) or Parquet (one envelope per row) recording.
     Coordinates: (path, 0, line or row number)."""
@@ -236,8 +252,6 @@ class KafkaWindow:
     def __init__(self, spec: KafkaSource, checkpoints: Checkpoints) -> None:
         from kafka.structs import TopicPartition
 
-        assert spec.start is not None
-        assert spec.end is not None
         self.spec = spec
         self.consumer = _consumer(spec, spec.group)
         parts = self.consumer.partitions_for_topic(spec.topic)
@@ -245,8 +259,7 @@ class KafkaWindow:
             raise LookupError(f"topic {spec.topic!r} not found on {spec.bootstrap}")
         tps = [TopicPartition(spec.topic, p) for p in sorted(parts)]
         self.consumer.assign(tps)
-        t1 = int(spec.start.timestamp() * 1000)
-        t2 = int(spec.end.timestamp() * 1000)
+        t1, t2 = window_millis(spec)
         latest = self.consumer.end_offsets(tps)
         starts = self.consumer.offsets_for_times(dict.fromkeys(tps, t1))
         ends = self.consumer.offsets_for_times(dict.fromkeys(tps, t2))
@@ -265,11 +278,7 @@ class KafkaWindow:
             else:
                 self.consumer.seek(tp, resume)
         self._open = {tp for tp in tps if tp not in self.consumer.paused()}
-        self.bar = None
-        if spec.progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="msg", desc=f"window {spec.topic}", mininterval=1.0)
+        self.bar = progress_bar(spec, total)
 
     @property
     def window_end(self) -> dict[str, int]:
