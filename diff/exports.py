@@ -273,9 +273,9 @@ def _ingest_table(con: duckdb.DuckDBPyConnection, layout: RunLayout, t: str, fol
         return " AND ".join(f"{a}.{k} = {b}.{k}" for k in cols)
 
     # the one join with the cached rows: the incoming keys (few) probe the cached ones, and
-    # only cached rows in the incoming offsets' range can clash: a constant range lets DuckDB
-    # skip the other row groups (by their min/max), where the whole cache was read again for
-    # every stretch (the first look of a 50M-pair run read it 50 times)
+    # only cached rows in the incoming offsets' range can clash. The range is a constant so
+    # that DuckDB skips the other row groups by their min/max: a look's stretches then read
+    # the cache about once between them, not once each
     lo, hi = con.execute('SELECT min("offset"), max("offset") FROM incoming').fetchone() or (None, None)
     if lo is None:
         return

@@ -150,9 +150,8 @@ class _PairsSelect:
           WHERE o.has_candidate)"""
 
 
-# pairs built in one query, about: the pivot of the outputs is a hash aggregate of a group a
-# pair, which spills to disk past about this many (building 50M pairs in one query took 7.6x
-# the time of 10M; bench/judge_bench.py)
+# pairs built in one query, about: the pivot of the outputs is a hash aggregate with a group a
+# pair, and past about this many groups it spills to disk inside the judge's memory limit
 PAIRS_PER_QUERY = 8_000_000
 
 
@@ -160,22 +159,22 @@ def create_pairs(con: duckdb.DuckDBPyConnection, table: str, select: _PairsSelec
     """Create `table` with every pair of the stored requests, a range of offsets at a time:
     each query pivots about PAIRS_PER_QUERY pairs' outputs. A request and its outputs share
     their coordinates, so every pair is built whole in exactly one range, as one query over all
-    the rows would build it. Ranges of offsets, not shares of a hash: rows are stored in batch
-    order, so a range reads only its own row groups (by their min/max offsets), where every
-    share of a hash read the whole store again."""
+    the rows would build it. Ranges of offsets, because rows are stored in batch order: a
+    constant range of offsets lets DuckDB read only the row groups whose min/max offsets
+    overlap it, so the store is read about once over all the ranges."""
     (n,) = con.execute("SELECT count(*) FROM requests").fetchone() or (0,)
-    shares = max(1, -(-int(n) // PAIRS_PER_QUERY))
+    count = max(1, -(-int(n) // PAIRS_PER_QUERY))
     create = f"CREATE OR REPLACE {'TEMP ' if temp else ''}TABLE {table} AS"
-    if shares == 1:
+    if count == 1:
         con.execute(f"{create} {select.sql('requests', 'outputs')}")
         return
     requests = "requests"
     if select.dedupe:
-        # the first copy of a request id is chosen among all the run's copies, never in a share
+        # the first copy of a request id is chosen among all the run's copies, never in a range
         con.execute(f"CREATE OR REPLACE TEMP TABLE requests_first AS SELECT * FROM requests {FIRST_COPY}")
         requests, select = "requests_first", _PairsSelect(select.candidate, select.seg_exprs, dedupe=False)
     # equal counts of requests a range (approximately: any cut points partition the pairs)
-    cuts = ", ".join(str(k / shares) for k in range(1, shares))
+    cuts = ", ".join(str(k / count) for k in range(1, count))
     (points,) = con.execute(f'SELECT approx_quantile("offset", [{cuts}]) FROM {requests}').fetchone() or ([],)
     edges = sorted({int(x) for x in points or []})
     ranges = [f'"offset" < {edges[0]}'] if edges else ["true"]

@@ -150,8 +150,9 @@ class Decoded:
 
 
 class BatchDecoder:
-    """Owns an in-memory DuckDB connection with two threads: on librdkafka the main thread
-    mostly waits, and on kafka-python two threads measured no slower than one."""
+    """Owns an in-memory DuckDB connection with two threads: the decode is the replay's
+    busiest work, and two threads let it use the core the main thread leaves idle while it
+    waits on the consumer."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -341,8 +342,8 @@ WHERE root_type = 'OBJECT' AND t_us IS NOT NULL AND t_us >= 0 AND t_us < {EVENT_
                 "value": raw.values_array(),
             }
         )
-        # DuckDB scans an Arrow table chunk by chunk: in chunks of its vector size (2048 rows)
-        # the decode costs a third less CPU than in one 20k-row chunk (bench/replay_bench.py),
+        # DuckDB scans an Arrow table chunk by chunk: chunks of its vector size (2048 rows)
+        # keep each chunk's intermediate lists in cache, where one 20k-row chunk does not,
         # and a connection with two threads can decode two chunks at once
         batch = pa.Table.from_batches(batch.to_batches(max_chunksize=_SCAN_CHUNK_ROWS))
         cur = self.con.cursor()

@@ -20,7 +20,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from shadowdiff.replay.messages import FileRecord, PartitionBatch
-from shadowdiff.replay.sources import Checkpoints, progress_bar, window_millis
+from shadowdiff.replay.sources import Checkpoints, log_failed_commit, progress_bar, window_millis
 from shadowdiff.schemas.config import KafkaSource
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,8 @@ def _conf(spec: KafkaSource, group: str | None, **extra: object) -> dict[str, ob
         "auto.offset.reset": "earliest",
         "check.crcs": True,
         "max.partition.fetch.bytes": max(1 << 20, spec.max_message_bytes * 2),
-        # bounded prefetch: memory stays flat however long the topic (an 8 MB queue keeps the
-        # replay's peak RSS under 500 MB at 1M messages, bench/replay_bench.py; with 32 MB it
-        # was 538 MB, and no faster)
+        # bounded prefetch: memory stays flat however long the topic; a queue of a few batches'
+        # bytes keeps the consumer ahead of the replay, and more only adds to its peak RSS
         "fetch.max.bytes": 16 << 20,
         "queued.max.messages.kbytes": 8 << 10,
         # a partition whose prefetch queue is full is fetched again after this long; the
@@ -74,7 +73,7 @@ class _Consumer:
     @staticmethod
     def _on_commit(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if err is not None:
-            log.warning("offset commit failed after the rows were stored (%s); a re-read is deduplicated", err)
+            log_failed_commit(err)
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -129,7 +128,7 @@ class _Consumer:
         try:
             self.consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as err:
-            log.warning("offset commit failed after the rows were stored (%s); a re-read is deduplicated", err)
+            log_failed_commit(err)
 
     def close(self) -> None:
         self.consumer.close()

@@ -125,6 +125,11 @@ def broker_connected(consumer: Any) -> bool | None:
         return None
 
 
+def log_failed_commit(err: object) -> None:
+    """A commit of stored rows' offsets that failed: said, never raised (both clients)."""
+    log.warning("offset commit failed after the rows were stored (%s); a re-read is deduplicated", err)
+
+
 def _commit_stored(consumer: Any, positions: Checkpoints) -> None:
     """Commit the offsets of rows already stored in DuckDB. A failure is logged, never raised:
     the rows are kept, a restart resumes from the store's checkpoints and a re-read is
@@ -140,7 +145,7 @@ def _commit_stored(consumer: Any, positions: Checkpoints) -> None:
     try:
         consumer.commit(offsets, timeout_ms=_COMMIT_TIMEOUT_MS)
     except KafkaError as err:
-        log.warning("offset commit failed after the rows were stored (%s); a re-read is deduplicated", err)
+        log_failed_commit(err)
 
 
 def _batches(records: dict[Any, Any], end: Mapping[object, int] | None = None) -> list[PartitionBatch]:

@@ -356,8 +356,8 @@ def test_candidates_judged_together_collect_the_features_once(tmp_path, monkeypa
     assert {c["feature"] for c in drift} >= {"x", "y"}  # the shared statistics reached the last candidate
 
 
-def test_pairs_built_a_share_at_a_time_equal_one_query(tmp_path, monkeypatch):
-    # a large run's pairs are built a share of the coordinates at a time (the pivot of the
+def test_pairs_built_a_range_at_a_time_equal_one_query(tmp_path, monkeypatch):
+    # a large run's pairs are built a range of offsets at a time (the pivot of the
     # outputs would spill past a few million pairs): the pairs and the verdict must be those of
     # one query, also when request ids were stored twice (the first copy counts, run-wide)
     import duckdb
@@ -382,8 +382,8 @@ def test_pairs_built_a_share_at_a_time_equal_one_query(tmp_path, monkeypatch):
         try:
             doc = verdict_dict(judge(con, policy))
             rows = con.execute('SELECT * FROM pairs ORDER BY source, part, "offset"').fetchall()
-            (shares,) = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'requests_first'").fetchone()
-            assert shares == 0  # the shares' deduplicated requests are dropped once used
+            (leftover,) = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'requests_first'").fetchone()
+            assert leftover == 0  # the ranges' deduplicated requests are dropped once used
             return rows, doc["digest"]
         finally:
             con.close()
