@@ -19,6 +19,14 @@ reason and detail. A row never gets a different answer for taking the fast path;
 A key repeated in one object is the one JSON input the two parsers read differently: yyjson
 (DuckDB) keeps the first value, orjson the last (as JavaScript's JSON.parse and Python's json
 do). Such a row is never clean, so the reference's reading (the last value) is the only one.
+
+Avro and Protobuf envelopes take the same path: the format's reader (replay/formats.py) turns
+each message into the object the codec would map, orjson writes it as JSON, and the SQL decodes
+that text. orjson reads its own text back as the very object it wrote, so a row means the same
+on both paths, with one exception: orjson writes a non-finite float as null, so an object
+holding one is left to the reference. The text needs none of the checks that guard against
+JSON orjson and yyjson read differently (it is strict, has no repeated key and is nested at most
+orjson's 255 levels), which makes its decode cheaper than a producer's JSON.
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from shadowdiff.schemas.config import RunConfig
+from shadowdiff.schemas.envelope import BadMessage, Payload
 from shadowdiff.schemas.records import EVENT_TIME_MAX_US, MAX_INPUT_DEPTH
 from shadowdiff.schemas.sql import ident, literal
 
@@ -84,8 +94,6 @@ def supports(cfg: RunConfig) -> bool:
     """True when every configured path has a JSON-path twin that means the same thing, and no
     path is empty where the Python decoder would read the whole envelope."""
     env = cfg.envelope
-    if env.format != "json":  # DuckDB parses JSON only
-        return False
     required = [env.request_id, env.event_time, env.input, env.live_latency_ms, env.model_version, env.feature_version]
     if any(not p for p in required):
         return False
@@ -113,31 +121,91 @@ class RawColumns:
     timestamp_ms: list[int] = field(default_factory=list)
     key: list[bytes | None] = field(default_factory=list)
     value: list[bytes | None] = field(default_factory=list)
+    # a format other than JSON: the values as JSON text (JsonTranscoder), a chunk per extend
+    texts: list[pa.Array] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.offset)
 
-    def extend(self, source: str, part: int, records: list[Any]) -> None:
+    def extend(self, source: str, part: int, records: list[Any], transcode: JsonTranscoder | None = None) -> None:
+        """Add `records`; with `transcode`, their JSON texts too, written here on the reading
+        thread while the decoder thread's DuckDB decodes the batch before (with the GIL
+        released)."""
         n = len(records)
         self.source.extend([source] * n)
         self.part.extend([part] * n)
         self.offset.extend([r.offset for r in records])
         self.timestamp_ms.extend([r.timestamp for r in records])
         self.key.extend([r.key for r in records])
-        self.value.extend([r.value for r in records])
+        values = [r.value for r in records]
+        self.value.extend(values)
+        if transcode is not None:
+            self.texts.append(transcode(values))
 
-    def values_array(self) -> pa.Array:
-        """The values as one Arrow binary array built from one joined buffer (pa.array over a
-        list of bytes copies each object separately and costs ~4x more)."""
-        n = len(self.value)
-        values = [b"" if v is None else v for v in self.value]
-        offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(np.fromiter(map(len, values), np.int64, n), out=offsets[1:])
-        validity = None
-        if any(v is None for v in self.value):
-            validity = pa.array([v is not None for v in self.value], pa.bool_()).buffers()[1]
-        data = pa.py_buffer(b"".join(values))
-        return pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [validity, pa.py_buffer(offsets), data])
+
+def binary_array(values: list[bytes | None]) -> pa.Array:
+    """`values` as one Arrow binary array built from one joined buffer (pa.array over a list of
+    bytes copies each object separately and costs ~4x more)."""
+    n = len(values)
+    present = [b"" if v is None else v for v in values]
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, present), np.int64, n), out=offsets[1:])
+    validity = None
+    if any(v is None for v in values):
+        validity = pa.array([v is not None for v in values], pa.bool_()).buffers()[1]
+    data = pa.py_buffer(b"".join(present))
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [validity, pa.py_buffer(offsets), data])
+
+
+def _has_non_finite(value: Any) -> bool:
+    t = type(value)
+    if t is float:
+        return bool(value - value != 0)
+    if t is dict:
+        return any(map(_has_non_finite, value.values()))
+    if t is list:
+        return any(map(_has_non_finite, value))
+    return False
+
+
+class JsonTranscoder:
+    """A non-JSON format's messages as JSON text the SQL decodes: None for a message the
+    reference must decide (a tombstone, an oversized or undecodable message, an object orjson
+    would not write back as itself)."""
+
+    def __init__(self, payload: Payload, max_bytes: int) -> None:
+        self.payload = payload
+        self.max_bytes = max_bytes
+
+    def __call__(self, values: list[bytes | None]) -> pa.Array:
+        """The texts as one Arrow binary array, null where the reference decides. Each text is
+        appended to one buffer as it is written: keeping a batch of separate bytes objects
+        until a join costs as much again as writing them (bench/formats_bench.py)."""
+        payload, max_bytes, dumps = self.payload, self.max_bytes, orjson.dumps
+        buf = bytearray()
+        ends = [0]
+        valid = [True] * len(values)
+        for k, value in enumerate(values):
+            text = None
+            if value is not None and len(value) <= max_bytes:
+                try:
+                    obj = payload(value)
+                    # JSONEncodeError: a value orjson cannot write (a lone surrogate, an
+                    # integer past 64 bits, an object nested past 255 levels)
+                    text = dumps(obj) if type(obj) is dict else None
+                except (BadMessage, orjson.JSONEncodeError):  # the reference records the reason
+                    text = None
+                # a non-finite float is written as null, which would read as a missing value
+                if text is not None and b"null" in text and _has_non_finite(obj):
+                    text = None
+            if text is None:
+                valid[k] = False
+            else:
+                buf += text
+            ends.append(len(buf))
+        validity = None if all(valid) else pa.array(valid, pa.bool_()).buffers()[1]
+        offsets = pa.py_buffer(np.array(ends, np.int64))
+        return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(values), [validity, offsets, pa.py_buffer(buf)])
 
 
 @dataclass
@@ -154,9 +222,12 @@ class BatchDecoder:
     busiest work, and two threads let it use the core the main thread leaves idle while it
     waits on the consumer."""
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, payload: Payload | None = None) -> None:
+        """`payload`: the reader of a format other than JSON, whose objects are decoded as the
+        JSON text orjson writes of them."""
         self.cfg = cfg
         self.live_scores = reads_live_scores(cfg)
+        self.transcode = None if payload is None else JsonTranscoder(payload, cfg.source.max_message_bytes)
         # without the ICU extension (not installable offline) a TIMESTAMPTZ cast reads a string
         # without an offset as UTC, as the Python decoder does
         # a bounded buffer: a batch's working set is a few MB, and the replay's RSS stays flat
@@ -165,12 +236,14 @@ class BatchDecoder:
         # both inside and again after it, a fifth of the decode (bench/replay_bench.py)
         with contextlib.suppress(duckdb.Error):  # a DuckDB without that optimizer: nothing to turn off
             self.con.execute("SET disabled_optimizers = 'cte_filter_pusher'")
-        self.sql = self._build_sql()
+        self.sql = self._build_sql(own_text=payload is not None)
 
     def close(self) -> None:
         self.con.close()
 
-    def _build_sql(self) -> str:
+    def _build_sql(self, own_text: bool) -> str:
+        """`own_text`: the batch holds JSON written by orjson, which needs no check against
+        the JSON yyjson and orjson read differently."""
         cfg, env = self.cfg, self.cfg.envelope
         paths: list[str] = []
         clean: list[str] = []
@@ -199,7 +272,8 @@ class BatchDecoder:
         clean.append(f"{jt(rid)} IN {_TEXTLIKE} AND {rid} <> ''")
         model_input = slot(_steps(env.input))
         clean.append(f"{jt(model_input)} = 'OBJECT'")
-        clean.append(_no_repeated_keys(model_input))
+        if not own_text:
+            clean.append(_no_repeated_keys(model_input))
         # nesting never exceeds the opening brackets: fewer than the limit is surely shallow
         # enough; other rows go to the Python decoder, which measures the depth
         # (counted only in texts long enough to nest that deep: most inputs are not)
@@ -243,7 +317,7 @@ class BatchDecoder:
         latency = slot(_steps(env.live_latency_ms))
         version = textlike(slot(_steps(env.model_version)))
         feature_version = textlike(slot(_steps(env.feature_version)))
-        live_cols = self._live_sql(slot, jt, clean)
+        live_cols = self._live_sql(slot, jt, clean, own_text)
 
         def struct(items: list[tuple[str, str]]) -> str:
             if not items:
@@ -255,6 +329,12 @@ class BatchDecoder:
         object_list = "[" + ", ".join(literal(_json_path(list(o))) for o in sorted(objects)) + "]"
         # one test an object: a lambda over the list of lists is slower (see the commit)
         unique_keys = " AND ".join(f"coalesce(len(keys[{j}]) = list_unique(keys[{j}]), true)" for j in range(1, len(objects) + 1))
+        keys = f"json_keys(txt, {object_list})"
+        strict = f"""json_valid(txt) AND NOT regexp_matches(txt, {_NON_STRICT})
+        -- orjson refuses documents nested past 1024 levels, DuckDB does not: the reference decides
+        AND (strlen(txt) <= 2001 OR length(txt) - length(translate(txt, '[{{', '')) <= 1000)"""
+        if own_text:
+            keys, strict, unique_keys = "NULL", "true", "true"
         type_paths = path_list[:-1] + ", '$']"  # the envelope's own type comes last
         # `parsed` keeps rows that are strict JSON within the size limit; `extracted`
         # reads every configured path's JSON type and text with one parse a row for each list
@@ -268,12 +348,10 @@ WITH parsed AS (
         SELECT i, ts, TRY(decode(value)) AS txt FROM raw
         WHERE value IS NOT NULL AND octet_length(value) <= {cfg.source.max_message_bytes}
     )
-    WHERE txt IS NOT NULL AND json_valid(txt) AND NOT regexp_matches(txt, {_NON_STRICT})
-        -- orjson refuses documents nested past 1024 levels, DuckDB does not: the reference decides
-        AND (strlen(txt) <= 2001 OR length(txt) - length(translate(txt, '[{{', '')) <= 1000)
+    WHERE txt IS NOT NULL AND {strict}
 ), extracted AS MATERIALIZED (
     SELECT i, ts, json_type(txt, {type_paths}) AS t, json_extract_string(txt, {path_list}) AS s,
-        json_keys(txt, {object_list}) AS keys
+        {keys} AS keys
     FROM parsed
 ), fields AS (
     SELECT i, ts, t[{k + 1}] AS root_type, {", ".join(f"t[{j}] AS t{j}, s[{j}] AS s{j}" for j in range(1, k + 1))}
@@ -297,7 +375,7 @@ FROM timed
 WHERE root_type = 'OBJECT' AND t_us IS NOT NULL AND t_us >= 0 AND t_us < {EVENT_TIME_MAX_US} AND {" AND ".join(clean)}
 """
 
-    def _live_sql(self, slot: Any, jt: Any, clean: list[str]) -> str:
+    def _live_sql(self, slot: Any, jt: Any, clean: list[str], own_text: bool) -> str:
         """The live output's columns: presence and JSON text, and, where the SQL can read them
         as OutputReader does, its score and label."""
         env, out = self.cfg.envelope, self.cfg.output
@@ -308,7 +386,8 @@ WHERE root_type = 'OBJECT' AND t_us IS NOT NULL AND t_us >= 0 AND t_us < {EVENT_
         has = f"{jt(live)} IS NOT NULL"
         # the JSON text: a string value is quoted back
         text = f"CASE WHEN {jt(live)} = 'VARCHAR' THEN to_json({live})::VARCHAR WHEN {jt(live)} <> 'NULL' THEN {live} END"
-        clean.append(f"({jt(live)} IS NULL OR {jt(live)} NOT IN ('OBJECT', 'ARRAY') OR {_no_repeated_keys(live)})")
+        if not own_text:
+            clean.append(f"({jt(live)} IS NULL OR {jt(live)} NOT IN ('OBJECT', 'ARRAY') OR {_no_repeated_keys(live)})")
         if not self.live_scores:
             return f"{has} AS has_live_output, {text} AS live_output, {unread}"
         # OutputReader: a bare number is the score; else the number at score_path. Anything
@@ -335,13 +414,14 @@ WHERE root_type = 'OBJECT' AND t_us IS NOT NULL AND t_us >= 0 AND t_us < {EVENT_
 
     def decode(self, raw: RawColumns) -> Decoded:
         n = len(raw)
-        batch = pa.table(
-            {
-                "i": pa.array(np.arange(n, dtype=np.int64)),
-                "ts": pa.array(raw.timestamp_ms, pa.int64()),
-                "value": raw.values_array(),
-            }
-        )
+        if self.transcode is None:
+            values: pa.Array | pa.ChunkedArray = binary_array(raw.value)
+        elif sum(map(len, raw.texts)) == n:
+            values = pa.chunked_array(raw.texts, pa.large_binary())
+        else:  # collected without their texts
+            values = self.transcode(raw.value)
+        ids = pa.array(np.arange(n, dtype=np.int64))
+        batch = pa.table({"i": ids, "ts": pa.array(raw.timestamp_ms, pa.int64()), "value": values})
         # DuckDB scans an Arrow table chunk by chunk: chunks of its vector size (2048 rows)
         # keep each chunk's intermediate lists in cache, where one 20k-row chunk does not,
         # and a connection with two threads can decode two chunks at once

@@ -139,7 +139,7 @@ class Replayer:
         self.decoder = Decoder.for_run(cfg, payload_reader(cfg.envelope))
         self.layout = self.decoder.layout
         # whole batches are decoded in DuckDB when every configured path has a JSON-path twin
-        self.batch_decoder = BatchDecoder(cfg) if columnar.supports(cfg) else None
+        self.batch_decoder = BatchDecoder(cfg, self.decoder.payload) if columnar.supports(cfg) else None
         # "policy" is resolved by the command that starts the run; a run started through this
         # API alone takes the default policy's min_samples
         per_segment_k = cfg.sampling.per_segment_k(Policy().min_samples)
@@ -217,7 +217,7 @@ class Replayer:
             else:
                 head, recs = recs, []
             self._account(p, b.source, b.part, head)
-            p.raw.extend(b.source, b.part, admitted)
+            p.raw.extend(b.source, b.part, admitted, self.batch_decoder.transcode if self.batch_decoder else None)
             if p.size() >= size:
                 self._dispatch()
 

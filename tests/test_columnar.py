@@ -4,18 +4,23 @@ the reference. The common shapes must all be clean (or the fast path silently ne
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import random
+from pathlib import Path
 from typing import Any
 
+import fastavro
 import orjson
 from helpers import POISON_TIMES
 
 from shadowdiff.replay.columnar import BatchDecoder, RawColumns, reads_live_scores, supports
+from shadowdiff.replay.formats import payload_reader
 from shadowdiff.replay.messages import FileRecord
 from shadowdiff.replay.models.base import OutputReader
 from shadowdiff.schemas.config import RunConfig, parse_config
-from shadowdiff.schemas.envelope import EVENT_TIME_US, REQUEST_ID, Decoder
+from shadowdiff.schemas.envelope import EVENT_TIME_US, REQUEST_ID, Decoder, Payload
 from shadowdiff.schemas.records import DeadLetter
 
 TS_MS = 1_795_000_000_000  # the Kafka timestamp, used when the envelope has no event time
@@ -156,15 +161,20 @@ def no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-def decode_both(cfg: RunConfig, values: list[bytes | None]) -> tuple[list[Any], dict[int, dict[str, Any]]]:
-    py = Decoder.for_run(cfg)
+def decode_both(
+    cfg: RunConfig, values: list[bytes | None], payload: Payload | None = None
+) -> tuple[list[Any], dict[int, dict[str, Any]]]:
+    py = Decoder.for_run(cfg, payload)
+    dec = BatchDecoder(cfg, payload)
     raw = RawColumns()
-    raw.extend("t", 0, [FileRecord(i, b"k", v, TS_MS + i) for i, v in enumerate(values)])
+    records = [FileRecord(i, b"k", v, TS_MS + i) for i, v in enumerate(values)]
+    # as the replay collects them: a partition's records at a time (their texts written then)
+    for start in range(0, len(records), 700):
+        raw.extend("t", 0, records[start : start + 700], dec.transcode)
     reference = [
         py.decode_record(raw.source[i], raw.part[i], raw.offset[i], raw.key[i], raw.value[i], raw.timestamp_ms[i], "rate")
         for i in range(len(values))
     ]
-    dec = BatchDecoder(cfg)
     try:
         decoded = dec.decode(raw)
     finally:
@@ -219,28 +229,123 @@ def test_a_key_given_twice_reads_as_its_last_value_on_both_paths():
     assert {r[REQUEST_ID] for r in decoded} == {f"r{k}" for k in range(200)}
 
 
+def common_envelope(rng: random.Random, i: int) -> dict[str, Any]:
+    env = {
+        "request_id": rng.choice([f"r{i}", i]),
+        "event_time": rng.choice([TS_MS + i, "2026-11-25T03:04:05.123+00:00", "2026-11-25T03:04:05Z"]),
+        "segments": {"region": rng.choice(["eu", "us", None]), "device": rng.choice(["ios", "android", 7])},
+        "input": {"x": rng.gauss(0, 1), "y": rng.randint(0, 9), "plan": rng.choice(["free", "pro"]), "tier": 3},
+        "out": {"answer": rng.choice([{"score": rng.random(), "label": "a"}, {"score": 1}, 0.25])},
+        "latency_ms": 4.5,
+        "meta": {"version": "v3"},
+        "feature_version": rng.choice(["f1", 2, None]),
+    }
+    if i % 3 == 0:
+        del env["event_time"], env["input"]["y"], env["out"]
+    return env
+
+
 def test_the_common_shapes_are_all_decoded_in_sql():
     cfg = run_config()
     rng = random.Random(3)
-    values: list[bytes | None] = []
-    for i in range(2000):
-        env = {
-            "request_id": rng.choice([f"r{i}", i]),
-            "event_time": rng.choice([TS_MS + i, "2026-11-25T03:04:05.123+00:00", "2026-11-25T03:04:05Z"]),
-            "segments": {"region": rng.choice(["eu", "us", None]), "device": rng.choice(["ios", "android", 7])},
-            "input": {"x": rng.gauss(0, 1), "y": rng.randint(0, 9), "plan": rng.choice(["free", "pro"]), "tier": 3},
-            "out": {"answer": rng.choice([{"score": rng.random(), "label": "a"}, {"score": 1}, 0.25])},
-            "latency_ms": 4.5,
-            "meta": {"version": "v3"},
-            "feature_version": rng.choice(["f1", 2, None]),
-        }
-        if i % 3 == 0:
-            del env["event_time"], env["input"]["y"], env["out"]
-        values.append(orjson.dumps(env))
+    values: list[bytes | None] = [orjson.dumps(common_envelope(rng, i)) for i in range(2000)]
     reference, rows = decode_both(cfg, values)
     assert len(rows) == len(values)
     for i, row in rows.items():
         assert_same(cfg, reference[i], row)
+
+
+def json_union(depth: int) -> list[Any]:
+    """An Avro union holding any JSON value nested up to `depth` containers deep."""
+    scalars: list[Any] = ["null", "boolean", "long", "double", "string"]
+    if depth == 0:
+        return scalars
+    inner = json_union(depth - 1)
+    return [*scalars, {"type": "array", "items": inner}, {"type": "map", "values": inner}]
+
+
+ENVELOPE_FIELDS = ["request_id", "event_time", "segments", "input", "out", "latency_ms", "meta", "feature_version"]
+AVRO_ANY = {
+    "type": "record",
+    "name": "Envelope",
+    "fields": [{"name": f, "type": json_union(3), "default": None} for f in ENVELOPE_FIELDS],
+}
+NON_FINITE = [math.nan, math.inf, -math.inf]
+
+
+def avro_values(rng: random.Random, n: int) -> list[bytes | None]:
+    """The odd envelopes as Avro (those it can carry), some with non-finite floats (which JSON
+    cannot carry), and poison: truncated, trailing bytes, foreign bytes, oversized."""
+    schema = fastavro.parse_schema(AVRO_ANY)
+
+    def encode(env: dict[str, Any]) -> bytes | None:
+        buf = io.BytesIO()
+        try:
+            fastavro.schemaless_writer(buf, schema, env)
+        except (ValueError, TypeError, OverflowError):  # past the union's depth or a long's range
+            return None
+        return buf.getvalue()
+
+    values: list[bytes | None] = []
+    while len(values) < n:
+        i = len(values)
+        env = common_envelope(rng, i) if rng.random() < 0.6 else odd_envelope(rng, i)
+        roll = rng.random()
+        if roll < 0.1:
+            where = rng.choice(["latency_ms", "event_time", "x", "score", "version"])
+            if where in ("latency_ms", "event_time"):
+                env[where] = rng.choice(NON_FINITE)
+            elif where == "x":
+                env["input"] = {"x": rng.choice(NON_FINITE), "plan": "free"}
+            elif where == "score":
+                env["out"] = {"answer": {"score": rng.choice(NON_FINITE)}}
+            else:
+                env["meta"] = {"version": rng.choice(NON_FINITE)}
+        elif roll < 0.12:
+            env["input"] = {"x": 1.0, "pad": "x" * 3000}  # oversized
+        value = encode(env)
+        if value is None:
+            continue
+        roll = rng.random()
+        if roll < 0.02:
+            value = value[: rng.randrange(len(value))]
+        elif roll < 0.04:
+            value += b"\x02\x04"
+        elif roll < 0.05:
+            values.append(rng.choice([b"", b"\xff" * 9, None]))
+            continue
+        values.append(value)
+    return values
+
+
+def test_avro_rows_the_sql_decodes_match_the_avro_reference(tmp_path: Path):
+    schema_file = tmp_path / "envelope.avsc"
+    schema_file.write_text(json.dumps(AVRO_ANY))
+    cfg = run_config(
+        envelope={"live_output": "out.answer", "model_version": "meta.version", "format": "avro", "schema_file": schema_file}
+    )
+    assert supports(cfg)
+    payload = payload_reader(cfg.envelope)
+    values = avro_values(random.Random(11), 6000)
+    reference, rows = decode_both(cfg, values, payload)
+    for i, row in rows.items():
+        assert not isinstance(reference[i], DeadLetter), (i, reference[i])
+        assert_same(cfg, reference[i], row)
+    assert len(rows) > 2000
+    # the poison was there and became dead letters on the reference path alone
+    assert sum(isinstance(r, DeadLetter) for r in reference) > 300
+    # a non-finite float, which orjson writes as null, is never read in SQL
+    non_finite = {i for i, r in enumerate(reference) if not isinstance(r, DeadLetter) and holds_non_finite(r)}
+    assert len(non_finite) > 50
+    assert non_finite.isdisjoint(rows)
+
+
+def holds_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, list | tuple) and any(map(holds_non_finite, value))
 
 
 def test_paths_without_a_json_path_twin_keep_the_python_decoder():
