@@ -110,15 +110,16 @@ class _Avro:
     """Reads one Avro binary with a parsed writer schema, all of it."""
 
     def __init__(self, schema: Any, convert: bool) -> None:
-        self.schema = schema
-        self.convert = convert
-
-    def read(self, data: bytes | memoryview, where: str) -> dict[str, Any]:
         import fastavro
 
+        self.schema = schema
+        self.convert = convert
+        self._read = fastavro.schemaless_reader
+
+    def read(self, data: bytes | memoryview, where: str) -> dict[str, Any]:
         buf = io.BytesIO(data)
         try:
-            obj = fastavro.schemaless_reader(buf, self.schema, None)
+            obj = self._read(buf, self.schema, None)
         except Exception as err:  # any failure to decode hostile bytes is the message's, never the run's
             raise BadMessage(
                 R.MALFORMED_PAYLOAD, f"{where}: not an Avro encoding of its schema ({type(err).__name__}: {err})"[:300]

@@ -100,6 +100,7 @@ class _Consumer:
         # a message without an error always has its partition and offset: typed as Any, not as
         # the stubs' Optionals, to keep checks out of the per-message loop
         m: Any
+        new = tuple.__new__  # a NamedTuple's own __new__ is a Python-level call, a message each
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -114,7 +115,7 @@ class _Consumer:
             recs = by_part.get(m.partition())
             if recs is None:
                 recs = by_part[m.partition()] = []
-            recs.append(FileRecord(m.offset(), m.key(), m.value(), ts if kind else _NO_TIMESTAMP, m.headers() or ()))
+            recs.append(new(FileRecord, (m.offset(), m.key(), m.value(), ts if kind else _NO_TIMESTAMP, m.headers() or ())))
         return by_part, at_end
 
     def commit(self, topic: str, positions: Checkpoints) -> None:

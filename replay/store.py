@@ -97,10 +97,21 @@ def store_dead_and_checkpoints(
     if dead:
         cur.register("dead_tbl", dead_letters_table(dead))
         cur.execute("INSERT OR IGNORE INTO dead_letters BY NAME SELECT * FROM dead_tbl")
-    for (src, part), pos in positions.items():
-        cur.execute(
-            "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)", [src, part, pos.next_offset, pos.consumed, pos.sampled]
+    if positions:
+        # one statement for every partition: each statement costs DuckDB a few ms to plan,
+        # which a batch spread over many partitions would pay once per partition
+        keys = list(positions)
+        table = pa.table(
+            {
+                "source": pa.array([s for s, _ in keys], pa.string()),
+                "part": pa.array([p for _, p in keys], pa.int32()),
+                "next_offset": pa.array([positions[k].next_offset for k in keys], pa.int64()),
+                "consumed": pa.array([positions[k].consumed for k in keys], pa.int64()),
+                "sampled": pa.array([positions[k].sampled for k in keys], pa.int64()),
+            }
         )
+        cur.register("checkpoints_tbl", table)
+        cur.execute("INSERT OR REPLACE INTO checkpoints BY NAME SELECT * FROM checkpoints_tbl")
 
 
 def stored_positions(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, int], Position]:
