@@ -198,6 +198,32 @@ def test_a_second_judge_is_refused_and_does_not_touch_the_cache(tmp_path):
         con.close()
 
 
+@pytest.mark.parametrize("rows_per_step", [4_000_000, 1], ids=["one-step", "a-folder-a-step"])
+def test_rows_two_folders_of_one_look_hold_keep_the_first_folders_copy(tmp_path, monkeypatch, rows_per_step):
+    # w0 stored 0-60 %, w1 50-100 %: both copies of 50-60 % arrive in one look, read in one
+    # stretch (its keys repeat) or in two (the second clashes with the cached first); w0's stays
+    monkeypatch.setattr(exports, "INGEST_ROWS_PER_STEP", rows_per_step)
+    home, store, layout = small_run(tmp_path, 6_000, 5)
+    export_rows(store, layout, "w0", 1, 0.0, 0.6)
+    slower_copy(export_rows(store, layout, "w1", 1, 0.5, 1.0), 3.0)
+    con = open_cache(home, "run")
+    try:
+        cached = contents(con)
+        (latency_sum,) = con.execute("SELECT sum(latency_ms) FROM outputs").fetchone()  # type: ignore[misc]
+    finally:
+        con.close()
+    full_con = open_exports(home, "run")
+    try:
+        assert cached == contents(full_con)
+    finally:
+        full_con.close()
+    assert len(cached["requests"]) == 6_000
+    with duckdb.connect(str(store), read_only=True) as src:
+        (original,) = src.execute('SELECT sum(latency_ms) FROM outputs WHERE "offset" < 3600').fetchone()  # type: ignore[misc]
+        (slower,) = src.execute('SELECT 3 * sum(latency_ms) FROM outputs WHERE "offset" >= 3600').fetchone()  # type: ignore[misc]
+    assert abs(latency_sum - (original + slower)) < 1e-9 * latency_sum
+
+
 def resent_copy(folder: Path) -> None:
     """The folder's requests as a producer's retry stored them: the same request ids at other
     coordinates, which sort before the first copies (so they are the copies a pair keeps), with
