@@ -117,10 +117,18 @@ def main() -> None:
         layout = RunLayout(tmp / "runs", "big")
         for i in range(a.exports):
             publish(store, layout, i + 1, a.pairs * i // a.exports, a.pairs * (i + 1) // a.exports)
+        publish(store, layout, a.exports + 1, a.pairs, total)
+        # the new folder waits aside until the first look is done; the source store goes, so
+        # that a run of 50M pairs (store, exports, cache and a full re-judge's temporary
+        # files) fits the disk
+        newest = layout.worker_exports("w0") / f"{a.exports + 1:08d}"
+        aside = tmp / newest.name
+        newest.rename(aside)
+        store.unlink()
         # the watch's earlier looks: the cache has read every export and kept the pairs
         first_read, first_judge, _ = timed(lambda: open_cache(layout.home, "big", a.memory), policy)
         print(f"{a.pairs:,} pairs in {a.exports} exports; the first look: read {first_read:.1f} s + judge {first_judge:.1f} s")
-        publish(store, layout, a.exports + 1, a.pairs, total)
+        aside.rename(newest)
 
         PHASES.clear()
         look_read, look_judge, looked = timed(lambda: open_cache(layout.home, "big", a.memory), policy)

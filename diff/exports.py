@@ -41,12 +41,17 @@ def open_exports(home: Path, run_id: str, memory_limit: str = "2GB") -> duckdb.D
     for t in EXPORT_TABLES:
         files = "[" + ", ".join(literal(str(Path(m["folder"]) / f"{t}.parquet")) for m in manifests) + "]"
         keys = EXPORT_KEYS[t]
-        # materialised once: the judge reads these many times, a view would sort at every read
-        con.execute(
-            f"""CREATE TABLE {t} AS SELECT * EXCLUDE (filename) FROM (
-                  SELECT DISTINCT ON ({keys}) * FROM read_parquet({files}, union_by_name = true, filename = true)
-                  ORDER BY {keys}, filename)"""
-        )
+        read = f"read_parquet({files}, union_by_name = true, filename = true)"
+        # materialised once: the judge reads these many times, a view would sort at every read.
+        # Read as they are, and again keeping the first folder's copy of a row only when some
+        # row was stored twice (rare): that DISTINCT ON sorts every wide row, and at 50M pairs
+        # spilled more than the disk held
+        con.execute(f"CREATE TABLE {t} AS SELECT * EXCLUDE (filename) FROM {read}")
+        if _repeats(con, t, keys):
+            con.execute(
+                f"""CREATE OR REPLACE TABLE {t} AS SELECT * EXCLUDE (filename) FROM (
+                      SELECT DISTINCT ON ({keys}) * FROM {read} ORDER BY {keys}, filename)"""
+            )
     _run_tables(con, layout, manifests, "")
     return con
 
@@ -253,6 +258,12 @@ def _ingest(con: duckdb.DuckDBPyConnection, layout: RunLayout, folders: list[Pat
         raise
 
 
+def _repeats(con: duckdb.DuckDBPyConnection, table: str, keys: str) -> bool:
+    """Whether some key of `table` is held by more than one of its rows."""
+    (n,) = con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} GROUP BY {keys} HAVING count(*) > 1)").fetchone() or (0,)
+    return bool(n)
+
+
 def _ingest_table(con: duckdb.DuckDBPyConnection, layout: RunLayout, t: str, folders: list[Path], gen: int) -> None:
     prefix = len(str(layout.exports)) + 1
     keys = EXPORT_KEYS[t]
@@ -266,9 +277,7 @@ def _ingest_table(con: duckdb.DuckDBPyConnection, layout: RunLayout, t: str, fol
     # a row stored twice (by two folders) is rare: the stretch is read as it is, and read again
     # keeping the first folder's copy only when its keys repeat. That DISTINCT ON sorts every
     # row, wide texts and all: nine tenths of a first look's reading when it always ran
-    repeated = f"SELECT count(*) FROM (SELECT 1 FROM incoming GROUP BY {keys} HAVING count(*) > 1)"
-    (repeats,) = con.execute(repeated).fetchone() or (0,)
-    if repeats:
+    if _repeats(con, "incoming", keys):
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE incoming AS SELECT * FROM (
                   SELECT DISTINCT ON ({keys}) * EXCLUDE (filename), {origin} AS origin, {gen} AS gen
