@@ -179,8 +179,8 @@ class JsonTranscoder:
 
     def __call__(self, values: list[bytes | None]) -> pa.Array:
         """The texts as one Arrow binary array, null where the reference decides. Each text is
-        appended to one buffer as it is written: keeping a batch of separate bytes objects
-        until a join costs as much again as writing them (bench/formats_bench.py)."""
+        appended to one buffer as it is written: keeping a batch's worth of separate bytes
+        objects alive until a join was slower than writing them (see the commit)."""
         payload, max_bytes, dumps = self.payload, self.max_bytes, orjson.dumps
         buf = bytearray()
         ends = [0]
