@@ -153,6 +153,7 @@ class RdKafkaLive:
         DuckDB commit happened, the Kafka commit was lost). Runs inside consume(), on the main
         thread, so the lookup may block."""
         stored = {tp.partition: self._checkpoints.get((tp.topic, tp.partition)) for tp in partitions}
+        resumed: dict[tuple[str, int], int] = {}
         if any(o is not None for o in stored.values()):
             try:
                 committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=_TIMEOUT_S)}
@@ -164,7 +165,11 @@ class RdKafkaLive:
                 s = stored[tp.partition]
                 if s is not None and s > committed.get(tp.partition, -1):
                     tp.offset = s
+                    resumed[(tp.topic, tp.partition)] = s
         consumer.assign(partitions)
+        # the lost commit is made again: a partition with nothing left to read would otherwise
+        # keep its old committed offset (and the group its false lag) for as long as it is idle
+        self._client.commit(self.spec.topic, resumed)
 
     def poll(self, max_records: int, timeout_ms: int) -> list[PartitionBatch]:
         by_part, _ = self._client.consume(max_records, timeout_ms)

@@ -205,6 +205,9 @@ class KafkaLive:
             if committed is None or stored > committed:
                 self.consumer.seek(tp, stored)
                 targets[key] = stored
+        # the lost commit is made again: a partition with nothing left to read would otherwise
+        # keep its old committed offset (and the group its false lag) for as long as it is idle
+        _commit_stored(self.consumer, targets)
         return targets
 
     def poll(self, max_records: int, timeout_ms: int) -> list[PartitionBatch]:

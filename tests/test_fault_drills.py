@@ -232,3 +232,41 @@ def test_worker_sigkilled_five_times(tmp_path, kafka_bootstrap, make_topic, uniq
     last.until(lambda: all_committed(kafka_bootstrap, topic, group, n), 300, "everything committed after the kills")
     last.stop()
     stored_once(tmp_path / "runs" / "drill" / "store-w0.duckdb", n)
+
+
+def test_a_lost_kafka_commit_is_made_again_with_nothing_left_to_read(tmp_path, kafka_bootstrap, make_topic, unique, kafka_client):
+    from kafka import KafkaAdminClient
+    from kafka.errors import NoError
+    from kafka.structs import OffsetAndMetadata, TopicPartition
+
+    topic, group = make_topic(2), unique("g")
+    produce(kafka_bootstrap, topic, messages(0, 1000))
+    fast = '[[candidates]]\nname = "v2"\nkind = "python"\ntarget = "models_for_tests:logistic"'
+    cfg = live_config(tmp_path, kafka_bootstrap, topic, group, fast, kafka_client)
+    replay = Replay(cfg)
+    replay.until(lambda: all_committed(kafka_bootstrap, topic, group, 1000), 120, "every row stored and committed")
+    replay.stop()
+
+    # the group's commits are lost (a commit the broker refused during a rebalance, say): its
+    # offsets go back to 0, once the worker's static membership has lapsed and the group is empty
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    zero = {TopicPartition(topic, p): OffsetAndMetadata(0, "", -1) for p in (0, 1)}
+
+    def lost() -> bool:
+        try:
+            return all(err is NoError for err in admin.alter_group_offsets(group, zero).values())
+        except Exception:  # the group not empty yet
+            return False
+
+    try:
+        wait_until(lost, 120, "the group's offsets set back to 0", poll_s=1.0)
+    finally:
+        admin.close()
+    assert sum(committed_offsets(kafka_bootstrap, topic, group).values()) == 0
+
+    # restarted, the worker resumes from its store's checkpoints (nothing is left to read) and
+    # commits them again: the group shows no lag that is not there
+    again = Replay(cfg)
+    again.until(lambda: all_committed(kafka_bootstrap, topic, group, 1000), 120, "the lost commit made again")
+    again.stop()
+    assert stored_up_to_checkpoints(tmp_path / "runs" / "drill" / "store-w0.duckdb") == 1000
