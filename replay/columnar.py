@@ -184,6 +184,7 @@ class JsonTranscoder:
         payload, max_bytes, dumps = self.payload, self.max_bytes, orjson.dumps
         buf = bytearray()
         ends = [0]
+        end = ends.append
         valid = [True] * len(values)
         for k, value in enumerate(values):
             text = None
@@ -202,7 +203,7 @@ class JsonTranscoder:
                 valid[k] = False
             else:
                 buf += text
-            ends.append(len(buf))
+            end(len(buf))
         validity = None if all(valid) else pa.array(valid, pa.bool_()).buffers()[1]
         offsets = pa.py_buffer(np.array(ends, np.int64))
         return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(values), [validity, offsets, pa.py_buffer(buf)])

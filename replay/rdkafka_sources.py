@@ -112,9 +112,10 @@ class _Consumer:
                     log.warning("kafka consume: %s", err)
                 continue
             kind, ts = m.timestamp()
-            recs = by_part.get(m.partition())
+            part = m.partition()
+            recs = by_part.get(part)
             if recs is None:
-                recs = by_part[m.partition()] = []
+                recs = by_part[part] = []
             recs.append(new(FileRecord, (m.offset(), m.key(), m.value(), ts if kind else _NO_TIMESTAMP, m.headers() or ())))
         return by_part, at_end
 
