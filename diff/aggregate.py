@@ -10,7 +10,7 @@ from typing import Any, TypedDict, cast
 import duckdb
 import numpy as np
 
-from shadowdiff.diff.kept import RATE, PairAggregate, maintained, rate_pairs
+from shadowdiff.diff.kept import RATE, PairAggregate, maintained, rate_pairs, signed_count, signed_total
 from shadowdiff.diff.pairs import KeptPairs
 from shadowdiff.diff.segments import ALL, SegmentSets
 from shadowdiff.diff.stretches import stretches
@@ -150,12 +150,7 @@ def _pair_sums(tolerance: float, abs_thresholds: Sequence[float]) -> dict[str, s
     d = "(c_score - b_score)"
     dr = "(r_score - b_score)"
 
-    def count(cond: str = "TRUE") -> str:
-        return f"coalesce(sum(sign) FILTER (WHERE {cond}), 0)::BIGINT"
-
-    def total(x: str, cond: str = "TRUE") -> str:
-        # fsum: compensated, so that sums built in different orders agree to the last digits
-        return f"coalesce(fsum(sign * ({x})) FILTER (WHERE {cond}), 0)::DOUBLE"
+    count, total = signed_count, signed_total
 
     has_d = f"{d} IS NOT NULL"
     cols = {
@@ -319,57 +314,20 @@ def _correlation(s: PairStats) -> float | None:
     return float(max(-1.0, min(1.0, cov / math.sqrt(var_b * var_c))))
 
 
-def histograms(con: duckdb.DuckDBPyConnection, sets: SegmentSets, sql: str, bins: int) -> dict[str, np.ndarray]:
-    """Per segment, the counts of a `select(), bin, k` query as an array of `bins`: fetched as
-    columns (segments x bins rows would cost seconds as Python rows)."""
-    cols = con.execute(f"SELECT {sets.name_sql()} AS segment, bin, k FROM ({sql})").fetchnumpy()
+def histograms(
+    con: duckdb.DuckDBPyConnection, sets: SegmentSets, sql: str, bins: int, named: bool = False
+) -> dict[str, np.ndarray]:
+    """Per segment, the counts of a `select(), bin, k` query (`named`: a `name, bin, k` one) as
+    an array of `bins`: fetched as columns (segments x bins rows would cost seconds as Python
+    rows)."""
+    name = "name" if named else sets.name_sql()
+    cols = con.execute(f"SELECT {name} AS segment, bin, k FROM ({sql})").fetchnumpy()
     if not len(cols["segment"]):
         return {}
     names, at = np.unique(cols["segment"].astype(str), return_inverse=True)
     counts = np.zeros((len(names), bins))
     counts[at, cols["bin"].astype(np.int64)] = cols["k"]
     return {str(name): counts[i] for i, name in enumerate(names)}
-
-
-SCORE_BINS = 1000
-
-
-def score_distributions(con: duckdb.DuckDBPyConnection, sets: SegmentSets, where: str = "TRUE") -> dict[str, dict[str, Any]]:
-    """Histograms of baseline and candidate scores per segment over shared bins (prediction
-    drift); bin edges rounded so re-judging bins every value the same way."""
-    ok = f"b_err IS NULL AND c_err IS NULL AND b_score IS NOT NULL AND c_score IS NOT NULL AND {where}"
-    r = con.execute(f"SELECT min(least(b_score, c_score)), max(greatest(b_score, c_score)) FROM pairs WHERE {ok}").fetchone()
-    if not r or r[0] is None:
-        return {}
-    lo, hi = float(f"{r[0]:.6g}"), float(f"{r[1]:.6g}")
-    hi = hi * (1 + 1e-9) + 1e-12 if hi > lo else lo + 1.0
-    width = (hi - lo) / SCORE_BINS
-    out: dict[str, dict[str, Any]] = {}
-    for side, col in (("b", "b_score"), ("c", "c_score")):
-        b = f"least(greatest(floor(({col} - {lo!r}) / {width!r}), 0), {SCORE_BINS - 1})::INT"
-        sql = f"SELECT {sets.select()}, {b} AS bin, count(*) AS k FROM pairs WHERE {ok} {sets.group_by([b])}"
-        for name, counts in histograms(con, sets, sql, SCORE_BINS).items():
-            out.setdefault(name, {"width": width, "b": np.zeros(SCORE_BINS), "c": np.zeros(SCORE_BINS)})[side] = counts
-    sds = _rows(con, f"SELECT {sets.select()}, stddev_pop(b_score) AS sd FROM pairs WHERE {ok} {sets.group_by()}")
-    for row in sds:
-        if sets.name(row) in out:
-            out[sets.name(row)]["sd_b"] = row["sd"]
-    return out
-
-
-def label_counts(con: duckdb.DuckDBPyConnection, sets: SegmentSets, where: str = "TRUE") -> dict[str, dict[str, Any]]:
-    """Label distributions and flip directions per segment."""
-    out: dict[str, dict[str, Any]] = {}
-    sql = f"""SELECT {sets.select()}, b_label, c_label, count(*) AS n FROM pairs
-        WHERE b_label IS NOT NULL AND c_label IS NOT NULL AND {where}
-        {sets.group_by(["b_label", "c_label"])}"""
-    for r in _rows(con, sql):
-        seg = out.setdefault(sets.name(r), {"b": {}, "c": {}, "moves": {}})
-        seg["b"][r["b_label"]] = seg["b"].get(r["b_label"], 0) + r["n"]
-        seg["c"][r["c_label"]] = seg["c"].get(r["c_label"], 0) + r["n"]
-        if r["b_label"] != r["c_label"]:
-            seg["moves"][f"{r['b_label']}→{r['c_label']}"] = r["n"]
-    return out
 
 
 class _Windows(PairAggregate):

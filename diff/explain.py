@@ -12,7 +12,9 @@ import orjson
 from shadowdiff.diff import checks as ck
 from shadowdiff.diff.comparators import json_diff
 from shadowdiff.diff.load import RunInfo
+from shadowdiff.diff.pairs import KeptPairs
 from shadowdiff.diff.segments import ALL, SegmentSets
+from shadowdiff.diff.signed import pair_set
 from shadowdiff.schemas.config import ModelSpec, default_rows_per_call
 from shadowdiff.schemas.records import BASELINE, candidate_variant
 
@@ -51,8 +53,11 @@ def excess(r: ck.CheckResult) -> float:
     return (abs(r.value) - r.threshold) / abs(r.threshold)
 
 
-def data_section(con: duckdb.DuckDBPyConnection, info: RunInfo, t_min: Any, t_max: Any) -> dict[str, Any]:
-    """Pairs (and why they were sampled), event-time window, offsets, consumed and dead letters."""
+def data_section(
+    con: duckdb.DuckDBPyConnection, info: RunInfo, t_min: Any, t_max: Any, kept: KeptPairs | None = None
+) -> dict[str, Any]:
+    """Pairs (and why they were sampled), event-time window, offsets, consumed and dead letters;
+    `kept`: the judge's cache keeps the pairs (diff/signed.pair_set)."""
     offsets = [
         {"source": s, "partition": p, "next_offset": o, "consumed": c, "sampled": k}
         for s, p, o, c, k in con.execute(
@@ -60,19 +65,15 @@ def data_section(con: duckdb.DuckDBPyConnection, info: RunInfo, t_min: Any, t_ma
         ).fetchall()
     ]
     dead = con.execute("SELECT count(*) FROM dead_letters").fetchone()
-    total, quota = con.execute("SELECT count(*), count(*) FILTER (WHERE sampled_reason = 'quota') FROM pairs").fetchone() or (
-        0,
-        0,
-    )
     # which requests were judged, whoever stored them: equal for one worker or several over
     # the same traffic, and for a run read from its stores or from its exports
     # the sums of the pairs' md5s of their coordinates and request id: free of order, so pairs
     # kept between looks and pairs built whole give the same digest
-    hi, lo = con.execute("SELECT coalesce(sum(pair_hi), 0), coalesce(sum(pair_lo), 0) FROM pairs").fetchone() or (0, 0)
-    pair_set = hashlib.sha256(f"{int(total)}:{int(hi)}:{int(lo)}".encode()).hexdigest()
+    total, quota, hi, lo = pair_set(con, kept)
+    digest = hashlib.sha256(f"{int(total)}:{int(hi)}:{int(lo)}".encode()).hexdigest()
     return {
         "pairs": int(total),
-        "pair_set_digest": pair_set,
+        "pair_set_digest": digest,
         "pairs_by_reason": {"rate": int(total) - int(quota), "quota": int(quota)},
         "window": {
             "first_event": None if t_min is None else t_min.isoformat(),

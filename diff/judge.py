@@ -26,6 +26,7 @@ import orjson
 
 from shadowdiff.diff import aggregate as agg
 from shadowdiff.diff import checks as ck
+from shadowdiff.diff import signed
 from shadowdiff.diff.aggregate import PairStats
 from shadowdiff.diff.decide import Family, decide
 from shadowdiff.diff.explain import data_section, examples, excess, localise, offered_load
@@ -87,7 +88,7 @@ def judge(
         "reasons": reasons,
         "warnings": warnings[:50],
         "failing_segments": sorted({r.segment for r in results if r.status == ck.FAIL}),
-        "data": data_section(con, info, ev.t_min, ev.t_max),
+        "data": data_section(con, info, ev.t_min, ev.t_max, ev.built.kept),
         "load": offered_load(con, info, cand),
         "versions": {
             "candidate_model": ev.spec.model_version,
@@ -211,8 +212,8 @@ def gather_evidence(con: duckdb.DuckDBPyConnection, policy: Policy, info: RunInf
         built=built,
         pstats=by_sampling(lambda w, kept: agg.pair_stats(con, sets, tol, grid, w, abs_grid, abs_thresholds, kept)),
         windows={wd: by_sampling(partial(_per_window, con, sets, lat_qs, wd)) for wd in widths} if "windows" in needs else {},
-        dists=by_sampling(lambda w, _: agg.score_distributions(con, sets, w)) if "distributions" in needs else {},
-        labels=by_sampling(lambda w, _: agg.label_counts(con, sets, w)),  # the verdict's flips table reads them too
+        dists=by_sampling(lambda w, kept: signed.score_distributions(con, sets, w, kept)) if "distributions" in needs else {},
+        labels=by_sampling(lambda w, kept: signed.label_counts(con, sets, w, kept)),  # the verdict's flips table reads them too
         blocks=by_sampling(lambda w, kept: agg.latency_blocks(con, sets, lat_qs, w, kept)) if "latency_blocks" in needs else {},
         comparisons=compare_outputs(
             con,

@@ -78,7 +78,8 @@ def kept_table(con: duckdb.DuckDBPyConnection, key: str, aggregate: KeptAggregat
                 log.debug("%s: updated from look %s to %s", aggregate.name, row[1], gen)
         else:
             aggregate.build(table)
-            log.debug("%s: built whole at look %s", aggregate.name, gen)
+            why = "none kept" if not current and (row is None or row[0] == aggregate.spec) else "its spec changed"
+            log.debug("%s: built whole at look %s (%s)", aggregate.name, gen, why)
         con.execute("INSERT OR REPLACE INTO kept_aggregates VALUES (?, ?, ?)", [table, aggregate.spec, gen])
         con.execute("COMMIT")
     except BaseException:
@@ -106,6 +107,17 @@ class _OverKeptPairs(KeptAggregate):
         return self.aggregate.apply(table, f"(SELECT * FROM {self.kept.delta} WHERE {RATE})")
 
 
+def signed_count(cond: str = "TRUE") -> str:
+    """SQL: the signed count of the rows (with a `sign`) meeting `cond`."""
+    return f"coalesce(sum(sign) FILTER (WHERE {cond}), 0)::BIGINT"
+
+
+def signed_total(x: str, cond: str = "TRUE") -> str:
+    """SQL: the signed total of `x` over the rows meeting `cond` (fsum: compensated, so that
+    totals built in different orders agree to the last digits)."""
+    return f"coalesce(fsum(sign * ({x})) FILTER (WHERE {cond}), 0)::DOUBLE"
+
+
 def rate_pairs(relation: str) -> str:
     """The rate samples of `relation` as signed pairs (each added once)."""
     return f"(SELECT 1::TINYINT AS sign, * FROM {relation} WHERE {RATE})"
@@ -116,4 +128,4 @@ def maintained(con: duckdb.DuckDBPyConnection, kept: KeptPairs, aggregate: PairA
     return kept_table(con, f"{kept.table}:{aggregate.name}", _OverKeptPairs(kept, aggregate), kept.gen)
 
 
-__all__ = ["RATE", "KeptAggregate", "PairAggregate", "kept_table", "maintained", "rate_pairs"]
+__all__ = ["RATE", "KeptAggregate", "PairAggregate", "kept_table", "maintained", "rate_pairs", "signed_count", "signed_total"]
