@@ -11,6 +11,8 @@ import orjson
 
 from shadowdiff.diff import checks as ck
 from shadowdiff.diff.comparators import json_diff
+from shadowdiff.diff.exports import cache_generation, changed_since, replaced_since
+from shadowdiff.diff.kept import RATE, KeptAggregate, PairAggregate, kept_table, maintained, rate_pairs
 from shadowdiff.diff.load import RunInfo
 from shadowdiff.diff.pairs import KeptPairs
 from shadowdiff.diff.segments import ALL, SegmentSets
@@ -87,16 +89,43 @@ def data_section(
     }
 
 
+class _SentRows(KeptAggregate):
+    """Per variant, the rows sent to its model, kept in a judge's cache as of a look."""
+
+    name = "rows_sent"
+    spec = "v1"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    @staticmethod
+    def sql(outputs: str) -> str:
+        # a call the breaker held back was not sent
+        return f"""SELECT variant, count(*) FILTER (WHERE error_class IS DISTINCT FROM 'circuit_open') AS n
+                   FROM {outputs} GROUP BY variant"""
+
+    def build(self, table: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TABLE {table} AS {self.sql('outputs')}")
+
+    def update(self, table: str, since: int) -> str | None:
+        if n := replaced_since(self.con, "outputs", since):
+            self.build(table)  # the replaced copies' values are gone: they cannot be taken back
+            return f"{n} stored answers replaced by an earlier folder's copy"
+        self.con.execute(
+            f"""CREATE OR REPLACE TABLE {table} AS SELECT variant, sum(n)::BIGINT AS n FROM (
+                SELECT * FROM {table} UNION ALL {self.sql(f"({changed_since('outputs', since)})")}) GROUP BY variant"""
+        )
+        return None
+
+
 def offered_load(con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str) -> dict[str, Any]:
     """What the shadow asked of each side whose latency is compared: rows per call, the calls in
     flight allowed, the rate cap, the rows sent (a call the breaker held back was not sent) and
     the rate one replay process sent them at. Both sides get each batch at the same
     moment, so at equal rows per call their latencies are measured at the same offered load."""
-    sent = dict(
-        con.execute(
-            "SELECT variant, count(*) FILTER (WHERE error_class IS DISTINCT FROM 'circuit_open') FROM outputs GROUP BY 1"
-        ).fetchall()
-    )
+    gen = cache_generation(con)
+    rows = _SentRows(con).sql("outputs") if gen is None else f"SELECT * FROM {kept_table(con, 'rows_sent', _SentRows(con), gen)}"
+    sent = dict(con.execute(rows).fetchall())
     # the rate one replay process offered: the requests it sampled (each sent to every model)
     # over its own busy time, as its last statistics say
     stats = info.meta.get("last_stats") or {}
@@ -125,23 +154,81 @@ def offered_load(con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str) 
     return {"baseline": side(model, "baseline"), "candidate": side(info.candidate(candidate), f"candidate:{candidate}")}
 
 
-def examples(con: duckdb.DuckDBPyConnection, sets: SegmentSets, k: int, candidate: str) -> list[dict[str, Any]]:
-    """The most different pairs: label flips first, then largest score gaps, then failures."""
+# the most different pairs first: label flips, then the largest score gaps, then failures
+_MOST_DIFFERENT = 'flip DESC, gap DESC, failed DESC, source, part, "offset"'
+
+
+def _ranked(sets: SegmentSets, source: str) -> str:
+    """SQL: the pairs of `source` that `_MOST_DIFFERENT` orders, with what an example shows."""
+    segcols = "".join(f"{c}, " for c in sets.columns)
+    return f"""(SELECT request_id, source, part, "offset", {segcols}b_score, c_score, b_label, c_label, c_err,
+                       (b_label IS DISTINCT FROM c_label AND c_err IS NULL) AS flip,
+                       abs(coalesce(c_score - b_score, 0)) AS gap, (c_err IS NOT NULL) AS failed
+                FROM {source})"""
+
+
+class _TopPairs(PairAggregate):
+    """The `keep` most different pairs (more than the `k` shown). A delta takes back the kept
+    ones it removes, and its added pairs compete with those left: the table then holds the top
+    of the pairs, however many it has left, and is built again only when fewer than `k` are
+    left. `<table>_whole` says whether the table holds every pair (then it grows as pairs come)."""
+
+    name = "examples"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, sets: SegmentSets, k: int, kept_table: str) -> None:
+        self.con, self.sets, self.k, self.kept_table = con, sets, k, kept_table
+        self.keep = max(4 * k, 64)
+        self.spec = repr((sets.columns, k, self.keep, _MOST_DIFFERENT))
+
+    def top(self, sources: list[str], limit: int) -> str:
+        union = " UNION ALL ".join(f"SELECT * FROM {s}" for s in sources)
+        return f"SELECT * FROM ({union}) ORDER BY {_MOST_DIFFERENT} LIMIT {int(limit)}"
+
+    def _count(self, table: str) -> int:
+        (n,) = self.con.execute(f"SELECT count(*) FROM {table}").fetchone() or (0,)
+        return int(n)
+
+    def build(self, table: str, source: str) -> None:
+        added = _ranked(self.sets, f"(SELECT * FROM {source} WHERE sign > 0)")
+        self.con.execute(f"CREATE OR REPLACE TABLE {table} AS {self.top([added], self.keep)}")
+        self.con.execute(f"CREATE OR REPLACE TABLE {table}_whole AS SELECT {self._count(table) < self.keep} AS whole")
+
+    def apply(self, table: str, delta: str) -> str | None:
+        con = self.con
+        (whole,) = con.execute(f"SELECT whole FROM {table}_whole").fetchone() or (False,)
+        con.execute(
+            f"""DELETE FROM {table} t WHERE EXISTS (SELECT 1 FROM {delta} d WHERE d.sign < 0
+                AND d.source = t.source AND d.part = t.part AND d."offset" = t."offset")"""
+        )
+        left = self._count(table)
+        if not whole and left < self.k:
+            self.build(table, rate_pairs(self.kept_table))
+            return f"{left} kept examples left of {self.k}"
+        # the pairs left are the top of the pairs left: an added pair ranks among them, or
+        # below some pair no longer kept
+        added = _ranked(self.sets, f"(SELECT * FROM {delta} WHERE sign > 0)")
+        con.execute(f"CREATE OR REPLACE TABLE {table} AS {self.top([table, added], self.keep if whole else left)}")
+        con.execute(f"CREATE OR REPLACE TABLE {table}_whole AS SELECT {bool(whole) and self._count(table) < self.keep} AS whole")
+        return None
+
+
+def examples(
+    con: duckdb.DuckDBPyConnection, sets: SegmentSets, k: int, candidate: str, kept: KeptPairs | None = None
+) -> list[dict[str, Any]]:
+    """The most different pairs: label flips first, then largest score gaps, then failures.
+    With `kept` (a judge's cache), the rate samples' top `k` is kept between looks."""
     if k == 0:
         return []
-    segcols = ", ".join(f"p.{c} AS {c}" for c in sets.columns)
+    top = _TopPairs(con, sets, k, kept.table if kept is not None else "")
+    sources = [_ranked(sets, "pairs")]
+    if kept is not None:
+        sources = [maintained(con, kept, top), _ranked(sets, f"(SELECT * FROM pairs WHERE NOT ({RATE}))")]
     # pick the k pairs from `pairs` alone (a top-k heap), then fetch only their texts: joining
     # the full tables first would cost seconds on a 10M-pair run
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE top_pairs AS
-           SELECT row_number() OVER () AS rank, * FROM (
-             SELECT p.request_id, p.source, p.part, p."offset", {segcols}{"," if segcols else ""}
-                    p.b_score, p.c_score, p.b_label, p.c_label, p.c_err
-             FROM pairs p
-             ORDER BY (p.b_label IS DISTINCT FROM p.c_label AND p.c_err IS NULL) DESC,
-                      abs(coalesce(p.c_score - p.b_score, 0)) DESC, (p.c_err IS NOT NULL) DESC,
-                      p.source, p.part, p."offset"
-             LIMIT {int(k)})"""
+            SELECT row_number() OVER (ORDER BY {_MOST_DIFFERENT}) AS rank, * EXCLUDE (flip, gap, failed)
+            FROM ({top.top(sources, k)})"""
     )
     offsets = [o for (o,) in con.execute('SELECT DISTINCT "offset" FROM top_pairs').fetchall()] or [-1]
     in_list = ", ".join(str(int(o)) for o in offsets)

@@ -104,7 +104,7 @@ def judge(
         "checks": [r.as_dict() for r in results],
         "comparisons": {seg: st.as_dict() for seg, st in sorted(ev.comparisons.items())},
         "flips": {seg: dict(sorted(v["moves"].items())) for seg, v in sorted(ev.labels.items()) if v["moves"]},
-        "examples": examples(con, ev.sets, policy.examples, cand),
+        "examples": examples(con, ev.sets, policy.examples, cand, ev.built.kept),
     }
     if ev.outcomes is not None:
         doc["outcomes"] = outcome_summary(con, ev.outcomes)

@@ -286,18 +286,19 @@ def test_pairs_kept_between_looks_equal_pairs_built_whole_after_every_look(tmp_p
         kept_aggregates = [r.getMessage() for r in caplog.records if r.name == "shadowdiff.diff.kept"]
         how = "built whole" if look == 0 else "updated"
         # built again, and why, at look 2: an earlier folder's copy replaced 600 stored requests
-        # (the features' min and max cannot take a row back), and the run's growth doubles the
+        # (the features' min and max and the rows sent cannot take a row back), and the run's growth doubles the
         # latency blocks' size (2,400 pairs, 32 a block, become 3,600, 64 a block); at look 3,
         # a new pair's score lies beyond the range so far, and the score histograms' bins move
         rebuilt = {
             1: [
                 "features: built whole at look 2 (600 stored requests replaced by an earlier folder's copy)",
                 "latency_blocks: built whole at look 2 (block size 32 -> 64)",
+                "rows_sent: built whole at look 2 (1800 stored answers replaced by an earlier folder's copy)",
             ],
             2: ["score_bins: built whole at look 3 (its spec changed)"],
         }.get(look, [])
         followed = {"pair_stats", "windows_300", "windows_180", "latency_blocks", "features", "label_counts"}
-        followed |= {"score_range", "score_bins", "score_moments", "pair_set"}
+        followed |= {"score_range", "score_bins", "score_moments", "pair_set", "examples", "rows_sent"}
         followed -= {m.split(":")[0] for m in rebuilt}
         assert followed <= {m.split(":")[0] for m in kept_aggregates if how in m}
         if look:
