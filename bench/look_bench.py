@@ -62,6 +62,7 @@ def time_phases() -> None:
     """Add each part of a judge's time into PHASES (the parts the judge calls by name)."""
     import shadowdiff.diff.aggregate as agg
     import shadowdiff.diff.judge as judge_module
+    import shadowdiff.diff.signed as signed
 
     def wrap(module: Any, name: str) -> None:
         inner = getattr(module, name)
@@ -75,9 +76,11 @@ def time_phases() -> None:
 
         setattr(module, name, timed_part)
 
-    for name in ("pair_stats", "per_window", "score_distributions", "label_counts", "latency_blocks"):
+    for name in ("pair_stats", "per_window", "latency_blocks"):
         wrap(agg, name)
-    for name in ("build_pairs", "compare_outputs", "feature_checks", "run_level_checks", "data_section", "examples"):
+    for name in ("score_distributions", "label_counts"):
+        wrap(signed, name)
+    for name in ("build_pairs", "compare_outputs", "feature_checks", "run_level_checks", "data_section", "examples", "offered_load"):
         wrap(judge_module, name)
 
 

@@ -209,9 +209,10 @@ def cache_generation(con: duckdb.DuckDBPyConnection) -> int | None:
     return int(gen)
 
 
-def changed_since(table: str, gen: int) -> str:
-    """SQL for the cached rows of `table` ("requests", "outputs") that looks after `gen` added."""
-    return f"SELECT * EXCLUDE (origin, gen) FROM {_cached(table)} WHERE gen > {int(gen)}"
+def changed_since(table: str, gen: int, with_gen: bool = False) -> str:
+    """SQL for the cached rows of `table` ("requests", "outputs") that looks after `gen` added
+    (`with_gen`: with the look that added each, in `gen`)."""
+    return f"SELECT * EXCLUDE (origin{'' if with_gen else ', gen'}) FROM {_cached(table)} WHERE gen > {int(gen)}"
 
 
 def replaced_since(con: duckdb.DuckDBPyConnection, table: str, gen: int) -> int:

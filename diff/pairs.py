@@ -16,7 +16,7 @@ from typing import Any
 
 import duckdb
 
-from shadowdiff.diff.exports import cache_generation, changed_since, table_exists
+from shadowdiff.diff.exports import cache_generation, changed_since, replaced_since, table_exists
 from shadowdiff.diff.load import RunInfo
 from shadowdiff.schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 from shadowdiff.schemas.sql import ident, literal
@@ -217,27 +217,7 @@ def _kept(con: duckdb.DuckDBPyConnection, candidate: str, select: _PairsSelect, 
             from_gen: int | None = None
         elif int(state[1]) < gen:
             from_gen = int(state[1])
-            # a request id whose rows changed (new requests, new answers, a copy replaced): its
-            # pair is built again from all its stored rows, as a whole build would build it
-            con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE touched AS
-                    WITH changed AS (SELECT source, part, "offset" FROM ({changed_since("requests", from_gen)})
-                                     UNION SELECT source, part, "offset" FROM ({changed_since("outputs", from_gen)}))
-                    SELECT DISTINCT r.request_id FROM requests r SEMI JOIN changed c
-                      ON c.source = r.source AND c.part = r.part AND c."offset" = r."offset\""""
-            )
-            con.execute(
-                """CREATE OR REPLACE TEMP TABLE touched_rows AS
-                   SELECT * FROM requests WHERE request_id IN (SELECT request_id FROM touched)"""
-            )
-            outputs = """(SELECT * FROM outputs o SEMI JOIN touched_rows t
-                           ON t.source = o.source AND t.part = o.part AND t."offset" = o."offset")"""
-            touched = f"FROM {table} WHERE request_id IN (SELECT request_id FROM touched)"
-            con.execute(f"CREATE OR REPLACE TABLE {delta} AS SELECT -1::TINYINT AS sign, * {touched}")
-            con.execute(f"DELETE {touched}")
-            again = _PairsSelect(candidate, select.seg_exprs, dedupe=True)
-            con.execute(f"INSERT INTO {table} BY NAME {again.sql('touched_rows', outputs)}")
-            con.execute(f"INSERT INTO {delta} SELECT 1::TINYINT AS sign, * {touched}")
+            _update_kept(con, table, delta, _PairsSelect(candidate, select.seg_exprs, dedupe=True), from_gen)
         else:
             con.execute("COMMIT")
             kept = _kept_state(con, candidate)
@@ -252,6 +232,66 @@ def _kept(con: duckdb.DuckDBPyConnection, candidate: str, select: _PairsSelect, 
         con.execute("ROLLBACK")
         raise
     return KeptPairs(table, delta, gen, from_gen, select.shape)
+
+
+def _update_kept(con: duckdb.DuckDBPyConnection, table: str, delta: str, again: _PairsSelect, from_gen: int) -> None:
+    """Build again the kept pairs of the request ids whose rows changed after look `from_gen`
+    (new requests, new answers, a copy replaced), from all their stored rows, as a whole build
+    would build them; `delta` gets the pairs taken back and those added."""
+    # the changed rows' coordinates are ranges of offsets, which DuckDB prunes the scans by
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE touched AS
+            WITH changed AS (SELECT source, part, "offset" FROM ({changed_since("requests", from_gen)})
+                             UNION SELECT source, part, "offset" FROM ({changed_since("outputs", from_gen)}))
+            SELECT DISTINCT r.request_id FROM requests r SEMI JOIN changed c
+              ON c.source = r.source AND c.part = r.part AND c."offset" = r."offset\""""
+    )
+    if _seen_before(con, "touched", from_gen):
+        # an id stored before (a producer's retry, a late answer, a replaced copy): its pair is
+        # built again from every stored copy, found by scanning the stored requests
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE touched_rows AS
+               SELECT * FROM requests WHERE request_id IN (SELECT request_id FROM touched)"""
+        )
+        taken_back = f"FROM {table} WHERE request_id IN (SELECT request_id FROM touched)"
+        con.execute(f"CREATE OR REPLACE TABLE {delta} AS SELECT -1::TINYINT AS sign, * {taken_back}")
+        con.execute(f"DELETE {taken_back}")
+    else:
+        # every touched id is new: its rows are all among the changed ones, and no kept pair has it
+        con.execute(f"CREATE OR REPLACE TEMP TABLE touched_rows AS {changed_since('requests', from_gen)}")
+        con.execute(f"CREATE OR REPLACE TABLE {delta} AS SELECT -1::TINYINT AS sign, * FROM {table} LIMIT 0")
+    outputs = """(SELECT * FROM outputs o SEMI JOIN touched_rows t
+                   ON t.source = o.source AND t.part = o.part AND t."offset" = o."offset")"""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE fresh_pairs AS {again.sql('touched_rows', outputs)}")
+    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM fresh_pairs")
+    con.execute(f"INSERT INTO {delta} BY NAME SELECT 1::TINYINT AS sign, * FROM fresh_pairs")
+
+
+# a request id's 64-bit share of its md5: stable across DuckDB versions (its hash() is not), and
+# two ids share one about once in 10**19 pairs of ids (a clash costs a scan, never a wrong pair)
+_ID_HASH = "(md5_number({}) & 18446744073709551615::UHUGEINT)::UBIGINT"
+
+
+def _seen_before(con: duckdb.DuckDBPyConnection, ids: str, gen: int) -> bool:
+    """Whether some request id of table `ids` may have been stored by look `gen` or before: by
+    a row that a later look replaced with an earlier folder's copy (its id is then gone from
+    the stored rows), or by a stored row of those looks, found in `request_ids` (the ids'
+    hashes and the look that stored each, brought up to the cache's latest look here). A probe
+    of 8 bytes a stored request instead of a scan of every stored id, which DuckDB cannot prune
+    (ids are in no order)."""
+    if replaced_since(con, "requests", gen):
+        return True
+    con.execute("CREATE TABLE IF NOT EXISTS request_ids (h UBIGINT, gen INTEGER)")
+    (have,) = con.execute("SELECT max(gen) FROM request_ids").fetchone() or (None,)
+    con.execute(
+        f"""INSERT INTO request_ids SELECT {_ID_HASH.format("request_id")}, gen
+            FROM ({changed_since("requests", -1 if have is None else int(have), with_gen=True)})"""
+    )
+    (n,) = con.execute(
+        f"""SELECT count(*) FROM {ids} t SEMI JOIN (SELECT h FROM request_ids WHERE gen <= {int(gen)}) s
+            ON s.h = {_ID_HASH.format("t.request_id")}"""
+    ).fetchone() or (0,)
+    return bool(n)
 
 
 def _kept_duplicates(con: duckdb.DuckDBPyConnection, gen: int) -> int:
@@ -270,11 +310,14 @@ def _kept_duplicates(con: duckdb.DuckDBPyConnection, gen: int) -> int:
                 )
             else:
                 # a row a look added is new, or the copy of an earlier folder that replaced the
-                # one at its coordinates: either way, its request id is counted again
+                # one at its coordinates: either way, its request id is counted again, among
+                # the added rows alone when no earlier row had it
+                added = changed_since("requests", int(have))
+                con.execute(f"CREATE OR REPLACE TEMP TABLE added_ids AS SELECT DISTINCT request_id FROM ({added})")
+                rows = "requests" if _seen_before(con, "added_ids", int(have)) else f"({added})"
                 con.execute(
                     f"""CREATE OR REPLACE TEMP TABLE recounted AS SELECT request_id, count(*) AS copies
-                        FROM requests WHERE request_id IN (SELECT request_id FROM ({changed_since("requests", int(have))}))
-                        GROUP BY request_id"""
+                        FROM {rows} WHERE request_id IN (SELECT request_id FROM added_ids) GROUP BY request_id"""
                 )
                 con.execute("DELETE FROM kept_duplicates WHERE request_id IN (SELECT request_id FROM recounted)")
                 con.execute("INSERT INTO kept_duplicates SELECT * FROM recounted WHERE copies > 1")
