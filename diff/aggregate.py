@@ -566,10 +566,16 @@ class _LatencyBlocks(PairAggregate):
             return f"block size {block_size(n_old)} -> {size}"
         first = int(start[0])
         con.execute(f"DELETE FROM {table} WHERE blk >= {first}")
-        # the pairs of the blocks from `first` on: those at or after its first call (the
-        # calls' time first, which DuckDB filters before building the keys)
+        # the pairs of the blocks from `first` on: those at or after its first call. The calls'
+        # time first, as a constant on a column (each side of the coalesce apart): DuckDB then
+        # reads only the row groups whose times reach it, not every kept pair
+        (since,) = con.execute("SELECT first_call.k0 FROM blocks_from").fetchone() or (None,)
+        at = f"TIMESTAMPTZ '{since.isoformat()}'"
         tail = f"""(SELECT p.* FROM {kept_table} p, blocks_from f WHERE p.{RATE} AND {_LATENCY_OK}
-                    AND coalesce(p.called_at, p.event_time) >= f.first_call.k0 AND {_CALL_KEY} >= f.first_call)"""
+                    AND p.called_at >= {at} AND {_CALL_KEY} >= f.first_call
+                    UNION ALL
+                    SELECT p.* FROM {kept_table} p, blocks_from f WHERE p.{RATE} AND {_LATENCY_OK}
+                    AND p.called_at IS NULL AND p.event_time >= {at} AND {_CALL_KEY} >= f.first_call)"""
         con.execute(f"INSERT INTO {table} {_blocks_sql(sets, qs, tail, first * size, size, n_new)}")
         return None
 

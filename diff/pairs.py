@@ -214,6 +214,7 @@ def _kept(con: duckdb.DuckDBPyConnection, candidate: str, select: _PairsSelect, 
         if state is None or state[0] != select.shape or not table_exists(con, table):
             create_pairs(con, table, select, temp=False)
             con.execute(f"DROP TABLE IF EXISTS {delta}")
+            _request_ids(con)
             from_gen: int | None = None
         elif int(state[1]) < gen:
             from_gen = int(state[1])
@@ -238,15 +239,7 @@ def _update_kept(con: duckdb.DuckDBPyConnection, table: str, delta: str, again: 
     """Build again the kept pairs of the request ids whose rows changed after look `from_gen`
     (new requests, new answers, a copy replaced), from all their stored rows, as a whole build
     would build them; `delta` gets the pairs taken back and those added."""
-    # the changed rows' coordinates are ranges of offsets, which DuckDB prunes the scans by
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE touched AS
-            WITH changed AS (SELECT source, part, "offset" FROM ({changed_since("requests", from_gen)})
-                             UNION SELECT source, part, "offset" FROM ({changed_since("outputs", from_gen)}))
-            SELECT DISTINCT r.request_id FROM requests r SEMI JOIN changed c
-              ON c.source = r.source AND c.part = r.part AND c."offset" = r."offset\""""
-    )
-    if _seen_before(con, "touched", from_gen):
+    if _touched(con, from_gen):
         # an id stored before (a producer's retry, a late answer, a replaced copy): its pair is
         # built again from every stored copy, found by scanning the stored requests
         con.execute(
@@ -272,26 +265,51 @@ def _update_kept(con: duckdb.DuckDBPyConnection, table: str, delta: str, again: 
 _ID_HASH = "(md5_number({}) & 18446744073709551615::UHUGEINT)::UBIGINT"
 
 
-def _seen_before(con: duckdb.DuckDBPyConnection, ids: str, gen: int) -> bool:
-    """Whether some request id of table `ids` may have been stored by look `gen` or before: by
-    a row that a later look replaced with an earlier folder's copy (its id is then gone from
-    the stored rows), or by a stored row of those looks, found in `request_ids` (the ids'
-    hashes and the look that stored each, brought up to the cache's latest look here). A probe
-    of 8 bytes a stored request instead of a scan of every stored id, which DuckDB cannot prune
-    (ids are in no order)."""
-    if replaced_since(con, "requests", gen):
-        return True
+def _request_ids(con: duckdb.DuckDBPyConnection) -> None:
+    """Bring `request_ids` up to the cache's latest look (built whole along with the kept pairs
+    and duplicates, so that a look's probe never pays for it)."""
     con.execute("CREATE TABLE IF NOT EXISTS request_ids (h UBIGINT, gen INTEGER)")
     (have,) = con.execute("SELECT max(gen) FROM request_ids").fetchone() or (None,)
     con.execute(
         f"""INSERT INTO request_ids SELECT {_ID_HASH.format("request_id")}, gen
             FROM ({changed_since("requests", -1 if have is None else int(have), with_gen=True)})"""
     )
-    (n,) = con.execute(
-        f"""SELECT count(*) FROM {ids} t SEMI JOIN (SELECT h FROM request_ids WHERE gen <= {int(gen)}) s
-            ON s.h = {_ID_HASH.format("t.request_id")}"""
-    ).fetchone() or (0,)
-    return bool(n)
+
+
+def _touched(con: duckdb.DuckDBPyConnection, gen: int) -> bool:
+    """Make temp table `touched`: the request ids whose rows (requests or answers) changed
+    after look `gen`. Says whether one of them may have been stored by look `gen` or before: by
+    a row that a later look replaced with an earlier folder's copy (its id is then gone from the
+    stored rows), or by a stored row of those looks, found in `request_ids` (the ids' hashes and
+    the look that stored each). A probe of 8 bytes a stored request instead of a scan of every
+    stored id, which DuckDB cannot prune (ids are in no order). Made once a connection for each
+    `gen` (the duplicates and each candidate's pairs ask alike)."""
+    # asked inside a transaction, which a failed statement would abort: looked up, not tried
+    (made,) = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'touched_since' AND temporary").fetchone() or (
+        0,
+    )
+    if made:
+        row = con.execute("SELECT seen FROM touched_since WHERE gen = ?", [gen]).fetchone()
+        if row is not None:
+            return bool(row[0])
+    # the changed rows' coordinates are ranges of offsets, which DuckDB prunes the scans by
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE touched AS
+            WITH changed AS (SELECT source, part, "offset" FROM ({changed_since("requests", gen)})
+                             UNION SELECT source, part, "offset" FROM ({changed_since("outputs", gen)}))
+            SELECT DISTINCT r.request_id FROM requests r SEMI JOIN changed c
+              ON c.source = r.source AND c.part = r.part AND c."offset" = r."offset\""""
+    )
+    seen = bool(replaced_since(con, "requests", gen))
+    if not seen:
+        _request_ids(con)
+        (n,) = con.execute(
+            f"""SELECT count(*) FROM touched t SEMI JOIN (SELECT h FROM request_ids WHERE gen <= {int(gen)}) s
+                ON s.h = {_ID_HASH.format("t.request_id")}"""
+        ).fetchone() or (0,)
+        seen = bool(n)
+    con.execute("CREATE OR REPLACE TEMP TABLE touched_since AS SELECT ? AS gen, ? AS seen", [gen, seen])
+    return seen
 
 
 def _kept_duplicates(con: duckdb.DuckDBPyConnection, gen: int) -> int:
@@ -310,14 +328,12 @@ def _kept_duplicates(con: duckdb.DuckDBPyConnection, gen: int) -> int:
                 )
             else:
                 # a row a look added is new, or the copy of an earlier folder that replaced the
-                # one at its coordinates: either way, its request id is counted again, among
-                # the added rows alone when no earlier row had it
-                added = changed_since("requests", int(have))
-                con.execute(f"CREATE OR REPLACE TEMP TABLE added_ids AS SELECT DISTINCT request_id FROM ({added})")
-                rows = "requests" if _seen_before(con, "added_ids", int(have)) else f"({added})"
+                # one at its coordinates: either way, its request id is counted again (with
+                # the others touched), among the added rows alone when no earlier row had it
+                rows = "requests" if _touched(con, int(have)) else f"({changed_since('requests', int(have))})"
                 con.execute(
                     f"""CREATE OR REPLACE TEMP TABLE recounted AS SELECT request_id, count(*) AS copies
-                        FROM {rows} WHERE request_id IN (SELECT request_id FROM added_ids) GROUP BY request_id"""
+                        FROM {rows} WHERE request_id IN (SELECT request_id FROM touched) GROUP BY request_id"""
                 )
                 con.execute("DELETE FROM kept_duplicates WHERE request_id IN (SELECT request_id FROM recounted)")
                 con.execute("INSERT INTO kept_duplicates SELECT * FROM recounted WHERE copies > 1")
