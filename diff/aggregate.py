@@ -570,6 +570,9 @@ class _LatencyBlocks(PairAggregate):
         # time first, as a constant on a column (each side of the coalesce apart): DuckDB then
         # reads only the row groups whose times reach it, not every kept pair
         (since,) = con.execute("SELECT first_call.k0 FROM blocks_from").fetchone() or (None,)
+        if since is None:  # a block that starts without a time: no constant to read from
+            self.build(table, rate_pairs(kept_table))
+            return "a block starts without a call time"
         at = f"TIMESTAMPTZ '{since.isoformat()}'"
         tail = f"""(SELECT p.* FROM {kept_table} p, blocks_from f WHERE p.{RATE} AND {_LATENCY_OK}
                     AND p.called_at >= {at} AND {_CALL_KEY} >= f.first_call

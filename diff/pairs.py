@@ -285,9 +285,7 @@ def _touched(con: duckdb.DuckDBPyConnection, gen: int) -> bool:
     stored id, which DuckDB cannot prune (ids are in no order). Made once a connection for each
     `gen` (the duplicates and each candidate's pairs ask alike)."""
     # asked inside a transaction, which a failed statement would abort: looked up, not tried
-    (made,) = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'touched_since' AND temporary").fetchone() or (
-        0,
-    )
+    made = con.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = 'touched_since' AND temporary").fetchone()
     if made:
         row = con.execute("SELECT seen FROM touched_since WHERE gen = ?", [gen]).fetchone()
         if row is not None:
