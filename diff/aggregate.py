@@ -10,8 +10,7 @@ from typing import Any, TypedDict, cast
 import duckdb
 import numpy as np
 
-from shadowdiff.diff.kept import RATE, PairAggregate, maintained, rate_pairs, signed_count, signed_total
-from shadowdiff.diff.pairs import KeptPairs
+from shadowdiff.diff.kept import RATE, KeptPairs, PairAggregate, maintained, rate_pairs, signed_count, signed_total
 from shadowdiff.diff.segments import ALL, SegmentSets
 from shadowdiff.diff.stretches import stretches
 

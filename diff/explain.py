@@ -12,9 +12,8 @@ import orjson
 from shadowdiff.diff import checks as ck
 from shadowdiff.diff.comparators import json_diff
 from shadowdiff.diff.exports import cache_generation, changed_since, replaced_since
-from shadowdiff.diff.kept import RATE, KeptAggregate, PairAggregate, kept_table, maintained, rate_pairs
+from shadowdiff.diff.kept import RATE, KeptAggregate, KeptPairs, PairAggregate, kept_table, maintained, rate_pairs
 from shadowdiff.diff.load import RunInfo
-from shadowdiff.diff.pairs import KeptPairs
 from shadowdiff.diff.segments import ALL, SegmentSets
 from shadowdiff.diff.signed import pair_set
 from shadowdiff.schemas.config import ModelSpec, default_rows_per_call

@@ -317,7 +317,15 @@ def _ingest_table(con: duckdb.DuckDBPyConnection, layout: RunLayout, t: str, fol
                 f"""DELETE FROM {side} {alias} WHERE EXISTS
                     (SELECT 1 FROM clashes x WHERE {first}x.incoming_first AND {same("x", alias)})"""
             )
-    con.execute(f"INSERT INTO {cached} BY NAME SELECT * FROM incoming")
+    # on one thread: a parallel insert leaves a partly filled row group behind each thread's
+    # share, and DuckDB merges those at later checkpoints, a few at a time: seconds at every
+    # look's commit after a first look of 100 folders, at 50M pairs
+    (threads,) = con.execute("SELECT current_setting('threads')").fetchone() or (1,)
+    con.execute("SET threads = 1")
+    try:
+        con.execute(f"INSERT INTO {cached} BY NAME SELECT * FROM incoming")
+    finally:
+        con.execute(f"SET threads = {int(threads)}")
 
 
 def coverage(con: duckdb.DuckDBPyConnection, silent_after_s: float) -> Coverage | None:

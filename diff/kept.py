@@ -1,5 +1,5 @@
-"""Aggregates kept in the judge's cache beside the kept pairs (diff/pairs.py), so that a look's
-cost grows with the pairs it changed, not with the run.
+"""Aggregates kept in the judge's cache beside the kept pairs (built by diff/pairs.py), so that
+a look's cost grows with the pairs it changed, not with the run.
 
 An aggregate is a table of partial results keyed by segment (and whatever else it groups by),
 and a class implementing one of two interfaces: `KeptAggregate` (built from the stored rows,
@@ -13,17 +13,31 @@ from __future__ import annotations
 import hashlib
 import logging
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import duckdb
 
 from shadowdiff.diff.exports import table_exists
-from shadowdiff.diff.pairs import KeptPairs
 
 # rate samples only: quota samples move in and out of `pairs` as the bottom-k changes
 # (diff/pairs.keep_bottom_k), which no delta of the kept pairs records
 RATE = "sampled_reason = 'rate'"
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KeptPairs:
+    """A candidate's pairs kept in the judge's cache, as of look `gen`. When the last update
+    brought them from look `from_gen` (not built whole), table `delta` holds what it changed:
+    the pairs it removed (`sign` -1) and those it added (+1), so aggregates kept beside the
+    pairs (below) can follow them without reading every pair."""
+
+    table: str
+    delta: str
+    gen: int
+    from_gen: int | None
+    shape: str  # the segment expressions the pairs carry: aggregates of another shape are stale
 
 
 class KeptAggregate(ABC):
@@ -128,4 +142,14 @@ def maintained(con: duckdb.DuckDBPyConnection, kept: KeptPairs, aggregate: PairA
     return kept_table(con, f"{kept.table}:{aggregate.name}", _OverKeptPairs(kept, aggregate), kept.gen)
 
 
-__all__ = ["RATE", "KeptAggregate", "PairAggregate", "kept_table", "maintained", "rate_pairs", "signed_count", "signed_total"]
+__all__ = [
+    "RATE",
+    "KeptAggregate",
+    "KeptPairs",
+    "PairAggregate",
+    "kept_table",
+    "maintained",
+    "rate_pairs",
+    "signed_count",
+    "signed_total",
+]

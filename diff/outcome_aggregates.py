@@ -22,8 +22,7 @@ import numpy as np
 
 from shadowdiff.diff.aggregate import hist_quantiles, log_bin
 from shadowdiff.diff.exports import table_exists
-from shadowdiff.diff.kept import RATE
-from shadowdiff.diff.pairs import KeptPairs
+from shadowdiff.diff.kept import RATE, KeptPairs
 from shadowdiff.diff.segments import ALL, SegmentSets
 from shadowdiff.schemas.sql import literal
 

@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 
 from shadowdiff.diff.exports import cache_generation, changed_since, replaced_since, table_exists
+from shadowdiff.diff.kept import KeptAggregate, KeptPairs, kept_table
 from shadowdiff.diff.load import RunInfo
 from shadowdiff.schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 from shadowdiff.schemas.sql import ident, literal
@@ -24,20 +25,6 @@ from shadowdiff.schemas.sql import ident, literal
 OTHER = "(other)"
 # of the stored copies of a request id, the first stored
 FIRST_COPY = 'QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY source, part, "offset") = 1'
-
-
-@dataclass(frozen=True)
-class KeptPairs:
-    """A candidate's pairs kept in the judge's cache, as of look `gen`. When the last update
-    brought them from look `from_gen` (not built whole), table `delta` holds what it changed:
-    the pairs it removed (`sign` -1) and those it added (+1), so aggregates kept beside the
-    pairs (diff/kept.py) can follow them without reading every pair."""
-
-    table: str
-    delta: str
-    gen: int
-    from_gen: int | None
-    shape: str  # the segment expressions the pairs carry: aggregates of another shape are stale
 
 
 @dataclass(frozen=True)
@@ -61,10 +48,10 @@ def build_pairs(
     con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str, segment_fields: list[str], pooling: Pooling
 ) -> BuiltPairs:
     """Make `pairs` (a temporary view) over the run's requests and outputs for `candidate`."""
-    built = _segment_exprs(con, segment_fields, pooling)
+    gen = cache_generation(con)
+    built = _segment_exprs(con, segment_fields, pooling, gen)
     # the judge and the report's charts ask for the same pairs on one connection: build once
     (n_requests,) = con.execute("SELECT count(*) FROM requests").fetchone() or (0,)
-    gen = cache_generation(con)
     key = repr((candidate, built.seg_exprs, n_requests, gen))
     try:
         have = con.execute("SELECT key, duplicates FROM pairs_key").fetchone()
@@ -372,12 +359,50 @@ def keep_bottom_k(con: duckdb.DuckDBPyConnection, info: RunInfo) -> str:
              SELECT 1 FROM quota_kept k WHERE k.source = p.source AND k.part = p.part AND k."offset" = p."offset")"""
 
 
-def _segment_exprs(con: duckdb.DuckDBPyConnection, fields: list[str], pooling: Pooling) -> BuiltPairs:
+def _raw_value(field: str) -> str:
+    return f"coalesce(r.segments.{ident(field)}, '(missing)')"
+
+
+class _SegmentValues(KeptAggregate):
+    """The stored requests per value of each segment field, kept in a judge's cache as of a look."""
+
+    name = "segment_values"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, fields: list[str]) -> None:
+        self.con, self.fields = con, fields
+        self.spec = repr(fields)
+
+    def sql(self, requests: str) -> str:
+        return " UNION ALL ".join(
+            f"SELECT {literal(f)} AS field, {_raw_value(f)} AS v, count(*) AS n FROM {requests} r GROUP BY v" for f in self.fields
+        )
+
+    def build(self, table: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TABLE {table} AS {self.sql('requests')}")
+
+    def update(self, table: str, since: int) -> str | None:
+        if n := replaced_since(self.con, "requests", since):
+            self.build(table)  # a replaced copy's values are gone: they cannot be taken back
+            return f"{n} stored requests replaced by an earlier folder's copy"
+        self.con.execute(
+            f"""CREATE OR REPLACE TABLE {table} AS SELECT field, v, sum(n)::BIGINT AS n FROM (
+                SELECT * FROM {table} UNION ALL {self.sql(f"({changed_since('requests', since)})")}) GROUP BY field, v"""
+        )
+        return None
+
+
+def _segment_exprs(con: duckdb.DuckDBPyConnection, fields: list[str], pooling: Pooling, gen: int | None) -> BuiltPairs:
+    """The segment expressions, rare values pooled; on a judge's cache (`gen`) from counts kept
+    between looks instead of a pass over every stored request for each field."""
     seg_exprs: list[str] = []
     pooled: dict[str, dict[str, Any]] = {}
+    kept = kept_table(con, "segment_values", _SegmentValues(con, fields), gen) if gen is not None and fields else None
     for f in fields:
-        raw = f"coalesce(r.segments.{ident(f)}, '(missing)')"
-        counts = con.execute(f"SELECT {raw} AS v, count(*) AS n FROM requests r GROUP BY 1 ORDER BY n DESC, v").fetchall()
+        raw = _raw_value(f)
+        if kept is None:
+            counts = con.execute(f"SELECT {raw} AS v, count(*) AS n FROM requests r GROUP BY 1 ORDER BY n DESC, v").fetchall()
+        else:
+            counts = con.execute(f"SELECT v, n FROM {kept} WHERE field = ? ORDER BY n DESC, v", [f]).fetchall()
         total = sum(int(n) for _, n in counts)
         keep = [v for v, n in counts[: pooling.max_values] if n >= pooling.min_share * total]
         rare = [(v, int(n)) for v, n in counts if v not in set(keep)]
@@ -394,4 +419,4 @@ def _segment_exprs(con: duckdb.DuckDBPyConnection, fields: list[str], pooling: P
     return BuiltPairs(seg_exprs, pooled)
 
 
-__all__ = ["OTHER", "BuiltPairs", "KeptPairs", "Pooling", "build_pairs", "keep_bottom_k"]
+__all__ = ["OTHER", "BuiltPairs", "Pooling", "build_pairs", "keep_bottom_k"]

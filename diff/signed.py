@@ -12,10 +12,9 @@ import duckdb
 import numpy as np
 
 from shadowdiff.diff.aggregate import _by_segment, _rows, histograms
-from shadowdiff.diff.kept import RATE, PairAggregate, maintained, rate_pairs
+from shadowdiff.diff.kept import RATE, KeptPairs, PairAggregate, maintained, rate_pairs
 from shadowdiff.diff.kept import signed_count as count
 from shadowdiff.diff.kept import signed_total as total
-from shadowdiff.diff.pairs import KeptPairs
 from shadowdiff.diff.segments import SegmentSets
 
 

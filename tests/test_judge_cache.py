@@ -294,11 +294,12 @@ def test_pairs_kept_between_looks_equal_pairs_built_whole_after_every_look(tmp_p
                 "features: built whole at look 2 (600 stored requests replaced by an earlier folder's copy)",
                 "latency_blocks: built whole at look 2 (block size 32 -> 64)",
                 "rows_sent: built whole at look 2 (1800 stored answers replaced by an earlier folder's copy)",
+                "segment_values: built whole at look 2 (600 stored requests replaced by an earlier folder's copy)",
             ],
             2: ["score_bins: built whole at look 3 (its spec changed)"],
         }.get(look, [])
         followed = {"pair_stats", "windows_300", "windows_180", "latency_blocks", "features", "label_counts"}
-        followed |= {"score_range", "score_bins", "score_moments", "pair_set", "examples", "rows_sent"}
+        followed |= {"score_range", "score_bins", "score_moments", "pair_set", "examples", "rows_sent", "segment_values"}
         followed -= {m.split(":")[0] for m in rebuilt}
         assert followed <= {m.split(":")[0] for m in kept_aggregates if how in m}
         if look:
