@@ -162,12 +162,18 @@ class FeatureTables:
         sql = f"SELECT {c} FROM {table} WHERE {self.sets.where(seg)} AND {c} IS NOT NULL AND {side}"
         return sorted(float(v) for (v,) in self.con.execute(sql).fetchall())
 
-    def _histograms(self, sample: str, side: str, feature: str, lo: float, width: float) -> dict[str, np.ndarray]:
+    def _histograms(self, sample: str, feature: str, lo: float, width: float) -> dict[str, dict[str, np.ndarray]]:
+        """Per side, then segment: the feature's histogram, both sides in one pass over the sample."""
         c = ident("f_" + feature)
         b = f"least(greatest(floor(({c} - {lo!r}) / {width!r}), 0), {BINS - 1})::INT"
-        sql = f"""SELECT {self.sets.select()}, {b} AS bin, count(*) AS k FROM {sample}
-                  WHERE side = '{side}' AND {c} IS NOT NULL {self.sets.group_by([b])}"""
-        return histograms(self.con, self.sets, sql, BINS)
+        sql = f"""SELECT {self.sets.name_sql()} || '|' || side AS name, bin, k FROM (
+                    SELECT {self.sets.select()}, side, {b} AS bin, count(*) AS k FROM {sample}
+                    WHERE {c} IS NOT NULL {self.sets.group_by(["side", b])})"""
+        sides: dict[str, dict[str, np.ndarray]] = {side: {} for side in SIDES}
+        for key, counts in histograms(self.con, self.sets, sql, BINS, named=True).items():
+            segment, _, side = key.rpartition("|")  # a side's name has no '|'
+            sides[side][segment] = counts
+        return sides
 
     def _distinct(self, sample: str) -> dict[str, dict[str, int]]:
         """Per segment, about how many values each numeric feature takes in the reference's
@@ -228,11 +234,8 @@ class FeatureTables:
                 continue
             lo, hi = _bin_range(ref_all, cur_all, n)
             width = (hi - lo) / BINS
-            grids.hists[n] = (
-                width,
-                self._histograms(tables.sample, "ref", n, lo, width),
-                self._histograms(tables.sample, "cur", n, lo, width),
-            )
+            sides = self._histograms(tables.sample, n, lo, width)
+            grids.hists[n] = (width, sides["ref"], sides["cur"])
             grids.ranges[n] = (float(ref_all["min_" + n]), float(ref_all["max_" + n]))
         return grids
 
