@@ -396,13 +396,13 @@ def _segment_exprs(con: duckdb.DuckDBPyConnection, fields: list[str], pooling: P
     between looks instead of a pass over every stored request for each field."""
     seg_exprs: list[str] = []
     pooled: dict[str, dict[str, Any]] = {}
-    kept = kept_table(con, "segment_values", _SegmentValues(con, fields), gen) if gen is not None and fields else None
+    counted = kept_table(con, "segment_values", _SegmentValues(con, fields), gen) if gen is not None and fields else None
     for f in fields:
         raw = _raw_value(f)
-        if kept is None:
+        if counted is None:
             counts = con.execute(f"SELECT {raw} AS v, count(*) AS n FROM requests r GROUP BY 1 ORDER BY n DESC, v").fetchall()
         else:
-            counts = con.execute(f"SELECT v, n FROM {kept} WHERE field = ? ORDER BY n DESC, v", [f]).fetchall()
+            counts = con.execute(f"SELECT v, n FROM {counted} WHERE field = ? ORDER BY n DESC, v", [f]).fetchall()
         total = sum(int(n) for _, n in counts)
         keep = [v for v, n in counts[: pooling.max_values] if n >= pooling.min_share * total]
         rare = [(v, int(n)) for v, n in counts if v not in set(keep)]
