@@ -11,8 +11,8 @@ import orjson
 
 from shadowdiff.diff import checks as ck
 from shadowdiff.diff.comparators import json_diff
-from shadowdiff.diff.exports import cache_generation, changed_since, replaced_since
-from shadowdiff.diff.kept import RATE, KeptAggregate, KeptPairs, PairAggregate, kept_table, maintained, rate_pairs
+from shadowdiff.diff.exports import cache_generation
+from shadowdiff.diff.kept import RATE, KeptPairs, PairAggregate, StoredCounts, kept_table, maintained, rate_pairs
 from shadowdiff.diff.load import RunInfo
 from shadowdiff.diff.segments import ALL, SegmentSets
 from shadowdiff.diff.signed import pair_set
@@ -88,33 +88,19 @@ def data_section(
     }
 
 
-class _SentRows(KeptAggregate):
+class _SentRows(StoredCounts):
     """Per variant, the rows sent to its model, kept in a judge's cache as of a look."""
 
     name = "rows_sent"
     spec = "v1"
+    stored = "outputs"
+    keys = ("variant",)
+    counted = ("n",)
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self.con = con
-
-    @staticmethod
-    def sql(outputs: str) -> str:
+    def counts(self, rows: str) -> str:
         # a call the breaker held back was not sent
         return f"""SELECT variant, count(*) FILTER (WHERE error_class IS DISTINCT FROM 'circuit_open') AS n
-                   FROM {outputs} GROUP BY variant"""
-
-    def build(self, table: str) -> None:
-        self.con.execute(f"CREATE OR REPLACE TABLE {table} AS {self.sql('outputs')}")
-
-    def update(self, table: str, since: int) -> str | None:
-        if n := replaced_since(self.con, "outputs", since):
-            self.build(table)  # the replaced copies' values are gone: they cannot be taken back
-            return f"{n} stored answers replaced by an earlier folder's copy"
-        self.con.execute(
-            f"""CREATE OR REPLACE TABLE {table} AS SELECT variant, sum(n)::BIGINT AS n FROM (
-                SELECT * FROM {table} UNION ALL {self.sql(f"({changed_since('outputs', since)})")}) GROUP BY variant"""
-        )
-        return None
+                   FROM {rows} GROUP BY variant"""
 
 
 def offered_load(con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str) -> dict[str, Any]:
@@ -123,7 +109,8 @@ def offered_load(con: duckdb.DuckDBPyConnection, info: RunInfo, candidate: str) 
     the rate one replay process sent them at. Both sides get each batch at the same
     moment, so at equal rows per call their latencies are measured at the same offered load."""
     gen = cache_generation(con)
-    rows = _SentRows(con).sql("outputs") if gen is None else f"SELECT * FROM {kept_table(con, 'rows_sent', _SentRows(con), gen)}"
+    sent_rows = _SentRows(con)
+    rows = sent_rows.counts("outputs") if gen is None else f"SELECT * FROM {kept_table(con, 'rows_sent', sent_rows, gen)}"
     sent = dict(con.execute(rows).fetchall())
     # the rate one replay process offered: the requests it sampled (each sent to every model)
     # over its own busy time, as its last statistics say

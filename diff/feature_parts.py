@@ -21,7 +21,7 @@ import duckdb
 
 from shadowdiff.diff.aggregate import _by_segment, power_of_two_level
 from shadowdiff.diff.exports import changed_since, replaced_since
-from shadowdiff.diff.kept import KeptAggregate, kept_table
+from shadowdiff.diff.kept import KeptAggregate, StoredCounts, kept_table
 from shadowdiff.diff.segments import ALL, SegmentSets
 from shadowdiff.schemas.sql import ident, literal
 
@@ -188,10 +188,12 @@ class _KeptParts(KeptAggregate):
         return None
 
 
-class _KeptOutOfRange(KeptAggregate):
+class _KeptOutOfRange(StoredCounts):
     """Per segment, the current values outside the reference's range, kept as of a look."""
 
     name = "features_out_of_range"
+    stored = "requests"
+    keys = ("segment",)
 
     def __init__(
         self,
@@ -201,23 +203,11 @@ class _KeptOutOfRange(KeptAggregate):
         counts: Callable[[str], str],
         rows_of: Callable[[str], str],
     ) -> None:
-        self.con, self.spec, self.cols, self.counts, self.rows_of = con, spec, cols, counts, rows_of
+        super().__init__(con)
+        self.spec, self.counted, self._counts, self.rows_of = spec, tuple(cols), counts, rows_of
 
-    def build(self, table: str) -> None:
-        self.con.execute(f"CREATE OR REPLACE TABLE {table} AS {self.counts(self.rows_of('requests'))}")
-
-    def update(self, table: str, since: int) -> str | None:
-        con = self.con
-        if n := replaced_since(con, "requests", since):
-            self.build(table)
-            return f"{n} stored requests replaced by an earlier folder's copy"
-        delta = self.counts(self.rows_of(f"({changed_since('requests', since)})"))
-        summed = ", ".join(f"sum({c})::BIGINT AS {c}" for c in self.cols)
-        con.execute(
-            f"""CREATE OR REPLACE TABLE {table} AS SELECT segment, {summed} FROM (
-                SELECT * FROM {table} UNION ALL BY NAME SELECT * FROM ({delta})) GROUP BY segment"""
-        )
-        return None
+    def counts(self, rows: str) -> str:
+        return self._counts(self.rows_of(rows))
 
 
 __all__ = ["SIDES", "FeatureParts", "PartTables", "sample_level"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from shadowdiff.diff.exports import table_exists
+from shadowdiff.diff.exports import changed_since, replaced_since, table_exists
 
 # rate samples only: quota samples move in and out of `pairs` as the bottom-k changes
 # (diff/pairs.keep_bottom_k), which no delta of the kept pairs records
@@ -100,6 +100,40 @@ def kept_table(con: duckdb.DuckDBPyConnection, key: str, aggregate: KeptAggregat
         con.execute("ROLLBACK")
         raise
     return table
+
+
+class StoredCounts(KeptAggregate):
+    """Counts of the stored rows of table `stored` ("requests" or "outputs") by `keys`, kept as of
+    a look. A look adds the counts of the rows it stored. A look that replaced stored rows with an
+    earlier folder's copy builds them whole: the replaced copy's values are gone, so its counts
+    cannot be taken back."""
+
+    stored: str
+    keys: tuple[str, ...]
+    counted: tuple[str, ...]  # the count columns, summed when a look's counts are added
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    @abstractmethod
+    def counts(self, rows: str) -> str:
+        """SQL: the counts by `keys` over relation `rows` (rows of the stored table)."""
+
+    def build(self, table: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TABLE {table} AS {self.counts(self.stored)}")
+
+    def update(self, table: str, since: int) -> str | None:
+        if n := replaced_since(self.con, self.stored, since):
+            self.build(table)
+            return f"{n} stored {'answers' if self.stored == 'outputs' else 'requests'} replaced by an earlier folder's copy"
+        keys = ", ".join(self.keys)
+        summed = ", ".join(f"sum({c})::BIGINT AS {c}" for c in self.counted)
+        added = self.counts(f"({changed_since(self.stored, since)})")
+        self.con.execute(
+            f"""CREATE OR REPLACE TABLE {table} AS SELECT {keys}, {summed} FROM (
+                SELECT * FROM {table} UNION ALL BY NAME SELECT * FROM ({added})) GROUP BY {keys}"""
+        )
+        return None
 
 
 class _OverKeptPairs(KeptAggregate):

@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 
 from shadowdiff.diff.exports import cache_generation, changed_since, replaced_since, table_exists
-from shadowdiff.diff.kept import KeptAggregate, KeptPairs, kept_table
+from shadowdiff.diff.kept import KeptPairs, StoredCounts, kept_table
 from shadowdiff.diff.load import RunInfo
 from shadowdiff.schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 from shadowdiff.schemas.sql import ident, literal
@@ -363,32 +363,23 @@ def _raw_value(field: str) -> str:
     return f"coalesce(r.segments.{ident(field)}, '(missing)')"
 
 
-class _SegmentValues(KeptAggregate):
+class _SegmentValues(StoredCounts):
     """The stored requests per value of each segment field, kept in a judge's cache as of a look."""
 
     name = "segment_values"
+    stored = "requests"
+    keys = ("field", "v")
+    counted = ("n",)
 
     def __init__(self, con: duckdb.DuckDBPyConnection, fields: list[str]) -> None:
-        self.con, self.fields = con, fields
+        super().__init__(con)
+        self.fields = fields
         self.spec = repr(fields)
 
-    def sql(self, requests: str) -> str:
+    def counts(self, rows: str) -> str:
         return " UNION ALL ".join(
-            f"SELECT {literal(f)} AS field, {_raw_value(f)} AS v, count(*) AS n FROM {requests} r GROUP BY v" for f in self.fields
+            f"SELECT {literal(f)} AS field, {_raw_value(f)} AS v, count(*) AS n FROM {rows} r GROUP BY v" for f in self.fields
         )
-
-    def build(self, table: str) -> None:
-        self.con.execute(f"CREATE OR REPLACE TABLE {table} AS {self.sql('requests')}")
-
-    def update(self, table: str, since: int) -> str | None:
-        if n := replaced_since(self.con, "requests", since):
-            self.build(table)  # a replaced copy's values are gone: they cannot be taken back
-            return f"{n} stored requests replaced by an earlier folder's copy"
-        self.con.execute(
-            f"""CREATE OR REPLACE TABLE {table} AS SELECT field, v, sum(n)::BIGINT AS n FROM (
-                SELECT * FROM {table} UNION ALL {self.sql(f"({changed_since('requests', since)})")}) GROUP BY field, v"""
-        )
-        return None
 
 
 def _segment_exprs(con: duckdb.DuckDBPyConnection, fields: list[str], pooling: Pooling, gen: int | None) -> BuiltPairs:
