@@ -10,7 +10,17 @@ from typing import Any, TypedDict, cast
 import duckdb
 import numpy as np
 
-from shadowdiff.diff.kept import RATE, KeptPairs, PairAggregate, maintained, rate_pairs, signed_count, signed_total
+from shadowdiff.diff.kept import (
+    RATE,
+    KeptPairs,
+    PairAggregate,
+    SignedSums,
+    is_total,
+    maintained,
+    rate_pairs,
+    signed_count,
+    signed_total,
+)
 from shadowdiff.diff.segments import ALL, SegmentSets
 from shadowdiff.diff.stretches import stretches
 
@@ -84,14 +94,6 @@ def hist_quantiles(bins: np.ndarray, counts: np.ndarray, fractions: Sequence[flo
     return [float(v) for v in values]
 
 
-def _by_segment(sets: SegmentSets, columns: dict[str, str], source: str, extra: Sequence[str] = ()) -> str:
-    """SQL: one row per segment (named) and `extra` group, with `columns` aggregated."""
-    inner = ", ".join(f"{sql} AS {name}" for name, sql in columns.items())
-    keys = "".join(f"{e}, " for e in extra)
-    return f"""SELECT {sets.name_sql()} AS segment, {keys}{", ".join(columns)} FROM (
-               SELECT {sets.select()}, {keys}{inner} FROM {source} {sets.group_by(list(extra))})"""
-
-
 class PairStats(TypedDict):
     """One segment's pair statistics (`pair_stats`): the sums `_pair_sums` names, then what is
     derived from them and from the histograms."""
@@ -138,7 +140,7 @@ class PairStats(TypedDict):
 
 def no_pairs(segment: str) -> PairStats:
     """The statistics of a segment without pairs (one with structured-output comparisons only)."""
-    zeros: dict[str, Any] = {k: 0.0 if sql.startswith("coalesce(fsum") else 0 for k, sql in _pair_sums(0.0, ()).items()}
+    zeros: dict[str, Any] = {k: 0.0 if is_total(sql) else 0 for k, sql in _pair_sums(0.0, ()).items()}
     derived = dict.fromkeys(("b_lat_q", "c_lat_q", "abs_d_q", "abs_d_grid", "corr", "mean_rel_d", "t_min", "t_max"))
     return cast(PairStats, {"segment": segment, **zeros, "far_abs": [], **derived})
 
@@ -198,11 +200,21 @@ def _pair_hist_sql(sets: SegmentSets, source: str) -> str:
     }
     parts = [
         f"SELECT segment, {h}::TINYINT AS h, bin, k FROM ("
-        + _by_segment(sets, {"k": "sum(sign)::BIGINT"}, f"(SELECT *, {log_bin(x)} AS bin FROM {source} WHERE {cond})", ["bin"])
+        + sets.aggregated({"k": "sum(sign)::BIGINT"}, f"(SELECT *, {log_bin(x)} AS bin FROM {source} WHERE {cond})", ["bin"])
         + ")"
         for h, (x, cond) in values.items()
     ]
     return " UNION ALL ".join(parts)
+
+
+class _PairHistograms(SignedSums):
+    """Signed counts per segment, histogram and log bin (`_pair_hist_sql`)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, sets: SegmentSets) -> None:
+        super().__init__(con, sets, "pair_hist", {"k": signed_count()}, lambda source: source, ["h", "bin"], LOG_BINS_PER_E)
+
+    def sql(self, source: str) -> str:
+        return _pair_hist_sql(self.sets, source)
 
 
 class _PairPartials(PairAggregate):
@@ -213,27 +225,17 @@ class _PairPartials(PairAggregate):
     def __init__(
         self, con: duckdb.DuckDBPyConnection, sets: SegmentSets, tolerance: float, abs_thresholds: Sequence[float]
     ) -> None:
-        self.con = con
-        self.sets = sets
-        self.sums = _pair_sums(tolerance, abs_thresholds)
+        self.sums = SignedSums(con, sets, "pair_sums", _pair_sums(tolerance, abs_thresholds), lambda source: source)
+        self.hists = _PairHistograms(con, sets)
         self.spec = repr((sets.sets, float(tolerance), [float(t) for t in abs_thresholds], LOG_BINS_PER_E))
 
     def build(self, table: str, source: str, kind: str = "") -> None:
-        self.con.execute(f"CREATE OR REPLACE {kind} TABLE {table} AS {_by_segment(self.sets, self.sums, source)}")
-        self.con.execute(f"CREATE OR REPLACE {kind} TABLE {table}_h AS {_pair_hist_sql(self.sets, source)}")
+        self.sums.build(table, source, kind)
+        self.hists.build(f"{table}_h", source, kind)
 
     def apply(self, table: str, delta: str) -> None:
-        self.build("pair_delta", delta, "TEMP")
-        con = self.con
-        con.execute(f"""CREATE OR REPLACE TABLE {table} AS SELECT segment, {self.merged()} FROM (
-                        SELECT * FROM {table} UNION ALL BY NAME SELECT * FROM pair_delta) GROUP BY segment""")
-        con.execute(f"""CREATE OR REPLACE TABLE {table}_h AS SELECT segment, h, bin, sum(k)::BIGINT AS k FROM (
-                        SELECT * FROM {table}_h UNION ALL SELECT * FROM pair_delta_h)
-                        GROUP BY segment, h, bin HAVING sum(k) <> 0""")
-
-    def merged(self) -> str:
-        """The sums of partial rows of the same segment."""
-        return ", ".join(f"{'fsum' if self.sums[c].startswith('coalesce(fsum') else 'sum'}({c}) AS {c}" for c in self.sums)
+        self.sums.apply(table, delta)
+        self.hists.apply(f"{table}_h", delta)
 
 
 def pair_stats(
@@ -262,15 +264,10 @@ def pair_stats(
     else:
         partials.build("pair_whole", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE {where})", "TEMP")
         tables.append("pair_whole")
-    sums = " UNION ALL BY NAME ".join(f"SELECT * FROM {t}" for t in tables)
-    merged = partials.merged()
-    out = {r["segment"]: r for r in _rows(con, f"SELECT segment, {merged} FROM ({sums}) GROUP BY segment HAVING sum(n_req) > 0")}
-    hists = " UNION ALL ".join(f"SELECT * FROM {t}_h" for t in tables)
+    out = {r["segment"]: r for r in _rows(con, f"SELECT * FROM ({partials.sums.merged(tables)}) WHERE n_req > 0")}
+    hists = partials.hists.merged([f"{t}_h" for t in tables])
     # fetched as columns: segments x bins rows would cost seconds as Python rows
-    cols = con.execute(
-        f"""SELECT h || '|' || segment AS key, bin, sum(k)::BIGINT AS k FROM ({hists})
-            GROUP BY segment, h, bin ORDER BY key, bin"""
-    ).fetchnumpy()
+    cols = con.execute(f"SELECT h || '|' || segment AS key, bin, k::BIGINT AS k FROM ({hists}) ORDER BY key, bin").fetchnumpy()
     found: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     keys = cols["key"].astype(str)
     if len(keys):
@@ -281,8 +278,8 @@ def pair_stats(
     (t_min, t_max) = con.execute(f"SELECT min(event_time), max(event_time) FROM pairs WHERE {where}").fetchone() or (None, None)
     stats: dict[str, PairStats] = {}
     for seg, row in out.items():
-        for c in partials.sums:
-            row[c] = int(row[c]) if not partials.sums[c].startswith("coalesce(fsum") else float(row[c])
+        for c, sql in partials.sums.columns.items():
+            row[c] = float(row[c]) if is_total(sql) else int(row[c])
 
         def quantiles(h: int, fractions: Sequence[float], seg: str = seg) -> list[float] | None:
             got = found.get((seg, h))
@@ -342,7 +339,7 @@ class _Windows(PairAggregate):
         self.kept_table = kept_table  # the kept pairs, which a delta's windows are computed again from
 
     def sql(self, source: str) -> str:
-        return _by_segment(self.sets, self.columns, f"(SELECT *, {self.bucket} AS window_start FROM {source})", ["window_start"])
+        return self.sets.aggregated(self.columns, f"(SELECT *, {self.bucket} AS window_start FROM {source})", ["window_start"])
 
     def build(self, table: str, source: str, temp: bool = False) -> None:
         """The windows of `source`, a stretch of event time at a time: an exact quantile holds
@@ -471,7 +468,7 @@ def _blocks_sql(sets: SegmentSets, quantiles: str, source: str, first_rank: int,
         f"(SELECT {cols}b_lat, c_lat, {CALL_ORDER[0]} AS call_time, {_CALL_KEY} AS call_key, "
         f"least(({rank}) // {size}, {last_block(n, size)}) AS blk FROM {source})"
     )
-    return _by_segment(sets, _block_columns(quantiles), blocks, ["blk"])
+    return sets.aggregated(_block_columns(quantiles), blocks, ["blk"])
 
 
 def _block_columns(quantiles: str) -> dict[str, str]:
@@ -536,7 +533,7 @@ class _LatencyBlocks(PairAggregate):
             part = f"""(SELECT {cols}b_lat, c_lat, k0 AS call_time, {call_key} AS call_key,
                         least((rowid - {base}) // {size}, {last}) AS blk
                         FROM blocks_ranked WHERE rowid >= {base + first * size} {until})"""
-            con.execute(f"INSERT INTO {table} {_by_segment(sets, _block_columns(qs), part, ['blk'])}")
+            con.execute(f"INSERT INTO {table} {sets.aggregated(_block_columns(qs), part, ['blk'])}")
         con.execute("DROP TABLE blocks_ranked")
 
     def apply(self, table: str, delta: str) -> str | None:

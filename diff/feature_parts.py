@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from shadowdiff.diff.aggregate import _by_segment, power_of_two_level
+from shadowdiff.diff.aggregate import power_of_two_level
 from shadowdiff.diff.exports import changed_since, replaced_since
 from shadowdiff.diff.kept import KeptAggregate, StoredCounts, kept_table
 from shadowdiff.diff.segments import ALL, SegmentSets
@@ -62,7 +62,7 @@ class FeatureParts:
             cols[ident("q_" + n)] = f"coalesce(fsum(sign * {c} * {c}), 0)::DOUBLE"
             cols[ident("lo_" + n)] = f"min({c})"
             cols[ident("hi_" + n)] = f"max({c})"
-        return _by_segment(self.sets, cols, source, ["side"])
+        return self.sets.aggregated(cols, source, ["side"])
 
     def _merge_moments(self, table: str, delta: str) -> None:
         merged = ["sum(n_all)::BIGINT AS n_all"]
@@ -92,7 +92,7 @@ class FeatureParts:
     def _cats_sql(self, source: str) -> str:
         def counts(n: str) -> str:
             values = f"(SELECT *, CAST({ident('f_' + n)} AS VARCHAR) AS v FROM {source})"
-            return _by_segment(self.sets, {"k": "sum(sign)::BIGINT"}, values, ["side", "v"])
+            return self.sets.aggregated({"k": "sum(sign)::BIGINT"}, values, ["side", "v"])
 
         parts = [f"SELECT segment, side, {literal(n)} AS feature, v, k FROM ({counts(n)})" for n in self.categorical]
         empty = """SELECT NULL::VARCHAR AS segment, NULL::VARCHAR AS side, NULL::VARCHAR AS feature,
@@ -128,7 +128,7 @@ class FeatureParts:
         cols = {ident("k_" + n): outside(n, lo, hi) for n, (lo, hi) in ranges.items()}
 
         def counts(source: str) -> str:
-            return _by_segment(self.sets, cols, f"(SELECT * FROM {source} WHERE side = 'cur')")
+            return self.sets.aggregated(cols, f"(SELECT * FROM {source} WHERE side = 'cur')")
 
         con = self.con
         if kept is None:

@@ -4,8 +4,9 @@ a look's cost grows with the pairs it changed, not with the run.
 An aggregate is a table of partial results keyed by segment (and whatever else it groups by),
 and a class implementing one of two interfaces: `KeptAggregate` (built from the stored rows,
 brought up from the look it stood at) or `PairAggregate` (built from a relation of signed pairs,
-brought up by the kept pairs' delta). Each look either finds the table current, or brings it up,
-or builds it whole. The same classes build it whole from a relation outside any cache, so a full
+brought up by the kept pairs' delta), most of them through `StoredCounts` (counts of the stored
+rows) or `SignedSums` (signed sums of the pairs). Each look either finds the table current, or
+brings it up, or builds it whole. The same classes build it whole from a relation outside any cache, so a full
 re-judge and a look read the same partials."""
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 
 from shadowdiff.diff.exports import changed_since, replaced_since, table_exists
+from shadowdiff.diff.segments import SegmentSets
 
 # rate samples only: quota samples move in and out of `pairs` as the bottom-k changes
 # (diff/pairs.keep_bottom_k), which no delta of the kept pairs records
@@ -166,6 +170,12 @@ def signed_total(x: str, cond: str = "TRUE") -> str:
     return f"coalesce(fsum(sign * ({x})) FILTER (WHERE {cond}), 0)::DOUBLE"
 
 
+def is_total(sql: str) -> bool:
+    """Whether aggregate SQL is a compensated total (`signed_total`, fsum): merged by fsum and
+    read as a float, where a count is merged by sum and read as an int."""
+    return sql.startswith("coalesce(fsum")
+
+
 def rate_pairs(relation: str) -> str:
     """The rate samples of `relation` as signed pairs (each added once)."""
     return f"(SELECT 1::TINYINT AS sign, * FROM {relation} WHERE {RATE})"
@@ -176,11 +186,66 @@ def maintained(con: duckdb.DuckDBPyConnection, kept: KeptPairs, aggregate: PairA
     return kept_table(con, f"{kept.table}:{aggregate.name}", _OverKeptPairs(kept, aggregate), kept.gen)
 
 
+class SignedSums(PairAggregate):
+    """`columns` (count / total SQL over rows with a `sign`) per segment and `keys`, of the rows
+    `rows(source)` makes of a relation of signed pairs."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        sets: SegmentSets,
+        name: str,
+        columns: dict[str, str],
+        rows: Callable[[str], str],
+        keys: Sequence[str] = (),
+        spec: Any = (),
+    ) -> None:
+        self.con, self.sets, self.name, self.columns, self.rows, self.keys = con, sets, name, columns, rows, list(keys)
+        self.spec = repr((sets.sets, columns, rows("source"), self.keys, spec))
+
+    def sql(self, source: str) -> str:
+        """SQL: the partials of relation `source` (signed pairs)."""
+        return self.sets.aggregated(self.columns, self.rows(source), self.keys)
+
+    def build(self, table: str, source: str, kind: str = "") -> None:
+        self.con.execute(f"CREATE OR REPLACE {kind} TABLE {table} AS {self.sql(source)}")
+
+    def apply(self, table: str, delta: str) -> None:
+        self.build(f"{self.name}_delta", delta, "TEMP")
+        self.con.execute(f"CREATE OR REPLACE TABLE {table} AS {self.merged([table, f'{self.name}_delta'])}")
+
+    def merged(self, tables: Sequence[str]) -> str:
+        """SQL: the sums of `tables` (partials of this aggregate) per segment and key, without the
+        groups left with no row (a count that came back to zero)."""
+        keys = ", ".join(["segment", *self.keys])
+        sums = ", ".join(f"{'fsum' if is_total(sql) else 'sum'}({c}) AS {c}" for c, sql in self.columns.items())
+        union = " UNION ALL BY NAME ".join(f"SELECT * FROM {t}" for t in tables)
+        counts = [c for c, sql in self.columns.items() if not is_total(sql)]
+        having = " OR ".join(f"sum({c}) <> 0" for c in counts) or "TRUE"
+        return f"SELECT {keys}, {sums} FROM ({union}) GROUP BY {keys} HAVING {having}"
+
+    def over_pairs(self, where: str, kept: KeptPairs | None) -> str:
+        """SQL: this aggregate of `pairs WHERE where`. With `kept` (where is then every pair or the
+        rate samples), the rate samples' partials are kept between looks, and the other pairs
+        (quota samples: few, and moving with the bottom-k) are added afresh."""
+        if kept is None:
+            self.build(f"{self.name}_whole", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE {where})", "TEMP")
+            return self.merged([f"{self.name}_whole"])
+        tables = [maintained(self.con, kept, self)]
+        if where != RATE:
+            self.build(f"{self.name}_rest", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE NOT ({RATE}) AND {where})", "TEMP")
+            tables.append(f"{self.name}_rest")
+        return self.merged(tables)
+
+
 __all__ = [
     "RATE",
     "KeptAggregate",
     "KeptPairs",
     "PairAggregate",
+    "SignedSums",
+    "StoredCounts",
+    "is_total",
     "kept_table",
     "maintained",
     "rate_pairs",

@@ -39,6 +39,14 @@ class SegmentSets:
             return "0 AS gid"
         return ", ".join(self.columns) + f", GROUPING_ID({', '.join(self.columns)}) AS gid"
 
+    def aggregated(self, columns: dict[str, str], source: str, extra: Sequence[str] = ()) -> str:
+        """SQL: one row per segment (named) and `extra` group of relation `source`, with `columns`
+        (name: aggregate SQL) aggregated."""
+        inner = ", ".join(f"{sql} AS {name}" for name, sql in columns.items())
+        keys = "".join(f"{e}, " for e in extra)
+        return f"""SELECT {self.name_sql()} AS segment, {keys}{", ".join(columns)} FROM (
+                   SELECT {self.select()}, {keys}{inner} FROM {source} {self.group_by(list(extra))})"""
+
     def name(self, row: dict[str, Any]) -> str:
         """Segment name of a result row from `select()`."""
         n = len(self.fields)

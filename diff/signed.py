@@ -5,66 +5,16 @@ classes build them whole over `pairs` outside a cache, so a look and a full re-j
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import duckdb
 import numpy as np
 
-from shadowdiff.diff.aggregate import _by_segment, _rows, histograms
-from shadowdiff.diff.kept import RATE, KeptPairs, PairAggregate, maintained, rate_pairs
+from shadowdiff.diff.aggregate import _rows, histograms
+from shadowdiff.diff.kept import RATE, KeptPairs, PairAggregate, SignedSums, maintained, rate_pairs
 from shadowdiff.diff.kept import signed_count as count
 from shadowdiff.diff.kept import signed_total as total
 from shadowdiff.diff.segments import SegmentSets
-
-
-class SignedSums(PairAggregate):
-    """`columns` (count / total SQL over rows with a `sign`) per segment and `keys`, of the rows
-    `rows(source)` makes of a relation of signed pairs."""
-
-    def __init__(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        sets: SegmentSets,
-        name: str,
-        columns: dict[str, str],
-        rows: Callable[[str], str],
-        keys: Sequence[str] = (),
-        spec: Any = (),
-    ) -> None:
-        self.con, self.sets, self.name, self.columns, self.rows, self.keys = con, sets, name, columns, rows, list(keys)
-        self.spec = repr((sets.sets, columns, rows("source"), self.keys, spec))
-
-    def build(self, table: str, source: str, kind: str = "") -> None:
-        sql = _by_segment(self.sets, self.columns, self.rows(source), self.keys)
-        self.con.execute(f"CREATE OR REPLACE {kind} TABLE {table} AS {sql}")
-
-    def apply(self, table: str, delta: str) -> None:
-        self.build(f"{self.name}_delta", delta, "TEMP")
-        self.con.execute(f"CREATE OR REPLACE TABLE {table} AS {self.merged([table, f'{self.name}_delta'])}")
-
-    def merged(self, tables: Sequence[str]) -> str:
-        """SQL: the sums of `tables` (partials of this aggregate) per segment and key, without the
-        groups left with no row (a count that came back to zero)."""
-        keys = ", ".join(["segment", *self.keys])
-        sums = ", ".join(f"{'fsum' if sql.startswith('coalesce(fsum') else 'sum'}({c}) AS {c}" for c, sql in self.columns.items())
-        union = " UNION ALL BY NAME ".join(f"SELECT * FROM {t}" for t in tables)
-        counts = [c for c, sql in self.columns.items() if not sql.startswith("coalesce(fsum")]
-        having = " OR ".join(f"sum({c}) <> 0" for c in counts) or "TRUE"
-        return f"SELECT {keys}, {sums} FROM ({union}) GROUP BY {keys} HAVING {having}"
-
-    def over_pairs(self, where: str, kept: KeptPairs | None) -> str:
-        """SQL: this aggregate of `pairs WHERE where`. With `kept` (where is then every pair or the
-        rate samples), the rate samples' partials are kept between looks, and the other pairs
-        (quota samples: few, and moving with the bottom-k) are added afresh."""
-        if kept is None:
-            self.build(f"{self.name}_whole", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE {where})", "TEMP")
-            return self.merged([f"{self.name}_whole"])
-        tables = [maintained(self.con, kept, self)]
-        if where != RATE:
-            self.build(f"{self.name}_rest", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE NOT ({RATE}) AND {where})", "TEMP")
-            tables.append(f"{self.name}_rest")
-        return self.merged(tables)
 
 
 def label_counts(
@@ -226,4 +176,4 @@ def pair_set(con: duckdb.DuckDBPyConnection, kept: KeptPairs | None) -> tuple[in
     return (0, 0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
 
-__all__ = ["SCORE_BINS", "SignedSums", "label_counts", "pair_set", "score_distributions"]
+__all__ = ["SCORE_BINS", "label_counts", "pair_set", "score_distributions"]
