@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 import orjson
 
+from shadowdiff.diff.scratch import attach_scratch
 from shadowdiff.diff.stretches import stretches
 from shadowdiff.schemas.errors import JudgeCacheBusy, StoreError
 from shadowdiff.schemas.layout import EXPORT_KEYS, EXPORT_TABLES, RunLayout
@@ -53,6 +54,7 @@ def open_exports(home: Path, run_id: str, memory_limit: str = "2GB") -> duckdb.D
                       SELECT DISTINCT ON ({keys}) * FROM {read} ORDER BY {keys}, filename)"""
             )
     _run_tables(con, layout, manifests, "")
+    attach_scratch(con, tmp)
     return con
 
 

@@ -17,6 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from shadowdiff.diff.exports import open_exports
+from shadowdiff.diff.scratch import attach_scratch
 from shadowdiff.schemas.config import ModelSpec, RunConfig
 from shadowdiff.schemas.errors import RunNotFound, StoreError
 from shadowdiff.schemas.layout import EXPORT_KEYS, RunLayout
@@ -63,7 +64,8 @@ def open_run(
 def _open_stores(home: Path, run_id: str, memory_limit: str) -> duckdb.DuckDBPyConnection:
     files = store_files(home, run_id)
     # a bounded budget: DuckDB spills to disk past it instead of taking 80% of the machine
-    con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(home / run_id / ".tmp")})
+    tmp = home / run_id / ".tmp"
+    con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(tmp)})
     for i, f in enumerate(files):
         try:
             con.execute(f"ATTACH {literal(str(f))} AS s{i} (READ_ONLY)")
@@ -76,6 +78,7 @@ def _open_stores(home: Path, run_id: str, memory_limit: str) -> duckdb.DuckDBPyC
         else:
             union = " UNION ALL BY NAME ".join(f"SELECT * FROM s{i}.{t}" for i in range(len(files)))
             con.execute(f"CREATE VIEW {t} AS SELECT DISTINCT ON ({_KEYS[t]}) * FROM ({union})")
+    attach_scratch(con, tmp)
     return con
 
 

@@ -19,6 +19,7 @@ import duckdb
 from shadowdiff.diff.exports import cache_generation, changed_since, replaced_since, table_exists
 from shadowdiff.diff.kept import KeptPairs, StoredCounts, kept_table
 from shadowdiff.diff.load import RunInfo
+from shadowdiff.diff.scratch import SCRATCH, has_scratch
 from shadowdiff.schemas.records import BASELINE, BASELINE_REPEAT, candidate_variant
 from shadowdiff.schemas.sql import ident, literal
 
@@ -69,8 +70,9 @@ def build_pairs(
     select = _PairsSelect(candidate, built.seg_exprs, dedupe=built.duplicates > 0)
     kept: KeptPairs | None = None
     if gen is None:
-        create_pairs(con, "pairs_all", select, temp=True)
-        table = "pairs_all"
+        # compressed in a one-off judge's scratch file where it has one (diff/scratch.py)
+        table = f"{SCRATCH}.pairs_all" if has_scratch(con) else "pairs_all"
+        create_pairs(con, table, select, temp=table == "pairs_all")
     else:
         kept = _kept(con, candidate, select, gen)
         table = kept.table

@@ -149,6 +149,29 @@ def test_rejudging_gives_the_same_verdict(tmp_path):
     assert len(digests) == 1
 
 
+def test_a_one_off_judge_keeps_its_pairs_in_a_scratch_file_that_goes_with_its_connection(tmp_path):
+    write_synthetic_store(tmp_path / "r" / "store-w0.duckdb", Scenario(n=20_000, segments=5, seed=12), "r")
+    scratch_folder = tmp_path / "r" / ".tmp"
+    scratch_folder.mkdir()
+    killed = scratch_folder / "judge-scratch-999999999-0.duckdb.wal"  # above any pid: a judge that is gone
+    killed.write_bytes(b"log")
+    con = open_run(tmp_path, "r")
+    assert not killed.exists()
+    doc = judged_document(con, Policy())
+    (in_scratch,) = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'scratch' AND table_name = 'pairs_all'"
+    ).fetchone()
+    assert in_scratch == 1
+    assert not list(scratch_folder.glob("judge-scratch-*.duckdb"))  # unlinked once attached
+    con.close()
+    assert not list(scratch_folder.glob("judge-scratch-*"))
+    # the same verdict with the pairs in a temporary table
+    con = open_run(tmp_path, "r")
+    con.execute("DETACH scratch")
+    assert judged_document(con, Policy())["digest"] == doc["digest"]
+    con.close()
+
+
 def test_verdict_follows_its_json_schema(tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
     doc = verdict_of(tmp_path, Scenario(n=5_000, segments=3, seed=13))
