@@ -140,8 +140,9 @@ class _PairsSelect:
 
 
 # pairs built in one query, about: the pivot of the outputs is a hash aggregate with a group a
-# pair, and past about this many groups it spills to disk inside the judge's memory limit
-PAIRS_PER_QUERY = 8_000_000
+# pair. Smaller pieces built the pairs faster, at 10M and at 50M pairs alike, down to about this
+# many (bench/judge_bench.py); below it the time stays the same
+PAIRS_PER_QUERY = 1_000_000
 
 
 def create_pairs(con: duckdb.DuckDBPyConnection, table: str, select: _PairsSelect, temp: bool) -> None:
