@@ -6,8 +6,8 @@ and a class implementing one of two interfaces: `KeptAggregate` (built from the 
 brought up from the look it stood at) or `PairAggregate` (built from a relation of signed pairs,
 brought up by the kept pairs' delta), most of them through `StoredCounts` (counts of the stored
 rows) or `SignedSums` (signed sums of the pairs). Each look either finds the table current, or
-brings it up, or builds it whole. The same classes build it whole from a relation outside any cache, so a full
-re-judge and a look read the same partials."""
+brings it up, or builds it whole. The same classes build it whole from a relation outside any
+cache, so a full re-judge and a look read the same partials."""
 
 from __future__ import annotations
 
