@@ -37,7 +37,7 @@ def attach_scratch(con: duckdb.DuckDBPyConnection, folder: Path) -> None:
         path = folder / f"{_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}.duckdb"
         con.execute(f"ATTACH {literal(str(path))} AS {SCRATCH}")
         path.unlink()
-    except (OSError, duckdb.IOException) as err:
+    except (OSError, duckdb.Error) as err:  # a folder it cannot write: the temporary table still works
         log.info("no scratch database in %s (%s): the pairs stay in a temporary table", folder, err)
 
 
