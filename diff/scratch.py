@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def attach_scratch(con: duckdb.DuckDBPyConnection, folder: Path) -> None:
     """Attach a scratch database in `folder` as `scratch`. Where it cannot be made (a read-only
-    folder), the judge keeps its pairs in a temporary table, as before."""
+    folder), the judge keeps its pairs in a temporary table."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _remove_orphaned_logs(folder)
