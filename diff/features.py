@@ -125,7 +125,9 @@ class FeatureTables:
             return f"""(SELECT {side} AS side, {segs}{feats}r.part, r."offset", 1::TINYINT AS sign
                         FROM {relation} r WHERE r.sampled_reason = 'rate')"""
 
-        self._rows = _BOTH_SIDES
+        # both sides in one pass over the stored requests, where the views would read them twice;
+        # a reference file's rows are not stored requests
+        self._rows = _BOTH_SIDES if reference is not None and reference.file is not None else rows_of("requests")
         # kept between looks when every row comes from the stored requests
         self._kept: tuple[int, str, Callable[[str], str]] | None = None
         gen = cache_generation(con)
