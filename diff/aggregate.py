@@ -217,24 +217,24 @@ class _PairHistograms(SignedSums):
         return _pair_hist_sql(self.sets, source)
 
 
-class _PairPartials(PairAggregate):
-    """The two tables `pair_stats` reads: sums per segment (`<table>`) and histograms (`<table>_h`)."""
-
-    name = "pair_stats"
+class _PairPartials(SignedSums):
+    """The two tables `pair_stats` reads: sums per segment (`<table>`) and, built and brought up
+    beside them, histograms (`<table>_h`)."""
 
     def __init__(
         self, con: duckdb.DuckDBPyConnection, sets: SegmentSets, tolerance: float, abs_thresholds: Sequence[float]
     ) -> None:
-        self.sums = SignedSums(con, sets, "pair_sums", _pair_sums(tolerance, abs_thresholds), lambda source: source)
+        super().__init__(con, sets, "pair_stats", _pair_sums(tolerance, abs_thresholds), lambda source: source)
         self.hists = _PairHistograms(con, sets)
+        # what a judge's cache keys the kept partials by
         self.spec = repr((sets.sets, float(tolerance), [float(t) for t in abs_thresholds], LOG_BINS_PER_E))
 
     def build(self, table: str, source: str, kind: str = "") -> None:
-        self.sums.build(table, source, kind)
+        super().build(table, source, kind)
         self.hists.build(f"{table}_h", source, kind)
 
     def apply(self, table: str, delta: str) -> None:
-        self.sums.apply(table, delta)
+        super().apply(table, delta)
         self.hists.apply(f"{table}_h", delta)
 
 
@@ -254,17 +254,8 @@ def pair_stats(
     between looks and only the pairs that changed are added; `where` is then either every
     pair or the rate samples."""
     partials = _PairPartials(con, sets, tolerance, abs_thresholds)
-    tables: list[str] = []
-    if kept is not None:
-        tables.append(maintained(con, kept, partials))
-        if where != RATE:
-            # quota samples are few: added afresh at every look
-            partials.build("pair_rest", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE NOT ({RATE}))", "TEMP")
-            tables.append("pair_rest")
-    else:
-        partials.build("pair_whole", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE {where})", "TEMP")
-        tables.append("pair_whole")
-    out = {r["segment"]: r for r in _rows(con, f"SELECT * FROM ({partials.sums.merged(tables)}) WHERE n_req > 0")}
+    tables = partials.partials_over_pairs(where, kept)
+    out = {r["segment"]: r for r in _rows(con, f"SELECT * FROM ({partials.merged(tables)}) WHERE n_req > 0")}
     hists = partials.hists.merged([f"{t}_h" for t in tables])
     # fetched as columns: segments x bins rows would cost seconds as Python rows
     cols = con.execute(f"SELECT h || '|' || segment AS key, bin, k::BIGINT AS k FROM ({hists}) ORDER BY key, bin").fetchnumpy()
@@ -278,7 +269,7 @@ def pair_stats(
     (t_min, t_max) = con.execute(f"SELECT min(event_time), max(event_time) FROM pairs WHERE {where}").fetchone() or (None, None)
     stats: dict[str, PairStats] = {}
     for seg, row in out.items():
-        for c, sql in partials.sums.columns.items():
+        for c, sql in partials.columns.items():
             row[c] = float(row[c]) if is_total(sql) else int(row[c])
 
         def quantiles(h: int, fractions: Sequence[float], seg: str = seg) -> list[float] | None:

@@ -224,18 +224,22 @@ class SignedSums(PairAggregate):
         having = " OR ".join(f"sum({c}) <> 0" for c in counts) or "TRUE"
         return f"SELECT {keys}, {sums} FROM ({union}) GROUP BY {keys} HAVING {having}"
 
-    def over_pairs(self, where: str, kept: KeptPairs | None) -> str:
-        """SQL: this aggregate of `pairs WHERE where`. With `kept` (where is then every pair or the
-        rate samples), the rate samples' partials are kept between looks, and the other pairs
-        (quota samples: few, and moving with the bottom-k) are added afresh."""
+    def partials_over_pairs(self, where: str, kept: KeptPairs | None) -> list[str]:
+        """The tables of this aggregate's partials of `pairs WHERE where`. With `kept` (where is
+        then every pair or the rate samples), the rate samples' partials are kept between looks,
+        and the other pairs (quota samples: few, and moving with the bottom-k) are added afresh."""
         if kept is None:
             self.build(f"{self.name}_whole", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE {where})", "TEMP")
-            return self.merged([f"{self.name}_whole"])
+            return [f"{self.name}_whole"]
         tables = [maintained(self.con, kept, self)]
         if where != RATE:
             self.build(f"{self.name}_rest", f"(SELECT 1::TINYINT AS sign, * FROM pairs WHERE NOT ({RATE}) AND {where})", "TEMP")
             tables.append(f"{self.name}_rest")
-        return self.merged(tables)
+        return tables
+
+    def over_pairs(self, where: str, kept: KeptPairs | None) -> str:
+        """SQL: this aggregate of `pairs WHERE where` (see `partials_over_pairs`)."""
+        return self.merged(self.partials_over_pairs(where, kept))
 
 
 __all__ = [
