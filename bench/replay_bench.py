@@ -259,7 +259,9 @@ def main() -> None:
     ap.add_argument("--http", type=int, default=50_000)  # ~5 s of calls: 2 s runs were noisy
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", default="kafka-python,librdkafka", help="the replay's Kafka clients; HTTP and RSS use the last")
+    ap.add_argument("--sections", default="replay,http,rss", help="which of replay, http, rss to measure")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
     bs = bootstrap()
     home = Path(tempfile.mkdtemp(prefix="shadowdiff-replay-bench-"))
     topic = f"bench-{uuid.uuid4().hex[:8]}"
@@ -270,7 +272,7 @@ def main() -> None:
     # medians tame a shared, noisy 2-core machine
     clients = args.clients.split(",")
     rounds: dict[str, list[float]] = {"raw": [], "raw_rd": []}
-    for i in range(args.rounds):
+    for i in range(args.rounds if "replay" in sections else 0):
         raw = raw_consume(bs, topic, args.messages)
         rounds["raw"].append(raw)
         rounds["raw_rd"].append(raw_consume_rdkafka(bs, topic, args.messages))
@@ -279,8 +281,17 @@ def main() -> None:
                 dt, _ = timed_replay(config(bs, topic, home, f"{kind}-{client}-{i}", rate, cand, args.messages, client=client))
                 rounds.setdefault(f"{kind}-{client}", []).append(args.messages / dt)
                 rounds.setdefault(f"{kind}-{client}-ratio", []).append(args.messages / dt / raw)
+    if "replay" in sections:
+        replay_figures(args.rounds, clients, rounds)
+    if "http" in sections:
+        http_figures(bs, topic, home, args.http, args.rounds, clients[-1])
+    if "rss" in sections:
+        rss_figures(bs, topic, home, args.messages, args.big, clients[-1])
+
+
+def replay_figures(n_rounds: int, clients: list[str], rounds: dict[str, list[float]]) -> None:
     med = {k: statistics.median(v) for k, v in rounds.items()}
-    print(f"reference: raw kafka-python consume + orjson decode: {med['raw']:,.0f} msg/s (median of {args.rounds})")
+    print(f"reference: raw kafka-python consume + orjson decode: {med['raw']:,.0f} msg/s (median of {n_rounds})")
     print(f"  for comparison: raw confluent-kafka (librdkafka) consume + orjson decode: {med['raw_rd']:,.0f} msg/s")
 
     def line(what: str, key: str, target: str) -> None:
@@ -298,16 +309,18 @@ def main() -> None:
 
     print(f"failed checkpoint exports per replay: {FAILED_EXPORTS} (target: 0 in every round)")
 
+
+def http_figures(bs: str, topic: str, home: Path, calls: int, n_rounds: int, client: str) -> None:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_serve, args=(child,), daemon=True)
     proc.start()
     url = parent.recv()
     rng = random.Random(2)
-    inputs = [orjson.loads(envelope(i, rng))["input"] for i in range(args.http)]
+    inputs = [orjson.loads(envelope(i, rng))["input"] for i in range(calls)]
     bodies = [orjson.dumps(x) for x in inputs]
     http: dict[str, list[float]] = {k: [] for k in ("bare", "alone", "replay", "inline", "ratio", "alone_ratio", "inline_ratio")}
-    for i in range(args.rounds):
+    for i in range(n_rounds):
         bare = asyncio.run(bare_client(f"{url}/predict", bodies, 32))
         alone = asyncio.run(http_model_alone(f"{url}/predict", inputs))
         rates = {}
@@ -319,7 +332,7 @@ url = "{url}/predict"
 concurrency = 32
 call_process = {str(not inline).lower()}
 """
-            dt, sampled = timed_replay(config(bs, topic, home, f"http-{mode}{i}", 1.0, cand, args.http, client=clients[-1]))
+            dt, sampled = timed_replay(config(bs, topic, home, f"http-{mode}{i}", 1.0, cand, calls, client=client))
             rates[mode] = sampled / dt
         for k, v in (("bare", bare), ("alone", alone), ("replay", rates["replay"]), ("inline", rates["inline"])):
             http[k].append(v)
@@ -328,7 +341,7 @@ call_process = {str(not inline).lower()}
         http["inline_ratio"].append(rates["inline"] / bare)
     hm = {k: statistics.median(v) for k, v in http.items()}
     print(
-        f"HTTP candidate (replay on {clients[-1]}): bare aiohttp client (gather + semaphore), "
+        f"HTTP candidate (replay on {client}): bare aiohttp client (gather + semaphore), "
         f"32 in flight: {hm['bare']:,.0f} req/s; "
         f"replay: {hm['replay']:,.0f} pairs/s, ratio {hm['ratio']:.2f} "
         f"(rounds {', '.join(f'{r:.2f}' for r in http['ratio'])}; target >= 0.95)"
@@ -340,16 +353,18 @@ call_process = {str(not inline).lower()}
     parent.send("stop")
     proc.join(10)
 
-    for i, n in enumerate((args.messages, args.big)):
+
+def rss_figures(bs: str, topic: str, home: Path, messages: int, big: int, client: str) -> None:
+    for i, n in enumerate((messages, big)):
         big_topic = topic
-        if n > args.messages:
+        if n > messages:
             big_topic = f"bench-big-{uuid.uuid4().hex[:8]}"
             produce(bs, big_topic, n)
-        cfg = config(bs, big_topic, home, f"rss{i}-{n}", 1.0, PY_TABLE_CAND, n, client=clients[-1])
+        cfg = config(bs, big_topic, home, f"rss{i}-{n}", 1.0, PY_TABLE_CAND, n, client=client)
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'bench'}"}
         out = subprocess.run([sys.executable, __file__, "--rss-child", str(cfg)], env=env, capture_output=True, text=True)
         consumed, rss = out.stdout.split()[-2:]
-        print(f"peak RSS of a replay on {clients[-1]} after {int(consumed):,} messages: {rss} MB (target < 500 MB, flat)")
+        print(f"peak RSS of a replay on {client} after {int(consumed):,} messages: {rss} MB (target < 500 MB, flat)")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,10 @@
 """HTTP model calls made from a child process, which has a GIL of its own.
 
-Why: an aiohttp call costs ~100 µs of Python here (a bare client on a 2-core machine is bound
-by it). On the replay's event loop those calls share one GIL with the Kafka reads, the batch
-glue and the DuckDB hand-offs, and at 100% sampling the replay reached only 0.63-0.71 of a
-bare aiohttp client against the same server (`bench/replay_bench.py`). In a child process the
-calls get a core of their own: 0.91-0.96 in the same bench, against 0.78-0.90 with
-`call_process = false` (both after HttpModel's workers replaced a task per call). The measured
-latencies are truer too: a call's answer is not left waiting while the replay's thread parses
-Kafka records.
+Why: each call costs Python time (`transport.py`), one call per row. On the replay's event loop
+those calls share one GIL with the Kafka reads, the batch glue and the DuckDB hand-offs; in a
+child process they get a core of their own (`bench/replay_bench.py --sections http` compares
+both). The measured latencies are truer too: a call's answer is not left waiting while the
+replay's thread parses Kafka records.
 
 The child runs the unchanged `HttpModel` (retries, backoff, circuit breaker, latency measured
 around each call). Over a socket pair, the parent sends `(batch id, JSON texts of the inputs)`
@@ -85,7 +82,7 @@ class ProcessHttpModel:
         self._reader: threading.Thread | None = None
         if self._proc is not None:
             try:
-                # wait until the child has imported aiohttp and built its client (~0.3-0.5 s):
+                # wait until the child has imported its client and built it:
                 # setup, so a run's first batch does not wait for it, and a child that cannot
                 # start is known before anything is consumed
                 # the child needs the real headers and URL: the one place a spec leaves unredacted

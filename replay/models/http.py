@@ -1,5 +1,5 @@
-"""HTTP JSON model clients on aiohttp (it holds 5-9k req/s with many calls in flight here;
-httpx's async client collapses past a few). One body format per `kind`:
+"""HTTP JSON model clients, their calls made through `transport.ConnectionPool`. One body format
+per `kind`:
 
 - `http`: the input object as the body (or under `request_field`); the output at `response_path`.
   With rows_per_call > 1 the body is a JSON array and the answer must be one.
@@ -19,11 +19,11 @@ import random
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
 from shadowdiff.replay.models.base import CallResult, OutputReader
 from shadowdiff.replay.models.resilience import TRANSIENT, TRANSIENT_STATUS, AdaptiveLimit, CircuitBreaker, RateCap
+from shadowdiff.replay.models.transport import ConnectionFailed, ConnectionPool
 from shadowdiff.schemas.config import ModelSpec
 from shadowdiff.schemas.paths import lookup
 from shadowdiff.schemas.records import ErrorClass as E
@@ -149,17 +149,9 @@ class HttpModel:
         self._workers_loop: asyncio.AbstractEventLoop | None = None
         self._queue: collections.deque[_Batch] = collections.deque()
         self._has_work = asyncio.Event()
-        self._session: aiohttp.ClientSession | None = None
-        self._headers = {"content-type": "application/json", **spec.header_values()}
-        self._timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
+        self._pool = ConnectionPool(spec.url, {"Content-Type": "application/json", **spec.header_values()})
         self.limit = AdaptiveLimit(spec.name, spec.concurrency) if spec.adaptive_concurrency else None
         self._rate_cap = RateCap(spec.max_rps) if spec.max_rps is not None else None
-
-    def _sess(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            conn = aiohttp.TCPConnector(limit=self.spec.concurrency, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=conn, headers=self._headers)
-        return self._session
 
     async def predict(self, inputs: list[dict[str, Any]]) -> list[CallResult]:
         k = self.spec.rows_per_call
@@ -244,14 +236,11 @@ class HttpModel:
                 await self.limit.acquire()
             t0 = time.perf_counter()
             try:
-                async with self._sess().post(self.spec.url, data=body, timeout=self._timeout) as resp:  # type: ignore[arg-type]
-                    raw = await resp.read()
-                    status = resp.status
-                    retry_after = resp.headers.get("Retry-After")
+                status, raw, retry_after = await self._pool.post(body, self.spec.timeout_s)
             except TimeoutError:
                 err, detail, status, raw, retry_after = E.TIMEOUT, f"no answer in {self.spec.timeout_s}s", 0, b"", None
-            except aiohttp.ClientError as exc:
-                err, detail, status, raw, retry_after = E.CONNECTION, f"{type(exc).__name__}: {exc}"[:300], 0, b"", None
+            except ConnectionFailed as exc:
+                err, detail, status, raw, retry_after = E.CONNECTION, str(exc)[:300], 0, b"", None
             latency = (time.perf_counter() - t0) * 1000.0
             if self.limit is not None:
                 answered = err is None and status not in (429, 503)
@@ -295,6 +284,4 @@ class HttpModel:
             w.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._pool.close()
