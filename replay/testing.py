@@ -136,6 +136,16 @@ def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Appl
         await asyncio.sleep(30)
         return web.json_response({"score": 0.0})
 
+    async def moved(request: web.Request) -> web.Response:
+        # 307 keeps the POST and its body (FastAPI answers one for a missing trailing slash)
+        raise web.HTTPTemporaryRedirect("/predict")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        raise web.HTTPPermanentRedirect("http://192.0.2.1/predict")  # another host (TEST-NET-1)
+
+    async def found(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/predict")  # a 302: a client following it would GET
+
     app = web.Application(client_max_size=64 << 20)
     app.router.add_post("/predict", predict)
     app.router.add_post("/v2/models/{model}/infer", oip)
@@ -145,6 +155,9 @@ def build_app(fn: BatchFn, behaviour: ServerBehaviour | None = None) -> web.Appl
     app.router.add_post("/500", error500)
     app.router.add_post("/busy", busy)
     app.router.add_post("/hang", hang)
+    app.router.add_post("/moved", moved)
+    app.router.add_post("/elsewhere", elsewhere)
+    app.router.add_post("/found", found)
     return app
 
 

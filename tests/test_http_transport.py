@@ -169,13 +169,17 @@ def test_credentials_in_the_url_are_sent_as_basic_auth_and_headers_cannot_inject
             return True
 
         server, url, _ = await serve(script)
-        pool = ConnectionPool(url.replace("http://", "http://svc:p%40ss@") + "?v=1", {"X-Team": "risk"})
+        headers = {"Content-Type": "application/json", "X-Team": "risk", "content-type": "application/x-ndjson"}
+        pool = ConnectionPool(url.replace("http://", "http://svc:p%40ss@") + "?v=1", headers)
         await pool.post(b'{"x": 1}', 5.0)
         head = seen[0].split(b"\r\n\r\n")[0].decode()
         assert head.startswith("POST /predict?v=1 HTTP/1.1\r\n")
         assert "Authorization: Basic c3ZjOnBAc3M=" in head  # svc:p@ss
         assert "X-Team: risk" in head
         assert "Content-Length: 8" in head
+        # a name given again in another case replaces the first: one content type is sent
+        assert head.lower().count("content-type") == 1
+        assert "content-type: application/x-ndjson" in head
         pool.close()
         server.close()
 

@@ -48,6 +48,21 @@ def test_transient_503s_are_retried_and_succeed():
     assert {(str(r.error_class), r.attempts) for r in failed} == {("http_5xx", 1)}
 
 
+def test_a_redirect_that_keeps_the_post_on_the_same_host_is_followed_and_others_are_errors():
+    with ModelServer(logistic) as url:
+        spec = ModelSpec(name="m", kind="http", url=f"{url}/moved", retries=0, concurrency=4)
+        moved = call(spec, ROWS)
+        direct = call(spec.model_copy(update={"url": f"{url}/predict"}), ROWS)
+        elsewhere = call(spec.model_copy(update={"url": f"{url}/elsewhere"}), ROWS[:3])
+        found = call(spec.model_copy(update={"url": f"{url}/found"}), ROWS[:3])
+    assert [r.output for r in moved] == [r.output for r in direct]
+    assert all(r.error_class is None for r in moved)
+    # the config's headers never go to another host; a 302 would turn the call into a GET
+    for results, status in ((elsewhere, "308"), (found, "302")):
+        assert {str(r.error_class) for r in results} == {"http_4xx"}
+        assert all(f"HTTP {status}" in (r.error_detail or "") and "set `url`" in (r.error_detail or "") for r in results)
+
+
 def test_a_failing_candidate_opens_the_breaker_and_is_not_hammered():
     with ModelServer(logistic) as url:
         spec = ModelSpec(

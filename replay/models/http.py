@@ -18,17 +18,23 @@ import collections
 import random
 import time
 from typing import Any
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import orjson
 
 from shadowdiff.replay.models.base import CallResult, OutputReader
 from shadowdiff.replay.models.resilience import TRANSIENT, TRANSIENT_STATUS, AdaptiveLimit, CircuitBreaker, RateCap
-from shadowdiff.replay.models.transport import ConnectionFailed, ConnectionPool
+from shadowdiff.replay.models.transport import ConnectionFailed, ConnectionPool, HttpAnswer
 from shadowdiff.schemas.config import ModelSpec
 from shadowdiff.schemas.paths import lookup
 from shadowdiff.schemas.records import ErrorClass as E
 
 _ABSENT = object()  # `response_path` not in an answer
+# redirects that keep the method and body (a server moving `/predict` to `/predict/` answers
+# 307); followed on the same scheme, host and port only, so the config's headers and
+# credentials never go to another host
+_KEEPS_POST = (307, 308)
+_MAX_REDIRECTS = 5
 
 
 class WrongShape(Exception):
@@ -114,6 +120,14 @@ def decode(spec: ModelSpec, answer: Any, n: int) -> list[Any]:
     return out
 
 
+def _same_host(url: str, target: str) -> str | None:
+    """`target` with `url`'s credentials when both are on the same scheme, host and port."""
+    a, b = urlsplit(url), urlsplit(target)
+    if (a.scheme, a.hostname, a.port) != (b.scheme, b.hostname, b.port):
+        return None
+    return SplitResult(a.scheme, a.netloc, b.path, b.query, "").geturl()
+
+
 def _seconds(retry_after: str | None) -> float:
     """A Retry-After of delta-seconds, at most 5 s (an HTTP date or garbage: no wait)."""
     try:
@@ -149,7 +163,8 @@ class HttpModel:
         self._workers_loop: asyncio.AbstractEventLoop | None = None
         self._queue: collections.deque[_Batch] = collections.deque()
         self._has_work = asyncio.Event()
-        self._pool = ConnectionPool(spec.url, {"Content-Type": "application/json", **spec.header_values()})
+        self._headers = {"Content-Type": "application/json", **spec.header_values()}
+        self._pools = {spec.url: ConnectionPool(spec.url, self._headers)}
         self.limit = AdaptiveLimit(spec.name, spec.concurrency) if spec.adaptive_concurrency else None
         self._rate_cap = RateCap(spec.max_rps) if spec.max_rps is not None else None
 
@@ -236,7 +251,8 @@ class HttpModel:
                 await self.limit.acquire()
             t0 = time.perf_counter()
             try:
-                status, raw, retry_after = await self._pool.post(body, self.spec.timeout_s)
+                async with asyncio.timeout(self.spec.timeout_s):  # redirects included
+                    status, raw, retry_after, location = await self._post(body)
             except TimeoutError:
                 err, detail, status, raw, retry_after = E.TIMEOUT, f"no answer in {self.spec.timeout_s}s", 0, b"", None
             except ConnectionFailed as exc:
@@ -252,6 +268,14 @@ class HttpModel:
                     err, detail = E.HTTP_5XX, f"HTTP {status}: {raw[:200]!r}"
                 elif status >= 400:
                     err, detail = E.HTTP_4XX, f"HTTP {status}: {raw[:200]!r}"
+                elif not 200 <= status < 300:  # a redirect not followed, or a status no server should send
+                    err, detail = (
+                        E.HTTP_4XX,
+                        (
+                            f"HTTP {status} to {location!r}: model calls follow only 307 and 308 redirects on the "
+                            "same host; set `url` to where it points"
+                        ),
+                    )
                 else:
                     try:
                         answer = orjson.loads(raw)
@@ -279,9 +303,29 @@ class HttpModel:
             new = tuple.__new__
             return [new(CallResult, (o, latency, None, None, attempt)) for o in outputs]
 
+    async def _post(self, body: bytes) -> HttpAnswer:
+        url = self.spec.url
+        assert url is not None
+        for _ in range(_MAX_REDIRECTS):
+            answer = await self._pool(url).post(body, self.spec.timeout_s)
+            if answer.status not in _KEEPS_POST or answer.location is None:
+                return answer
+            moved = _same_host(url, urljoin(url, answer.location))
+            if moved is None or (moved not in self._pools and len(self._pools) > _MAX_REDIRECTS):
+                return answer  # elsewhere, or a server sending each call somewhere new
+            url = moved
+        return await self._pool(url).post(body, self.spec.timeout_s)
+
+    def _pool(self, url: str) -> ConnectionPool:
+        pool = self._pools.get(url)
+        if pool is None:
+            pool = self._pools[url] = ConnectionPool(url, self._headers)
+        return pool
+
     async def close(self) -> None:
         for w in self._workers:
             w.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
-        self._pool.close()
+        for pool in self._pools.values():
+            pool.close()

@@ -9,7 +9,7 @@ server and from the replay; the connection pool makes the same call with well un
 client, figures in docs/performance.md). It does only what a model call needs: one POST at a
 time on each connection, the response's status, body and Retry-After, keep-alive unless the
 server says otherwise, TLS for https. It sends no Accept-Encoding (answers come uncompressed)
-and follows no redirect (a 3xx is a status like any other).
+and follows no redirect itself (HttpModel follows those that keep the POST and its host).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class HttpAnswer(NamedTuple):
     status: int
     body: bytes
     retry_after: str | None
+    location: str | None  # where a redirect points
 
 
 class _Connection(asyncio.Protocol):
@@ -44,6 +45,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[HttpAnswer] | None = None
         self._body: list[bytes] = []
         self._retry_after: str | None = None
+        self._location: str | None = None
         self._got_bytes = False
         self._headers_done = False
         self._delimited = False  # a Content-Length or chunks: else the body ends with the connection
@@ -82,6 +84,8 @@ class _Connection(asyncio.Protocol):
         name = name.lower()
         if name == b"retry-after":
             self._retry_after = value.decode("latin-1")
+        elif name == b"location":
+            self._location = value.decode("latin-1")
         elif name in (b"content-length", b"transfer-encoding"):
             self._delimited = True
 
@@ -97,7 +101,7 @@ class _Connection(asyncio.Protocol):
     # -- calls -----------------------------------------------------------------------------
     def _complete(self) -> None:
         waiter, self._waiter = self._waiter, None
-        answer = HttpAnswer(self._parser.get_status_code(), b"".join(self._body), self._retry_after)
+        answer = HttpAnswer(self._parser.get_status_code(), b"".join(self._body), self._retry_after, self._location)
         if not self._parser.should_keep_alive():
             self.close()
         if waiter is not None and not waiter.done():
@@ -113,7 +117,7 @@ class _Connection(asyncio.Protocol):
         assert self._waiter is None  # one call at a time on a connection
         self._waiter = asyncio.get_running_loop().create_future()
         self._body = []
-        self._retry_after = None
+        self._retry_after = self._location = None
         self._got_bytes = self._headers_done = self._delimited = False
         self._parser = httptools.HttpResponseParser(self)
         self.transport.write(request)
@@ -149,7 +153,12 @@ class ConnectionPool:
         if parts.username is not None:  # credentials in the URL: HTTP basic authentication
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
             lines["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-        lines.update(headers)
+        # a header given again under another case replaces the earlier one (HTTP names are
+        # case-insensitive): the config's `content-type` is sent instead of ours, not beside it
+        for name, value in headers.items():
+            for known in [k for k in lines if k.lower() == name.lower()]:
+                del lines[known]
+            lines[name] = value
         for name, value in lines.items():
             if any(c in name + value for c in "\r\n\0") or not name or ":" in name:
                 raise ValueError(f"header {name!r} cannot be sent: a line break, NUL or colon in it")
