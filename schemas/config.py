@@ -404,6 +404,15 @@ class ModelSpec(_Frozen):
     def _target(self) -> ModelSpec:
         if self.url and urlsplit(self.url).username is not None and any(k.lower() == "authorization" for k in self.headers):
             raise ValueError("give credentials either in the URL or in an Authorization header, not both")
+        for name, value in self.header_values().items():
+            # HTTP/1.1 carries a header on one line of Latin-1: anything else is refused here,
+            # before a replay starts, and never sent (a line break would add a header of its own)
+            if not name or ":" in name or not (name + value).isprintable():
+                raise ValueError(f"header {name!r}: an empty name, a colon in the name, a line break or a control character")
+            try:
+                (name + value).encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(f"header {name!r}: HTTP headers carry Latin-1 text only") from None
         if self.oip_request == "tensor" and not self.oip_features:
             raise ValueError("`oip_request = 'tensor'` needs `oip_features`: the input fields, in the model's column order")
         if self.input == "table" and self.kind != "python":

@@ -119,13 +119,21 @@ target = "models_for_tests:logistic"
         parse_policy({"min_samples": "500"})
 
 
-def test_credentials_in_the_url_and_an_authorization_header_are_refused_at_start():
+def test_credentials_given_twice_or_headers_http_cannot_carry_are_refused_at_start():
     from shadowdiff.schemas.config import parse_config
     from shadowdiff.schemas.errors import ConfigError
 
     model = {"name": "c", "kind": "http", "url": "http://u:p@127.0.0.1:1/predict", "headers": {"Authorization": "Bearer t"}}
     with pytest.raises(ConfigError, match="either in the URL or in an Authorization header"):
         parse_config({"run": {"id": "x"}, "source": {"kind": "file", "path": "t.jsonl"}, "candidates": [model]})
+    # a header that cannot go out as one line of HTTP/1.1 is refused before anything runs, and
+    # the error names the header, never its (secret) value
+    for headers, reason in (({"X-Key": "t\r\nHost: elsewhere"}, "line break"), ({"X-Key": "clé—"}, "Latin-1")):
+        model = {"name": "c", "kind": "http", "url": "http://127.0.0.1:1/predict", "headers": headers}
+        with pytest.raises(ConfigError, match=reason) as caught:
+            parse_config({"run": {"id": "x"}, "source": {"kind": "file", "path": "t.jsonl"}, "candidates": [model]})
+        assert "elsewhere" not in str(caught.value)
+        assert "clé" not in str(caught.value)
 
 
 def test_an_avro_run_whose_registry_or_schema_cannot_be_read_is_refused_before_anything_is_consumed(tmp_path):
