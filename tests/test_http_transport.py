@@ -5,7 +5,11 @@ truncated answers, garbage, answers that come too late."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import ipaddress
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +24,7 @@ def ok(body: bytes, extra: str = "") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra.encode(), body)
 
 
-async def serve(script: Script) -> tuple[asyncio.Server, str, list[int]]:
+async def serve(script: Script, tls: ssl.SSLContext | None = None) -> tuple[asyncio.Server, str, list[int]]:
     """A server running `script` for each request; the list counts the connections opened."""
     connections: list[int] = []
 
@@ -35,9 +39,9 @@ async def serve(script: Script) -> tuple[asyncio.Server, str, list[int]]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
-    return server, f"http://127.0.0.1:{port}/predict", connections
+    return server, f"{'https' if tls else 'http'}://127.0.0.1:{port}/predict", connections
 
 
 def run(coro: Awaitable[None]) -> None:
@@ -195,5 +199,61 @@ def test_a_refused_connection_is_a_connection_failure():
         await server.wait_closed()
         with pytest.raises(ConnectionFailed, match="cannot connect"):
             await ConnectionPool(url, {}).post(b"{}", 5.0)
+
+    run(main())
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (cryptography comes with evidently and moto)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "model.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "model.pem", folder / "model.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_https_calls_check_the_servers_certificate_against_the_trusted_ones(tmp_path, monkeypatch):
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    async def main() -> None:
+        async def script(data: bytes, writer: asyncio.StreamWriter, n: int) -> bool:
+            writer.write(ok(b'{"score": 0.5}'))
+            await writer.drain()
+            return True
+
+        server, url, _ = await serve(script, tls)
+        # a certificate no trusted authority signed: refused, as any TLS client refuses it
+        with pytest.raises(ConnectionFailed, match="CERTIFICATE_VERIFY_FAILED"):
+            await ConnectionPool(url, {}).post(b"{}", 5.0)
+        # trusted the way OpenSSL is told of a private CA: SSL_CERT_FILE
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        pool = ConnectionPool(url, {})
+        for _ in range(3):  # kept alive over TLS too
+            assert (await pool.post(b"{}", 5.0)).body == b'{"score": 0.5}'
+        pool.close()
+        server.close()
 
     run(main())
