@@ -35,6 +35,7 @@ _ABSENT = object()  # `response_path` not in an answer
 # credentials never go to another host
 _KEEPS_POST = (307, 308)
 _MAX_REDIRECTS = 5
+_NO_ANSWER = HttpAnswer(0, b"", None, None)
 
 
 class WrongShape(Exception):
@@ -254,9 +255,9 @@ class HttpModel:
                 async with asyncio.timeout(self.spec.timeout_s):  # redirects included
                     status, raw, retry_after, location = await self._post(body)
             except TimeoutError:
-                err, detail, status, raw, retry_after = E.TIMEOUT, f"no answer in {self.spec.timeout_s}s", 0, b"", None
+                err, detail, (status, raw, retry_after, location) = E.TIMEOUT, f"no answer in {self.spec.timeout_s}s", _NO_ANSWER
             except ConnectionFailed as exc:
-                err, detail, status, raw, retry_after = E.CONNECTION, str(exc)[:300], 0, b"", None
+                err, detail, (status, raw, retry_after, location) = E.CONNECTION, str(exc)[:300], _NO_ANSWER
             latency = (time.perf_counter() - t0) * 1000.0
             if self.limit is not None:
                 answered = err is None and status not in (429, 503)

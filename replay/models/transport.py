@@ -184,8 +184,10 @@ class ConnectionPool:
                     answer = await conn.post(request)
                 except ConnectionFailed:
                     conn.close()
-                    # a kept-alive connection the server closed as the call went out: the call
-                    # never reached the model, so it goes again on a fresh connection
+                    # a kept-alive connection closed without a byte of answer: most likely the
+                    # server's keep-alive ran out as the call went out, before the model saw it.
+                    # It goes again on a fresh connection (urllib3 and browsers do the same); a
+                    # fresh connection that does this is the model's failure
                     if reused and conn.answered_nothing:
                         continue
                     raise
