@@ -2,6 +2,7 @@
 in the same run, because this machine is shared and noisy.
 
     python bench/replay_bench.py [--messages 200000] [--big 1000000] [--clients kafka-python,librdkafka]
+                                 [--sections replay,http,rss]
 
 Prints: raw kafka-python consume+decode (the reference), and raw confluent-kafka (librdkafka)
 consume+decode for comparison; for each Kafka client of the replay (`[source] client`): the
