@@ -324,6 +324,19 @@ def redact_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def header_problem(name: str, value: str) -> str | None:
+    """Why HTTP/1.1 cannot carry this header, naming it but never showing its value (headers
+    are secrets); None when it can. A header is one line of Latin-1: a line break would add a
+    header of its own."""
+    if not name or ":" in name or not (name + value).isprintable():
+        return f"header {name!r}: an empty name, a colon in the name, a line break or a control character"
+    try:
+        (name + value).encode("latin-1")
+    except UnicodeEncodeError:
+        return f"header {name!r}: HTTP headers carry Latin-1 text only"
+    return None
+
+
 def default_rows_per_call(kind: str) -> int:
     """Rows a call of this kind carries unless `batch_size` says otherwise."""
     return {"python": 256, "mlflow": 512, "oip-v2": 512}.get(kind, 1)
@@ -405,14 +418,9 @@ class ModelSpec(_Frozen):
         if self.url and urlsplit(self.url).username is not None and any(k.lower() == "authorization" for k in self.headers):
             raise ValueError("give credentials either in the URL or in an Authorization header, not both")
         for name, value in self.header_values().items():
-            # HTTP/1.1 carries a header on one line of Latin-1: anything else is refused here,
-            # before a replay starts, and never sent (a line break would add a header of its own)
-            if not name or ":" in name or not (name + value).isprintable():
-                raise ValueError(f"header {name!r}: an empty name, a colon in the name, a line break or a control character")
-            try:
-                (name + value).encode("latin-1")
-            except UnicodeEncodeError:
-                raise ValueError(f"header {name!r}: HTTP headers carry Latin-1 text only") from None
+            # refused here, before a replay starts (the model client refuses it too, later)
+            if (problem := header_problem(name, value)) is not None:
+                raise ValueError(problem)
         if self.oip_request == "tensor" and not self.oip_features:
             raise ValueError("`oip_request = 'tensor'` needs `oip_features`: the input fields, in the model's column order")
         if self.input == "table" and self.kind != "python":

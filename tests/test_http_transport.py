@@ -8,7 +8,8 @@ import asyncio
 import datetime as dt
 import ipaddress
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,18 @@ async def serve(script: Script, tls: ssl.SSLContext | None = None) -> tuple[asyn
     return server, f"{'https' if tls else 'http'}://127.0.0.1:{port}/predict", connections
 
 
+@asynccontextmanager
+async def serving(script: Script, tls: ssl.SSLContext | None = None) -> AsyncIterator[tuple[ConnectionPool, str, list[int]]]:
+    """`serve`, with a pool to its URL; both closed at the end, however the test ends."""
+    server, url, connections = await serve(script, tls)
+    pool = ConnectionPool(url, {})
+    try:
+        yield pool, url, connections
+    finally:
+        pool.close()
+        server.close()
+
+
 def run(coro: Awaitable[None]) -> None:
     asyncio.run(asyncio.wait_for(coro, 60))  # type: ignore[arg-type]
 
@@ -59,14 +72,11 @@ def test_a_kept_alive_connection_the_server_dropped_unanswered_is_called_again_o
             await writer.drain()
             return True
 
-        server, url, connections = await serve(script)
-        pool = ConnectionPool(url, {})
-        for _ in range(5):
-            answer = await pool.post(b"{}", 5.0)
-            assert (answer.status, answer.body) == (200, b'{"score": 1}')
-        assert len(connections) >= 5  # each call after the first was retried on a new connection
-        pool.close()
-        server.close()
+        async with serving(script) as (pool, _, connections):
+            for _ in range(5):
+                answer = await pool.post(b"{}", 5.0)
+                assert (answer.status, answer.body) == (200, b'{"score": 1}')
+            assert len(connections) >= 5  # each call after the first was retried on a new connection
 
     run(main())
 
@@ -76,13 +86,10 @@ def test_a_connection_that_drops_before_answering_a_first_call_is_an_error_not_a
         async def script(data: bytes, writer: asyncio.StreamWriter, n: int) -> bool:
             return False
 
-        server, url, connections = await serve(script)
-        pool = ConnectionPool(url, {})
-        with pytest.raises(ConnectionFailed, match="closed the connection"):
-            await pool.post(b"{}", 5.0)
-        assert len(connections) == 1  # a fresh connection: the model may have seen the call
-        pool.close()
-        server.close()
+        async with serving(script) as (pool, _, connections):
+            with pytest.raises(ConnectionFailed, match="closed the connection"):
+                await pool.post(b"{}", 5.0)
+            assert len(connections) == 1  # a fresh connection: the model may have seen the call
 
     run(main())
 
@@ -101,14 +108,11 @@ def test_answers_without_a_length_chunked_or_with_retry_after_are_read_whole():
             await writer.drain()
             return not answer.startswith(b"HTTP/1.0")
 
-        server, url, _ = await serve(script)
-        pool = ConnectionPool(url, {})
-        first, second, third = [await pool.post(b"{}", 5.0) for _ in range(3)]
-        assert first.body == b"[1, 2, 3]"
-        assert second.body == b"[4, 5, 6]"
-        assert (third.status, third.body, third.retry_after) == (429, b"busy", "2")
-        pool.close()
-        server.close()
+        async with serving(script) as (pool, _, _):
+            first, second, third = [await pool.post(b"{}", 5.0) for _ in range(3)]
+            assert first.body == b"[1, 2, 3]"
+            assert second.body == b"[4, 5, 6]"
+            assert (third.status, third.body, third.retry_after) == (429, b"busy", "2")
 
     run(main())
 
@@ -126,12 +130,9 @@ def test_a_truncated_answer_or_garbage_is_a_connection_failure_not_a_short_body(
             return True
 
         for script, reason in ((truncated, "closed the connection"), (garbage, "not an HTTP answer")):
-            server, url, _ = await serve(script)
-            pool = ConnectionPool(url, {})
-            with pytest.raises(ConnectionFailed, match=reason):
-                await pool.post(b"{}", 5.0)
-            pool.close()
-            server.close()
+            async with serving(script) as (pool, _, _):
+                with pytest.raises(ConnectionFailed, match=reason):
+                    await pool.post(b"{}", 5.0)
 
     run(main())
 
@@ -148,16 +149,13 @@ def test_an_answer_that_comes_after_the_timeout_is_never_taken_for_the_next_call
             await writer.drain()
             return True
 
-        server, url, connections = await serve(script)
-        pool = ConnectionPool(url, {})
-        with pytest.raises(TimeoutError):
-            await pool.post(b"slow", 0.2)
-        release.set()
-        for body in (b"a", b"b", b"c"):
-            assert (await pool.post(body, 5.0)).body == body
-        assert len(connections) == 2  # the timed-out connection was closed, not kept
-        pool.close()
-        server.close()
+        async with serving(script) as (pool, _, connections):
+            with pytest.raises(TimeoutError):
+                await pool.post(b"slow", 0.2)
+            release.set()
+            for body in (b"a", b"b", b"c"):
+                assert (await pool.post(body, 5.0)).body == body
+            assert len(connections) == 2  # the timed-out connection was closed, not kept
 
     run(main())
 
@@ -172,10 +170,11 @@ def test_credentials_in_the_url_are_sent_as_basic_auth_and_headers_cannot_inject
             await writer.drain()
             return True
 
-        server, url, _ = await serve(script)
         headers = {"Content-Type": "application/json", "X-Team": "risk", "content-type": "application/x-ndjson"}
-        pool = ConnectionPool(url.replace("http://", "http://svc:p%40ss@") + "?v=1", headers)
-        await pool.post(b'{"x": 1}', 5.0)
+        async with serving(script) as (_, url, _):
+            pool = ConnectionPool(url.replace("http://", "http://svc:p%40ss@") + "?v=1", headers)
+            await pool.post(b'{"x": 1}', 5.0)
+            pool.close()
         head = seen[0].split(b"\r\n\r\n")[0].decode()
         assert head.startswith("POST /predict?v=1 HTTP/1.1\r\n")
         assert "Authorization: Basic c3ZjOnBAc3M=" in head  # svc:p@ss
@@ -184,8 +183,6 @@ def test_credentials_in_the_url_are_sent_as_basic_auth_and_headers_cannot_inject
         # a name given again in another case replaces the first: one content type is sent
         assert head.lower().count("content-type") == 1
         assert "content-type: application/x-ndjson" in head
-        pool.close()
-        server.close()
 
     run(main())
     with pytest.raises(ValueError, match="line break"):
@@ -244,16 +241,15 @@ def test_https_calls_check_the_servers_certificate_against_the_trusted_ones(tmp_
             await writer.drain()
             return True
 
-        server, url, _ = await serve(script, tls)
-        # a certificate no trusted authority signed: refused, as any TLS client refuses it
-        with pytest.raises(ConnectionFailed, match="CERTIFICATE_VERIFY_FAILED"):
-            await ConnectionPool(url, {}).post(b"{}", 5.0)
-        # trusted the way OpenSSL is told of a private CA: SSL_CERT_FILE
-        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-        pool = ConnectionPool(url, {})
-        for _ in range(3):  # kept alive over TLS too
-            assert (await pool.post(b"{}", 5.0)).body == b'{"score": 0.5}'
-        pool.close()
-        server.close()
+        async with serving(script, tls) as (untrusting, url, _):
+            # a certificate no trusted authority signed: refused, as any TLS client refuses it
+            with pytest.raises(ConnectionFailed, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusting.post(b"{}", 5.0)
+            # trusted the way OpenSSL is told of a private CA: SSL_CERT_FILE
+            monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+            pool = ConnectionPool(url, {})
+            for _ in range(3):  # kept alive over TLS too
+                assert (await pool.post(b"{}", 5.0)).body == b'{"score": 0.5}'
+            pool.close()
 
     run(main())

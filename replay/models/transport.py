@@ -22,6 +22,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httptools
 
+from shadowdiff.schemas.config import header_problem
+
 
 class ConnectionFailed(Exception):
     """The call got no complete answer: refused, reset, closed early or answered with bytes
@@ -160,13 +162,13 @@ class ConnectionPool:
                 del lines[known]
             lines[name] = value
         for name, value in lines.items():
-            if any(c in name + value for c in "\r\n\0") or not name or ":" in name:
-                raise ValueError(f"header {name!r} cannot be sent: a line break, NUL or colon in it")
+            if (problem := header_problem(name, value)) is not None:
+                raise ValueError(problem)
         head = f"POST {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in lines.items())
         try:
             self._head = head.encode("latin-1")
         except UnicodeEncodeError as err:
-            raise ValueError(f"a header or the URL's path has a character HTTP/1.1 cannot carry: {err}") from None
+            raise ValueError(f"the URL's host has a character HTTP/1.1 cannot carry: {err}") from None
         self._idle: list[_Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
