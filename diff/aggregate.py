@@ -462,6 +462,26 @@ def _blocks_sql(sets: SegmentSets, quantiles: str, source: str, first_rank: int,
     return sets.aggregated(_block_columns(quantiles), blocks, ["blk"])
 
 
+def _call_time_range(ok: str, lo: Any, hi: Any) -> str:
+    """The pairs of `ok` whose call time (CALL_ORDER[0]) is in [lo, hi), either bound open when
+    None. The two columns of the call time are compared apart, as constants on columns: DuckDB
+    then reads only the row groups whose times reach the range, not every pair."""
+
+    def within(column: str) -> str:
+        bounds = [
+            f"{column} >= {_timestamp(lo)}" if lo is not None else "",
+            f"{column} < {_timestamp(hi)}" if hi is not None else "",
+        ]
+        return " AND ".join(b for b in bounds if b) or "TRUE"
+
+    return f"""(SELECT * FROM {ok} WHERE called_at IS NOT NULL AND {within("called_at")}
+                UNION ALL SELECT * FROM {ok} WHERE called_at IS NULL AND {within("event_time")})"""
+
+
+def _timestamp(t: Any) -> str:
+    return f"TIMESTAMPTZ '{t.isoformat()}'"
+
+
 def _block_columns(quantiles: str) -> dict[str, str]:
     return {
         "n": "count(*)",
@@ -483,49 +503,67 @@ class _LatencyBlocks(PairAggregate):
         self.spec = repr((sets.sets, qs, LATENCY_BLOCKS, "calls"))
 
     def build(self, table: str, source: str, temp: bool = False) -> None:
-        """The blocks of `source`, a few blocks a query (as the windows, see `_Windows.build`):
-        the pairs sorted once into call order, each query reads the ranks of its blocks, so the
-        rows are the same as one query's."""
+        """The blocks of `source`, a few blocks a query (as the windows, see `_Windows.build`).
+        The rows are the same as one query's (`_blocks_sql` over all the pairs)."""
         con, sets, qs = self.con, self.sets, self.qs
         ok = f"(SELECT * FROM {source} WHERE {_LATENCY_OK})"
         (n,) = con.execute(f"SELECT count(*) FROM {ok}").fetchone() or (0,)
         n, size = int(n), block_size(int(n))
         empty = _blocks_sql(sets, qs, f"(SELECT * FROM {ok} WHERE FALSE)", 0, size, n)
         con.execute(f"CREATE OR REPLACE {'TEMP ' if temp else ''}TABLE {table} AS {empty}")
-        per_query = max(1, QUANTILE_PAIRS_PER_QUERY // size)  # blocks
-        if n <= per_query * size:
+        if n <= QUANTILE_PAIRS_PER_QUERY:
             con.execute(f"INSERT INTO {table} {_blocks_sql(sets, qs, ok, 0, size, n)}")
             return
-        # one sort of the pairs into call order, kept in a table whose row ids are then the
-        # ranks (DuckDB stores an ordered result in its order while it preserves insertion
-        # order, its default): each query reads the row groups of its blocks only. The call
-        # order's keys are carried as they are; the key struct is built per stretch.
+        # Not one sort of all the pairs: past the memory limit it spills, and every query of
+        # blocks then reads its table back from DuckDB's temporary files. The pairs are cut
+        # into ranges of call time instead, each sorted alone in memory: the call order
+        # starts with the call time, so the ranges follow one another in it and a range's ranks
+        # continue the ranks of the ranges before. A block cut by the end of a range is carried
+        # to the next (`blocks_carry`), so every block is aggregated whole, in one query.
+        count = -(-n // QUANTILE_PAIRS_PER_QUERY)
+        cuts = ", ".join(str(k / count) for k in range(1, count))
+        (points,) = con.execute(f"SELECT approx_quantile({CALL_ORDER[0]}, [{cuts}]) FROM {ok}").fetchone() or ([],)
+        edges = sorted(set(points or []))
+        last = last_block(n, size)
         cols = "".join(c + ", " for c in sets.columns)
         keys = ", ".join(f"{e} AS k{i}" for i, e in enumerate(CALL_ORDER))
+        call_key = "struct_pack(" + ", ".join(f"k{i} := k{i}" for i in range(len(CALL_ORDER))) + ")"
+        order = ", ".join(f"k{i}" for i in range(len(CALL_ORDER)))
+        # a table made of an ordered result keeps its rows in that order while DuckDB preserves
+        # insertion order (its default): their row ids are then their ranks
         (preserved,) = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() or (True,)
         con.execute("SET preserve_insertion_order = true")
         try:
-            con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE blocks_ranked AS
-                    SELECT {cols}b_lat, c_lat, {keys} FROM {ok} ORDER BY {", ".join(CALL_ORDER)}"""
-            )
+            ranked = 0  # pairs in the ranges so far
+            for i in range(len(edges) + 1):
+                lo = None if i == 0 else edges[i - 1]
+                hi = None if i == len(edges) else edges[i]
+                con.execute(
+                    f"""CREATE OR REPLACE TEMP TABLE blocks_range AS
+                        SELECT {cols}b_lat, c_lat, {keys} FROM {_call_time_range(ok, lo, hi)} ORDER BY {order}"""
+                )
+                if i == 0:  # nothing carried into the first range
+                    con.execute(
+                        "CREATE OR REPLACE TEMP TABLE blocks_carry AS SELECT *, 0::BIGINT AS call_rank FROM blocks_range LIMIT 0"
+                    )
+                (m, base) = con.execute("SELECT count(*), min(rowid) FROM blocks_range").fetchone() or (0, 0)
+                ranks = f"SELECT *, {ranked} + rowid - {int(base or 0)} AS call_rank FROM blocks_range"
+                ranked += int(m)
+                # the blocks whose every rank is below `ranked`: the last block takes every pair
+                # after it, so it is whole only with the last range
+                whole = last + 1 if hi is None else min(ranked // size, last)
+                both = f"""(SELECT *, least(call_rank // {size}, {last}) AS blk FROM
+                            (SELECT * FROM blocks_carry UNION ALL {ranks}))"""
+                part = f"""(SELECT {cols}b_lat, c_lat, k0 AS call_time, {call_key} AS call_key, blk
+                            FROM {both} WHERE blk < {whole})"""
+                con.execute(f"INSERT INTO {table} {sets.aggregated(_block_columns(qs), part, ['blk'])}")
+                con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE blocks_carry AS SELECT * EXCLUDE (blk) FROM {both} WHERE blk >= {whole}"
+                )
         finally:
             con.execute(f"SET preserve_insertion_order = {'true' if preserved else 'false'}")
-        call_key = "struct_pack(" + ", ".join(f"k{i} := k{i}" for i in range(len(CALL_ORDER))) + ")"
-        last = last_block(n, size)
-        # the ranks count from the table's first row id: inside a transaction (the judge's
-        # cache keeps its aggregates in one) a new table's rows have row ids from 2**62 on
-        (base,) = con.execute("SELECT min(rowid) FROM blocks_ranked").fetchone() or (0,)
-        base = int(base or 0)
-        for first in range(0, last + 1, per_query):
-            # the last block takes the pairs after it, so it is never split; bounds on the row
-            # ids themselves, so that DuckDB reads the row groups of these blocks only
-            until = "" if first + per_query > last else f"AND rowid < {base + (first + per_query) * size}"
-            part = f"""(SELECT {cols}b_lat, c_lat, k0 AS call_time, {call_key} AS call_key,
-                        least((rowid - {base}) // {size}, {last}) AS blk
-                        FROM blocks_ranked WHERE rowid >= {base + first * size} {until})"""
-            con.execute(f"INSERT INTO {table} {sets.aggregated(_block_columns(qs), part, ['blk'])}")
-        con.execute("DROP TABLE blocks_ranked")
+        con.execute("DROP TABLE blocks_range")
+        con.execute("DROP TABLE blocks_carry")
 
     def apply(self, table: str, delta: str) -> str | None:
         con, sets, qs, kept_table = self.con, self.sets, self.qs, self.kept_table
@@ -560,7 +598,7 @@ class _LatencyBlocks(PairAggregate):
         if since is None:  # a block that starts without a time: no constant to read from
             self.build(table, rate_pairs(kept_table))
             return "a block starts without a call time"
-        at = f"TIMESTAMPTZ '{since.isoformat()}'"
+        at = _timestamp(since)
         tail = f"""(SELECT p.* FROM {kept_table} p, blocks_from f WHERE p.{RATE} AND {_LATENCY_OK}
                     AND p.called_at >= {at} AND {_CALL_KEY} >= f.first_call
                     UNION ALL

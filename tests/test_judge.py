@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import duckdb
 import pytest
 from helpers import judge_run, judged, judged_document, verdict_of
 
@@ -416,15 +417,21 @@ def test_pairs_built_a_range_at_a_time_equal_one_query(tmp_path, monkeypatch):
     assert built(700) == (whole_rows, whole_digest)
 
 
-def test_windows_and_latency_blocks_computed_a_few_at_a_time_equal_one_query(tmp_path, monkeypatch):
+@pytest.mark.parametrize("recorded_answers", [False, True])
+def test_windows_and_latency_blocks_computed_a_few_at_a_time_equal_one_query(tmp_path, monkeypatch, recorded_answers):
     # the judge of a large run computes the exact quantiles of its windows and latency blocks
     # over a few of them at a time, to stay inside its memory limit: the rows must be those of
-    # one query over all pairs
+    # one query over all pairs. `recorded_answers`: a third of the candidate's answers were
+    # recorded in production (a canary's), without a call time: their event time orders them
     from shadowdiff.diff import aggregate
     from shadowdiff.diff.judge import gather_evidence
     from shadowdiff.diff.load import run_info
 
-    write_synthetic_store(tmp_path / "run" / "store-w0.duckdb", Scenario(n=6_000, segments=3, seed=5), "run")
+    store = tmp_path / "run" / "store-w0.duckdb"
+    write_synthetic_store(store, Scenario(n=6_000, segments=3, seed=5), "run")
+    if recorded_answers:
+        with duckdb.connect(str(store)) as con:
+            con.execute("""UPDATE outputs SET called_at = NULL WHERE variant = 'candidate:cand' AND "offset" % 3 = 0""")
     policy = Policy(min_samples=200)
 
     def aggregates(at_most: int, preserve_order: bool = True) -> tuple[dict[float, Any], dict[str, Any]]:
