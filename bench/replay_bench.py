@@ -11,7 +11,8 @@ fed a feature table, and, for comparison, one looping over dict rows in Python; 
 (target >= 1.5 of raw); an HTTP candidate against a bare concurrent aiohttp client on the same
 server (target >= 0.95; also printed: shadowdiff's HTTP client alone, and the replay with its
 calls on its own event loop); peak RSS of a replay after 200k and after 1M messages (target:
-flat, < 500 MB).
+flat, < 500 MB), with each replay's rate and the seconds its main thread spent publishing
+checkpoint exports (it reads no Kafka meanwhile).
 """
 
 from __future__ import annotations
@@ -244,13 +245,30 @@ async def http_model_alone(url: str, inputs: list[dict[str, object]]) -> float:
 
 
 def rss_child(cfg_path: str) -> None:
+    """Replay, then print: messages consumed, peak RSS (MB), the loop's seconds, and the seconds
+    of the loop the main thread spent publishing checkpoint exports (it reads no Kafka then)."""
     from measure import peak_rss_mb
 
+    import shadowdiff.replay.exports as exports
     from shadowdiff.replay.job import run_replay
     from shadowdiff.schemas.config import load_config
 
+    publish = exports.Exporter._publish
+    spans: list[tuple[float, float]] = []
+
+    def timed_publish(self: exports.Exporter, tops: dict[str, int]) -> Path:
+        t0 = time.monotonic()
+        try:
+            return publish(self, tops)
+        finally:
+            spans.append((t0, time.monotonic()))
+
+    exports.Exporter._publish = timed_publish  # type: ignore[method-assign]
     stats = run_replay(load_config(Path(cfg_path)))
-    print(f"{stats.consumed} {peak_rss_mb():.0f}")
+    seconds = float(stats.summary()["seconds"])
+    # the final export comes after the loop's end (`finished`)
+    exporting = sum(end - start for start, end in spans if stats.finished is None or start < stats.finished)
+    print(f"{stats.consumed} {peak_rss_mb():.0f} {seconds:.2f} {exporting:.2f}")
 
 
 def main() -> None:
@@ -364,8 +382,12 @@ def rss_figures(bs: str, topic: str, home: Path, messages: int, big: int, client
         cfg = config(bs, big_topic, home, f"rss{i}-{n}", 1.0, PY_TABLE_CAND, n, client=client)
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'bench'}"}
         out = subprocess.run([sys.executable, __file__, "--rss-child", str(cfg)], env=env, capture_output=True, text=True)
-        consumed, rss = out.stdout.split()[-2:]
-        print(f"peak RSS of a replay on {client} after {int(consumed):,} messages: {rss} MB (target < 500 MB, flat)")
+        consumed, rss, seconds, exporting = out.stdout.split()[-4:]
+        print(
+            f"peak RSS of a replay on {client} after {int(consumed):,} messages: {rss} MB (target < 500 MB, flat); "
+            f"its loop {int(consumed) / float(seconds):,.0f} msg/s, {exporting} s of its {seconds} s publishing "
+            "checkpoint exports on the main thread"
+        )
 
 
 if __name__ == "__main__":
