@@ -546,6 +546,8 @@ class _LatencyBlocks(PairAggregate):
                     con.execute(
                         "CREATE OR REPLACE TEMP TABLE blocks_carry AS SELECT *, 0::BIGINT AS call_rank FROM blocks_range LIMIT 0"
                     )
+                # ranks count from the table's first row id: inside a transaction (the judge's
+                # cache keeps its aggregates in one) a new table's rows have row ids from 2**62 on
                 (m, base) = con.execute("SELECT count(*), min(rowid) FROM blocks_range").fetchone() or (0, 0)
                 ranks = f"SELECT *, {ranked} + rowid - {int(base or 0)} AS call_rank FROM blocks_range"
                 ranked += int(m)
