@@ -165,10 +165,8 @@ class ConnectionPool:
             if (problem := header_problem(name, value)) is not None:
                 raise ValueError(problem)
         head = f"POST {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in lines.items())
-        try:
-            self._head = head.encode("latin-1")
-        except UnicodeEncodeError as err:
-            raise ValueError(f"the URL's host has a character HTTP/1.1 cannot carry: {err}") from None
+        # encodes: the target is percent-encoded ASCII, and every line (Host too) passed the check
+        self._head = head.encode("latin-1")
         self._idle: list[_Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
